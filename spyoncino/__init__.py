@@ -1,0 +1,5 @@
+"""Spyoncino: a surveillance appliance for Raspberry Pi and Jetson boards."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

@@ -1,0 +1,520 @@
+"""Configuration: layered sources -> one validated, frozen ``AppConfig``.
+
+Layers, lowest first:
+
+1. the packaged defaults (``spyoncino/data/default.yaml``);
+2. the embedded demo (``spyoncino/data/demo.yaml``) when no config file is found, otherwise
+   ``--config PATH`` or ``/etc/spyoncino/config.yaml``;
+3. ``SPYONCINO_``-prefixed environment variables, nested with ``__``
+   (``SPYONCINO_TELEGRAM__CHAT_IDS='[1,2]'``), values parsed the Dynaconf way (TOML literals,
+   ``@json``), plus the same variables from ``./.env`` (the real environment wins);
+4. a secrets file (``--secrets PATH``, ``$SPYONCINO_SECRETS_FILE`` or
+   ``/etc/spyoncino/secrets.yaml``).
+
+Dictionaries merge key by key across layers; lists and scalars replace. The merged data is
+validated by pydantic into ``AppConfig``, whose module sections come from the modules that are
+registered (entry points), so third-party modules get validation and schema for free.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
+from urllib.parse import urlsplit, urlunsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    create_model,
+    field_validator,
+)
+
+if TYPE_CHECKING:
+    from spyoncino.core.contracts import BaseModule
+
+ENV_PREFIX = "SPYONCINO_"
+SYSTEM_CONFIG = Path("/etc/spyoncino/config.yaml")
+SYSTEM_SECRETS = Path("/etc/spyoncino/secrets.yaml")
+REDACTED = "***"
+CAMERA_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ConfigError(Exception):
+    """Configuration problems, each naming the source, the dotted key and the bad value."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+# -- core sections -----------------------------------------------------------------------------
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LogConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Lowest level written to the log."
+    )
+    format: Literal["auto", "json", "console"] = Field(
+        default="auto", description="auto: console on a terminal, JSON lines otherwise (journald)."
+    )
+
+
+class BusConfig(_Section):
+    status_interval: float = Field(
+        default=10.0, ge=0.0, le=3600.0, description="Seconds between status.bus reports (0: off)."
+    )
+    queue_size: int = Field(
+        default=64, ge=1, le=100_000, description="Default queue length of lossless subscriptions."
+    )
+    high_watermark: float = Field(
+        default=0.8, gt=0.0, le=1.0, description="Queue fill share that triggers a warning."
+    )
+
+
+class RuntimeConfig(_Section):
+    workers: int = Field(
+        default=2, ge=1, le=16, description="Threads for CPU work and blocking I/O (bounded pool)."
+    )
+    drain_timeout: float = Field(
+        default=20.0,
+        ge=0.0,
+        le=300.0,
+        description="Seconds to finish pending media and alerts when a replay ends.",
+    )
+    stop_timeout: float = Field(
+        default=8.0, ge=1.0, le=60.0, description="Seconds a module gets to stop on shutdown."
+    )
+    health_interval: float = Field(
+        default=5.0, gt=0.0, le=600.0, description="Seconds between health polls."
+    )
+    max_start_attempts: int = Field(
+        default=5, ge=1, le=100, description="Failed starts before a module is quarantined."
+    )
+    timezone: str | None = Field(
+        default=None, description="IANA zone for captions and folders; None: the system's."
+    )
+
+
+class StorageConfig(_Section):
+    root: Path = Field(
+        default=Path("/var/lib/spyoncino"), description="Where media and the event index live."
+    )
+    scratch: Path | None = Field(
+        default=None,
+        description="Folder for GIF/clip assembly (a tmpfs spares the SD card); None: <root>/.scratch.",
+    )
+    database: str = Field(default="events.sqlite3", description="Index file name under root.")
+
+    @property
+    def db_path(self) -> Path:
+        return self.root / self.database
+
+    @property
+    def scratch_dir(self) -> Path:
+        return self.scratch if self.scratch is not None else self.root / ".scratch"
+
+
+class CameraBase(_Section):
+    """Settings every camera has; modules add their own sub-sections (``motion:``, ...)."""
+
+    source: str = Field(
+        description="File path, rtsp://..., csi://0, /dev/video0 or 'spyoncino:sample.mp4'."
+    )
+    enabled: bool = Field(default=True, description="Read this camera.")
+    name: str | None = Field(default=None, description="Display name; defaults to the id.")
+    max_fps: float | None = Field(
+        default=None, gt=0.0, le=120.0, description="Cap on frames published per second."
+    )
+    luma_width: int = Field(
+        default=320, ge=64, le=1920, description="Width of the small luma plane motion reads."
+    )
+
+    def options(self, section: str, model: type[M]) -> M:
+        """This camera's options for ``section``, or the model's defaults."""
+        value = getattr(self, section, None)
+        if value is None:
+            return model()
+        return cast(M, value)
+
+    @property
+    def display_name(self) -> str:
+        return self.name or ""
+
+
+class AppConfig(_Section):
+    """The whole configuration. Module sections are added when the registry is built."""
+
+    cameras: dict[str, CameraBase] = Field(default_factory=dict)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+    bus: BusConfig = Field(default_factory=BusConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+    @field_validator("cameras")
+    @classmethod
+    def _camera_ids(cls, value: dict[str, CameraBase]) -> dict[str, CameraBase]:
+        for cid in value:
+            if not CAMERA_ID.match(cid):
+                raise ValueError(
+                    f"camera id {cid!r} must be lowercase letters, digits, '_' or '-' "
+                    "(it names topics and folders)"
+                )
+        return value
+
+    def section(self, name: str, model: type[M]) -> M:
+        value = getattr(self, name, None)
+        if value is None:
+            return model()
+        if not isinstance(value, model):
+            raise TypeError(f"config section {name!r} is {type(value).__name__}, not {model}")
+        return value
+
+
+def build_app_model(modules: Mapping[str, type[BaseModule]]) -> type[AppConfig]:
+    """AppConfig with one section per registered module and per-camera option sections."""
+    cam_fields: dict[str, Any] = {}
+    app_fields: dict[str, Any] = {}
+    for name, cls in sorted(modules.items()):
+        app_fields[name] = (cls.Config, Field(default_factory=cls.Config))
+        if cls.Camera is not None:
+            cam_fields[name] = (cls.Camera | None, Field(default=None))
+    camera_model = cast(
+        "type[CameraBase]", create_model("CameraConfig", __base__=CameraBase, **cam_fields)
+    )
+    app_fields["cameras"] = (dict[str, camera_model], Field(default_factory=dict))  # type: ignore[valid-type]
+    return cast("type[AppConfig]", create_model("AppConfig", __base__=AppConfig, **app_fields))
+
+
+# -- loading -----------------------------------------------------------------------------------
+def _lower_keys(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {str(k).lower(): _lower_keys(v) for k, v in data.items()}
+    return data
+
+
+def deep_merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _load_yaml(path: Path, label: str) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError([f"{label}: cannot read: {e.strerror or e}"]) from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{label}:{mark.line + 1}:{mark.column + 1}" if mark is not None else label
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError([f"{where}: invalid YAML: {problem}"]) from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{label}: the top level must be a mapping, got {type(data).__name__}"])
+    return cast(dict[str, Any], _lower_keys(data))
+
+
+def _env_layer(environ: Mapping[str, str], dotenv: Path | None) -> dict[str, Any]:
+    from dynaconf.utils.parse_conf import parse_conf_data
+
+    values: dict[str, str] = {}
+    if dotenv is not None and dotenv.is_file():
+        from dynaconf.vendor.dotenv import dotenv_values
+
+        values.update({k: v for k, v in dotenv_values(dotenv).items() if v is not None})
+    values.update(environ)
+    out: dict[str, Any] = {}
+    for key, raw in values.items():
+        if not key.startswith(ENV_PREFIX) or key == "SPYONCINO_SECRETS_FILE":
+            continue
+        parts = [p.lower() for p in key[len(ENV_PREFIX) :].split("__") if p]
+        if not parts:
+            continue
+        value = parse_conf_data(raw, tomlfy=True, box_settings={})
+        node = out
+        for p in parts[:-1]:
+            nxt = node.setdefault(p, {})
+            if not isinstance(nxt, dict):
+                nxt = node[p] = {}
+            node = nxt
+        node[parts[-1]] = _lower_keys(value) if isinstance(value, dict) else value
+    return out
+
+
+def _data_file(name: str) -> Path:
+    return Path(str(resources.files("spyoncino") / "data" / name))
+
+
+@dataclass(frozen=True)
+class Layer:
+    label: str
+    data: dict[str, Any]
+
+
+def load_layers(
+    config_path: Path | None = None,
+    secrets_path: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    dotenv: Path | None = Path(".env"),
+) -> list[Layer]:
+    env = os.environ if environ is None else environ
+    layers = [Layer("default.yaml (packaged)", _load_yaml(_data_file("default.yaml"), "default"))]
+    if config_path is None and SYSTEM_CONFIG.is_file():
+        config_path = SYSTEM_CONFIG
+    if config_path is None:
+        layers.append(Layer("demo.yaml (embedded)", _load_yaml(_data_file("demo.yaml"), "demo")))
+    else:
+        layers.append(Layer(str(config_path), _load_yaml(config_path, str(config_path))))
+    env_data = _env_layer(env, dotenv)
+    if env_data:
+        layers.append(Layer("environment", env_data))
+    if secrets_path is None:
+        if env.get("SPYONCINO_SECRETS_FILE"):
+            secrets_path = Path(env["SPYONCINO_SECRETS_FILE"])
+        elif SYSTEM_SECRETS.is_file():
+            secrets_path = SYSTEM_SECRETS
+    if secrets_path is not None:
+        layers.append(Layer(str(secrets_path), _load_yaml(secrets_path, str(secrets_path))))
+    return layers
+
+
+def _get_path(data: Any, loc: Iterable[str | int]) -> tuple[bool, Any]:
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        else:
+            return False, None
+    return True, node
+
+
+def _origin(layers: list[Layer], loc: tuple[str | int, ...]) -> str:
+    for n in range(len(loc), 0, -1):
+        for layer in reversed(layers):
+            found, _ = _get_path(layer.data, loc[:n])
+            if found:
+                return layer.label
+    return layers[-1].label if layers else "config"
+
+
+def _is_secret_key(key: str) -> bool:
+    return key in {"token", "password", "password_hash", "api_token", "secret", "hmac_secret"}
+
+
+def format_errors(exc: ValidationError, layers: list[Layer]) -> list[str]:
+    out = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        # pydantic puts the union member / model name in loc for optional sub-models
+        loc = tuple(p for p in loc if not (isinstance(p, str) and p[:1].isupper()))
+        dotted = ".".join(str(p) for p in loc) or "(top level)"
+        origin = _origin(layers, loc)
+        if err["type"] == "extra_forbidden":
+            out.append(f"{origin}: {dotted}: unknown key")
+            continue
+        value = err.get("input")
+        shown = REDACTED if loc and _is_secret_key(str(loc[-1])) else _short(value)
+        out.append(f"{origin}: {dotted}: {err['msg']} (got {shown})")
+    return out
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def validate(model: type[AppConfig], layers: list[Layer]) -> AppConfig:
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged = deep_merge(merged, layer.data)
+    try:
+        return model.model_validate(merged)
+    except ValidationError as e:
+        raise ConfigError(format_errors(e, layers)) from e
+
+
+# -- redaction ---------------------------------------------------------------------------------
+_URL_CREDS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<creds>[^/@\s]+)@")
+
+
+def redact_url(url: str) -> str:
+    """``rtsp://user:pass@host/x`` -> ``rtsp://***@host/x``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return _URL_CREDS.sub(r"\g<scheme>***@", url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, f"{REDACTED}@{host}", parts.path, parts.query, parts.fragment))
+
+
+def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
+    out = _URL_CREDS.sub(r"\g<scheme>***@", text)
+    for s in secrets:
+        if s and len(s) >= 4:
+            out = out.replace(s, REDACTED)
+    return out
+
+
+def redacted_dict(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {
+            k: (REDACTED if _is_secret_key(k) and v not in (None, "") else redacted_dict(v))
+            for k, v in data.items()
+        }
+    if isinstance(data, list):
+        return [redacted_dict(v) for v in data]
+    if isinstance(data, str):
+        return redact_url(data) if "://" in data else data
+    return data
+
+
+def dump_config(app: AppConfig) -> dict[str, Any]:
+    """The configuration as plain data with every secret replaced by ``***``."""
+    return cast(dict[str, Any], redacted_dict(app.model_dump(mode="json")))
+
+
+def secret_values(app: BaseModel) -> list[str]:
+    """Every secret in ``app`` (for scrubbing logs)."""
+    out: list[str] = []
+
+    def walk(obj: Any) -> None:
+        if isinstance(obj, SecretStr):
+            out.append(obj.get_secret_value())
+        elif isinstance(obj, BaseModel):
+            for name in type(obj).model_fields:
+                walk(getattr(obj, name))
+        elif isinstance(obj, dict):
+            for v in obj.values():
+                walk(v)
+        elif isinstance(obj, (list, tuple)):
+            for v in obj:
+                walk(v)
+        elif isinstance(obj, str) and "://" in obj:
+            parts = urlsplit(obj)
+            if parts.password:
+                out.append(parts.password)
+
+    walk(app)
+    return [s for s in out if s]
+
+
+# -- the service -------------------------------------------------------------------------------
+Reconfigure = Callable[[AppConfig, AppConfig], Awaitable[list[str]]]
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    ok: bool
+    version: int
+    changed_modules: tuple[str, ...] = ()
+    errors: tuple[str, ...] = ()
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(self.errors)
+
+
+class ConfigService:
+    """Holds the configuration in force and applies partial updates transactionally."""
+
+    def __init__(self, model: type[AppConfig], layers: list[Layer]) -> None:
+        self.model = model
+        self.layers = list(layers)
+        self.current = validate(model, self.layers)
+        self.version = 1
+        self._overrides: dict[str, Any] = {}
+
+    @classmethod
+    def load(
+        cls,
+        model: type[AppConfig],
+        config_path: Path | None = None,
+        secrets_path: Path | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> ConfigService:
+        return cls(model, load_layers(config_path, secrets_path, environ))
+
+    @property
+    def sources(self) -> list[str]:
+        return [layer.label for layer in self.layers]
+
+    def preview(self, changes: Mapping[str, Any]) -> AppConfig:
+        """Validate ``changes`` on top of the current config without applying them."""
+        overrides = deep_merge(self._overrides, _lower_keys(dict(changes)))
+        return validate(self.model, [*self.layers, Layer("update", overrides)])
+
+    async def apply_changes(self, changes: Mapping[str, Any], reconfigure: Reconfigure) -> ApplyResult:
+        """Validate, then let ``reconfigure(old, new)`` apply; it rolls back itself on error."""
+        try:
+            new = self.preview(changes)
+        except ConfigError as e:
+            return ApplyResult(False, self.version, errors=tuple(e.errors))
+        old = self.current
+        try:
+            changed = await reconfigure(old, new)
+        except Exception as e:
+            return ApplyResult(False, self.version, errors=(str(e) or repr(e),))
+        self.current = new
+        self._overrides = deep_merge(self._overrides, _lower_keys(dict(changes)))
+        self.version += 1
+        return ApplyResult(True, self.version, tuple(changed))
+
+
+def module_view(app: AppConfig, name: str, *, camera_id: str | None = None) -> Any:
+    """What of ``app`` a module named ``name`` sees; used to decide who must reconfigure."""
+    section = getattr(app, name, None)
+    cams: dict[str, Any] = {}
+    for cid, cam in app.cameras.items():
+        if camera_id is not None and cid != camera_id:
+            continue
+        cams[cid] = cam.model_dump(mode="json") if camera_id else (
+            cam.source,
+            cam.enabled,
+            getattr(cam, name, None),
+        )
+    return (section, cams, app.storage)
+
+
+__all__ = [
+    "REDACTED",
+    "AppConfig",
+    "ApplyResult",
+    "BusConfig",
+    "CameraBase",
+    "ConfigError",
+    "ConfigService",
+    "LogConfig",
+    "StorageConfig",
+    "build_app_model",
+    "dump_config",
+    "load_layers",
+    "redact_url",
+    "secret_values",
+]

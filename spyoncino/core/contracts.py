@@ -1,0 +1,219 @@
+"""Module contracts: what every module (ours or a third party's) implements.
+
+A module is one class registered under the ``spyoncino.modules`` entry-point group. Its
+entry-point name is its config section: ``motion = "pkg.mod:Motion"`` reads ``motion:`` from
+the config file, and, when it declares ``CameraOptions``, ``cameras.<id>.motion:`` too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, ParamSpec, TypeVar
+
+import structlog
+from pydantic import BaseModel, ConfigDict, Field
+
+from spyoncino.schemas.status import HealthState, ModuleHealth
+
+if TYPE_CHECKING:
+    from spyoncino.core.bus import Bus
+    from spyoncino.core.config import AppConfig
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+Category = Literal["storage", "output", "dashboard", "event", "process", "input", "service"]
+
+#: Start order, consumers first so that nothing a producer publishes at start-up is missed.
+#: Stop runs in reverse: producers stop first, then the queues drain into the consumers.
+START_ORDER: dict[str, int] = {
+    "storage": 0,
+    "service": 1,
+    "output": 2,
+    "dashboard": 3,
+    "event": 4,
+    "process": 5,
+    "input": 6,
+}
+
+
+class ModuleConfigError(Exception):
+    """A permanent problem (bad settings, missing library): the module is quarantined."""
+
+
+class ModuleNotReady(Exception):
+    """A temporary problem (device busy, server down): start is retried with backoff."""
+
+
+class ModuleConfig(BaseModel):
+    """Base of every module's top-level config section.
+
+    Subclasses add ``type: Literal["<name>"] = "<name>"`` and fields with descriptions and
+    ranges. Instances are frozen and replaced whole on reload.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(default=True, description="Run this module.")
+
+
+class CameraOptions(BaseModel):
+    """Base of the per-camera options a module reads from ``cameras.<id>.<section>``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BoundedExecutor:
+    """A thread pool with a cap on queued work, for CPU work and blocking I/O.
+
+    numpy, OpenCV, PyAV and LiteRT release the GIL, so threads give real parallelism for the
+    heavy parts while the event loop stays free. ``run`` waits for a slot instead of letting
+    a backlog of frames pile up in memory.
+    """
+
+    def __init__(self, workers: int = 2, queue_limit: int = 8) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="spyoncino")
+        self._slots: asyncio.Semaphore | None = None
+        self._limit = workers + queue_limit
+        self.workers = workers
+
+    async def run(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self._limit)
+        async with self._slots:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+@dataclass
+class ModuleContext:
+    """What the orchestrator hands a module: the bus, the executor and the app config."""
+
+    bus: Bus
+    executor: BoundedExecutor
+    app: AppConfig
+    instance: str
+    camera_id: str | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class BaseModule(ABC):
+    """A unit of the pipeline. Talks to other modules only through the bus.
+
+    Lifecycle: ``configure`` (first with the initial config, later on every change that
+    touches this module; raise ``ModuleConfigError`` to refuse), ``start``, ``health`` (polled),
+    ``stop`` (must be safe to call twice and after a failed start).
+    """
+
+    #: entry-point name, set by the orchestrator from the registration
+    name: ClassVar[str] = ""
+    category: ClassVar[Category] = "process"
+    Config: ClassVar[type[ModuleConfig]] = ModuleConfig
+    #: per-camera options model, read from ``cameras.<id>.<name>``; None when there are none
+    Camera: ClassVar[type[CameraOptions] | None] = None
+    #: one instance per camera whose source this module accepts (inputs)
+    per_camera: ClassVar[bool] = False
+
+    def __init__(self, ctx: ModuleContext) -> None:
+        self.ctx = ctx
+        self.bus = ctx.bus
+        self.log = structlog.get_logger("spyoncino").bind(module=ctx.instance)
+        self._state: HealthState = "starting"
+        self._detail = ""
+        self._last_error: str | None = None
+        self._unsubscribers: list[Callable[[], None]] = []
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    @classmethod
+    def accepts(cls, source: str) -> bool:
+        """For ``per_camera`` modules: whether this module reads ``source``."""
+        return False
+
+    @abstractmethod
+    async def configure(self, app: AppConfig) -> None:
+        """Validate and adopt the settings in ``app``. Must not keep state on the config."""
+
+    @abstractmethod
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None:
+        """Unsubscribe and cancel this module's tasks. Override and call ``super().stop()``."""
+        for unsubscribe in self._unsubscribers:
+            unsubscribe()
+        self._unsubscribers.clear()
+        tasks, self._tasks = self._tasks, []
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            try:
+                await t
+            except asyncio.CancelledError:
+                pass
+            except Exception as exc:
+                self.log.warning("task_failed_on_stop", error=repr(exc))
+        self.set_state("stopped")
+
+    def health(self) -> ModuleHealth:
+        return ModuleHealth(
+            module=self.ctx.instance,
+            state=self._state,
+            detail=self._detail,
+            last_error=self._last_error,
+            metrics=self.metrics(),
+        )
+
+    def metrics(self) -> dict[str, float | int | str]:
+        """Numbers worth showing on the status page and in Prometheus."""
+        return {}
+
+    def is_finished(self) -> bool:
+        """Inputs: True once a non-looping source has delivered its last frame."""
+        return False
+
+    # -- helpers for subclasses ---------------------------------------------------------------
+    def set_state(self, state: HealthState, detail: str = "", error: str | None = None) -> None:
+        self._state = state
+        self._detail = detail
+        if error is not None:
+            self._last_error = error
+
+    def subscribe(
+        self,
+        pattern: str,
+        handler: Callable[[Any], Awaitable[None]],
+        **kwargs: Any,
+    ) -> None:
+        """Subscribe ``handler(message)``; unsubscribed automatically on ``stop``."""
+        self._unsubscribers.append(
+            self.bus.subscribe(pattern, handler, module=self.ctx.instance, **kwargs)
+        )
+
+    def spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
+        """Run a background task owned by this module; its crash is logged and recorded."""
+
+        async def guarded() -> Any:
+            try:
+                return await coro
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.set_state("failed", f"{name} crashed", repr(exc))
+                self.log.error("task_crashed", task=name, error=repr(exc), exc_info=exc)
+                return None
+
+        task = asyncio.get_running_loop().create_task(guarded(), name=f"{self.ctx.instance}:{name}")
+        self._tasks.append(task)
+        return task
+
+
+def now() -> float:
+    """Wall-clock time; one place to read it so tests can reason about it."""
+    return time.time()

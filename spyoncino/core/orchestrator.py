@@ -1,0 +1,438 @@
+"""The orchestrator: discovery, lifecycle, health, reconfiguration and quarantine.
+
+It knows modules only through the ``spyoncino.modules`` entry-point group and the
+``BaseModule`` contract; it never names a feature.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import signal
+import time
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any
+
+import structlog
+
+from spyoncino.core.bus import Bus, Message
+from spyoncino.core.config import (
+    AppConfig,
+    ConfigError,
+    ConfigService,
+    dump_config,
+    module_view,
+)
+from spyoncino.core.contracts import (
+    START_ORDER,
+    BaseModule,
+    BoundedExecutor,
+    ModuleConfigError,
+    ModuleContext,
+    ModuleNotReady,
+)
+from spyoncino.schemas import topics
+from spyoncino.schemas.control import ConfigRejected, ConfigSnapshot, ConfigUpdate
+from spyoncino.schemas.status import HealthReport, ModuleHealth
+
+ENTRY_POINT_GROUP = "spyoncino.modules"
+_log = structlog.get_logger("spyoncino.orchestrator")
+
+
+def discover(group: str = ENTRY_POINT_GROUP) -> dict[str, type[BaseModule]]:
+    """Load every module class registered under ``group``; broken ones are logged and skipped."""
+    found: dict[str, type[BaseModule]] = {}
+    for ep in entry_points(group=group):
+        try:
+            cls = ep.load()
+        except Exception as exc:
+            _log.error("module_import_failed", entry_point=ep.name, target=ep.value, error=repr(exc))
+            continue
+        if not (isinstance(cls, type) and issubclass(cls, BaseModule)):
+            _log.error("module_not_a_basemodule", entry_point=ep.name, target=ep.value)
+            continue
+        cls.name = ep.name
+        found[ep.name] = cls
+    return found
+
+
+@dataclass
+class Slot:
+    """One running module instance and its lifecycle bookkeeping."""
+
+    instance: str
+    cls: type[BaseModule]
+    module: BaseModule
+    camera_id: str | None = None
+    state: str = "created"  # created, starting, running, retrying, quarantined, stopped
+    attempts: int = 0
+    last_error: str | None = None
+    retry_task: asyncio.Task[None] | None = None
+
+    @property
+    def order(self) -> int:
+        return START_ORDER.get(self.cls.category, 5)
+
+
+@dataclass
+class RunSummary:
+    """What happened during a run; printed when a replay ends."""
+
+    events: Counter[str] = field(default_factory=Counter)
+    artifacts: Counter[str] = field(default_factory=Counter)
+    notifications: Counter[str] = field(default_factory=Counter)
+    frames: Counter[str] = field(default_factory=Counter)
+    started_at: float = field(default_factory=time.monotonic)
+    artifact_paths: list[str] = field(default_factory=list)
+
+
+class Orchestrator:
+    def __init__(
+        self,
+        config: ConfigService,
+        registry: Mapping[str, type[BaseModule]],
+        *,
+        bus: Bus | None = None,
+        retry_base: float = 0.5,
+        retry_cap: float = 30.0,
+    ) -> None:
+        self.config = config
+        self.registry = dict(registry)
+        app = config.current
+        self.bus = bus or Bus(
+            status_interval=app.bus.status_interval,
+            default_maxsize=app.bus.queue_size,
+            high_watermark=app.bus.high_watermark,
+        )
+        self.executor = BoundedExecutor(workers=app.runtime.workers)
+        self.slots: list[Slot] = []
+        self.summary = RunSummary()
+        self._stop = asyncio.Event()
+        self._health_task: asyncio.Task[None] | None = None
+        self._retry_base = retry_base
+        self._retry_cap = retry_cap
+        self._unsubs: list[Any] = []
+        self._lock = asyncio.Lock()
+        self.started = False
+        self.ready = False
+
+    # -- building ----------------------------------------------------------------------------
+    def _input_for(self, source: str) -> type[BaseModule] | None:
+        for name in sorted(self.registry):
+            cls = self.registry[name]
+            app_section = getattr(self.config.current, name, None)
+            if cls.per_camera and cls.accepts(source) and getattr(app_section, "enabled", True):
+                return cls
+        return None
+
+    def _wanted(self, app: AppConfig) -> list[tuple[str, type[BaseModule], str | None]]:
+        wanted: list[tuple[str, type[BaseModule], str | None]] = []
+        for name, cls in sorted(self.registry.items()):
+            section = getattr(app, name, None)
+            if cls.per_camera or not getattr(section, "enabled", True):
+                continue
+            wanted.append((name, cls, None))
+        errors = []
+        for cid, cam in app.cameras.items():
+            if not cam.enabled:
+                continue
+            cls = self._input_for(cam.source)
+            if cls is None:
+                errors.append(f"cameras.{cid}.source: no input module reads {cam.source!r}")
+                continue
+            wanted.append((f"{cls.name}:{cid}", cls, cid))
+        if errors:
+            raise ConfigError(errors)
+        return wanted
+
+    def _make(self, instance: str, cls: type[BaseModule], camera_id: str | None) -> Slot:
+        ctx = ModuleContext(
+            bus=self.bus,
+            executor=self.executor,
+            app=self.config.current,
+            instance=instance,
+            camera_id=camera_id,
+        )
+        return Slot(instance=instance, cls=cls, module=cls(ctx), camera_id=camera_id)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._watch_summary()
+        self.bus.start_telemetry()
+        self._unsubs.append(
+            self.bus.subscribe(
+                topics.CONFIG_UPDATE.name, self._on_config_update, module="orchestrator"
+            )
+        )
+        for instance, cls, cid in self._wanted(self.config.current):
+            self.slots.append(self._make(instance, cls, cid))
+        self.slots.sort(key=lambda s: (s.order, s.instance))
+        for slot in self.slots:
+            await self._configure(slot, self.config.current)
+        for slot in self.slots:
+            if slot.state != "quarantined":
+                await self._start_slot(slot)
+        self.started = True
+        self.ready = True
+        self._health_task = asyncio.get_running_loop().create_task(
+            self._health_loop(), name="orchestrator:health"
+        )
+        await self.publish_health()
+        _log.info(
+            "started",
+            modules=[s.instance for s in self.slots if s.state == "running"],
+            quarantined=[s.instance for s in self.slots if s.state == "quarantined"],
+            sources=self.config.sources,
+        )
+
+    async def _configure(self, slot: Slot, app: AppConfig) -> None:
+        slot.module.ctx.app = app
+        try:
+            await slot.module.configure(app)
+        except ModuleConfigError as e:
+            self._quarantine(slot, str(e))
+        except Exception as e:
+            self._quarantine(slot, f"configure failed: {e!r}")
+
+    def _quarantine(self, slot: Slot, reason: str) -> None:
+        slot.state = "quarantined"
+        slot.last_error = reason
+        slot.module.set_state("quarantined", "quarantined", reason)
+        _log.error("module_quarantined", module=slot.instance, reason=reason)
+
+    async def _start_slot(self, slot: Slot) -> None:
+        slot.state = "starting"
+        slot.attempts += 1
+        try:
+            await slot.module.start()
+        except ModuleConfigError as e:
+            with contextlib.suppress(Exception):
+                await slot.module.stop()
+            self._quarantine(slot, str(e))
+            return
+        except Exception as e:
+            slot.last_error = str(e) if isinstance(e, ModuleNotReady) else repr(e)
+            with contextlib.suppress(Exception):
+                await slot.module.stop()
+            if slot.attempts >= self.config.current.runtime.max_start_attempts:
+                self._quarantine(slot, f"failed to start {slot.attempts} times: {slot.last_error}")
+                return
+            delay = min(self._retry_cap, self._retry_base * 2 ** (slot.attempts - 1))
+            delay *= 0.75 + random.random() / 2
+            slot.state = "retrying"
+            slot.module.set_state("degraded", f"retrying in {delay:.1f}s", slot.last_error)
+            _log.warning(
+                "module_start_failed",
+                module=slot.instance,
+                attempt=slot.attempts,
+                retry_in_s=round(delay, 2),
+                error=slot.last_error,
+            )
+            slot.retry_task = asyncio.get_running_loop().create_task(self._retry(slot, delay))
+            return
+        slot.state = "running"
+        if slot.module.health().state == "starting":
+            slot.module.set_state("ok")
+
+    async def _retry(self, slot: Slot, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if not self._stop.is_set() and slot.state == "retrying":
+            await self._start_slot(slot)
+
+    async def stop(self) -> None:
+        """Stop producers first, let queues drain, then consumers; bounded by stop_timeout."""
+        self._stop.set()
+        if self._health_task is not None:
+            self._health_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health_task
+        timeout = self.config.current.runtime.stop_timeout
+        for slot in sorted(self.slots, key=lambda s: (-s.order, s.instance)):
+            if slot.retry_task is not None:
+                slot.retry_task.cancel()
+            if slot.state in ("stopped", "quarantined") and slot.retry_task is None:
+                continue
+            try:
+                await asyncio.wait_for(slot.module.stop(), timeout=timeout / 2)
+            except TimeoutError:
+                _log.error("module_stop_timeout", module=slot.instance, timeout_s=timeout / 2)
+            except Exception as e:
+                _log.error("module_stop_failed", module=slot.instance, error=repr(e))
+            slot.state = "stopped"
+        for unsub in self._unsubs:
+            unsub()
+        await self.bus.close()
+        await asyncio.get_running_loop().run_in_executor(None, self.executor.shutdown)
+        _log.info("stopped")
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def inputs_finished(self) -> bool:
+        inputs = [s for s in self.slots if s.cls.per_camera and s.state != "quarantined"]
+        if not inputs:
+            return False
+        return all(s.module.is_finished() for s in inputs)
+
+    async def run(self, *, install_signals: bool = True, exit_when_inputs_end: bool = True) -> int:
+        """Start, run until a signal (or until every non-looping input ended), stop."""
+        loop = asyncio.get_running_loop()
+        if install_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.add_signal_handler(sig, self.request_stop)
+        try:
+            await self.start()
+            while not self._stop.is_set():
+                if exit_when_inputs_end and self.inputs_finished():
+                    _log.info("inputs_finished", draining_s=self.config.current.runtime.drain_timeout)
+                    await self.drain()
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), timeout=0.2)
+        finally:
+            await self.stop()
+            if install_signals:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    with contextlib.suppress(NotImplementedError, RuntimeError):
+                        loop.remove_signal_handler(sig)
+        return 0
+
+    async def drain(self) -> None:
+        """Wait for queues to empty and for modules with pending work (media, alerts)."""
+        deadline = time.monotonic() + self.config.current.runtime.drain_timeout
+        while time.monotonic() < deadline and not self._stop.is_set():
+            busy = [
+                s.instance
+                for s in self.slots
+                if s.state == "running" and s.module.metrics().get("pending", 0)
+            ]
+            if not busy and self.bus.idle(exclude=("status.#",)):
+                # idle twice in a row: a handler may have just published a follow-up
+                await asyncio.sleep(0.1)
+                if self.bus.idle(exclude=("status.#",)) and not any(
+                    s.module.metrics().get("pending", 0) for s in self.slots if s.state == "running"
+                ):
+                    return
+            await asyncio.sleep(0.05)
+        _log.warning("drain_timeout", timeout_s=self.config.current.runtime.drain_timeout)
+
+    # -- health ------------------------------------------------------------------------------
+    def health(self) -> HealthReport:
+        reports: list[ModuleHealth] = []
+        for slot in self.slots:
+            try:
+                h = slot.module.health()
+            except Exception as e:
+                h = ModuleHealth(module=slot.instance, state="failed", last_error=repr(e))
+            if slot.state == "quarantined":
+                h = h.model_copy(update={"state": "quarantined", "last_error": slot.last_error})
+            elif slot.state == "retrying":
+                h = h.model_copy(update={"state": "degraded", "last_error": slot.last_error})
+            reports.append(h.model_copy(update={"restarts": max(0, slot.attempts - 1)}))
+        states = {r.state for r in reports}
+        overall: Any = (
+            "failed"
+            if "failed" in states and all(r.state in ("failed", "quarantined") for r in reports)
+            else ("degraded" if states & {"failed", "quarantined", "degraded"} else "ok")
+        )
+        return HealthReport(overall=overall, modules=tuple(reports), at=time.time())
+
+    async def publish_health(self) -> None:
+        await self.bus.publish(topics.HEALTH.name, self.health())
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.current.runtime.health_interval)
+            await self.publish_health()
+
+    # -- reconfiguration ---------------------------------------------------------------------
+    async def _on_config_update(self, msg: Message[ConfigUpdate]) -> None:
+        await self.apply(msg.payload)
+
+    async def apply(self, update: ConfigUpdate) -> bool:
+        async with self._lock:
+            result = await self.config.apply_changes(update.changes, self._reconfigure)
+        if result.ok:
+            await self.bus.publish(
+                topics.CONFIG_SNAPSHOT.name,
+                ConfigSnapshot(
+                    version=result.version,
+                    config=dump_config(self.config.current),
+                    changed_modules=result.changed_modules,
+                    request_id=update.request_id,
+                ),
+            )
+            _log.info("config_applied", version=result.version, modules=result.changed_modules)
+        else:
+            await self.bus.publish(
+                topics.CONFIG_REJECTED.name,
+                ConfigRejected(
+                    version=result.version,
+                    reason=result.reason,
+                    errors=result.errors,
+                    request_id=update.request_id,
+                ),
+            )
+            _log.warning("config_rejected", reason=result.reason)
+        return result.ok
+
+    async def _reconfigure(self, old: AppConfig, new: AppConfig) -> list[str]:
+        old_set = {(i, c) for i, c, _ in self._wanted(old)}
+        new_set = {(i, c) for i, c, _ in self._wanted(new)}
+        if old_set != new_set:
+            added = sorted(i for i, _ in new_set - old_set)
+            removed = sorted(i for i, _ in old_set - new_set)
+            raise ModuleConfigError(
+                "adding or removing cameras or modules needs a restart "
+                f"(would add {added or 'none'}, remove {removed or 'none'})"
+            )
+        changed: list[Slot] = []
+        done: list[Slot] = []
+        for slot in self.slots:
+            if slot.state == "quarantined":
+                continue
+            name = slot.cls.name
+            if module_view(old, name, camera_id=slot.camera_id) != module_view(
+                new, name, camera_id=slot.camera_id
+            ):
+                changed.append(slot)
+        try:
+            for slot in changed:
+                slot.module.ctx.app = new
+                await slot.module.configure(new)
+                done.append(slot)
+        except Exception as e:
+            failing = changed[len(done)].instance
+            for slot in reversed(done):
+                slot.module.ctx.app = old
+                try:
+                    await slot.module.configure(old)
+                except Exception as rollback_error:
+                    _log.error("rollback_failed", module=slot.instance, error=repr(rollback_error))
+            changed[len(done)].module.ctx.app = old
+            raise ModuleConfigError(f"{failing} refused the change: {e}") from e
+        return [s.instance for s in changed]
+
+    # -- summary -----------------------------------------------------------------------------
+    def _watch_summary(self) -> None:
+        async def on_event(msg: Message[Any]) -> None:
+            parts = msg.topic.split(".")
+            if parts[-1] == "ready":
+                self.summary.artifacts[parts[1]] += 1
+                path = getattr(msg.payload, "path", None)
+                if path:
+                    self.summary.artifact_paths.append(str(path))
+            else:
+                self.summary.events[f"{parts[1]}.{parts[2]}"] += 1
+
+        async def on_notify(msg: Message[Any]) -> None:
+            parts = msg.topic.split(".")
+            self.summary.notifications[f"{parts[1]}.{parts[2]}"] += 1
+
+        self._unsubs.append(self.bus.subscribe("event.#", on_event, module="summary"))
+        self._unsubs.append(self.bus.subscribe("notify.#", on_notify, module="summary"))

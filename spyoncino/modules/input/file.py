@@ -1,0 +1,156 @@
+"""Replay a video file as a camera: for the demo, for tests, and for trying settings on footage."""
+
+from __future__ import annotations
+
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from spyoncino.core.config import AppConfig
+from spyoncino.core.contracts import CameraOptions, ModuleConfig, ModuleConfigError
+from spyoncino.core.inputs import CameraInput, RawFrame, SourceEnded, SourceError
+
+BUILTIN_PREFIX = "spyoncino:"
+VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".mov", ".m4v", ".webm", ".ts", ".h264", ".mjpeg"}
+
+
+class Config(ModuleConfig):
+    type: Literal["file"] = "file"
+
+
+class FileCamera(CameraOptions):
+    pace: Literal["realtime", "fast", "lockstep"] = Field(
+        default="realtime",
+        description=(
+            "realtime: native fps; fast: as fast as decoding goes (slow consumers see the newest "
+            "frame); lockstep: as fast as every frame consumer keeps up (reproducible tests)."
+        ),
+    )
+    loop: bool = Field(default=False, description="Start over at the end instead of ending.")
+    speed: float = Field(default=1.0, gt=0.0, le=100.0, description="Realtime speed factor.")
+
+
+def resolve(source: str) -> Path:
+    if source.startswith(BUILTIN_PREFIX):
+        return Path(str(resources.files("spyoncino") / "data" / source[len(BUILTIN_PREFIX) :]))
+    if source.startswith("file://"):
+        return Path(source[len("file://") :])
+    return Path(source)
+
+
+class FileInput(CameraInput):
+    """Reads a file with PyAV: luma straight from the Y plane, colour decoded only on demand."""
+
+    Config: ClassVar[type[ModuleConfig]] = Config
+    Camera: ClassVar[type[CameraOptions] | None] = FileCamera
+    finite: ClassVar[bool] = True
+
+    def __init__(self, ctx: Any) -> None:
+        super().__init__(ctx)
+        self.opts = FileCamera()
+        self._container: Any = None
+        self._frames: Any = None
+        self._t0_mono: float | None = None
+        self._t0_pts: float = 0.0
+        self._offset = 0.0
+        self._last_pts = 0.0
+
+    @classmethod
+    def accepts(cls, source: str) -> bool:
+        if source.startswith((BUILTIN_PREFIX, "file://")):
+            return True
+        if "://" in source or source.startswith("/dev/"):
+            return False
+        return Path(source).suffix.lower() in VIDEO_SUFFIXES
+
+    async def configure(self, app: AppConfig) -> None:
+        await super().configure(app)
+        self.opts = self.cam.options(self.name or "file", FileCamera)
+        path = resolve(self.cam.source)
+        if not path.is_file():
+            raise ModuleConfigError(
+                f"cameras.{self.camera_id}.source: file {str(path)!r} does not exist"
+            )
+
+    def open(self) -> None:
+        import av
+
+        path = resolve(self.cam.source)
+        try:
+            self._container = av.open(str(path))
+            stream = self._container.streams.video[0]
+        except (av.FFmpegError, IndexError, OSError) as e:
+            raise SourceError(f"cannot open {path.name}: {e}") from e
+        stream.thread_type = "AUTO"
+        self._time_base = float(stream.time_base) if stream.time_base else 0.1
+        rate = stream.average_rate
+        self._frame_period = 1.0 / float(rate) if rate else 0.1
+        self._frames = self._container.decode(stream)
+        self._t0_mono = None
+
+    def read(self) -> RawFrame:
+        import av
+
+        if self._frames is None:
+            raise SourceError("file is not open")
+        try:
+            frame = next(self._frames)
+        except StopIteration:
+            if self.opts.loop:
+                self._offset = self._last_pts + self._frame_period
+                self.close()
+                self.open()
+                return self.read()
+            raise SourceEnded from None
+        except av.FFmpegError as e:
+            raise SourceError(f"decode error: {e}") from e
+        pts = (
+            frame.pts * self._time_base if frame.pts is not None else self._last_pts + self._frame_period
+        ) + self._offset
+        self._last_pts = pts
+        if frame.format.name in ("yuv420p", "yuvj420p", "nv12"):
+            plane = frame.planes[0]
+            import numpy as np
+
+            y = np.frombuffer(plane, dtype=np.uint8).reshape(plane.height, plane.line_size)
+            luma = y[:, : frame.width]
+        else:
+            luma = frame.to_ndarray(format="gray")
+
+        def decode(f: Any = frame) -> Any:
+            return f.to_ndarray(format="bgr24")
+
+        from spyoncino.core.inputs import shrink_luma
+
+        return RawFrame(
+            width=frame.width,
+            height=frame.height,
+            decode=decode,
+            luma=shrink_luma(luma, self.cam.luma_width),
+            pts_s=pts,
+        )
+
+    def close(self) -> None:
+        if self._container is not None:
+            self._container.close()
+        self._container = None
+        self._frames = None
+
+    def pace(self, raw: RawFrame) -> float:
+        if self.opts.pace != "realtime" or raw.pts_s is None:
+            return 0.0
+        now = time.monotonic()
+        if self._t0_mono is None:
+            self._t0_mono = now
+            self._t0_pts = raw.pts_s
+            return 0.0
+        due = self._t0_mono + (raw.pts_s - self._t0_pts) / self.opts.speed
+        return max(0.0, due - now)
+
+    async def _publish(self, raw: RawFrame, now: float) -> None:
+        if self.opts.pace == "lockstep":
+            await self.bus.wait_idle(self.topic, "process.motion.detected", "process.object.detected")
+        await super()._publish(raw, now)

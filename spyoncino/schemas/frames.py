@@ -1,0 +1,85 @@
+"""Frames: the hot path. Slotted frozen dataclasses carrying numpy arrays, never validated."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, Field
+
+Image = npt.NDArray[np.uint8]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Frame:
+    """One camera frame.
+
+    ``luma`` is a small greyscale plane (a few hundred pixels wide) that motion detection
+    reads on every frame. The full-size BGR ``image`` is produced lazily through ``decode``
+    where the input can avoid the colour conversion (RTSP, CSI), so frames nobody looks at
+    in colour never pay for it.
+    """
+
+    camera_id: str
+    seq: int
+    mono_ts: float
+    wall_ts: float
+    width: int
+    height: int
+    luma: Image
+    _image: Image | None = None
+    _decode: Callable[[], Image] | None = field(default=None, repr=False)
+
+    @property
+    def image(self) -> Image:
+        img = self._image
+        if img is None:
+            if self._decode is None:
+                raise ValueError(f"frame {self.camera_id}#{self.seq} has no colour image")
+            img = self._decode()
+            object.__setattr__(self, "_image", img)
+        return img
+
+    @property
+    def has_image(self) -> bool:
+        return self._image is not None or self._decode is not None
+
+    @property
+    def luma_scale(self) -> float:
+        """Full-frame pixels per luma pixel."""
+        return self.width / self.luma.shape[1]
+
+
+class Box(BaseModel):
+    """An axis-aligned box in full-frame pixels, ``x2``/``y2`` exclusive."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    x1: int = Field(ge=0)
+    y1: int = Field(ge=0)
+    x2: int = Field(ge=0)
+    y2: int = Field(ge=0)
+
+    @property
+    def width(self) -> int:
+        return self.x2 - self.x1
+
+    @property
+    def height(self) -> int:
+        return self.y2 - self.y1
+
+    @property
+    def area(self) -> int:
+        return max(0, self.width) * max(0, self.height)
+
+    def iou(self, other: Box) -> float:
+        ix = max(0, min(self.x2, other.x2) - max(self.x1, other.x1))
+        iy = max(0, min(self.y2, other.y2) - max(self.y1, other.y1))
+        inter = ix * iy
+        union = self.area + other.area - inter
+        return inter / union if union > 0 else 0.0
+
+    def as_tuple(self) -> tuple[int, int, int, int]:
+        return (self.x1, self.y1, self.x2, self.y2)
