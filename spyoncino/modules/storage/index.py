@@ -1,0 +1,259 @@
+"""The event index: SQLite (WAL) rows for events, artifacts and notification outcomes.
+
+The media folder is the source of truth for files; this index makes them searchable and can be
+rebuilt from the folder (``spyoncino storage reindex``). Writes are batched: rows collect in
+memory and are committed every ``flush_interval`` seconds, so an idle box writes nothing and a
+busy one writes one transaction per interval instead of one per row.
+
+Schema (version 1, also read by the status page):
+
+* ``events(id PK, camera_id, kind, labels JSON, top_score, zones JSON, started_at, updated_at,
+  ended_at, phase)``
+* ``artifacts(event_id, kind, relpath, size_bytes, sha256, mime, created_at, duration_s, width,
+  height, PRIMARY KEY(event_id, kind))``
+* ``notifications(id PK, event_id, channel, kind, status, recipient, attempt, error, at)``
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from spyoncino.core.bus import Message
+from spyoncino.core.config import AppConfig
+from spyoncino.core.contracts import ModuleConfig, ModuleNotReady
+from spyoncino.core.contracts import BaseModule as _Base
+from spyoncino.schemas import topics
+from spyoncino.schemas.alerts import AlertNotification
+from spyoncino.schemas.events import EventNotice
+from spyoncino.schemas.media import MediaArtifact, StoredEvent
+
+
+class Config(ModuleConfig):
+    type: Literal["index"] = "index"
+    flush_interval: float = Field(
+        default=2.0, ge=0.05, le=300.0, description="Seconds between batched index commits."
+    )
+
+
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    id TEXT PRIMARY KEY,
+    camera_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    labels TEXT NOT NULL DEFAULT '[]',
+    top_score REAL NOT NULL DEFAULT 0,
+    zones TEXT NOT NULL DEFAULT '[]',
+    started_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    ended_at REAL,
+    phase TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_camera_started ON events(camera_id, started_at);
+CREATE INDEX IF NOT EXISTS events_started ON events(started_at);
+CREATE TABLE IF NOT EXISTS artifacts (
+    event_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    relpath TEXT NOT NULL,
+    size_bytes INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    mime TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    duration_s REAL,
+    width INTEGER,
+    height INTEGER,
+    PRIMARY KEY (event_id, kind)
+);
+CREATE TABLE IF NOT EXISTS notifications (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    status TEXT NOT NULL,
+    recipient TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    error TEXT,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS notifications_event ON notifications(event_id);
+"""
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open the index with the settings every writer uses (WAL, synchronous=NORMAL)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=10.0, check_same_thread=False, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA busy_timeout=10000")
+    conn.executescript(SCHEMA)
+    conn.execute(
+        "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+    )
+    return conn
+
+
+def upsert_event(conn: sqlite3.Connection, e: EventNotice) -> None:
+    conn.execute(
+        """INSERT INTO events(id, camera_id, kind, labels, top_score, zones, started_at,
+                              updated_at, ended_at, phase)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+           ON CONFLICT(id) DO UPDATE SET labels=excluded.labels, top_score=excluded.top_score,
+               zones=excluded.zones, updated_at=excluded.updated_at, ended_at=excluded.ended_at,
+               phase=excluded.phase""",
+        (
+            e.event_id,
+            e.camera_id,
+            e.kind,
+            json.dumps(list(e.labels)),
+            e.top_score,
+            json.dumps(list(e.zones)),
+            e.started_at,
+            e.updated_at,
+            e.ended_at,
+            e.phase,
+        ),
+    )
+
+
+def upsert_artifact(conn: sqlite3.Connection, a: MediaArtifact) -> None:
+    conn.execute(
+        """INSERT OR REPLACE INTO artifacts(event_id, kind, relpath, size_bytes, sha256, mime,
+                                            created_at, duration_s, width, height)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+        (
+            a.event_id,
+            a.kind,
+            a.relpath,
+            a.size_bytes,
+            a.sha256,
+            a.mime,
+            a.created_at,
+            a.duration_s,
+            a.width,
+            a.height,
+        ),
+    )
+
+
+def insert_notification(conn: sqlite3.Connection, n: AlertNotification) -> None:
+    conn.execute(
+        """INSERT INTO notifications(event_id, channel, kind, status, recipient, attempt, error, at)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
+        (n.event_id, n.channel, n.kind, n.status, n.recipient, n.attempt, n.error, n.at),
+    )
+
+
+class EventIndex(_Base):
+    """Keeps the SQLite index in step with events, artifacts and notification outcomes."""
+
+    category: ClassVar[Any] = "storage"
+    Config: ClassVar[type[ModuleConfig]] = Config
+
+    def __init__(self, ctx: Any) -> None:
+        super().__init__(ctx)
+        self.cfg = Config()
+        self.db_path: Path | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._pending: list[tuple[str, Any]] = []
+        self.rows_written = 0
+        self.commits = 0
+
+    async def configure(self, app: AppConfig) -> None:
+        self.cfg = app.section(self.name or "index", Config)
+        self.db_path = app.storage.db_path
+
+    async def start(self) -> None:
+        assert self.db_path is not None
+        try:
+            self._conn = await self.ctx.executor.run(connect, self.db_path)
+        except sqlite3.Error as e:
+            raise ModuleNotReady(f"cannot open index {self.db_path}: {e}") from e
+        self.subscribe("event.*.started", self._on_event, policy="block")
+        self.subscribe("event.*.updated", self._on_event, policy="block")
+        self.subscribe("event.*.ended", self._on_event, policy="block")
+        self.subscribe(topics.ARTIFACT.pattern(), self._on_artifact, policy="block")
+        self.subscribe(topics.NOTIFY.pattern(), self._on_notify, policy="block")
+        self.spawn(self._flush_loop(), "flush")
+        self.set_state("ok", str(self.db_path))
+
+    async def _on_event(self, msg: Message[EventNotice]) -> None:
+        self._pending.append(("event", msg.payload))
+
+    async def _on_artifact(self, msg: Message[MediaArtifact]) -> None:
+        self._pending.append(("artifact", msg.payload))
+
+    async def _on_notify(self, msg: Message[AlertNotification]) -> None:
+        self._pending.append(("notify", msg.payload))
+
+    async def _flush_loop(self) -> None:
+        import asyncio
+
+        while True:
+            await asyncio.sleep(self.cfg.flush_interval)
+            await self.flush()
+
+    async def flush(self) -> int:
+        if not self._pending or self._conn is None:
+            return 0
+        batch, self._pending = self._pending, []
+        await self.ctx.executor.run(self._write, batch)
+        saved: dict[str, StoredEvent] = {}
+        for kind, item in batch:
+            if kind == "event":
+                saved[item.event_id] = StoredEvent(
+                    event_id=item.event_id, camera_id=item.camera_id, phase=item.phase
+                )
+            elif kind == "artifact":
+                prev = saved.get(item.event_id)
+                arts = (*prev.artifacts, item.kind) if prev else (item.kind,)
+                saved[item.event_id] = StoredEvent(
+                    event_id=item.event_id,
+                    camera_id=item.camera_id,
+                    phase=prev.phase if prev else "artifact",
+                    artifacts=arts,
+                )
+        for stored in saved.values():
+            await self.bus.publish(topics.STORED.name, stored)
+        return len(batch)
+
+    def _write(self, batch: list[tuple[str, Any]]) -> None:
+        conn = self._conn
+        assert conn is not None
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for kind, item in batch:
+                if kind == "event":
+                    upsert_event(conn, item)
+                elif kind == "artifact":
+                    upsert_artifact(conn, item)
+                else:
+                    insert_notification(conn, item)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        self.rows_written += len(batch)
+        self.commits += 1
+
+    async def stop(self) -> None:
+        await super().stop()
+        if self._conn is not None:
+            try:
+                await self.flush()
+            finally:
+                conn, self._conn = self._conn, None
+                await self.ctx.executor.run(conn.close)
+
+    def metrics(self) -> dict[str, float | int | str]:
+        return {
+            "batched_rows": len(self._pending),
+            "rows_written": self.rows_written,
+            "commits": self.commits,
+        }
