@@ -148,7 +148,8 @@ class Subscription:
         depth = len(q)
         if depth > self.max_depth:
             self.max_depth = depth
-        if depth >= self.high_watermark and not self.above_watermark:
+        # a latest-wins queue is full by design; its drops are counted instead
+        if depth >= self.high_watermark and not self.above_watermark and self.policy != "latest":
             self.above_watermark = True
             _log.warning(
                 "bus_high_watermark",

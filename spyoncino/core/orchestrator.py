@@ -12,7 +12,7 @@ import random
 import signal
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
@@ -119,6 +119,9 @@ class Orchestrator:
         self._lock = asyncio.Lock()
         self.started = False
         self.ready = False
+        #: hooks run after start and before stop (systemd notifier, mDNS, ...)
+        self.on_started: list[Callable[[], Awaitable[None]]] = []
+        self.on_stopping: list[Callable[[], Awaitable[None]]] = []
 
     # -- building ----------------------------------------------------------------------------
     def _input_for(self, source: str) -> type[BaseModule] | None:
@@ -182,6 +185,8 @@ class Orchestrator:
             self._health_loop(), name="orchestrator:health"
         )
         await self.publish_health()
+        for hook in self.on_started:
+            await hook()
         _log.info(
             "started",
             modules=[s.instance for s in self.slots if s.state == "running"],
@@ -246,6 +251,11 @@ class Orchestrator:
     async def stop(self) -> None:
         """Stop producers first, let queues drain, then consumers; bounded by stop_timeout."""
         self._stop.set()
+        for hook in self.on_stopping:
+            try:
+                await hook()
+            except Exception as e:
+                _log.error("stop_hook_failed", error=repr(e))
         if self._health_task is not None:
             self._health_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

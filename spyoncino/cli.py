@@ -1,0 +1,288 @@
+"""``spyoncino`` command line: run | check-config | schema | doctor | models | storage | update."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from importlib import import_module
+from pathlib import Path
+from typing import Any
+
+from spyoncino import __version__
+from spyoncino.core.config import (
+    AppConfig,
+    ConfigError,
+    ConfigService,
+    build_app_model,
+    dump_config,
+    secret_values,
+)
+from spyoncino.core.contracts import BaseModule
+from spyoncino.core.logging import add_secrets, setup_logging
+from spyoncino.core.orchestrator import Orchestrator, RunSummary, discover
+
+EXIT_CONFIG = 2
+
+
+def _load(args: argparse.Namespace) -> tuple[dict[str, type[BaseModule]], ConfigService]:
+    registry = discover()
+    model = build_app_model(registry)
+    service = ConfigService.load(
+        model,
+        config_path=Path(args.config) if getattr(args, "config", None) else None,
+        secrets_path=Path(args.secrets) if getattr(args, "secrets", None) else None,
+    )
+    return registry, service
+
+
+def _print_config_errors(e: ConfigError) -> None:
+    print(f"configuration has {len(e.errors)} error(s):", file=sys.stderr)
+    for err in e.errors:
+        print(f"  - {err}", file=sys.stderr)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        _registry, service = _load(args)
+    except ConfigError as e:
+        _print_config_errors(e)
+        return EXIT_CONFIG
+    print("configuration is valid; layers: " + " < ".join(service.sources))
+    if args.show:
+        import yaml
+
+        print(yaml.safe_dump(dump_config(service.current), sort_keys=False))
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from spyoncino.schemas import PAYLOADS
+
+    registry = discover()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = build_app_model(registry)
+    written = []
+    config_schema = model.model_json_schema()
+    config_schema["title"] = "Spyoncino configuration (config.yaml)"
+    (out / "config.schema.json").write_text(json.dumps(config_schema, indent=2) + "\n")
+    written.append("config.schema.json")
+    for payload in PAYLOADS:
+        name = f"{payload.__name__}.schema.json"
+        (out / name).write_text(json.dumps(payload.model_json_schema(), indent=2) + "\n")
+        written.append(name)
+    print(f"wrote {len(written)} JSON Schemas to {out}/")
+    return 0
+
+
+def format_summary(summary: RunSummary, app: AppConfig, elapsed_s: float) -> str:
+    root = app.storage.root.resolve()
+    events = sum(n for k, n in summary.events.items() if k.endswith(".started"))
+    sent = sum(n for k, n in summary.notifications.items() if k.endswith(".sent"))
+    failed = sum(n for k, n in summary.notifications.items() if k.endswith(".failed"))
+    lines = [
+        "",
+        "Spyoncino run finished",
+        f"  ran for        {elapsed_s:.1f} s on {len(app.cameras)} camera(s): "
+        + ", ".join(app.cameras),
+        f"  events         {events}"
+        + (
+            " (" + ", ".join(f"{k} {n}" for k, n in sorted(summary.events.items())) + ")"
+            if summary.events
+            else ""
+        ),
+        "  media          "
+        + (", ".join(f"{n} {k}" for k, n in sorted(summary.artifacts.items())) or "none"),
+        f"  alerts         {sent} sent, {failed} failed"
+        + ("" if summary.notifications else " (no alert channel configured)"),
+        f"  files          {root}",
+        f"  event index    {app.storage.db_path.resolve()}",
+    ]
+    if summary.artifact_paths:
+        lines.append(f"  first snapshot {summary.artifact_paths[0]}")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        registry, service = _load(args)
+    except ConfigError as e:
+        _print_config_errors(e)
+        return EXIT_CONFIG
+    app = service.current
+    setup_logging(app.log.level, app.log.format)
+    add_secrets(secret_values(app))
+    orch = Orchestrator(service, registry)
+
+    async def main() -> int:
+        notifier = _systemd_notifier(orch)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        if notifier is not None:
+            orch.on_started.append(notifier.start)
+            orch.on_stopping.append(notifier.stop)
+        code = await orch.run(exit_when_inputs_end=not args.forever)
+        print(format_summary(orch.summary, service.current, loop.time() - t0), flush=True)
+        return code
+
+    try:
+        return asyncio.run(main())
+    except ConfigError as e:
+        _print_config_errors(e)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 130
+
+
+def _systemd_notifier(orch: Orchestrator) -> Any:
+    """The sd_notify bridge when running under systemd (NOTIFY_SOCKET set), else None."""
+    if not os.environ.get("NOTIFY_SOCKET"):
+        return None
+    try:
+        mod = import_module("spyoncino.core.systemd")
+    except ImportError:
+        return None
+    return mod.SystemdNotifier(orch)
+
+
+def _optional(module: str, func: str) -> Callable[..., list[str]] | None:
+    try:
+        fn = getattr(import_module(module), func)
+    except (ImportError, AttributeError):
+        return None
+    return fn  # type: ignore[no-any-return]
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    print(f"spyoncino {__version__} on Python {sys.version.split()[0]}")
+    registry = discover()
+    print("modules: " + ", ".join(sorted(registry)))
+    try:
+        _r, service = _load(args)
+        app: AppConfig | None = service.current
+        print("config: valid (" + " < ".join(service.sources) + ")")
+    except ConfigError as e:
+        app = None
+        print("config: INVALID")
+        for err in e.errors:
+            print(f"  - {err}")
+    for module, func, needs_app in (
+        ("spyoncino.core.profiles", "profile_report", False),
+        ("spyoncino.core.doctor", "inputs_report", True),
+    ):
+        fn = _optional(module, func)
+        if fn is None:
+            continue
+        if needs_app and app is None:
+            continue
+        for line in fn(app) if needs_app else fn():
+            print(line)
+    return 0 if app is not None else EXIT_CONFIG
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    try:
+        _r, service = _load(args)
+    except ConfigError as e:
+        _print_config_errors(e)
+        return EXIT_CONFIG
+    fn = _optional("spyoncino.modules.process.detector", "describe_models")
+    if fn is None:
+        print("no detector module is installed")
+        return 1
+    for line in fn(service.current):
+        print(line)
+    return 0
+
+
+def cmd_storage(args: argparse.Namespace) -> int:
+    try:
+        _r, service = _load(args)
+    except ConfigError as e:
+        _print_config_errors(e)
+        return EXIT_CONFIG
+    storage = service.current.storage
+    reindex = getattr(import_module("spyoncino.core.reindex"), "reindex", None)
+    if reindex is None:  # pragma: no cover - shipped with the package
+        print("reindex is not available", file=sys.stderr)
+        return 1
+    n = reindex(storage.root, storage.db_path)
+    print(f"reindexed {n} event(s) from {storage.root} into {storage.db_path}")
+    return 0
+
+
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    fn = _optional("spyoncino.modules.dashboard.status_page", "hash_password")
+    if fn is None:
+        print("the status page module is not installed", file=sys.stderr)
+        return 1
+    import getpass
+
+    password = args.password or getpass.getpass("password: ")
+    print(fn(password))
+    return 0
+
+
+def cmd_update(args: argparse.Namespace) -> int:
+    """Over-the-air update: pip upgrades the package inside the running virtualenv."""
+    spec = f"spyoncino=={args.version}" if args.version else "spyoncino"
+    cmd = [sys.executable, "-m", "pip", "install", "--upgrade", spec]
+    if args.dry_run:
+        cmd.append("--dry-run")
+    print("running: " + " ".join(cmd))
+    result = subprocess.run(cmd, check=False)
+    if result.returncode == 0 and not args.dry_run:
+        print("updated; restart the service to use it: systemctl restart spyoncino")
+    return result.returncode
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spyoncino", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"spyoncino {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--config", "-c", help="config file (default: /etc/spyoncino/config.yaml or the embedded demo)")
+        p.add_argument("--secrets", help="secrets file (tokens, passwords)")
+        return p
+
+    p = with_config(sub.add_parser("run", help="run the pipeline"))
+    p.add_argument("--forever", action="store_true", help="keep running after file sources end")
+    p.set_defaults(func=cmd_run)
+    p = with_config(sub.add_parser("check-config", help="validate the configuration, exit 2 on errors"))
+    p.add_argument("--show", action="store_true", help="print the merged config, secrets as ***")
+    p.set_defaults(func=cmd_check_config)
+    p = sub.add_parser("schema", help="write JSON Schemas of the config file and every payload")
+    p.add_argument("--out", default="schema", help="output folder (default ./schema)")
+    p.set_defaults(func=cmd_schema)
+    p = with_config(sub.add_parser("doctor", help="what this box can see: profile, cameras, config"))
+    p.set_defaults(func=cmd_doctor)
+    p = with_config(sub.add_parser("models", help="list bundled and configured detection models"))
+    p.set_defaults(func=cmd_models)
+    p = with_config(sub.add_parser("storage", help="storage maintenance"))
+    p.add_argument("action", choices=["reindex"], help="reindex: rebuild the index from the media folder")
+    p.set_defaults(func=cmd_storage)
+    p = sub.add_parser("hash-password", help="hash a status page password for the config")
+    p.add_argument("password", nargs="?", help="the password (prompted when omitted)")
+    p.set_defaults(func=cmd_hash_password)
+    p = sub.add_parser("update", help="upgrade spyoncino with pip (over the air)")
+    p.add_argument("--version", dest="version", help="exact version to install")
+    p.add_argument("--dry-run", action="store_true", help="show what pip would do")
+    p.set_defaults(func=cmd_update)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
