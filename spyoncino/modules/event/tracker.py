@@ -1,28 +1,52 @@
-"""Turns per-frame motion (and, with a detector, objects) into events with a lifecycle.
+"""Turns per-frame detections (or bare motion) into events: one object, one event.
 
-An event starts when something is seen in >= ``confirm_hits`` of the last ``confirm_window``
-frames, is updated while it goes on, and ends after ``end_after_s`` seconds without it.
-Within ``cooldown_s`` of an end, a new sighting on the same camera continues the old event
-instead of raising a new alert.
+Per camera, detections are associated across frames into tracks (greedy IoU matching, then
+a centroid-distance fallback for small or fast objects; same label only). A track raises an
+event once it is seen in >= ``confirm_hits`` of its last ``confirm_window`` frames, is inside
+the camera's zones and is not a parked object; the event is updated while the object moves
+and ends when it has been gone for ``end_after_s`` (or stands still for
+``stationary_after_s``).
+
+* **Stationary objects** (a parked car) do not re-alert: a track that has not moved since it
+  was first seen, and was already there when the camera started or sits where a parked object
+  was remembered, raises nothing until it moves.
+* **Cooldown** (per camera and label): a new track that appears within ``cooldown_s`` after an
+  event of the same label ended, or while an open event's object is lost, near where that
+  object was last seen, continues that event instead of raising a new alert.
+* **Zones** (``cameras.<id>.tracker.zones``): named polygons in normalised coordinates. An
+  object is in a zone when its bottom-centre point is. Exclude zones silence their labels;
+  when a camera has include zones for a label, only objects inside one of them alert. Events
+  carry the include zones entered. Zones are re-read on every ``configure`` (config.update).
+* **Best snapshot**: every sighting is scored ``score x sqrt(box area share)``, halved when the
+  box touches the frame edge (a cut-off person); ``started``, ``updated`` and ``ended``
+  notices carry the best frame so far in ``frame``/``frame_seq``/``boxes``, so the snapshot
+  writer can replace its picture when a better one comes.
+
+Time is the frames' own ``mono_ts`` (so a replay behaves like the live camera), advanced by
+the real clock between messages so that events still end when a camera goes quiet.
 """
 
 from __future__ import annotations
 
+import asyncio
+import math
 import secrets
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from spyoncino.core.bus import Message
 from spyoncino.core.config import AppConfig
-from spyoncino.core.contracts import BaseModule, ModuleConfig
+from spyoncino.core.contracts import BaseModule, CameraOptions, ModuleConfig
 from spyoncino.schemas import topics
 from spyoncino.schemas.detections import DetectionEvent, MotionEvent
-from spyoncino.schemas.events import EventNotice
-from spyoncino.schemas.frames import Box
+from spyoncino.schemas.events import EventNotice, TrackedObject
+from spyoncino.schemas.frames import Box, Frame
+
+Point = tuple[float, float]
 
 
 class Config(ModuleConfig):
@@ -31,17 +55,163 @@ class Config(ModuleConfig):
         default="auto",
         description="What raises events: objects when a detector runs (auto), or bare motion.",
     )
+    labels: tuple[str, ...] = Field(
+        default=(), description="Labels that raise events; empty: every label the detector keeps."
+    )
     confirm_hits: int = Field(default=2, ge=1, le=30, description="N of N-of-M confirmation.")
     confirm_window: int = Field(default=3, ge=1, le=60, description="M of N-of-M confirmation.")
     end_after_s: float = Field(
-        default=5.0, ge=0.5, le=600.0, description="Seconds without sightings that end an event."
+        default=5.0,
+        ge=0.2,
+        le=600.0,
+        description="Seconds an object must be gone to end its event.",
     )
     cooldown_s: float = Field(
-        default=30.0, ge=0.0, le=3600.0, description="A sighting this soon after an end continues it."
+        default=10.0,
+        ge=0.0,
+        le=3600.0,
+        description="Per camera and label: an object back this soon continues its old event.",
+    )
+    cooldown_by_label: dict[str, float] = Field(
+        default_factory=dict, description="Per-label cooldown overrides in seconds (0..3600)."
+    )
+    reentry_distance: float = Field(
+        default=0.25,
+        ge=0.0,
+        le=1.5,
+        description="How near (share of the frame diagonal) a returning object must reappear.",
     )
     update_every_s: float = Field(
         default=2.0, ge=0.1, le=600.0, description="Minimum seconds between event.*.updated."
     )
+    match_iou: float = Field(
+        default=0.2, ge=0.01, le=0.95, description="Minimum box overlap to continue a track."
+    )
+    max_jump: float = Field(
+        default=0.12,
+        ge=0.0,
+        le=1.0,
+        description="Centroid fallback: largest move per frame, share of the frame diagonal.",
+    )
+    stationary_iou: float = Field(
+        default=0.6,
+        ge=0.1,
+        le=0.99,
+        description="Overlap with its first box that means 'not moved'.",
+    )
+    stationary_after_s: float = Field(
+        default=60.0,
+        ge=1.0,
+        le=86400.0,
+        description="An object still this long ends its event and is remembered as parked.",
+    )
+    warmup_s: float = Field(
+        default=3.0,
+        ge=0.0,
+        le=600.0,
+        description="Still objects seen this soon after a camera starts count as already there.",
+    )
+
+    @field_validator("cooldown_by_label")
+    @classmethod
+    def _cooldowns(cls, value: dict[str, float]) -> dict[str, float]:
+        for label, seconds in value.items():
+            if not 0.0 <= seconds <= 3600.0:
+                raise ValueError(f"cooldown for {label!r} must be within 0..3600 s, got {seconds}")
+        return value
+
+
+class Zone(BaseModel):
+    """A named polygon in normalised coordinates (0..1 of width and height)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=40, description="Shown in alerts and the index.")
+    polygon: tuple[tuple[float, float], ...] = Field(
+        min_length=3, description="[[x, y], ...] corners, each 0..1, at least three."
+    )
+    mode: Literal["include", "exclude"] = Field(
+        default="include", description="include: alert only inside; exclude: never alert inside."
+    )
+    labels: tuple[str, ...] = Field(
+        default=(), description="Labels this zone applies to; empty: every label."
+    )
+
+    @field_validator("polygon")
+    @classmethod
+    def _normalised(cls, value: tuple[tuple[float, float], ...]) -> tuple[tuple[float, float], ...]:
+        for x, y in value:
+            if not (0.0 <= x <= 1.0 and 0.0 <= y <= 1.0):
+                raise ValueError(f"zone corner ({x}, {y}) is outside 0..1")
+        return value
+
+    def applies_to(self, label: str) -> bool:
+        return not self.labels or label in self.labels
+
+    def contains(self, p: Point) -> bool:
+        return point_in_polygon(p, self.polygon)
+
+
+class Camera(CameraOptions):
+    """``cameras.<id>.tracker``: zones and per-camera overrides."""
+
+    zones: tuple[Zone, ...] = Field(default=(), description="Named include/exclude polygons.")
+    labels: tuple[str, ...] | None = Field(
+        default=None, description="Labels that raise events here; None: the module's list."
+    )
+    cooldown_s: float | None = Field(
+        default=None, ge=0.0, le=3600.0, description="Cooldown here; None: the module's."
+    )
+
+    @field_validator("zones")
+    @classmethod
+    def _unique(cls, value: tuple[Zone, ...]) -> tuple[Zone, ...]:
+        names = [z.name for z in value]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"zone names must be unique, repeated: {sorted(dup)}")
+        return value
+
+
+def point_in_polygon(p: Point, poly: tuple[tuple[float, float], ...]) -> bool:
+    """Even-odd rule; points on an edge may fall either way."""
+    x, y = p
+    inside = False
+    j = len(poly) - 1
+    for i in range(len(poly)):
+        xi, yi = poly[i]
+        xj, yj = poly[j]
+        if (yi > y) != (yj > y) and x < (xj - xi) * (y - yi) / (yj - yi) + xi:
+            inside = not inside
+        j = i
+    return inside
+
+
+def zone_check(zones: tuple[Zone, ...], label: str, foot: Point) -> tuple[bool, tuple[str, ...]]:
+    """Whether an object of ``label`` standing at ``foot`` may alert, and the zones it is in."""
+    applicable = [z for z in zones if z.applies_to(label)]
+    if any(z.mode == "exclude" and z.contains(foot) for z in applicable):
+        return False, ()
+    includes = [z for z in applicable if z.mode == "include"]
+    inside = tuple(z.name for z in includes if z.contains(foot))
+    if includes and not inside:
+        return False, ()
+    return True, inside
+
+
+def snapshot_quality(score: float, box: Box, width: int, height: int) -> float:
+    """Higher is a better picture: confident, large, and not cut by the frame edge."""
+    area = box.area / max(1, width * height)
+    q = score * math.sqrt(area)
+    margin = 2
+    if (
+        box.x1 <= margin
+        or box.y1 <= margin
+        or box.x2 >= width - margin
+        or box.y2 >= height - margin
+    ):
+        q *= 0.5
+    return q
 
 
 def _event_id(wall_ts: float) -> str:
@@ -49,33 +219,84 @@ def _event_id(wall_ts: float) -> str:
     return f"{stamp}-{secrets.token_hex(3)}"
 
 
-@dataclass
-class _CameraTrack:
-    hits: deque[bool] = field(default_factory=lambda: deque(maxlen=3))
-    event: EventNotice | None = None
-    last_seen_mono: float = 0.0
-    last_update_mono: float = 0.0
+def _centre(b: Box) -> Point:
+    return ((b.x1 + b.x2) / 2.0, (b.y1 + b.y2) / 2.0)
+
+
+@dataclass(eq=False)
+class _Event:
+    notice: EventNotice
+    label: str
+    last_box: Box
+    last_seen_mono: float
+    last_seen_wall: float
+    last_update_mono: float
+    best_q: float = -1.0
+    best_frame: Frame | None = None
+    best_box: Box | None = None
+    best_seq: int = 0
+    zones: set[str] = field(default_factory=set)
     ended_mono: float | None = None
-    ended_event: EventNotice | None = None
+
+
+@dataclass(eq=False)
+class _Track:
+    id: int
+    label: str
+    box: Box
+    score: float
+    first_box: Box
+    first_mono: float
+    first_wall: float
+    last_seen_mono: float
+    hits: deque[bool]
+    already_there: bool = False
+    moved: bool = False
+    parked: bool = False
+    event: _Event | None = None
+
+
+@dataclass
+class _Camera:
+    tracks: list[_Track] = field(default_factory=list)
+    next_id: int = 1
+    first_mono: float | None = None
+    clock: float = 0.0
+    clock_real: float = 0.0
+    width: int = 0
+    height: int = 0
+    parked: list[tuple[str, Box]] = field(default_factory=list)
+    ended: list[_Event] = field(default_factory=list)
+
+    def now(self) -> float:
+        return self.clock + (time.monotonic() - self.clock_real)
 
 
 class EventTracker(BaseModule):
     category: ClassVar[Any] = "event"
     Config: ClassVar[type[ModuleConfig]] = Config
+    Camera: ClassVar[type[CameraOptions] | None] = Camera
 
     def __init__(self, ctx: Any) -> None:
         super().__init__(ctx)
         self.cfg = Config()
         self.detector_enabled = False
-        self._cams: dict[str, _CameraTrack] = {}
+        self.cams: dict[str, Camera] = {}
+        self._cstate: dict[str, _Camera] = {}
         self.events_started = 0
+        self.events_continued = 0
+        self.tracks_created = 0
 
     async def configure(self, app: AppConfig) -> None:
         self.cfg = app.section(self.name or "tracker", Config)
         det = getattr(app, "detector", None)
         self.detector_enabled = bool(getattr(det, "enabled", False))
-        for cam in self._cams.values():
-            cam.hits = deque(cam.hits, maxlen=self.cfg.confirm_window)
+        self.cams = {
+            cid: cam.options(self.name or "tracker", Camera) for cid, cam in app.cameras.items()
+        }
+        for st in self._cstate.values():
+            for t in st.tracks:
+                t.hits = deque(t.hits, maxlen=self.cfg.confirm_window)
 
     @property
     def mode(self) -> str:
@@ -89,141 +310,386 @@ class EventTracker(BaseModule):
         self.spawn(self._expire_loop(), "expire")
         self.set_state("ok", f"events from {self.mode}")
 
-    def _cam(self, camera_id: str) -> _CameraTrack:
-        cam = self._cams.get(camera_id)
-        if cam is None:
-            cam = self._cams[camera_id] = _CameraTrack(hits=deque(maxlen=self.cfg.confirm_window))
-        return cam
-
+    # -- input ---------------------------------------------------------------------------------
     async def _on_motion(self, msg: Message[MotionEvent]) -> None:
         if self.mode != "motion":
             return
         m = msg.payload
-        await self._sighting(
-            m.camera_id, m.mono_ts, m.wall_ts, bool(m.boxes), m.boxes, (), 0.0, m, "motion"
+        dets: list[tuple[str, float, Box]] = []
+        if m.boxes:
+            union = Box(
+                x1=min(b.x1 for b in m.boxes),
+                y1=min(b.y1 for b in m.boxes),
+                x2=max(b.x2 for b in m.boxes),
+                y2=max(b.y2 for b in m.boxes),
+            )
+            dets.append(("motion", min(1.0, max(0.01, m.changed_fraction * 10.0)), union))
+        await self.observe(
+            m.camera_id, m.mono_ts, m.wall_ts, m.frame_width, m.frame_height, m.seq, dets, m.frame
         )
 
     async def _on_objects(self, msg: Message[DetectionEvent]) -> None:
         if self.mode != "objects":
             return
         d = msg.payload
-        labels = tuple(sorted({x.label for x in d.detections}))
-        score = max((x.score for x in d.detections), default=0.0)
-        await self._sighting(
-            d.camera_id,
-            d.mono_ts,
-            d.wall_ts,
-            bool(d.detections),
-            tuple(x.box for x in d.detections),
-            labels,
-            score,
-            d,
-            "object",
+        dets = [(x.label, x.score, x.box) for x in d.detections]
+        await self.observe(
+            d.camera_id, d.mono_ts, d.wall_ts, d.frame_width, d.frame_height, d.seq, dets, d.frame
         )
 
-    async def _sighting(
+    def _camera(self, camera_id: str) -> _Camera:
+        st = self._cstate.get(camera_id)
+        if st is None:
+            st = self._cstate[camera_id] = _Camera()
+        return st
+
+    def _alerting(self, camera_id: str, label: str) -> bool:
+        cam = self.cams.get(camera_id)
+        labels = cam.labels if cam is not None and cam.labels is not None else self.cfg.labels
+        return label == "motion" or not labels or label in labels
+
+    def _cooldown(self, camera_id: str, label: str) -> float:
+        if label in self.cfg.cooldown_by_label:
+            return self.cfg.cooldown_by_label[label]
+        cam = self.cams.get(camera_id)
+        if cam is not None and cam.cooldown_s is not None:
+            return cam.cooldown_s
+        return self.cfg.cooldown_s
+
+    # -- the per-frame step ----------------------------------------------------------------------
+    async def observe(
         self,
         camera_id: str,
         mono: float,
         wall: float,
-        seen: bool,
-        boxes: tuple[Box, ...],
-        labels: tuple[str, ...],
-        score: float,
-        src: MotionEvent | DetectionEvent,
-        kind: Literal["object", "motion"],
+        width: int,
+        height: int,
+        seq: int,
+        detections: list[tuple[str, float, Box]],
+        frame: Frame | None,
     ) -> None:
-        cam = self._cam(camera_id)
-        cam.hits.append(seen)
-        if not seen:
-            return
-        cam.last_seen_mono = mono
-        if cam.event is None:
-            if sum(cam.hits) < self.cfg.confirm_hits:
-                return
-            resumed = cam.ended_event
-            if resumed is not None and cam.ended_mono is not None and (
-                mono - cam.ended_mono <= self.cfg.cooldown_s
-            ):
-                cam.event = resumed.model_copy(
-                    update={"phase": "updated", "ended_at": None, "updated_at": wall}
-                )
-                cam.ended_event = None
-                await self._publish(cam.event, src, boxes)
-                return
-            cam.event = EventNotice(
-                event_id=_event_id(wall),
-                camera_id=camera_id,
-                kind=kind,
-                phase="started",
-                labels=labels,
-                top_score=score,
-                started_at=wall,
-                updated_at=wall,
-                started_mono=mono,
-                boxes=boxes,
-                frame_seq=src.seq,
-                frame_width=src.frame_width,
-                frame_height=src.frame_height,
+        """Associate one frame's detections with the camera's tracks and advance events."""
+        st = self._camera(camera_id)
+        if st.first_mono is None:
+            st.first_mono = mono
+        st.clock = max(st.clock, mono)
+        st.clock_real = time.monotonic()
+        st.width, st.height = width, height
+        diag = math.hypot(width, height)
+        dets = [d for d in detections if self._alerting(camera_id, d[0])]
+        matched = self._associate(st.tracks, dets, diag)
+        seen: set[int] = set()
+        for track, (_label, score, box) in matched:
+            seen.add(track.id)
+            track.box, track.score, track.last_seen_mono = box, score, mono
+            track.hits.append(True)
+            if track.label != "motion" and box.iou(track.first_box) < self.cfg.stationary_iou:
+                track.moved = True
+                if track.parked:
+                    track.parked = False
+                    track.first_box, track.first_mono = box, mono
+        used = {id(d) for _, d in matched}
+        for track in st.tracks:
+            if track.id not in seen:
+                track.hits.append(False)
+        for det in dets:
+            if id(det) in used:
+                continue
+            label, score, box = det
+            warm = mono - st.first_mono < self.cfg.warmup_s
+            t = _Track(
+                id=st.next_id,
+                label=label,
+                box=box,
+                score=score,
+                first_box=box,
+                first_mono=mono,
+                first_wall=wall,
+                last_seen_mono=mono,
+                hits=deque([True], maxlen=self.cfg.confirm_window),
+                moved=label == "motion",
+                already_there=label != "motion"
+                and (
+                    warm
+                    or any(
+                        pl == label and box.iou(pb) >= self.cfg.stationary_iou
+                        for pl, pb in st.parked
+                    )
+                ),
             )
-            cam.last_update_mono = mono
-            self.events_started += 1
-            await self._publish(cam.event, src, boxes)
-            return
-        ev = cam.event
-        merged = tuple(sorted(set(ev.labels) | set(labels)))
-        cam.event = ev.model_copy(
-            update={
-                "phase": "updated",
-                "labels": merged,
-                "top_score": max(ev.top_score, score),
-                "updated_at": wall,
-                "boxes": boxes,
-                "frame_seq": src.seq,
-            }
-        )
-        if mono - cam.last_update_mono >= self.cfg.update_every_s:
-            cam.last_update_mono = mono
-            await self._publish(cam.event, src, boxes)
+            st.next_id += 1
+            self.tracks_created += 1
+            st.tracks.append(t)
+            seen.add(t.id)
+        zones = self.cams.get(camera_id, Camera()).zones
+        for track in st.tracks:
+            if track.id not in seen:
+                continue
+            foot = ((track.box.x1 + track.box.x2) / 2.0 / width, track.box.y2 / height)
+            allowed, inside = zone_check(zones, track.label, foot)
+            ev = track.event
+            if ev is None:
+                if (
+                    allowed
+                    and not track.parked
+                    and sum(track.hits) >= self.cfg.confirm_hits
+                    and (track.moved or not track.already_there)
+                ):
+                    await self._open(camera_id, st, track, mono, wall, seq, frame, inside, diag)
+                continue
+            ev.zones.update(inside)
+            ev.last_box, ev.last_seen_mono, ev.last_seen_wall = track.box, mono, wall
+            self._consider_best(ev, track, seq, frame, width, height)
+            if (
+                track.label != "motion"
+                and not track.moved
+                and mono - track.first_mono >= self.cfg.stationary_after_s
+            ):
+                await self._park(camera_id, st, track, mono)
+                continue
+            if mono - ev.last_update_mono >= self.cfg.update_every_s:
+                ev.last_update_mono = mono
+                await self._publish(ev, "updated", wall, tracks=self._tracks_of(st, ev))
+        # a still object with no event is remembered as parked so a re-detection stays quiet
+        for track in st.tracks:
+            if (
+                track.event is None
+                and not track.parked
+                and not track.moved
+                and track.label != "motion"
+                and mono - track.first_mono >= self.cfg.stationary_after_s
+            ):
+                await self._park(camera_id, st, track, mono)
+        await self._expire_camera(camera_id, st, mono)
 
-    async def _publish(
-        self, ev: EventNotice, src: MotionEvent | DetectionEvent | None, boxes: tuple[Box, ...]
+    def _associate(
+        self, tracks: list[_Track], dets: list[tuple[str, float, Box]], diag: float
+    ) -> list[tuple[_Track, tuple[str, float, Box]]]:
+        pairs: list[tuple[float, int, int]] = []
+        for ti, t in enumerate(tracks):
+            for di, (label, _s, box) in enumerate(dets):
+                if label != t.label:
+                    continue
+                iou = box.iou(t.box)
+                if iou >= self.cfg.match_iou:
+                    pairs.append((-iou, ti, di))
+        jump = self.cfg.max_jump * diag
+        for ti, t in enumerate(tracks):
+            c = _centre(t.box)
+            for di, (label, _s, box) in enumerate(dets):
+                if label != t.label:
+                    continue
+                dc = _centre(box)
+                dist = math.hypot(c[0] - dc[0], c[1] - dc[1])
+                if dist <= jump:
+                    pairs.append((1.0 + dist / max(1.0, jump), ti, di))  # after every IoU pair
+        pairs.sort()
+        t_used: set[int] = set()
+        d_used: set[int] = set()
+        out: list[tuple[_Track, tuple[str, float, Box]]] = []
+        for _cost, ti, di in pairs:
+            if ti in t_used or di in d_used:
+                continue
+            t_used.add(ti)
+            d_used.add(di)
+            out.append((tracks[ti], dets[di]))
+        return out
+
+    def _consider_best(
+        self, ev: _Event, track: _Track, seq: int, frame: Frame | None, width: int, height: int
     ) -> None:
-        frame = getattr(src, "frame", None) if src is not None else None
-        payload = ev.model_copy(update={"frame": frame, "boxes": boxes})
-        await self.bus.publish(topics.EVENT.at(kind=ev.kind, phase=ev.phase), payload)
+        q = snapshot_quality(track.score, track.box, width, height)
+        if q > ev.best_q and (frame is not None or ev.best_frame is None):
+            ev.best_q, ev.best_frame, ev.best_box, ev.best_seq = q, frame, track.box, seq
 
+    async def _open(
+        self,
+        camera_id: str,
+        st: _Camera,
+        track: _Track,
+        mono: float,
+        wall: float,
+        seq: int,
+        frame: Frame | None,
+        inside: tuple[str, ...],
+        diag: float,
+    ) -> None:
+        resumed = self._resumable(camera_id, st, track, mono, diag)
+        if resumed is not None:
+            for other in st.tracks:
+                if other.event is resumed and other is not track:
+                    other.event = None  # the old track is the same object, lost and found
+            track.event = resumed
+            resumed.zones.update(inside)
+            resumed.last_box, resumed.last_seen_mono, resumed.last_seen_wall = track.box, mono, wall
+            self._consider_best(resumed, track, seq, frame, st.width, st.height)
+            if resumed.ended_mono is not None:
+                resumed.ended_mono = None
+                st.ended.remove(resumed)
+            self.events_continued += 1
+            resumed.last_update_mono = mono
+            await self._publish(resumed, "updated", wall, tracks=[track])
+            return
+        notice = EventNotice(
+            event_id=_event_id(track.first_wall),
+            camera_id=camera_id,
+            kind="motion" if track.label == "motion" else "object",
+            phase="started",
+            labels=(track.label,),
+            top_score=track.score,
+            started_at=track.first_wall,
+            updated_at=wall,
+            started_mono=track.first_mono,
+            frame_width=st.width,
+            frame_height=st.height,
+        )
+        ev = _Event(
+            notice=notice,
+            label=track.label,
+            last_box=track.box,
+            last_seen_mono=mono,
+            last_seen_wall=wall,
+            last_update_mono=mono,
+            zones=set(inside),
+        )
+        self._consider_best(ev, track, seq, frame, st.width, st.height)
+        track.event = ev
+        self.events_started += 1
+        await self._publish(ev, "started", wall, tracks=[track])
+
+    def _resumable(
+        self, camera_id: str, st: _Camera, track: _Track, mono: float, diag: float
+    ) -> _Event | None:
+        """An event this new track continues: same label, object lost or ended lately, nearby."""
+        cooldown = self._cooldown(camera_id, track.label)
+        reach = self.cfg.reentry_distance * diag
+        c = _centre(track.first_box)
+        best: tuple[float, _Event] | None = None
+        candidates: list[_Event] = []
+        for other in st.tracks:
+            ev = other.event
+            if (
+                ev is not None
+                and other is not track
+                and other.last_seen_mono < mono
+                and all(t.last_seen_mono < mono for t in st.tracks if t.event is ev)
+            ):
+                candidates.append(ev)
+        candidates.extend(
+            e for e in st.ended if e.ended_mono is not None and mono - e.ended_mono <= cooldown
+        )
+        for ev in candidates:
+            if ev.label != track.label:
+                continue
+            lc = _centre(ev.last_box)
+            dist = math.hypot(c[0] - lc[0], c[1] - lc[1])
+            if dist <= reach and (best is None or dist < best[0]):
+                best = (dist, ev)
+        return best[1] if best is not None else None
+
+    async def _park(self, camera_id: str, st: _Camera, track: _Track, mono: float) -> None:
+        track.parked = True
+        st.parked.append((track.label, track.box))
+        del st.parked[:-32]
+        ev = track.event
+        if ev is not None:
+            track.event = None
+            self.log.info(
+                "object_parked", camera=camera_id, label=track.label, event_id=ev.notice.event_id
+            )
+            await self._end(st, ev, mono)
+
+    def _tracks_of(self, st: _Camera, ev: _Event) -> list[_Track]:
+        return [t for t in st.tracks if t.event is ev]
+
+    # -- ending ------------------------------------------------------------------------------
     async def _expire_loop(self) -> None:
-        import asyncio
-
         while True:
             await asyncio.sleep(0.25)
-            await self.expire(time.monotonic())
+            await self.expire()
 
-    async def expire(self, now_mono: float) -> None:
-        for cam in self._cams.values():
-            ev = cam.event
-            if ev is None or now_mono - cam.last_seen_mono < self.cfg.end_after_s:
+    async def expire(self) -> None:
+        """End events whose objects are gone, using each camera's clock."""
+        for camera_id, st in list(self._cstate.items()):
+            await self._expire_camera(camera_id, st, st.now())
+
+    async def _expire_camera(self, camera_id: str, st: _Camera, now: float) -> None:
+        keep: list[_Track] = []
+        for t in st.tracks:
+            gone = now - t.last_seen_mono
+            if t.event is None and not t.parked and gone > max(1.0, self.cfg.end_after_s / 2):
+                continue  # an unconfirmed flicker
+            if gone < self.cfg.end_after_s:
+                keep.append(t)
                 continue
-            ended = ev.model_copy(update={"phase": "ended", "ended_at": time.time()})
-            cam.event = None
-            cam.ended_event = ended
-            cam.ended_mono = now_mono
-            cam.hits.clear()
-            await self._publish(ended, None, ended.boxes)
+            ev = t.event
+            t.event = None
+            if ev is not None and not any(o.event is ev for o in st.tracks if o is not t):
+                await self._end(st, ev, now)
+        st.tracks = keep
+        cutoff = max(
+            [self.cfg.cooldown_s, *self.cfg.cooldown_by_label.values()]
+            + [c.cooldown_s for c in self.cams.values() if c.cooldown_s is not None]
+        )
+        st.ended = [
+            e for e in st.ended if e.ended_mono is not None and now - e.ended_mono <= cutoff
+        ]
+
+    async def _end(self, st: _Camera, ev: _Event, now: float) -> None:
+        ev.ended_mono = now
+        st.ended.append(ev)
+        await self._publish(ev, "ended", ev.last_seen_wall, ended_at=ev.last_seen_wall, tracks=[])
+
+    async def _publish(
+        self,
+        ev: _Event,
+        phase: Literal["started", "updated", "ended"],
+        wall: float,
+        *,
+        tracks: list[_Track],
+        ended_at: float | None = None,
+    ) -> None:
+        objects = tuple(
+            TrackedObject(track_id=t.id, label=t.label, score=t.score, box=t.box) for t in tracks
+        )
+        top = max([ev.notice.top_score, *(t.score for t in tracks)])
+        ev.notice = ev.notice.model_copy(
+            update={
+                "phase": phase,
+                "top_score": top,
+                "updated_at": max(wall, ev.notice.started_at),
+                "ended_at": ended_at,
+                "zones": tuple(sorted(ev.zones)),
+                "objects": objects,
+                "boxes": (ev.best_box,) if ev.best_box is not None else (),
+                "frame_seq": ev.best_seq,
+            }
+        )
+        payload = ev.notice.model_copy(update={"frame": ev.best_frame})
+        await self.bus.publish(topics.EVENT.at(kind=ev.notice.kind, phase=phase), payload)
 
     async def stop(self) -> None:
         await super().stop()
         # A replay that ends mid-event still closes it, so the index has an end time.
-        for cam in self._cams.values():
-            if cam.event is not None:
-                ended = cam.event.model_copy(update={"phase": "ended", "ended_at": time.time()})
-                cam.event = None
-                await self._publish(ended, None, ended.boxes)
+        for st in self._cstate.values():
+            open_events = {id(t.event): t.event for t in st.tracks if t.event is not None}
+            for t in st.tracks:
+                t.event = None
+            for ev in open_events.values():
+                await self._end(st, ev, st.now())
 
     def metrics(self) -> dict[str, float | int | str]:
         return {
             "events_started": self.events_started,
-            "open_events": sum(1 for c in self._cams.values() if c.event is not None),
+            "events_continued": self.events_continued,
+            "tracks_created": self.tracks_created,
+            "open_events": len(
+                {
+                    id(t.event)
+                    for s in self._cstate.values()
+                    for t in s.tracks
+                    if t.event is not None
+                }
+            ),
             "mode": self.mode,
         }

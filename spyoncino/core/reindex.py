@@ -1,0 +1,182 @@
+"""Rebuild the event index from the media folder (``spyoncino storage reindex``).
+
+The folder is the source of truth: ``<root>/<camera>/<YYYY-MM-DD>/<event-id>[.<variant>].<ext>``.
+Rows for files that exist but are not indexed (the index lost its last transactions in a power
+cut, or was deleted) are added; rows whose file is gone are removed. Temp files (``.*.part``)
+and the scratch folder are skipped. Existing rows are kept as they are, since they carry more
+than a file name can tell (labels, zones, scores).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from spyoncino.core.files import TEMP_SUFFIX, sha256_file
+from spyoncino.core.index_db import connect
+
+_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_STAMP = re.compile(r"^(\d{8}T\d{6})")
+
+#: file name ending -> (artifact kind, mime). Longest endings first.
+KINDS: tuple[tuple[str, str, str], ...] = (
+    (".clean.jpg", "snapshot_clean", "image/jpeg"),
+    (".thumb.jpg", "thumbnail", "image/jpeg"),
+    (".jpg", "snapshot", "image/jpeg"),
+    (".gif", "gif", "image/gif"),
+    (".mp4", "clip", "video/mp4"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class MediaFile:
+    """One finished media file found under the storage root."""
+
+    path: Path
+    relpath: str
+    camera_id: str
+    event_id: str
+    kind: str
+    mime: str
+
+
+def classify(root: Path, path: Path) -> MediaFile | None:
+    """What ``path`` is, from its name and place; None for anything that is not our media."""
+    try:
+        rel = path.relative_to(root)
+    except ValueError:
+        return None
+    parts = rel.parts
+    if len(parts) != 3 or not _DAY.match(parts[1]):
+        return None
+    name = parts[2]
+    if name.startswith(".") or name.endswith(TEMP_SUFFIX):
+        return None
+    for ending, kind, mime in KINDS:
+        if name.endswith(ending) and len(name) > len(ending):
+            return MediaFile(path, rel.as_posix(), parts[0], name[: -len(ending)], kind, mime)
+    return None
+
+
+def scan(root: Path) -> list[MediaFile]:
+    """Every finished media file under ``root`` (hidden folders such as scratch skipped)."""
+    out: list[MediaFile] = []
+    if not root.is_dir():
+        return out
+    for cam in sorted(root.iterdir()):
+        if not cam.is_dir() or cam.name.startswith("."):
+            continue
+        for day in sorted(cam.iterdir()):
+            if not day.is_dir() or not _DAY.match(day.name):
+                continue
+            for f in sorted(day.iterdir()):
+                if f.is_file():
+                    m = classify(root, f)
+                    if m is not None:
+                        out.append(m)
+    return out
+
+
+def _started_at(event_id: str, fallback: float) -> float:
+    m = _STAMP.match(event_id)
+    if m:
+        with contextlib.suppress(ValueError, OverflowError):
+            return time.mktime(time.strptime(m.group(1), "%Y%m%dT%H%M%S"))
+    return fallback
+
+
+def _probe(m: MediaFile) -> tuple[float | None, int | None, int | None]:
+    """(duration, width, height); None where the file cannot tell cheaply."""
+    if m.kind == "clip":
+        try:
+            import av
+
+            with av.open(str(m.path)) as c:
+                s = c.streams.video[0]
+                dur = float(c.duration) / 1_000_000 if c.duration else None
+                return dur, s.codec_context.width, s.codec_context.height
+        except Exception:
+            return None, None, None
+    return None, None, None
+
+
+def reindex(root: Path, db_path: Path) -> int:
+    """Bring the index at ``db_path`` in line with the files under ``root``.
+
+    Returns how many rows were added (events plus artifacts).
+    """
+    conn = connect(db_path)
+    try:
+        return _reindex(conn, root)
+    finally:
+        conn.close()
+
+
+def _reindex(conn: sqlite3.Connection, root: Path) -> int:
+    files = scan(root)
+    present = {m.relpath for m in files}
+    known_arts = {
+        (row[0], row[1]): row[2]
+        for row in conn.execute("SELECT event_id, kind, relpath FROM artifacts")
+    }
+    known_events = {row[0] for row in conn.execute("SELECT id FROM events")}
+    added = 0
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for (event_id, kind), relpath in known_arts.items():
+            if relpath not in present:
+                conn.execute(
+                    "DELETE FROM artifacts WHERE event_id = ? AND kind = ?", (event_id, kind)
+                )
+        for m in files:
+            st = m.path.stat()
+            if m.event_id not in known_events:
+                started = _started_at(m.event_id, st.st_mtime)
+                conn.execute(
+                    """INSERT OR IGNORE INTO events(id, camera_id, kind, labels, top_score, zones,
+                           started_at, updated_at, ended_at, phase)
+                       VALUES (?, ?, ?, '[]', 0, '[]', ?, ?, ?, 'ended')""",
+                    (
+                        m.event_id,
+                        m.camera_id,
+                        "manual" if m.event_id.startswith("manual-") else "unknown",
+                        started,
+                        st.st_mtime,
+                        st.st_mtime,
+                    ),
+                )
+                known_events.add(m.event_id)
+                added += 1
+            if known_arts.get((m.event_id, m.kind)) == m.relpath:
+                continue
+            duration, width, height = _probe(m)
+            conn.execute(
+                """INSERT OR REPLACE INTO artifacts(event_id, kind, relpath, size_bytes, sha256,
+                       mime, created_at, duration_s, width, height)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (
+                    m.event_id,
+                    m.kind,
+                    m.relpath,
+                    st.st_size,
+                    sha256_file(m.path),
+                    m.mime,
+                    st.st_mtime,
+                    duration,
+                    width,
+                    height,
+                ),
+            )
+            added += 1
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return added
+
+
+__all__ = ["KINDS", "MediaFile", "classify", "reindex", "scan"]

@@ -1,0 +1,317 @@
+"""The tracker on a real bus, fed synthetic detections with their own clock."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from spyoncino.core.config import ConfigService, Layer
+from spyoncino.core.orchestrator import Orchestrator
+from spyoncino.modules.event.tracker import EventTracker, Zone, point_in_polygon, zone_check
+from spyoncino.schemas import topics
+from spyoncino.schemas.control import ConfigUpdate
+from spyoncino.schemas.detections import Detection, DetectionEvent, MotionEvent
+from spyoncino.schemas.events import EventNotice
+from spyoncino.schemas.frames import Box
+
+from .conftest import Harness, make_frame
+
+W, H = 640, 360
+FPS = 10.0
+
+
+def det(label: str, score: float, box: tuple[int, int, int, int]) -> Detection:
+    return Detection(label=label, score=score, box=Box(x1=box[0], y1=box[1], x2=box[2], y2=box[3]))
+
+
+async def feed(h: Harness, seq: int, dets: list[Detection], camera: str = "cam") -> None:
+    t = seq / FPS
+    ev = DetectionEvent(
+        camera_id=camera,
+        seq=seq,
+        mono_ts=t,
+        wall_ts=1_700_000_000.0 + t,
+        frame_width=W,
+        frame_height=H,
+        detections=tuple(dets),
+        backend="test",
+        model="test",
+        inference_ms=1.0,
+        frame=make_frame(camera, seq, t, W, H),
+    )
+    await h.bus.publish(topics.OBJECTS.name, ev)
+    await h.bus.wait_idle(topics.OBJECTS.name)
+
+
+def walker(seq: int, x0: int = 20, speed: int = 12, y: int = 150) -> tuple[int, int, int, int]:
+    x = x0 + seq * speed
+    return (x, y, x + 40, y + 100)
+
+
+def events(rec: list[tuple[str, Any]], phase: str | None = None) -> list[EventNotice]:
+    return [p for t, p in rec if isinstance(p, EventNotice) and (phase is None or p.phase == phase)]
+
+
+async def tracker(h: Harness, **cfg: Any) -> tuple[EventTracker, list[tuple[str, Any]]]:
+    cams = cfg.pop("cameras", {"cam": {"source": "x.mp4"}})
+    app = h.app(
+        {"tracker": EventTracker}, {"tracker": {"source": "objects", **cfg}, "cameras": cams}
+    )
+    rec = h.record("event.#")
+    mod = await h.start(EventTracker, app)
+    return mod, rec
+
+
+async def test_one_walker_is_one_event_with_lifecycle(harness: Harness) -> None:
+    mod, rec = await tracker(harness, update_every_s=1.0)
+    for seq in range(40):
+        await feed(harness, seq, [det("person", 0.8, walker(seq))])
+    for seq in range(40, 110):  # 7 s of nothing: the event ends after 5 s
+        await feed(harness, seq, [])
+    await harness.settle()
+    assert len(events(rec, "started")) == 1
+    assert len(events(rec, "ended")) == 1
+    assert 2 <= len(events(rec, "updated")) <= 5  # rate-limited, not every frame
+    started, ended = events(rec, "started")[0], events(rec, "ended")[0]
+    assert started.event_id == ended.event_id
+    assert started.started_at == pytest.approx(1_700_000_000.0)  # first sighting, not confirmation
+    assert ended.ended_at == pytest.approx(1_700_000_003.9)
+    assert started.frame is not None
+    assert started.objects[0].label == "person"
+    assert mod.metrics()["open_events"] == 0
+
+
+async def test_single_frame_flicker_raises_nothing_but_two_of_three_does(harness: Harness) -> None:
+    _, rec = await tracker(harness)
+    await feed(harness, 0, [det("person", 0.9, (100, 100, 140, 200))])
+    for seq in range(1, 40):
+        await feed(harness, seq, [])
+    assert events(rec) == []
+    await feed(harness, 40, [det("person", 0.9, (100, 100, 140, 200))])
+    await feed(harness, 41, [])
+    await feed(harness, 42, [det("person", 0.9, (104, 100, 144, 200))])
+    await harness.settle()
+    assert len(events(rec, "started")) == 1
+
+
+async def test_parked_car_present_at_start_does_not_alert_until_it_moves(harness: Harness) -> None:
+    _, rec = await tracker(harness)
+    car = (300, 200, 420, 280)
+    for seq in range(100):
+        await feed(harness, seq, [det("car", 0.9, car)])
+    assert events(rec) == []
+    for seq in range(100, 110):  # drives off
+        x = 300 + (seq - 99) * 20
+        await feed(harness, seq, [det("car", 0.9, (x, 200, x + 120, 280))])
+    await harness.settle()
+    assert len(events(rec, "started")) == 1
+
+
+async def test_arriving_car_that_parks_ends_its_event_and_stays_quiet(harness: Harness) -> None:
+    _, rec = await tracker(harness, stationary_after_s=5.0)
+    for seq in range(10):
+        x = 100 + seq * 20
+        await feed(harness, seq, [det("car", 0.9, (x, 200, x + 120, 280))])
+    for seq in range(10, 200):  # sits there for 19 s, with detector dropouts
+        dets = [] if seq % 7 == 0 else [det("car", 0.9, (280, 200, 400, 280))]
+        await feed(harness, seq, dets)
+    # lost for 8 s (a bus passes in front), found again at the same spot: still parked
+    for seq in range(200, 280):
+        await feed(harness, seq, [])
+    for seq in range(280, 300):
+        await feed(harness, seq, [det("car", 0.9, (281, 201, 401, 281))])
+    await harness.settle()
+    assert len(events(rec, "started")) == 1
+    assert len(events(rec, "ended")) == 1
+
+
+async def test_best_snapshot_prefers_big_uncut_confident_boxes(harness: Harness) -> None:
+    _, rec = await tracker(harness, update_every_s=0.1, warmup_s=0)
+    await feed(harness, 0, [det("person", 0.9, (0, 100, 60, 300))])  # cut by the left edge
+    await feed(harness, 1, [det("person", 0.9, (10, 100, 70, 300))])
+    await feed(harness, 2, [det("person", 0.5, (20, 100, 60, 180))])  # small and unsure
+    await feed(harness, 3, [det("person", 0.9, (30, 100, 90, 300))])
+    for seq in range(4, 70):
+        await feed(harness, seq, [])
+    await harness.settle()
+    ended = events(rec, "ended")[0]
+    assert ended.frame_seq == 1
+    assert ended.boxes == (Box(x1=10, y1=100, x2=70, y2=300),)
+    assert ended.frame is not None
+    assert ended.frame.seq == 1
+
+
+async def test_cooldown_continues_the_event_per_camera_and_label(harness: Harness) -> None:
+    _, rec = await tracker(harness, cooldown_s=20.0, warmup_s=0)
+    box = (300, 100, 340, 200)
+    for seq in range(5):
+        await feed(harness, seq, [det("person", 0.9, box)])
+    for seq in range(5, 70):  # gone 6.5 s: ended
+        await feed(harness, seq, [])
+    assert len(events(rec, "ended")) == 1
+    for seq in range(70, 75):  # back at the door 6.5 s later: same event
+        await feed(harness, seq, [det("person", 0.9, box)])
+    # a car is another label: its own event
+    for seq in range(75, 80):
+        await feed(harness, seq, [det("car", 0.9, (500, 250, 600, 330))])
+    await harness.settle()
+    started = events(rec, "started")
+    assert [e.labels for e in started] == [("person",), ("car",)]
+    resumed = [e for e in events(rec, "updated") if e.event_id == started[0].event_id]
+    assert resumed
+    assert resumed[-1].ended_at is None
+
+
+async def test_after_cooldown_a_new_event(harness: Harness) -> None:
+    _, rec = await tracker(harness, cooldown_s=2.0, warmup_s=0)
+    box = (300, 100, 340, 200)
+    for seq in range(5):
+        await feed(harness, seq, [det("person", 0.9, box)])
+    for seq in range(5, 100):
+        await feed(harness, seq, [])
+    for seq in range(100, 105):
+        await feed(harness, seq, [det("person", 0.9, box)])
+    await harness.settle()
+    assert len(events(rec, "started")) == 2
+
+
+async def test_two_people_are_two_events(harness: Harness) -> None:
+    _, rec = await tracker(harness)
+    for seq in range(30):
+        await feed(
+            harness,
+            seq,
+            [det("person", 0.8, walker(seq)), det("person", 0.8, walker(seq, x0=560, speed=-12))],
+        )
+    await harness.settle()
+    assert len(events(rec, "started")) == 2
+
+
+async def test_labels_filter(harness: Harness) -> None:
+    _, rec = await tracker(harness, labels=["person"])
+    for seq in range(10):
+        await feed(harness, seq, [det("cat", 0.9, walker(seq))])
+    await harness.settle()
+    assert events(rec) == []
+
+
+def test_polygon_and_zone_rules() -> None:
+    square = ((0.0, 0.0), (0.5, 0.0), (0.5, 0.5), (0.0, 0.5))
+    assert point_in_polygon((0.25, 0.25), square)
+    assert not point_in_polygon((0.75, 0.25), square)
+    road = Zone(name="road", polygon=square, mode="exclude", labels=("person",))
+    yard = Zone(name="yard", polygon=((0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 1.0)))
+    assert zone_check((road, yard), "person", (0.25, 0.25)) == (False, ())
+    assert zone_check((road, yard), "car", (0.25, 0.25)) == (True, ("yard",))
+    assert zone_check((road, yard), "person", (0.75, 0.75)) == (True, ("yard",))
+    only_left = Zone(name="left", polygon=square)
+    assert zone_check((only_left,), "person", (0.75, 0.75)) == (False, ())
+    with pytest.raises(ValueError):
+        Zone(name="bad", polygon=((0.0, 0.0), (1.2, 0.0), (1.0, 1.0)))
+
+
+EXCLUDE_LEFT = {
+    "name": "hedge",
+    "mode": "exclude",
+    "polygon": [[0.0, 0.0], [0.5, 0.0], [0.5, 1.0], [0.0, 1.0]],
+}
+
+
+async def test_person_only_inside_exclude_zone_raises_nothing(harness: Harness) -> None:
+    cams = {"cam": {"source": "x.mp4", "tracker": {"zones": [EXCLUDE_LEFT]}}}
+    _, rec = await tracker(harness, cameras=cams)
+    for seq in range(40):  # walks around in the left half only
+        x = 20 + (seq % 20) * 8
+        await feed(harness, seq, [det("person", 0.9, (x, 100, x + 40, 250))])
+    await harness.settle()
+    assert events(rec) == []
+
+
+async def test_events_carry_zones_entered(harness: Harness) -> None:
+    porch = {"name": "porch", "polygon": [[0.5, 0.0], [1.0, 0.0], [1.0, 1.0], [0.5, 1.0]]}
+    drive = {"name": "drive", "polygon": [[0.0, 0.0], [0.5, 0.0], [0.5, 1.0], [0.0, 1.0]]}
+    cams = {"cam": {"source": "x.mp4", "tracker": {"zones": [drive, porch]}}}
+    _, rec = await tracker(harness, cameras=cams)
+    for seq in range(45):
+        await feed(harness, seq, [det("person", 0.9, walker(seq))])
+    for seq in range(45, 110):
+        await feed(harness, seq, [])
+    await harness.settle()
+    assert events(rec, "started")[0].zones == ("drive",)
+    assert events(rec, "ended")[0].zones == ("drive", "porch")
+
+
+async def test_motion_only_events_follow_the_same_lifecycle(harness: Harness) -> None:
+    _, rec = await tracker(harness, source="motion")
+    for seq in range(30):
+        t = seq / FPS
+        x1, y1, x2, y2 = walker(seq) if seq < 20 else (0, 0, 0, 0)
+        boxes = (Box(x1=x1, y1=y1, x2=x2, y2=y2),) if seq < 20 else ()
+        m = MotionEvent(
+            camera_id="cam",
+            seq=seq,
+            mono_ts=t,
+            wall_ts=1e9 + t,
+            frame_width=W,
+            frame_height=H,
+            boxes=boxes,
+            changed_fraction=0.02 if boxes else 0.0,
+            frame=make_frame("cam", seq, t, W, H),
+        )
+        await harness.bus.publish(topics.MOTION.name, m)
+    for seq in range(30, 100):
+        await feed(harness, seq, [])  # detections are ignored in motion mode; clock from motion
+        m = MotionEvent(
+            camera_id="cam",
+            seq=seq,
+            mono_ts=seq / FPS,
+            wall_ts=1e9 + seq / FPS,
+            frame_width=W,
+            frame_height=H,
+            boxes=(),
+            changed_fraction=0.0,
+        )
+        await harness.bus.publish(topics.MOTION.name, m)
+    await harness.settle()
+    assert [e.kind for e in events(rec, "started")] == ["motion"]
+    assert len(events(rec, "ended")) == 1
+
+
+async def test_zone_change_through_config_update_applies_without_restart(tmp_path: Any) -> None:
+    registry = {"tracker": EventTracker}
+    EventTracker.name = "tracker"
+    from spyoncino.core.config import build_app_model
+
+    model = build_app_model(registry)
+    data = {
+        "storage": {"root": str(tmp_path)},
+        "tracker": {"source": "objects", "warmup_s": 0},
+        "cameras": {"cam": {"source": "x.mp4", "enabled": False}},
+    }
+    service = ConfigService(model, [Layer("test", data)])
+    orch = Orchestrator(service, registry)
+    await orch.start()
+    try:
+        h = Harness(orch.bus, orch.executor, tmp_path)
+        rec = h.record("event.#")
+        snaps = h.record("config.snapshot")
+        mod = orch.slots[0].module
+        for seq in range(10):
+            await feed(h, seq, [det("person", 0.9, (50 + seq, 100, 90 + seq, 250))])
+        for seq in range(10, 80):
+            await feed(h, seq, [])
+        assert len(events(rec, "started")) == 1
+        await orch.bus.publish(
+            topics.CONFIG_UPDATE.name,
+            ConfigUpdate(changes={"cameras": {"cam": {"tracker": {"zones": [EXCLUDE_LEFT]}}}}),
+        )
+        await orch.bus.drain()
+        assert [t for t, _ in snaps] == ["config.snapshot"]
+        assert orch.slots[0].module is mod  # reconfigured in place, not restarted
+        for seq in range(200, 240):
+            await feed(h, seq, [det("person", 0.9, (50 + seq % 20, 100, 90 + seq % 20, 250))])
+        await orch.bus.drain()
+        assert len(events(rec, "started")) == 1
+    finally:
+        await orch.stop()
