@@ -24,7 +24,7 @@ from spyoncino.core.config import (
 )
 from spyoncino.core.contracts import BaseModule
 from spyoncino.core.logging import add_secrets, setup_logging
-from spyoncino.core.orchestrator import Orchestrator, RunSummary, discover
+from spyoncino.core.orchestrator import Orchestrator, RunSummary, discover, plan
 
 EXIT_CONFIG = 2
 
@@ -48,7 +48,8 @@ def _print_config_errors(e: ConfigError) -> None:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     try:
-        _registry, service = _load(args)
+        registry, service = _load(args)
+        plan(registry, service.current)
     except ConfigError as e:
         _print_config_errors(e)
         return EXIT_CONFIG

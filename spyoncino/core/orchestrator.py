@@ -26,6 +26,7 @@ from spyoncino.core.config import (
     ConfigService,
     dump_config,
     module_view,
+    redact_url,
 )
 from spyoncino.core.contracts import (
     START_ORDER,
@@ -58,6 +59,45 @@ def discover(group: str = ENTRY_POINT_GROUP) -> dict[str, type[BaseModule]]:
         cls.name = ep.name
         found[ep.name] = cls
     return found
+
+
+def input_for(
+    registry: Mapping[str, type[BaseModule]], app: AppConfig, source: str
+) -> type[BaseModule] | None:
+    """The first enabled per-camera module (by name) that reads ``source``."""
+    for name in sorted(registry):
+        cls = registry[name]
+        section = getattr(app, name, None)
+        if cls.per_camera and cls.accepts(source) and getattr(section, "enabled", True):
+            return cls
+    return None
+
+
+def plan(
+    registry: Mapping[str, type[BaseModule]], app: AppConfig
+) -> list[tuple[str, type[BaseModule], str | None]]:
+    """Which module instances ``app`` asks for: (instance name, class, camera id)."""
+    wanted: list[tuple[str, type[BaseModule], str | None]] = []
+    for name, cls in sorted(registry.items()):
+        section = getattr(app, name, None)
+        if cls.per_camera or not getattr(section, "enabled", True):
+            continue
+        wanted.append((name, cls, None))
+    errors = []
+    for cid, cam in app.cameras.items():
+        if not cam.enabled:
+            continue
+        cls = input_for(registry, app, cam.source)
+        if cls is None:
+            errors.append(
+                f"cameras.{cid}.source: no installed input reads {redact_url(cam.source)!r} "
+                "(file path, rtsp://, /dev/video*, csi://N)"
+            )
+            continue
+        wanted.append((f"{cls.name}:{cid}", cls, cid))
+    if errors:
+        raise ConfigError(errors)
+    return wanted
 
 
 @dataclass
@@ -124,33 +164,8 @@ class Orchestrator:
         self.on_stopping: list[Callable[[], Awaitable[None]]] = []
 
     # -- building ----------------------------------------------------------------------------
-    def _input_for(self, source: str) -> type[BaseModule] | None:
-        for name in sorted(self.registry):
-            cls = self.registry[name]
-            app_section = getattr(self.config.current, name, None)
-            if cls.per_camera and cls.accepts(source) and getattr(app_section, "enabled", True):
-                return cls
-        return None
-
     def _wanted(self, app: AppConfig) -> list[tuple[str, type[BaseModule], str | None]]:
-        wanted: list[tuple[str, type[BaseModule], str | None]] = []
-        for name, cls in sorted(self.registry.items()):
-            section = getattr(app, name, None)
-            if cls.per_camera or not getattr(section, "enabled", True):
-                continue
-            wanted.append((name, cls, None))
-        errors = []
-        for cid, cam in app.cameras.items():
-            if not cam.enabled:
-                continue
-            cls = self._input_for(cam.source)
-            if cls is None:
-                errors.append(f"cameras.{cid}.source: no input module reads {cam.source!r}")
-                continue
-            wanted.append((f"{cls.name}:{cid}", cls, cid))
-        if errors:
-            raise ConfigError(errors)
-        return wanted
+        return plan(self.registry, app)
 
     def _make(self, instance: str, cls: type[BaseModule], camera_id: str | None) -> Slot:
         ctx = ModuleContext(
@@ -240,7 +255,7 @@ class Orchestrator:
             slot.retry_task = asyncio.get_running_loop().create_task(self._retry(slot, delay))
             return
         slot.state = "running"
-        if slot.module.health().state == "starting":
+        if slot.attempts > 1 or slot.module.health().state == "starting":
             slot.module.set_state("ok")
 
     async def _retry(self, slot: Slot, delay: float) -> None:

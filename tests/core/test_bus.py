@@ -1,0 +1,278 @@
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import structlog
+
+from spyoncino.core.bus import Bus, Message, Topic, match, validate_pattern
+from spyoncino.schemas.frames import Frame
+from spyoncino.schemas.status import BusStatus
+
+
+@pytest.mark.parametrize(
+    ("pattern", "topic", "expected"),
+    [
+        ("camera.*.frame", "camera.front.frame", True),
+        ("camera.*.frame", "camera.front.back.frame", False),
+        ("camera.*.frame", "camera.front.luma", False),
+        ("event.#", "event.object.started", True),
+        ("event.#", "event", True),
+        ("event.*.started", "event.motion.started", True),
+        ("event.*.started", "event.motion.ended", False),
+        ("status.bus", "status.bus", True),
+        ("status.bus", "status.health", False),
+        ("*.*", "a.b", True),
+        ("*.*", "a", False),
+    ],
+)
+def test_pattern_matching(pattern: str, topic: str, expected: bool) -> None:
+    assert match(pattern, topic) is expected
+
+
+def test_hash_must_be_last_segment() -> None:
+    with pytest.raises(ValueError, match="last segment"):
+        validate_pattern("event.#.started")
+    with pytest.raises(ValueError, match="empty segment"):
+        validate_pattern("event..started")
+
+
+def test_topic_templates() -> None:
+    t = Topic("camera.{camera}.frame", Frame)
+    assert t.at(camera="front") == "camera.front.frame"
+    assert t.pattern() == "camera.*.frame"
+    assert t.pattern(camera="back") == "camera.back.frame"
+    with pytest.raises(ValueError, match="placeholders"):
+        _ = t.name
+
+
+async def test_order_is_kept_per_subscription() -> None:
+    bus = Bus(status_interval=0)
+    got: list[int] = []
+
+    async def handler(msg: Message[int]) -> None:
+        got.append(msg.payload)
+
+    bus.subscribe("n.*", handler, policy="block", maxsize=4)
+    for i in range(100):
+        await bus.publish(f"n.{i % 3}", i)
+    assert await bus.drain(timeout=2)
+    assert got == list(range(100))
+    await bus.close()
+
+
+async def test_latest_policy_keeps_newest_under_slow_subscriber() -> None:
+    bus = Bus(status_interval=0)
+    seen: list[int] = []
+    release = asyncio.Event()
+
+    async def slow(msg: Message[int]) -> None:
+        seen.append(msg.payload)
+        await release.wait()
+
+    bus.subscribe("frames", slow, policy="latest", maxsize=1, module="slow")
+    await bus.publish("frames", 0)
+    await asyncio.sleep(0.01)  # the handler is now busy with 0
+    for i in range(1, 50):
+        await bus.publish("frames", i)  # never blocks the publisher
+    release.set()
+    assert await bus.drain(timeout=2)
+    assert seen == [0, 49]
+    stats = bus.status().subscriptions[0]
+    assert stats.dropped == 48
+    assert stats.delivered == 2
+    await bus.close()
+
+
+async def test_block_policy_slows_publisher_and_loses_nothing() -> None:
+    bus = Bus(status_interval=0)
+    seen: list[int] = []
+
+    async def slow(msg: Message[int]) -> None:
+        await asyncio.sleep(0.002)
+        seen.append(msg.payload)
+
+    bus.subscribe("events", slow, policy="block", maxsize=2)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    for i in range(20):
+        await bus.publish("events", i)
+    publish_time = loop.time() - t0
+    assert await bus.drain(timeout=5)
+    assert seen == list(range(20))
+    # the publisher had to wait for at least 17 of the 20 handler runs
+    assert publish_time >= 17 * 0.002
+    assert bus.status().subscriptions[0].dropped == 0
+    await bus.close()
+
+
+async def test_drop_oldest_keeps_a_bounded_history() -> None:
+    bus = Bus(status_interval=0)
+    seen: list[int] = []
+    gate = asyncio.Event()
+
+    async def handler(msg: Message[int]) -> None:
+        await gate.wait()
+        seen.append(msg.payload)
+
+    bus.subscribe("t", handler, policy="drop_oldest", maxsize=3)
+    await bus.publish("t", 0)
+    await asyncio.sleep(0.01)
+    for i in range(1, 10):
+        await bus.publish("t", i)
+    gate.set()
+    assert await bus.drain(timeout=2)
+    assert seen == [0, 7, 8, 9]
+    assert bus.status().subscriptions[0].dropped == 6
+    await bus.close()
+
+
+async def test_raising_handler_does_not_affect_publisher_or_others() -> None:
+    bus = Bus(status_interval=0)
+    good: list[int] = []
+
+    async def bad(msg: Message[int]) -> None:
+        raise RuntimeError("boom")
+
+    async def ok(msg: Message[int]) -> None:
+        good.append(msg.payload)
+
+    bus.subscribe("x", bad, module="broken")
+    bus.subscribe("x", ok, module="fine")
+    with structlog.testing.capture_logs() as logs:
+        for i in range(5):
+            await bus.publish("x", i)  # must not raise
+        assert await bus.drain(timeout=2)
+    assert good == [0, 1, 2, 3, 4]
+    errors = [e for e in logs if e["event"] == "bus_handler_error"]
+    assert len(errors) == 5
+    assert errors[0]["subscriber"] == "broken" and errors[0]["topic"] == "x"
+    status = bus.status()
+    broken = next(s for s in status.subscriptions if s.module == "broken")
+    assert broken.errors == 5
+    assert status.topics[0].handler_errors == 5
+    await bus.close()
+
+
+async def test_telemetry_matches_what_happened() -> None:
+    bus = Bus(status_interval=0.05, default_maxsize=8, high_watermark=0.5)
+    reports: list[BusStatus] = []
+    gate = asyncio.Event()
+
+    async def collect(msg: Message[BusStatus]) -> None:
+        reports.append(msg.payload)
+
+    async def stuck(msg: Message[int]) -> None:
+        await gate.wait()
+
+    bus.subscribe("status.bus", collect, module="collector")
+    bus.subscribe("work.item", stuck, policy="block", maxsize=8, module="worker")
+    with structlog.testing.capture_logs() as logs:
+        for i in range(6):
+            await bus.publish("work.item", i)
+    bus.start_telemetry()
+    await asyncio.sleep(0.15)
+    assert reports, "no status.bus report was published"
+    last = reports[-1]
+    topic = next(t for t in last.topics if t.topic == "work.item")
+    assert topic.published == 6
+    worker = next(s for s in last.subscriptions if s.module == "worker")
+    assert worker.depth == 5  # one is being handled
+    assert worker.above_high_watermark
+    assert any("worker" in w for w in last.warnings)
+    assert any(e["event"] == "bus_high_watermark" for e in logs)
+    gate.set()
+    await bus.drain(timeout=2, exclude=("status.#",))
+    assert bus.status().subscriptions[1].delivered == 6
+    await bus.close()
+
+
+async def test_lag_is_measured() -> None:
+    bus = Bus(status_interval=0)
+    gate = asyncio.Event()
+
+    async def handler(msg: Message[int]) -> None:
+        await gate.wait()
+
+    bus.subscribe("t", handler)
+    await bus.publish("t", 1)
+    await bus.publish("t", 2)
+    await asyncio.sleep(0.05)
+    gate.set()
+    await bus.drain(timeout=2)
+    assert bus.status().subscriptions[0].lag_ms_max >= 40
+    await bus.close()
+
+
+async def test_unsubscribe_stops_delivery() -> None:
+    bus = Bus(status_interval=0)
+    got: list[int] = []
+
+    async def h(msg: Message[int]) -> None:
+        got.append(msg.payload)
+
+    unsub = bus.subscribe("t", h)
+    await bus.publish("t", 1)
+    await bus.drain(timeout=1)
+    unsub()
+    unsub()  # idempotent
+    await bus.publish("t", 2)
+    await bus.drain(timeout=1)
+    assert got == [1]
+    assert not bus.has_subscribers("t")
+    await bus.close()
+
+
+async def test_publish_nowait_counts_refusals() -> None:
+    bus = Bus(status_interval=0)
+    gate = asyncio.Event()
+
+    async def h(msg: Message[int]) -> None:
+        await gate.wait()
+
+    bus.subscribe("t", h, policy="block", maxsize=1)
+    assert bus.publish_nowait("t", 1) == 0
+    await asyncio.sleep(0.01)
+    assert bus.publish_nowait("t", 2) == 0
+    assert bus.publish_nowait("t", 3) == 1
+    gate.set()
+    await bus.close()
+
+
+class _RecordingAdapter:
+    patterns = ("event.#",)
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, object]] = []
+        self.bus: Bus | None = None
+        self.stopped = False
+
+    async def start(self, bus: Bus) -> None:
+        self.bus = bus
+
+    async def send(self, topic: str, payload: object) -> None:
+        self.sent.append((topic, payload))
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+
+async def test_adapter_sees_matching_messages_and_can_inject() -> None:
+    bus = Bus(status_interval=0)
+    adapter = _RecordingAdapter()
+    await bus.add_adapter(adapter)
+    inbound: list[str] = []
+
+    async def h(msg: Message[str]) -> None:
+        inbound.append(msg.payload)
+
+    bus.subscribe("control.command", h)
+    await bus.publish("event.object.started", "e1")
+    await bus.publish("camera.x.frame", "not forwarded")
+    assert adapter.bus is not None
+    await adapter.bus.publish("control.command", "arm")  # as if received over MQTT
+    await bus.drain(timeout=1)
+    assert adapter.sent == [("event.object.started", "e1")]
+    assert inbound == ["arm"]
+    await bus.close()
+    assert adapter.stopped

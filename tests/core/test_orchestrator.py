@@ -1,0 +1,244 @@
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import pytest
+from pydantic import Field
+
+from spyoncino.core.config import AppConfig, ConfigService, Layer, build_app_model
+from spyoncino.core.contracts import (
+    BaseModule,
+    Category,
+    ModuleConfig,
+    ModuleConfigError,
+    ModuleNotReady,
+)
+from spyoncino.core.orchestrator import Orchestrator
+from spyoncino.schemas.control import ConfigUpdate
+from spyoncino.testing import Recorder
+
+LOG: list[str] = []
+
+
+def make_module(
+    name: str, category: Category, *, fail_start: int = 0, permanent: bool = False, refuse: Any = None
+) -> type[BaseModule]:
+    class Cfg(ModuleConfig):
+        level: int = Field(default=1, ge=0, le=100, description="a knob")
+
+    Cfg.model_fields["type"] = Cfg.model_fields["enabled"]  # unused by these tests
+
+    class M(BaseModule):
+        Config: ClassVar[type[ModuleConfig]] = Cfg
+        failures_left = fail_start
+
+        async def configure(self, app: AppConfig) -> None:
+            level = app.section(name, Cfg).level
+            if refuse is not None and level == refuse:
+                raise ModuleConfigError(f"{name} cannot run at level {level}")
+            self.level = level
+            LOG.append(f"configure {name} {level}")
+
+        async def start(self) -> None:
+            if type(self).failures_left:
+                type(self).failures_left -= 1
+                if permanent:
+                    raise ModuleConfigError(f"{name} is broken for good")
+                raise ModuleNotReady(f"{name} not ready")
+            LOG.append(f"start {name}")
+
+        async def stop(self) -> None:
+            LOG.append(f"stop {name}")
+            await super().stop()
+
+    M.category = category
+    M.name = name
+    M.__name__ = name
+    return M
+
+
+def service(registry: dict[str, type[BaseModule]], data: dict[str, Any]) -> ConfigService:
+    return ConfigService(build_app_model(registry), [Layer("test", data)])
+
+
+@pytest.fixture(autouse=True)
+def _clear() -> None:
+    LOG.clear()
+
+
+async def test_start_consumers_first_and_stop_in_reverse(tmp_path: Path) -> None:
+    registry = {
+        "a_proc": make_module("a_proc", "process"),
+        "b_store": make_module("b_store", "storage"),
+        "c_out": make_module("c_out", "output"),
+        "d_event": make_module("d_event", "event"),
+    }
+    orch = Orchestrator(service(registry, {"storage": {"root": str(tmp_path)}}), registry)
+    await orch.start()
+    starts = [x for x in LOG if x.startswith("start")]
+    assert starts == ["start b_store", "start c_out", "start d_event", "start a_proc"]
+    assert orch.health().overall == "ok"
+    LOG.clear()
+    await orch.stop()
+    assert LOG == ["stop a_proc", "stop d_event", "stop c_out", "stop b_store"]
+
+
+async def test_disabled_module_is_not_built(tmp_path: Path) -> None:
+    registry = {"x": make_module("x", "process"), "y": make_module("y", "process")}
+    orch = Orchestrator(service(registry, {"y": {"enabled": False}}), registry)
+    await orch.start()
+    assert [s.instance for s in orch.slots] == ["x"]
+    await orch.stop()
+
+
+async def test_not_ready_is_retried_then_runs(tmp_path: Path) -> None:
+    registry = {"flaky": make_module("flaky", "output", fail_start=2), "ok": make_module("ok", "process")}
+    orch = Orchestrator(service(registry, {}), registry, retry_base=0.01)
+    await orch.start()
+    assert orch.health().overall == "degraded"
+    for _ in range(100):
+        if orch.slots[0].state == "running":
+            break
+        await asyncio.sleep(0.01)
+    assert orch.slots[0].state == "running"
+    assert LOG.count("start flaky") == 1 and "start ok" in LOG
+    report = orch.health()
+    assert report.overall == "ok"
+    assert report.modules[0].restarts == 2
+    await orch.stop()
+
+
+async def test_module_that_keeps_failing_is_quarantined_and_others_run() -> None:
+    registry = {
+        "broken": make_module("broken", "output", fail_start=100),
+        "fine": make_module("fine", "process"),
+    }
+    data = {"runtime": {"max_start_attempts": 3}}
+    orch = Orchestrator(service(registry, data), registry, retry_base=0.01)
+    await orch.start()
+    for _ in range(200):
+        if orch.slots[0].state == "quarantined":
+            break
+        await asyncio.sleep(0.01)
+    health = orch.health()
+    broken = next(m for m in health.modules if m.module == "broken")
+    fine = next(m for m in health.modules if m.module == "fine")
+    assert broken.state == "quarantined"
+    assert "failed to start 3 times" in (broken.last_error or "")
+    assert fine.state == "ok"
+    assert health.overall == "degraded"
+    await orch.stop()
+
+
+async def test_permanent_error_quarantines_at_once() -> None:
+    registry = {"bad": make_module("bad", "output", fail_start=1, permanent=True)}
+    orch = Orchestrator(service(registry, {}), registry)
+    await orch.start()
+    assert orch.slots[0].state == "quarantined"
+    assert orch.slots[0].attempts == 1
+    await orch.stop()
+
+
+async def test_health_is_published_on_the_bus() -> None:
+    registry = {"m": make_module("m", "process")}
+    orch = Orchestrator(service(registry, {"runtime": {"health_interval": 0.05}}), registry)
+    rec = Recorder()
+    await orch.start()
+    orch.bus.subscribe("status.health", rec)
+    msg = await rec.wait_for(timeout=2)
+    assert msg.payload.overall == "ok"
+    assert [m.module for m in msg.payload.modules] == ["m"]
+    await orch.stop()
+
+
+async def test_accepted_update_reconfigures_affected_modules_only() -> None:
+    registry = {"a": make_module("a", "process"), "b": make_module("b", "process")}
+    orch = Orchestrator(service(registry, {}), registry)
+    await orch.start()
+    snaps, rejects = Recorder(), Recorder()
+    orch.bus.subscribe("config.snapshot", snaps)
+    orch.bus.subscribe("config.rejected", rejects)
+    LOG.clear()
+    await orch.bus.publish("config.update", ConfigUpdate(changes={"a": {"level": 5}}, request_id="r1"))
+    snap = (await snaps.wait_for()).payload
+    assert snap.request_id == "r1" and snap.version == 2 and snap.changed_modules == ("a",)
+    assert snap.config["a"]["level"] == 5
+    assert LOG == ["configure a 5"]
+    assert not rejects.messages
+    await orch.stop()
+
+
+async def test_refused_update_rolls_everything_back() -> None:
+    registry = {"a": make_module("a", "process"), "b": make_module("b", "process", refuse=9)}
+    orch = Orchestrator(service(registry, {}), registry)
+    await orch.start()
+    rejects = Recorder()
+    orch.bus.subscribe("config.rejected", rejects)
+    LOG.clear()
+    await orch.bus.publish(
+        "config.update", ConfigUpdate(changes={"a": {"level": 9}, "b": {"level": 9}}, request_id="r2")
+    )
+    rej = (await rejects.wait_for()).payload
+    assert rej.request_id == "r2" and rej.version == 1
+    assert "b refused the change" in rej.reason and "level 9" in rej.reason
+    # a took the change, then went back to the config still in force
+    assert LOG == ["configure a 9", "configure a 1"]
+    assert orch.slots[0].module.level == 1  # type: ignore[attr-defined]
+    assert orch.config.current.section("a", registry["a"].Config).level == 1  # type: ignore[attr-defined]
+    await orch.stop()
+
+
+async def test_invalid_update_is_rejected_with_the_reason() -> None:
+    registry = {"a": make_module("a", "process")}
+    orch = Orchestrator(service(registry, {}), registry)
+    await orch.start()
+    ok = await orch.apply(ConfigUpdate(changes={"a": {"level": 1000}}))
+    assert not ok
+    ok = await orch.apply(ConfigUpdate(changes={"cameras": {"new": {"source": "x.mp4"}}}))
+    assert not ok  # adding a camera needs a restart
+    await orch.stop()
+
+
+def test_sigterm_stops_within_ten_seconds(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(
+        f"""
+cameras:
+  loop:
+    source: "spyoncino:sample.mp4"
+    file: {{pace: realtime, loop: true}}
+storage:
+  root: {tmp_path / "store"}
+"""
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPYONCINO_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "spyoncino", "run", "--config", str(cfg)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=tmp_path,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        seen = b""
+        assert proc.stderr is not None
+        while b"camera_streaming" not in seen and time.monotonic() < deadline:
+            seen += proc.stderr.readline()
+        assert b"camera_streaming" in seen, seen[-2000:]
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, _err = proc.communicate(timeout=10)
+        assert time.monotonic() - t0 < 10
+        assert proc.returncode == 0
+        assert b"Spyoncino run finished" in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -1,0 +1,85 @@
+"""``spyoncino run`` on the bundled sample clip, as a user runs it."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+
+
+def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("SPYONCINO_")}
+    base.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "spyoncino", *args], cwd=cwd, env=base, capture_output=True,
+        text=True, timeout=timeout, check=False,
+    )
+
+
+def test_demo_run_stores_events_and_snapshots(tmp_path: Path) -> None:
+    # the embedded default, replayed in lockstep so the test does not wait for real time
+    res = run_cli(["run"], tmp_path, {"SPYONCINO_CAMERAS__SAMPLE__FILE__PACE": "lockstep"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "Spyoncino run finished" in res.stdout
+    root = tmp_path / "var" / "spyoncino"
+    assert str(root.resolve()) in res.stdout
+    conn = sqlite3.connect(root / "events.sqlite3")
+    events = conn.execute("SELECT id, camera_id, phase, ended_at FROM events").fetchall()
+    assert events, "no event was indexed"
+    assert all(cam == "sample" for _, cam, _, _ in events)
+    assert all(phase == "ended" and ended for _, _, phase, ended in events)
+    snaps = conn.execute("SELECT event_id, relpath, size_bytes FROM artifacts WHERE kind='snapshot'").fetchall()
+    assert {e for e, _, _ in snaps} >= {e for e, _, _, _ in events}
+    for _, relpath, size in snaps:
+        path = root / relpath
+        assert path.stat().st_size == size
+        img = cv2.imread(str(path))
+        assert img is not None and img.shape[1] > 0
+    assert not list(root.rglob("*.part")), "temp files left behind"
+
+
+def test_check_config_reports_every_error_and_exits_2(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("cameras:\n  gate:\n    source: rtsp-ish\nmotion:\n  threshold: 999\n  colour: red\n")
+    res = run_cli(["check-config", "--config", str(cfg)], tmp_path)
+    assert res.returncode == 2
+    assert f"{cfg}: motion.threshold" in res.stderr
+    assert f"{cfg}: motion.colour: unknown key" in res.stderr
+
+
+def test_check_config_flags_a_source_no_input_reads(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("cameras:\n  gate:\n    source: gopher://u:pw@cam/1\n")
+    res = run_cli(["check-config", "--config", str(cfg)], tmp_path)
+    assert res.returncode == 2
+    assert "cameras.gate.source: no installed input reads" in res.stderr
+    assert "pw" not in res.stderr
+
+
+def test_check_config_show_redacts_secrets(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"cameras:\n  a:\n    source: {tmp_path / 'x.mp4'}\nstorage:\n  root: {tmp_path}\n")
+    (tmp_path / "x.mp4").write_bytes(b"")
+    res = run_cli(["check-config", "--config", str(cfg), "--show"], tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "configuration is valid" in res.stdout
+    assert str(cfg) in res.stdout
+
+
+def test_schema_writes_config_and_payload_schemas(tmp_path: Path) -> None:
+    res = run_cli(["schema", "--out", str(tmp_path / "s")], tmp_path)
+    assert res.returncode == 0, res.stderr
+    import json
+
+    config = json.loads((tmp_path / "s" / "config.schema.json").read_text())
+    assert "cameras" in config["properties"] and "motion" in config["properties"]
+    motion = json.loads((tmp_path / "s" / "MotionEvent.schema.json").read_text())
+    assert "frame" not in motion["properties"]
+    assert motion["properties"]["schema_version"]["default"] == 1
+    for name in ("DetectionEvent", "MediaArtifact", "AlertNotification", "ConfigUpdate", "ConfigSnapshot",
+                 "ConfigRejected", "ControlCommand", "HealthReport", "BusStatus"):
+        assert (tmp_path / "s" / f"{name}.schema.json").is_file()

@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from spyoncino.modules.process.motion import Config, MotionCamera, MotionDetector, MotionState
+from spyoncino.schemas.detections import MotionEvent
+from spyoncino.testing import BusHarness, synthetic_frames
+from tests.conftest import SAMPLE, decode_frames
+
+
+def lumas(path: Path, limit: int | None = None, width: int = 320) -> list[np.ndarray]:
+    out = []
+    for img in decode_frames(path, limit):
+        grey = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+        h = round(grey.shape[0] * width / grey.shape[1])
+        out.append(cv2.resize(grey, (width, h), interpolation=cv2.INTER_AREA))
+    return out
+
+
+def run(state: MotionState, planes: list[np.ndarray]) -> list[int]:
+    return [len(state.process(p).boxes) for p in planes]
+
+
+def test_people_walking_in_real_footage_are_motion(vtest: Path) -> None:
+    planes = lumas(vtest, limit=200)
+    counts = run(MotionState(Config()), planes)
+    after_calibration = counts[10:]
+    # pedestrians cross the whole clip: most frames show moving blobs
+    assert sum(1 for c in after_calibration if c) / len(after_calibration) > 0.8
+
+
+def test_sample_clip_has_motion_without_shared_assets() -> None:
+    counts = run(MotionState(Config()), lumas(SAMPLE, limit=80))
+    assert sum(1 for c in counts[10:] if c) > 50
+
+
+def _static_clip(n: int = 120, sigma: float = 4.0) -> list[np.ndarray]:
+    base = lumas(SAMPLE, limit=1)[0]
+    rng = np.random.default_rng(1)
+    return [np.clip(base + rng.normal(0, sigma, base.shape), 0, 255).astype(np.uint8) for _ in range(n)]
+
+
+def test_static_scene_with_sensor_noise_is_not_motion() -> None:
+    counts = run(MotionState(Config()), _static_clip())
+    assert sum(counts) == 0
+
+
+def test_sudden_global_brightness_change_recalibrates_instead_of_alerting() -> None:
+    planes = _static_clip(60)
+    brighter = [np.clip(p.astype(np.int16) + 60, 0, 255).astype(np.uint8) for p in planes[:30]]
+    darker = [np.clip(p.astype(np.int16) - 50, 0, 255).astype(np.uint8) for p in planes[30:]]
+    state = MotionState(Config())
+    counts = run(state, planes + brighter + darker)
+    assert sum(counts) == 0
+    assert state.recalibrations >= 2
+
+
+def test_mask_blanks_a_region() -> None:
+    frames = list(synthetic_frames(count=20, width=640, height=360))
+    unmasked = MotionState(Config())
+    masked = MotionState(Config(), MotionCamera(masks=[[(0, 0), (1, 0), (1, 1), (0, 1)]]))
+    assert sum(run(unmasked, [f.luma for f in frames])) > 0
+    assert sum(run(masked, [f.luma for f in frames])) == 0
+
+
+def test_mask_validation_names_the_problem() -> None:
+    with pytest.raises(ValueError, match="outside 0..1"):
+        MotionCamera(masks=[[(0, 0), (2, 0), (1, 1)]])
+    with pytest.raises(ValueError, match="at least 3 points"):
+        MotionCamera(masks=[[(0, 0), (1, 1)]])
+    with pytest.raises(ValueError, match="odd"):
+        Config(blur=4)
+
+
+async def test_module_publishes_boxes_in_full_frame_pixels(tmp_path: Path) -> None:
+    async with BusHarness(storage_root=tmp_path) as h:
+        rec = h.record("process.motion.detected")
+        module = h.build(MotionDetector, {"cameras": {"syn": {"source": "x.mp4"}}}, name="motion")
+        await module.configure(module.ctx.app)
+        await module.start()
+        frames = list(synthetic_frames("syn", width=1280, height=720, count=20, moving_box=(160, 240)))
+        for f in frames:
+            await h.bus.publish("camera.syn.frame", f)
+            await h.bus.wait_idle("camera.syn.frame")
+        await h.bus.drain(timeout=2)
+        events: list[MotionEvent] = rec.payloads
+        assert len(events) == 20  # every frame examined
+        moving = [e for e in events if e.boxes]
+        assert len(moving) >= 10
+        last = moving[-1]
+        frame = frames[last.seq]
+        # the white box is 160x240 at the frame's scale, centred vertically
+        x = int((1280 - 160) * last.seq / 19)
+        box = max(last.boxes, key=lambda b: min(b.x2, x + 160) - max(b.x1, x))
+        assert abs(box.y1 - 240) <= 16 and abs(box.y2 - 480) <= 16
+        assert abs(box.x2 - (x + 160)) <= 16
+        assert last.frame is frame and last.frame_width == 1280
+        assert module.metrics()["frames"] == 20

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+from spyoncino.modules.storage.index import EventIndex
+from spyoncino.schemas.alerts import AlertNotification
+from spyoncino.schemas.events import EventNotice
+from spyoncino.schemas.media import MediaArtifact
+from spyoncino.testing import BusHarness
+
+
+def notice(phase: str, **kw: object) -> EventNotice:
+    base = dict(
+        event_id="e1", camera_id="cam", kind="object", phase=phase, labels=("person",),
+        top_score=0.8, started_at=100.0, updated_at=100.0,
+    )
+    base.update(kw)
+    return EventNotice.model_validate(base)
+
+
+async def test_index_records_events_artifacts_and_notifications_in_batches(tmp_path: Path) -> None:
+    async with BusHarness(storage_root=tmp_path) as h:
+        saved = h.record("storage.event.saved")
+        idx = h.build(EventIndex, {"index": {"flush_interval": 60}}, name="index")
+        await idx.configure(idx.ctx.app)
+        await idx.start()
+        await h.bus.publish("event.object.started", notice("started"))
+        await h.bus.publish("event.object.updated", notice("updated", labels=("person", "dog"), top_score=0.9, updated_at=101.0))
+        await h.bus.publish(
+            "event.snapshot.ready",
+            MediaArtifact(
+                event_id="e1", camera_id="cam", kind="snapshot", path=str(tmp_path / "x.jpg"),
+                relpath="cam/2026-01-01/e1.jpg", size_bytes=10, sha256="0" * 64, mime="image/jpeg",
+                created_at=time.time(),
+            ),
+        )
+        await h.bus.publish(
+            "notify.telegram.sent",
+            AlertNotification(channel="telegram", event_id="e1", camera_id="cam", kind="snapshot",
+                              status="sent", recipient="42", at=time.time()),
+        )
+        await h.bus.drain(timeout=2)
+        db = tmp_path / "events.sqlite3"
+        # nothing committed yet: writes are batched
+        assert sqlite3.connect(db).execute("SELECT count(*) FROM events").fetchone()[0] == 0
+        assert idx.metrics()["batched_rows"] == 4
+        assert await idx.flush() == 4  # type: ignore[attr-defined]
+        await h.bus.drain(timeout=2)
+        conn = sqlite3.connect(db)
+        row = conn.execute("SELECT camera_id, labels, top_score, phase FROM events").fetchone()
+        assert row == ("cam", '["person", "dog"]', 0.9, "updated")
+        assert conn.execute("SELECT kind, relpath FROM artifacts").fetchall() == [("snapshot", "cam/2026-01-01/e1.jpg")]
+        assert conn.execute("SELECT channel, status, recipient FROM notifications").fetchall() == [("telegram", "sent", "42")]
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert idx.metrics()["commits"] == 1
+        stored = saved.payloads[-1]
+        assert stored.event_id == "e1" and stored.artifacts == ("snapshot",)
+        # stop flushes what is pending
+        await h.bus.publish("event.object.ended", notice("ended", ended_at=105.0))
+        await h.bus.drain(timeout=2)
+        await idx.stop()
+        assert conn.execute("SELECT phase, ended_at FROM events").fetchone() == ("ended", 105.0)
