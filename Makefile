@@ -1,0 +1,56 @@
+# Two commands matter to a newcomer: `make demo` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint format bench test-system schema docs clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is needed")'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## demo: run the whole pipeline on the bundled sample clip with the embedded defaults
+demo: $(STAMP)
+	$(VENV)/bin/spyoncino run
+	@echo
+	@echo "Look at: var/spyoncino/  (snapshots per camera and day, events.sqlite3 is the index)"
+	@echo "Alerts:  SPYONCINO_TELEGRAM__TOKEN=... SPYONCINO_TELEGRAM__CHAT_IDS='[<your chat id>]' make demo"
+
+## test: install and run the test suite with coverage (system tests: make test-system)
+test: $(STAMP)
+	$(PY) -m pytest -m "not system" --cov=spyoncino --cov-report=term --cov-report=json:.coverage.json $(PYTEST_ARGS)
+
+## lint: ruff (lint + format check) and mypy --strict on the package
+lint: $(STAMP)
+	$(VENV)/bin/ruff check spyoncino tests bench
+	$(VENV)/bin/ruff format --check spyoncino tests bench
+	$(VENV)/bin/mypy spyoncino
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix spyoncino tests bench
+	$(VENV)/bin/ruff format spyoncino tests bench
+
+## bench: speed and memory benchmarks; JSON results in bench/results/
+bench: $(STAMP)
+	@mkdir -p bench/results
+	@set -e; for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b; done
+
+## test-system: real systemd in a container (mmdebstrap + systemd-nspawn), needs root
+test-system: $(STAMP)
+	$(PY) -m pytest -m system tests/system $(PYTEST_ARGS)
+
+## schema: JSON Schemas of config.yaml and every payload into ./schema
+schema: $(STAMP)
+	$(VENV)/bin/spyoncino schema --out schema
+
+## docs: regenerate docs/configuration.md from the config schema
+docs: $(STAMP)
+	$(PY) -m spyoncino.docgen > docs/configuration.md
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.json schema
