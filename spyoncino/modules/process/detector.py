@@ -407,14 +407,14 @@ class ObjectDetector(BaseModule):
                 topics.MOTION.name,
                 self._on_motion,
                 policy="latest",
-                maxsize=max(8, 2 * len(self._cams)),
+                maxsize=max(16, 4 * len(self._cams)),
             )
         else:
             self.subscribe(
                 topics.FRAME.pattern(),
                 self._on_frame,
                 policy="latest",
-                maxsize=max(8, 2 * len(self._cams)),
+                maxsize=max(16, 4 * len(self._cams)),
             )
         self.spawn(self._worker(), "inference")
         self.set_state("ok", f"{self._model_name} on {self._model.backend.name}")

@@ -124,7 +124,8 @@ def test_yolov8_int8_dequantizes_through_scale_and_zero_point(tmp_path: Path) ->
     # the input was quantized with the input tensor's own parameters (scale 1/255, zp 0)
     img = np.full((8, 8, 3), 200, np.uint8)
     tensor, _ = model.pre(img, (0, 0, 8, 8))
-    assert tensor.dtype == np.uint8 and int(tensor.max()) == 200
+    assert tensor.dtype == np.uint8
+    assert int(tensor.max()) == 200
 
 
 def test_yolov5_layout(tmp_path: Path) -> None:
@@ -190,7 +191,8 @@ def test_letterbox_maps_back_and_normalises() -> None:
     img = np.zeros((480, 640, 3), np.uint8)
     img[..., 0] = 255  # blue in BGR
     tensor, tf = pre(img, (0, 0, 640, 480))
-    assert tensor.shape == (1, 320, 320, 3) and tensor.dtype == np.float32
+    assert tensor.shape == (1, 320, 320, 3)
+    assert tensor.dtype == np.float32
     assert (tf.sx, tf.sy, tf.px, tf.py) == (0.5, 0.5, 0.0, 40.0)
     assert tensor[0, 160, 160].tolist() == [0.0, 0.0, 1.0]  # RGB order, blue last
     assert tensor[0, 0, 0].tolist() == pytest.approx([114 / 255] * 3)  # letterbox bar
@@ -251,13 +253,15 @@ def test_label_files(tmp_path: Path) -> None:
 # -- the bundled default model, no ../shared needed --------------------------------------------
 def test_bundled_model_finds_people_in_the_sample() -> None:
     model = load_model(Config())
-    assert model.format == "ssd" and model.labels == ["person"]
+    assert model.format == "ssd"
+    assert model.labels == ["person"]
     img = frame_at(REPO / "spyoncino" / "data" / "sample.mp4", 100)
     res = model.run(img, min_score=0.5)
     assert len(res.detections) >= 4
     assert {d.label for d in res.detections} == {"person"}
     for d in res.detections:  # pedestrians: taller than wide, inside the frame
-        assert 0 <= d.x1 < d.x2 <= 768 and 0 <= d.y1 < d.y2 <= 576
+        assert 0 <= d.x1 < d.x2 <= 768
+        assert 0 <= d.y1 < d.y2 <= 576
         assert (d.y2 - d.y1) > (d.x2 - d.x1)
 
 
@@ -282,7 +286,8 @@ def test_int8_person_model_on_vtest() -> None:
 def test_int8_and_fp32_agree() -> None:
     q = _run("person_ssdlite_mobilenet_v2_int8.tflite", ["person"], 0.5)
     f = _run("person_ssdlite_mobilenet_v2_fp32.tflite", ["???", "person"], 0.5)
-    assert len(q) >= 4 and len(q) == len(f)
+    assert len(q) >= 4
+    assert len(q) == len(f)
     for d in q:
         best = max(_box(d).iou(_box(g)) for g in f)
         assert best >= 0.7
@@ -316,10 +321,13 @@ def test_nanodet_finds_people_and_the_parked_vehicle(name: str) -> None:
 @needs_shared
 def test_oidv4_labels_map() -> None:
     labels = read_labels(MODELS / "oidv4_labels.txt")
-    assert labels[0] == "???" and len(labels) == 24
+    assert labels[0] == "???"
+    assert len(labels) == 24
     model = Model(open_backend(MODELS / "oidv4_ssd_mobilenet_v2_fp16.tflite"), labels)
-    assert model.offset == 1 and model.decoder.classes == 23
-    assert model.label_of(3) == "person" and model.label_of(22) == "car"
+    assert model.offset == 1
+    assert model.decoder.classes == 23
+    assert model.label_of(3) == "person"
+    assert model.label_of(22) == "car"
     dets = model.run(frame_at(VTEST, 100), min_score=0.4).detections
     assert sum(d.label == "person" for d in dets) >= 4
     # they are the people the person-only model sees: the label index maps right

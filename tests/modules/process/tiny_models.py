@@ -138,7 +138,7 @@ def postprocess_model(
     iou_threshold: float = 0.5,
 ) -> Path:
     """A model ending in the real ``TFLite_Detection_PostProcess`` op."""
-    n, c1 = scores.shape
+    _n, c1 = scores.shape
     g = _Graph()
     inp = _image_input(g, size, quantized=False)
     g.sub.inputs = [inp]

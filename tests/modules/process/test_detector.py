@@ -1,0 +1,421 @@
+"""The detector module on the real bus, with the real bundled model and real footage.
+
+The bundled sample (the first 250 frames of the vtest clip) needs no ``../shared``; the tests
+that use the longer vtest clip skip with a reason when it is absent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from spyoncino.core.bus import Bus, Message
+from spyoncino.core.config import AppConfig, Layer, build_app_model, validate
+from spyoncino.core.contracts import BoundedExecutor, ModuleConfigError, ModuleContext
+from spyoncino.modules.process.detector import (
+    Config,
+    ObjectDetector,
+    describe_models,
+    load_model,
+    motion_region,
+)
+from spyoncino.schemas import topics
+from spyoncino.schemas.detections import DetectionEvent, MotionEvent
+from spyoncino.schemas.frames import Box, Frame
+
+from .tiny_models import Const, constant_model
+
+REPO = Path(__file__).resolve().parents[3]
+SAMPLE = REPO / "spyoncino" / "data" / "sample.mp4"
+VTEST = REPO.parent / "shared" / "media" / "vtest.mp4"
+
+
+# -- helpers ------------------------------------------------------------------------------------
+def read_frames(path: Path, first: int, last: int) -> dict[int, np.ndarray]:
+    out = {}
+    with av.open(str(path)) as c:
+        for i, f in enumerate(c.decode(video=0)):
+            if i > last:
+                break
+            if i >= first:
+                out[i] = f.to_ndarray(format="bgr24")
+    return out
+
+
+@pytest.fixture(scope="module")
+def sample() -> dict[int, np.ndarray]:
+    return read_frames(SAMPLE, 80, 110)
+
+
+def make_frame(cam: str, seq: int, img: np.ndarray) -> Frame:
+    h, w = img.shape[:2]
+    luma = cv2.resize(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), (320, round(320 * h / w)))
+    return Frame(cam, seq, time.monotonic(), time.time(), w, h, luma, _image=img)
+
+
+def motion(frame: Frame, boxes: list[tuple[int, int, int, int]]) -> MotionEvent:
+    return MotionEvent(
+        camera_id=frame.camera_id,
+        seq=frame.seq,
+        mono_ts=frame.mono_ts,
+        wall_ts=frame.wall_ts,
+        frame_width=frame.width,
+        frame_height=frame.height,
+        boxes=tuple(Box(x1=a, y1=b, x2=c, y2=d) for a, b, c, d in boxes),
+        changed_fraction=0.01 if boxes else 0.0,
+        frame=frame,
+    )
+
+
+def app_config(data: dict[str, Any] | None = None, cams: tuple[str, ...] = ("front",)) -> AppConfig:
+    ObjectDetector.name = "detector"
+    raw: dict[str, Any] = {"cameras": {c: {"source": f"{c}.mp4"} for c in cams}}
+    raw.update(data or {})
+    return validate(build_app_model({"detector": ObjectDetector}), [Layer("test", raw)])
+
+
+class Rig:
+    def __init__(self) -> None:
+        self.bus = Bus(status_interval=0)
+        self.executor = BoundedExecutor(workers=2)
+        self.events: list[DetectionEvent] = []
+        self.modules: list[ObjectDetector] = []
+
+    async def detector(
+        self, data: dict[str, Any] | None = None, cams: tuple[str, ...] = ("front",)
+    ) -> ObjectDetector:
+        app = app_config(data, cams)
+        ctx = ModuleContext(bus=self.bus, executor=self.executor, app=app, instance="detector")
+        det = ObjectDetector(ctx)
+        await det.configure(app)
+        await det.start()
+        self.modules.append(det)
+        return det
+
+    async def _record(self, msg: Message[DetectionEvent]) -> None:
+        self.events.append(msg.payload)
+
+
+@pytest.fixture
+async def rig() -> AsyncIterator[Rig]:
+    r = Rig()
+    r.bus.subscribe(topics.OBJECTS.name, r._record, policy="block", maxsize=1000, module="test")
+    try:
+        yield r
+    finally:
+        for m in r.modules:
+            await m.stop()
+        await r.bus.close()
+        r.executor.shutdown()
+
+
+async def settle(det: ObjectDetector, bus: Bus, timeout: float = 10.0) -> None:
+    """Wait until the detector has nothing pending and nothing in flight."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        await bus.drain(timeout=1.0)
+        before = det.inferences
+        await asyncio.sleep(0.15)
+        if det.queue_depth == 0 and det.inferences == before and bus.idle():
+            return
+    raise AssertionError("detector did not settle")
+
+
+def count_runs(det: ObjectDetector) -> list[tuple[int, int, int, int] | None]:
+    """Spy on the real model: record the region of every inference."""
+    calls: list[tuple[int, int, int, int] | None] = []
+    model = det._model
+    real = model.run
+
+    def spy(image: np.ndarray, region: Any = None, min_score: float = 0.3) -> Any:
+        calls.append(region)
+        return real(image, region, min_score)
+
+    model.run = spy
+    return calls
+
+
+# -- configuration errors ----------------------------------------------------------------------
+async def test_missing_model_file_names_key_and_path(rig: Rig, tmp_path: Path) -> None:
+    bad = tmp_path / "nope.tflite"
+    with pytest.raises(ModuleConfigError, match=r"detector\.model: model file .*nope\.tflite"):
+        await rig.detector({"detector": {"model": str(bad)}})
+
+
+async def test_unreadable_model_file(rig: Rig, tmp_path: Path) -> None:
+    bad = tmp_path / "garbage.tflite"
+    bad.write_bytes(b"this is not a flatbuffer" * 10)
+    with pytest.raises(ModuleConfigError, match=r"detector\.model: cannot load .*garbage\.tflite"):
+        await rig.detector({"detector": {"model": str(bad)}})
+    onnx = tmp_path / "garbage.onnx"
+    onnx.write_bytes(b"\x00\x01nope")
+    with pytest.raises(ModuleConfigError, match="not a loadable ONNX model"):
+        await rig.detector({"detector": {"model": str(onnx)}})
+
+
+async def test_wrong_format_names_format_key(rig: Rig) -> None:
+    with pytest.raises(ModuleConfigError, match=r"detector\.format: .*format 'yolov8' expects"):
+        await rig.detector({"detector": {"format": "yolov8"}})
+
+
+async def test_label_count_mismatch(rig: Rig, tmp_path: Path) -> None:
+    values = np.zeros((1, 7, 16), np.float32)  # 3 classes
+    model = constant_model(tmp_path / "tiny.tflite", [Const(values)], size=(64, 64))
+    labels = tmp_path / "five.txt"
+    labels.write_text("a\nb\nc\nd\ne\n", encoding="utf-8")
+    with pytest.raises(ModuleConfigError, match=r"detector\.labels: .*five\.txt.*3 classes"):
+        await rig.detector({"detector": {"model": str(model), "labels": str(labels)}})
+    # no label file beside a 3-class model: say which key to set
+    with pytest.raises(ModuleConfigError, match=r"detector\.labels: model .*tiny\.tflite"):
+        await rig.detector({"detector": {"model": str(model)}})
+    # a sidecar <stem>.txt is picked up
+    (tmp_path / "tiny.txt").write_text("person\ncar\ndog\n", encoding="utf-8")
+    det = await rig.detector({"detector": {"model": str(model)}})
+    assert det._model.labels == ["person", "car", "dog"]
+
+
+def test_missing_runtime_names_the_extra(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    real_import = builtins.__import__
+
+    def no_runtimes(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name.startswith(("ai_edge_litert", "tflite_runtime")):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_runtimes)
+    with pytest.raises(ModuleConfigError, match=r"pip install .*spyoncino\[tflite\]"):
+        load_model(Config())
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    onnx = tmp_path / "x.onnx"
+    onnx.write_bytes(b"never read")
+    with pytest.raises(ModuleConfigError, match=r"detector\.model: .*spyoncino\[onnx\]"):
+        load_model(Config(model=str(onnx)))
+
+
+# -- gating ------------------------------------------------------------------------------------
+async def test_no_inference_without_motion(rig: Rig, sample: dict[int, np.ndarray]) -> None:
+    det = await rig.detector()
+    calls = count_runs(det)
+    for i in range(80, 100):
+        f = make_frame("front", i, sample[i])
+        await rig.bus.publish(topics.FRAME.at(camera="front"), f)
+        await rig.bus.publish(topics.MOTION.name, motion(f, []))
+    await settle(det, rig.bus)
+    assert calls == []
+    assert det.inferences == 0
+    assert det.skipped_no_motion > 0  # the bus may drop some: latest wins
+    f = make_frame("front", 100, sample[100])
+    await rig.bus.publish(topics.MOTION.name, motion(f, [(560, 140, 640, 250)]))
+    await settle(det, rig.bus)
+    assert len(calls) == 1
+    assert det.inferences == 1
+
+
+async def test_event_carries_frame_boxes_and_timing(
+    rig: Rig, sample: dict[int, np.ndarray]
+) -> None:
+    det = await rig.detector({"detector": {"crop": False}})
+    f = make_frame("front", 100, sample[100])
+    ev = motion(f, [(560, 140, 640, 250)])
+    await rig.bus.publish(topics.MOTION.name, ev)
+    await settle(det, rig.bus)
+    assert len(rig.events) == 1
+    out = rig.events[0]
+    assert out.frame is f
+    assert out.camera_id == "front"
+    assert out.seq == 100
+    assert (out.frame_width, out.frame_height) == (768, 576)
+    assert out.motion_boxes == ev.boxes
+    assert out.backend == "litert"
+    assert out.model == "person_ssdlite_mobilenet_v2_int8.tflite"
+    assert out.inference_ms > 0
+    assert len(out.detections) >= 4
+    assert {d.label for d in out.detections} == {"person"}
+    assert "frame" not in out.model_dump()
+    m = det.metrics()
+    assert m["inferences"] == 1
+    assert m["detections_person"] == len(out.detections)
+    assert float(m["inference_ms_p50"]) > 0
+
+
+def diff_boxes(a: np.ndarray, b: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """Real motion between two frames: difference, threshold, dilate, contours."""
+    ga = cv2.GaussianBlur(cv2.cvtColor(a, cv2.COLOR_BGR2GRAY), (5, 5), 0)
+    gb = cv2.GaussianBlur(cv2.cvtColor(b, cv2.COLOR_BGR2GRAY), (5, 5), 0)
+    mask = cv2.threshold(cv2.absdiff(ga, gb), 25, 255, cv2.THRESH_BINARY)[1]
+    mask = cv2.dilate(mask, None, iterations=3)
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    out = []
+    for c in contours:
+        x, y, w, h = cv2.boundingRect(c)
+        if w * h >= 150:
+            out.append((x, y, x + w, y + h))
+    return out
+
+
+@pytest.mark.parametrize("clip", ["sample", "vtest"])
+async def test_cropped_region_matches_full_frame(rig: Rig, clip: str) -> None:
+    if clip == "vtest" and not VTEST.is_file():
+        pytest.skip("../shared/media/vtest.mp4 is absent")
+    frames = read_frames(SAMPLE if clip == "sample" else VTEST, 90, 100)
+    det = await rig.detector()
+    full = det._model.run(frames[100], None, 0.5).detections
+    walker = next(d for d in full if d.x1 > 560)  # the person walking on the right
+    wbox = Box(x1=round(walker.x1), y1=round(walker.y1), x2=round(walker.x2), y2=round(walker.y2))
+    moving = [
+        b
+        for b in diff_boxes(frames[90], frames[100])
+        if Box(x1=b[0], y1=b[1], x2=b[2], y2=b[3]).iou(wbox) > 0 or (b[0] > 540 and b[1] < 300)
+    ]
+    assert moving, "the walker moves between frames 90 and 100"
+    calls = count_runs(det)
+    f = make_frame("front", 100, frames[100])
+    await rig.bus.publish(topics.MOTION.name, motion(f, moving))
+    await settle(det, rig.bus)
+    assert len(calls) == 1
+    region = calls[0]
+    assert region is not None
+    rx1, ry1, rx2, ry2 = region
+    assert (rx2 - rx1) * (ry2 - ry1) < 0.5 * 768 * 576  # a real crop, not the frame
+    assert (rx2 - rx1) >= 300
+    assert (ry2 - ry1) >= 300
+    assert rig.events
+    best = max(d.box.iou(wbox) for d in rig.events[0].detections)
+    assert best >= 0.7
+
+
+def test_motion_region_geometry() -> None:
+    b = [Box(x1=100, y1=100, x2=140, y2=180), Box(x1=150, y1=120, x2=170, y2=160)]
+    # merged 100..170 x 100..180, grown to >= 300x300 (square model), centred, in the frame
+    r = motion_region(b, 768, 576, (300, 300), margin=0.25)
+    assert r == (0, 0, 300, 300) or (r[2] - r[0], r[3] - r[1]) == (300, 300)
+    x1, y1, x2, y2 = r
+    assert x1 <= 100
+    assert y1 <= 100
+    assert x2 >= 170
+    assert y2 >= 180
+    # near the right edge: shifted inside, not cut
+    r = motion_region([Box(x1=740, y1=500, x2=768, y2=576)], 768, 576, (300, 300))
+    assert r == (468, 276, 768, 576)
+    # a big region becomes the whole frame
+    assert motion_region([Box(x1=0, y1=0, x2=700, y2=500)], 768, 576, (300, 300)) == (
+        0,
+        0,
+        768,
+        576,
+    )
+    # letterbox-style wide model: the region takes the model's aspect
+    r = motion_region([Box(x1=300, y1=300, x2=310, y2=310)], 1920, 1080, (320, 640), margin=0)
+    assert (r[2] - r[0], r[3] - r[1]) == (640, 320)
+    assert motion_region([], 100, 100, (300, 300)) == (0, 0, 100, 100)
+
+
+# -- sharing one interpreter -------------------------------------------------------------------
+async def test_two_cameras_share_one_bounded_queue(rig: Rig, sample: dict[int, np.ndarray]) -> None:
+    det = await rig.detector(
+        {"cameras": {c: {"source": f"{c}.mp4", "detector": {"max_fps": 60}} for c in ("a", "b")}},
+        cams=("a", "b"),
+    )
+    box = [(560, 140, 640, 250)]
+    for _ in range(3):
+        for i in range(80, 111):
+            for cam in ("a", "b"):
+                f = make_frame(cam, i, sample[i])
+                await rig.bus.publish(topics.MOTION.name, motion(f, box))
+                assert det.queue_depth <= 2
+            await asyncio.sleep(0.003)
+    await settle(det, rig.bus)
+    assert det.max_queue_depth <= 2
+    assert det.superseded > 0  # latest wins: a backlog was never kept
+    by_cam = {e.camera_id for e in rig.events}
+    assert by_cam == {"a", "b"}
+    a, b = det.camera_inferences["a"], det.camera_inferences["b"]
+    assert abs(a - b) <= 2, (a, b)  # round robin
+    assert a + b == det.inferences
+
+
+async def test_fps_cap_per_camera(rig: Rig, sample: dict[int, np.ndarray]) -> None:
+    det = await rig.detector(
+        {"cameras": {"front": {"source": "front.mp4", "detector": {"max_fps": 2}}}}
+    )
+    t0 = time.monotonic()
+    i = 80
+    while time.monotonic() - t0 < 1.2:
+        f = make_frame("front", i, sample[80 + i % 30])
+        await rig.bus.publish(topics.MOTION.name, motion(f, [(560, 140, 640, 250)]))
+        i += 1
+        await asyncio.sleep(0.02)
+    await settle(det, rig.bus)
+    assert 2 <= det.inferences <= 4  # 2 per second, plus the newest frame served at the end
+
+
+async def test_label_allow_list_and_per_label_scores(
+    rig: Rig, sample: dict[int, np.ndarray]
+) -> None:
+    det = await rig.detector(
+        {
+            "cameras": {
+                "cars": {"source": "c.mp4", "detector": {"labels": ["car"]}},
+                "strict": {"source": "s.mp4"},
+                "off": {"source": "o.mp4", "detector": {"enabled": False}},
+            },
+            "detector": {"label_scores": {"person": 0.999}},
+        },
+        cams=("cars", "strict", "off"),
+    )
+    for cam in ("cars", "strict", "off"):
+        f = make_frame(cam, 100, sample[100])
+        await rig.bus.publish(topics.MOTION.name, motion(f, [(0, 0, 768, 576)]))
+    await settle(det, rig.bus)
+    assert det.inferences == 2  # "off" is not inferred
+    assert rig.events == []  # persons found, but not allowed / below 0.999
+
+
+async def test_trigger_always_infers_frames_without_motion(
+    rig: Rig, sample: dict[int, np.ndarray]
+) -> None:
+    det = await rig.detector({"detector": {"trigger": "always"}})
+    f = make_frame("front", 100, sample[100])
+    await rig.bus.publish(topics.FRAME.at(camera="front"), f)
+    await settle(det, rig.bus)
+    assert det.inferences == 1
+    assert rig.events
+    assert rig.events[0].motion_boxes == ()
+
+
+async def test_reconfigure_keeps_model_unless_model_keys_change(rig: Rig) -> None:
+    det = await rig.detector()
+    model = det._model
+    await det.configure(app_config({"detector": {"min_score": 0.7}}))
+    assert det._model is model
+    assert det.cfg.min_score == 0.7
+    await det.configure(app_config({"detector": {"nms_iou": 0.3}}))
+    assert det._model is not model
+
+
+def test_describe_models_lists_tensors(tmp_path: Path) -> None:
+    lines = describe_models(app_config())
+    text = "\n".join(lines)
+    assert "bundled: " in lines[0]
+    assert "person_ssdlite_mobilenet_v2_int8.tflite" in lines[0]
+    assert "format ssd" in text
+    assert "input  FeatureExtractor/MobilenetV2/MobilenetV2/input [1x300x300x3] uint8" in text
+    assert "output concat [1x1917x1x4] uint8 (scale" in text
+    assert "configured (detector.model): the bundled model" in text
+    values = np.zeros((1, 7, 16), np.float32)
+    model = constant_model(tmp_path / "mine.tflite", [Const(values)], size=(64, 64))
+    (tmp_path / "mine.txt").write_text("a\nb\nc\n", encoding="utf-8")
+    text = "\n".join(describe_models(app_config({"detector": {"model": str(model)}})))
+    assert "configured (detector.model): " in text
+    assert "format yolov8" in text
+    assert "output output [1x7x16] float32" in text
