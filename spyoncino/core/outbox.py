@@ -1,0 +1,658 @@
+"""The persistent outbox every notification channel delivers through.
+
+An alert is a promise to the owner, so it is written to SQLite (table ``outbox`` in the event
+index database) *before* anything is sent, and marked sent right after the channel confirms.
+One worker per recipient delivers that recipient's items strictly in order, so a GIF never
+arrives before the photo it replies to and alerts never shuffle after an outage.
+
+Failures are sorted by what they mean (the channel raises one of these):
+
+* ``RetryAfter(seconds)``: the server asked us to wait (Telegram's 429 ``retry_after``); nothing
+  is sent to that recipient before it has passed;
+* ``TransientError``: 5xx, timeouts, network down; retried with exponential backoff and jitter
+  until the item is ``horizon_s`` old, then given up and reported failed;
+* ``PermanentError``: the request itself is wrong (4xx); reported failed at once.
+
+Restarts: pending rows are loaded at start and sent; rows marked sent are never sent again.
+The idempotency key (channel, event id, kind, recipient) is UNIQUE, so enqueueing the same alert
+twice (a replayed artifact, a retried publish) stores it once. A crash in the few microseconds
+between the server's answer and the commit of "sent" can still repeat one message: no chat API
+offers a way to ask "did you get this?".
+
+When a recipient is far behind (``coalesce_after`` pending alerts, e.g. after a long outage),
+the alerts of each camera are folded into their latest one, which the channel presents as a
+summary ("12 events on front_door while offline") with the latest photo; their follow-ups
+(GIF, clip) are dropped with them. Rate limits: a minimum interval and a per-minute cap per
+recipient, and a per-camera alert budget per window so a flapping camera cannot flood; alerts
+over the budget are counted and mentioned in the next alert of that camera.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import sqlite3
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import structlog
+from pydantic import BaseModel, ConfigDict, Field
+
+from spyoncino.core.bus import Bus
+from spyoncino.core.contracts import BoundedExecutor
+from spyoncino.schemas import topics
+from spyoncino.schemas.alerts import AlertNotification
+
+#: Kinds that are alerts in their own right (others are follow-ups of an alert).
+PRIMARY_KINDS = frozenset({"snapshot", "text"})
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    channel TEXT NOT NULL,
+    recipient TEXT NOT NULL,
+    key TEXT NOT NULL UNIQUE,
+    event_id TEXT NOT NULL,
+    camera_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at REAL NOT NULL,
+    coalesced INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    sent_at REAL,
+    result TEXT
+);
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(channel, status, recipient, id);
+CREATE INDEX IF NOT EXISTS outbox_event ON outbox(channel, recipient, event_id);
+"""
+
+
+class DeliveryError(Exception):
+    """Base of what a channel's sender raises."""
+
+
+class RetryAfter(DeliveryError):
+    def __init__(self, seconds: float, message: str = "") -> None:
+        super().__init__(message or f"retry after {seconds}s")
+        self.seconds = float(seconds)
+
+
+class TransientError(DeliveryError):
+    """Worth retrying: server error, timeout, network down."""
+
+
+class PermanentError(DeliveryError):
+    """Retrying will not help: the request is wrong or the recipient refuses it."""
+
+
+class OutboxSettings(BaseModel):
+    """Delivery settings; every channel embeds these as its ``outbox:`` sub-section."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    horizon_s: float = Field(
+        default=86400.0,
+        ge=1.0,
+        le=30 * 86400.0,
+        description="Keep retrying an alert this long (seconds) before reporting it failed.",
+    )
+    backoff_initial_s: float = Field(
+        default=2.0, ge=0.01, le=600.0, description="First retry delay after an error."
+    )
+    backoff_max_s: float = Field(
+        default=120.0, ge=0.01, le=3600.0, description="Longest retry delay (the backoff cap)."
+    )
+    attempt_timeout_s: float = Field(
+        default=60.0, ge=0.1, le=600.0, description="A delivery attempt taking longer is retried."
+    )
+    min_interval_s: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=60.0,
+        description="Minimum seconds between two sends to one recipient.",
+    )
+    per_minute: int = Field(
+        default=0, ge=0, le=10_000, description="Sends per recipient per minute (0: no cap)."
+    )
+    camera_budget: int = Field(
+        default=20,
+        ge=0,
+        le=10_000,
+        description="Alerts per camera per camera_window_s (0: no limit); the rest are counted.",
+    )
+    camera_window_s: float = Field(
+        default=600.0, ge=1.0, le=86400.0, description="Window of the per-camera alert budget."
+    )
+    coalesce_after: int = Field(
+        default=10,
+        ge=0,
+        le=100_000,
+        description="Pending alerts for one recipient that trigger folding them into one summary "
+        "per camera (0: never fold).",
+    )
+    keep_sent_s: float = Field(
+        default=7 * 86400.0,
+        ge=60.0,
+        le=365 * 86400.0,
+        description="How long delivered rows are kept (they make re-sends idempotent).",
+    )
+
+
+@dataclass
+class OutboxItem:
+    """One message for one recipient, as stored."""
+
+    id: int
+    channel: str
+    recipient: str
+    key: str
+    event_id: str
+    camera_id: str
+    kind: str
+    payload: dict[str, Any]
+    created_at: float
+    attempts: int = 0
+    next_at: float = 0.0
+    coalesced: int = 0
+    #: results (e.g. message ids) of items already delivered for the same event and recipient
+    related: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def primary(self) -> bool:
+        return self.kind in PRIMARY_KINDS
+
+
+Sender = Callable[[OutboxItem], Awaitable["str | None"]]
+RateFor = Callable[[str], "tuple[float, int]"]
+
+
+def item_key(channel: str, event_id: str, kind: str, recipient: str) -> str:
+    return f"{channel}:{event_id}:{kind}:{recipient}"
+
+
+# -- SQLite (runs in the executor) ------------------------------------------------------------
+def open_db(path: Path) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=10.0, check_same_thread=False, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA busy_timeout=10000")
+    conn.executescript(SCHEMA)
+    return conn
+
+
+_COLS = (
+    "id, channel, recipient, key, event_id, camera_id, kind, payload, created_at, attempts, "
+    "next_at, coalesced"
+)
+
+
+def _row_item(row: tuple[Any, ...]) -> OutboxItem:
+    return OutboxItem(
+        id=row[0],
+        channel=row[1],
+        recipient=row[2],
+        key=row[3],
+        event_id=row[4],
+        camera_id=row[5],
+        kind=row[6],
+        payload=json.loads(row[7]),
+        created_at=row[8],
+        attempts=row[9],
+        next_at=row[10],
+        coalesced=row[11],
+    )
+
+
+def _insert(conn: sqlite3.Connection, item: OutboxItem) -> int | None:
+    cur = conn.execute(
+        """INSERT OR IGNORE INTO outbox(channel, recipient, key, event_id, camera_id, kind,
+               payload, created_at, status, attempts, next_at)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?)""",
+        (
+            item.channel,
+            item.recipient,
+            item.key,
+            item.event_id,
+            item.camera_id,
+            item.kind,
+            json.dumps(item.payload),
+            item.created_at,
+            item.next_at,
+        ),
+    )
+    return cur.lastrowid if cur.rowcount == 1 else None
+
+
+def _load_pending(conn: sqlite3.Connection, channel: str) -> list[OutboxItem]:
+    rows = conn.execute(
+        f"SELECT {_COLS} FROM outbox WHERE channel=? AND status='pending' ORDER BY id",  # noqa: S608
+        (channel,),
+    ).fetchall()
+    return [_row_item(r) for r in rows]
+
+
+def _related(
+    conn: sqlite3.Connection, channel: str, recipient: str, event_id: str
+) -> dict[str, str]:
+    rows = conn.execute(
+        "SELECT kind, result FROM outbox WHERE channel=? AND recipient=? AND event_id=? "
+        "AND status='sent' AND result IS NOT NULL",
+        (channel, recipient, event_id),
+    ).fetchall()
+    return {str(k): str(r) for k, r in rows}
+
+
+def _mark(
+    conn: sqlite3.Connection,
+    item_id: int,
+    status: str,
+    attempts: int,
+    next_at: float,
+    error: str | None,
+    result: str | None,
+) -> None:
+    conn.execute(
+        """UPDATE outbox SET status=?, attempts=?, next_at=?, last_error=?, result=?,
+               sent_at=CASE WHEN ?='sent' THEN ? ELSE sent_at END WHERE id=?""",
+        (status, attempts, next_at, error, result, status, time.time(), item_id),
+    )
+
+
+def _fold(conn: sqlite3.Connection, keep: int, count: int, dropped: list[int]) -> None:
+    with conn:
+        conn.execute("BEGIN")
+        conn.execute("UPDATE outbox SET coalesced=? WHERE id=?", (count, keep))
+        conn.executemany("UPDATE outbox SET status='coalesced' WHERE id=?", [(i,) for i in dropped])
+
+
+def _prune(conn: sqlite3.Connection, channel: str, before: float) -> int:
+    cur = conn.execute(
+        "DELETE FROM outbox WHERE channel=? AND status!='pending' AND created_at<?",
+        (channel, before),
+    )
+    return cur.rowcount
+
+
+def counts(conn: sqlite3.Connection, channel: str) -> dict[str, int]:
+    rows = conn.execute(
+        "SELECT status, COUNT(*) FROM outbox WHERE channel=? GROUP BY status", (channel,)
+    ).fetchall()
+    return {str(s): int(n) for s, n in rows}
+
+
+# -- rate limits ------------------------------------------------------------------------------
+class _Window:
+    """Timestamps of recent sends in a sliding window."""
+
+    def __init__(self, span: float) -> None:
+        self.span = span
+        self.times: deque[float] = deque()
+
+    def trim(self, now: float) -> None:
+        while self.times and self.times[0] <= now - self.span:
+            self.times.popleft()
+
+    def wait(self, now: float, cap: int) -> float:
+        """Seconds until one more fits under ``cap`` (0: now)."""
+        if cap <= 0:
+            return 0.0
+        self.trim(now)
+        if len(self.times) < cap:
+            return 0.0
+        return self.times[0] + self.span - now
+
+    def add(self, now: float) -> None:
+        self.times.append(now)
+
+
+@dataclass
+class _Recipient:
+    queue: deque[OutboxItem] = field(default_factory=deque)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    last_send: float = 0.0
+    minute: _Window = field(default_factory=lambda: _Window(60.0))
+    blocked_until: float = 0.0
+    task: asyncio.Task[None] | None = None
+
+
+class Outbox:
+    """Stores and delivers one channel's messages; owned by that channel's module."""
+
+    def __init__(
+        self,
+        *,
+        channel: str,
+        db_path: Path,
+        bus: Bus,
+        executor: BoundedExecutor,
+        sender: Sender,
+        settings: OutboxSettings | None = None,
+        rate_for: RateFor | None = None,
+        module: str | None = None,
+    ) -> None:
+        self.channel = channel
+        self.db_path = db_path
+        self.bus = bus
+        self.executor = executor
+        self.sender = sender
+        self.settings = settings or OutboxSettings()
+        self.rate_for = rate_for
+        self.log = structlog.get_logger("spyoncino").bind(module=module or channel, part="outbox")
+        self._conn: sqlite3.Connection | None = None
+        self._db_lock = asyncio.Lock()
+        self._recipients: dict[str, _Recipient] = {}
+        self._camera_windows: dict[str, _Window] = {}
+        self._camera_over: dict[str, int] = {}
+        self._closing = False
+        self.stats: dict[str, int] = {
+            "queued": 0,
+            "sent": 0,
+            "failed": 0,
+            "retries": 0,
+            "coalesced": 0,
+            "rate_limited": 0,
+            "duplicates": 0,
+        }
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._conn = await self.executor.run(open_db, self.db_path)
+        now = time.time()
+        await self._db(_prune, self.channel, now - self.settings.keep_sent_s)
+        pending = await self._db(_load_pending, self.channel)
+        for item in pending:
+            self._recipient(item.recipient).queue.append(item)
+        if pending:
+            self.log.info("outbox_resumed", pending=len(pending))
+        for rid in list(self._recipients):
+            self._ensure_worker(rid)
+
+    async def close(self) -> None:
+        self._closing = True
+        tasks = [r.task for r in self._recipients.values() if r.task is not None]
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._recipients.clear()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            async with self._db_lock:
+                await self.executor.run(conn.close)
+
+    async def _db(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self._conn is None:
+            raise RuntimeError("outbox is not open")
+        async with self._db_lock:
+            return await self.executor.run(fn, self._conn, *args)
+
+    # -- enqueue ------------------------------------------------------------------------------
+    def admit(self, camera_id: str, now: float | None = None) -> bool:
+        """Whether one more alert of ``camera_id`` fits in the per-camera budget (and count it)."""
+        s = self.settings
+        if s.camera_budget <= 0:
+            return True
+        t = time.monotonic() if now is None else now
+        win = self._camera_windows.setdefault(camera_id, _Window(s.camera_window_s))
+        if win.wait(t, s.camera_budget) > 0:
+            self._camera_over[camera_id] = self._camera_over.get(camera_id, 0) + 1
+            self.stats["rate_limited"] += 1
+            return False
+        win.add(t)
+        return True
+
+    def take_over_budget(self, camera_id: str) -> int:
+        """Alerts of ``camera_id`` held back by the budget since the last call."""
+        return self._camera_over.pop(camera_id, 0)
+
+    async def enqueue(
+        self,
+        *,
+        recipient: str,
+        event_id: str,
+        camera_id: str,
+        kind: str,
+        payload: dict[str, Any],
+    ) -> bool:
+        """Store one message and wake its recipient's worker; False when it was already stored."""
+        now = time.time()
+        item = OutboxItem(
+            id=0,
+            channel=self.channel,
+            recipient=recipient,
+            key=item_key(self.channel, event_id, kind, recipient),
+            event_id=event_id,
+            camera_id=camera_id,
+            kind=kind,
+            payload=payload,
+            created_at=now,
+            next_at=now,
+        )
+        row_id = await self._db(_insert, item)
+        if row_id is None:
+            self.stats["duplicates"] += 1
+            return False
+        item.id = int(row_id)
+        self.stats["queued"] += 1
+        await self._publish(item, "queued")
+        rec = self._recipient(recipient)
+        rec.queue.append(item)
+        rec.wake.set()
+        self._ensure_worker(recipient)
+        return True
+
+    def pending(self, recipient: str | None = None) -> int:
+        if recipient is not None:
+            rec = self._recipients.get(recipient)
+            return len(rec.queue) if rec else 0
+        return sum(len(r.queue) for r in self._recipients.values())
+
+    async def counts(self) -> dict[str, int]:
+        return dict(await self._db(counts, self.channel))
+
+    # -- workers ------------------------------------------------------------------------------
+    def _recipient(self, rid: str) -> _Recipient:
+        rec = self._recipients.get(rid)
+        if rec is None:
+            rec = self._recipients[rid] = _Recipient()
+        return rec
+
+    def _ensure_worker(self, rid: str) -> None:
+        rec = self._recipients[rid]
+        if self._closing or (rec.task is not None and not rec.task.done()):
+            return
+        rec.task = asyncio.get_running_loop().create_task(
+            self._worker(rid, rec), name=f"outbox:{self.channel}:{rid}"
+        )
+
+    async def _sleep(self, rec: _Recipient, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        rec.wake.clear()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(rec.wake.wait(), seconds)
+
+    async def _worker(self, rid: str, rec: _Recipient) -> None:
+        while not self._closing:
+            try:
+                if not rec.queue:
+                    rec.wake.clear()
+                    await rec.wake.wait()
+                    continue
+                await self._maybe_coalesce(rid, rec)
+                item = rec.queue[0]
+                delay = self._delay(rid, rec, item)
+                if delay > 0:
+                    # not rec.wake: a new item behind this one must not cut the wait short
+                    await asyncio.sleep(min(delay, 5.0))
+                    continue
+                await self._attempt(rid, rec, item)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug or a database error: never kill the worker
+                self.log.error("outbox_worker_error", recipient=rid, error=repr(exc), exc_info=exc)
+                await asyncio.sleep(1.0)
+
+    def _delay(self, rid: str, rec: _Recipient, item: OutboxItem) -> float:
+        now_wall = time.time()
+        now = time.monotonic()
+        interval, per_minute = (
+            self.rate_for(rid)
+            if self.rate_for is not None
+            else (self.settings.min_interval_s, self.settings.per_minute)
+        )
+        waits = [
+            item.next_at - now_wall,
+            rec.blocked_until - now,
+            rec.last_send + interval - now if rec.last_send else 0.0,
+            rec.minute.wait(now, per_minute),
+        ]
+        return max(0.0, *waits)
+
+    async def _attempt(self, rid: str, rec: _Recipient, item: OutboxItem) -> None:
+        s = self.settings
+        item.attempts += 1
+        if not item.primary:
+            item.related = await self._db(_related, self.channel, rid, item.event_id)
+        now = time.monotonic()
+        rec.last_send = now
+        rec.minute.add(now)
+        error: str
+        try:
+            result = await asyncio.wait_for(self.sender(item), s.attempt_timeout_s)
+        except RetryAfter as e:
+            wait = max(e.seconds, 0.0)
+            rec.blocked_until = time.monotonic() + wait
+            item.next_at = time.time() + wait
+            self.stats["retries"] += 1
+            self.log.warning(
+                "outbox_retry_after", recipient=rid, seconds=wait, attempt=item.attempts
+            )
+            await self._db(_mark, item.id, "pending", item.attempts, item.next_at, str(e), None)
+            return
+        except PermanentError as e:
+            await self._finish(rec, item, "failed", error=str(e) or repr(e))
+            return
+        except (TimeoutError, TransientError, OSError) as e:
+            error = str(e) or type(e).__name__
+        except Exception as e:  # an unknown failure: treat as transient, but say so
+            error = repr(e)
+            self.log.error("outbox_sender_error", recipient=rid, error=error, exc_info=e)
+        else:
+            await self._finish(rec, item, "sent", result=result)
+            return
+        age = time.time() - item.created_at
+        if age >= s.horizon_s:
+            await self._finish(rec, item, "failed", error=f"gave up after {age:.0f}s: {error}")
+            return
+        backoff = min(s.backoff_max_s, s.backoff_initial_s * 2 ** min(item.attempts - 1, 30))
+        backoff *= 0.8 + 0.4 * random.random()
+        item.next_at = time.time() + backoff
+        self.stats["retries"] += 1
+        self.log.info(
+            "outbox_retry",
+            recipient=rid,
+            event_id=item.event_id,
+            kind=item.kind,
+            attempt=item.attempts,
+            retry_in_s=round(backoff, 2),
+            error=error,
+        )
+        await self._db(_mark, item.id, "pending", item.attempts, item.next_at, error, None)
+
+    async def _finish(
+        self,
+        rec: _Recipient,
+        item: OutboxItem,
+        status: Literal["sent", "failed"],
+        *,
+        result: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        # commit first: a crash after this line can no longer send the item twice
+        await self._db(_mark, item.id, status, item.attempts, item.next_at, error, result)
+        if rec.queue and rec.queue[0] is item:
+            rec.queue.popleft()
+        self.stats[status] += 1
+        if status == "failed":
+            self.log.warning(
+                "outbox_failed",
+                recipient=item.recipient,
+                event_id=item.event_id,
+                kind=item.kind,
+                attempts=item.attempts,
+                error=error,
+            )
+        await self._publish(item, status, error)
+
+    async def _maybe_coalesce(self, rid: str, rec: _Recipient) -> None:
+        limit = self.settings.coalesce_after
+        if limit <= 0:
+            return
+        primaries = [i for i in rec.queue if i.primary]
+        if len(primaries) < limit:
+            return
+        by_camera: dict[str, list[OutboxItem]] = {}
+        for i in primaries:
+            by_camera.setdefault(i.camera_id, []).append(i)
+        dropped_ids: set[int] = set()
+        for items in by_camera.values():
+            if len(items) < 2:
+                continue
+            keep = items[-1]
+            folded = items[:-1]
+            keep.coalesced += sum(1 + i.coalesced for i in folded)
+            gone_events = {i.event_id for i in folded}
+            drop = [i for i in rec.queue if i.event_id in gone_events]
+            await self._db(_fold, keep.id, keep.coalesced, [i.id for i in drop])
+            dropped_ids.update(i.id for i in drop)
+            self.stats["coalesced"] += len(drop)
+            self.log.info(
+                "outbox_coalesced",
+                recipient=rid,
+                camera=keep.camera_id,
+                events=keep.coalesced + 1,
+            )
+        if dropped_ids:
+            rec.queue = deque(i for i in rec.queue if i.id not in dropped_ids)
+
+    async def _publish(
+        self,
+        item: OutboxItem,
+        status: Literal["queued", "sent", "failed"],
+        error: str | None = None,
+    ) -> None:
+        await self.bus.publish(
+            topics.NOTIFY.at(channel=self.channel, status=status),
+            AlertNotification(
+                channel=self.channel,
+                event_id=item.event_id,
+                camera_id=item.camera_id,
+                kind=item.kind,
+                status=status,
+                recipient=item.recipient,
+                attempt=max(1, item.attempts),
+                error=error,
+                at=time.time(),
+            ),
+        )
+
+    def metrics(self) -> dict[str, float | int | str]:
+        out: dict[str, float | int | str] = {f"outbox_{k}": v for k, v in self.stats.items()}
+        out["outbox_pending"] = self.pending()
+        return out
+
+
+def recipients_of(items: Iterable[OutboxItem]) -> list[str]:
+    return sorted({i.recipient for i in items})

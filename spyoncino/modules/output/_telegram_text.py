@@ -1,0 +1,275 @@
+"""What the Telegram bot says: captions, command replies, durations. Pure functions, no I/O
+except the read-only event query, the disk and the CPU temperature (all run in the executor)."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+import sqlite3
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import time as dtime
+from pathlib import Path
+from typing import Any
+
+from spyoncino.core.files import local_time
+from spyoncino.schemas.control import ControlState
+from spyoncino.schemas.status import HealthReport, ModuleHealth
+
+ALL_CAMERAS = "*"
+
+#: (command, menu description) in menu order; the menu is set with setMyCommands.
+COMMANDS: tuple[tuple[str, str], ...] = (
+    ("status", "Armed state, cameras, last events, disk"),
+    ("snapshot", "Photo now: /snapshot [camera]"),
+    ("clip", "Short video now: /clip [camera] [seconds]"),
+    ("events", "Last events: /events [n]"),
+    ("arm", "Alert on events"),
+    ("disarm", "Stop alerts (events are still recorded)"),
+    ("mute", "Silence alerts: /mute <duration> [camera]"),
+    ("unmute", "End a mute: /unmute [camera]"),
+    ("health", "State of every module"),
+    ("help", "What the bot understands"),
+)
+
+HELP = """Spyoncino commands:
+/status - armed state, cameras, last events, disk free
+/snapshot [camera] - a photo now (every camera when none is named)
+/clip [camera] [seconds] - a short video now
+/events [n] - the last n events (default 5)
+/arm - alert on events
+/disarm - stop alerts; events are still recorded
+/mute <duration> [camera] - e.g. /mute 30m, /mute 2h front_door
+/unmute [camera] - end a mute
+/health - state of every module
+Buttons under an alert: Mute 1 h (that camera), Snapshot, Disarm."""
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(min|sec|d|h|m|s)?", re.IGNORECASE)
+_UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "min": 60.0, "s": 1.0, "sec": 1.0}
+
+
+def parse_duration(text: str) -> float:
+    """``90s``, ``15m``, ``1h``, ``2h30m``, ``1d``; a bare number is minutes. Seconds out."""
+    s = text.strip().lower()
+    if not s:
+        raise ValueError("empty duration")
+    pos = 0
+    total = 0.0
+    for m in _DURATION.finditer(s):
+        if m.start() != pos:
+            raise ValueError(f"not a duration: {text!r}")
+        unit = m.group(2) or ("m" if m.end() == len(s) and pos == 0 else "")
+        if not unit:
+            raise ValueError(f"not a duration: {text!r} (add a unit: s, m, h, d)")
+        total += float(m.group(1)) * _UNITS[unit]
+        pos = m.end()
+    if pos != len(s) or total <= 0:
+        raise ValueError(f"not a duration: {text!r}")
+    return total
+
+
+def format_duration(seconds: float) -> str:
+    s = round(seconds)
+    if s < 60:
+        return f"{s} s"
+    d, rem = divmod(s, 86400)
+    h, rem = divmod(rem, 3600)
+    m = rem // 60
+    parts = []
+    if d:
+        parts.append(f"{d} d")
+    if h:
+        parts.append(f"{h} h")
+    if m and not d:
+        parts.append(f"{m} min")
+    return " ".join(parts)
+
+
+def in_quiet_hours(now_local: dtime, start: dtime | None, end: dtime | None) -> bool:
+    """Whether ``now_local`` falls in [start, end), which may wrap midnight."""
+    if start is None or end is None or start == end:
+        return False
+    if start < end:
+        return start <= now_local < end
+    return now_local >= start or now_local < end
+
+
+@dataclass(frozen=True)
+class AlertInfo:
+    """What a caption says about an event."""
+
+    event_id: str
+    camera_id: str
+    camera_name: str
+    kind: str
+    labels: tuple[str, ...]
+    score: float
+    zones: tuple[str, ...]
+    started_at: float
+
+
+def caption(info: AlertInfo, tz: str | None, status_url: str | None) -> str:
+    when = local_time(info.started_at, tz).strftime("%Y-%m-%d %H:%M:%S")
+    if info.kind == "object" and info.labels:
+        seen = ", ".join(info.labels) + f" ({info.score:.0%})"
+    else:
+        seen = "motion"
+    lines = [f"{info.camera_name}: {seen}", when]
+    if info.zones:
+        lines.append("zone: " + ", ".join(info.zones))
+    if status_url:
+        lines.append(f"{status_url.rstrip('/')}/events/{info.event_id}")
+    return "\n".join(lines)
+
+
+def summary_line(count: int, camera_name: str) -> str:
+    return f"{count} events on {camera_name} while offline; the latest:"
+
+
+def over_budget_line(count: int, camera_name: str) -> str:
+    return f"(+{count} more on {camera_name} not sent: alert rate limit)"
+
+
+def state_text(state: ControlState, now: float, tz: str | None, names: Mapping[str, str]) -> str:
+    lines = ["Armed" if state.armed else "Disarmed (events are still recorded)"]
+    for key, until in sorted(state.muted_until.items()):
+        if until <= now:
+            continue
+        who = "all cameras" if key == ALL_CAMERAS else names.get(key, key)
+        lines.append(
+            f"Muted {who} for {format_duration(until - now)} "
+            f"(until {local_time(until, tz).strftime('%H:%M')})"
+        )
+    return "\n".join(lines)
+
+
+def camera_health(health: HealthReport | None, camera_id: str) -> ModuleHealth | None:
+    if health is None:
+        return None
+    for m in health.modules:
+        if m.module.endswith(f":{camera_id}"):
+            return m
+    return None
+
+
+def status_text(
+    *,
+    state: ControlState,
+    health: HealthReport | None,
+    names: Mapping[str, str],
+    events: Iterable[Mapping[str, Any]],
+    disk: tuple[int, int] | None,
+    uptime_s: float,
+    temperature_c: float | None,
+    now: float,
+    tz: str | None,
+) -> str:
+    lines = [state_text(state, now, tz, names), "", "Cameras:"]
+    for cid, name in names.items():
+        mh = camera_health(health, cid)
+        if mh is None:
+            lines.append(f"- {name}: no report yet")
+            continue
+        fps = mh.metrics.get("fps")
+        fps_text = f", {float(fps):.1f} fps" if isinstance(fps, (int, float)) else ""
+        detail = f" ({mh.detail})" if mh.detail and mh.state != "ok" else ""
+        lines.append(f"- {name}: {mh.state}{fps_text}{detail}")
+    rows = list(events)
+    lines.append("")
+    lines.append("Last events:" if rows else "Last events: none")
+    lines.extend(event_line(r, names, tz) for r in rows)
+    lines.append("")
+    if disk is not None:
+        free, total = disk
+        pct = 100.0 * free / total if total else 0.0
+        lines.append(f"Disk free: {free / 1e9:.1f} GB ({pct:.0f}%)")
+    lines.append(f"Uptime: {format_duration(uptime_s)}")
+    if temperature_c is not None:
+        lines.append(f"CPU temperature: {temperature_c:.1f} C")
+    return "\n".join(lines)
+
+
+def health_text(health: HealthReport | None) -> str:
+    if health is None:
+        return "No health report yet."
+    lines = [f"Overall: {health.overall}"]
+    for m in health.modules:
+        extra = f" - {m.detail}" if m.detail else ""
+        lines.append(f"- {m.module}: {m.state}{extra}")
+    return "\n".join(lines)
+
+
+def event_line(row: Mapping[str, Any], names: Mapping[str, str], tz: str | None) -> str:
+    cam = names.get(str(row["camera_id"]), str(row["camera_id"]))
+    when = local_time(float(row["started_at"]), tz).strftime("%m-%d %H:%M:%S")
+    labels = ", ".join(row.get("labels") or []) or str(row.get("kind", "event"))
+    score = float(row.get("top_score") or 0.0)
+    score_text = f" {score:.0%}" if score > 0 else ""
+    return f"- {when} {cam}: {labels}{score_text}"
+
+
+def events_text(rows: list[dict[str, Any]], names: Mapping[str, str], tz: str | None) -> str:
+    if not rows:
+        return "No events recorded yet."
+    return "\n".join([f"Last {len(rows)} events:", *(event_line(r, names, tz) for r in rows)])
+
+
+# -- blocking helpers (run them in the executor) ------------------------------------------------
+def read_events(db_path: Path, limit: int) -> list[dict[str, Any]]:
+    """The newest ``limit`` events from the index, opened read-only (never creates it)."""
+    import json
+
+    if not db_path.exists():
+        return []
+    uri = f"file:{db_path}?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=5.0)
+    except sqlite3.Error:
+        return []
+    try:
+        rows = conn.execute(
+            "SELECT id, camera_id, kind, labels, top_score, started_at FROM events "
+            "ORDER BY started_at DESC LIMIT ?",
+            (limit,),
+        ).fetchall()
+    except sqlite3.Error:
+        return []
+    finally:
+        conn.close()
+    out = []
+    for r in rows:
+        labels: list[str] = []
+        with contextlib.suppress(ValueError, TypeError):
+            labels = [str(x) for x in json.loads(r[3])]
+        out.append(
+            {
+                "id": r[0],
+                "camera_id": r[1],
+                "kind": r[2],
+                "labels": labels,
+                "top_score": r[4],
+                "started_at": r[5],
+            }
+        )
+    return out
+
+
+def disk_free(path: Path) -> tuple[int, int] | None:
+    p = path
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        usage = shutil.disk_usage(p)
+    except OSError:
+        return None
+    return usage.free, usage.total
+
+
+def cpu_temperature() -> float | None:
+    """The SoC temperature on a Pi/Jetson (thermal zone 0); None where there is none."""
+    try:
+        raw = Path("/sys/class/thermal/thermal_zone0/temp").read_text(encoding="ascii").strip()
+        return int(raw) / 1000.0
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,265 @@
+"""The persistent outbox: order, retries, horizon, restarts, idempotency, folding, budgets."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from spyoncino.core.bus import Bus, Message
+from spyoncino.core.contracts import BoundedExecutor
+from spyoncino.core.outbox import (
+    Outbox,
+    OutboxItem,
+    OutboxSettings,
+    PermanentError,
+    RetryAfter,
+    TransientError,
+)
+from spyoncino.schemas.alerts import AlertNotification
+
+FAST = {"min_interval_s": 0.0, "backoff_initial_s": 0.05, "backoff_max_s": 0.2}
+
+
+class FakeChannel:
+    """A sender that records deliveries and fails on command, like a real server would."""
+
+    def __init__(self) -> None:
+        self.delivered: list[tuple[str, str, str, float]] = []
+        self.attempts: list[tuple[str, float]] = []
+        self.failures: list[BaseException] = []
+        self.down = False
+        self.items: list[OutboxItem] = []
+
+    async def __call__(self, item: OutboxItem) -> str | None:
+        now = time.monotonic()
+        self.attempts.append((item.key, now))
+        if self.down:
+            raise TransientError("connection refused")
+        if self.failures:
+            raise self.failures.pop(0)
+        self.delivered.append((item.recipient, item.event_id, item.kind, now))
+        self.items.append(item)
+        return f"msg-{len(self.delivered)}"
+
+
+@pytest_asyncio.fixture
+async def env(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
+    bus = Bus(status_interval=0)
+    executor = BoundedExecutor(workers=2)
+    notes: list[AlertNotification] = []
+
+    async def collect(msg: Message[AlertNotification]) -> None:
+        notes.append(msg.payload)
+
+    bus.subscribe("notify.#", collect, module="test")
+    boxes: list[Outbox] = []
+
+    def make(channel: FakeChannel, **settings: Any) -> Outbox:
+        box = Outbox(
+            channel="fake",
+            db_path=tmp_path / "events.sqlite3",
+            bus=bus,
+            executor=executor,
+            sender=channel,
+            settings=OutboxSettings(**{**FAST, **settings}),
+        )
+        boxes.append(box)
+        return box
+
+    yield {"make": make, "bus": bus, "notes": notes, "db": tmp_path / "events.sqlite3"}
+    for b in boxes:
+        await b.close()
+    await bus.close()
+    executor.shutdown()
+
+
+async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met")
+        await asyncio.sleep(0.01)
+
+
+async def put(
+    box: Outbox, event: str, kind: str = "snapshot", to: str = "1", cam: str = "c"
+) -> bool:
+    return await box.enqueue(recipient=to, event_id=event, camera_id=cam, kind=kind, payload={})
+
+
+async def test_delivers_in_order_per_recipient_and_reports(env: dict[str, Any]) -> None:
+    ch = FakeChannel()
+    box = env["make"](ch)
+    await box.start()
+    for i in range(5):
+        await put(box, f"e{i}", to="1")
+        await put(box, f"e{i}", to="2")
+    await until(lambda: len(ch.delivered) == 10)
+    for rid in ("1", "2"):
+        assert [d[1] for d in ch.delivered if d[0] == rid] == [f"e{i}" for i in range(5)]
+    await env["bus"].drain()
+    statuses = [n.status for n in env["notes"]]
+    assert statuses.count("queued") == 10
+    assert statuses.count("sent") == 10
+
+
+async def test_the_same_alert_is_stored_once(env: dict[str, Any]) -> None:
+    ch = FakeChannel()
+    box = env["make"](ch)
+    await box.start()
+    assert await put(box, "e1")
+    assert not await put(box, "e1")
+    await until(lambda: len(ch.delivered) == 1)
+    assert not await put(box, "e1")  # also after it was sent
+    await asyncio.sleep(0.1)
+    assert len(ch.delivered) == 1
+    assert box.stats["duplicates"] == 2
+
+
+async def test_retry_after_blocks_the_recipient_for_that_long(env: dict[str, Any]) -> None:
+    ch = FakeChannel()
+    ch.failures.append(RetryAfter(1.0))
+    box = env["make"](ch)
+    await box.start()
+    await put(box, "e1")
+    await put(box, "e2")
+    await until(lambda: len(ch.delivered) == 2)
+    first_try = ch.attempts[0][1]
+    assert ch.delivered[0][3] - first_try >= 1.0
+    assert [d[1] for d in ch.delivered] == ["e1", "e2"]
+
+
+async def test_transient_errors_retry_with_backoff_until_the_server_is_back(
+    env: dict[str, Any],
+) -> None:
+    ch = FakeChannel()
+    ch.down = True
+    box = env["make"](ch)
+    await box.start()
+    for i in range(3):
+        await put(box, f"e{i}")
+    await asyncio.sleep(0.5)
+    assert ch.delivered == []
+    tries = len(ch.attempts)
+    assert 2 <= tries <= 12  # backoff, not a busy loop
+    ch.down = False
+    await until(lambda: len(ch.delivered) == 3)
+    assert [d[1] for d in ch.delivered] == ["e0", "e1", "e2"]
+
+
+async def test_gives_up_after_the_horizon_and_on_permanent_errors(env: dict[str, Any]) -> None:
+    ch = FakeChannel()
+    ch.failures.append(PermanentError("400 bad request"))
+    box = env["make"](ch, horizon_s=1.0)
+    await box.start()
+    await put(box, "bad")
+    await put(box, "ok")
+    await until(lambda: len(ch.delivered) == 1)
+    assert ch.delivered[0][1] == "ok"
+    ch.down = True
+    await put(box, "late")
+    await until(lambda: box.stats["failed"] == 2, timeout=5.0)
+    await env["bus"].drain()
+    failed = [n for n in env["notes"] if n.status == "failed"]
+    assert [n.event_id for n in failed] == ["bad", "late"]
+    assert "gave up" in (failed[1].error or "")
+
+
+async def test_pending_items_survive_a_restart_and_sent_ones_are_not_repeated(
+    env: dict[str, Any],
+) -> None:
+    ch = FakeChannel()
+    box = env["make"](ch)
+    await box.start()
+    await put(box, "e0")
+    await until(lambda: len(ch.delivered) == 1)
+    ch.down = True
+    for i in range(1, 4):
+        await put(box, f"e{i}")
+    await asyncio.sleep(0.1)
+    await box.close()  # like a crash: nothing is flushed on purpose
+
+    ch2 = FakeChannel()
+    box2 = env["make"](ch2)
+    await box2.start()
+    await until(lambda: len(ch2.delivered) == 3)
+    assert [d[1] for d in ch2.delivered] == ["e1", "e2", "e3"]
+    await asyncio.sleep(0.1)
+    assert len(ch2.delivered) == 3
+    conn = sqlite3.connect(env["db"])
+    rows = dict(conn.execute("SELECT status, COUNT(*) FROM outbox GROUP BY status").fetchall())
+    conn.close()
+    assert rows == {"sent": 4}
+
+
+async def test_follow_ups_see_the_result_of_their_alert(env: dict[str, Any]) -> None:
+    ch = FakeChannel()
+    box = env["make"](ch)
+    await box.start()
+    await put(box, "e1", "snapshot")
+    await put(box, "e1", "gif")
+    await until(lambda: len(ch.delivered) == 2)
+    assert ch.items[1].related == {"snapshot": "msg-1"}
+
+
+async def test_far_behind_alerts_fold_into_one_per_camera(env: dict[str, Any]) -> None:
+    ch = FakeChannel()
+    ch.down = True
+    box = env["make"](ch, coalesce_after=4)
+    await box.start()
+    for i in range(6):
+        await put(box, f"a{i}", cam="front")
+        await put(box, f"a{i}", "gif", cam="front")
+    await put(box, "b0", cam="back")
+    await asyncio.sleep(0.2)
+    ch.down = False
+    await until(lambda: box.pending() == 0)
+    delivered = [(d[1], d[2]) for d in ch.delivered]
+    # the head item may have been tried before folding; the rest fold into the latest
+    assert delivered[-3:] == [("a5", "snapshot"), ("a5", "gif"), ("b0", "snapshot")]
+    summary = next(i for i in ch.items if i.event_id == "a5" and i.kind == "snapshot")
+    assert summary.coalesced + 1 + (len(delivered) - 3) // 2 == 6
+    assert box.stats["coalesced"] > 0
+
+
+async def test_per_minute_cap_spaces_sends(env: dict[str, Any]) -> None:
+    ch = FakeChannel()
+    box = env["make"](ch, per_minute=2)
+    await box.start()
+    for i in range(3):
+        await put(box, f"e{i}")
+    await until(lambda: len(ch.delivered) == 2)
+    await asyncio.sleep(0.3)
+    assert len(ch.delivered) == 2  # the third waits for the minute window
+
+
+def test_camera_budget_counts_what_it_holds_back() -> None:
+    box = Outbox(
+        channel="fake",
+        db_path=Path("unused"),
+        bus=Bus(status_interval=0),
+        executor=BoundedExecutor(1),
+        sender=FakeChannel(),
+        settings=OutboxSettings(camera_budget=2, camera_window_s=10.0),
+    )
+    assert box.admit("c", now=0.0)
+    assert box.admit("c", now=1.0)
+    assert not box.admit("c", now=2.0)
+    assert not box.admit("c", now=3.0)
+    assert box.admit("other", now=3.0)
+    assert box.take_over_budget("c") == 2
+    assert box.take_over_budget("c") == 0
+    assert box.admit("c", now=10.5)
+
+
+@pytest.mark.parametrize("bad", [{"horizon_s": 0}, {"min_interval_s": -1}, {"nope": 1}])
+def test_settings_are_validated(bad: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        OutboxSettings(**bad)
