@@ -1,0 +1,268 @@
+"""Network cameras over RTSP, received and decoded with PyAV (FFmpeg).
+
+Cheap by construction: the luma plane motion reads is a view of the decoder's Y plane
+(downscaled once), and the full-size BGR image is converted only when a consumer asks for
+``frame.image`` (the detector on motion, a snapshot). ``cv2.VideoCapture`` converts every frame
+to BGR whether anyone looks at it or not; that conversion is most of what we save.
+
+Robust by construction: TCP transport by default (no smeared frames from lost UDP packets),
+open and read timeouts enforced by FFmpeg's interrupt callback, exponential backoff with
+jitter (capped at 30 s) between attempts, and a stall watchdog in the base class. The URL's
+credentials never reach a log line, health or the status page: everything shown goes through
+``redact_url``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any, ClassVar, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field
+
+from spyoncino.core.config import AppConfig, redact_url
+from spyoncino.core.contracts import CameraOptions, ModuleConfig, ModuleConfigError
+from spyoncino.core.inputs import (
+    CameraInput,
+    RawFrame,
+    SourceError,
+    SourceStalled,
+    shrink_luma,
+)
+
+SCHEMES = ("rtsp://", "rtsps://")
+#: pixel formats whose plane 0 is the full-resolution Y (luma) plane
+_YUV_FORMATS = frozenset(
+    {"yuv420p", "yuvj420p", "nv12", "nv21", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p"}
+)
+
+
+class Config(ModuleConfig):
+    type: Literal["rtsp"] = "rtsp"
+    decoder_threads: int = Field(
+        default=2,
+        ge=0,
+        le=16,
+        description=(
+            "FFmpeg decoder threads per stream (0: one per core). Two suit a 4-core board with "
+            "a few cameras: more threads add a frame of latency each and little throughput."
+        ),
+    )
+    thread_type: Literal["SLICE", "FRAME", "AUTO"] = Field(
+        default="AUTO",
+        description="FFmpeg decoder threading: SLICE (lowest latency), FRAME or AUTO (both).",
+    )
+
+
+class RtspCamera(CameraOptions):
+    """``cameras.<id>.rtsp``: per-camera RTSP settings."""
+
+    transport: Literal["tcp", "udp"] = Field(
+        default="tcp",
+        description="RTP transport. TCP survives lossy Wi-Fi without smeared frames; UDP has "
+        "less latency on a clean wired LAN.",
+    )
+    detect_url: str | None = Field(
+        default=None,
+        description=(
+            "Sub-stream URL (e.g. 640x360) decoded for motion and detection. The camera's "
+            "`source` stays the main (record) stream and is not decoded by this input."
+        ),
+    )
+    open_timeout_s: float = Field(
+        default=10.0, ge=1.0, le=120.0, description="Seconds to connect and start the stream."
+    )
+    read_timeout_s: float = Field(
+        default=5.0, ge=0.5, le=120.0, description="Seconds without data before a read fails."
+    )
+    stall_timeout_s: float = Field(
+        default=10.0,
+        ge=1.0,
+        le=600.0,
+        description="Seconds without a decoded frame before the stream is reopened.",
+    )
+
+
+def explain(exc: Exception, timeout_s: float) -> str:
+    """A short, log-safe reason for a PyAV/FFmpeg failure (never the URL, which may hold a
+    password: PyAV puts it in ``filename``, so only ``strerror`` is used)."""
+    import av
+
+    if isinstance(exc, av.error.HTTPUnauthorizedError):
+        return "401 Unauthorized: the camera refused the user name or password"
+    if isinstance(exc, av.error.HTTPForbiddenError):
+        return "403 Forbidden: the user may not read this stream"
+    if isinstance(exc, av.error.HTTPNotFoundError):
+        return "404 Not Found: no stream at this path (check the URL's path)"
+    if isinstance(exc, (av.error.ExitError, av.error.TimeoutError)):
+        return f"no data for {timeout_s:g}s (timed out)"
+    if isinstance(exc, av.error.ConnectionRefusedError):
+        return "connection refused (camera off or wrong port)"
+    if isinstance(exc, av.error.EOFError):
+        return "the camera closed the stream"
+    reason = getattr(exc, "strerror", None) or type(exc).__name__
+    return str(reason)
+
+
+def _is_timeout(exc: Exception) -> bool:
+    import av
+
+    return isinstance(exc, (av.error.ExitError, av.error.TimeoutError))
+
+
+class RtspInput(CameraInput):
+    """``rtsp://`` and ``rtsps://`` cameras."""
+
+    Config: ClassVar[type[ModuleConfig]] = Config
+    Camera: ClassVar[type[CameraOptions] | None] = RtspCamera
+
+    def __init__(self, ctx: Any) -> None:
+        super().__init__(ctx)
+        self.opts = RtspCamera()
+        self.settings = Config()
+        self._container: Any = None
+        self._packets: Any = None
+        self._pending: deque[Any] = deque()
+        self._last_decoded = 0.0
+        self.decode_errors = 0
+        self.stream_size = (0, 0)
+
+    @classmethod
+    def accepts(cls, source: str) -> bool:
+        return source.strip().lower().startswith(SCHEMES)
+
+    @property
+    def url(self) -> str:
+        """The stream this input decodes: the detect sub-stream when set, else the source."""
+        return self.opts.detect_url or self.cam.source
+
+    def describe_source(self) -> str:
+        return redact_url(self.url)
+
+    async def configure(self, app: AppConfig) -> None:
+        await super().configure(app)
+        self.settings = app.section(self.name or "rtsp", Config)
+        self.opts = self.cam.options(self.name or "rtsp", RtspCamera)
+        for key, value in (("source", self.cam.source), ("rtsp.detect_url", self.opts.detect_url)):
+            if value is None:
+                continue
+            parts = urlsplit(value)
+            if not value.lower().startswith(SCHEMES) or not parts.hostname:
+                raise ModuleConfigError(
+                    f"cameras.{self.camera_id}.{key}: {redact_url(value)!r} is not an "
+                    "rtsp://[user:password@]host[:port]/path URL"
+                )
+        self.stall_timeout = self.opts.stall_timeout_s
+        # FFmpeg enforces the open timeout itself; the base's watchdog is the backstop.
+        self.open_timeout = self.opts.open_timeout_s + 5.0
+
+    # -- blocking parts, on the camera's thread ------------------------------------------------
+    def open(self) -> None:
+        import av
+
+        opts = self.opts
+        container_options = {
+            "rtsp_transport": opts.transport,
+            # socket I/O timeout, microseconds (FFmpeg >= 5 calls it 'timeout')
+            "timeout": str(int(opts.read_timeout_s * 1_000_000)),
+            # do not SETUP the audio track: less bandwidth, nothing to demux
+            "allowed_media_types": "video",
+        }
+        if opts.transport == "udp":
+            container_options["max_delay"] = "500000"  # reorder window for late UDP packets
+            container_options["buffer_size"] = str(1 << 20)
+        try:
+            container = av.open(
+                self.url,
+                container_options=container_options,
+                timeout=(opts.open_timeout_s, opts.read_timeout_s),
+            )
+        except av.FFmpegError as e:
+            reason = explain(e, opts.open_timeout_s)
+            raise (SourceStalled if _is_timeout(e) else SourceError)(
+                f"cannot open {self.describe_source()}: {reason}"
+            ) from None
+        if not container.streams.video:
+            container.close()
+            raise SourceError(f"{self.describe_source()} has no video stream")
+        stream = container.streams.video[0]
+        ctx = stream.codec_context
+        ctx.thread_count = self.settings.decoder_threads
+        ctx.thread_type = self.settings.thread_type
+        self._container = container
+        self._packets = container.demux(stream)
+        self._pending.clear()
+        self._last_decoded = time.monotonic()
+        self.log.info(
+            "camera_opened",
+            camera=self.camera_id,
+            source=self.describe_source(),
+            codec=ctx.name,
+            width=ctx.width,
+            height=ctx.height,
+            transport=opts.transport,
+            decoder_threads=self.settings.decoder_threads,
+        )
+
+    def read(self) -> RawFrame:
+        import av
+
+        while not self._pending:
+            if self._packets is None:
+                raise SourceError("stream is not open")
+            try:
+                packet = next(self._packets)
+            except StopIteration:
+                raise SourceError("the camera ended the stream") from None
+            except av.FFmpegError as e:
+                reason = explain(e, self.opts.read_timeout_s)
+                raise (SourceStalled if _is_timeout(e) else SourceError)(reason) from None
+            try:
+                self._pending.extend(packet.decode())
+            except av.FFmpegError:
+                # a damaged packet (lost UDP data): skip it, the next keyframe repairs the picture
+                self.decode_errors += 1
+            if not self._pending and time.monotonic() - self._last_decoded > self.stall_timeout:
+                raise SourceStalled(f"data but no decodable picture for {self.stall_timeout:g}s")
+        frame = self._pending.popleft()
+        self._last_decoded = time.monotonic()
+        return self.to_raw(frame)
+
+    def to_raw(self, frame: Any) -> RawFrame:
+        """Luma from the Y plane now; BGR only when someone calls ``decode``."""
+        import numpy as np
+
+        if frame.format.name in _YUV_FORMATS:
+            plane = frame.planes[0]
+            y = np.frombuffer(plane, dtype=np.uint8).reshape(plane.height, plane.line_size)
+            luma = y[:, : frame.width]
+        else:
+            luma = frame.to_ndarray(format="gray")
+        self.stream_size = (frame.width, frame.height)
+
+        def decode(f: Any = frame) -> Any:
+            return f.to_ndarray(format="bgr24")
+
+        return RawFrame(
+            width=frame.width,
+            height=frame.height,
+            decode=decode,
+            luma=shrink_luma(luma, self.cam.luma_width),
+        )
+
+    def close(self) -> None:
+        container, self._container = self._container, None
+        self._packets = None
+        self._pending.clear()
+        if container is not None:
+            container.close()
+
+    def metrics(self) -> dict[str, float | int | str]:
+        out = super().metrics()
+        out["transport"] = self.opts.transport
+        out["stream"] = "detect" if self.opts.detect_url else "main"
+        out["decode_errors"] = self.decode_errors
+        if self.stream_size[0]:
+            out["resolution"] = f"{self.stream_size[0]}x{self.stream_size[1]}"
+        return out

@@ -1,0 +1,176 @@
+"""RTSP input against a real GStreamer RTSP server on 127.0.0.1 (see conftest.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import time
+
+import pytest
+import structlog
+
+from spyoncino.modules.input.rtsp import RtspInput
+
+FAST = {"open_timeout_s": 5.0, "read_timeout_s": 2.0, "stall_timeout_s": 4.0}
+
+
+def cpu_seconds() -> float:
+    """CPU time of this whole process (every thread: decoder, camera reader, event loop)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def test_accepts_rtsp_and_rtsps_only() -> None:
+    assert RtspInput.accepts("rtsp://cam.lan/stream1")
+    assert RtspInput.accepts("RTSPS://u:p@cam.lan:322/x")
+    assert not RtspInput.accepts("/dev/video0")
+    assert not RtspInput.accepts("http://cam.lan/mjpeg")
+    assert not RtspInput.accepts("csi://0")
+
+
+async def test_frames_arrive_at_full_size_and_native_rate(rtsp_server, camera_input) -> None:
+    server = rtsp_server()
+    h = await camera_input(RtspInput, server.url(), "rtsp", options=FAST)
+    await h.wait_frames(45, timeout=30)
+    first = h.frames[0][1]
+    assert (first.width, first.height) == (768, 576)
+    assert first.luma.shape == (240, 320)
+    assert first.image.shape == (576, 768, 3)  # colour decoded on demand
+    # the first frames come in a burst (FFmpeg probes the stream first); then the server's pace
+    steady = [t for t, _ in h.frames[-20:]]
+    fps = (len(steady) - 1) / (steady[-1] - steady[0])
+    assert 8.5 <= fps <= 11.5, fps
+    await asyncio.sleep(5.2)  # let the burst leave the health figure's 5 s window
+    m = h.module.metrics()
+    assert m["camera_state"] == "streaming"
+    assert m["resolution"] == "768x576"
+    assert 8.5 <= float(m["fps"]) <= 11.5
+    assert 0 <= float(m["last_frame_age_s"]) < 1.0
+    assert h.module.health().state == "ok"
+
+
+async def test_server_death_reconnects_without_busy_loop_and_recovers(
+    rtsp_server, camera_input
+) -> None:
+    server = rtsp_server()
+    h = await camera_input(RtspInput, server.url(), "rtsp", options=FAST)
+    await h.wait_frames(5, timeout=30)
+
+    server.kill()
+    await h.wait_state(("stalled", "reconnecting"), timeout=10)
+    assert h.module.health().state == "degraded"
+
+    # waiting for the camera costs (almost) nothing: no busy loop
+    cpu0, wall0 = cpu_seconds(), time.monotonic()
+    await asyncio.sleep(4.0)
+    cpu_share = (cpu_seconds() - cpu0) / (time.monotonic() - wall0)
+    assert cpu_share < 0.05, f"{cpu_share:.1%} CPU while the camera is away"
+    assert h.module.cam_state in ("stalled", "reconnecting")
+    assert h.module.reconnects >= 1
+    assert h.module.last_error
+
+    before = len(h.frames)
+    server.start()  # same port
+    back = time.monotonic()
+    await h.wait_frames(before + 3, timeout=10)
+    assert time.monotonic() - back < 10
+    await h.wait_state(("streaming",), timeout=1)
+    assert h.module.health().state == "ok"
+
+
+async def test_a_frozen_server_is_a_stall_and_recovers(rtsp_server, camera_input) -> None:
+    server = rtsp_server()
+    h = await camera_input(RtspInput, server.url(), "rtsp", options=FAST)
+    await h.wait_frames(5, timeout=30)
+    server.freeze()  # connection open, no data: only timeouts can notice
+    took = await h.wait_state(("stalled",), timeout=10)
+    assert took < FAST["stall_timeout_s"] + 3
+    assert "timed out" in (h.module.last_error or "") or "no answer" in (h.module.last_error or "")
+    before = len(h.frames)
+    server.thaw()
+    await h.wait_frames(before + 3, timeout=20)
+
+
+async def test_wrong_path_reports_404_and_backs_off(rtsp_server, camera_input) -> None:
+    server = rtsp_server()
+    with structlog.testing.capture_logs() as logs:
+        h = await camera_input(
+            RtspInput, server.url(path="/nope"), "rtsp", options=FAST, start=False
+        )
+        h.module.backoff_base = 0.2  # same doubling, shorter test
+        await h.module.start()
+        deadline = time.monotonic() + 15
+        while h.module.reconnects < 4 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+    health = h.module.health()
+    assert health.state == "degraded"
+    assert "404" in (health.last_error or "")
+    assert h.module.cam_state == "reconnecting"
+    retries = [e for e in logs if e["event"] == "camera_reconnecting"]
+    assert len(retries) >= 4
+    for e in retries:
+        nominal = 0.2 * 2 ** (e["attempt"] - 1)
+        assert nominal * 0.5 <= e["retry_in_s"] <= nominal + 0.01, e
+    assert not h.frames
+
+
+async def test_wrong_credentials_clear_error_and_no_secret_anywhere(
+    rtsp_server, camera_input, capfd
+) -> None:
+    user, good, bad = "operator", "Sup3rS3cretPw", "Wr0ngPassw0rd"
+    server = rtsp_server(user=user, password=good)
+    with structlog.testing.capture_logs() as logs:
+        wrong = await camera_input(
+            RtspInput, server.url(user=user, password=bad), "rtsp", options=FAST, start=False
+        )
+        wrong.module.backoff_base = 0.2
+        await wrong.module.start()
+        deadline = time.monotonic() + 15
+        while wrong.module.reconnects < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert "401" in (wrong.module.health().last_error or "")
+        assert wrong.module.cam_state == "reconnecting"
+        await wrong.module.stop()
+
+        right = await camera_input(
+            RtspInput, server.url(user=user, password=good), "rtsp", options=FAST
+        )
+        await right.wait_frames(3, timeout=30)
+        server.kill()  # errors after a good connection are logged too
+        await right.wait_state(("stalled", "reconnecting"), timeout=10)
+        shown = [
+            repr(wrong.module.health()),
+            repr(right.module.health()),
+            repr(right.module.metrics()),
+        ]
+    assert logs, "expected log lines"
+    out, err = capfd.readouterr()
+    for text in [*map(repr, logs), *shown, out, err]:
+        for secret in (good, bad, f"{user}:"):
+            assert secret not in text, text
+    assert any("***@127.0.0.1" in repr(e) for e in logs)
+
+
+async def test_bad_url_is_a_config_error(camera_input) -> None:
+    from spyoncino.core.contracts import ModuleConfigError
+
+    with pytest.raises(ModuleConfigError, match=r"cameras\.cam\.rtsp\.detect_url"):
+        await camera_input(
+            RtspInput,
+            "rtsp://u:p@cam.lan/main",
+            "rtsp",
+            options={"detect_url": "http://u:p@cam.lan/sub"},
+            start=False,
+        )
+
+
+async def test_detect_sub_stream_is_the_one_decoded(rtsp_server, camera_input) -> None:
+    server = rtsp_server()
+    h = await camera_input(
+        RtspInput,
+        "rtsp://127.0.0.1:9/main-stream-not-decoded",
+        "rtsp",
+        options={**FAST, "detect_url": server.url()},
+    )
+    await h.wait_frames(3, timeout=30)
+    assert h.module.metrics()["stream"] == "detect"
