@@ -1,0 +1,308 @@
+"""Reading events: the SQLite index (read-only, our own SELECTs) plus what the bus said lately.
+
+The index batches its writes, so an event seen on the bus a second ago may not be in the file
+yet; ``LiveEvents`` keeps the last few hundred so lists and pages are never behind the bus.
+Media paths are resolved strictly inside the storage root.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from spyoncino.schemas.events import EventNotice
+from spyoncino.schemas.media import MediaArtifact
+
+#: What the media route will serve; everything else under the root (index, state) is private.
+MEDIA_TYPES = {
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".png": "image/png",
+    ".gif": "image/gif",
+    ".mp4": "video/mp4",
+    ".webm": "video/webm",
+    ".mkv": "video/x-matroska",
+}
+
+
+@dataclass
+class EventRow:
+    id: str
+    camera_id: str
+    kind: str
+    labels: list[str]
+    top_score: float
+    started_at: float
+    updated_at: float
+    ended_at: float | None
+    phase: str
+    zones: list[str] = field(default_factory=list)
+    artifacts: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "camera_id": self.camera_id,
+            "kind": self.kind,
+            "labels": self.labels,
+            "top_score": round(self.top_score, 3),
+            "zones": self.zones,
+            "started_at": self.started_at,
+            "updated_at": self.updated_at,
+            "ended_at": self.ended_at,
+            "phase": self.phase,
+            "artifacts": self.artifacts,
+        }
+
+
+def _artifact_dict(relpath: str, mime: str, size: int, duration: float | None) -> dict[str, Any]:
+    return {"url": "/media/" + relpath, "mime": mime, "size_bytes": size, "duration_s": duration}
+
+
+class LiveEvents:
+    """The most recent events as the bus announced them (bounded, newest last)."""
+
+    def __init__(self, capacity: int = 300) -> None:
+        self.capacity = capacity
+        self._rows: OrderedDict[str, EventRow] = OrderedDict()
+
+    def on_event(self, e: EventNotice) -> EventRow:
+        row = self._rows.get(e.event_id)
+        if row is None:
+            row = EventRow(
+                id=e.event_id,
+                camera_id=e.camera_id,
+                kind=e.kind,
+                labels=list(e.labels),
+                top_score=e.top_score,
+                started_at=e.started_at,
+                updated_at=e.updated_at,
+                ended_at=e.ended_at,
+                phase=e.phase,
+                zones=list(e.zones),
+            )
+            self._rows[e.event_id] = row
+            while len(self._rows) > self.capacity:
+                self._rows.popitem(last=False)
+        else:
+            row.labels = list(e.labels)
+            row.top_score = e.top_score
+            row.updated_at = e.updated_at
+            row.ended_at = e.ended_at
+            row.phase = e.phase
+            row.zones = list(e.zones)
+        return row
+
+    def on_artifact(self, a: MediaArtifact) -> EventRow | None:
+        row = self._rows.get(a.event_id)
+        if row is not None:
+            row.artifacts[a.kind] = _artifact_dict(a.relpath, a.mime, a.size_bytes, a.duration_s)
+        return row
+
+    def get(self, event_id: str) -> EventRow | None:
+        return self._rows.get(event_id)
+
+    def rows(self) -> list[EventRow]:
+        return list(self._rows.values())
+
+    def last_by_camera(self) -> dict[str, EventRow]:
+        out: dict[str, EventRow] = {}
+        for row in self._rows.values():
+            prev = out.get(row.camera_id)
+            if prev is None or row.started_at >= prev.started_at:
+                out[row.camera_id] = row
+        return out
+
+
+@dataclass(frozen=True)
+class EventQuery:
+    camera: str | None = None
+    label: str | None = None
+    day: str | None = None  # YYYY-MM-DD, local time
+    before: float | None = None
+    limit: int = 50
+
+    def day_bounds(self) -> tuple[float, float] | None:
+        if not self.day:
+            return None
+        start = datetime.strptime(self.day, "%Y-%m-%d").astimezone()
+        return start.timestamp(), start.timestamp() + 86400.0
+
+    def matches(self, row: EventRow) -> bool:
+        if self.camera and row.camera_id != self.camera:
+            return False
+        if self.label and self.label not in row.labels:
+            return False
+        if self.before is not None and row.started_at >= self.before:
+            return False
+        bounds = self.day_bounds()
+        return not (bounds and not bounds[0] <= row.started_at < bounds[1])
+
+
+_COLUMNS = "id, camera_id, kind, labels, top_score, zones, started_at, updated_at, ended_at, phase"
+
+
+def _connect_ro(db: Path) -> sqlite3.Connection | None:
+    if not db.is_file():
+        return None
+    conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=2.0)
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def _row(r: sqlite3.Row) -> EventRow:
+    try:
+        labels = [str(x) for x in json.loads(r["labels"] or "[]")]
+        zones = [str(x) for x in json.loads(r["zones"] or "[]")]
+    except ValueError:
+        labels, zones = [], []
+    return EventRow(
+        id=r["id"],
+        camera_id=r["camera_id"],
+        kind=r["kind"],
+        labels=labels,
+        top_score=float(r["top_score"] or 0.0),
+        started_at=float(r["started_at"]),
+        updated_at=float(r["updated_at"]),
+        ended_at=None if r["ended_at"] is None else float(r["ended_at"]),
+        phase=r["phase"],
+        zones=zones,
+    )
+
+
+def _attach_artifacts(conn: sqlite3.Connection, rows: list[EventRow]) -> None:
+    if not rows:
+        return
+    by_id = {r.id: r for r in rows}
+    marks = ",".join("?" * len(by_id))
+    cur = conn.execute(
+        "SELECT event_id, kind, relpath, mime, size_bytes, duration_s FROM artifacts "  # noqa: S608
+        f"WHERE event_id IN ({marks})",
+        tuple(by_id),
+    )
+    for a in cur:
+        by_id[a["event_id"]].artifacts[a["kind"]] = _artifact_dict(
+            a["relpath"], a["mime"], int(a["size_bytes"]), a["duration_s"]
+        )
+
+
+def query_index(db: Path, q: EventQuery) -> list[EventRow]:
+    """Blocking: run in the executor. Newest first. A missing or busy index gives []."""
+    where: list[str] = []
+    args: list[Any] = []
+    if q.camera:
+        where.append("camera_id = ?")
+        args.append(q.camera)
+    if q.label:
+        where.append("EXISTS (SELECT 1 FROM json_each(events.labels) WHERE value = ?)")
+        args.append(q.label)
+    bounds = q.day_bounds()
+    if bounds:
+        where.append("started_at >= ? AND started_at < ?")
+        args.extend(bounds)
+    if q.before is not None:
+        where.append("started_at < ?")
+        args.append(q.before)
+    # only fixed fragments are joined; every value is a bound parameter
+    clause = " WHERE " + " AND ".join(where) if where else ""
+    sql = f"SELECT {_COLUMNS} FROM events{clause} ORDER BY started_at DESC LIMIT ?"  # noqa: S608
+    args.append(q.limit)
+    try:
+        conn = _connect_ro(db)
+        if conn is None:
+            return []
+        try:
+            rows = [_row(r) for r in conn.execute(sql, args)]
+            _attach_artifacts(conn, rows)
+            return rows
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return []
+
+
+def get_event(db: Path, event_id: str) -> EventRow | None:
+    """Blocking: run in the executor."""
+    try:
+        conn = _connect_ro(db)
+        if conn is None:
+            return None
+        try:
+            r = conn.execute(
+                "SELECT id, camera_id, kind, labels, top_score, zones, started_at, updated_at, "
+                "ended_at, phase FROM events WHERE id = ?",
+                (event_id,),
+            ).fetchone()
+            if r is None:
+                return None
+            row = _row(r)
+            _attach_artifacts(conn, [row])
+            return row
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+
+
+def labels_in_index(db: Path) -> list[str]:
+    """Blocking: every label seen, for the filter menu."""
+    try:
+        conn = _connect_ro(db)
+        if conn is None:
+            return []
+        try:
+            cur = conn.execute(
+                "SELECT DISTINCT value FROM events, json_each(events.labels) "
+                "ORDER BY value LIMIT 200"
+            )
+            return [str(r[0]) for r in cur]
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return []
+
+
+def merge(indexed: list[EventRow], live: list[EventRow], q: EventQuery) -> list[EventRow]:
+    """Index rows updated with fresher live ones; newest first, at most ``q.limit``."""
+    out = {r.id: r for r in indexed}
+    for row in live:
+        if not q.matches(row):
+            continue
+        old = out.get(row.id)
+        if old is None:
+            out[row.id] = row
+        elif row.updated_at >= old.updated_at:
+            out[row.id] = replace(row, artifacts={**old.artifacts, **row.artifacts})
+        else:
+            old.artifacts = {**row.artifacts, **old.artifacts}
+    return sorted(out.values(), key=lambda r: r.started_at, reverse=True)[: q.limit]
+
+
+def resolve_media(root: Path, relpath: str) -> Path | None:
+    """The file ``relpath`` names under ``root``, or None for anything else.
+
+    Refuses absolute paths, ``..``, hidden names (temp files, scratch), unknown types, and
+    symlinks leading out of the root.
+    """
+    if not relpath or "\x00" in relpath or "\\" in relpath:
+        return None
+    pure = PurePosixPath(relpath)
+    if pure.is_absolute() or relpath.startswith("/"):
+        return None
+    if any(part in ("", ".", "..") or part.startswith(".") for part in pure.parts):
+        return None
+    if pure.suffix.lower() not in MEDIA_TYPES:
+        return None
+    try:
+        base = root.resolve()
+        target = (base / pure).resolve()
+    except (OSError, RuntimeError):
+        return None
+    if not target.is_relative_to(base) or not target.is_file():
+        return None
+    return target
