@@ -17,12 +17,16 @@ from spyoncino.core.bus import Bus, Message
 from spyoncino.core.config import build_app_model
 from spyoncino.core.contracts import BoundedExecutor, ModuleConfigError, ModuleContext
 from spyoncino.core.files import atomic_write_bytes
+from spyoncino.modules.event.arming import ArmingState
 from spyoncino.modules.output.telegram import TelegramOutput
+from spyoncino.modules.storage.index import connect as index_connect
+from spyoncino.modules.storage.index import upsert_event
 from spyoncino.schemas import topics
 from spyoncino.schemas.alerts import AlertNotification
-from spyoncino.schemas.control import ControlState
+from spyoncino.schemas.control import ControlCommand, ControlState
 from spyoncino.schemas.events import EventNotice
 from spyoncino.schemas.media import MediaArtifact
+from spyoncino.schemas.status import HealthReport, ModuleHealth
 from tests.support.botapi import BotApiEmulator
 
 TOKEN = "123456:TEST-token_abc"
@@ -46,6 +50,7 @@ class Harness:
         self.root = root
         self.notes: list[AlertNotification] = []
         self.n = 0
+        self.arming: ArmingState | None = None
 
     async def collect(self, msg: Message[AlertNotification]) -> None:
         self.notes.append(msg.payload)
@@ -93,6 +98,29 @@ class Harness:
         await self.bus.publish(topics.ARTIFACT.at(artifact="snapshot"), art)
         return ev, art
 
+    async def media(self, ev: EventNotice, kind: str, data: bytes, **extra: Any) -> MediaArtifact:
+        """Publish a GIF or clip of ``ev`` the way the media writer does."""
+        ext = "gif" if kind == "gif" else "mp4"
+        path = self.root / ev.camera_id / f"{ev.event_id}.{ext}"
+        digest = atomic_write_bytes(path, data)
+        art = MediaArtifact(
+            event_id=ev.event_id,
+            camera_id=ev.camera_id,
+            kind=kind,  # type: ignore[arg-type]
+            path=str(path),
+            relpath=f"{ev.camera_id}/{ev.event_id}.{ext}",
+            size_bytes=len(data),
+            sha256=digest,
+            mime="image/gif" if kind == "gif" else "video/mp4",
+            created_at=time.time(),
+            duration_s=4.0,
+            width=320,
+            height=240,
+            **extra,
+        )
+        await self.bus.publish(topics.ARTIFACT.at(artifact=kind), art)
+        return art
+
 
 MakeHarness = Callable[..., Coroutine[Any, Any, Harness]]
 
@@ -103,8 +131,8 @@ async def harness(tmp_path: Path) -> AsyncIterator[MakeHarness]:
     executor = BoundedExecutor(workers=2)
     made: list[Harness] = []
 
-    async def make(**section: Any) -> Harness:
-        model = build_app_model({"telegram": TelegramOutput})
+    async def make(arming: bool = False, **section: Any) -> Harness:
+        model = build_app_model({"telegram": TelegramOutput, "arming": ArmingState})
         app = model.model_validate(
             {
                 "storage": {"root": str(tmp_path)},
@@ -123,17 +151,38 @@ async def harness(tmp_path: Path) -> AsyncIterator[MakeHarness]:
         bus.subscribe(topics.NOTIFY.pattern(), h.collect, module="test")
         await module.start()
         made.append(h)
+        if arming:
+            actx = ModuleContext(bus=bus, executor=executor, app=app, instance="arming")
+            h.arming = ArmingState(actx)
+            h.arming.name = "arming"
+            await h.arming.configure(app)
+            await h.arming.start()
+            await bus.drain()
         return h
 
     yield make
     for h in made:
         await h.module.stop()
+        if h.arming is not None:
+            await h.arming.stop()
     await bus.close()
     executor.shutdown()
 
 
+FAST_OUTBOX = {"min_interval_s": 0.0, "backoff_initial_s": 0.1, "backoff_max_s": 0.5}
+
+
 def cfg(emu: BotApiEmulator, **extra: Any) -> dict[str, Any]:
-    return {"token": TOKEN, "chat_ids": CHATS, "api_base_url": emu.base_url, **extra}
+    base: dict[str, Any] = {
+        "token": TOKEN,
+        "chat_ids": CHATS,
+        "api_base_url": emu.base_url,
+        "poll_timeout_s": 2,
+        "command_timeout_s": 3.0,
+        "outbox": dict(FAST_OUTBOX),
+    }
+    base.update(extra)
+    return base
 
 
 async def test_snapshot_photo_goes_to_every_chat_with_a_caption(
@@ -242,3 +291,377 @@ async def test_retry_after_is_honoured(harness: MakeHarness, botapi: BotApiEmula
     assert ok.at - first.at >= 1.0
     await h.bus.drain()
     assert len(h.statuses("sent")) == 1
+
+
+async def test_gif_and_clip_reply_to_the_alert_photo(
+    harness: MakeHarness, botapi: BotApiEmulator
+) -> None:
+    h = await harness(**cfg(botapi, chat_ids=[111], followup="both"))
+    ev, _ = await h.event()
+    gif = await h.media(ev, "gif", b"GIF89a" + b"\x00" * 2000)
+    clip = await h.media(ev, "clip", b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 5000)
+    photo = await botapi.wait_for("sendPhoto")
+    anim = await botapi.wait_for("sendAnimation")
+    video = await botapi.wait_for("sendVideo")
+    photo_id = photo.result["message_id"]
+    assert anim.json("reply_parameters")["message_id"] == photo_id
+    assert video.json("reply_parameters")["message_id"] == photo_id
+    assert anim.file("animation").data == Path(gif.path).read_bytes()
+    assert video.file("video").data == Path(clip.path).read_bytes()
+    assert video.params["supports_streaming"] == "true"
+    assert photo.at < anim.at < video.at
+    # the photo carries the inline keyboard
+    buttons = photo.json("reply_markup")["inline_keyboard"][0]
+    assert [b["text"] for b in buttons] == ["Mute 1 h", "Snapshot", "Disarm"]
+    assert buttons[0]["callback_data"] == "m:front_door:3600"
+
+
+async def test_files_over_the_limits_arrive_as_text(
+    harness: MakeHarness, botapi: BotApiEmulator
+) -> None:
+    h = await harness(**cfg(botapi, chat_ids=[111], max_photo_bytes=1024, max_file_bytes=1024))
+    ev, _ = await h.event()
+    await h.media(ev, "gif", b"GIF89a" + b"\x00" * 4000)
+    first = await botapi.wait_for("sendMessage")
+    second = await botapi.wait_for("sendMessage", count=2)
+    assert botapi.calls_to("sendPhoto") == []
+    assert "Front door: person (87%)" in first.params["text"]
+    assert "photo not sent" in first.params["text"]
+    assert "over the" in first.params["text"]
+    assert "GIF of Front door not sent" in second.params["text"]
+    assert second.json("reply_parameters")["message_id"] == first.result["message_id"]
+
+
+async def test_quiet_hours_make_alerts_silent(harness: MakeHarness, botapi: BotApiEmulator) -> None:
+    now = time.localtime()
+    start = f"{(now.tm_hour - 1) % 24:02d}:00"
+    end = f"{(now.tm_hour + 1) % 24:02d}:59"
+    h = await harness(**cfg(botapi, chat_ids=[111], quiet_hours_start=start, quiet_hours_end=end))
+    await h.event()
+    photo = await botapi.wait_for("sendPhoto")
+    assert photo.params.get("disable_notification") == "true"
+
+
+async def test_loud_outside_quiet_hours(harness: MakeHarness, botapi: BotApiEmulator) -> None:
+    now = time.localtime()
+    start = f"{(now.tm_hour + 2) % 24:02d}:00"
+    end = f"{(now.tm_hour + 3) % 24:02d}:00"
+    h = await harness(**cfg(botapi, chat_ids=[111], quiet_hours_start=start, quiet_hours_end=end))
+    await h.event()
+    photo = await botapi.wait_for("sendPhoto")
+    assert photo.params.get("disable_notification") in (None, "false")
+
+
+async def test_429_retry_after_3_means_no_request_for_3_seconds(
+    harness: MakeHarness, botapi: BotApiEmulator
+) -> None:
+    botapi.fail("429", "sendPhoto", retry_after=3)
+    h = await harness(**cfg(botapi, chat_ids=[111]))
+    await h.event()
+    await h.event("garden")
+    second = await botapi.wait_for("sendPhoto", count=2, timeout=10)
+    attempts = botapi.attempts_to("sendPhoto")
+    refused = attempts[0]
+    assert refused.answered == "429"
+    later = [c for c in botapi.calls if c.method.startswith("send") and c is not refused]
+    assert all(c.at - refused.at >= 3.0 for c in later)
+    assert "Front door" in botapi.calls_to("sendPhoto")[0].params["caption"]
+    assert "garden" in second.params["caption"]
+
+
+async def test_alerts_wait_out_an_outage_and_arrive_once_in_order(
+    harness: MakeHarness, botapi: BotApiEmulator
+) -> None:
+    h = await harness(**cfg(botapi, chat_ids=[111], commands=False))
+    await botapi.stop()
+    events = [(await h.event("garden" if i % 2 else "front_door"))[0] for i in range(6)]
+    await asyncio.sleep(1.0)  # several failed attempts
+    await botapi.start()
+    await botapi.wait_for("sendPhoto", count=6, timeout=10)
+    await asyncio.sleep(0.3)
+    photos = botapi.calls_to("sendPhoto")
+    assert len(photos) == 6
+    order = [h.module.names[e.camera_id] for e in events]
+    assert [p.params["caption"].split(":")[0] for p in photos] == order
+    await h.bus.drain()
+    assert [n.event_id for n in h.statuses("sent")] == [e.event_id for e in events]
+
+
+async def test_pending_alerts_are_sent_after_a_restart(
+    harness: MakeHarness, botapi: BotApiEmulator
+) -> None:
+    h = await harness(**cfg(botapi, chat_ids=[111], commands=False))
+    await h.event()
+    await botapi.wait_for("sendPhoto")
+    await botapi.stop()
+    for _ in range(3):
+        await h.event()
+    await asyncio.sleep(0.3)
+    await h.module.stop()  # the box goes down with three alerts pending
+    await botapi.start()
+    await asyncio.sleep(0.2)
+    assert len(botapi.calls_to("sendPhoto")) == 1
+    h2 = await harness(**cfg(botapi, chat_ids=[111], commands=False))
+    await botapi.wait_for("sendPhoto", count=4)
+    await asyncio.sleep(0.3)
+    captions = [c.params["caption"] for c in botapi.calls_to("sendPhoto")]
+    assert len(captions) == 4
+    assert h2.module.outbox is not None
+    assert (await h2.module.outbox.counts()) == {"sent": 4}
+
+
+async def test_far_behind_alerts_fold_into_a_summary(
+    harness: MakeHarness, botapi: BotApiEmulator
+) -> None:
+    outbox = dict(FAST_OUTBOX, coalesce_after=5)
+    h = await harness(**cfg(botapi, chat_ids=[111], commands=False, outbox=outbox))
+    await botapi.stop()
+    for _ in range(12):
+        await h.event()
+    await asyncio.sleep(0.3)
+    await botapi.start()
+    await botapi.wait_for("sendPhoto")
+    await asyncio.sleep(1.0)
+    photos = botapi.calls_to("sendPhoto")
+    summaries = [p for p in photos if "while offline" in p.params["caption"]]
+    assert len(summaries) == 1
+    text = summaries[0].params["caption"]
+    folded = int(text.split(" events on")[0])
+    assert len(photos) - 1 + folded == 12
+    assert text.startswith(f"{folded} events on Front door while offline")
+
+
+# -- commands -------------------------------------------------------------------------------------
+async def reply_to(botapi: BotApiEmulator, chat: int, needle: str, timeout: float = 5.0) -> str:
+    call = await botapi.wait_for(
+        "sendMessage",
+        timeout=timeout,
+        predicate=lambda c: c.chat_id == chat and needle in c.params.get("text", ""),
+    )
+    return call.params["text"]
+
+
+class MediaResponder:
+    """Answers snapshot/clip commands the way the snapshot and clip writers do."""
+
+    def __init__(self, h: Harness) -> None:
+        self.h = h
+        self.commands: list[ControlCommand] = []
+        h.bus.subscribe(topics.CONTROL.name, self.on_command, module="responder")
+
+    async def on_command(self, msg: Message[ControlCommand]) -> None:
+        cmd = msg.payload
+        self.commands.append(cmd)
+        if cmd.command not in ("snapshot", "clip"):
+            return
+        kind = "snapshot" if cmd.command == "snapshot" else "clip"
+        data = make_jpeg(160, 120) if kind == "snapshot" else b"\x00\x00\x00\x18ftypmp42" * 50
+        path = self.h.root / "manual" / f"{cmd.camera_id}-{cmd.request_id}.{kind}"
+        digest = atomic_write_bytes(path, data)
+        art = MediaArtifact(
+            event_id=f"manual-{cmd.request_id}",
+            camera_id=cmd.camera_id or "front_door",
+            kind=kind,  # type: ignore[arg-type]
+            path=str(path),
+            relpath=f"manual/{path.name}",
+            size_bytes=len(data),
+            sha256=digest,
+            mime="image/jpeg" if kind == "snapshot" else "video/mp4",
+            created_at=time.time(),
+            duration_s=cmd.duration_s,
+        )
+        await self.h.bus.publish(topics.ARTIFACT.at(artifact=kind), art)
+
+
+async def test_commands_are_registered_for_the_menu(
+    harness: MakeHarness, botapi: BotApiEmulator
+) -> None:
+    await harness(**cfg(botapi))
+    call = await botapi.wait_for("setMyCommands")
+    names = [c["command"] for c in call.json("commands")]
+    for wanted in (
+        "status",
+        "snapshot",
+        "clip",
+        "events",
+        "arm",
+        "disarm",
+        "mute",
+        "health",
+        "help",
+    ):
+        assert wanted in names
+    assert botapi.calls_to("deleteWebhook")
+
+
+async def test_strangers_are_ignored_and_counted(
+    harness: MakeHarness, botapi: BotApiEmulator
+) -> None:
+    h = await harness(arming=True, **cfg(botapi))
+    assert h.arming is not None
+    await botapi.wait_for("setMyCommands")
+    botapi.push_message(999, 999, "/disarm")
+    botapi.push_message(999, 999, "/start")
+    botapi.push_callback(999, 999, "d", message_id=1)
+    await until(lambda: h.module.counts["unauthorized"] == 3)
+    await asyncio.sleep(0.3)
+    assert h.arming.armed
+    assert botapi.sent() == []
+    assert botapi.calls_to("answerCallbackQuery") == []
+    # and the allowlisted chat is still served
+    botapi.push_message(111, 111, "/help")
+    assert "/snapshot" in await reply_to(botapi, 111, "Spyoncino commands")
+    assert all(c.chat_id != 999 for c in botapi.sent())
+
+
+async def test_arm_disarm_and_admins(harness: MakeHarness, botapi: BotApiEmulator) -> None:
+    h = await harness(arming=True, **cfg(botapi, admin_ids=[111]))
+    assert h.arming is not None
+    botapi.push_message(-222, 333, "/disarm")  # allowlisted group, not an admin
+    assert "Only an admin" in await reply_to(botapi, -222, "admin")
+    assert h.arming.armed
+    botapi.push_message(111, 111, "/disarm")
+    assert "Disarmed" in await reply_to(botapi, 111, "Disarmed")
+    assert not h.arming.armed
+    await h.event()
+    await h.bus.drain()
+    await asyncio.sleep(0.2)
+    assert botapi.calls_to("sendPhoto") == []
+    botapi.push_message(111, 111, "/arm@spyoncino_test_bot")
+    await reply_to(botapi, 111, "Armed")
+    assert h.arming.armed
+
+
+async def test_mute_silences_one_camera_for_the_duration(
+    harness: MakeHarness, botapi: BotApiEmulator
+) -> None:
+    h = await harness(arming=True, **cfg(botapi, chat_ids=[111]))
+    botapi.push_message(111, 111, "/mute 2s front_door")
+    text = await reply_to(botapi, 111, "Muted")
+    assert "Muted Front door for 2 s" in text
+    await h.event("front_door")
+    await h.event("garden")
+    await botapi.wait_for("sendPhoto")
+    await asyncio.sleep(0.3)
+    photos = botapi.calls_to("sendPhoto")
+    assert len(photos) == 1
+    assert photos[0].params["caption"].startswith("garden")
+    await asyncio.sleep(2.0)
+    await h.event("front_door")  # alerts resume after the mute
+    last = await botapi.wait_for("sendPhoto", count=2)
+    assert last.params["caption"].startswith("Front door")
+    botapi.push_message(111, 111, "/mute soon")
+    assert "not a duration" in await reply_to(botapi, 111, "duration")
+
+
+async def test_inline_buttons_act_like_commands(
+    harness: MakeHarness, botapi: BotApiEmulator
+) -> None:
+    h = await harness(arming=True, **cfg(botapi, chat_ids=[111]))
+    assert h.arming is not None
+    await h.event()
+    photo = await botapi.wait_for("sendPhoto")
+    mid = photo.result["message_id"]
+    botapi.push_callback(111, 111, "m:front_door:3600", message_id=mid)
+    assert "Muted Front door for 1 h" in await reply_to(botapi, 111, "Muted")
+    assert h.arming.muted_until["front_door"] > time.time() + 3500
+    assert botapi.calls_to("answerCallbackQuery")
+    botapi.push_callback(111, 111, "d", message_id=mid)
+    await reply_to(botapi, 111, "Disarmed")
+    assert not h.arming.armed
+
+
+async def test_snapshot_and_clip_commands_reply_with_media(
+    harness: MakeHarness, botapi: BotApiEmulator
+) -> None:
+    h = await harness(**cfg(botapi, chat_ids=[111]))
+    responder = MediaResponder(h)
+    botapi.push_message(111, 111, "/snapshot garden")
+    photo = await botapi.wait_for("sendPhoto")
+    assert photo.chat_id == 111
+    assert photo.params["caption"].startswith("garden, ")
+    assert photo.file("photo").data.startswith(b"\xff\xd8")
+    asked = [c for c in responder.commands if c.command == "snapshot"]
+    assert [(c.camera_id, c.source) for c in asked] == [("garden", "telegram:111")]
+    botapi.push_message(111, 111, "/snapshot")  # every camera
+    await botapi.wait_for("sendPhoto", count=3)
+    botapi.push_message(111, 111, "/clip front_door 3")
+    video = await botapi.wait_for("sendVideo")
+    assert video.params["caption"].startswith("Front door, ")
+    clip_cmd = next(c for c in responder.commands if c.command == "clip")
+    assert clip_cmd.duration_s == 3.0
+    botapi.push_message(111, 111, "/snapshot attic")
+    assert "front_door, garden" in await reply_to(botapi, 111, "Unknown camera")
+
+
+async def test_snapshot_without_an_answer_says_so(
+    harness: MakeHarness, botapi: BotApiEmulator
+) -> None:
+    await harness(**cfg(botapi, chat_ids=[111], command_timeout_s=0.5))
+    botapi.push_message(111, 111, "/snapshot garden")
+    assert "garden" in await reply_to(botapi, 111, "No snapshot from")
+
+
+async def test_status_health_events_and_help_replies(
+    harness: MakeHarness, botapi: BotApiEmulator
+) -> None:
+    h = await harness(arming=True, **cfg(botapi, chat_ids=[111]))
+    report = HealthReport(
+        overall="degraded",
+        modules=(
+            ModuleHealth(module="file:front_door", state="ok", metrics={"fps": 9.8}),
+            ModuleHealth(module="rtsp:garden", state="degraded", detail="reconnecting"),
+            ModuleHealth(module="telegram", state="ok"),
+        ),
+        at=time.time(),
+    )
+    await h.bus.publish(topics.HEALTH.name, report)
+    conn = index_connect(h.root / "events.sqlite3")
+    t0 = time.time() - 600
+    for i, cam in enumerate(["front_door", "garden", "front_door"]):
+        upsert_event(
+            conn,
+            EventNotice(
+                event_id=f"db-{i}",
+                camera_id=cam,
+                kind="object",
+                phase="ended",
+                labels=("person",),
+                top_score=0.9,
+                started_at=t0 + i * 60,
+                updated_at=t0 + i * 60,
+            ),
+        )
+    conn.close()
+    await h.bus.drain()
+
+    botapi.push_message(111, 111, "/status")
+    status = await reply_to(botapi, 111, "Cameras:")
+    assert "Armed" in status
+    assert "- Front door: ok, 9.8 fps" in status
+    assert "- garden: degraded (reconnecting)" in status
+    assert "Disk free:" in status
+    assert "Uptime:" in status
+    assert "Last events:" in status
+
+    botapi.push_message(111, 111, "/events 2")
+    events = await reply_to(botapi, 111, "Last 2 events")
+    lines = events.splitlines()[1:]
+    assert len(lines) == 2
+    assert "Front door: person 90%" in lines[0]
+    assert "garden: person 90%" in lines[1]
+
+    botapi.push_message(111, 111, "/health")
+    health = await reply_to(botapi, 111, "Overall: degraded")
+    assert "- rtsp:garden: degraded - reconnecting" in health
+
+    botapi.push_message(111, 111, "/frobnicate")
+    assert "/help" in await reply_to(botapi, 111, "Unknown command")
+
+
+async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met")
+        await asyncio.sleep(0.02)
