@@ -1,10 +1,26 @@
-"""Snapshot JPEGs: when an event starts, the frame that started it, with its boxes drawn."""
+"""Snapshot JPEGs: the event's best frame with boxes drawn, a clean copy and a thumbnail.
+
+* ``event.<kind>.started`` -> ``<event-id>.jpg`` (boxes and labels drawn, kind ``snapshot``),
+  ``<event-id>.clean.jpg`` (``snapshot_clean``) and ``<event-id>.thumb.jpg`` (``thumbnail``,
+  about ``thumb_width`` px wide), published on ``event.snapshot.ready``,
+  ``event.snapshot_clean.ready`` and ``event.thumbnail.ready``.
+* ``event.<kind>.ended`` (and ``updated`` when ``replace_on_update``): the tracker sends the
+  best frame so far; when it is another frame than the one written, the three files are
+  replaced in place (same names, new artifacts). Consumers that alert on
+  ``event.snapshot.ready`` should alert on the first one per event and treat later ones as
+  a better picture of the same event.
+* ``control.command`` ``snapshot``: writes the newest frame of the camera (every camera when
+  none is named) as ``manual-<request id or time>.jpg`` and publishes it on
+  ``event.snapshot.ready``. The newest frame per camera is kept by reference only (a
+  latest-wins subscription), so this costs nothing until a snapshot is asked for.
+"""
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import cv2
 import numpy as np
@@ -15,9 +31,10 @@ from spyoncino.core.config import AppConfig
 from spyoncino.core.contracts import BaseModule, ModuleConfig
 from spyoncino.core.files import atomic_write_bytes, media_relpath
 from spyoncino.schemas import topics
+from spyoncino.schemas.control import ControlCommand
 from spyoncino.schemas.events import EventNotice
-from spyoncino.schemas.frames import Box, Image
-from spyoncino.schemas.media import MediaArtifact
+from spyoncino.schemas.frames import Box, Frame, Image
+from spyoncino.schemas.media import ArtifactKind, MediaArtifact
 
 
 class Config(ModuleConfig):
@@ -27,34 +44,79 @@ class Config(ModuleConfig):
     max_width: int = Field(
         default=1920, ge=160, le=4096, description="Downscale wider frames to this width."
     )
+    clean_copy: bool = Field(default=True, description="Also keep a copy without boxes.")
+    thumb_width: int = Field(default=320, ge=64, le=960, description="Thumbnail width in pixels.")
+    replace_on_update: bool = Field(
+        default=False,
+        description="Replace the snapshot on updates too (more writes); always on the event's end.",
+    )
+
+
+def _scaled(image: Image, width: int) -> tuple[Image, float]:
+    if image.shape[1] <= width:
+        return image, 1.0
+    scale = width / image.shape[1]
+    size = (width, max(1, round(image.shape[0] * scale)))
+    return cast("Image", cv2.resize(image, size, interpolation=cv2.INTER_AREA)), scale
+
+
+def _encode(img: Image, quality: int) -> bytes:
+    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return np.asarray(buf).tobytes()
+
+
+def draw(image: Image, boxes: tuple[Box, ...], labels: tuple[str, ...], scale: float) -> Image:
+    """A copy of ``image`` with ``boxes`` (full-frame pixels, scaled by ``scale``) drawn."""
+    img = image.copy()  # never draw on a frame other modules may still read
+    thick = max(2, img.shape[1] // 400)
+    for i, b in enumerate(boxes):
+        p1 = (round(b.x1 * scale), round(b.y1 * scale))
+        p2 = (round(b.x2 * scale) - 1, round(b.y2 * scale) - 1)
+        cv2.rectangle(img, p1, p2, (0, 0, 255), thick)
+        if i < len(labels) and labels[i]:
+            cv2.putText(
+                img,
+                labels[i],
+                (p1[0], max(12, p1[1] - 4)),
+                cv2.FONT_HERSHEY_SIMPLEX,
+                0.5,
+                (0, 0, 255),
+                1,
+                cv2.LINE_AA,
+            )
+    return img
 
 
 def render_jpeg(
     image: Image, boxes: tuple[Box, ...], labels: tuple[str, ...], cfg: Config
 ) -> tuple[bytes, int, int]:
     """Encode ``image`` (BGR) as JPEG with ``boxes`` drawn; returns bytes, width, height."""
-    img = image
-    scale = 1.0
-    if img.shape[1] > cfg.max_width:
-        scale = cfg.max_width / img.shape[1]
-        img = cv2.resize(img, (cfg.max_width, round(img.shape[0] * scale)), interpolation=cv2.INTER_AREA)
-    elif cfg.draw_boxes and boxes:
-        img = img.copy()  # never draw on a frame other modules may still read
-    if cfg.draw_boxes:
-        thick = max(2, img.shape[1] // 400)
-        for i, b in enumerate(boxes):
-            p1 = (round(b.x1 * scale), round(b.y1 * scale))
-            p2 = (round(b.x2 * scale) - 1, round(b.y2 * scale) - 1)
-            cv2.rectangle(img, p1, p2, (0, 0, 255), thick)
-            if i < len(labels) and labels[i]:
-                cv2.putText(
-                    img, labels[i], (p1[0], max(12, p1[1] - 4)),
-                    cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 255), 1, cv2.LINE_AA,
-                )
-    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, cfg.quality])
-    if not ok:
-        raise ValueError("JPEG encoding failed")
-    return np.asarray(buf).tobytes(), img.shape[1], img.shape[0]
+    img, scale = _scaled(image, cfg.max_width)
+    if cfg.draw_boxes and boxes:
+        img = draw(img, boxes, labels, scale)
+    return _encode(img, cfg.quality), img.shape[1], img.shape[0]
+
+
+def render_set(
+    image: Image, boxes: tuple[Box, ...], labels: tuple[str, ...], cfg: Config
+) -> dict[ArtifactKind, tuple[bytes, int, int]]:
+    """The annotated snapshot, the clean copy and the thumbnail of one frame."""
+    base, scale = _scaled(image, cfg.max_width)
+    annotated = draw(base, boxes, labels, scale) if cfg.draw_boxes and boxes else base
+    out: dict[ArtifactKind, tuple[bytes, int, int]] = {
+        "snapshot": (_encode(annotated, cfg.quality), annotated.shape[1], annotated.shape[0])
+    }
+    if cfg.clean_copy:
+        out["snapshot_clean"] = (_encode(base, cfg.quality), base.shape[1], base.shape[0])
+    thumb, _ = _scaled(annotated, cfg.thumb_width)
+    out["thumbnail"] = (_encode(thumb, min(cfg.quality, 80)), thumb.shape[1], thumb.shape[0])
+    return out
+
+
+_EXT: dict[str, str] = {"snapshot": "jpg", "snapshot_clean": "clean.jpg", "thumbnail": "thumb.jpg"}
+_SAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
 
 class SnapshotWriter(BaseModule):
@@ -67,8 +129,11 @@ class SnapshotWriter(BaseModule):
         self.root = Path(".")
         self.tz: str | None = None
         self.written = 0
+        self.replaced = 0
         self.bytes_written = 0
         self._pending = 0
+        self._written_seq: dict[str, int] = {}
+        self._latest: dict[str, Frame] = {}
 
     async def configure(self, app: AppConfig) -> None:
         self.cfg = app.section(self.name or "snapshot", Config)
@@ -76,34 +141,71 @@ class SnapshotWriter(BaseModule):
         self.tz = app.runtime.timezone
 
     async def start(self) -> None:
-        self.subscribe(topics.EVENT.pattern(phase="started"), self._on_started, policy="block")
+        self.subscribe(topics.EVENT.pattern(phase="started"), self._on_event, policy="block")
+        self.subscribe(topics.EVENT.pattern(phase="updated"), self._on_event, policy="block")
+        self.subscribe(topics.EVENT.pattern(phase="ended"), self._on_event, policy="block")
+        self.subscribe(topics.CONTROL.name, self._on_command, policy="block")
+        # reference only: keeping the newest frame per camera costs no decoding
+        self.subscribe(topics.FRAME.pattern(), self._on_frame, policy="latest", maxsize=8)
         self.set_state("ok")
 
-    async def _on_started(self, msg: Message[EventNotice]) -> None:
+    async def _on_frame(self, msg: Message[Frame]) -> None:
+        self._latest[msg.payload.camera_id] = msg.payload
+
+    async def _on_event(self, msg: Message[EventNotice]) -> None:
         ev = msg.payload
+        done = self._written_seq.get(ev.event_id)
+        if ev.phase == "ended":
+            self._written_seq.pop(ev.event_id, None)
+        if ev.phase != "started":
+            replace = ev.phase == "ended" or self.cfg.replace_on_update
+            if done is None or done == ev.frame_seq or not replace:
+                return
         frame = ev.frame
         if frame is None or not frame.has_image:
-            self.log.warning("snapshot_without_frame", event_id=ev.event_id, camera=ev.camera_id)
+            if ev.phase == "started":
+                self.log.warning(
+                    "snapshot_without_frame", event_id=ev.event_id, camera=ev.camera_id
+                )
             return
+        if ev.phase != "ended":
+            self._written_seq[ev.event_id] = ev.frame_seq
         self._pending += 1
         try:
-            artifact = await self.ctx.executor.run(self._write, ev, frame)
+            artifacts = await self.ctx.executor.run(self._write, ev, frame)
         finally:
             self._pending -= 1
-        await self.bus.publish(topics.ARTIFACT.at(artifact="snapshot"), artifact)
+        if done is not None:
+            self.replaced += 1
+        for a in artifacts:
+            await self.bus.publish(topics.ARTIFACT.at(artifact=a.kind), a)
 
-    def _write(self, ev: EventNotice, frame: Any) -> MediaArtifact:
+    def _write(self, ev: EventNotice, frame: Frame) -> list[MediaArtifact]:
         labels = tuple(ev.labels[:1]) * len(ev.boxes) if ev.kind == "object" else ()
-        data, w, h = render_jpeg(frame.image, ev.boxes, labels, self.cfg)
-        rel = media_relpath(ev.camera_id, ev.started_at, ev.event_id, "jpg", self.tz)
+        out = []
+        for kind, (data, w, h) in render_set(frame.image, ev.boxes, labels, self.cfg).items():
+            rel = media_relpath(ev.camera_id, ev.started_at, ev.event_id, _EXT[kind], self.tz)
+            out.append(self._store(ev.event_id, ev.camera_id, kind, rel, data, w, h))
+        return out
+
+    def _store(
+        self,
+        event_id: str,
+        camera_id: str,
+        kind: ArtifactKind,
+        rel: str,
+        data: bytes,
+        w: int,
+        h: int,
+    ) -> MediaArtifact:
         path = self.root / rel
         digest = atomic_write_bytes(path, data)
         self.written += 1
         self.bytes_written += len(data)
         return MediaArtifact(
-            event_id=ev.event_id,
-            camera_id=ev.camera_id,
-            kind="snapshot",
+            event_id=event_id,
+            camera_id=camera_id,
+            kind=kind,
             path=str(path.resolve()),
             relpath=rel,
             size_bytes=len(data),
@@ -114,5 +216,37 @@ class SnapshotWriter(BaseModule):
             height=h,
         )
 
+    async def _on_command(self, msg: Message[ControlCommand]) -> None:
+        cmd = msg.payload
+        if cmd.command != "snapshot":
+            return
+        cams = [cmd.camera_id] if cmd.camera_id else sorted(self._latest)
+        tag = _SAFE.sub("", cmd.request_id)[:40] or time.strftime("%Y%m%dT%H%M%S")
+        for cid in cams:
+            frame = self._latest.get(cid)
+            if frame is None or not frame.has_image:
+                self.log.warning("manual_snapshot_no_frame", camera=cid, source=cmd.source)
+                continue
+            event_id = f"manual-{tag}" if len(cams) == 1 else f"manual-{tag}-{cid}"
+            self._pending += 1
+            try:
+                artifact = await self.ctx.executor.run(self._write_manual, event_id, frame)
+            finally:
+                self._pending -= 1
+            await self.bus.publish(topics.ARTIFACT.at(artifact="snapshot"), artifact)
+
+    def _write_manual(self, event_id: str, frame: Frame) -> MediaArtifact:
+        img, _ = _scaled(frame.image, self.cfg.max_width)
+        data = _encode(img, self.cfg.quality)
+        rel = media_relpath(frame.camera_id, time.time(), event_id, "jpg", self.tz)
+        return self._store(
+            event_id, frame.camera_id, "snapshot", rel, data, img.shape[1], img.shape[0]
+        )
+
     def metrics(self) -> dict[str, float | int | str]:
-        return {"pending": self._pending, "written": self.written, "bytes_written": self.bytes_written}
+        return {
+            "pending": self._pending,
+            "written": self.written,
+            "replaced": self.replaced,
+            "bytes_written": self.bytes_written,
+        }

@@ -82,20 +82,46 @@ def make_frame(
     height: int = 360,
     colour: tuple[int, int, int] | None = None,
     boxes: tuple[tuple[int, int, int, int], ...] = (),
+    noise: bool = False,
+    decodes: list[int] | None = None,
 ) -> Frame:
-    """A synthetic frame: grey background (or ``colour``) with white boxes, lazily decoded."""
+    """A synthetic frame, lazily decoded: grey with white boxes and its seq written in.
+
+    The seq is drawn as ten black/white squares along the top (see ``read_seq``), so a test
+    can read back which frames an encoded clip or GIF holds. ``decodes`` (when given) gets
+    the seq of every frame whose pixels were produced.
+    """
 
     def decode() -> Any:
+        if decodes is not None:
+            decodes.append(seq)
         img = np.full((height, width, 3), 90, np.uint8)
         if colour is not None:
             img[:] = colour
-        img[:, :, 1] = np.uint8((seq * 7) % 255)  # changes every frame, so encoders see motion
+        img[:, :, 1] = np.uint8((seq * 2) % 256)
+        if noise:
+            rng = np.random.default_rng(seq)
+            img[:, :, 2] = rng.integers(0, 256, (height, width), dtype=np.uint8)
         for x1, y1, x2, y2 in boxes:
             img[y1:y2, x1:x2] = 255
+        cell = width // 20
+        for bit in range(10):
+            img[0:cell, bit * cell : (bit + 1) * cell] = 255 if (seq >> bit) & 1 else 0
         return img
 
     luma = np.zeros((height // 4, width // 4), np.uint8)
     return Frame(camera, seq, t, 1_700_000_000.0 + t, width, height, luma, None, decode)
+
+
+def read_seq(img: Any) -> int:
+    """The seq ``make_frame`` wrote into a (decoded, possibly scaled) BGR image."""
+    cell = img.shape[1] / 20
+    seq = 0
+    for bit in range(10):
+        x, y = int((bit + 0.5) * cell), int(cell / 2)
+        if img[y, x].mean() > 128:
+            seq |= 1 << bit
+    return seq
 
 
 FrameFactory = Callable[..., Frame]

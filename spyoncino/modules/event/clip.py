@@ -1,0 +1,449 @@
+"""MP4 clips (H.264, yuv420p, faststart) that start a few seconds before the event.
+
+**Pre-roll.** Per camera, a ring buffer keeps the last ``preroll_s`` seconds of frames,
+sampled at ``fps`` and downscaled to ``width`` (never upscaled), as raw I420 planes (1.5 bytes
+per pixel). Its memory is bounded by ``preroll_budget_mb``: the stated budget of a camera is
+``min(preroll_budget_mb, (ceil((preroll_s + 0.5) x fps) + 1) x W x H x 1.5)`` with W x H the
+clip size (the extra half second covers the confirmation delay), e.g. 12.4 MB for the
+defaults (3 s, 10 fps, 640 x 360), whatever the camera resolution. Frames
+are decoded only at ``fps`` (a 25 fps camera pays for 10 decodes a second), and only frames
+the ring keeps.
+
+**Encoding.** Nothing is encoded while no event is open. When one starts, one encoder per
+camera (``h264_v4l2m2m`` when the board has it, else ``libx264`` ultrafast/zerolatency, a
+keyframe every ``keyframe_s``) encodes the ring, then every sampled frame, into packets kept
+in memory. Events that overlap on a camera share that one encoding: each event's clip is cut
+from the packets, from the last keyframe at or before ``start - preroll_s`` to
+``end + postroll_s``, and muxed (no re-encode) into an MP4 with ``movflags=+faststart`` so
+phones and Telegram play it inline. The file is assembled in ``storage.scratch`` (which can
+be a tmpfs) and moved into place crash-safely (``spyoncino.core.files.atomic_move``).
+
+Publishes ``event.clip.ready`` (``MediaArtifact`` with the clip's duration).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import secrets
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, ClassVar, Literal, cast
+
+import cv2
+import numpy as np
+from pydantic import Field
+
+from spyoncino.core.bus import Message
+from spyoncino.core.config import AppConfig
+from spyoncino.core.contracts import BaseModule, ModuleConfig
+from spyoncino.core.files import atomic_move, media_relpath
+from spyoncino.schemas import topics
+from spyoncino.schemas.events import EventNotice
+from spyoncino.schemas.frames import Frame, Image
+from spyoncino.schemas.media import MediaArtifact
+
+MS = Fraction(1, 1000)
+#: the ring keeps this much more than the pre-roll: an event is confirmed a few frames after
+#: the object was first seen, and the pre-roll counts from the first sighting
+CONFIRM_MARGIN_S = 0.5
+
+
+class Config(ModuleConfig):
+    type: Literal["clip"] = "clip"
+    preroll_s: float = Field(
+        default=3.0, ge=0.0, le=30.0, description="Seconds kept before an event."
+    )
+    postroll_s: float = Field(
+        default=2.0, ge=0.0, le=60.0, description="Seconds recorded after an event ends."
+    )
+    fps: float = Field(default=10.0, ge=1.0, le=30.0, description="Highest clip frame rate.")
+    width: int = Field(
+        default=640, ge=160, le=1920, description="Clip width in pixels (never upscaled)."
+    )
+    preroll_budget_mb: float = Field(
+        default=16.0, ge=0.5, le=512.0, description="Memory cap of one camera's pre-roll ring (MB)."
+    )
+    max_duration_s: float = Field(
+        default=120.0, ge=5.0, le=3600.0, description="Longest clip; a longer event is cut here."
+    )
+    encoder: Literal["auto", "libx264", "h264_v4l2m2m"] = Field(
+        default="auto", description="auto: the Pi's hardware encoder when present, else libx264."
+    )
+    crf: int = Field(
+        default=26, ge=10, le=45, description="libx264 quality (lower: better, bigger)."
+    )
+    bitrate_kbps: int = Field(
+        default=1500, ge=100, le=20000, description="Hardware encoder bitrate (kbit/s)."
+    )
+    keyframe_s: float = Field(
+        default=1.0, ge=0.25, le=10.0, description="Keyframe interval: how exactly clips are cut."
+    )
+
+
+def clip_size(cfg: Config, width: int, height: int) -> tuple[int, int]:
+    """The clip's frame size for a camera of ``width`` x ``height`` (even, never upscaled)."""
+    w = min(width, cfg.width)
+    h = round(height * w / width)
+    return max(2, w - w % 2), max(2, h - h % 2)
+
+
+def preroll_budget(cfg: Config, width: int, height: int) -> int:
+    """The stated pre-roll memory of one camera, in bytes."""
+    w, h = clip_size(cfg, width, height)
+    frames = math.ceil((cfg.preroll_s + CONFIRM_MARGIN_S) * cfg.fps) + 1
+    return min(int(cfg.preroll_budget_mb * 1_000_000), frames * w * h * 3 // 2)
+
+
+@dataclass(slots=True)
+class _Packet:
+    pts: int  # milliseconds of the camera's monotonic clock
+    key: bool
+    data: bytes
+
+
+@dataclass
+class _Session:
+    codec: Any
+    encoder: str
+    size: tuple[int, int]
+    packets: list[_Packet] = field(default_factory=list)
+    last_pts: int = -1
+
+
+@dataclass
+class _Clip:
+    event_id: str
+    started_at: float
+    start_mono: float
+    end_mono: float | None = None
+
+
+@dataclass
+class _Cam:
+    camera_id: str
+    ring: deque[tuple[float, Image]] = field(default_factory=deque)
+    ring_bytes: int = 0
+    last_sample: float = -1e18
+    clock: float = 0.0
+    clock_real: float = 0.0
+    session: _Session | None = None
+    clips: dict[str, _Clip] = field(default_factory=dict)
+    done: set[str] = field(default_factory=set)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    budget_warned: bool = False
+
+    def now(self) -> float:
+        return self.clock + (time.monotonic() - self.clock_real)
+
+
+def open_encoder(name: str, cfg: Config, size: tuple[int, int]) -> Any:
+    import av
+
+    codec: Any = av.CodecContext.create(name, "w")
+    codec.width, codec.height = size
+    codec.pix_fmt = "yuv420p"
+    codec.time_base = MS
+    codec.framerate = Fraction(cfg.fps).limit_denominator(1000)
+    codec.gop_size = max(1, round(cfg.fps * cfg.keyframe_s))
+    codec.max_b_frames = 0
+    if name == "libx264":
+        # zerolatency: a packet out for every frame in, so cuts never wait for a lookahead;
+        # SPS/PPS stay in-band, so every keyframe can start a clip
+        codec.options = {"preset": "ultrafast", "tune": "zerolatency", "crf": str(cfg.crf)}
+    else:
+        codec.bit_rate = cfg.bitrate_kbps * 1000
+    codec.open()
+    return codec
+
+
+def probe_encoder(cfg: Config) -> str:
+    """The encoder to use: the hardware one only when it really opens and encodes."""
+    if cfg.encoder != "auto":
+        return cfg.encoder
+    import av
+
+    try:
+        codec = open_encoder("h264_v4l2m2m", cfg, (64, 64))
+        frame = av.VideoFrame.from_ndarray(np.zeros((96, 64), np.uint8), format="yuv420p")
+        frame.pts, frame.time_base = 0, MS
+        codec.encode(frame)
+        return "h264_v4l2m2m"
+    except Exception:
+        return "libx264"
+
+
+def encode_into(session: _Session, i420: Image, mono: float) -> None:
+    import av
+
+    frame = av.VideoFrame.from_ndarray(i420, format="yuv420p")
+    pts = max(session.last_pts + 1, round(mono * 1000))
+    session.last_pts = pts
+    frame.pts, frame.time_base = pts, MS
+    for p in session.codec.encode(frame):
+        session.packets.append(_Packet(int(p.pts), bool(p.is_keyframe), bytes(p)))
+
+
+def cut(packets: list[_Packet], start_ms: int, end_ms: int) -> list[_Packet]:
+    """Packets from the last keyframe at or before ``start_ms`` up to ``end_ms``."""
+    first = None
+    for i, p in enumerate(packets):
+        if p.key and (p.pts <= start_ms or first is None):
+            first = i
+        if p.pts > start_ms and first is not None:
+            break
+    if first is None:
+        return []
+    return [p for p in packets[first:] if p.pts <= end_ms]
+
+
+def mux_mp4(packets: list[_Packet], size: tuple[int, int], fps: float, path: Path) -> float:
+    """Write ``packets`` as an MP4 (faststart) at ``path``; returns the duration in seconds."""
+    import av
+
+    base = packets[0].pts
+    frame_ms = round(1000 / fps)
+    with av.open(str(path), "w", format="mp4", options={"movflags": "+faststart"}) as out:
+        stream = out.add_mux_stream(
+            "h264", rate=Fraction(fps).limit_denominator(1000), width=size[0], height=size[1]
+        )
+        stream.time_base = MS
+        for i, p in enumerate(packets):
+            pkt = av.Packet(p.data)
+            pkt.pts = pkt.dts = p.pts - base
+            nxt = packets[i + 1].pts if i + 1 < len(packets) else p.pts + frame_ms
+            pkt.duration = max(1, nxt - p.pts)
+            pkt.time_base = MS
+            pkt.is_keyframe = p.key
+            pkt.stream = stream
+            out.mux(pkt)
+    return (packets[-1].pts - base + frame_ms) / 1000.0
+
+
+class ClipRecorder(BaseModule):
+    category: ClassVar[Any] = "event"
+    Config: ClassVar[type[ModuleConfig]] = Config
+
+    def __init__(self, ctx: Any) -> None:
+        super().__init__(ctx)
+        self.cfg = Config()
+        self.root = Path(".")
+        self.scratch = Path(".scratch")
+        self.tz: str | None = None
+        self.encoder = "libx264"
+        self.cams: dict[str, _Cam] = {}
+        self.clips_written = 0
+        self.bytes_written = 0
+        self.frames_encoded = 0
+        self.encode_s = 0.0
+        self._finalizing = 0
+        self._camera_ids: list[str] = []
+
+    async def configure(self, app: AppConfig) -> None:
+        self.cfg = app.section(self.name or "clip", Config)
+        self.root = app.storage.root
+        self.scratch = app.storage.scratch_dir
+        self.tz = app.runtime.timezone
+        self._camera_ids = [cid for cid, cam in app.cameras.items() if cam.enabled]
+
+    async def start(self) -> None:
+        self.encoder = await self.ctx.executor.run(probe_encoder, self.cfg)
+        for phase in ("started", "updated", "ended"):
+            self.subscribe(topics.EVENT.pattern(phase=phase), self._on_event, policy="block")
+        # one subscription per camera so that one camera's frames never crowd out another's
+        ids = self._camera_ids or ["*"]
+        for cid in ids:
+            self.subscribe(topics.FRAME.at(camera=cid), self._on_frame, policy="latest", maxsize=2)
+        self.spawn(self._tick_loop(), "tick")
+        self.set_state("ok", f"encoder {self.encoder}")
+
+    def _cam(self, camera_id: str) -> _Cam:
+        cam = self.cams.get(camera_id)
+        if cam is None:
+            cam = self.cams[camera_id] = _Cam(camera_id)
+        return cam
+
+    # -- frames ------------------------------------------------------------------------------
+    async def _on_frame(self, msg: Message[Frame]) -> None:
+        f = msg.payload
+        cam = self._cam(f.camera_id)
+        cam.clock, cam.clock_real = max(cam.clock, f.mono_ts), time.monotonic()
+        if f.mono_ts - cam.last_sample >= 0.95 / self.cfg.fps and f.has_image:
+            cam.last_sample = f.mono_ts
+            async with cam.lock:
+                await self.ctx.executor.run(self._ingest, cam, f)
+        await self._finish_due(cam)
+
+    def _ingest(self, cam: _Cam, f: Frame) -> None:
+        size = clip_size(self.cfg, f.width, f.height)
+        img = f.image
+        if (img.shape[1], img.shape[0]) != size:
+            img = cast("Image", cv2.resize(img, size, interpolation=cv2.INTER_AREA))
+        i420 = cast("Image", cv2.cvtColor(img, cv2.COLOR_BGR2YUV_I420))
+        if cam.ring and cam.ring[0][1].shape != i420.shape:
+            cam.ring.clear()  # the camera changed resolution
+            cam.ring_bytes = 0
+        cam.ring.append((f.mono_ts, i420))
+        cam.ring_bytes += i420.nbytes
+        budget = int(self.cfg.preroll_budget_mb * 1_000_000)
+        horizon = f.mono_ts - self.cfg.preroll_s - CONFIRM_MARGIN_S
+        while cam.ring and (cam.ring[0][0] < horizon or cam.ring_bytes > budget):
+            if cam.ring[0][0] >= horizon and not cam.budget_warned:
+                cam.budget_warned = True
+                self.log.warning(
+                    "preroll_budget_short",
+                    camera=cam.camera_id,
+                    budget_mb=self.cfg.preroll_budget_mb,
+                )
+            cam.ring_bytes -= cam.ring.popleft()[1].nbytes
+        if cam.session is not None:
+            self._encode(cam.session, i420, f.mono_ts)
+
+    def _encode(self, session: _Session, i420: Image, mono: float) -> None:
+        t0 = time.perf_counter()
+        encode_into(session, i420, mono)
+        self.encode_s += time.perf_counter() - t0
+        self.frames_encoded += 1
+
+    def _open_session(self, cam: _Cam) -> None:
+        if not cam.ring:
+            return
+        first = cam.ring[0][1]
+        size = (first.shape[1], first.shape[0] * 2 // 3)
+        try:
+            codec = open_encoder(self.encoder, self.cfg, size)
+        except Exception as e:
+            if self.encoder == "libx264":
+                raise
+            self.log.warning("hw_encoder_failed", encoder=self.encoder, error=repr(e))
+            self.encoder = "libx264"
+            codec = open_encoder(self.encoder, self.cfg, size)
+        cam.session = _Session(codec=codec, encoder=self.encoder, size=size)
+        for mono, i420 in cam.ring:
+            self._encode(cam.session, i420, mono)
+
+    # -- events ------------------------------------------------------------------------------
+    async def _on_event(self, msg: Message[EventNotice]) -> None:
+        ev = msg.payload
+        cam = self._cam(ev.camera_id)
+        if ev.event_id in cam.done:
+            return
+        clip = cam.clips.get(ev.event_id)
+        if ev.phase == "started" and clip is None:
+            start = ev.started_mono if ev.started_mono > 0 else cam.clock
+            cam.clips[ev.event_id] = _Clip(ev.event_id, ev.started_at, start)
+            if cam.session is None:
+                async with cam.lock:
+                    if cam.session is None:
+                        await self.ctx.executor.run(self._open_session, cam)
+        elif clip is not None and ev.phase == "updated":
+            clip.end_mono = None  # the object came back before the post-roll ran out
+        elif clip is not None and ev.phase == "ended":
+            if ev.ended_at is not None and ev.started_mono > 0:
+                clip.end_mono = clip.start_mono + max(0.0, ev.ended_at - ev.started_at)
+            else:
+                clip.end_mono = cam.clock
+        await self._finish_due(cam)
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            for cam in list(self.cams.values()):
+                await self._finish_due(cam)
+
+    async def _finish_due(self, cam: _Cam, *, force: bool = False) -> None:
+        now = cam.now()
+        for clip in list(cam.clips.values()):
+            overlong = now - clip.start_mono >= self.cfg.max_duration_s
+            ended = clip.end_mono is not None and now >= clip.end_mono + self.cfg.postroll_s
+            if force or ended or overlong:
+                await self._finish(cam, clip, now)
+
+    async def _finish(self, cam: _Cam, clip: _Clip, now: float) -> None:
+        cam.clips.pop(clip.event_id, None)
+        cam.done.add(clip.event_id)
+        if len(cam.done) > 256:
+            cam.done = set(list(cam.done)[-128:])
+        end = (clip.end_mono if clip.end_mono is not None else now) + self.cfg.postroll_s
+        end = min(end, clip.start_mono + self.cfg.max_duration_s)
+        self._finalizing += 1
+        try:
+            async with cam.lock:
+                session = cam.session
+                if session is None:
+                    self.log.warning("clip_without_frames", event_id=clip.event_id)
+                    return
+                start_ms = round((clip.start_mono - self.cfg.preroll_s) * 1000)
+                packets = cut(session.packets, start_ms, round(end * 1000))
+                size = session.size
+                if not cam.clips:
+                    cam.session = None  # nothing else open: drop the encoder and its packets
+                else:
+                    keep_from = min(c.start_mono for c in cam.clips.values()) - self.cfg.preroll_s
+                    kept = cut(session.packets, round(keep_from * 1000), session.last_pts)
+                    session.packets = kept
+            if not packets:
+                self.log.warning("clip_empty", event_id=clip.event_id)
+                return
+            artifact = await self.ctx.executor.run(self._write, cam.camera_id, clip, packets, size)
+        finally:
+            self._finalizing -= 1
+        await self.bus.publish(topics.ARTIFACT.at(artifact="clip"), artifact)
+
+    def _write(
+        self, camera_id: str, clip: _Clip, packets: list[_Packet], size: tuple[int, int]
+    ) -> MediaArtifact:
+        rel = media_relpath(camera_id, clip.started_at, clip.event_id, "mp4", self.tz)
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        tmp = self.scratch / f".{clip.event_id}.{secrets.token_hex(4)}.mp4"
+        try:
+            duration = mux_mp4(packets, size, self.cfg.fps, tmp)
+            size_bytes = tmp.stat().st_size
+            path = self.root / rel
+            digest = atomic_move(tmp, path)
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        self.clips_written += 1
+        self.bytes_written += size_bytes
+        return MediaArtifact(
+            event_id=clip.event_id,
+            camera_id=camera_id,
+            kind="clip",
+            path=str(path.resolve()),
+            relpath=rel,
+            size_bytes=size_bytes,
+            sha256=digest,
+            mime="video/mp4",
+            created_at=time.time(),
+            duration_s=round(duration, 3),
+            width=size[0],
+            height=size[1],
+        )
+
+    async def stop(self) -> None:
+        await super().stop()
+        # a replay that ends mid-event still gets its clips, cut at the last frame
+        for cam in list(self.cams.values()):
+            await self._finish_due(cam, force=True)
+            cam.ring.clear()
+            cam.ring_bytes = 0
+
+    def preroll_bytes(self, camera_id: str) -> int:
+        cam = self.cams.get(camera_id)
+        return cam.ring_bytes if cam is not None else 0
+
+    def metrics(self) -> dict[str, float | int | str]:
+        encoded = max(1, self.frames_encoded)
+        return {
+            "pending": sum(len(c.clips) for c in self.cams.values()) + self._finalizing,
+            "encoder": self.encoder,
+            "clips_written": self.clips_written,
+            "bytes_written": self.bytes_written,
+            "preroll_bytes": sum(c.ring_bytes for c in self.cams.values()),
+            "encode_ms_per_frame": round(1000 * self.encode_s / encoded, 2),
+        }

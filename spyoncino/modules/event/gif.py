@@ -1,0 +1,295 @@
+"""Animated GIFs for the phone: <= 3 MB, <= 480 px wide, about 5 fps, sampled over the event.
+
+While an event is open on a camera, frames are sampled every ``1 / fps`` seconds, shrunk to
+``width`` and kept as small JPEGs (about 20-40 kB each, at most ``buffer_frames`` per event:
+when full, every other frame is dropped and sampling slows down by half, so a long event is
+still covered from start to end in bounded memory). No frame is decoded while no event is
+open. When the event ends, ``max_frames`` frames are picked evenly over its buffer, given one
+shared 128-colour palette (k-means on a pixel sample, mapped through a 32k-entry lookup
+table) and encoded with FFmpeg's GIF encoder at ``fps``; if the result is bigger than
+``max_bytes`` it is rebuilt with fewer, smaller frames. Assembled in ``storage.scratch``, moved
+into place crash-safely, published on ``event.gif.ready``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, ClassVar, Literal, cast
+
+import cv2
+import numpy as np
+from pydantic import Field
+
+from spyoncino.core.bus import Message
+from spyoncino.core.config import AppConfig
+from spyoncino.core.contracts import BaseModule, ModuleConfig
+from spyoncino.core.files import atomic_move, media_relpath
+from spyoncino.schemas import topics
+from spyoncino.schemas.events import EventNotice
+from spyoncino.schemas.frames import Frame, Image
+from spyoncino.schemas.media import MediaArtifact
+
+
+class Config(ModuleConfig):
+    type: Literal["gif"] = "gif"
+    fps: float = Field(default=5.0, ge=1.0, le=15.0, description="GIF frame rate.")
+    width: int = Field(default=480, ge=120, le=480, description="Largest GIF width in pixels.")
+    max_frames: int = Field(default=50, ge=5, le=150, description="Most frames in one GIF.")
+    max_bytes: int = Field(
+        default=3_000_000, ge=100_000, le=10_000_000, description="Largest GIF file size."
+    )
+    buffer_frames: int = Field(
+        default=120, ge=10, le=600, description="Frames buffered per open event (as JPEG)."
+    )
+    colours: int = Field(default=128, ge=16, le=256, description="Palette size.")
+
+
+@dataclass
+class _Gif:
+    event_id: str
+    started_at: float
+    interval: float
+    frames: list[tuple[float, bytes]] = field(default_factory=list)
+    last_sample: float = -1e18
+    first_mono: float | None = None
+    last_mono: float | None = None
+
+
+@dataclass
+class _Cam:
+    gifs: dict[str, _Gif] = field(default_factory=dict)
+    done: set[str] = field(default_factory=set)
+
+
+def _palette(frames: list[Image], colours: int) -> tuple[Image, Image]:
+    """(palette as BGR rows, lookup table from 15-bit colour to palette index)."""
+    pixels = np.concatenate([f.reshape(-1, 3)[:: max(1, f.size // 3 // 4000)] for f in frames])
+    rng = np.random.default_rng(0)
+    sample = pixels[rng.choice(len(pixels), size=min(len(pixels), 20_000), replace=False)]
+    k = min(colours, len(np.unique(sample, axis=0)))
+    criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 10, 1.0)
+    cv2.setRNGSeed(0)
+    _c, _l, centres = cv2.kmeans(
+        sample.astype(np.float32),
+        k,
+        None,  # type: ignore[call-overload]  # OpenCV allocates the labels
+        criteria,
+        1,
+        cv2.KMEANS_PP_CENTERS,
+    )
+    pal = np.clip(np.rint(centres), 0, 255).astype(np.uint8)
+    axis = (np.arange(32, dtype=np.float32) * 8 + 4)[:, None]
+    grid = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), axis=-1).reshape(-1, 3)
+    lut = np.empty(len(grid), np.uint8)
+    palf = pal.astype(np.float32)
+    for s in range(0, len(grid), 4096):
+        d = ((grid[s : s + 4096, None, :] - palf[None, :, :]) ** 2).sum(axis=2)
+        lut[s : s + 4096] = d.argmin(axis=1)
+    return pal, lut
+
+
+def _indices(img: Image, lut: Image) -> Image:
+    q = (img >> 3).astype(np.uint16)
+    return cast("Image", lut[(q[:, :, 0] << 10) | (q[:, :, 1] << 5) | q[:, :, 2]])
+
+
+def encode_gif(frames: list[Image], fps: float, colours: int, path: Path) -> None:
+    """Write BGR ``frames`` (same size) as a looping GIF at ``path``."""
+    import av
+
+    pal, lut = _palette(frames, colours)
+    argb = np.zeros((256, 4), np.uint8)
+    argb[:, 0] = 255
+    argb[: len(pal), 1] = pal[:, 2]
+    argb[: len(pal), 2] = pal[:, 1]
+    argb[: len(pal), 3] = pal[:, 0]
+    h, w = frames[0].shape[:2]
+    with av.open(str(path), "w", format="gif") as out:
+        stream: Any = out.add_stream("gif", rate=Fraction(fps).limit_denominator(100))
+        stream.width, stream.height, stream.pix_fmt = w, h, "pal8"
+        for i, img in enumerate(frames):
+            pair: Any = (_indices(img, lut), argb)  # pal8 takes (indices, ARGB palette)
+            vf = av.VideoFrame.from_ndarray(pair, format="pal8")
+            vf.pts = i
+            for p in stream.encode(vf):
+                out.mux(p)
+        for p in stream.encode(None):
+            out.mux(p)
+
+
+def pick_evenly(n_have: int, n_want: int) -> list[int]:
+    """``n_want`` indices spread evenly over ``range(n_have)``, first and last included."""
+    if n_have <= n_want:
+        return list(range(n_have))
+    if n_want == 1:
+        return [0]
+    return [round(i * (n_have - 1) / (n_want - 1)) for i in range(n_want)]
+
+
+class GifMaker(BaseModule):
+    category: ClassVar[Any] = "event"
+    Config: ClassVar[type[ModuleConfig]] = Config
+
+    def __init__(self, ctx: Any) -> None:
+        super().__init__(ctx)
+        self.cfg = Config()
+        self.root = Path(".")
+        self.scratch = Path(".scratch")
+        self.tz: str | None = None
+        self.cams: dict[str, _Cam] = {}
+        self.gifs_written = 0
+        self.bytes_written = 0
+        self.build_s = 0.0
+        self._building = 0
+        self._camera_ids: list[str] = []
+
+    async def configure(self, app: AppConfig) -> None:
+        self.cfg = app.section(self.name or "gif", Config)
+        self.root = app.storage.root
+        self.scratch = app.storage.scratch_dir
+        self.tz = app.runtime.timezone
+        self._camera_ids = [cid for cid, cam in app.cameras.items() if cam.enabled]
+
+    async def start(self) -> None:
+        for phase in ("started", "ended"):
+            self.subscribe(topics.EVENT.pattern(phase=phase), self._on_event, policy="block")
+        for cid in self._camera_ids or ["*"]:
+            self.subscribe(topics.FRAME.at(camera=cid), self._on_frame, policy="latest", maxsize=2)
+        self.set_state("ok")
+
+    def _cam(self, camera_id: str) -> _Cam:
+        cam = self.cams.get(camera_id)
+        if cam is None:
+            cam = self.cams[camera_id] = _Cam()
+        return cam
+
+    async def _on_frame(self, msg: Message[Frame]) -> None:
+        f = msg.payload
+        cam = self.cams.get(f.camera_id)
+        if cam is None or not cam.gifs or not f.has_image:
+            return  # nothing open: no decoding at all
+        due = [g for g in cam.gifs.values() if f.mono_ts - g.last_sample >= 0.95 * g.interval]
+        if not due:
+            return
+        jpeg = await self.ctx.executor.run(self._shrink, f)
+        for g in due:
+            g.last_sample = f.mono_ts
+            g.frames.append((f.mono_ts, jpeg))
+            if g.first_mono is None:
+                g.first_mono = f.mono_ts
+            g.last_mono = f.mono_ts
+            if len(g.frames) > self.cfg.buffer_frames:
+                g.frames = g.frames[::2]
+                g.interval *= 2
+
+    def _shrink(self, f: Frame) -> bytes:
+        img = f.image
+        if img.shape[1] > self.cfg.width:
+            size = (self.cfg.width, max(2, round(img.shape[0] * self.cfg.width / img.shape[1])))
+            img = cast("Image", cv2.resize(img, size, interpolation=cv2.INTER_AREA))
+        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        if not ok:
+            raise ValueError("JPEG encoding failed")
+        return np.asarray(buf).tobytes()
+
+    async def _on_event(self, msg: Message[EventNotice]) -> None:
+        ev = msg.payload
+        cam = self._cam(ev.camera_id)
+        if ev.event_id in cam.done:
+            return
+        if ev.phase == "started" and ev.event_id not in cam.gifs:
+            cam.gifs[ev.event_id] = _Gif(ev.event_id, ev.started_at, 1.0 / self.cfg.fps)
+        elif ev.phase == "ended" and ev.event_id in cam.gifs:
+            await self._finish(ev.camera_id, cam, cam.gifs[ev.event_id])
+
+    async def _finish(self, camera_id: str, cam: _Cam, gif: _Gif) -> None:
+        cam.gifs.pop(gif.event_id, None)
+        cam.done.add(gif.event_id)
+        if len(cam.done) > 256:
+            cam.done = set(list(cam.done)[-128:])
+        if not gif.frames:
+            self.log.warning("gif_without_frames", event_id=gif.event_id, camera=camera_id)
+            return
+        self._building += 1
+        try:
+            artifact = await self.ctx.executor.run(self._build, camera_id, gif)
+        finally:
+            self._building -= 1
+        if artifact is not None:
+            await self.bus.publish(topics.ARTIFACT.at(artifact="gif"), artifact)
+
+    def _build(self, camera_id: str, gif: _Gif) -> MediaArtifact | None:
+        t0 = time.perf_counter()
+        want = self.cfg.max_frames
+        scale = 1.0
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        tmp = self.scratch / f".{gif.event_id}.{secrets.token_hex(4)}.gif"
+        try:
+            for _attempt in range(6):
+                picked = [gif.frames[i][1] for i in pick_evenly(len(gif.frames), want)]
+                imgs = [
+                    cast("Image", cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR))
+                    for b in picked
+                ]
+                if scale < 1.0:
+                    h, w = imgs[0].shape[:2]
+                    size = (max(2, round(w * scale)), max(2, round(h * scale)))
+                    imgs = [
+                        cast("Image", cv2.resize(i, size, interpolation=cv2.INTER_AREA))
+                        for i in imgs
+                    ]
+                encode_gif(imgs, self.cfg.fps, self.cfg.colours, tmp)
+                size_bytes = tmp.stat().st_size
+                if size_bytes <= self.cfg.max_bytes:
+                    break
+                want = max(5, int(want * 0.7))
+                scale *= 0.85
+            else:
+                self.log.warning("gif_too_big", event_id=gif.event_id, size_bytes=size_bytes)
+                return None
+            h, w = imgs[0].shape[:2]
+            rel = media_relpath(camera_id, gif.started_at, gif.event_id, "gif", self.tz)
+            path = self.root / rel
+            digest = atomic_move(tmp, path)
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        self.gifs_written += 1
+        self.bytes_written += size_bytes
+        self.build_s += time.perf_counter() - t0
+        return MediaArtifact(
+            event_id=gif.event_id,
+            camera_id=camera_id,
+            kind="gif",
+            path=str(path.resolve()),
+            relpath=rel,
+            size_bytes=size_bytes,
+            sha256=digest,
+            mime="image/gif",
+            created_at=time.time(),
+            duration_s=round(len(imgs) / self.cfg.fps, 3),
+            width=w,
+            height=h,
+        )
+
+    async def stop(self) -> None:
+        await super().stop()
+        for cid, cam in list(self.cams.items()):
+            for gif in list(cam.gifs.values()):
+                await self._finish(cid, cam, gif)
+
+    def metrics(self) -> dict[str, float | int | str]:
+        return {
+            "pending": sum(len(c.gifs) for c in self.cams.values()) + self._building,
+            "gifs_written": self.gifs_written,
+            "bytes_written": self.bytes_written,
+            "buffered_bytes": sum(
+                len(b) for c in self.cams.values() for g in c.gifs.values() for _, b in g.frames
+            ),
+            "build_ms_avg": round(1000 * self.build_s / max(1, self.gifs_written), 1),
+        }

@@ -1,0 +1,316 @@
+"""Media retention and SD-card care: old files go, the card never fills, nothing half-written stays.
+
+Every ``interval_s`` (and once at start) one pass, in the executor:
+
+1. **Leftovers**: temp files of interrupted writes (``.*.part``) and stale scratch files are
+   removed (all of them at start, when nothing can be writing; older than ``temp_max_age_s``
+   later).
+2. **Age**: files older than their kind's limit go (snapshots, clean copies and thumbnails
+   ``snapshot_days``, GIFs ``gif_days``, clips ``clip_days``).
+3. **Space**: while the filesystem has less than ``min_free_percent`` free, the oldest clips
+   go first, then GIFs, then snapshots. Files of events that are still open or ended less than
+   ``protect_s`` ago, and of the newest event on disk, are never removed.
+
+Removed files are also removed from the index (one transaction per pass, none when nothing is
+removed, so an idle box writes nothing). A ``RetentionReport`` is published on
+``storage.retention`` after every pass. Health metrics report the media bytes written in the
+last hour and the process's own disk writes per hour (``/proc/self/io``).
+
+Free space is read through ``self.disk_free`` (``spyoncino.core.files.disk_free`` unless
+``ctx.extras["disk_free"]`` provides another), the one OS boundary tests replace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from spyoncino.core.bus import Message
+from spyoncino.core.config import AppConfig
+from spyoncino.core.contracts import BaseModule, ModuleConfig
+from spyoncino.core.files import clean_temp_files, disk_free
+from spyoncino.core.index_db import connect, delete_artifact
+from spyoncino.core.reindex import MediaFile, scan
+from spyoncino.schemas import topics
+from spyoncino.schemas.events import EventNotice
+from spyoncino.schemas.media import MediaArtifact, RetentionReport
+
+#: what goes first when space runs out
+SPACE_ORDER: dict[str, int] = {
+    "clip": 0,
+    "gif": 1,
+    "snapshot_clean": 2,
+    "thumbnail": 2,
+    "snapshot": 2,
+}
+
+DiskFree = Callable[[Path], tuple[int, int]]
+
+
+class Config(ModuleConfig):
+    type: Literal["media"] = "media"
+    snapshot_days: float = Field(
+        default=30.0, gt=0.0, le=3650.0, description="Days snapshots (and thumbnails) are kept."
+    )
+    gif_days: float = Field(default=14.0, gt=0.0, le=3650.0, description="Days GIFs are kept.")
+    clip_days: float = Field(default=7.0, gt=0.0, le=3650.0, description="Days clips are kept.")
+    min_free_percent: float = Field(
+        default=10.0, ge=0.0, le=90.0, description="Free space kept on the media filesystem (%)."
+    )
+    interval_s: float = Field(
+        default=300.0, ge=5.0, le=86400.0, description="Seconds between retention passes."
+    )
+    protect_s: float = Field(
+        default=600.0,
+        ge=0.0,
+        le=86400.0,
+        description="Seconds after its end an event's files are safe (its clip may be in work).",
+    )
+    temp_max_age_s: float = Field(
+        default=3600.0, ge=60.0, le=86400.0, description="Age of a leftover temp file to remove."
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    media: MediaFile
+    mtime: float
+    size: int
+
+
+def _proc_write_bytes() -> int | None:
+    try:
+        for line in Path("/proc/self/io").read_text().splitlines():
+            if line.startswith("write_bytes:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+class MediaRetention(BaseModule):
+    category: ClassVar[Any] = "storage"
+    Config: ClassVar[type[ModuleConfig]] = Config
+
+    def __init__(self, ctx: Any) -> None:
+        super().__init__(ctx)
+        self.cfg = Config()
+        self.root = Path(".")
+        self.scratch = Path(".scratch")
+        self.db_path = Path("events.sqlite3")
+        self.disk_free: DiskFree = ctx.extras.get("disk_free", disk_free)
+        self.open_events: set[str] = set()
+        self.ended_at: dict[str, float] = {}
+        self.passes = 0
+        self.removed_total = 0
+        self.last_report: RetentionReport | None = None
+        self._written: deque[tuple[float, int]] = deque()
+        self.media_bytes_total = 0
+        self._io_start: tuple[float, int] | None = None
+        self._running = False
+
+    async def configure(self, app: AppConfig) -> None:
+        self.cfg = app.section(self.name or "media", Config)
+        self.root = app.storage.root
+        self.scratch = app.storage.scratch_dir
+        self.db_path = app.storage.db_path
+
+    async def start(self) -> None:
+        io = _proc_write_bytes()
+        self._io_start = (time.monotonic(), io) if io is not None else None
+        self.subscribe("event.*.started", self._on_event, policy="block")
+        self.subscribe("event.*.updated", self._on_event, policy="block")
+        self.subscribe("event.*.ended", self._on_event, policy="block")
+        self.subscribe(topics.ARTIFACT.pattern(), self._on_artifact, policy="block")
+        await self.run_pass(startup=True)
+        self.spawn(self._loop(), "retention")
+        self.set_state("ok", str(self.root))
+
+    async def _on_event(self, msg: Message[EventNotice]) -> None:
+        ev = msg.payload
+        if ev.phase == "ended":
+            self.open_events.discard(ev.event_id)
+            self.ended_at[ev.event_id] = time.time()
+        else:
+            self.open_events.add(ev.event_id)
+            self.ended_at.pop(ev.event_id, None)
+
+    async def _on_artifact(self, msg: Message[MediaArtifact]) -> None:
+        now = time.time()
+        self._written.append((now, msg.payload.size_bytes))
+        self.media_bytes_total += msg.payload.size_bytes
+        while self._written and self._written[0][0] < now - 3600:
+            self._written.popleft()
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.interval_s)
+            await self.run_pass()
+
+    def protected(self, now: float) -> set[str]:
+        self.ended_at = {
+            e: t for e, t in self.ended_at.items() if now - t < max(self.cfg.protect_s, 1.0)
+        }
+        return self.open_events | set(self.ended_at)
+
+    async def run_pass(self, *, startup: bool = False) -> RetentionReport:
+        """One retention pass; returns (and publishes) what it removed."""
+        if self._running:
+            return self.last_report or RetentionReport(
+                removed_files=0, removed_bytes=0, free_percent=100.0, reason="none"
+            )
+        self._running = True
+        try:
+            report = await self.ctx.executor.run(self._pass, self.protected(time.time()), startup)
+        finally:
+            self._running = False
+        self.passes += 1
+        self.removed_total += report.removed_files
+        self.last_report = report
+        if report.removed_files:
+            self.log.info(
+                "retention_removed",
+                files=report.removed_files,
+                bytes=report.removed_bytes,
+                by_kind=report.by_kind,
+                reason=report.reason,
+                free_percent=report.free_percent,
+            )
+        await self.bus.publish(topics.RETENTION.name, report)
+        return report
+
+    def _pass(self, protected: set[str], startup: bool) -> RetentionReport:
+        clean_temp_files(self.root, 0.0 if startup else self.cfg.temp_max_age_s)
+        self._clean_scratch(0.0 if startup else self.cfg.temp_max_age_s)
+        now = time.time()
+        entries: list[_Entry] = []
+        for m in scan(self.root):
+            with contextlib.suppress(OSError):
+                st = m.path.stat()
+                entries.append(_Entry(m, st.st_mtime, st.st_size))
+        if entries:
+            newest = max(entries, key=lambda e: e.mtime).media.event_id
+            protected = protected | {newest}
+        limits = {
+            "snapshot": self.cfg.snapshot_days,
+            "snapshot_clean": self.cfg.snapshot_days,
+            "thumbnail": self.cfg.snapshot_days,
+            "gif": self.cfg.gif_days,
+            "clip": self.cfg.clip_days,
+        }
+        removed: list[_Entry] = []
+        reasons: set[str] = set()
+        keep: list[_Entry] = []
+        for e in entries:
+            expired = now - e.mtime > limits[e.media.kind] * 86400
+            if expired and e.media.event_id not in protected and self._remove(e):
+                removed.append(e)
+                reasons.add("age")
+                continue
+            keep.append(e)
+        free, total = self.disk_free(self.root)
+        target = total * self.cfg.min_free_percent / 100.0
+        if free < target:
+            order = sorted(
+                (e for e in keep if e.media.event_id not in protected),
+                key=lambda e: (SPACE_ORDER[e.media.kind], e.mtime),
+            )
+            for e in order:
+                if free >= target:
+                    break
+                if self._remove(e):
+                    removed.append(e)
+                    reasons.add("space")
+                    free += e.size
+            free, total = self.disk_free(self.root)
+        if removed:
+            self._forget([e.media.relpath for e in removed])
+            self._prune_folders({e.media.path.parent for e in removed})
+        by_kind: dict[str, int] = {}
+        for e in removed:
+            by_kind[e.media.kind] = by_kind.get(e.media.kind, 0) + 1
+        reason: Literal["age", "space", "none", "age+space"] = (
+            "age+space"
+            if len(reasons) == 2
+            else "age"
+            if "age" in reasons
+            else "space"
+            if "space" in reasons
+            else "none"
+        )
+        return RetentionReport(
+            removed_files=len(removed),
+            removed_bytes=sum(e.size for e in removed),
+            by_kind=by_kind,
+            free_percent=round(100.0 * free / total, 2) if total else 100.0,
+            reason=reason,
+        )
+
+    def _remove(self, e: _Entry) -> bool:
+        try:
+            e.media.path.unlink()
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            self.log.warning("retention_unlink_failed", relpath=e.media.relpath, error=repr(exc))
+            return False
+        return True
+
+    def _forget(self, relpaths: list[str]) -> None:
+        if not self.db_path.exists():
+            return
+        conn = connect(self.db_path)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for rel in relpaths:
+                delete_artifact(conn, rel)
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+
+    def _prune_folders(self, folders: set[Path]) -> None:
+        for folder in folders:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only succeeds when empty
+                folder.parent.rmdir()
+
+    def _clean_scratch(self, older_than_s: float) -> None:
+        if not self.scratch.is_dir():
+            return
+        cutoff = time.time() - older_than_s
+        for p in self.scratch.iterdir():
+            with contextlib.suppress(OSError):
+                if p.is_file() and p.stat().st_mtime <= cutoff:
+                    p.unlink()
+
+    def write_rate(self) -> float:
+        """This process's disk writes, bytes per hour since start (0 when unknown)."""
+        if self._io_start is None:
+            return 0.0
+        now = _proc_write_bytes()
+        t0, b0 = self._io_start
+        span = time.monotonic() - t0
+        if now is None or span <= 0:
+            return 0.0
+        return (now - b0) * 3600.0 / span
+
+    def metrics(self) -> dict[str, float | int | str]:
+        now = time.time()
+        last_hour = sum(n for t, n in self._written if t >= now - 3600)
+        report = self.last_report
+        return {
+            "media_bytes_last_hour": last_hour,
+            "media_bytes_total": self.media_bytes_total,
+            "process_write_bytes_per_hour": round(self.write_rate()),
+            "retention_passes": self.passes,
+            "retention_removed_files": self.removed_total,
+            "free_percent": report.free_percent if report is not None else -1.0,
+        }

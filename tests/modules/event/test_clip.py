@@ -1,0 +1,188 @@
+"""Clip recorder: H.264 MP4 with pre-roll and post-roll, shared encoding, bounded memory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import pytest
+
+from spyoncino.modules.event.clip import ClipRecorder, Config, _Packet, cut, preroll_budget
+from spyoncino.schemas import topics
+from spyoncino.schemas.events import EventNotice
+from spyoncino.schemas.media import MediaArtifact
+
+from .conftest import Harness, make_frame, read_seq
+
+FPS = 10
+
+
+def notice(event_id: str, phase: str, start_s: float, end_s: float | None = None) -> EventNotice:
+    return EventNotice(
+        event_id=event_id,
+        camera_id="cam",
+        kind="object",
+        phase=phase,  # type: ignore[arg-type]
+        labels=("person",),
+        top_score=0.9,
+        started_at=1_700_000_000.0 + start_s,
+        updated_at=1_700_000_000.0 + (end_s or start_s),
+        ended_at=None if end_s is None else 1_700_000_000.0 + end_s,
+        started_mono=start_s,
+    )
+
+
+async def recorder(h: Harness, **cfg: Any) -> tuple[ClipRecorder, list[tuple[str, Any]]]:
+    data = {"clip": cfg, "cameras": {"cam": {"source": "x.mp4"}}}
+    app = h.app({"clip": ClipRecorder}, data)
+    rec = h.record("event.clip.ready")
+    return await h.start(ClipRecorder, app), rec
+
+
+async def play(
+    h: Harness, seqs: range, script: dict[int, EventNotice | list[EventNotice]], **kw: Any
+) -> None:
+    topic = topics.FRAME.at(camera="cam")
+    for seq in seqs:
+        await h.bus.publish(topic, make_frame("cam", seq, seq / FPS, **kw))
+        await h.bus.wait_idle(topic)
+        todo = script.get(seq, [])
+        for ev in todo if isinstance(todo, list) else [todo]:
+            await h.bus.publish(f"event.object.{ev.phase}", ev)
+            await h.bus.wait_idle(f"event.object.{ev.phase}")
+
+
+def probe(path: str) -> tuple[str, str, float, list[int]]:
+    """(codec, pix_fmt, duration, frame seqs read back from the green level)."""
+    with av.open(path) as c:
+        s = c.streams.video[0]
+        seqs = [read_seq(f.to_ndarray(format="bgr24")) for f in c.decode(s)]
+        return s.codec_context.name, s.codec_context.pix_fmt, float(c.duration or 0) / 1e6, seqs
+
+
+def moov_before_mdat(path: str) -> bool:
+    data = Path(path).read_bytes()
+    return 0 <= data.find(b"moov") < data.find(b"mdat")
+
+
+async def test_clip_has_preroll_postroll_and_plays_inline(harness: Harness) -> None:
+    _, rec = await recorder(harness)
+    script: dict[int, Any] = {
+        62: notice("ev1", "started", 6.0),  # confirmed two frames after the first sighting
+        130: notice("ev1", "ended", 6.0, 8.0),  # the tracker says so 5 s after the last sighting
+    }
+    await play(harness, range(0, 140), script)
+    await harness.settle()
+    (art,) = [p for _, p in rec]
+    assert isinstance(art, MediaArtifact)
+    assert art.relpath.endswith("/ev1.mp4")
+    assert art.mime == "video/mp4"
+    codec, pix_fmt, duration, seqs = probe(art.path)
+    assert codec == "h264"
+    assert pix_fmt == "yuv420p"
+    assert moov_before_mdat(art.path)  # faststart: phones play it while downloading
+    # first frame ~3 s (pre-roll) before the start, cut at the keyframe at or before it
+    assert 26 <= seqs[0] <= 30
+    assert seqs[-1] == 100  # end (8 s) + post-roll (2 s)
+    assert seqs == sorted(seqs)
+    assert duration >= 3.0 + 2.0 + 2.0
+    assert art.duration_s == pytest.approx(duration, abs=0.15)
+    assert (art.width, art.height) == (640, 360)
+
+
+async def test_overlapping_events_share_one_encoding(harness: Harness) -> None:
+    mod, rec = await recorder(harness)
+    script: dict[int, Any] = {
+        40: notice("a", "started", 4.0),
+        60: notice("b", "started", 5.5),
+        70: notice("a", "ended", 4.0, 7.0),
+        95: notice("b", "ended", 5.5, 9.0),
+    }
+    await play(harness, range(0, 125), script)
+    await harness.settle()
+    clips = {p.event_id: p for _, p in rec}
+    assert set(clips) == {"a", "b"}
+    _, _, _, seqs_a = probe(clips["a"].path)
+    _, _, _, seqs_b = probe(clips["b"].path)
+    assert seqs_a[0] <= 10
+    assert seqs_a[-1] == 90
+    assert 15 <= seqs_b[0] <= 25
+    assert seqs_b[-1] == 110
+    # one encoder: the frames from the first session start to the last clip's end, once each
+    assert mod.frames_encoded <= 125
+
+
+async def test_event_that_comes_back_during_postroll_keeps_recording(harness: Harness) -> None:
+    _, rec = await recorder(harness, postroll_s=3.0)
+    script: dict[int, Any] = {
+        30: notice("ev", "started", 3.0),
+        60: notice("ev", "ended", 3.0, 5.0),
+        65: notice("ev", "updated", 3.0),
+        100: notice("ev", "ended", 3.0, 9.0),
+    }
+    await play(harness, range(0, 130), script)
+    await harness.settle()
+    (art,) = [p for _, p in rec]
+    assert probe(art.path)[3][-1] == 120
+
+
+async def test_stop_finishes_open_clips(harness: Harness) -> None:
+    mod, rec = await recorder(harness)
+    await play(harness, range(0, 50), {40: notice("ev", "started", 4.0)})
+    assert mod.metrics()["pending"] == 1
+    await harness.stop()
+    await harness.settle()
+    (art,) = [p for _, p in rec]
+    assert probe(art.path)[3][-1] == 49
+
+
+async def test_nothing_is_decoded_beyond_the_sampling_rate(harness: Harness) -> None:
+    decodes: list[int] = []
+    mod, _ = await recorder(harness, fps=5.0)
+    topic = topics.FRAME.at(camera="cam")
+    for seq in range(100):  # 25 fps camera
+        await harness.bus.publish(topic, make_frame("cam", seq, seq / 25, decodes=decodes))
+        await harness.bus.wait_idle(topic)
+    assert len(decodes) == 20
+    assert mod.frames_encoded == 0  # no event: nothing encoded
+
+
+async def test_preroll_of_a_720p_camera_stays_within_its_budget(harness: Harness) -> None:
+    mod, _ = await recorder(harness)
+    cfg = Config()
+    budget = preroll_budget(cfg, 1280, 720)
+    assert budget == 36 * 640 * 360 * 3 // 2  # 12.4 MB, as the docs state
+    topic = topics.FRAME.at(camera="cam")
+    peak = 0
+    for seq in range(250):  # 10 s at 25 fps
+        await harness.bus.publish(topic, make_frame("cam", seq, seq / 25, 1280, 720))
+        await harness.bus.wait_idle(topic)
+        ring = mod.cams["cam"].ring
+        held = sum(a.nbytes for _, a in ring)
+        assert held == mod.preroll_bytes("cam")
+        peak = max(peak, held)
+    assert peak <= budget
+    assert peak >= budget * 0.8  # it fills to about the budget (25 fps samples at 8.3 fps)
+    assert all(a.shape == (540, 640) for _, a in mod.cams["cam"].ring)
+
+
+async def test_small_budget_caps_the_ring(harness: Harness) -> None:
+    mod, _ = await recorder(harness, width=1280, preroll_budget_mb=2.0)
+    topic = topics.FRAME.at(camera="cam")
+    for seq in range(100):
+        await harness.bus.publish(topic, make_frame("cam", seq, seq / 10, 1280, 720))
+        await harness.bus.wait_idle(topic)
+        assert mod.preroll_bytes("cam") <= 2_000_000
+    assert len(mod.cams["cam"].ring) == 1  # one 1280x720 I420 frame is 1.38 MB
+
+
+def test_cut_starts_at_a_keyframe() -> None:
+    packets = [_Packet(t * 100, t % 10 == 0, b"x") for t in range(50)]
+    got = cut(packets, 2500, 3500)
+    assert got[0].pts == 2000
+    assert got[0].key
+    assert got[-1].pts == 3500
+    assert cut(packets, -100, 500)[0].pts == 0
+    assert np.all(np.diff([p.pts for p in got]) > 0)
