@@ -89,17 +89,56 @@ def shrink_luma(plane: Image, width: int) -> Image:
     if w <= width:
         return np.ascontiguousarray(plane)
     while w >= 2 * width and w % 2 == 0 and h % 2 == 0:
-        plane = cv2.resize(plane, (w // 2, h // 2), interpolation=cv2.INTER_AREA)
+        plane = cast("Image", cv2.resize(plane, (w // 2, h // 2), interpolation=cv2.INTER_AREA))
         h, w = plane.shape[:2]
     if w == width:
         return plane
-    return cv2.resize(plane, (width, max(1, round(h * width / w))), interpolation=cv2.INTER_AREA)
+    size = (width, max(1, round(h * width / w)))
+    return cast("Image", cv2.resize(plane, size, interpolation=cv2.INTER_AREA))
 
 
 def make_luma(image: Image, width: int) -> Image:
     """Downscale a BGR (or grey) image to a ``width``-wide grey plane."""
-    grey = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    grey = image if image.ndim == 2 else cast("Image", cv2.cvtColor(image, cv2.COLOR_BGR2GRAY))
     return shrink_luma(grey, width)
+
+
+class SourceThread:
+    """One daemon thread running a camera's blocking calls in order.
+
+    ``submit`` returns a ``concurrent.futures.Future``. A thread stuck in a driver call can be
+    abandoned (``shutdown``); being a daemon it never blocks interpreter exit.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[[], R]) -> concurrent.futures.Future[R]:
+        fut: concurrent.futures.Future[R] = concurrent.futures.Future()
+        self._jobs.put((fut, fn))
+        return fut
+
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            fut, fn = job
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn())
+            except BaseException as exc:
+                fut.set_exception(exc)
+
+    def shutdown(self) -> None:
+        self._jobs.put(None)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
 
 class CameraInput(BaseModule):
