@@ -35,7 +35,7 @@ import json
 import random
 import sqlite3
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +48,12 @@ from spyoncino.core.bus import Bus
 from spyoncino.core.contracts import BoundedExecutor
 from spyoncino.schemas import topics
 from spyoncino.schemas.alerts import AlertNotification
+from spyoncino.schemas.control import ControlState
+from spyoncino.schemas.events import EventNotice
+from spyoncino.schemas.media import MediaArtifact
+
+#: ``muted_until`` key that mutes every camera
+ALL_CAMERAS = "*"
 
 #: Kinds that are alerts in their own right (others are follow-ups of an alert).
 PRIMARY_KINDS = frozenset({"snapshot", "text"})
@@ -654,5 +660,90 @@ class Outbox:
         return out
 
 
-def recipients_of(items: Iterable[OutboxItem]) -> list[str]:
-    return sorted({i.recipient for i in items})
+@dataclass
+class _Tracked:
+    event: EventNotice
+    alerted: bool = False
+    suppressed: bool = False
+    held: list[MediaArtifact] = field(default_factory=list)
+
+
+class AlertGate:
+    """Which artifacts become alerts; the same rules for every channel.
+
+    An alert is the snapshot of an event that started (of a kind in ``kinds``) while the box is
+    armed and neither the camera nor ``*`` is muted, within the per-camera budget. Follow-ups
+    (GIF, clip) of an alerted event pass too, after the snapshot; those of a suppressed event
+    do not. Feed it every ``event.#`` message in order and every ``control.state``.
+    """
+
+    def __init__(
+        self,
+        kinds: Iterable[str] = ("object", "motion"),
+        followups: Iterable[str] = ("gif", "clip"),
+        *,
+        respect_state: bool = True,
+        budget: Callable[[str], bool] | None = None,
+        keep: int = 512,
+    ) -> None:
+        self.kinds = frozenset(kinds)
+        self.followups = frozenset(followups)
+        self.respect_state = respect_state
+        self.budget = budget
+        self.keep = keep
+        self.state = ControlState(armed=True)
+        self.suppressed = 0
+        self.last_reason: str | None = None
+        self._events: OrderedDict[str, _Tracked] = OrderedDict()
+
+    def notice(self, ev: EventNotice) -> None:
+        tracked = self._events.get(ev.event_id)
+        if tracked is not None:
+            tracked.event = ev
+        elif ev.phase == "started" and ev.kind in self.kinds:
+            self._events[ev.event_id] = _Tracked(ev)
+            while len(self._events) > self.keep:
+                self._events.popitem(last=False)
+
+    def event(self, event_id: str) -> EventNotice | None:
+        tracked = self._events.get(event_id)
+        return tracked.event if tracked is not None else None
+
+    def reason(self, camera_id: str, now: float | None = None) -> str | None:
+        """Why no alert goes out for ``camera_id`` now (None: it does)."""
+        if not self.respect_state:
+            return None
+        t = time.time() if now is None else now
+        if not self.state.armed:
+            return "disarmed"
+        for key in (camera_id, ALL_CAMERAS):
+            if self.state.muted_until.get(key, 0.0) > t:
+                return "muted"
+        return None
+
+    def artifact(self, art: MediaArtifact) -> list[tuple[EventNotice, MediaArtifact]]:
+        """What to send now because ``art`` arrived (snapshot first, then held follow-ups)."""
+        tracked = self._events.get(art.event_id)
+        if tracked is None or tracked.suppressed:
+            return []
+        if art.kind == "snapshot":
+            if tracked.alerted:
+                return []
+            why = self.reason(art.camera_id)
+            if why is None and self.budget is not None and not self.budget(art.camera_id):
+                why = "camera rate limit"
+            if why is not None:
+                tracked.suppressed = True
+                tracked.held.clear()
+                self.suppressed += 1
+                self.last_reason = why
+                return []
+            tracked.alerted = True
+            held, tracked.held = tracked.held, []
+            return [(tracked.event, art), *((tracked.event, h) for h in held)]
+        if art.kind not in self.followups:
+            return []
+        if not tracked.alerted:
+            tracked.held.append(art)  # the photo goes first
+            return []
+        return [(tracked.event, art)]

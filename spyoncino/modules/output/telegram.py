@@ -23,8 +23,6 @@ import importlib
 import secrets
 import sqlite3
 import time
-from collections import OrderedDict
-from dataclasses import dataclass, field
 from datetime import time as dtime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
@@ -36,6 +34,8 @@ from spyoncino.core.config import AppConfig
 from spyoncino.core.contracts import BaseModule, ModuleConfig, ModuleConfigError, ModuleNotReady
 from spyoncino.core.files import local_time
 from spyoncino.core.outbox import (
+    ALL_CAMERAS,
+    AlertGate,
     Outbox,
     OutboxItem,
     OutboxSettings,
@@ -126,14 +126,6 @@ class Config(ModuleConfig):
     )
 
 
-@dataclass
-class _Alert:
-    event: EventNotice
-    queued: bool = False
-    suppressed: bool = False
-    held: list[MediaArtifact] = field(default_factory=list)
-
-
 class TelegramOutput(BaseModule):
     category: ClassVar[Any] = "output"
     Config: ClassVar[type[ModuleConfig]] = Config
@@ -149,12 +141,12 @@ class TelegramOutput(BaseModule):
         self.outbox: Outbox | None = None
         self.state = ControlState(armed=True)
         self.health_report: HealthReport | None = None
-        self._alerts: OrderedDict[str, _Alert] = OrderedDict()
+        self.gate = AlertGate()
         self._waiters: dict[str, asyncio.Future[MediaArtifact]] = {}
         self._state_waiters: list[asyncio.Future[ControlState]] = []
         self._handlers: set[asyncio.Task[None]] = set()
         self._started_mono = time.monotonic()
-        self.counts: dict[str, int] = {"suppressed": 0, "unauthorized": 0, "commands": 0}
+        self.counts: dict[str, int] = {"unauthorized": 0, "commands": 0}
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def configure(self, app: AppConfig) -> None:
@@ -209,6 +201,8 @@ class TelegramOutput(BaseModule):
             rate_for=self._rate,
             module=self.ctx.instance,
         )
+        self.gate = AlertGate(self.cfg.alert_kinds, budget=self.outbox.admit)
+        self.gate.state = self.state
         try:
             await self.outbox.start()
         except sqlite3.Error as e:
@@ -249,6 +243,7 @@ class TelegramOutput(BaseModule):
     # -- bus inputs ---------------------------------------------------------------------------
     async def _on_state(self, msg: Message[ControlState]) -> None:
         self.state = msg.payload
+        self.gate.state = msg.payload
         waiters, self._state_waiters = self._state_waiters, []
         for w in waiters:
             if not w.done():
@@ -260,7 +255,7 @@ class TelegramOutput(BaseModule):
     async def _on_event_topic(self, msg: Message[Any]) -> None:
         payload = msg.payload
         if isinstance(payload, EventNotice):
-            self._on_notice(payload)
+            self.gate.notice(payload)
         elif isinstance(payload, MediaArtifact):
             waiter = self._waiters.get(payload.event_id)
             if waiter is not None and not waiter.done():
@@ -268,74 +263,35 @@ class TelegramOutput(BaseModule):
                 return
             await self._on_artifact(payload)
 
-    def _on_notice(self, ev: EventNotice) -> None:
-        alert = self._alerts.get(ev.event_id)
-        if alert is not None:
-            alert.event = ev
-            return
-        if ev.phase == "started" and ev.kind in self.cfg.alert_kinds:
-            self._alerts[ev.event_id] = _Alert(ev)
-            while len(self._alerts) > 512:
-                self._alerts.popitem(last=False)
-
     def suppressed_reason(self, camera_id: str, now: float | None = None) -> str | None:
         """Why no alert goes out for ``camera_id`` now (None: it does)."""
-        t = time.time() if now is None else now
-        if not self.state.armed:
-            return "disarmed"
-        for key in (camera_id, text.ALL_CAMERAS):
-            if self.state.muted_until.get(key, 0.0) > t:
-                return "muted"
-        return None
+        return self.gate.reason(camera_id, now)
 
     async def _on_artifact(self, art: MediaArtifact) -> None:
-        alert = self._alerts.get(art.event_id)
-        if alert is None or alert.suppressed:
-            return
-        assert self.outbox is not None
-        if art.kind == "snapshot":
-            if alert.queued:
-                return
-            reason = self.suppressed_reason(art.camera_id)
-            if reason is None and not self.outbox.admit(art.camera_id):
-                reason = "camera rate limit"
-            if reason is not None:
-                alert.suppressed = True
-                self.counts["suppressed"] += 1
-                self.log.info(
-                    "alert_suppressed", event_id=art.event_id, camera=art.camera_id, reason=reason
-                )
-                return
-            alert.queued = True
-            payload = self._media_payload(art)
-            payload["caption"] = text.caption(
-                self._info(alert.event), self.tz, self.cfg.status_page_url
-            )
-            payload["over_budget"] = self.outbox.take_over_budget(art.camera_id)
+        outbox = self.outbox
+        assert outbox is not None
+        before = self.gate.suppressed
+        for ev, item in self.gate.artifact(art):
+            payload = self._media_payload(item)
+            if item.kind == "snapshot":
+                payload["caption"] = text.caption(self._info(ev), self.tz, self.cfg.status_page_url)
+                payload["over_budget"] = outbox.take_over_budget(item.camera_id)
+            elif self.cfg.followup not in (item.kind, "both"):
+                continue
             for chat in self.cfg.chat_ids:
-                await self.outbox.enqueue(
+                await outbox.enqueue(
                     recipient=str(chat),
-                    event_id=art.event_id,
-                    camera_id=art.camera_id,
-                    kind="snapshot",
+                    event_id=item.event_id,
+                    camera_id=item.camera_id,
+                    kind=item.kind,
                     payload=payload,
                 )
-            held, alert.held = alert.held, []
-            for h in held:
-                await self._on_artifact(h)
-            return
-        if art.kind not in ("gif", "clip") or self.cfg.followup not in (art.kind, "both"):
-            return
-        if not alert.queued:
-            alert.held.append(art)  # the photo goes first
-            return
-        for chat in self.cfg.chat_ids:
-            await self.outbox.enqueue(
-                recipient=str(chat),
+        if self.gate.suppressed > before:
+            self.log.info(
+                "alert_suppressed",
                 event_id=art.event_id,
-                camera_id=art.camera_id,
-                kind=art.kind,
-                payload=self._media_payload(art),
+                camera=art.camera_id,
+                reason=self.gate.last_reason,
             )
 
     def _info(self, ev: EventNotice) -> text.AlertInfo:
@@ -649,7 +605,7 @@ class TelegramOutput(BaseModule):
         who = self.names.get(camera, camera) if camera else "all cameras"
         if cmd == "unmute":
             return f"Unmuted {who}.\n" + text.state_text(state, time.time(), self.tz, self.names)
-        until = state.muted_until.get(camera or text.ALL_CAMERAS, time.time() + (duration or 0))
+        until = state.muted_until.get(camera or ALL_CAMERAS, time.time() + (duration or 0))
         return (
             f"Muted {who} for {text.format_duration(duration or 0)} "
             f"(until {local_time(until, self.tz).strftime('%H:%M')})."
@@ -791,6 +747,7 @@ class TelegramOutput(BaseModule):
 
     def metrics(self) -> dict[str, float | int | str]:
         out: dict[str, float | int | str] = dict(self.counts)
+        out["suppressed"] = self.gate.suppressed
         if self.outbox is not None:
             out.update(self.outbox.metrics())
         return out

@@ -277,7 +277,7 @@ async def test_no_alerts_while_disarmed_or_muted(
     assert len(photos) == 2
     assert "garden" in photos[0].params["caption"]
     assert "Front door" in photos[1].params["caption"]
-    assert h.module.counts["suppressed"] == 3
+    assert h.module.gate.suppressed == 3
     assert [n.event_id for n in h.statuses("sent")] == [ev_garden.event_id, last.event_id]
 
 
