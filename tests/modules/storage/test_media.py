@@ -1,0 +1,185 @@
+"""Retention: by age per kind, by free space in the stated order, never the newest event."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+from spyoncino.core.index_db import connect
+from spyoncino.core.reindex import reindex
+from spyoncino.modules.storage.media import MediaRetention
+from spyoncino.schemas.events import EventNotice
+from spyoncino.schemas.media import RetentionReport
+from spyoncino.testing import BusHarness
+
+DAY = 86400.0
+MB = 1_000_000
+
+
+def put(root: Path, cam: str, event: str, suffix: str, size: int, age_s: float) -> Path:
+    day = time.strftime("%Y-%m-%d", time.localtime(time.time() - age_s))
+    p = root / cam / day / f"{event}{suffix}"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(b"\0" * size)
+    t = time.time() - age_s
+    os.utime(p, (t, t))
+    return p
+
+
+def du(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+class FakeDisk:
+    """A filesystem of ``total`` bytes holding ``root`` and ``other`` bytes of something else."""
+
+    def __init__(self, root: Path, total: int, other: int) -> None:
+        self.root, self.total, self.other = root, total, other
+
+    def __call__(self, path: Path) -> tuple[int, int]:
+        return self.total - self.other - du(self.root), self.total
+
+
+def event(i: int, age_s: float, root: Path) -> dict[str, Path]:
+    eid = f"e{i}"
+    return {
+        "snapshot": put(root, "cam", eid, ".jpg", 100_000, age_s),
+        "thumbnail": put(root, "cam", eid, ".thumb.jpg", 10_000, age_s),
+        "gif": put(root, "cam", eid, ".gif", 400_000, age_s),
+        "clip": put(root, "cam", eid, ".mp4", 1_000_000, age_s),
+    }
+
+
+async def run(root: Path, disk: FakeDisk | None, **cfg: object) -> tuple[MediaRetention, list]:
+    async with BusHarness(storage_root=root) as h:
+        rec = h.record("storage.retention")
+        mod = h.build(MediaRetention, {"media": cfg}, name="media")
+        if disk is not None:
+            mod.disk_free = disk  # type: ignore[attr-defined]
+        await mod.configure(mod.ctx.app)
+        await mod.start()
+        await h.bus.drain()
+        return mod, rec.payloads  # type: ignore[return-value]
+
+
+async def test_age_limits_per_kind(tmp_path: Path) -> None:
+    root = tmp_path / "media"
+    old8 = event(1, 8 * DAY, root)  # clip expired (7 d), GIF and snapshot not
+    old15 = event(2, 15 * DAY, root)  # clip and GIF expired
+    old31 = event(3, 31 * DAY, root)  # everything expired
+    fresh = event(4, 60, root)
+    _, reports = await run(root, None)
+    assert not old8["clip"].exists()
+    assert old8["gif"].exists()
+    assert old8["snapshot"].exists()
+    assert not old15["gif"].exists()
+    assert old15["snapshot"].exists()
+    assert not any(p.exists() for p in old31.values())
+    assert all(p.exists() for p in fresh.values())
+    (report,) = reports
+    assert isinstance(report, RetentionReport)
+    assert report.reason == "age"
+    assert report.by_kind == {"clip": 3, "gif": 2, "snapshot": 1, "thumbnail": 1}
+
+
+async def test_space_pressure_removes_clips_then_gifs_then_snapshots(tmp_path: Path) -> None:
+    root = tmp_path / "media"
+    events = [event(i, (10 - i) * 3600, root) for i in range(6)]  # e0 oldest, e5 newest
+    per_event = 1_510_000
+    # 10 MB disk, 10 % to keep free: with 9.06 MB of media + 0.5 MB else, 0.44 MB is free
+    disk = FakeDisk(root, total=10 * MB, other=500_000)
+    assert du(root) == 6 * per_event
+    _, reports = await run(root, disk)
+    free, total = disk(root)
+    assert free >= total * 0.10
+    gone = [(i, k) for i, ev in enumerate(events) for k, p in ev.items() if not p.exists()]
+    # the oldest clips went first, and only as many as needed
+    assert gone == [(0, "clip")]
+    assert reports[0].reason == "space"
+
+    # much fuller: every clip but the newest event's goes, then GIFs oldest first
+    disk.other = 5 * MB
+    await run(root, disk)
+    assert all(not ev["clip"].exists() for ev in events[:5])
+    assert events[5]["clip"].exists()  # the newest event is always stored
+    gifs_left = [i for i, ev in enumerate(events) if ev["gif"].exists()]
+    assert gifs_left == sorted(gifs_left)
+    assert gifs_left[-1] == 5
+    assert 0 not in gifs_left
+    assert all(ev["snapshot"].exists() for ev in events)
+    free, total = disk(root)
+    assert free >= total * 0.10
+
+    # a disk nearly full of something else: snapshots go too, never the newest event's
+    disk.other = int(9.3 * MB)
+    await run(root, disk)
+    assert all(p.exists() for p in events[5].values())
+    assert not events[0]["snapshot"].exists()
+
+
+async def test_open_event_is_never_removed(tmp_path: Path) -> None:
+    root = tmp_path / "media"
+    disk = FakeDisk(root, total=10 * MB, other=int(8.5 * MB))
+    async with BusHarness(storage_root=root) as h:
+        mod = h.build(MediaRetention, {"media": {}}, name="media")
+        mod.disk_free = disk  # type: ignore[attr-defined]
+        await mod.configure(mod.ctx.app)
+        await mod.start()
+        await h.bus.publish(
+            "event.object.started",
+            EventNotice(
+                event_id="e0",
+                camera_id="cam",
+                kind="object",
+                phase="started",
+                labels=("person",),
+                top_score=0.9,
+                started_at=1.0,
+                updated_at=1.0,
+            ),
+        )
+        await h.bus.drain()
+        writing = event(0, 20 * DAY, root)  # files of the open event, dated old (clock jump)
+        event(1, 60, root)
+        await mod.run_pass()  # type: ignore[attr-defined]
+    assert all(p.exists() for p in writing.values())
+
+
+async def test_removed_files_leave_the_index_and_leftovers_are_cleaned(tmp_path: Path) -> None:
+    root = tmp_path / "media"
+    old = event(1, 40 * DAY, root)
+    event(2, 60, root)
+    temp = root / "cam" / "x" / ".e9.mp4.1234.part"
+    temp.parent.mkdir(parents=True)
+    temp.write_bytes(b"half")
+    scratch = root / ".scratch" / ".e9.abcd.mp4"
+    scratch.parent.mkdir(parents=True)
+    scratch.write_bytes(b"half")
+    db = root / "events.sqlite3"
+    assert reindex(root, db) == 2 + 8
+    await run(root, None)
+    assert not temp.exists()
+    assert not scratch.exists()
+    assert not any(p.exists() for p in old.values())
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT COUNT(*) FROM artifacts WHERE event_id='e1'").fetchone() == (0,)
+    assert conn.execute("SELECT COUNT(*) FROM artifacts WHERE event_id='e2'").fetchone() == (4,)
+    assert conn.execute("SELECT COUNT(*) FROM events WHERE id='e1'").fetchone() == (0,)
+
+
+async def test_idle_pass_writes_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "media"
+    event(1, 60, root)
+    db = root / "events.sqlite3"
+    connect(db).close()
+    before = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+    mod, reports = await run(root, None)
+    after = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+    assert before == after
+    assert reports[0].removed_files == 0
+    assert reports[0].reason == "none"
+    metrics = mod.metrics()
+    assert metrics["media_bytes_last_hour"] == 0
+    assert "process_write_bytes_per_hour" in metrics
