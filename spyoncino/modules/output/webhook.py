@@ -1,0 +1,230 @@
+"""Webhook alerts: POST a JSON document per alert (and per GIF/clip) to one URL.
+
+For home-automation hubs and scripts. The body names the event and its artifact (path on the
+box, and a URL when ``media_base_url`` is set). With ``secret`` set, every request carries
+``X-Spyoncino-Signature: sha256=<hex>``, the HMAC-SHA256 of the exact body bytes, so the
+receiver can check that the box sent it. Delivery goes through the persistent outbox (stored
+first, in order, retried with backoff, 429 ``Retry-After`` honoured).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr
+
+from spyoncino.core.bus import Message
+from spyoncino.core.config import AppConfig
+from spyoncino.core.contracts import BaseModule, ModuleConfig, ModuleNotReady
+from spyoncino.core.outbox import (
+    AlertGate,
+    Outbox,
+    OutboxItem,
+    OutboxSettings,
+    PermanentError,
+    RetryAfter,
+    TransientError,
+)
+from spyoncino.schemas import topics
+from spyoncino.schemas.control import ControlState
+from spyoncino.schemas.events import EventNotice
+from spyoncino.schemas.media import MediaArtifact
+
+CHANNEL = "webhook"
+SIGNATURE_HEADER = "X-Spyoncino-Signature"
+
+
+class Config(ModuleConfig):
+    type: Literal["webhook"] = "webhook"
+    url: str | None = Field(
+        default=None,
+        pattern=r"^https?://",
+        description="Where alerts are POSTed; without it the module stays inert.",
+    )
+    secret: SecretStr | None = Field(
+        default=None, description="HMAC-SHA256 key for the X-Spyoncino-Signature header."
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="Extra request headers (e.g. an Authorization token)."
+    )
+    media_base_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://",
+        description="Base URL under which the box serves media; adds artifact URLs to the body.",
+    )
+    alert_kinds: tuple[Literal["object", "motion"], ...] = Field(
+        default=("object", "motion"), description="Event kinds that raise an alert."
+    )
+    followups: tuple[Literal["gif", "clip"], ...] = Field(
+        default=("gif", "clip"), description="Artifacts posted after the alert when ready."
+    )
+    respect_arming: bool = Field(
+        default=True, description="Stay quiet while disarmed or muted, like Telegram."
+    )
+    timeout_s: float = Field(default=10.0, ge=0.5, le=120.0, description="Request timeout.")
+    outbox: OutboxSettings = Field(
+        default_factory=lambda: OutboxSettings(min_interval_s=0.0),
+        description="Delivery: retries, horizon, rate limits.",
+    )
+
+
+def signature(secret: str, body: bytes) -> str:
+    """The header value a receiver recomputes: ``sha256=<hex HMAC-SHA256 of body>``."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def recipient_of(url: str) -> str:
+    """The URL's host and port: names the recipient without credentials or query secrets."""
+    parts = urlsplit(url)
+    host = parts.hostname or "?"
+    return f"{host}:{parts.port}" if parts.port else host
+
+
+class WebhookOutput(BaseModule):
+    category: ClassVar[Any] = "output"
+    Config: ClassVar[type[ModuleConfig]] = Config
+
+    def __init__(self, ctx: Any) -> None:
+        super().__init__(ctx)
+        self.cfg = Config()
+        self.names: dict[str, str] = {}
+        self.db_path: Path | None = None
+        self.outbox: Outbox | None = None
+        self.gate = AlertGate()
+        self._session: Any = None
+
+    async def configure(self, app: AppConfig) -> None:
+        self.cfg = app.section(self.name or CHANNEL, Config)
+        self.names = {cid: cam.name or cid for cid, cam in app.cameras.items()}
+        self.db_path = app.storage.db_path
+
+    async def start(self) -> None:
+        if self.cfg.url is None:
+            self.log.info("webhook_disabled", reason="no url configured")
+            self.set_state("ok", "disabled: no url")
+            return
+        import aiohttp
+
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.cfg.timeout_s)
+        )
+        assert self.db_path is not None
+        self.outbox = Outbox(
+            channel=CHANNEL,
+            db_path=self.db_path,
+            bus=self.bus,
+            executor=self.ctx.executor,
+            sender=self._deliver,
+            settings=self.cfg.outbox,
+            module=self.ctx.instance,
+        )
+        try:
+            await self.outbox.start()
+        except Exception as e:
+            raise ModuleNotReady(f"cannot open the outbox in {self.db_path}: {e}") from e
+        self.gate = AlertGate(
+            self.cfg.alert_kinds,
+            self.cfg.followups,
+            respect_state=self.cfg.respect_arming,
+            budget=self.outbox.admit,
+        )
+        self.subscribe(topics.CONTROL_STATE.name, self._on_state, policy="latest")
+        self.subscribe("event.#", self._on_event_topic, policy="block", maxsize=256)
+        self.set_state("ok", recipient_of(self.cfg.url))
+
+    async def stop(self) -> None:
+        await super().stop()
+        outbox, self.outbox = self.outbox, None
+        if outbox is not None:
+            await outbox.close()
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    async def _on_state(self, msg: Message[ControlState]) -> None:
+        self.gate.state = msg.payload
+
+    async def _on_event_topic(self, msg: Message[Any]) -> None:
+        p = msg.payload
+        if isinstance(p, EventNotice):
+            self.gate.notice(p)
+            return
+        if not isinstance(p, MediaArtifact) or self.outbox is None or self.cfg.url is None:
+            return
+        for ev, art in self.gate.artifact(p):
+            await self.outbox.enqueue(
+                recipient=recipient_of(self.cfg.url),
+                event_id=art.event_id,
+                camera_id=art.camera_id,
+                kind=art.kind,
+                payload=self.document(ev, art),
+            )
+
+    def document(self, ev: EventNotice, art: MediaArtifact) -> dict[str, Any]:
+        """The JSON body (without ``sent_at``, added per attempt)."""
+        artifact: dict[str, Any] = {
+            "kind": art.kind,
+            "path": art.path,
+            "relpath": art.relpath,
+            "mime": art.mime,
+            "size_bytes": art.size_bytes,
+            "sha256": art.sha256,
+            "width": art.width,
+            "height": art.height,
+            "duration_s": art.duration_s,
+        }
+        if self.cfg.media_base_url:
+            artifact["url"] = f"{self.cfg.media_base_url.rstrip('/')}/{art.relpath}"
+        return {
+            "type": "spyoncino.alert" if art.kind == "snapshot" else f"spyoncino.{art.kind}",
+            "event": {
+                "id": ev.event_id,
+                "camera_id": ev.camera_id,
+                "camera_name": self.names.get(ev.camera_id, ev.camera_id),
+                "kind": ev.kind,
+                "labels": list(ev.labels),
+                "top_score": ev.top_score,
+                "zones": list(ev.zones),
+                "started_at": ev.started_at,
+            },
+            "artifact": artifact,
+        }
+
+    async def _deliver(self, item: OutboxItem) -> str | None:
+        import aiohttp
+
+        assert self._session is not None
+        assert self.cfg.url is not None
+        doc = dict(item.payload, sent_at=time.time(), attempt=item.attempts)
+        if item.coalesced:
+            doc["coalesced_events"] = item.coalesced
+        body = json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
+        headers = {"Content-Type": "application/json", **self.cfg.headers}
+        if self.cfg.secret is not None:
+            headers[SIGNATURE_HEADER] = signature(self.cfg.secret.get_secret_value(), body)
+        try:
+            async with self._session.post(self.cfg.url, data=body, headers=headers) as resp:
+                status = resp.status
+                retry_after = resp.headers.get("Retry-After", "")
+                await resp.read()
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise TransientError(f"{type(e).__name__}: {e}") from e
+        if 200 <= status < 300:
+            return str(status)
+        if status == 429:
+            raise RetryAfter(float(retry_after) if retry_after.isdigit() else 5.0, "429")
+        if status >= 500 or status == 408:
+            raise TransientError(f"HTTP {status}")
+        raise PermanentError(f"HTTP {status}")
+
+    def metrics(self) -> dict[str, float | int | str]:
+        out: dict[str, float | int | str] = {"suppressed": self.gate.suppressed}
+        if self.outbox is not None:
+            out.update(self.outbox.metrics())
+        return out

@@ -1,0 +1,165 @@
+"""Webhook channel against a local receiver that checks the HMAC like a real one would."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest_asyncio
+from aiohttp import web
+
+from spyoncino.core.bus import Bus, Message
+from spyoncino.core.contracts import BoundedExecutor
+from spyoncino.modules.output.webhook import SIGNATURE_HEADER, WebhookOutput, recipient_of
+from spyoncino.schemas import topics
+from spyoncino.schemas.alerts import AlertNotification
+from spyoncino.schemas.control import ControlState
+from tests.support.alerts import publish_event, start_module
+
+SECRET = "s3cret-hmac-key"
+FAST = {"min_interval_s": 0.0, "backoff_initial_s": 0.05, "backoff_max_s": 0.2}
+
+
+class Receiver:
+    """An HTTP endpoint that verifies signatures and can answer errors first."""
+
+    def __init__(self) -> None:
+        self.received: list[dict[str, Any]] = []
+        self.rejected = 0
+        self.answers: list[tuple[int, dict[str, str]]] = []
+        self.times: list[float] = []
+        self.runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.times.append(time.monotonic())
+        if self.answers:
+            status, headers = self.answers.pop(0)
+            return web.Response(status=status, headers=headers)
+        body = await request.read()
+        expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(request.headers.get(SIGNATURE_HEADER, ""), expected):
+            self.rejected += 1
+            return web.Response(status=401)
+        self.received.append(json.loads(body))
+        return web.Response(status=204)
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/hook", self.handle)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}/hook"
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+
+@pytest_asyncio.fixture
+async def env(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
+    bus = Bus(status_interval=0)
+    executor = BoundedExecutor(2)
+    receiver = Receiver()
+    await receiver.start()
+    notes: list[AlertNotification] = []
+
+    async def collect(msg: Message[AlertNotification]) -> None:
+        notes.append(msg.payload)
+
+    bus.subscribe(topics.NOTIFY.pattern(channel="webhook"), collect, module="test")
+    modules: list[Any] = []
+
+    async def make(**section: Any) -> WebhookOutput:
+        m = await start_module(WebhookOutput, "webhook", bus, executor, tmp_path, section)
+        modules.append(m)
+        assert isinstance(m, WebhookOutput)
+        return m
+
+    yield {"bus": bus, "rx": receiver, "make": make, "root": tmp_path, "notes": notes}
+    for m in modules:
+        await m.stop()
+    await receiver.stop()
+    await bus.close()
+    executor.shutdown()
+
+
+async def until(cond: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met"
+        await asyncio.sleep(0.01)
+
+
+async def test_alerts_are_posted_signed_with_event_and_artifact(env: dict[str, Any]) -> None:
+    rx = env["rx"]
+    await env["make"](
+        url=rx.url,
+        secret=SECRET,
+        media_base_url="http://box.local:8080/media",
+        outbox=FAST,
+    )
+    _ev, art = await publish_event(env["bus"], env["root"], "ev-1")
+    await until(lambda: len(rx.received) == 1)
+    doc = rx.received[0]
+    assert rx.rejected == 0
+    assert doc["type"] == "spyoncino.alert"
+    assert doc["event"]["id"] == "ev-1"
+    assert doc["event"]["camera_name"] == "Front door"
+    assert doc["event"]["labels"] == ["person"]
+    assert doc["artifact"]["path"] == art.path
+    assert doc["artifact"]["sha256"] == art.sha256
+    assert doc["artifact"]["url"] == "http://box.local:8080/media/front_door/ev-1.jpg"
+    await env["bus"].drain()
+    sent = [n for n in env["notes"] if n.status == "sent"]
+    assert [(n.event_id, n.recipient) for n in sent] == [("ev-1", recipient_of(rx.url))]
+
+
+async def test_a_wrong_secret_is_refused_by_the_receiver(env: dict[str, Any]) -> None:
+    rx = env["rx"]
+    await env["make"](url=rx.url, secret="not-the-key", outbox=FAST)
+    await publish_event(env["bus"], env["root"], "ev-1")
+    await until(lambda: rx.rejected == 1)
+    await env["bus"].drain()
+    failed = [n for n in env["notes"] if n.status == "failed"]
+    assert [n.error for n in failed] == ["HTTP 401"]  # 4xx: not retried
+
+
+async def test_5xx_and_429_are_retried_in_order(env: dict[str, Any]) -> None:
+    rx = env["rx"]
+    rx.answers = [(500, {}), (429, {"Retry-After": "1"})]
+    await env["make"](url=rx.url, secret=SECRET, outbox=FAST)
+    await publish_event(env["bus"], env["root"], "ev-1")
+    await publish_event(env["bus"], env["root"], "ev-2", camera="garden")
+    await until(lambda: len(rx.received) == 2)
+    assert [d["event"]["id"] for d in rx.received] == ["ev-1", "ev-2"]
+    assert rx.times[2] - rx.times[1] >= 1.0  # Retry-After honoured
+    assert rx.received[0]["attempt"] == 3
+
+
+async def test_disarmed_means_no_post_unless_configured(env: dict[str, Any]) -> None:
+    rx = env["rx"]
+    await env["make"](url=rx.url, secret=SECRET, outbox=FAST)
+    await env["bus"].publish(topics.CONTROL_STATE.name, ControlState(armed=False))
+    await env["bus"].drain()
+    await publish_event(env["bus"], env["root"], "ev-1")
+    await env["bus"].drain()
+    await asyncio.sleep(0.2)
+    assert rx.received == []
+
+
+async def test_without_url_it_is_inert(env: dict[str, Any]) -> None:
+    m = await env["make"]()
+    assert "no url" in m.health().detail
+    await publish_event(env["bus"], env["root"], "ev-1")
+    await env["bus"].drain()
+    assert env["rx"].times == []
