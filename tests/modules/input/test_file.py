@@ -1,0 +1,50 @@
+"""File replay on the shared camera base: native-rate pacing, luma, lazy colour, end of file."""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+from pathlib import Path
+
+import pytest
+
+from spyoncino.modules.input.file import FileInput
+
+from .conftest import SAMPLE_CLIP, SHARED_CLIP
+
+FRAMES = 40  # 4 s of 10 fps footage
+
+
+async def _assert_real_time(camera_input, clip: Path) -> None:
+    h = await camera_input(FileInput, str(clip), "file", options={"pace": "realtime"})
+    await h.wait_frames(FRAMES, timeout=FRAMES * 0.1 + 10)
+    stamps = [f.wall_ts for _, f in h.frames[:FRAMES]]
+    gaps_ms = [(b - a) * 1000 for a, b in itertools.pairwise(stamps)]
+    assert 98 <= statistics.median(gaps_ms) <= 102, gaps_ms
+    assert all(90 <= g <= 110 for g in gaps_ms), [round(g, 1) for g in gaps_ms]
+    span = stamps[-1] - stamps[0]
+    assert abs(span - (FRAMES - 1) * 0.1) < 0.05  # no drift over the run
+    first = h.frames[0][1]
+    assert (first.width, first.height) == (768, 576)
+    assert first.luma.shape == (240, 320)
+    assert first._image is None
+    assert first.image.shape == (576, 768, 3)
+    assert h.module.metrics()["camera_state"] == "streaming"
+
+
+@pytest.mark.skipif(not SHARED_CLIP.is_file(), reason="../shared/media/vtest.mp4 is not present")
+async def test_vtest_replays_at_native_10fps(camera_input) -> None:
+    await _assert_real_time(camera_input, SHARED_CLIP)
+
+
+async def test_packaged_sample_replays_at_native_10fps(camera_input) -> None:
+    await _assert_real_time(camera_input, SAMPLE_CLIP)
+
+
+async def test_fast_replay_ends_and_reports_ended(camera_input) -> None:
+    h = await camera_input(FileInput, str(SAMPLE_CLIP), "file", options={"pace": "fast"})
+    await h.wait_state(("ended",), timeout=60)
+    assert h.module.is_finished()
+    assert len(h.frames) == 250
+    assert [f.seq for _, f in h.frames] == list(range(250))
+    assert h.module.health().state == "ok"
