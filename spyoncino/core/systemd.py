@@ -43,7 +43,8 @@ from spyoncino.schemas import topics
 
 _log = structlog.get_logger("spyoncino.systemd")
 
-DEBUG_HOOKS_ENV = "SPYONCINO_DEBUG_HOOKS"
+# not SPYONCINO_-prefixed: those variables are configuration keys (core/config.py)
+DEBUG_HOOKS_ENV = "DEBUG_SPYONCINO_HOOKS"
 
 
 # -- what the notifier needs from the orchestrator ------------------------------------------------
@@ -105,6 +106,23 @@ def camera_liveness(slots: list[Any], frame_deadline: float) -> list[CameraLiven
             )
         else:
             out.append(CameraLiveness(slot.camera_id, state, age, True))
+    return out
+
+
+def camera_states(slots: list[Any]) -> list[tuple[str, str]]:
+    """(camera id, state) of every camera input: its camera state while the module runs,
+    otherwise the orchestrator's view of the module (retrying, quarantined, stopped)."""
+    out: list[tuple[str, str]] = []
+    for slot in slots:
+        if slot.camera_id is None:
+            continue
+        state = str(slot.state)
+        if state in ("running", "starting"):
+            try:
+                state = str(slot.module.metrics().get("camera_state", "unknown"))
+            except Exception:
+                state = "unknown"
+        out.append((slot.camera_id, state))
     return out
 
 
@@ -305,13 +323,13 @@ class SystemdNotifier:
     # -- status line ------------------------------------------------------------------------
     def status_line(self) -> str:
         """One line for ``systemctl status``: cameras, armed state, events today."""
-        cams = camera_liveness(list(self.orch.slots), self.frame_deadline)
-        streaming = [c for c in cams if c.state == "streaming"]
+        cams = camera_states(list(self.orch.slots))
+        streaming = [cid for cid, state in cams if state == "streaming"]
         parts = []
         if cams and len(streaming) == len(cams):
             parts.append(f"{len(cams)} camera{'s' if len(cams) != 1 else ''} streaming")
         elif cams:
-            others = ", ".join(f"{c.camera_id} {c.state}" for c in cams if c.state != "streaming")
+            others = ", ".join(f"{cid} {state}" for cid, state in cams if state != "streaming")
             parts.append(f"{len(streaming)} of {len(cams)} cameras streaming ({others})")
         else:
             parts.append("no cameras")
@@ -412,7 +430,7 @@ class SystemdNotifier:
         return []
 
     def _debug_block_loop(self) -> None:
-        """SIGUSR2 with SPYONCINO_DEBUG_HOOKS=1: block the loop, to prove the watchdog acts."""
+        """SIGUSR2 with DEBUG_SPYONCINO_HOOKS=1: block the loop, to prove the watchdog acts."""
         _log.warning("debug_hook_blocking_loop")
         time.sleep(3600)  # deliberately blocking: this is the fault being simulated
 
@@ -472,5 +490,6 @@ __all__ = [
     "SystemdNotifier",
     "busy_problems",
     "camera_liveness",
+    "camera_states",
     "watchdog_usec",
 ]
