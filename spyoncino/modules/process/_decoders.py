@@ -149,16 +149,23 @@ class Preprocessor:
         cols = [(v - mean[c]) / std[c] for c in range(3)]
         lut = np.stack(cols, axis=1)  # (256, 3)
         self.lut: npt.NDArray[Any] | None
+        self.gain = np.float32(1.0)
+        self.bias = np.float32(0.0)
         if info.quantized:
             info_min, info_max = np.iinfo(self.dtype).min, np.iinfo(self.dtype).max
             q = np.clip(np.round(lut / info.scale + info.zero_point), info_min, info_max)
             self.lut = q.astype(self.dtype).reshape(256, 1, 3)
-            if self.dtype == np.uint8 and np.array_equal(
-                self.lut[:, 0, :], np.repeat(np.arange(256)[:, None], 3, 1)
-            ):
-                self.lut = None  # the quantization undoes the normalisation exactly
+            identity = np.repeat(np.arange(256)[:, None], 3, 1)
+            if self.dtype == np.uint8 and np.abs(self.lut[:, 0, :] - identity).max() <= 1:
+                # the quantization undoes the normalisation (to one step): feed raw pixels
+                self.lut = None
         elif self.dtype.kind in "iu":
             self.lut = None  # raw pixels (e.g. TF OD API graphs taking uint8)
+        elif len(set(mean)) == 1 and len(set(std)) == 1:
+            # the same for every channel: a scalar multiply-add beats a float lookup table
+            self.lut = None
+            self.gain = np.float32(1.0 / std[0])
+            self.bias = np.float32(-mean[0] / std[0])
         else:
             self.lut = lut.astype(np.float32).reshape(256, 1, 3)
 
@@ -188,7 +195,15 @@ class Preprocessor:
             sx, sy = nw / cw, nh / ch
         if self.rgb:
             img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-        arr: npt.NDArray[Any] = img if self.lut is None else cv2.LUT(img, self.lut)
+        arr: npt.NDArray[Any]
+        if self.lut is not None:
+            arr = cv2.LUT(img, self.lut)
+        elif self.dtype.kind == "f":
+            arr = img.astype(np.float32)
+            arr *= self.gain
+            arr += self.bias
+        else:
+            arr = img
         if arr.dtype != self.dtype:
             arr = arr.astype(self.dtype)
         if self.nchw:

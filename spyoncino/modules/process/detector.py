@@ -111,6 +111,22 @@ class Config(ModuleConfig):
         le=2.0,
         description="Margin added around the merged motion boxes, as a share of their size.",
     )
+    idle_fps: float = Field(
+        default=1.0,
+        gt=0.0,
+        le=60.0,
+        description=(
+            "Inference rate of a camera whose motion keeps finding nothing in the same place "
+            "(swaying trees, shadows, a background still re-learning); max_fps again as soon "
+            "as something is found or motion appears elsewhere."
+        ),
+    )
+    idle_after: int = Field(
+        default=2,
+        ge=1,
+        le=1000,
+        description="Empty inferences in a row before a camera drops to idle_fps.",
+    )
     full_frame_share: float = Field(
         default=0.6,
         gt=0.0,
@@ -312,6 +328,15 @@ def motion_region(
     return (left, top, min(frame_w, left + round(w)), min(frame_h, top + round(h)))
 
 
+def _union(boxes: Sequence[Box]) -> Box:
+    return Box(
+        x1=min(b.x1 for b in boxes),
+        y1=min(b.y1 for b in boxes),
+        x2=max(b.x2 for b in boxes),
+        y2=max(b.y2 for b in boxes),
+    )
+
+
 # -- the module --------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class _Job:
@@ -341,7 +366,10 @@ class ObjectDetector(BaseModule):
         self._cams: dict[str, DetectorCamera] = {}
         self._pending: dict[str, _Job] = {}
         self._order: deque[str] = deque()
-        self._due: dict[str, float] = {}
+        self._last_pick: dict[str, float] = {}
+        # per camera: empty inferences in a row, and the motion they were run for
+        self._empty_streak: Counter[str] = Counter()
+        self._empty_motion: dict[str, Box] = {}
         self._wake: asyncio.Event | None = None
         # telemetry
         self.inferences = 0
@@ -471,15 +499,36 @@ class ObjectDetector(BaseModule):
                 self._order.rotate(-1)  # round robin: the camera served goes to the back
                 if cid not in self._pending:
                     continue
-                due = self._due.get(cid, 0.0)
+                due = self._last_pick.get(cid, -1e9) + self._interval(self._pending[cid])
                 if due <= now:
-                    self._due[cid] = now + 1.0 / self._camera(cid).max_fps
+                    self._last_pick[cid] = now
                     return self._pending.pop(cid)
                 earliest = due if earliest is None else min(earliest, due)
             self._wake.clear()
             timeout = None if earliest is None else max(0.0, earliest - now)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=timeout)
+
+    def _interval(self, job: _Job) -> float:
+        """Seconds between inferences of this job's camera: 1/max_fps, or 1/idle_fps while
+        motion in the same place keeps finding nothing."""
+        cam = self._camera(job.camera_id)
+        fast = 1.0 / cam.max_fps
+        if self.cfg.trigger != "motion" or self._empty_streak[job.camera_id] < self.cfg.idle_after:
+            return fast
+        last = self._empty_motion.get(job.camera_id)
+        if last is None or not job.motion or _union(job.motion).iou(last) < 0.3:
+            return fast  # motion somewhere new: look at once
+        return max(fast, 1.0 / self.cfg.idle_fps)
+
+    def _note_result(self, job: _Job, found: bool) -> None:
+        if found:
+            self._empty_streak[job.camera_id] = 0
+            self._empty_motion.pop(job.camera_id, None)
+            return
+        self._empty_streak[job.camera_id] += 1
+        if job.motion:
+            self._empty_motion[job.camera_id] = _union(job.motion)
 
     # -- inference ---------------------------------------------------------------------------
     async def _worker(self) -> None:
@@ -501,6 +550,7 @@ class ObjectDetector(BaseModule):
             x1, y1, x2, y2 = region
             self._crop_share.append((x2 - x1) * (y2 - y1) / max(1, job.width * job.height))
             dets = self._keep(job, result.detections)
+            self._note_result(job, bool(dets))
             if not dets:
                 continue
             for d in dets:
@@ -584,6 +634,7 @@ class ObjectDetector(BaseModule):
             "errors": self.errors,
             "superseded": self.superseded,
             "skipped_no_motion": self.skipped_no_motion,
+            "idle_cameras": sum(n >= self.cfg.idle_after for n in self._empty_streak.values()),
             "queue_depth": self.queue_depth,
             "max_queue_depth": self.max_queue_depth,
             "inference_ms_p50": round(statistics.median(ms), 3) if ms else 0.0,

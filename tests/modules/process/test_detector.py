@@ -419,3 +419,35 @@ def test_describe_models_lists_tensors(tmp_path: Path) -> None:
     assert "configured (detector.model): " in text
     assert "format yolov8" in text
     assert "output output [1x7x16] float32" in text
+
+
+async def test_motion_that_finds_nothing_drops_to_idle_fps(
+    rig: Rig, sample: dict[int, np.ndarray]
+) -> None:
+    det = await rig.detector(
+        {
+            "cameras": {"front": {"source": "f.mp4", "detector": {"max_fps": 50}}},
+            "detector": {"idle_fps": 1.0, "idle_after": 2},
+        }
+    )
+    empty = np.full_like(sample[100], 90)  # motion in an empty scene: a shadow, a tree
+    t0 = time.monotonic()
+    i = 0
+    while time.monotonic() - t0 < 1.0:
+        await rig.bus.publish(
+            topics.MOTION.name, motion(make_frame("front", i, empty), [(100, 100, 200, 200)])
+        )
+        i += 1
+        await asyncio.sleep(0.01)
+    await settle(det, rig.bus)
+    idle = det.inferences
+    assert 2 <= idle <= 4  # 2 at full rate, then about 1 per second
+    assert det.metrics()["idle_cameras"] == 1
+    # motion somewhere else is looked at at once, and a find restores the full rate
+    await rig.bus.publish(
+        topics.MOTION.name, motion(make_frame("front", i, sample[100]), [(560, 140, 640, 250)])
+    )
+    await settle(det, rig.bus)
+    assert det.inferences == idle + 1
+    assert rig.events
+    assert det.metrics()["idle_cameras"] == 0

@@ -1,0 +1,314 @@
+"""Object detector: ms per inference per model and backend, pre+post share, gating saving.
+
+1. Every shared model (``../shared/models``) and the bundled one, on every runtime installed
+   here (LiteRT, tflite_runtime, ONNX Runtime), 2 threads, on frame 100 of the footage:
+   median ms of bare ``invoke()`` and of our pre- and post-processing (target: pre + post
+   <= 10 % of invoke).
+2. int8 vs fp32 person model: speed and agreement.
+3. Motion gating: a replay where people are present a third of the time (vtest frames between
+   quiet stretches of the clip's own background with sensor noise), played at 10 fps through
+   the real bus, the real motion module and the real detector (max 5 inferences/s):
+   detector CPU with gating (motion-triggered, cropped) vs without (every frame, full frame).
+   Target: >= 2.5x less detector CPU, no person event missed.
+
+Writes bench/results/detector.json.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import av
+import cv2
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import REPO, footage, write_result
+
+from spyoncino.core.bus import Bus, Message
+from spyoncino.core.config import Layer, build_app_model, validate
+from spyoncino.core.contracts import BoundedExecutor, ModuleContext
+from spyoncino.modules.process._backends import open_backend
+from spyoncino.modules.process._decoders import Model, read_labels
+from spyoncino.modules.process.detector import ObjectDetector, bundled_model_path
+from spyoncino.schemas import topics
+from spyoncino.schemas.frames import Frame
+
+MODELS = next(
+    (p for p in (REPO.parent / "shared" / "models", Path("/work/shared/models")) if p.is_dir()),
+    None,
+)
+THREADS = 2
+WARMUP, RUNS = 5, 40
+FPS, DETECT_FPS = 10.0, 5.0
+
+
+def frames(path: Path, first: int, last: int) -> list[np.ndarray]:
+    out = []
+    with av.open(str(path)) as c:
+        for i, f in enumerate(c.decode(video=0)):
+            if i > last:
+                break
+            if i >= first:
+                out.append(f.to_ndarray(format="bgr24"))
+    return out
+
+
+def labels_for(name: str) -> list[str]:
+    assert MODELS is not None or name.startswith("person")
+    if name.startswith("coco"):
+        return read_labels(MODELS / "coco80_labels.txt")  # type: ignore[operator]
+    if name.startswith("oidv4"):
+        return read_labels(MODELS / "oidv4_labels.txt")  # type: ignore[operator]
+    return ["person"]
+
+
+def backends_for(path: Path) -> list[str]:
+    if path.suffix == ".onnx":
+        return ["onnx"] if importlib.util.find_spec("onnxruntime") else []
+    out = []
+    if importlib.util.find_spec("ai_edge_litert"):
+        out.append("litert")
+    if importlib.util.find_spec("tflite_runtime"):
+        out.append("tflite")
+    return out
+
+
+def time_model(path: Path, backend: str, image: np.ndarray) -> dict[str, Any]:
+    model = Model(
+        open_backend(path, backend=backend, num_threads=THREADS),  # type: ignore[arg-type]
+        labels_for(path.name),
+    )
+    for _ in range(WARMUP):
+        model.run(image, None, 0.5)
+    runs = [model.run(image, None, 0.5) for _ in range(RUNS)]
+    pre = statistics.median(r.pre_ms for r in runs)
+    inv = statistics.median(r.invoke_ms for r in runs)
+    post = statistics.median(r.post_ms for r in runs)
+    dets = runs[-1].detections
+    return {
+        "model": path.name,
+        "backend": model.backend.name,
+        "format": model.format,
+        "input": list(model.input_size),
+        "invoke_ms_p50": round(inv, 2),
+        "invoke_ms_min": round(min(r.invoke_ms for r in runs), 2),
+        "pre_ms_p50": round(pre, 3),
+        "post_ms_p50": round(post, 3),
+        "pre_post_share_of_invoke": round((pre + post) / inv, 4),
+        "detections_at_0_5": len(dets),
+        "persons_at_0_5": sum(d.label == "person" for d in dets),
+    }
+
+
+def model_table(image: np.ndarray) -> list[dict[str, Any]]:
+    paths = [bundled_model_path()]
+    if MODELS is not None:
+        paths += sorted(p for p in MODELS.iterdir() if p.suffix in (".tflite", ".onnx"))
+    rows = []
+    for path in paths:
+        for backend in backends_for(path):
+            row = time_model(path, backend, image)
+            row["bundled"] = path == bundled_model_path()
+            print(
+                f"{row['model']:45s} {row['backend']:10s} invoke {row['invoke_ms_p50']:7.2f} ms"
+                f"  pre {row['pre_ms_p50']:.3f}  post {row['post_ms_p50']:.3f}"
+                f"  share {100 * row['pre_post_share_of_invoke']:.1f} %",
+                flush=True,
+            )
+            rows.append(row)
+    return rows
+
+
+# -- gating replay -----------------------------------------------------------------------------
+def build_replay(clip: Path) -> tuple[list[np.ndarray], list[tuple[int, int]]]:
+    """quiet 100, people 75, quiet 100, people 75, quiet 100 frames: people 1/3 of the time."""
+    sample = frames(clip, 0, 249)
+    # the clip's own background: the median over time removes the people walking through
+    background = np.median(np.stack(sample[::5]), axis=0).astype(np.uint8)
+    rng = np.random.default_rng(7)
+
+    def quiet(n: int) -> list[np.ndarray]:
+        out = []
+        for _ in range(n):
+            noise = rng.normal(0.0, 2.5, background.shape).astype(np.float32)
+            out.append(np.clip(background + noise, 0, 255).astype(np.uint8))
+        return out
+
+    replay: list[np.ndarray] = []
+    segments: list[tuple[int, int]] = []
+    replay += quiet(100)
+    segments.append((len(replay), len(replay) + 75))
+    replay += sample[20:95]
+    replay += quiet(100)
+    segments.append((len(replay), len(replay) + 75))
+    replay += sample[150:225]
+    replay += quiet(100)
+    return replay, segments
+
+
+def luma_of(img: np.ndarray) -> np.ndarray:
+    grey = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+    h, w = grey.shape
+    return cv2.resize(grey, (320, round(320 * h / w)), interpolation=cv2.INTER_AREA)
+
+
+async def replay_run(replay: list[np.ndarray], mode: str) -> dict[str, Any]:
+    """mode: motion (baseline, no detector), gated, ungated."""
+    from spyoncino.modules.process.motion import MotionDetector
+
+    registry: dict[str, Any] = {"motion": MotionDetector, "detector": ObjectDetector}
+    for name, cls in registry.items():
+        cls.name = name
+    det_cfg = (
+        {"trigger": "motion", "crop": True}
+        if mode == "gated"
+        else {"trigger": "always", "crop": False}
+    )
+    raw = {
+        "cameras": {"cam": {"source": "cam.mp4", "detector": {"max_fps": DETECT_FPS}}},
+        "detector": det_cfg,
+    }
+    app = validate(build_app_model(registry), [Layer("bench", raw)])
+    bus = Bus(status_interval=0)
+    executor = BoundedExecutor(workers=2)
+    mods: list[Any] = []
+    kinds = ["motion"] if mode == "motion" else ["motion", "detector"]
+    for name in kinds:
+        ctx = ModuleContext(bus=bus, executor=executor, app=app, instance=name)
+        m = registry[name](ctx)
+        await m.configure(app)
+        await m.start()
+        mods.append(m)
+    persons: dict[int, int] = {}
+
+    async def on_objects(msg: Message[Any]) -> None:
+        ev = msg.payload
+        persons[ev.seq] = sum(d.label == "person" for d in ev.detections)
+
+    bus.subscribe(topics.OBJECTS.name, on_objects, policy="block", maxsize=1000, module="bench")
+    lumas = [luma_of(img) for img in replay]
+    h, w = replay[0].shape[:2]
+    cpu0 = time.process_time()
+    t0 = time.monotonic()
+    for i, img in enumerate(replay):
+        due = t0 + i / FPS
+        delay = due - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        frame = Frame("cam", i, time.monotonic(), time.time(), w, h, lumas[i], _image=img)
+        await bus.publish(topics.FRAME.at(camera="cam"), frame)
+    await asyncio.sleep(0.5)
+    await bus.drain(timeout=5.0)
+    cpu = time.process_time() - cpu0
+    wall = time.monotonic() - t0
+    out: dict[str, Any] = {"cpu_s": round(cpu, 3), "wall_s": round(wall, 2)}
+    if mode != "motion":
+        det = mods[-1]
+        m = det.metrics()
+        out.update(
+            inferences=m["inferences"],
+            inference_ms_p50=m["inference_ms_p50"],
+            crop_share_avg=m["crop_share_avg"],
+            frames_with_person=sorted(persons),
+        )
+    for m in reversed(mods):
+        await m.stop()
+    await bus.close()
+    executor.shutdown()
+    return out
+
+
+def gating(clip: Path) -> dict[str, Any]:
+    replay, segments = build_replay(clip)
+    people_frames = sum(b - a for a, b in segments)
+    runs = {mode: asyncio.run(replay_run(replay, mode)) for mode in ("motion", "gated", "ungated")}
+    base = runs["motion"]["cpu_s"]
+    det_cpu = {m: max(1e-3, runs[m]["cpu_s"] - base) for m in ("gated", "ungated")}
+
+    def events(frames_with_person: list[int]) -> list[bool]:
+        return [any(a <= s < b for s in frames_with_person) for a, b in segments]
+
+    def false_frames(frames_with_person: list[int]) -> int:
+        return sum(not any(a <= s < b for a, b in segments) for s in frames_with_person)
+
+    result: dict[str, Any] = {
+        "replay": {
+            "frames": len(replay),
+            "fps": FPS,
+            "detect_max_fps": DETECT_FPS,
+            "people_share": round(people_frames / len(replay), 3),
+            "segments_with_people": segments,
+        },
+        "motion_only_cpu_s": base,
+    }
+    for mode in ("gated", "ungated"):
+        r = runs[mode]
+        seconds_people = people_frames / FPS
+        in_people = sum(1 for s in r["frames_with_person"] if any(a <= s < b for a, b in segments))
+        result[mode] = {
+            "process_cpu_s": r["cpu_s"],
+            "detector_cpu_s": round(det_cpu[mode], 3),
+            "inferences": r["inferences"],
+            "inference_ms_p50": r["inference_ms_p50"],
+            "crop_share_avg": r["crop_share_avg"],
+            "person_events_found": events(r["frames_with_person"]),
+            "frames_with_person_in_people_segments": in_people,
+            "detection_fps_while_people_present": round(in_people / seconds_people, 2),
+            "frames_with_person_outside_segments": false_frames(r["frames_with_person"]),
+        }
+        print(mode, result[mode], flush=True)
+    result["detector_cpu_cut"] = round(det_cpu["ungated"] / det_cpu["gated"], 2)
+    gated, ungated = (
+        result["gated"]["person_events_found"],
+        result["ungated"]["person_events_found"],
+    )
+    result["no_person_event_missed"] = all(g or not u for g, u in zip(gated, ungated, strict=True))
+    return result
+
+
+def main() -> None:
+    clip = footage()
+    image = frames(clip, 100, 100)[0]
+    table = model_table(image)
+    by = {(r["model"], r["backend"]): r for r in table}
+    int8 = by.get(("person_ssdlite_mobilenet_v2_int8.tflite", "litert"))
+    fp32 = by.get(("person_ssdlite_mobilenet_v2_fp32.tflite", "litert"))
+    gate = gating(clip)
+    share_max = max(r["pre_post_share_of_invoke"] for r in table)
+    write_result(
+        "detector",
+        {
+            "footage": clip.name,
+            "threads": THREADS,
+            "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+            "models": table,
+            "int8_vs_fp32": {
+                "int8_invoke_ms": int8["invoke_ms_p50"] if int8 else None,
+                "fp32_invoke_ms": fp32["invoke_ms_p50"] if fp32 else None,
+                "int8_persons": int8["persons_at_0_5"] if int8 else None,
+                "fp32_persons": fp32["persons_at_0_5"] if fp32 else None,
+            },
+            "gating": gate,
+            "targets": {
+                "pre_post_share_of_invoke_max": share_max,
+                "pre_post_share_target": 0.10,
+                "pre_post_share_met": share_max <= 0.10,
+                "gating_cut": gate["detector_cpu_cut"],
+                "gating_cut_target": 2.5,
+                "gating_cut_met": gate["detector_cpu_cut"] >= 2.5,
+                "no_person_event_missed": gate["no_person_event_missed"],
+            },
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
