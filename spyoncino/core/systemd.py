@@ -418,6 +418,8 @@ class SystemdNotifier:
         if executor is None or not hasattr(executor, "run"):
             return []
         if self._probe_task is not None and self._probe_task.done():
+            if not self._probe_task.cancelled() and self._probe_task.exception() is not None:
+                _log.warning("executor_probe_failed", error=repr(self._probe_task.exception()))
             self._probe_task = None
             self._probe_since = None
         if self._probe_task is None:

@@ -13,7 +13,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-cache=${SPYONCINO_SYSTEM_CACHE:-$repo/.cache/system}
+cache=${ROOTFS_CACHE:-$repo/.cache/system}
 python=${PYTHON:-$repo/.venv/bin/python}
 [ -x "$python" ] || python=python3
 suite=bookworm

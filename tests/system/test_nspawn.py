@@ -149,7 +149,11 @@ spyoncino_cameras:
 
 
 @pytest.fixture(scope="module")
-def container(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
+def container(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Container]:
+    if "system" not in (request.config.getoption("markexpr") or ""):
+        pytest.skip("boots a container for ~2 min: run `make test-system` (pytest -m system)")
     built = _build()
     wheel = Path(built["WHEEL"])
     has_status_page = _wheel_has_status_page(wheel)
@@ -223,10 +227,23 @@ def test_service_is_active_and_ready(container: Container) -> None:
     assert props["WatchdogUSec"] == f"{WATCHDOG_SEC}s"
     # READY=1 with a STATUS line came from spyoncino's notifier, not from a process start
     assert "events today" in props["StatusText"], props
-    assert props["NRestarts"] == "0"
     journal = container.journal()
+    assert props["NRestarts"] == "0", journal[-6000:]
     assert "systemd_ready" in journal
     print(f"first ansible run: {container.first_run_s:.1f}s; status: {props['StatusText']!r}")
+
+
+def test_installed_unit_verifies_and_scores_inside_the_container(container: Container) -> None:
+    """The unit as installed (real ExecStart, real user): verify is silent, exposure <= 2.5."""
+    unit = "/etc/systemd/system/spyoncino.service"
+    verify = container.run("systemd-analyze", "verify", unit)
+    assert verify.returncode == 0, verify.stderr
+    assert verify.stderr.strip() == "", verify.stderr
+    security = container.run("systemd-analyze", "security", "--no-pager", "spyoncino")
+    m = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", security.stdout)
+    assert m, security.stdout + security.stderr
+    assert float(m.group(1)) <= 2.5, security.stdout
+    print(f"exposure of the running unit: {m.group(1)}")
 
 
 def test_health_endpoint_answers_inside_the_container(container: Container) -> None:
