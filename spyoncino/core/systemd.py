@@ -312,6 +312,11 @@ class SystemdNotifier:
         if self._thread is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 5.0)
             self._thread = None
+        sock = getattr(self._sd, "socket", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
+        self._sd = None
         if self.debug_hooks:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 asyncio.get_running_loop().remove_signal_handler(signal.SIGUSR2)
