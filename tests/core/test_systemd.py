@@ -261,7 +261,7 @@ async def test_pings_stop_when_a_camera_frame_loop_hangs(notify_socket: NotifySo
 async def test_pings_continue_while_a_camera_is_only_reconnecting(
     notify_socket: NotifySocket,
 ) -> None:
-    interval = 1.0
+    interval = 1.5
     orch = make_orchestrator({"front": "ok://a", "garage": "offline://b"})
     notifier = SystemdNotifier(
         orch, environ=env(notify_socket, interval), frame_deadline=0.5, status_interval=0.2
@@ -272,7 +272,7 @@ async def test_pings_continue_while_a_camera_is_only_reconnecting(
         garage = next(s for s in orch.slots if s.camera_id == "garage")
         assert garage.module.reconnects >= 3
         pings = [t for t in notify_socket.times("WATCHDOG=1") if t >= ready_at]
-        assert len(pings) >= 6
+        assert len(pings) >= 4
         assert max(gaps(pings)) <= interval / 2
         assert notifier.problems() == ()
         assert any("garage reconnecting" in s for s in notify_socket.statuses())
