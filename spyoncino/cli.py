@@ -130,6 +130,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             orch.on_stopping.append(notifier.stop)
         code = await orch.run(exit_when_inputs_end=not args.forever)
         print(format_summary(orch.summary, service.current, loop.time() - t0), flush=True)
+        if orch.stuck:
+            # interpreter exit would join the wedged thread forever
+            sys.stderr.flush()
+            os._exit(code or 1)
         return code
 
     try:

@@ -159,6 +159,8 @@ class Orchestrator:
         self._lock = asyncio.Lock()
         self.started = False
         self.ready = False
+        #: a worker thread did not finish on stop: the process must exit hard
+        self.stuck = False
         #: hooks run after start and before stop (systemd notifier, mDNS, ...)
         self.on_started: list[Callable[[], Awaitable[None]]] = []
         self.on_stopping: list[Callable[[], Awaitable[None]]] = []
@@ -291,7 +293,15 @@ class Orchestrator:
         for unsub in self._unsubs:
             unsub()
         await self.bus.close()
-        await asyncio.get_running_loop().run_in_executor(None, self.executor.shutdown)
+        try:
+            # a native call that never returns (a wedged driver) must not hang the exit
+            await asyncio.wait_for(
+                asyncio.get_running_loop().run_in_executor(None, self.executor.shutdown),
+                timeout=timeout / 2,
+            )
+        except TimeoutError:
+            self.stuck = True
+            _log.error("executor_stuck", timeout_s=timeout / 2)
         _log.info("stopped")
 
     def request_stop(self) -> None:
