@@ -311,6 +311,7 @@ class TelegramOutput(BaseModule):
             "path": art.path,
             "relpath": art.relpath,
             "size_bytes": art.size_bytes,
+            "sha256": art.sha256,
             "mime": art.mime,
             "width": art.width,
             "height": art.height,

@@ -1,0 +1,270 @@
+"""The whole box (``spyoncino run`` in a subprocess) replaying real footage against the Bot API
+emulator: photos then GIF/clip replies to the allowlisted chat only; an outage and a SIGKILL
+lose nothing and repeat nothing.
+
+Replay runs at 4x, so 15 s of wall time are 60 s of footage. The emulator is really down (its
+port refuses connections) while the box keeps detecting and queueing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import signal
+import sqlite3
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+import yaml
+
+from tests.support.botapi import BotApiEmulator, Call
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = Path(os.environ.get("SPYONCINO_SHARED", REPO.parent / "shared"))
+VTEST = SHARED / "media" / "vtest.mp4"
+SAMPLE = REPO / "spyoncino" / "data" / "sample.mp4"
+SPEED = 4.0
+CHAT = 111
+KIND_METHOD = {"snapshot": "sendPhoto", "gif": "sendAnimation", "clip": "sendVideo"}
+
+
+@pytest_asyncio.fixture
+async def emu() -> AsyncIterator[BotApiEmulator]:
+    emulator = BotApiEmulator()
+    await emulator.start()
+    yield emulator
+    await emulator.stop()
+
+
+def footage() -> Path:
+    return VTEST if VTEST.is_file() else SAMPLE
+
+
+def write_config(tmp: Path, emu: BotApiEmulator) -> Path:
+    cfg = {
+        "cameras": {
+            "street": {
+                "name": "Street",
+                "source": str(footage()),
+                "file": {"pace": "realtime", "speed": SPEED},
+            }
+        },
+        "storage": {"root": str(tmp / "var")},
+        "status_page": {"enabled": False},
+        "telegram": {
+            "token": "123456:TEST-token",
+            "chat_ids": [CHAT],
+            "api_base_url": emu.base_url,
+            "followup": "both",
+            "poll_timeout_s": 2,
+            "outbox": {
+                "min_interval_s": 0.0,
+                "backoff_initial_s": 0.5,
+                "backoff_max_s": 2.0,
+                "coalesce_after": 0,
+                "camera_budget": 0,
+            },
+        },
+        "log": {"format": "json", "level": "info"},
+    }
+    path = tmp / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    return path
+
+
+class Box:
+    """``spyoncino run --forever`` in a subprocess, its log lines collected."""
+
+    def __init__(self, config: Path, cwd: Path) -> None:
+        self.config = config
+        self.cwd = cwd
+        self.proc: asyncio.subprocess.Process | None = None
+        self.lines: list[dict[str, Any]] = []
+        self._reader: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SPYONCINO_")}
+        env["PYTHONPATH"] = str(REPO)
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "spyoncino",
+            "run",
+            "--config",
+            str(self.config),
+            "--forever",
+            cwd=self.cwd,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.proc is not None
+        assert self.proc.stdout is not None
+        async for raw in self.proc.stdout:
+            with contextlib.suppress(ValueError):
+                self.lines.append(json.loads(raw))
+
+    def saw(self, event: str) -> bool:
+        return any(line.get("event") == event for line in self.lines)
+
+    async def wait_log(self, event: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.saw(event):
+            assert self.proc is not None
+            if self.proc.returncode is not None:
+                raise AssertionError(f"box exited ({self.proc.returncode}) before {event}")
+            assert time.monotonic() < deadline, f"no {event!r} in the log within {timeout}s"
+            await asyncio.sleep(0.1)
+
+    async def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.send_signal(sig)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.proc.wait(), 10)
+            if self.proc.returncode is None:
+                self.proc.kill()
+                await self.proc.wait()
+        if self._reader is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._reader, 5)
+
+
+def outbox_rows(db: Path) -> list[dict[str, Any]]:
+    if not db.exists():
+        return []
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        cur = conn.execute(
+            "SELECT id, recipient, event_id, kind, status, attempts, payload, result FROM outbox "
+            "WHERE channel='telegram' ORDER BY id"
+        )
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        conn.close()
+
+
+async def wait_rows(db: Path, cond: Any, timeout: float, what: str) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = outbox_rows(db)
+        if cond(rows):
+            return rows
+        assert time.monotonic() < deadline, f"{what} within {timeout}s; rows: {len(rows)}"
+        await asyncio.sleep(0.25)
+
+
+def check_exactly_once_in_order(rows: list[dict[str, Any]], calls: list[Call]) -> None:
+    """Every row marked sent matches one call, in row order: method, chat and file bytes."""
+    sent = [r for r in rows if r["status"] == "sent"]
+    assert len(calls) == len(sent), f"{len(calls)} sends for {len(sent)} rows marked sent"
+    by_row_result: dict[tuple[str, str], str] = {}
+    for row, call in zip(sent, calls, strict=True):
+        assert call.method == KIND_METHOD[row["kind"]], (row, call.method)
+        assert call.chat_id == int(row["recipient"])
+        payload = json.loads(row["payload"])
+        sent_file = call.file(
+            {"snapshot": "photo", "gif": "animation", "clip": "video"}[row["kind"]]
+        )
+        # the bytes announced, or newer ones if the writer replaced the file before the send
+        now_on_disk = hashlib.sha256(Path(payload["path"]).read_bytes()).hexdigest()
+        assert sent_file.sha256 in (payload["sha256"], now_on_disk), row["kind"]
+        assert str(call.result["message_id"]) == row["result"]
+        if row["kind"] == "snapshot":
+            by_row_result[(row["event_id"], row["recipient"])] = row["result"]
+        else:  # follow-ups reply to their own event's photo
+            photo = by_row_result[(row["event_id"], row["recipient"])]
+            assert call.json("reply_parameters")["message_id"] == int(photo)
+
+
+def chat_sends(emu: BotApiEmulator) -> list[Call]:
+    return [c for c in emu.sent() if c.method in KIND_METHOD.values()]
+
+
+@pytest.mark.skipif(not footage().is_file(), reason="no footage to replay")
+async def test_outage_of_60s_of_replay_loses_and_repeats_nothing(
+    tmp_path: Path, emu: BotApiEmulator
+) -> None:
+    db = tmp_path / "var" / "events.sqlite3"
+    box = Box(write_config(tmp_path, emu), tmp_path)
+    await emu.stop()  # down before the box even starts
+    await box.start()
+    try:
+        await box.wait_log("camera_streaming", timeout=60)
+        await asyncio.sleep(60.0 / SPEED)
+        queued = [r for r in outbox_rows(db) if r["status"] == "pending"]
+        assert queued, "no alert queued during the outage"
+        await emu.start()
+        await box.wait_log("source_ended", timeout=120)
+        # let the last events end and their GIFs/clips be delivered
+        rows = await wait_rows(
+            db,
+            lambda rs: rs and all(r["status"] == "sent" for r in rs),
+            timeout=60,
+            what="everything delivered",
+        )
+        await asyncio.sleep(3.0)
+        rows = await wait_rows(db, lambda rs: all(r["status"] == "sent" for r in rs), 30, "settled")
+    finally:
+        await emu.stop()  # nothing can be in flight when the box is killed
+        await asyncio.sleep(0.5)
+        await box.kill()
+    calls = chat_sends(emu)
+    assert {c.chat_id for c in emu.sent()} == {CHAT}  # the allowlisted chat only
+    assert any(r["attempts"] > 1 for r in rows)  # the outage was felt
+    kinds = {r["kind"] for r in rows}
+    assert "snapshot" in kinds
+    assert kinds & {"gif", "clip"}, "no GIF or clip followed the photos"
+    check_exactly_once_in_order(rows, calls)
+
+
+@pytest.mark.skipif(not footage().is_file(), reason="no footage to replay")
+async def test_sigkill_mid_outage_then_restart_delivers_each_alert_once(
+    tmp_path: Path, emu: BotApiEmulator
+) -> None:
+    db = tmp_path / "var" / "events.sqlite3"
+    config = write_config(tmp_path, emu)
+    await emu.stop()
+    first = Box(config, tmp_path)
+    await first.start()
+    try:
+        await first.wait_log("camera_streaming", timeout=60)
+        await wait_rows(db, lambda rs: len(rs) >= 3, 60, "three alerts queued")
+    finally:
+        await first.kill(signal.SIGKILL)
+    before = outbox_rows(db)
+    assert before
+    assert all(r["status"] == "pending" for r in before)
+    await emu.start()
+    second = Box(config, tmp_path)
+    await second.start()
+    try:
+        ids = {r["id"] for r in before}
+        await wait_rows(
+            db,
+            lambda rs: all(r["status"] == "sent" for r in rs if r["id"] in ids),
+            60,
+            "the alerts queued before the kill delivered",
+        )
+        await asyncio.sleep(2.0)
+    finally:
+        await emu.stop()
+        await asyncio.sleep(0.5)
+        await second.kill(signal.SIGKILL)
+    rows = outbox_rows(db)
+    check_exactly_once_in_order(rows, chat_sends(emu))
+    assert all(r["status"] == "sent" for r in rows if r["id"] in {b["id"] for b in before})
