@@ -76,7 +76,7 @@ class Config(ModuleConfig):
         default_factory=dict, description="Per-label cooldown overrides in seconds (0..3600)."
     )
     reentry_distance: float = Field(
-        default=0.25,
+        default=0.15,
         ge=0.0,
         le=1.5,
         description="How near (share of the frame diagonal) a returning object must reappear.",
@@ -91,7 +91,8 @@ class Config(ModuleConfig):
         default=0.12,
         ge=0.0,
         le=1.0,
-        description="Centroid fallback: largest move per frame, share of the frame diagonal.",
+        description="Centroid fallback: largest gap to a track's predicted place, share of the "
+        "frame diagonal (also bounded by the object's own size).",
     )
     stationary_iou: float = Field(
         default=0.6,
@@ -254,6 +255,31 @@ class _Track:
     moved: bool = False
     parked: bool = False
     event: _Event | None = None
+    vx: float = 0.0  # pixels per second, smoothed
+    vy: float = 0.0
+
+    def predicted(self, t: float) -> Box:
+        """Where the box should be at ``t`` if it kept its speed (for at most 1.5 s)."""
+        dt = min(max(0.0, t - self.last_seen_mono), 1.5)
+        dx, dy = round(self.vx * dt), round(self.vy * dt)
+        b = self.box
+        return Box.model_construct(x1=b.x1 + dx, y1=b.y1 + dy, x2=b.x2 + dx, y2=b.y2 + dy)
+
+    def follow(self, box: Box, mono: float) -> None:
+        dt = mono - self.last_seen_mono
+        if dt > 0:
+            (cx, cy), (nx, ny) = _centre(self.box), _centre(box)
+            a = 0.5 if (self.vx or self.vy) else 1.0
+            self.vx += a * ((nx - cx) / dt - self.vx)
+            self.vy += a * ((ny - cy) / dt - self.vy)
+        self.box, self.last_seen_mono = box, mono
+
+    def exited(self, t: float, width: int, height: int) -> bool:
+        """Whether it has walked out of the frame by ``t`` (most of it predicted outside)."""
+        p = self.predicted(t)
+        ix = max(0, min(p.x2, width) - max(p.x1, 0))
+        iy = max(0, min(p.y2, height) - max(p.y1, 0))
+        return ix * iy < 0.5 * max(1, (p.x2 - p.x1) * (p.y2 - p.y1))
 
 
 @dataclass
@@ -312,9 +338,17 @@ class EventTracker(BaseModule):
 
     # -- input ---------------------------------------------------------------------------------
     async def _on_motion(self, msg: Message[MotionEvent]) -> None:
-        if self.mode != "motion":
-            return
         m = msg.payload
+        if self.mode != "motion":
+            # motion comes with every frame: it keeps the camera's clock going while the
+            # detector (which only reports finds) is quiet, so events end on time in replays
+            st = self._camera(m.camera_id)
+            if st.first_mono is None:
+                st.first_mono = m.mono_ts
+            if m.mono_ts > st.clock:
+                st.clock, st.clock_real = m.mono_ts, time.monotonic()
+                await self._expire_camera(m.camera_id, st, m.mono_ts)
+            return
         dets: list[tuple[str, float, Box]] = []
         if m.boxes:
             union = Box(
@@ -377,11 +411,12 @@ class EventTracker(BaseModule):
         st.width, st.height = width, height
         diag = math.hypot(width, height)
         dets = [d for d in detections if self._alerting(camera_id, d[0])]
-        matched = self._associate(st.tracks, dets, diag)
+        matched = self._associate(st.tracks, dets, diag, mono, width, height)
         seen: set[int] = set()
         for track, (_label, score, box) in matched:
             seen.add(track.id)
-            track.box, track.score, track.last_seen_mono = box, score, mono
+            track.follow(box, mono)
+            track.score = score
             track.hits.append(True)
             if track.label != "motion" and box.iou(track.first_box) < self.cfg.stationary_iou:
                 track.moved = True
@@ -463,26 +498,47 @@ class EventTracker(BaseModule):
         await self._expire_camera(camera_id, st, mono)
 
     def _associate(
-        self, tracks: list[_Track], dets: list[tuple[str, float, Box]], diag: float
+        self,
+        tracks: list[_Track],
+        dets: list[tuple[str, float, Box]],
+        diag: float,
+        mono: float,
+        width: int,
+        height: int,
     ) -> list[tuple[_Track, tuple[str, float, Box]]]:
+        """Greedy matching on the tracks' predicted boxes: IoU first, then centre distance.
+
+        A track that has walked out of the frame takes no detection: whoever appears at that
+        edge next is someone new.
+        """
         pairs: list[tuple[float, int, int]] = []
-        for ti, t in enumerate(tracks):
+        live = [
+            (ti, t, t.predicted(mono))
+            for ti, t in enumerate(tracks)
+            if t.label == "motion" or not t.exited(mono, width, height)
+        ]
+        for ti, t, pred in live:
             for di, (label, _s, box) in enumerate(dets):
                 if label != t.label:
                     continue
-                iou = box.iou(t.box)
+                iou = box.iou(pred)
                 if iou >= self.cfg.match_iou:
                     pairs.append((-iou, ti, di))
-        jump = self.cfg.max_jump * diag
-        for ti, t in enumerate(tracks):
-            c = _centre(t.box)
+        cap = self.cfg.max_jump * diag
+        for ti, t, pred in live:
+            c = _centre(pred)
+            dt = min(max(0.0, mono - t.last_seen_mono), 2.0)
             for di, (label, _s, box) in enumerate(dets):
                 if label != t.label:
                     continue
+                # an object can be this far from where it should be: about its own size,
+                # a little more the longer it was not seen
+                size = max(t.box.height, t.box.width, box.height, box.width)
+                gate = min(cap, size * (0.6 + 0.4 * dt)) if t.label != "motion" else cap
                 dc = _centre(box)
                 dist = math.hypot(c[0] - dc[0], c[1] - dc[1])
-                if dist <= jump:
-                    pairs.append((1.0 + dist / max(1.0, jump), ti, di))  # after every IoU pair
+                if dist <= gate:
+                    pairs.append((1.0 + dist / max(1.0, gate), ti, di))  # after every IoU pair
         pairs.sort()
         t_used: set[int] = set()
         d_used: set[int] = set()
@@ -573,6 +629,7 @@ class EventTracker(BaseModule):
                 and other is not track
                 and other.last_seen_mono < mono
                 and all(t.last_seen_mono < mono for t in st.tracks if t.event is ev)
+                and not other.exited(mono, st.width, st.height)  # lost in view, not gone
             ):
                 candidates.append(ev)
         candidates.extend(
