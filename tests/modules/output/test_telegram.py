@@ -18,6 +18,7 @@ from spyoncino.core.config import build_app_model
 from spyoncino.core.contracts import BoundedExecutor, ModuleConfigError, ModuleContext
 from spyoncino.core.files import atomic_write_bytes
 from spyoncino.modules.event.arming import ArmingState
+from spyoncino.modules.event.snapshot import SnapshotWriter
 from spyoncino.modules.output.telegram import TelegramOutput
 from spyoncino.modules.storage.index import connect as index_connect
 from spyoncino.modules.storage.index import upsert_event
@@ -25,8 +26,10 @@ from spyoncino.schemas import topics
 from spyoncino.schemas.alerts import AlertNotification
 from spyoncino.schemas.control import ControlCommand, ControlState
 from spyoncino.schemas.events import EventNotice
+from spyoncino.schemas.frames import Frame
 from spyoncino.schemas.media import MediaArtifact
 from spyoncino.schemas.status import HealthReport, ModuleHealth
+from tests.support.alerts import start_module
 from tests.support.botapi import BotApiEmulator
 
 TOKEN = "123456:TEST-token_abc"
@@ -665,3 +668,34 @@ async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError("condition not met")
         await asyncio.sleep(0.02)
+
+
+async def test_snapshot_command_with_the_real_snapshot_writer(
+    harness: MakeHarness, botapi: BotApiEmulator
+) -> None:
+    h = await harness(**cfg(botapi, chat_ids=[111]))
+    writer = await start_module(
+        SnapshotWriter, "snapshot", h.bus, h.module.ctx.executor, h.root, {}
+    )
+    try:
+        img = np.full((240, 320, 3), 90, np.uint8)
+        frame = Frame(
+            camera_id="garden",
+            seq=1,
+            mono_ts=time.monotonic(),
+            wall_ts=time.time(),
+            width=320,
+            height=240,
+            luma=img[:, :, 0].copy(),
+            _image=img,
+        )
+        await h.bus.publish(topics.FRAME.at(camera="garden"), frame)
+        await h.bus.drain()
+        botapi.push_message(111, 111, "/snapshot garden")
+        photo = await botapi.wait_for("sendPhoto")
+        assert photo.params["caption"].startswith("garden, ")
+        decoded = cv2.imdecode(np.frombuffer(photo.file("photo").data, np.uint8), 1)
+        assert decoded.shape == (240, 320, 3)
+        assert abs(int(decoded.mean()) - 90) <= 2
+    finally:
+        await writer.stop()
