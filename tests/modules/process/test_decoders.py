@@ -13,6 +13,7 @@ import av
 import numpy as np
 import pytest
 
+from spyoncino.core.contracts import ModuleConfigError
 from spyoncino.modules.process._backends import TensorInfo, open_backend
 from spyoncino.modules.process._decoders import (
     DecoderError,
@@ -336,3 +337,36 @@ def test_oidv4_labels_map() -> None:
         d for d in dets if d.label == "person" and max(_box(d).iou(_box(p)) for p in persons) >= 0.5
     ]
     assert len(matched) >= 4
+
+
+def test_yolov8_onnx_export_layout(tmp_path: Path) -> None:
+    """An ONNX graph shaped like an Ultralytics ONNX export: NCHW float input, pixel boxes."""
+    onnx = pytest.importorskip("onnx", reason="the onnx package builds the test graph (dev extra)")
+    from onnx import TensorProto, helper, numpy_helper
+
+    values = yolo_values(normalised=False)
+    graph = helper.make_graph(
+        [helper.make_node("Constant", [], ["output0"], value=numpy_helper.from_array(values))],
+        "tiny_yolo",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, INPUT, INPUT])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, list(values.shape))],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path = tmp_path / "tiny.onnx"
+    onnx.save(model, str(path))
+    backend = open_backend(path)
+    assert backend.name == "onnx-cpu"
+    assert backend.inputs[0].shape == (1, 3, INPUT, INPUT)
+    m = Model(backend, ["person", "car", "dog"])
+    assert m.format == "yolov8"
+    assert m.pre.nchw
+    check_yolo(m)
+
+
+# LiteRT's Delegate.__del__ trips over its own half-built object when loading fails
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_edgetpu_without_the_runtime_is_a_clear_error() -> None:
+    # no Edge TPU runtime on this machine: the real load_delegate fails
+    with pytest.raises(ModuleConfigError, match=r"detector\.model: .*libedgetpu\.so\.1"):
+        load_model(Config(backend="edgetpu"))
