@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from yarl import URL
 from spyoncino.core.files import atomic_write_bytes, sha256_file
 from spyoncino.modules.dashboard.status_page import Config, hash_password, verify_password
 from spyoncino.modules.dashboard.status_page._auth import LoginLimiter
-from spyoncino.modules.dashboard.status_page._store import resolve_media
+from spyoncino.modules.dashboard.status_page._store import EventQuery, resolve_media
 from spyoncino.schemas.events import EventNotice
 from spyoncino.schemas.media import MediaArtifact
 
@@ -63,6 +64,14 @@ def test_login_limiter_locks_out_after_max_failures() -> None:
         lim.failed("a")
     assert lim.retry_after("a") > 50
     assert lim.retry_after("b") == 0
+
+
+def test_day_filter_uses_the_configured_zone() -> None:
+    q = EventQuery(day="2026-03-29", tz="Europe/Rome")  # clocks go forward: a 23-hour day
+    bounds = q.day_bounds()
+    assert bounds is not None
+    assert bounds[1] - bounds[0] == 23 * 3600
+    assert bounds[0] == datetime(2026, 3, 28, 23, 0, tzinfo=UTC).timestamp()
 
 
 # -- auth ----
@@ -533,3 +542,27 @@ async def test_port_zero_reports_the_bound_port(start_page: Any, listen: str) ->
     assert r.page.port > 0
     async with aiohttp.ClientSession() as s, s.get(r.url("/health/live")) as resp:
         assert resp.status == 200
+
+
+# -- mDNS ------------------------------------------------------------------------------------------
+async def test_mdns_advertises_the_page(start_page: Any) -> None:
+    zeroconf = pytest.importorskip("zeroconf.asyncio", reason="the 'mdns' extra is not installed")
+    name = f"Spyoncino test {time.time_ns()}"
+    r: Running = await start_page(page={"listen": "0.0.0.0:0", "mdns": True, "mdns_name": name})
+    await r.wait(lambda: r.page._mdns is not None and r.page._mdns._info is not None, timeout=15)
+    azc = zeroconf.AsyncZeroconf()
+    try:
+        info = await azc.async_get_service_info(
+            "_http._tcp.local.", f"{name}._http._tcp.local.", timeout=5000
+        )
+    finally:
+        await azc.async_close()
+    assert info is not None
+    assert info.port == r.page.port
+    assert info.properties[b"path"] == b"/"
+
+
+async def test_mdns_skipped_on_loopback(start_page: Any) -> None:
+    r: Running = await start_page(page={"mdns": True})
+    await asyncio.sleep(0.2)
+    assert r.page._mdns is None

@@ -317,16 +317,20 @@ class StatusPage(BaseModule):
             self.log.info("mdns_unavailable", reason="install the 'mdns' extra (zeroconf)")
             return
         adv = Advertiser()
+        self._mdns = adv
         name = self.cfg.mdns_name or f"Spyoncino on {socket.gethostname().split('.')[0]}"
         try:
             addrs = await adv.start(name, self.cfg.host, self.port)
+        except asyncio.CancelledError:
+            await adv.stop()  # stopped while announcing: leave no socket behind
+            raise
         except ImportError:
             self.log.info("mdns_unavailable", reason="install the 'mdns' extra (zeroconf)")
             return
         except Exception as e:
             self.log.warning("mdns_failed", error=repr(e))
+            await adv.stop()
             return
-        self._mdns = adv
         self.log.info("mdns_advertised", name=name, addresses=addrs, port=self.port)
 
     async def _heartbeat(self) -> None:
@@ -408,7 +412,12 @@ class StatusPage(BaseModule):
         for cid in self.camera_ids():
             cam = self.app_cfg.cameras[cid]
             m = inputs.get(cid)
-            state = str(m.metrics.get("camera_state", m.state)) if m else "unknown"
+            if m is None:
+                state = "unknown"
+            elif m.state in ("failed", "quarantined", "stopped"):
+                state = m.state
+            else:
+                state = str(m.metrics.get("camera_state", m.state))
             fps = m.metrics.get("fps") if m else None
             frame = self.frames.get(cid)
             out.append(

@@ -44,9 +44,9 @@ class Advertiser:
             properties={"path": path},
             server=f"{hostname}.local.",
         )
-        zc = AsyncZeroconf(ip_version=IPVersion.V4Only)
-        await zc.async_register_service(info, allow_name_change=True)
-        self._zc, self._info = zc, info
+        self._zc = AsyncZeroconf(ip_version=IPVersion.V4Only)
+        await self._zc.async_register_service(info, allow_name_change=True)
+        self._info = info
         return addresses
 
     async def stop(self) -> None:
@@ -54,6 +54,7 @@ class Advertiser:
         if zc is None:
             return
         try:
-            await zc.async_unregister_service(info)
+            if info is not None:
+                await zc.async_unregister_service(info)
         finally:
             await zc.async_close()

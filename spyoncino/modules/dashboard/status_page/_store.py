@@ -11,9 +11,10 @@ import json
 import sqlite3
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path, PurePosixPath
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from spyoncino.schemas.events import EventNotice
 from spyoncino.schemas.media import MediaArtifact
@@ -126,12 +127,20 @@ class EventQuery:
     day: str | None = None  # YYYY-MM-DD, local time
     before: float | None = None
     limit: int = 50
+    tz: str | None = None  # runtime.timezone: the zone media folders and captions use
 
     def day_bounds(self) -> tuple[float, float] | None:
         if not self.day:
             return None
-        start = datetime.strptime(self.day, "%Y-%m-%d").astimezone()
-        return start.timestamp(), start.timestamp() + 86400.0
+        day = datetime.strptime(self.day, "%Y-%m-%d")
+        zone = ZoneInfo(self.tz) if self.tz else None
+        start = day.replace(tzinfo=zone) if zone else day.astimezone()
+        end = (
+            (day + timedelta(days=1)).replace(tzinfo=zone)
+            if zone
+            else (day + timedelta(days=1)).astimezone()
+        )
+        return start.timestamp(), end.timestamp()  # a DST day is 23 or 25 hours long
 
     def matches(self, row: EventRow) -> bool:
         if self.camera and row.camera_id != self.camera:

@@ -279,6 +279,7 @@ def _query(request: web.Request) -> EventQuery:
         day=day,
         before=before,
         limit=limit,
+        tz=_page(request).app_cfg.runtime.timezone,
     )
 
 
