@@ -473,11 +473,12 @@ class SsdPostprocessDecoder:
         self.classes: int | None = None
         self.size = size
 
-    def _roles(self, outputs: list[npt.NDArray[Any]]) -> tuple[int, int]:
+    def _roles(self, outputs: list[npt.NDArray[Any]], n: int) -> tuple[int, int]:
+        """(scores, classes) positions: by name, else by value (classes are whole numbers)."""
         if self.scores_pos is not None and self.classes_pos is not None:
             return self.scores_pos, self.classes_pos
         a, b = self.rest
-        va, vb = outputs[a].ravel(), outputs[b].ravel()
+        va, vb = outputs[a].ravel()[:n], outputs[b].ravel()[:n]  # past count: garbage
         a_int = bool(np.all(va == np.round(va)))
         b_int = bool(np.all(vb == np.round(vb)))
         if (va.size and va.max() > 1.0) or (a_int and not b_int):
@@ -487,8 +488,8 @@ class SsdPostprocessDecoder:
         return b, a  # TF1 order: boxes, classes, scores, count
 
     def __call__(self, outputs: list[npt.NDArray[Any]], min_score: float) -> Decoded:
-        scores_pos, classes_pos = self._roles(outputs)
         n = int(np.asarray(outputs[self.count]).ravel()[0])
+        scores_pos, classes_pos = self._roles(outputs, n)
         scores = np.asarray(outputs[scores_pos], np.float32).reshape(-1)[:n]
         classes = np.asarray(outputs[classes_pos]).reshape(-1)[:n].astype(np.int64)
         boxes = np.asarray(outputs[self.box], np.float32).reshape(-1, 4)[:n]

@@ -68,7 +68,9 @@ class Config(ModuleConfig):
     num_threads: int = Field(default=2, ge=1, le=16, description="CPU threads for inference.")
     input_size: tuple[int, int] | None = Field(
         default=None,
-        description="[height, width] for models with a dynamic input size (ONNX); else unused.",
+        description=(
+            "[height, width], 16..4096, for models with a dynamic input size (ONNX); else unused."
+        ),
     )
     resize: Literal["auto", "letterbox", "stretch"] = Field(
         default="auto",
@@ -133,6 +135,13 @@ class Config(ModuleConfig):
         le=1.0,
         description="A crop covering more than this share of the frame becomes the full frame.",
     )
+
+    @field_validator("input_size")
+    @classmethod
+    def _size(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
+        if value is not None and not all(16 <= v <= 4096 for v in value):
+            raise ValueError(f"input_size {list(value)} must be [height, width] in 16..4096")
+        return value
 
     @field_validator("label_scores")
     @classmethod
