@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -19,6 +20,12 @@ from spyoncino.core.files import atomic_write_bytes, sha256_file
 from spyoncino.modules.dashboard.status_page import Config, hash_password, verify_password
 from spyoncino.modules.dashboard.status_page._auth import LoginLimiter
 from spyoncino.modules.dashboard.status_page._store import EventQuery, resolve_media
+from spyoncino.modules.dashboard.status_page._system import (
+    collect,
+    cpu_temperature,
+    read_throttled,
+    throttle_flags,
+)
 from spyoncino.schemas.events import EventNotice
 from spyoncino.schemas.media import MediaArtifact
 
@@ -544,7 +551,7 @@ async def test_port_zero_reports_the_bound_port(start_page: Any, listen: str) ->
         assert resp.status == 200
 
 
-# -- mDNS ------------------------------------------------------------------------------------------
+# -- mDNS ----
 async def test_mdns_advertises_the_page(start_page: Any) -> None:
     zeroconf = pytest.importorskip("zeroconf.asyncio", reason="the 'mdns' extra is not installed")
     name = f"Spyoncino test {time.time_ns()}"
@@ -566,3 +573,86 @@ async def test_mdns_skipped_on_loopback(start_page: Any) -> None:
     r: Running = await start_page(page={"mdns": True})
     await asyncio.sleep(0.2)
     assert r.page._mdns is None
+
+
+# -- system probe ----
+def test_cpu_temperature_prefers_the_cpu_zone(tmp_path: Path) -> None:
+    for i, (kind, milli) in enumerate([("acpitz", "41000"), ("cpu-thermal", "55312")]):
+        zone = tmp_path / f"thermal_zone{i}"
+        zone.mkdir()
+        (zone / "type").write_text(kind + "\n")
+        (zone / "temp").write_text(milli + "\n")
+    assert cpu_temperature(tmp_path) == pytest.approx(55.312)
+    assert cpu_temperature(tmp_path / "none") is None
+
+
+async def test_throttling_read_from_vcgencmd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = tmp_path / "vcgencmd"  # the Pi firmware tool's output format
+    fake.write_text("#!/bin/sh\necho throttled=0x50005\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    value = await read_throttled()
+    assert value == 0x50005
+    assert throttle_flags(value) == (
+        "under-voltage",
+        "throttled",
+        "under-voltage occurred",
+        "throttling occurred",
+    )
+    info = collect(tmp_path, time.monotonic(), "1.0", value)
+    assert info.as_dict()["throttled"] == "0x50005"
+    assert info.mem_total > 0
+
+
+# -- pages with every kind of content ----
+async def test_event_health_and_events_pages_show_everything(
+    start_page: Any, tmp_path: Path
+) -> None:
+    root = tmp_path / "root"
+    r: Running = await start_page(cameras=LOOPING_CAM)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    await r.wait(lambda: r.page.reports.bus is not None and r.page.reports.health is not None)
+    for i in range(3):
+        await r.orch.bus.publish("event.object.started", _notice(f"ev-{i}"))
+    for kind, ext, mime in (
+        ("snapshot", "jpg", "image/jpeg"),
+        ("gif", "gif", "image/gif"),
+        ("clip", "mp4", "video/mp4"),
+    ):
+        f = root / "cam" / "2026-01-01" / f"ev-0.{ext}"
+        digest = atomic_write_bytes(f, b"data")
+        art = MediaArtifact(
+            event_id="ev-0",
+            camera_id="cam",
+            kind=kind,  # type: ignore[arg-type]
+            path=str(f),
+            relpath=f"cam/2026-01-01/ev-0.{ext}",
+            size_bytes=4,
+            sha256=digest,
+            mime=mime,
+            created_at=time.time(),
+            duration_s=2.0 if kind == "clip" else None,
+        )
+        await r.orch.bus.publish(f"event.{kind}.ready", art)
+    await r.wait(lambda: (e := r.page.live.get("ev-0")) is not None and len(e.artifacts) == 3)
+    async with r.http.get(r.url("/events/ev-0"), headers=auth) as resp:
+        page = await resp.text()
+    assert 'id="gif"' in page
+    assert 'id="clip"' in page
+    assert 'src="/media/cam/2026-01-01/ev-0.mp4"' in page
+    async with r.http.get(r.url("/api/events/ev-0"), headers=auth) as resp:
+        assert (await resp.json())["artifacts"]["clip"]["duration_s"] == 2.0
+    async with r.http.get(r.url("/api/events/nope"), headers=auth) as resp:
+        assert resp.status == 404
+    async with r.http.get(r.url("/events?limit=2&camera=cam"), headers=auth) as resp:
+        page = await resp.text()
+    assert "Older events" in page
+    async with r.http.get(r.url("/health"), headers=auth) as resp:
+        page = await resp.text()
+    assert "status_page" in page
+    assert "camera.cam.frame" in page
+    assert "ready" in page
+    async with r.http.get(r.url("/api/events?limit=x"), headers=auth) as resp:
+        assert resp.status == 400
