@@ -19,6 +19,7 @@ from yarl import URL
 from spyoncino.core.files import atomic_write_bytes, sha256_file
 from spyoncino.modules.dashboard.status_page import Config, hash_password, verify_password
 from spyoncino.modules.dashboard.status_page._auth import LoginLimiter
+from spyoncino.modules.dashboard.status_page._metrics import Metrics, Reports
 from spyoncino.modules.dashboard.status_page._store import EventQuery, resolve_media
 from spyoncino.modules.dashboard.status_page._system import (
     collect,
@@ -28,6 +29,7 @@ from spyoncino.modules.dashboard.status_page._system import (
 )
 from spyoncino.schemas.events import EventNotice
 from spyoncino.schemas.media import MediaArtifact
+from spyoncino.schemas.status import HealthReport, ModuleHealth
 
 from .conftest import PASSWORD, PW_HASH, SAMPLE, TOKEN, Running, registry
 
@@ -656,3 +658,27 @@ async def test_event_health_and_events_pages_show_everything(
     assert "ready" in page
     async with r.http.get(r.url("/api/events?limit=x"), headers=auth) as resp:
         assert resp.status == 400
+
+
+def test_report_metrics_cover_outbox_cameras_and_modules() -> None:
+    cam = ModuleHealth(
+        module="file:cam",
+        state="ok",
+        metrics={
+            "camera": "cam",
+            "camera_state": "streaming",
+            "fps": 9.5,
+            "frames": 42,
+            "frames_capped": 3,
+            "reconnects": 1,
+            "last_frame_age_s": 0.1,
+        },
+    )
+    tg = ModuleHealth(module="telegram", state="degraded", metrics={"outbox_pending": 4})
+    reports = Reports(health=HealthReport(overall="degraded", modules=(cam, tg), at=time.time()))
+    text = Metrics(lambda: reports, "9.9").render().decode()
+    assert 'spyoncino_outbox_depth{module="telegram"} 4.0' in text
+    assert 'spyoncino_camera_frames_total{camera="cam"} 42.0' in text
+    assert 'spyoncino_camera_frames_dropped_total{camera="cam",reason="fps_cap"} 3.0' in text
+    assert 'spyoncino_module_state{module="telegram",state="degraded"} 1.0' in text
+    assert 'spyoncino_build_info{version="9.9"} 1.0' in text
