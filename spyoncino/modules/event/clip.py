@@ -138,6 +138,8 @@ class _Cam:
     budget_warned: bool = False
 
     def now(self) -> float:
+        if not self.clock_real:
+            return self.clock  # no frame yet: time stands still
         return self.clock + (time.monotonic() - self.clock_real)
 
 
@@ -302,6 +304,8 @@ class ClipRecorder(BaseModule):
             cam.ring_bytes -= cam.ring.popleft()[1].nbytes
         if cam.session is not None:
             self._encode(cam.session, i420, f.mono_ts)
+        elif cam.clips:
+            self._open_session(cam)  # an event started before this camera's first frame
 
     def _encode(self, session: _Session, i420: Image, mono: float) -> None:
         t0 = time.perf_counter()

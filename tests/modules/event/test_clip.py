@@ -186,3 +186,15 @@ def test_cut_starts_at_a_keyframe() -> None:
     assert got[-1].pts == 3500
     assert cut(packets, -100, 500)[0].pts == 0
     assert np.all(np.diff([p.pts for p in got]) > 0)
+
+
+async def test_event_before_the_first_frame_still_gets_a_clip(harness: Harness) -> None:
+    _, rec = await recorder(harness, preroll_s=1.0)
+    await harness.bus.publish("event.object.started", notice("early", "started", 0.0))
+    await harness.bus.wait_idle("event.object.started")
+    await play(harness, range(0, 60), {30: notice("early", "ended", 0.0, 3.0)})
+    await harness.settle()
+    (art,) = [p for _, p in rec]
+    seqs = probe(art.path)[3]
+    assert seqs[0] == 0
+    assert seqs[-1] == 50
