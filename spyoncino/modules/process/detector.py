@@ -375,13 +375,15 @@ class ObjectDetector(BaseModule):
         self._cams: dict[str, DetectorCamera] = {}
         self._pending: dict[str, _Job] = {}
         self._order: deque[str] = deque()
-        self._last_pick: dict[str, float] = {}
+        self._last_ts: dict[str, float] = {}  # frame time of each camera's last inference
+        self._arrived: dict[str, float] = {}  # when each pending job arrived (monotonic)
         # per camera: empty inferences in a row, and the motion they were run for
         self._empty_streak: Counter[str] = Counter()
         self._empty_motion: dict[str, Box] = {}
         self._wake: asyncio.Event | None = None
         # telemetry
         self.inferences = 0
+        self.busy = False  # an inference is in flight
         self.published = 0
         self.errors = 0
         self.superseded = 0
@@ -494,11 +496,18 @@ class ObjectDetector(BaseModule):
             if job.camera_id not in self._order:
                 self._order.append(job.camera_id)
         self._pending[job.camera_id] = job
+        self._arrived[job.camera_id] = time.monotonic()
         self.max_queue_depth = max(self.max_queue_depth, len(self._pending))
         if self._wake is not None:
             self._wake.set()
 
     async def _next_job(self) -> _Job:
+        """The next camera in turn whose newest frame is due.
+
+        The rate cap runs on the frames' own clock (``mono_ts``): live that is the capture
+        time, and a replay at any speed infers the same frames. A frame that is not due yet
+        is inferred anyway when no newer one came for a whole interval (motion stopped).
+        """
         assert self._wake is not None
         while True:
             now = time.monotonic()
@@ -506,13 +515,19 @@ class ObjectDetector(BaseModule):
             for _ in range(len(self._order)):
                 cid = self._order[0]
                 self._order.rotate(-1)  # round robin: the camera served goes to the back
-                if cid not in self._pending:
+                job = self._pending.get(cid)
+                if job is None:
                     continue
-                due = self._last_pick.get(cid, -1e9) + self._interval(self._pending[cid])
-                if due <= now:
-                    self._last_pick[cid] = now
+                interval = self._interval(job)
+                last = self._last_ts.get(cid)
+                elapsed = None if last is None else job.mono_ts - last
+                # 2 ms of slack: 10 fps frames are 0.1 s apart give or take rounding
+                due = elapsed is None or elapsed < 0 or elapsed >= interval - 0.002
+                if due or now - self._arrived.get(cid, now) >= interval:
+                    self._last_ts[cid] = job.mono_ts
                     return self._pending.pop(cid)
-                earliest = due if earliest is None else min(earliest, due)
+                wake_at = self._arrived.get(cid, now) + interval
+                earliest = wake_at if earliest is None else min(earliest, wake_at)
             self._wake.clear()
             timeout = None if earliest is None else max(0.0, earliest - now)
             with contextlib.suppress(TimeoutError):
@@ -544,6 +559,7 @@ class ObjectDetector(BaseModule):
         while True:
             job = await self._next_job()
             model = self._model
+            self.busy = True
             try:
                 result, region = await self.ctx.executor.run(self._infer, model, job)
             except Exception as e:
@@ -551,6 +567,8 @@ class ObjectDetector(BaseModule):
                 self.set_state("degraded", "inference failed", repr(e))
                 self.log.error("detector_inference_failed", camera=job.camera_id, error=repr(e))
                 continue
+            finally:
+                self.busy = False
             if self._state == "degraded":
                 self.set_state("ok", f"{self._model_name} on {model.backend.name}")
             self.inferences += 1

@@ -451,3 +451,24 @@ async def test_motion_that_finds_nothing_drops_to_idle_fps(
     assert det.inferences == idle + 1
     assert rig.events
     assert det.metrics()["idle_cameras"] == 0
+
+
+async def test_rate_cap_runs_on_the_frames_own_clock(
+    rig: Rig, sample: dict[int, np.ndarray]
+) -> None:
+    """A replay faster than real time infers the same frames: every second one at 5 fps."""
+    det = await rig.detector({"detector": {"crop": False}})
+    for i in range(80, 100):
+        img = sample[i]
+        h, w = img.shape[:2]
+        luma = cv2.resize(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), (320, 240))
+        f = Frame("front", i, 1000.0 + i / 10, 1.7e9 + i / 10, w, h, luma, _image=img)
+        await rig.bus.publish(topics.MOTION.name, motion(f, [(0, 0, w, h)]))
+        t0 = time.monotonic()
+        while True:  # let the worker take it if it is due (well before the 0.2 s fallback)
+            await asyncio.sleep(0.002)
+            if not det.busy and (det.queue_depth == 0 or time.monotonic() - t0 > 0.05):
+                break
+    await settle(det, rig.bus)
+    seqs = [e.seq for e in rig.events]
+    assert seqs[:10] == list(range(80, 100, 2))
