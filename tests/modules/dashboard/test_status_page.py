@@ -99,6 +99,18 @@ async def test_unauthenticated_posts_are_refused_and_change_nothing(start_page: 
             r.url(path), data={"csrf_token": "x"}, allow_redirects=False
         ) as resp:
             assert resp.status in (401, 403), (path, resp.status)
+    # open routes (probes, static files, login) never open a door to another route
+    for path in (
+        "/static/../api/disarm",
+        "/static/%2e%2e/api/disarm",
+        "/health/live/../../api/disarm",
+        "/login/../api/disarm",
+        "//api/disarm",
+        "/api//disarm",
+        "/api/disarm/",
+    ):
+        async with r.http.post(URL(r.base + path, encoded=True), allow_redirects=False) as resp:
+            assert resp.status in (401, 403, 404), (path, resp.status)
     await asyncio.sleep(0.3)
     assert r.commands == []
     assert r.page.control.armed == armed

@@ -135,6 +135,7 @@
         body: "{}"
       }).then(function (r) { return r.json(); }).then(function (j) {
         if (j.state) { showState(j.state); }
+        if (j.image) { refreshSnaps(); }
       });
     });
   });

@@ -17,6 +17,7 @@ import time
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import quote
 
 from aiohttp import web
 
@@ -48,11 +49,16 @@ SECURITY_HEADERS = {
 }
 
 
+OPEN_ROUTES = frozenset({"/health/live", "/health/ready", "/login", "/static/{name}"})
+
+
 def _access(request: web.Request, metrics_public: bool) -> Access:
-    path = request.path
-    if path.startswith(("/health/", "/static/")) or path == "/login":
+    # decided on the route that matched, never on a path prefix ("/static/../api/arm")
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else None
+    if route in OPEN_ROUTES:
         return "open"
-    if path == "/metrics":
+    if route == "/metrics":
         return "open" if metrics_public else "read"
     if request.method in ("GET", "HEAD", "OPTIONS"):
         return "read"
@@ -62,9 +68,10 @@ def _access(request: web.Request, metrics_public: bool) -> Access:
 def _deny(request: web.Request, status: int, reason: str) -> web.Response:
     wants_html = request.method == "GET" and "text/html" in request.headers.get("Accept", "")
     if status == 401 and wants_html and not request.path.startswith(("/api/", "/media/")):
-        raise web.HTTPSeeOther(
-            f"/login?next={request.path_qs}" if request.path != "/" else "/login"
+        target = (
+            "/login" if request.path == "/" else "/login?next=" + quote(request.path_qs, safe="")
         )
+        raise web.HTTPSeeOther(target)
     return web.json_response({"ok": False, "error": reason}, status=status)
 
 
@@ -193,16 +200,17 @@ async def login_post(request: web.Request) -> web.StreamResponse:
     client = request.remote or "?"
     wait = p.limiter.retry_after(client)
     if wait > 0:
-        return web.json_response(
-            {"ok": False, "error": "too many failed logins", "retry_after_s": round(wait)},
-            status=429,
-            headers={"Retry-After": str(max(1, round(wait)))},
+        resp = _login_form(
+            request, f"Too many wrong passwords: try again in {max(1, round(wait))} s.", 429
         )
+        resp.headers["Retry-After"] = str(max(1, round(wait)))
+        return resp
     form = await request.post()
     sent = form.get("csrf_token")
     cookie = request.cookies.get(LOGIN_COOKIE)
     if not isinstance(sent, str) or not cookie or not tokens_equal(sent, cookie):
-        return web.json_response({"ok": False, "error": "missing or wrong CSRF token"}, status=403)
+        # a stale form (another login tab, an expired cookie) or a cross-site post
+        return _login_form(request, "The login form expired: please try again.", 403)
     password = form.get("password")
     if not isinstance(password, str) or not await p.check_password(password):
         p.limiter.failed(client)
