@@ -2,8 +2,11 @@
 
 An alert is a promise to the owner, so it is written to SQLite (table ``outbox`` in the event
 index database) *before* anything is sent, and marked sent right after the channel confirms.
-One worker per recipient delivers that recipient's items strictly in order, so a GIF never
-arrives before the photo it replies to and alerts never shuffle after an outage.
+One worker per recipient delivers that recipient's alerts strictly in order, so alerts never
+shuffle after an outage, and a GIF or clip never arrives before the photo it replies to. A new
+alert's photo may overtake an older event's GIF upload: an alert never waits for megabytes of
+follow-up. SQLite and file reads run on the outbox's own I/O thread, not the shared pool, so
+an alert never queues behind GIF encoding or inference.
 
 Failures are sorted by what they mean (the channel raises one of these):
 
@@ -37,9 +40,10 @@ import sqlite3
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
@@ -51,6 +55,8 @@ from spyoncino.schemas.alerts import AlertNotification
 from spyoncino.schemas.control import ControlState
 from spyoncino.schemas.events import EventNotice
 from spyoncino.schemas.media import MediaArtifact
+
+R = TypeVar("R")
 
 #: ``muted_until`` key that mutes every camera
 ALL_CAMERAS = "*"
@@ -356,6 +362,7 @@ class Outbox:
         self.log = structlog.get_logger("spyoncino").bind(module=module or channel, part="outbox")
         self._conn: sqlite3.Connection | None = None
         self._db_lock = asyncio.Lock()
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"outbox-{channel}")
         self._recipients: dict[str, _Recipient] = {}
         self._camera_windows: dict[str, _Window] = {}
         self._camera_over: dict[str, int] = {}
@@ -372,7 +379,7 @@ class Outbox:
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
-        self._conn = await self.executor.run(open_db, self.db_path)
+        self._conn = await self.run_io(open_db, self.db_path)
         now = time.time()
         await self._db(_prune, self.channel, now - self.settings.keep_sent_s)
         pending = await self._db(_load_pending, self.channel)
@@ -395,13 +402,21 @@ class Outbox:
         conn, self._conn = self._conn, None
         if conn is not None:
             async with self._db_lock:
-                await self.executor.run(conn.close)
+                await self.run_io(conn.close)
+        self._io.shutdown(wait=False)
 
     async def _db(self, fn: Callable[..., Any], *args: Any) -> Any:
         if self._conn is None:
             raise RuntimeError("outbox is not open")
         async with self._db_lock:
-            return await self.executor.run(fn, self._conn, *args)
+            return await self.run_io(fn, self._conn, *args)
+
+    async def run_io(self, fn: Callable[..., R], *args: Any) -> R:
+        """Run small blocking I/O (SQLite, reading the file to send) on the outbox's own thread.
+
+        Not the shared pool: there an alert would queue behind GIF encoding and inference.
+        """
+        return await asyncio.get_running_loop().run_in_executor(self._io, lambda: fn(*args))
 
     # -- enqueue ------------------------------------------------------------------------------
     def admit(self, camera_id: str, now: float | None = None) -> bool:
@@ -497,7 +512,9 @@ class Outbox:
                     await rec.wake.wait()
                     continue
                 await self._maybe_coalesce(rid, rec)
-                item = rec.queue[0]
+                # alerts go in order; a GIF/clip waits for its own photo (queued before it)
+                # but a newer alert's photo does not wait for an older event's upload
+                item = next((i for i in rec.queue if i.primary), rec.queue[0])
                 delay = self._delay(rid, rec, item)
                 if delay > 0:
                     # not rec.wake: a new item behind this one must not cut the wait short
@@ -588,8 +605,10 @@ class Outbox:
     ) -> None:
         # commit first: a crash after this line can no longer send the item twice
         await self._db(_mark, item.id, status, item.attempts, item.next_at, error, result)
-        if rec.queue and rec.queue[0] is item:
-            rec.queue.popleft()
+        for n, queued in enumerate(rec.queue):
+            if queued is item:
+                del rec.queue[n]
+                break
         self.stats[status] += 1
         if status == "failed":
             self.log.warning(

@@ -199,6 +199,26 @@ async def test_pending_items_survive_a_restart_and_sent_ones_are_not_repeated(
     assert rows == {"sent": 4}
 
 
+async def test_a_new_alert_does_not_wait_for_an_older_follow_up(env: dict[str, Any]) -> None:
+    ch = FakeChannel()
+    ch.down = True
+    box = env["make"](ch)
+    await box.start()
+    await put(box, "e1", "snapshot")
+    await put(box, "e1", "gif")
+    await put(box, "e1", "clip")
+    await put(box, "e2", "snapshot")
+    await asyncio.sleep(0.1)
+    ch.down = False
+    await until(lambda: len(ch.delivered) == 4)
+    assert [(d[1], d[2]) for d in ch.delivered] == [
+        ("e1", "snapshot"),
+        ("e2", "snapshot"),
+        ("e1", "gif"),
+        ("e1", "clip"),
+    ]
+
+
 async def test_follow_ups_see_the_result_of_their_alert(env: dict[str, Any]) -> None:
     ch = FakeChannel()
     box = env["make"](ch)
@@ -223,7 +243,8 @@ async def test_far_behind_alerts_fold_into_one_per_camera(env: dict[str, Any]) -
     await until(lambda: box.pending() == 0)
     delivered = [(d[1], d[2]) for d in ch.delivered]
     # the head item may have been tried before folding; the rest fold into the latest
-    assert delivered[-3:] == [("a5", "snapshot"), ("a5", "gif"), ("b0", "snapshot")]
+    # alerts first and in order; the GIF after its own photo
+    assert delivered[-3:] == [("a5", "snapshot"), ("b0", "snapshot"), ("a5", "gif")]
     summary = next(i for i in ch.items if i.event_id == "a5" and i.kind == "snapshot")
     assert summary.coalesced + 1 + (len(delivered) - 3) // 2 == 6
     assert box.stats["coalesced"] > 0

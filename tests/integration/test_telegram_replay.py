@@ -147,7 +147,8 @@ def outbox_rows(db: Path) -> list[dict[str, Any]]:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
     try:
         cur = conn.execute(
-            "SELECT id, recipient, event_id, kind, status, attempts, payload, result FROM outbox "
+            "SELECT id, recipient, event_id, kind, status, attempts, payload, result, sent_at "
+            "FROM outbox "
             "WHERE channel='telegram' ORDER BY id"
         )
         cols = [d[0] for d in cur.description]
@@ -169,8 +170,11 @@ async def wait_rows(db: Path, cond: Any, timeout: float, what: str) -> list[dict
 
 
 def check_exactly_once_in_order(rows: list[dict[str, Any]], calls: list[Call]) -> None:
-    """Every row marked sent matches one call, in row order: method, chat and file bytes."""
-    sent = [r for r in rows if r["status"] == "sent"]
+    """Every row marked sent matches one call, in delivery order: method, chat, file bytes;
+    alerts went out in the order they were queued, each follow-up after its own photo."""
+    sent = sorted((r for r in rows if r["status"] == "sent"), key=lambda r: r["sent_at"])
+    alert_ids = [r["id"] for r in sent if r["kind"] == "snapshot"]
+    assert alert_ids == sorted(alert_ids)
     assert len(calls) == len(sent), f"{len(calls)} sends for {len(sent)} rows marked sent"
     by_row_result: dict[tuple[str, str], str] = {}
     for row, call in zip(sent, calls, strict=True):

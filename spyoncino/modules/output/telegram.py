@@ -126,6 +126,13 @@ class Config(ModuleConfig):
     )
 
 
+def _read_limited(path: str, limit: int) -> bytes | str:
+    size = Path(path).stat().st_size
+    if size > limit:
+        return f"{size / MB:.1f} MB is over the {limit / MB:.0f} MB limit"
+    return Path(path).read_bytes()
+
+
 class TelegramOutput(BaseModule):
     category: ClassVar[Any] = "output"
     Config: ClassVar[type[ModuleConfig]] = Config
@@ -338,12 +345,10 @@ class TelegramOutput(BaseModule):
         )
 
     async def _read(self, path: str, limit: int) -> bytes | str:
-        """The file's bytes, or why it cannot be sent."""
+        """The file's bytes, or why it cannot be sent (read on the outbox's I/O thread)."""
+        run = self.outbox.run_io if self.outbox is not None else self.ctx.executor.run
         try:
-            size = await self.ctx.executor.run(lambda: Path(path).stat().st_size)
-            if size > limit:
-                return f"{size / MB:.1f} MB is over the {limit / MB:.0f} MB limit"
-            return await self.ctx.executor.run(Path(path).read_bytes)
+            return await run(_read_limited, path, limit)
         except OSError as e:
             return f"file unavailable ({e.strerror or type(e).__name__})"
 
