@@ -273,3 +273,17 @@ def test_live_view_streams_frames(server: str, browser: Any) -> None:
     )
     page.screenshot(path=str(_artifacts() / "browser-live-view.png"))
     ctx.close()
+
+
+def test_pages_fit_a_phone_screen(server: str, browser: Any) -> None:
+    ctx = _context(browser, viewport={"width": 390, "height": 844}, is_mobile=True)
+    page = ctx.new_page()
+    _login(page, server)
+    for path, shot in (("/", "phone-overview"), ("/events", "phone-events"), ("/health", None)):
+        page.goto(server + path)
+        page.wait_for_load_state("load")
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 1, f"{path} scrolls sideways by {overflow}px on a phone"
+        if shot:
+            page.screenshot(path=str(_artifacts() / f"browser-{shot}.png"), full_page=True)
+    ctx.close()
