@@ -694,3 +694,20 @@ def test_report_metrics_cover_outbox_cameras_and_modules() -> None:
     assert 'spyoncino_camera_frames_dropped_total{camera="cam",reason="fps_cap"} 3.0' in text
     assert 'spyoncino_module_state{module="telegram",state="degraded"} 1.0' in text
     assert 'spyoncino_build_info{version="9.9"} 1.0' in text
+
+
+async def test_stop_is_quick_with_live_viewers_connected(start_page: Any) -> None:
+    r: Running = await start_page(cameras=LOOPING_CAM)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    await r.wait(lambda: "cam" in r.page.frames)
+    sse = await r.http.get(r.url("/api/stream"), headers=auth)
+    mjpeg = await r.http.get(r.url("/cameras/cam/stream.mjpeg"), headers=auth)
+    await mjpeg.content.readuntil(b"\r\n\r\n")
+    await r.wait(lambda: r.page.clients and r.page.streams)
+    t0 = time.monotonic()
+    await r.page.stop()
+    assert time.monotonic() - t0 < 3.0
+    assert not r.page.clients
+    await r.page.stop()  # idempotent
+    sse.close()
+    mjpeg.close()
