@@ -197,7 +197,8 @@ async def test_bearer_token_drives_the_api(start_page: Any) -> None:
         assert resp.status == 200
         assert "cam" in body["state"]["muted_until"]
     async with r.http.post(r.url("/api/cameras/cam/snapshot"), headers=auth) as resp:
-        assert resp.status == 202
+        assert resp.status == 202  # no snapshot module runs here: the live image is offered
+        assert (await resp.json())["image"] == "/cameras/cam/latest.jpg"
     async with r.http.post(r.url("/api/cameras/nope/snapshot"), headers=auth) as resp:
         assert resp.status == 404
     async with r.http.get(r.url("/api/status"), headers=auth) as resp:
@@ -711,3 +712,18 @@ async def test_stop_is_quick_with_live_viewers_connected(start_page: Any) -> Non
     await r.page.stop()  # idempotent
     sse.close()
     mjpeg.close()
+
+
+async def test_snapshot_now_returns_the_stored_file(start_page: Any) -> None:
+    r: Running = await start_page(
+        modules=("status_page", "arming", "snapshot"), cameras=LOOPING_CAM
+    )
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    await r.wait(lambda: "cam" in r.page.frames)
+    async with r.http.post(r.url("/api/cameras/cam/snapshot"), headers=auth) as resp:
+        body = await resp.json()
+    assert resp.status == 200, body
+    assert body["stored"].startswith("cam/")
+    async with r.http.get(r.url(body["image"]), headers=auth) as resp:
+        assert resp.status == 200
+        assert (await resp.read())[:2] == b"\xff\xd8"

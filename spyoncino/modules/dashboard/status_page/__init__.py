@@ -178,6 +178,7 @@ class StatusPage(BaseModule):
         self.streams = 0
         self._verdicts: dict[str, asyncio.Future[ConfigSnapshot | ConfigRejected]] = {}
         self._state_waiters: list[asyncio.Future[ControlState]] = []
+        self._snapshot_waiters: dict[str, asyncio.Future[MediaArtifact]] = {}
         self.sessions = Sessions(self.cfg.session_ttl_s)
         self.limiter = LoginLimiter(self.cfg.login_max_failures, self.cfg.login_window_s)
         self.password_hash: str | None = None
@@ -281,6 +282,9 @@ class StatusPage(BaseModule):
             verdict.cancel()
         for waiter in self._state_waiters:
             waiter.cancel()
+        for shot in self._snapshot_waiters.values():
+            shot.cancel()
+        self._snapshot_waiters.clear()
         self._verdicts.clear()
         self._state_waiters.clear()
         await super().stop()
@@ -381,6 +385,9 @@ class StatusPage(BaseModule):
 
     async def _on_artifact(self, msg: Message[MediaArtifact]) -> None:
         self.prom.on_artifact(msg.payload)
+        waiter = self._snapshot_waiters.pop(msg.payload.event_id, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(msg.payload)
         row = self.live.on_artifact(msg.payload)
         if row is not None:
             self.broadcast("event", row.as_dict())
@@ -535,6 +542,21 @@ class StatusPage(BaseModule):
         finally:
             if fut in self._state_waiters:
                 self._state_waiters.remove(fut)
+
+    async def snapshot(self, camera_id: str, source: str) -> tuple[str, MediaArtifact | None]:
+        """Ask for a snapshot now; the snapshot module stores it as ``manual-<request id>``."""
+        rid = uuid.uuid4().hex
+        fut: asyncio.Future[MediaArtifact] = asyncio.get_running_loop().create_future()
+        self._snapshot_waiters[f"manual-{rid}"] = fut
+        cmd = ControlCommand(command="snapshot", camera_id=camera_id, source=source, request_id=rid)
+        await self.bus.publish(topics.CONTROL.name, cmd)
+        self.log.info("control_command_sent", command="snapshot", camera=camera_id, source=source)
+        try:
+            return rid, await asyncio.wait_for(fut, timeout=5.0)
+        except TimeoutError:
+            return rid, None  # nobody writes snapshots here: the live image still works
+        finally:
+            self._snapshot_waiters.pop(f"manual-{rid}", None)
 
     async def update_config(
         self, changes: dict[str, Any], source: str

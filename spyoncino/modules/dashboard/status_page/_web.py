@@ -556,13 +556,16 @@ async def api_mute(request: web.Request) -> web.StreamResponse:
 
 async def api_snapshot(request: web.Request) -> web.StreamResponse:
     cam = _camera(request)
-    rid, _ = await _page(request).command(
-        "snapshot", _who(request), camera_id=cam, wait_state=False
-    )
+    rid, art = await _page(request).snapshot(cam, _who(request))
     if _is_form(request):
         raise web.HTTPSeeOther("/")
+    if art is None:
+        return web.json_response(
+            {"ok": True, "request_id": rid, "image": f"/cameras/{cam}/latest.jpg", "stored": None},
+            status=202,
+        )
     return web.json_response(
-        {"ok": True, "request_id": rid, "image": f"/cameras/{cam}/latest.jpg"}, status=202
+        {"ok": True, "request_id": rid, "image": "/media/" + art.relpath, "stored": art.relpath}
     )
 
 
