@@ -170,7 +170,15 @@ async def test_detect_sub_stream_is_the_one_decoded(rtsp_server, camera_input) -
         RtspInput,
         "rtsp://127.0.0.1:9/main-stream-not-decoded",
         "rtsp",
-        options={**FAST, "detect_url": server.url()},
+        options={**FAST, "detect_url": server.url(), "fast_decode": True},
     )
     await h.wait_frames(3, timeout=30)
     assert h.module.metrics()["stream"] == "detect"
+    assert h.frames[-1][1].luma.shape == (240, 320)  # deblocking skipped, pictures still fine
+
+
+def test_decoder_threads_follow_the_stream_size() -> None:
+    assert RtspInput.auto_threads(768, 576) == 1
+    assert RtspInput.auto_threads(1280, 720) == 1
+    assert RtspInput.auto_threads(1920, 1080) == 2
+    assert RtspInput.auto_threads(0, 0) == 2  # unknown before the first picture: play safe
