@@ -5,7 +5,8 @@ sampled at ``fps`` and downscaled to ``width`` (never upscaled), as raw I420 pla
 per pixel). Its memory is bounded by ``preroll_budget_mb``: the stated budget of a camera is
 ``min(preroll_budget_mb, (ceil((preroll_s + 0.5) x fps) + 1) x W x H x 1.5)`` with W x H the
 clip size (the extra half second covers the confirmation delay), e.g. 12.4 MB for the
-defaults (3 s, 10 fps, 640 x 360), whatever the camera resolution. Frames
+defaults (3 s, 10 fps, 640 px wide) on a 16:9 camera and 16.6 MB on a 4:3 one, whatever the
+camera resolution. Frames
 are decoded only at ``fps`` (a 25 fps camera pays for 10 decodes a second), and only frames
 the ring keeps.
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import math
 import secrets
 import time
@@ -66,7 +68,7 @@ class Config(ModuleConfig):
         default=640, ge=160, le=1920, description="Clip width in pixels (never upscaled)."
     )
     preroll_budget_mb: float = Field(
-        default=16.0, ge=0.5, le=512.0, description="Memory cap of one camera's pre-roll ring (MB)."
+        default=24.0, ge=0.5, le=512.0, description="Memory cap of one camera's pre-roll ring (MB)."
     )
     max_duration_s: float = Field(
         default=120.0, ge=5.0, le=3600.0, description="Longest clip; a longer event is cut here."
@@ -82,6 +84,13 @@ class Config(ModuleConfig):
     )
     keyframe_s: float = Field(
         default=1.0, ge=0.25, le=10.0, description="Keyframe interval: how exactly clips are cut."
+    )
+    resume_grace_s: float = Field(
+        default=30.0,
+        ge=0.0,
+        le=600.0,
+        description="An event that resumes this soon after its clip was written (the tracker's "
+        "cooldown) gets the clip rewritten to cover all of it; keep >= tracker.cooldown_s.",
     )
 
 
@@ -106,6 +115,9 @@ class _Packet:
     data: bytes
 
 
+_serials = itertools.count(1)
+
+
 @dataclass
 class _Session:
     codec: Any
@@ -113,6 +125,7 @@ class _Session:
     size: tuple[int, int]
     packets: list[_Packet] = field(default_factory=list)
     last_pts: int = -1
+    serial: int = field(default_factory=lambda: next(_serials))
 
 
 @dataclass
@@ -121,6 +134,17 @@ class _Clip:
     started_at: float
     start_mono: float
     end_mono: float | None = None
+    #: what was written when the event first ended; kept while the event may still resume
+    prefix: list[_Packet] = field(default_factory=list)
+    prefix_session: int = 0
+    finished_mono: float | None = None
+    size: tuple[int, int] = (0, 0)
+
+    def needs_from_ms(self, preroll_s: float) -> int:
+        """The oldest packet this clip still needs from the camera's session."""
+        if self.prefix:
+            return self.prefix[-1].pts + 1
+        return round((self.start_mono - preroll_s) * 1000)
 
 
 @dataclass
@@ -133,6 +157,7 @@ class _Cam:
     clock_real: float = 0.0
     session: _Session | None = None
     clips: dict[str, _Clip] = field(default_factory=dict)
+    recent: dict[str, _Clip] = field(default_factory=dict)
     done: set[str] = field(default_factory=set)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     budget_warned: bool = False
@@ -243,6 +268,7 @@ class ClipRecorder(BaseModule):
         self.frames_encoded = 0
         self.encode_s = 0.0
         self._finalizing = 0
+        self.resumed = 0
         self._camera_ids: list[str] = []
 
     async def configure(self, app: AppConfig) -> None:
@@ -337,13 +363,16 @@ class ClipRecorder(BaseModule):
         if ev.event_id in cam.done:
             return
         clip = cam.clips.get(ev.event_id)
-        if ev.phase == "started" and clip is None:
+        if clip is None and ev.phase != "ended" and ev.event_id in cam.recent:
+            clip = cam.recent.pop(ev.event_id)  # the tracker's cooldown brought it back
+            clip.end_mono = clip.finished_mono = None
+            cam.clips[ev.event_id] = clip
+            self.resumed += 1
+            await self._ensure_session(cam)
+        elif ev.phase == "started" and clip is None:
             start = ev.started_mono if ev.started_mono > 0 else cam.clock
             cam.clips[ev.event_id] = _Clip(ev.event_id, ev.started_at, start)
-            if cam.session is None:
-                async with cam.lock:
-                    if cam.session is None:
-                        await self.ctx.executor.run(self._open_session, cam)
+            await self._ensure_session(cam)
         elif clip is not None and ev.phase == "updated":
             clip.end_mono = None  # the object came back before the post-roll ran out
         elif clip is not None and ev.phase == "ended":
@@ -352,6 +381,12 @@ class ClipRecorder(BaseModule):
             else:
                 clip.end_mono = cam.clock
         await self._finish_due(cam)
+
+    async def _ensure_session(self, cam: _Cam) -> None:
+        if cam.session is None:
+            async with cam.lock:
+                if cam.session is None:
+                    await self.ctx.executor.run(self._open_session, cam)
 
     async def _tick_loop(self) -> None:
         while True:
@@ -365,31 +400,44 @@ class ClipRecorder(BaseModule):
             overlong = now - clip.start_mono >= self.cfg.max_duration_s
             ended = clip.end_mono is not None and now >= clip.end_mono + self.cfg.postroll_s
             if force or ended or overlong:
-                await self._finish(cam, clip, now)
+                await self._finish(cam, clip, now, final=force or overlong)
+        for clip in list(cam.recent.values()):
+            if force or now - (clip.finished_mono or now) > self.cfg.resume_grace_s:
+                del cam.recent[clip.event_id]  # its packets go with it
+                self._retire(cam, clip.event_id)
 
-    async def _finish(self, cam: _Cam, clip: _Clip, now: float) -> None:
-        cam.clips.pop(clip.event_id, None)
-        cam.done.add(clip.event_id)
+    def _retire(self, cam: _Cam, event_id: str) -> None:
+        cam.done.add(event_id)
         if len(cam.done) > 256:
             cam.done = set(list(cam.done)[-128:])
+
+    async def _finish(self, cam: _Cam, clip: _Clip, now: float, *, final: bool) -> None:
+        cam.clips.pop(clip.event_id, None)
         end = (clip.end_mono if clip.end_mono is not None else now) + self.cfg.postroll_s
         end = min(end, clip.start_mono + self.cfg.max_duration_s)
         self._finalizing += 1
         try:
             async with cam.lock:
                 session = cam.session
-                if session is None:
+                if session is None and not clip.prefix:
                     self.log.warning("clip_without_frames", event_id=clip.event_id)
+                    self._retire(cam, clip.event_id)
                     return
-                start_ms = round((clip.start_mono - self.cfg.preroll_s) * 1000)
-                packets = cut(session.packets, start_ms, round(end * 1000))
-                size = session.size
-                if not cam.clips:
-                    cam.session = None  # nothing else open: drop the encoder and its packets
-                else:
-                    keep_from = min(c.start_mono for c in cam.clips.values()) - self.cfg.preroll_s
-                    kept = cut(session.packets, round(keep_from * 1000), session.last_pts)
-                    session.packets = kept
+                packets = self._packets_for(clip, session, round(end * 1000))
+                size = session.size if session is not None else clip.size
+                if session is not None:
+                    if not cam.clips:
+                        cam.session = None  # nothing else open: drop the encoder and packets
+                    else:
+                        keep = min(c.needs_from_ms(self.cfg.preroll_s) for c in cam.clips.values())
+                        session.packets = cut(session.packets, keep, session.last_pts)
+            if final or end >= clip.start_mono + self.cfg.max_duration_s:
+                self._retire(cam, clip.event_id)
+            else:
+                clip.prefix, clip.finished_mono = packets, now
+                clip.prefix_session = session.serial if session is not None else 0
+                clip.size = size
+                cam.recent[clip.event_id] = clip
             if not packets:
                 self.log.warning("clip_empty", event_id=clip.event_id)
                 return
@@ -397,6 +445,21 @@ class ClipRecorder(BaseModule):
         finally:
             self._finalizing -= 1
         await self.bus.publish(topics.ARTIFACT.at(artifact="clip"), artifact)
+
+    def _packets_for(self, clip: _Clip, session: _Session | None, end_ms: int) -> list[_Packet]:
+        if not clip.prefix:
+            assert session is not None
+            start_ms = round((clip.start_mono - self.cfg.preroll_s) * 1000)
+            return cut(session.packets, start_ms, end_ms)
+        if session is None:
+            return clip.prefix
+        last = clip.prefix[-1].pts
+        more = [p for p in session.packets if last < p.pts <= end_ms]
+        if session.serial != clip.prefix_session:
+            # another encoder than the one that wrote the prefix: start at its keyframe
+            first_key = next((i for i, p in enumerate(more) if p.key), len(more))
+            more = more[first_key:]
+        return clip.prefix + more
 
     def _write(
         self, camera_id: str, clip: _Clip, packets: list[_Packet], size: tuple[int, int]
@@ -447,6 +510,7 @@ class ClipRecorder(BaseModule):
             "pending": sum(len(c.clips) for c in self.cams.values()) + self._finalizing,
             "encoder": self.encoder,
             "clips_written": self.clips_written,
+            "clips_resumed": self.resumed,
             "bytes_written": self.bytes_written,
             "preroll_bytes": sum(c.ring_bytes for c in self.cams.values()),
             "encode_ms_per_frame": round(1000 * self.encode_s / encoded, 2),

@@ -47,6 +47,13 @@ class Config(ModuleConfig):
         default=120, ge=10, le=600, description="Frames buffered per open event (as JPEG)."
     )
     colours: int = Field(default=128, ge=16, le=256, description="Palette size.")
+    resume_grace_s: float = Field(
+        default=30.0,
+        ge=0.0,
+        le=600.0,
+        description="An event resumed this soon after its GIF was written (the tracker's "
+        "cooldown) gets the GIF rebuilt over all of it; keep >= tracker.cooldown_s.",
+    )
 
 
 @dataclass
@@ -63,6 +70,7 @@ class _Gif:
 @dataclass
 class _Cam:
     gifs: dict[str, _Gif] = field(default_factory=dict)
+    recent: dict[str, tuple[_Gif, float]] = field(default_factory=dict)
     done: set[str] = field(default_factory=set)
 
 
@@ -156,7 +164,7 @@ class GifMaker(BaseModule):
         self._camera_ids = [cid for cid, cam in app.cameras.items() if cam.enabled]
 
     async def start(self) -> None:
-        for phase in ("started", "ended"):
+        for phase in ("started", "updated", "ended"):
             self.subscribe(topics.EVENT.pattern(phase=phase), self._on_event, policy="block")
         for cid in self._camera_ids or ["*"]:
             self.subscribe(topics.FRAME.at(camera=cid), self._on_frame, policy="latest", maxsize=2)
@@ -200,18 +208,31 @@ class GifMaker(BaseModule):
     async def _on_event(self, msg: Message[EventNotice]) -> None:
         ev = msg.payload
         cam = self._cam(ev.camera_id)
+        now = time.monotonic()
+        for eid, (_g, at) in list(cam.recent.items()):
+            if now - at > self.cfg.resume_grace_s:
+                del cam.recent[eid]  # its frames go with it
+                self._retire(cam, eid)
         if ev.event_id in cam.done:
             return
-        if ev.phase == "started" and ev.event_id not in cam.gifs:
+        if ev.phase != "ended" and ev.event_id in cam.recent:
+            cam.gifs[ev.event_id] = cam.recent.pop(ev.event_id)[0]  # resumed: keep sampling
+        elif ev.phase == "started" and ev.event_id not in cam.gifs:
             cam.gifs[ev.event_id] = _Gif(ev.event_id, ev.started_at, 1.0 / self.cfg.fps)
         elif ev.phase == "ended" and ev.event_id in cam.gifs:
             await self._finish(ev.camera_id, cam, cam.gifs[ev.event_id])
 
-    async def _finish(self, camera_id: str, cam: _Cam, gif: _Gif) -> None:
-        cam.gifs.pop(gif.event_id, None)
-        cam.done.add(gif.event_id)
+    def _retire(self, cam: _Cam, event_id: str) -> None:
+        cam.done.add(event_id)
         if len(cam.done) > 256:
             cam.done = set(list(cam.done)[-128:])
+
+    async def _finish(self, camera_id: str, cam: _Cam, gif: _Gif, *, final: bool = False) -> None:
+        cam.gifs.pop(gif.event_id, None)
+        if final:
+            self._retire(cam, gif.event_id)
+        else:
+            cam.recent[gif.event_id] = (gif, time.monotonic())
         if not gif.frames:
             self.log.warning("gif_without_frames", event_id=gif.event_id, camera=camera_id)
             return
@@ -281,7 +302,8 @@ class GifMaker(BaseModule):
         await super().stop()
         for cid, cam in list(self.cams.items()):
             for gif in list(cam.gifs.values()):
-                await self._finish(cid, cam, gif)
+                await self._finish(cid, cam, gif, final=True)
+            cam.recent.clear()
 
     def metrics(self) -> dict[str, float | int | str]:
         return {

@@ -198,3 +198,28 @@ async def test_event_before_the_first_frame_still_gets_a_clip(harness: Harness) 
     seqs = probe(art.path)[3]
     assert seqs[0] == 0
     assert seqs[-1] == 50
+
+
+async def test_event_resumed_after_its_clip_was_written_gets_it_rewritten(
+    harness: Harness,
+) -> None:
+    mod, rec = await recorder(harness)
+    script: dict[int, Any] = {
+        32: notice("ev", "started", 3.0),
+        50: notice("ev", "ended", 3.0, 5.0),  # clip written at 7.0 (post-roll)
+        90: notice("ev", "updated", 3.0),  # the tracker's cooldown brings it back at 9.0
+        130: notice("ev", "ended", 3.0, 12.0),
+    }
+    await play(harness, range(0, 150), script)
+    await harness.settle()
+    first, second = (p for _, p in rec)
+    assert first.path == second.path
+    seqs = probe(second.path)[3]
+    assert seqs[0] <= 3  # pre-roll of the original start
+    assert seqs[-1] == 140  # the resumed end + post-roll
+    assert 70 in seqs
+    assert [s for s in seqs if 70 < s < 75] == []  # a new encoder resumes at its keyframe
+    assert seqs == sorted(seqs)
+    assert second.duration_s is not None
+    assert second.duration_s >= 12.0
+    assert mod.metrics()["clips_resumed"] == 1

@@ -112,3 +112,23 @@ async def test_no_decoding_while_no_event_is_open(harness: Harness) -> None:
         await harness.bus.publish(topic, make_frame("cam", seq, seq / 10, decodes=decodes))
         await harness.bus.wait_idle(topic)
     assert decodes == []
+
+
+async def test_resumed_event_gets_its_gif_rebuilt_over_all_of_it(harness: Harness) -> None:
+    _, rec = await maker(harness)
+    topic = topics.FRAME.at(camera="cam")
+    await harness.bus.publish("event.object.started", notice("started", 0.0))
+    for seq in range(120):
+        if seq == 40:
+            await harness.bus.publish("event.object.ended", notice("ended", 0.0, 4.0))
+        if seq == 80:
+            await harness.bus.publish("event.object.updated", notice("updated", 0.0))
+        await harness.bus.wait_idle("event.object.started", "event.object.ended")
+        await harness.bus.publish(topic, make_frame("cam", seq, seq / 10))
+        await harness.bus.wait_idle(topic, "event.object.updated")
+    await harness.bus.publish("event.object.ended", notice("ended", 0.0, 12.0))
+    await harness.settle()
+    first, second = (p for _, p in rec)
+    assert first.path == second.path
+    assert read_gif(first.path)[2][-1] >= 110
+    assert read_gif(first.path)[2][0] == 0
