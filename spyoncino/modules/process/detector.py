@@ -388,6 +388,7 @@ class ObjectDetector(BaseModule):
         self.errors = 0
         self.superseded = 0
         self.skipped_no_motion = 0
+        self.skipped_no_image = 0
         self.max_queue_depth = 0
         self.camera_inferences: Counter[str] = Counter()
         self.label_counts: Counter[str] = Counter()
@@ -468,7 +469,10 @@ class ObjectDetector(BaseModule):
         if not ev.boxes:
             self.skipped_no_motion += 1
             return
-        if not self._camera(ev.camera_id).enabled or not isinstance(ev.frame, Frame):
+        if not self._camera(ev.camera_id).enabled:
+            return
+        if not isinstance(ev.frame, Frame) or not ev.frame.has_image:
+            self.skipped_no_image += 1  # e.g. a motion event that came over MQTT
             return
         self._enqueue(
             _Job(
@@ -661,6 +665,7 @@ class ObjectDetector(BaseModule):
             "errors": self.errors,
             "superseded": self.superseded,
             "skipped_no_motion": self.skipped_no_motion,
+            "skipped_no_image": self.skipped_no_image,
             "idle_cameras": sum(n >= self.cfg.idle_after for n in self._empty_streak.values()),
             "queue_depth": self.queue_depth,
             "max_queue_depth": self.max_queue_depth,

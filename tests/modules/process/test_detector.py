@@ -214,6 +214,12 @@ async def test_no_inference_without_motion(rig: Rig, sample: dict[int, np.ndarra
     assert calls == []
     assert det.inferences == 0
     assert det.skipped_no_motion > 0  # the bus may drop some: latest wins
+    # motion that arrived without pixels (over MQTT, say): counted, not inferred
+    remote = motion(make_frame("front", 99, sample[99]), [(560, 140, 640, 250)])
+    await rig.bus.publish(topics.MOTION.name, remote.model_copy(update={"frame": None}))
+    await settle(det, rig.bus)
+    assert det.skipped_no_image == 1
+    assert calls == []
     f = make_frame("front", 100, sample[100])
     await rig.bus.publish(topics.MOTION.name, motion(f, [(560, 140, 640, 250)]))
     await settle(det, rig.bus)
