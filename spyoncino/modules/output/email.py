@@ -96,6 +96,7 @@ class EmailOutput(BaseModule):
         self._smtp: Any = None
 
     async def configure(self, app: AppConfig) -> None:
+        old = self.cfg
         self.cfg = app.section(self.name or CHANNEL, Config)
         self.names = {cid: cam.name or cid for cid, cam in app.cameras.items()}
         self.tz = app.runtime.timezone
@@ -107,6 +108,12 @@ class EmailOutput(BaseModule):
                 f"email.subject: unknown placeholder in {self.cfg.subject!r} "
                 "(use {camera}, {what}, {time})"
             ) from e
+        if self.outbox is not None:  # running: adopt what can change in place
+            if (old.host is None) != (self.cfg.host is None):
+                self.cfg = old
+                raise ModuleConfigError("email.host: turning email on or off needs a restart")
+            self.outbox.settings = self.cfg.outbox
+            self.gate.kinds = frozenset(self.cfg.alert_kinds)
 
     async def start(self) -> None:
         if self.cfg.host is None or not self.cfg.recipients:
@@ -188,13 +195,10 @@ class EmailOutput(BaseModule):
         msg["Date"] = formatdate(localtime=True)
         msg["Message-ID"] = make_msgid(domain="spyoncino")
         path = Path(str(p["path"]))
+        run = self.outbox.run_io if self.outbox is not None else self.ctx.executor.run
         try:
-            size = await self.ctx.executor.run(lambda: path.stat().st_size)
-            data = (
-                await self.ctx.executor.run(path.read_bytes)
-                if size <= self.cfg.max_attachment_bytes
-                else None
-            )
+            size = await run(lambda: path.stat().st_size)
+            data = await run(path.read_bytes) if size <= self.cfg.max_attachment_bytes else None
             if data is None:
                 body += f"\n(snapshot not attached: {size} bytes is over the limit)\n"
         except OSError as e:

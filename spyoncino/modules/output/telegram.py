@@ -126,6 +126,9 @@ class Config(ModuleConfig):
     )
 
 
+TelegramConfig = Config
+
+
 def _read_limited(path: str, limit: int) -> bytes | str:
     size = Path(path).stat().st_size
     if size > limit:
@@ -157,6 +160,7 @@ class TelegramOutput(BaseModule):
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def configure(self, app: AppConfig) -> None:
+        old = self.cfg
         self.cfg = app.section(self.name or CHANNEL, Config)
         self.tz = app.runtime.timezone
         self.names = {cid: cam.name or cid for cid, cam in app.cameras.items() if cam.enabled}
@@ -172,11 +176,18 @@ class TelegramOutput(BaseModule):
                 raise ModuleConfigError(
                     "telegram.token: not a bot token (expected <digits>:<secret> from BotFather)"
                 ) from e
-        stray = set(self.cfg.admin_ids) - set(self.cfg.chat_ids)
-        if stray and not self.cfg.chat_ids:
-            raise ModuleConfigError(
-                "telegram.admin_ids: set chat_ids too (admins command from them)"
-            )
+        if self.bot is not None:
+            self._apply_live(old)
+
+    def _apply_live(self, old: TelegramConfig) -> None:
+        """Adopt a config update while running; what the bot session was built from cannot."""
+        for key in ("token", "api_base_url", "commands", "request_timeout_s"):
+            if getattr(old, key) != getattr(self.cfg, key):
+                self.cfg = old
+                raise ModuleConfigError(f"telegram.{key}: a change takes effect on restart")
+        if self.outbox is not None:
+            self.outbox.settings = self.cfg.outbox
+        self.gate.kinds = frozenset(self.cfg.alert_kinds)
 
     async def start(self) -> None:
         self._started_mono = time.monotonic()

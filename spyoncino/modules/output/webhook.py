@@ -21,7 +21,7 @@ from pydantic import Field, SecretStr
 
 from spyoncino.core.bus import Message
 from spyoncino.core.config import AppConfig
-from spyoncino.core.contracts import BaseModule, ModuleConfig, ModuleNotReady
+from spyoncino.core.contracts import BaseModule, ModuleConfig, ModuleConfigError, ModuleNotReady
 from spyoncino.core.outbox import (
     AlertGate,
     Outbox,
@@ -50,8 +50,9 @@ class Config(ModuleConfig):
     secret: SecretStr | None = Field(
         default=None, description="HMAC-SHA256 key for the X-Spyoncino-Signature header."
     )
-    headers: dict[str, str] = Field(
-        default_factory=dict, description="Extra request headers (e.g. an Authorization token)."
+    headers: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="Extra request headers (e.g. Authorization); values are kept secret.",
     )
     media_base_url: str | None = Field(
         default=None,
@@ -100,9 +101,20 @@ class WebhookOutput(BaseModule):
         self._session: Any = None
 
     async def configure(self, app: AppConfig) -> None:
+        old = self.cfg
         self.cfg = app.section(self.name or CHANNEL, Config)
         self.names = {cid: cam.name or cid for cid, cam in app.cameras.items()}
         self.db_path = app.storage.db_path
+        if self.outbox is not None:  # running: adopt what can change in place
+            if (old.url is None) != (self.cfg.url is None) or old.timeout_s != self.cfg.timeout_s:
+                self.cfg = old
+                raise ModuleConfigError(
+                    "webhook.url/timeout_s: this change takes effect on restart"
+                )
+            self.outbox.settings = self.cfg.outbox
+            self.gate.kinds = frozenset(self.cfg.alert_kinds)
+            self.gate.followups = frozenset(self.cfg.followups)
+            self.gate.respect_state = self.cfg.respect_arming
 
     async def start(self) -> None:
         if self.cfg.url is None:
@@ -205,7 +217,8 @@ class WebhookOutput(BaseModule):
         if item.coalesced:
             doc["coalesced_events"] = item.coalesced
         body = json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
-        headers = {"Content-Type": "application/json", **self.cfg.headers}
+        headers = {"Content-Type": "application/json"}
+        headers.update({k: v.get_secret_value() for k, v in self.cfg.headers.items()})
         if self.cfg.secret is not None:
             headers[SIGNATURE_HEADER] = signature(self.cfg.secret.get_secret_value(), body)
         try:

@@ -699,3 +699,22 @@ async def test_snapshot_command_with_the_real_snapshot_writer(
         assert abs(int(decoded.mean()) - 90) <= 2
     finally:
         await writer.stop()
+
+
+async def test_config_updates_apply_in_place_or_are_refused(
+    harness: MakeHarness, botapi: BotApiEmulator
+) -> None:
+    h = await harness(**cfg(botapi, chat_ids=[111]))
+    model = build_app_model({"telegram": TelegramOutput, "arming": ArmingState})
+    base = {"storage": {"root": str(h.root)}, "cameras": {"garden": {"source": "y.mp4"}}}
+    new = model.model_validate(
+        {**base, "telegram": cfg(botapi, chat_ids=[111, 333], outbox={"coalesce_after": 3})}
+    )
+    await h.module.configure(new)
+    assert h.module.cfg.chat_ids == [111, 333]
+    assert h.module.outbox is not None
+    assert h.module.outbox.settings.coalesce_after == 3
+    moved = model.model_validate({**base, "telegram": cfg(botapi, token="999:other-token")})
+    with pytest.raises(ModuleConfigError, match="restart"):
+        await h.module.configure(moved)
+    assert h.module.cfg.chat_ids == [111, 333]  # the refused change left the config in force
