@@ -30,23 +30,31 @@ from __future__ import annotations
 
 import asyncio
 import math
-import secrets
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from spyoncino.core.bus import Message
 from spyoncino.core.config import AppConfig
 from spyoncino.core.contracts import BaseModule, CameraOptions, ModuleConfig
+from spyoncino.modules.event._tracking import (
+    CameraState,
+    Track,
+    TrackedEvent,
+    Zone,
+    associate,
+    centre,
+    new_event_id,
+    point_in_polygon,
+    snapshot_quality,
+    zone_check,
+)
 from spyoncino.schemas import topics
 from spyoncino.schemas.detections import DetectionEvent, MotionEvent
 from spyoncino.schemas.events import EventNotice, TrackedObject
 from spyoncino.schemas.frames import Box, Frame
-
-Point = tuple[float, float]
 
 
 class Config(ModuleConfig):
@@ -122,37 +130,6 @@ class Config(ModuleConfig):
         return value
 
 
-class Zone(BaseModel):
-    """A named polygon in normalised coordinates (0..1 of width and height)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str = Field(min_length=1, max_length=40, description="Shown in alerts and the index.")
-    polygon: tuple[tuple[float, float], ...] = Field(
-        min_length=3, description="[[x, y], ...] corners, each 0..1, at least three."
-    )
-    mode: Literal["include", "exclude"] = Field(
-        default="include", description="include: alert only inside; exclude: never alert inside."
-    )
-    labels: tuple[str, ...] = Field(
-        default=(), description="Labels this zone applies to; empty: every label."
-    )
-
-    @field_validator("polygon")
-    @classmethod
-    def _normalised(cls, value: tuple[tuple[float, float], ...]) -> tuple[tuple[float, float], ...]:
-        for x, y in value:
-            if not (0.0 <= x <= 1.0 and 0.0 <= y <= 1.0):
-                raise ValueError(f"zone corner ({x}, {y}) is outside 0..1")
-        return value
-
-    def applies_to(self, label: str) -> bool:
-        return not self.labels or label in self.labels
-
-    def contains(self, p: Point) -> bool:
-        return point_in_polygon(p, self.polygon)
-
-
 class Camera(CameraOptions):
     """``cameras.<id>.tracker``: zones and per-camera overrides."""
 
@@ -174,130 +151,6 @@ class Camera(CameraOptions):
         return value
 
 
-def point_in_polygon(p: Point, poly: tuple[tuple[float, float], ...]) -> bool:
-    """Even-odd rule; points on an edge may fall either way."""
-    x, y = p
-    inside = False
-    j = len(poly) - 1
-    for i in range(len(poly)):
-        xi, yi = poly[i]
-        xj, yj = poly[j]
-        if (yi > y) != (yj > y) and x < (xj - xi) * (y - yi) / (yj - yi) + xi:
-            inside = not inside
-        j = i
-    return inside
-
-
-def zone_check(zones: tuple[Zone, ...], label: str, foot: Point) -> tuple[bool, tuple[str, ...]]:
-    """Whether an object of ``label`` standing at ``foot`` may alert, and the zones it is in."""
-    applicable = [z for z in zones if z.applies_to(label)]
-    if any(z.mode == "exclude" and z.contains(foot) for z in applicable):
-        return False, ()
-    includes = [z for z in applicable if z.mode == "include"]
-    inside = tuple(z.name for z in includes if z.contains(foot))
-    if includes and not inside:
-        return False, ()
-    return True, inside
-
-
-def snapshot_quality(score: float, box: Box, width: int, height: int) -> float:
-    """Higher is a better picture: confident, large, and not cut by the frame edge."""
-    area = box.area / max(1, width * height)
-    q = score * math.sqrt(area)
-    margin = 2
-    if (
-        box.x1 <= margin
-        or box.y1 <= margin
-        or box.x2 >= width - margin
-        or box.y2 >= height - margin
-    ):
-        q *= 0.5
-    return q
-
-
-def _event_id(wall_ts: float) -> str:
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime(wall_ts))
-    return f"{stamp}-{secrets.token_hex(3)}"
-
-
-def _centre(b: Box) -> Point:
-    return ((b.x1 + b.x2) / 2.0, (b.y1 + b.y2) / 2.0)
-
-
-@dataclass(eq=False)
-class _Event:
-    notice: EventNotice
-    label: str
-    last_box: Box
-    last_seen_mono: float
-    last_seen_wall: float
-    last_update_mono: float
-    best_q: float = -1.0
-    best_frame: Frame | None = None
-    best_box: Box | None = None
-    best_seq: int = 0
-    zones: set[str] = field(default_factory=set)
-    ended_mono: float | None = None
-
-
-@dataclass(eq=False)
-class _Track:
-    id: int
-    label: str
-    box: Box
-    score: float
-    first_box: Box
-    first_mono: float
-    first_wall: float
-    last_seen_mono: float
-    hits: deque[bool]
-    already_there: bool = False
-    moved: bool = False
-    parked: bool = False
-    event: _Event | None = None
-    vx: float = 0.0  # pixels per second, smoothed
-    vy: float = 0.0
-
-    def predicted(self, t: float) -> Box:
-        """Where the box should be at ``t`` if it kept its speed (for at most 1.5 s)."""
-        dt = min(max(0.0, t - self.last_seen_mono), 1.5)
-        dx, dy = round(self.vx * dt), round(self.vy * dt)
-        b = self.box
-        return Box.model_construct(x1=b.x1 + dx, y1=b.y1 + dy, x2=b.x2 + dx, y2=b.y2 + dy)
-
-    def follow(self, box: Box, mono: float) -> None:
-        dt = mono - self.last_seen_mono
-        if dt > 0:
-            (cx, cy), (nx, ny) = _centre(self.box), _centre(box)
-            a = 0.5 if (self.vx or self.vy) else 1.0
-            self.vx += a * ((nx - cx) / dt - self.vx)
-            self.vy += a * ((ny - cy) / dt - self.vy)
-        self.box, self.last_seen_mono = box, mono
-
-    def exited(self, t: float, width: int, height: int) -> bool:
-        """Whether it has walked out of the frame by ``t`` (most of it predicted outside)."""
-        p = self.predicted(t)
-        ix = max(0, min(p.x2, width) - max(p.x1, 0))
-        iy = max(0, min(p.y2, height) - max(p.y1, 0))
-        return ix * iy < 0.5 * max(1, (p.x2 - p.x1) * (p.y2 - p.y1))
-
-
-@dataclass
-class _Camera:
-    tracks: list[_Track] = field(default_factory=list)
-    next_id: int = 1
-    first_mono: float | None = None
-    clock: float = 0.0
-    clock_real: float = 0.0
-    width: int = 0
-    height: int = 0
-    parked: list[tuple[str, Box]] = field(default_factory=list)
-    ended: list[_Event] = field(default_factory=list)
-
-    def now(self) -> float:
-        return self.clock + (time.monotonic() - self.clock_real)
-
-
 class EventTracker(BaseModule):
     category: ClassVar[Any] = "event"
     Config: ClassVar[type[ModuleConfig]] = Config
@@ -308,7 +161,7 @@ class EventTracker(BaseModule):
         self.cfg = Config()
         self.detector_enabled = False
         self.cams: dict[str, Camera] = {}
-        self._cstate: dict[str, _Camera] = {}
+        self._cstate: dict[str, CameraState] = {}
         self.events_started = 0
         self.events_continued = 0
         self.tracks_created = 0
@@ -371,10 +224,10 @@ class EventTracker(BaseModule):
             d.camera_id, d.mono_ts, d.wall_ts, d.frame_width, d.frame_height, d.seq, dets, d.frame
         )
 
-    def _camera(self, camera_id: str) -> _Camera:
+    def _camera(self, camera_id: str) -> CameraState:
         st = self._cstate.get(camera_id)
         if st is None:
-            st = self._cstate[camera_id] = _Camera()
+            st = self._cstate[camera_id] = CameraState()
         return st
 
     def _alerting(self, camera_id: str, label: str) -> bool:
@@ -411,7 +264,9 @@ class EventTracker(BaseModule):
         st.width, st.height = width, height
         diag = math.hypot(width, height)
         dets = [d for d in detections if self._alerting(camera_id, d[0])]
-        matched = self._associate(st.tracks, dets, diag, mono, width, height)
+        matched = associate(
+            st.tracks, dets, diag, mono, width, height, self.cfg.match_iou, self.cfg.max_jump
+        )
         seen: set[int] = set()
         for track, (_label, score, box) in matched:
             seen.add(track.id)
@@ -432,7 +287,7 @@ class EventTracker(BaseModule):
                 continue
             label, score, box = det
             warm = mono - st.first_mono < self.cfg.warmup_s
-            t = _Track(
+            t = Track(
                 id=st.next_id,
                 label=label,
                 box=box,
@@ -497,62 +352,8 @@ class EventTracker(BaseModule):
                 await self._park(camera_id, st, track, mono)
         await self._expire_camera(camera_id, st, mono)
 
-    def _associate(
-        self,
-        tracks: list[_Track],
-        dets: list[tuple[str, float, Box]],
-        diag: float,
-        mono: float,
-        width: int,
-        height: int,
-    ) -> list[tuple[_Track, tuple[str, float, Box]]]:
-        """Greedy matching on the tracks' predicted boxes: IoU first, then centre distance.
-
-        A track that has walked out of the frame takes no detection: whoever appears at that
-        edge next is someone new.
-        """
-        pairs: list[tuple[float, int, int]] = []
-        live = [
-            (ti, t, t.predicted(mono))
-            for ti, t in enumerate(tracks)
-            if t.label == "motion" or not t.exited(mono, width, height)
-        ]
-        for ti, t, pred in live:
-            for di, (label, _s, box) in enumerate(dets):
-                if label != t.label:
-                    continue
-                iou = box.iou(pred)
-                if iou >= self.cfg.match_iou:
-                    pairs.append((-iou, ti, di))
-        cap = self.cfg.max_jump * diag
-        for ti, t, pred in live:
-            c = _centre(pred)
-            dt = min(max(0.0, mono - t.last_seen_mono), 2.0)
-            for di, (label, _s, box) in enumerate(dets):
-                if label != t.label:
-                    continue
-                # an object can be this far from where it should be: about its own size,
-                # a little more the longer it was not seen
-                size = max(t.box.height, t.box.width, box.height, box.width)
-                gate = min(cap, size * (0.6 + 0.4 * dt)) if t.label != "motion" else cap
-                dc = _centre(box)
-                dist = math.hypot(c[0] - dc[0], c[1] - dc[1])
-                if dist <= gate:
-                    pairs.append((1.0 + dist / max(1.0, gate), ti, di))  # after every IoU pair
-        pairs.sort()
-        t_used: set[int] = set()
-        d_used: set[int] = set()
-        out: list[tuple[_Track, tuple[str, float, Box]]] = []
-        for _cost, ti, di in pairs:
-            if ti in t_used or di in d_used:
-                continue
-            t_used.add(ti)
-            d_used.add(di)
-            out.append((tracks[ti], dets[di]))
-        return out
-
     def _consider_best(
-        self, ev: _Event, track: _Track, seq: int, frame: Frame | None, width: int, height: int
+        self, ev: TrackedEvent, track: Track, seq: int, frame: Frame | None, width: int, height: int
     ) -> None:
         q = snapshot_quality(track.score, track.box, width, height)
         if q > ev.best_q and (frame is not None or ev.best_frame is None):
@@ -561,8 +362,8 @@ class EventTracker(BaseModule):
     async def _open(
         self,
         camera_id: str,
-        st: _Camera,
-        track: _Track,
+        st: CameraState,
+        track: Track,
         mono: float,
         wall: float,
         seq: int,
@@ -587,7 +388,7 @@ class EventTracker(BaseModule):
             await self._publish(resumed, "updated", wall, tracks=[track])
             return
         notice = EventNotice(
-            event_id=_event_id(track.first_wall),
+            event_id=new_event_id(track.first_wall),
             camera_id=camera_id,
             kind="motion" if track.label == "motion" else "object",
             phase="started",
@@ -599,7 +400,7 @@ class EventTracker(BaseModule):
             frame_width=st.width,
             frame_height=st.height,
         )
-        ev = _Event(
+        ev = TrackedEvent(
             notice=notice,
             label=track.label,
             last_box=track.box,
@@ -614,14 +415,14 @@ class EventTracker(BaseModule):
         await self._publish(ev, "started", wall, tracks=[track])
 
     def _resumable(
-        self, camera_id: str, st: _Camera, track: _Track, mono: float, diag: float
-    ) -> _Event | None:
+        self, camera_id: str, st: CameraState, track: Track, mono: float, diag: float
+    ) -> TrackedEvent | None:
         """An event this new track continues: same label, object lost or ended lately, nearby."""
         cooldown = self._cooldown(camera_id, track.label)
         reach = self.cfg.reentry_distance * diag
-        c = _centre(track.first_box)
-        best: tuple[float, _Event] | None = None
-        candidates: list[_Event] = []
+        c = centre(track.first_box)
+        best: tuple[float, TrackedEvent] | None = None
+        candidates: list[TrackedEvent] = []
         for other in st.tracks:
             ev = other.event
             if (
@@ -638,13 +439,13 @@ class EventTracker(BaseModule):
         for ev in candidates:
             if ev.label != track.label:
                 continue
-            lc = _centre(ev.last_box)
+            lc = centre(ev.last_box)
             dist = math.hypot(c[0] - lc[0], c[1] - lc[1])
             if dist <= reach and (best is None or dist < best[0]):
                 best = (dist, ev)
         return best[1] if best is not None else None
 
-    async def _park(self, camera_id: str, st: _Camera, track: _Track, mono: float) -> None:
+    async def _park(self, camera_id: str, st: CameraState, track: Track, mono: float) -> None:
         track.parked = True
         st.parked.append((track.label, track.box))
         del st.parked[:-32]
@@ -656,7 +457,7 @@ class EventTracker(BaseModule):
             )
             await self._end(st, ev, mono)
 
-    def _tracks_of(self, st: _Camera, ev: _Event) -> list[_Track]:
+    def _tracks_of(self, st: CameraState, ev: TrackedEvent) -> list[Track]:
         return [t for t in st.tracks if t.event is ev]
 
     # -- ending ------------------------------------------------------------------------------
@@ -670,8 +471,8 @@ class EventTracker(BaseModule):
         for camera_id, st in list(self._cstate.items()):
             await self._expire_camera(camera_id, st, st.now())
 
-    async def _expire_camera(self, camera_id: str, st: _Camera, now: float) -> None:
-        keep: list[_Track] = []
+    async def _expire_camera(self, camera_id: str, st: CameraState, now: float) -> None:
+        keep: list[Track] = []
         for t in st.tracks:
             gone = now - t.last_seen_mono
             if t.event is None and not t.parked and gone > max(1.0, self.cfg.end_after_s / 2):
@@ -692,18 +493,18 @@ class EventTracker(BaseModule):
             e for e in st.ended if e.ended_mono is not None and now - e.ended_mono <= cutoff
         ]
 
-    async def _end(self, st: _Camera, ev: _Event, now: float) -> None:
+    async def _end(self, st: CameraState, ev: TrackedEvent, now: float) -> None:
         ev.ended_mono = now
         st.ended.append(ev)
         await self._publish(ev, "ended", ev.last_seen_wall, ended_at=ev.last_seen_wall, tracks=[])
 
     async def _publish(
         self,
-        ev: _Event,
+        ev: TrackedEvent,
         phase: Literal["started", "updated", "ended"],
         wall: float,
         *,
-        tracks: list[_Track],
+        tracks: list[Track],
         ended_at: float | None = None,
     ) -> None:
         objects = tuple(
@@ -750,3 +551,14 @@ class EventTracker(BaseModule):
             ),
             "mode": self.mode,
         }
+
+
+__all__ = [
+    "Camera",
+    "Config",
+    "EventTracker",
+    "Zone",
+    "point_in_polygon",
+    "snapshot_quality",
+    "zone_check",
+]
