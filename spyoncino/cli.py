@@ -253,25 +253,35 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--config", "-c", help="config file (default: /etc/spyoncino/config.yaml or the embedded demo)")
+        p.add_argument(
+            "--config",
+            "-c",
+            help="config file (default: /etc/spyoncino/config.yaml or the embedded demo)",
+        )
         p.add_argument("--secrets", help="secrets file (tokens, passwords)")
         return p
 
     p = with_config(sub.add_parser("run", help="run the pipeline"))
     p.add_argument("--forever", action="store_true", help="keep running after file sources end")
     p.set_defaults(func=cmd_run)
-    p = with_config(sub.add_parser("check-config", help="validate the configuration, exit 2 on errors"))
+    p = with_config(
+        sub.add_parser("check-config", help="validate the configuration, exit 2 on errors")
+    )
     p.add_argument("--show", action="store_true", help="print the merged config, secrets as ***")
     p.set_defaults(func=cmd_check_config)
     p = sub.add_parser("schema", help="write JSON Schemas of the config file and every payload")
     p.add_argument("--out", default="schema", help="output folder (default ./schema)")
     p.set_defaults(func=cmd_schema)
-    p = with_config(sub.add_parser("doctor", help="what this box can see: profile, cameras, config"))
+    p = with_config(
+        sub.add_parser("doctor", help="what this box can see: profile, cameras, config")
+    )
     p.set_defaults(func=cmd_doctor)
     p = with_config(sub.add_parser("models", help="list bundled and configured detection models"))
     p.set_defaults(func=cmd_models)
     p = with_config(sub.add_parser("storage", help="storage maintenance"))
-    p.add_argument("action", choices=["reindex"], help="reindex: rebuild the index from the media folder")
+    p.add_argument(
+        "action", choices=["reindex"], help="reindex: rebuild the index from the media folder"
+    )
     p.set_defaults(func=cmd_storage)
     p = sub.add_parser("hash-password", help="hash a status page password for the config")
     p.add_argument("password", nargs="?", help="the password (prompted when omitted)")

@@ -15,6 +15,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -87,14 +88,14 @@ class BusHarness:
         tb: TracebackType | None,
     ) -> None:
         for m in reversed(self.modules):
-            try:
+            with contextlib.suppress(Exception):  # cleanup goes on for the other modules
                 await m.stop()
-            except Exception:  # noqa: S110 - cleanup must go on for the other modules
-                pass
         await self.bus.close()
         self.executor.shutdown()
 
-    def record(self, pattern: str, policy: Literal["latest", "block", "drop_oldest"] = "block") -> Recorder:
+    def record(
+        self, pattern: str, policy: Literal["latest", "block", "drop_oldest"] = "block"
+    ) -> Recorder:
         rec = Recorder()
         self.bus.subscribe(pattern, rec, policy=policy, maxsize=10_000, module="recorder")
         return rec
@@ -162,7 +163,9 @@ def synthetic_frames(
 
         grey = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
         lh = round(height * luma_width / width)
-        luma = cv2.resize(grey, (luma_width, lh), interpolation=cv2.INTER_AREA)
+        luma = np.asarray(
+            cv2.resize(grey, (luma_width, lh), interpolation=cv2.INTER_AREA), dtype=np.uint8
+        )
         yield Frame(
             camera_id=camera_id,
             seq=i,
@@ -188,7 +191,9 @@ def contract_problems(name: str, cls: type[BaseModule]) -> list[str]:
         if field is None:
             problems.append(f"{name}: Config has no `type` field")
         elif get_origin(field.annotation) is not Literal or get_args(field.annotation) != (name,):
-            problems.append(f"{name}: Config.type must be Literal[{name!r}], got {field.annotation}")
+            problems.append(
+                f"{name}: Config.type must be Literal[{name!r}], got {field.annotation}"
+            )
         if cfg.model_config.get("extra") != "forbid":
             problems.append(f"{name}: Config must set extra='forbid'")
         if not cfg.model_config.get("frozen"):

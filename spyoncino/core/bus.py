@@ -276,7 +276,9 @@ class Bus:
         Returns a callable that unsubscribes (idempotent). Must be called with a running loop.
         """
         validate_pattern(pattern)
-        size = maxsize if maxsize is not None else (1 if policy == "latest" else self._default_maxsize)
+        size = (
+            maxsize if maxsize is not None else (1 if policy == "latest" else self._default_maxsize)
+        )
         if size < 1:
             raise ValueError(f"maxsize must be >= 1, got {size}")
         sub = Subscription(
@@ -408,7 +410,9 @@ class Bus:
         """True when no queue holds a message and no handler is running."""
         skip = tuple(exclude)
         return not any(
-            (s.queue or s.handling) for s in self._subs if not any(match(p, s.pattern) for p in skip)
+            (s.queue or s.handling)
+            for s in self._subs
+            if not any(match(p, s.pattern) for p in skip)
         )
 
     async def wait_idle(self, *topics: str, poll: float = 0.001) -> None:

@@ -115,7 +115,9 @@ class StorageConfig(_Section):
     )
     scratch: Path | None = Field(
         default=None,
-        description="Folder for GIF/clip assembly (a tmpfs spares the SD card); None: <root>/.scratch.",
+        description=(
+            "Folder for GIF/clip assembly (a tmpfs spares the SD card); None: <root>/.scratch."
+        ),
     )
     database: str = Field(default="events.sqlite3", description="Index file name under root.")
 
@@ -148,7 +150,7 @@ class CameraBase(_Section):
         value = getattr(self, section, None)
         if value is None:
             return model()
-        return cast(M, value)
+        return cast("M", value)
 
     @property
     def display_name(self) -> str:
@@ -232,7 +234,7 @@ def _load_yaml(path: Path, label: str) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError([f"{label}: the top level must be a mapping, got {type(data).__name__}"])
-    return cast(dict[str, Any], _lower_keys(data))
+    return cast("dict[str, Any]", _lower_keys(data))
 
 
 def _env_layer(environ: Mapping[str, str], dotenv: Path | None) -> dict[str, Any]:
@@ -242,7 +244,8 @@ def _env_layer(environ: Mapping[str, str], dotenv: Path | None) -> dict[str, Any
     if dotenv is not None and dotenv.is_file():
         from dynaconf.vendor.dotenv import dotenv_values
 
-        values.update({k: v for k, v in dotenv_values(dotenv).items() if v is not None})
+        read_dotenv: Callable[[Path], dict[str, str | None]] = dotenv_values
+        values.update({k: v for k, v in read_dotenv(dotenv).items() if v is not None})
     values.update(environ)
     out: dict[str, Any] = {}
     for key, raw in values.items():
@@ -397,7 +400,7 @@ def redacted_dict(data: Any) -> Any:
 
 def dump_config(app: AppConfig) -> dict[str, Any]:
     """The configuration as plain data with every secret replaced by ``***``."""
-    return cast(dict[str, Any], redacted_dict(app.model_dump(mode="json")))
+    return cast("dict[str, Any]", redacted_dict(app.model_dump(mode="json")))
 
 
 def secret_values(app: BaseModel) -> list[str]:
@@ -470,7 +473,9 @@ class ConfigService:
         overrides = deep_merge(self._overrides, _lower_keys(dict(changes)))
         return validate(self.model, [*self.layers, Layer("update", overrides)])
 
-    async def apply_changes(self, changes: Mapping[str, Any], reconfigure: Reconfigure) -> ApplyResult:
+    async def apply_changes(
+        self, changes: Mapping[str, Any], reconfigure: Reconfigure
+    ) -> ApplyResult:
         """Validate, then let ``reconfigure(old, new)`` apply; it rolls back itself on error."""
         try:
             new = self.preview(changes)
@@ -494,10 +499,14 @@ def module_view(app: AppConfig, name: str, *, camera_id: str | None = None) -> A
     for cid, cam in app.cameras.items():
         if camera_id is not None and cid != camera_id:
             continue
-        cams[cid] = cam.model_dump(mode="json") if camera_id else (
-            cam.source,
-            cam.enabled,
-            getattr(cam, name, None),
+        cams[cid] = (
+            cam.model_dump(mode="json")
+            if camera_id
+            else (
+                cam.source,
+                cam.enabled,
+                getattr(cam, name, None),
+            )
         )
     return (section, cams, app.storage)
 

@@ -25,7 +25,9 @@ def local_time(wall_ts: float, tz: str | None = None) -> datetime:
     return datetime.fromtimestamp(wall_ts, tz=zone).astimezone(zone)
 
 
-def media_relpath(camera_id: str, wall_ts: float, event_id: str, ext: str, tz: str | None = None) -> str:
+def media_relpath(
+    camera_id: str, wall_ts: float, event_id: str, ext: str, tz: str | None = None
+) -> str:
     """``<camera>/<YYYY-MM-DD>/<event-id>.<ext>`` (the day in local time)."""
     day = local_time(wall_ts, tz).strftime("%Y-%m-%d")
     return f"{camera_id}/{day}/{event_id}.{ext.lstrip('.')}"

@@ -51,7 +51,9 @@ def discover(group: str = ENTRY_POINT_GROUP) -> dict[str, type[BaseModule]]:
         try:
             cls = ep.load()
         except Exception as exc:
-            _log.error("module_import_failed", entry_point=ep.name, target=ep.value, error=repr(exc))
+            _log.error(
+                "module_import_failed", entry_point=ep.name, target=ep.value, error=repr(exc)
+            )
             continue
         if not (isinstance(cls, type) and issubclass(cls, BaseModule)):
             _log.error("module_not_a_basemodule", entry_point=ep.name, target=ep.value)
@@ -83,18 +85,18 @@ def plan(
         if cls.per_camera or not getattr(section, "enabled", True):
             continue
         wanted.append((name, cls, None))
-    errors = []
+    errors: list[str] = []
     for cid, cam in app.cameras.items():
         if not cam.enabled:
             continue
-        cls = input_for(registry, app, cam.source)
-        if cls is None:
+        reader = input_for(registry, app, cam.source)
+        if reader is None:
             errors.append(
                 f"cameras.{cid}.source: no installed input reads {redact_url(cam.source)!r} "
                 "(file path, rtsp://, /dev/video*, csi://N)"
             )
             continue
-        wanted.append((f"{cls.name}:{cid}", cls, cid))
+        wanted.append((f"{reader.name}:{cid}", reader, cid))
     if errors:
         raise ConfigError(errors)
     return wanted
@@ -311,7 +313,12 @@ class Orchestrator:
         inputs = [s for s in self.slots if s.cls.per_camera and s.state != "quarantined"]
         if not inputs:
             return False
-        return all(s.module.is_finished() for s in inputs)
+        # a finite source (a file) that failed for good will not deliver more either
+        return all(
+            s.module.is_finished()
+            or (getattr(s.cls, "finite", False) and s.module.health().state == "failed")
+            for s in inputs
+        )
 
     async def run(self, *, install_signals: bool = True, exit_when_inputs_end: bool = True) -> int:
         """Start, run until a signal (or until every non-looping input ended), stop."""
@@ -324,7 +331,9 @@ class Orchestrator:
             await self.start()
             while not self._stop.is_set():
                 if exit_when_inputs_end and self.inputs_finished():
-                    _log.info("inputs_finished", draining_s=self.config.current.runtime.drain_timeout)
+                    _log.info(
+                        "inputs_finished", draining_s=self.config.current.runtime.drain_timeout
+                    )
                     await self.drain()
                     break
                 with contextlib.suppress(TimeoutError):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-
-
 from pydantic import BaseModel, ConfigDict
 
 
@@ -17,5 +15,3 @@ class Payload(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
 
     schema_version: int = 1
-
-

@@ -49,7 +49,7 @@ class Frame:
     @property
     def luma_scale(self) -> float:
         """Full-frame pixels per luma pixel."""
-        return self.width / self.luma.shape[1]
+        return float(self.width) / int(self.luma.shape[1])
 
 
 class Box(BaseModel):

@@ -42,7 +42,8 @@ async def test_module_survives_start_stop_twice(name: str, tmp_path: Path) -> No
                 await module.start()
             except (ModuleNotReady, ModuleConfigError) as e:
                 # a module whose hardware/secret is missing must say so, not crash
-                assert str(e)
+                message = str(e)
+                assert message
             await module.stop()
             await module.stop()  # stop is idempotent
         assert module.health().module

@@ -56,7 +56,12 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
     return p
 
 
-def load(tmp_path: Path, config: str | None, env: dict[str, str] | None = None, secrets: str | None = None) -> ConfigService:
+def load(
+    tmp_path: Path,
+    config: str | None,
+    env: dict[str, str] | None = None,
+    secrets: str | None = None,
+) -> ConfigService:
     cfg = write(tmp_path, "config.yaml", config) if config is not None else None
     sec = write(tmp_path, "secrets.yaml", secrets) if secrets is not None else None
     return ConfigService(MODEL, load_layers(cfg, sec, env or {}, dotenv=tmp_path / ".env"))
@@ -91,7 +96,11 @@ storage:
     assert chat.chat_ids == [1] and chat.retries == 1
     assert app.cameras["front_door"].options("chat", ChatCamera).silent is True
     # the environment overrides the file, keeping the file's other keys
-    env = {"SPYONCINO_CHAT__CHAT_IDS": "[1,2]", "SPYONCINO_CHAT__TOKEN": "123:from-env", "SPYONCINO_LOG__LEVEL": "debug"}
+    env = {
+        "SPYONCINO_CHAT__CHAT_IDS": "[1,2]",
+        "SPYONCINO_CHAT__TOKEN": "123:from-env",
+        "SPYONCINO_LOG__LEVEL": "debug",
+    }
     app = load(tmp_path, config, env).current
     chat = app.section("chat", ChatConfig)
     assert chat.chat_ids == [1, 2]
@@ -186,7 +195,7 @@ def test_secrets_are_redacted_in_dumps_and_errors(tmp_path: Path) -> None:
     assert "rtsp://***@10.0.0.5/stream" in dumped
     assert set(secret_values(svc.current)) == {"123456:SECRET-TOKEN", "hunter22"}
     with pytest.raises(ConfigError) as exc:
-        load(tmp_path, None, {"SPYONCINO_CHAT__TOKEN": "@json [\"not-a-string-SECRET\"]"})
+        load(tmp_path, None, {"SPYONCINO_CHAT__TOKEN": '@json ["not-a-string-SECRET"]'})
     assert "SECRET" not in str(exc.value)
 
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import pytest
 from pydantic import Field
@@ -28,7 +28,12 @@ LOG: list[str] = []
 
 
 def make_module(
-    name: str, category: Category, *, fail_start: int = 0, permanent: bool = False, refuse: Any = None
+    name: str,
+    category: Category,
+    *,
+    fail_start: int = 0,
+    permanent: bool = False,
+    refuse: Any = None,
 ) -> type[BaseModule]:
     class Cfg(ModuleConfig):
         level: int = Field(default=1, ge=0, le=100, description="a knob")
@@ -99,7 +104,10 @@ async def test_disabled_module_is_not_built(tmp_path: Path) -> None:
 
 
 async def test_not_ready_is_retried_then_runs(tmp_path: Path) -> None:
-    registry = {"flaky": make_module("flaky", "output", fail_start=2), "ok": make_module("ok", "process")}
+    registry = {
+        "flaky": make_module("flaky", "output", fail_start=2),
+        "ok": make_module("ok", "process"),
+    }
     orch = Orchestrator(service(registry, {}), registry, retry_base=0.01)
     await orch.start()
     assert orch.health().overall == "degraded"
@@ -166,7 +174,9 @@ async def test_accepted_update_reconfigures_affected_modules_only() -> None:
     orch.bus.subscribe("config.snapshot", snaps)
     orch.bus.subscribe("config.rejected", rejects)
     LOG.clear()
-    await orch.bus.publish("config.update", ConfigUpdate(changes={"a": {"level": 5}}, request_id="r1"))
+    await orch.bus.publish(
+        "config.update", ConfigUpdate(changes={"a": {"level": 5}}, request_id="r1")
+    )
     snap = (await snaps.wait_for()).payload
     assert snap.request_id == "r1" and snap.version == 2 and snap.changed_modules == ("a",)
     assert snap.config["a"]["level"] == 5
@@ -183,7 +193,8 @@ async def test_refused_update_rolls_everything_back() -> None:
     orch.bus.subscribe("config.rejected", rejects)
     LOG.clear()
     await orch.bus.publish(
-        "config.update", ConfigUpdate(changes={"a": {"level": 9}, "b": {"level": 9}}, request_id="r2")
+        "config.update",
+        ConfigUpdate(changes={"a": {"level": 9}, "b": {"level": 9}}, request_id="r2"),
     )
     rej = (await rejects.wait_for()).payload
     assert rej.request_id == "r2" and rej.version == 1

@@ -11,12 +11,19 @@ from pathlib import Path
 import cv2
 
 
-def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("SPYONCINO_")}
     base.update(env or {})
     return subprocess.run(
-        [sys.executable, "-m", "spyoncino", *args], cwd=cwd, env=base, capture_output=True,
-        text=True, timeout=timeout, check=False,
+        [sys.executable, "-m", "spyoncino", *args],
+        cwd=cwd,
+        env=base,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
 
 
@@ -32,7 +39,9 @@ def test_demo_run_stores_events_and_snapshots(tmp_path: Path) -> None:
     assert events, "no event was indexed"
     assert all(cam == "sample" for _, cam, _, _ in events)
     assert all(phase == "ended" and ended for _, _, phase, ended in events)
-    snaps = conn.execute("SELECT event_id, relpath, size_bytes FROM artifacts WHERE kind='snapshot'").fetchall()
+    snaps = conn.execute(
+        "SELECT event_id, relpath, size_bytes FROM artifacts WHERE kind='snapshot'"
+    ).fetchall()
     assert {e for e, _, _ in snaps} >= {e for e, _, _, _ in events}
     for _, relpath, size in snaps:
         path = root / relpath
@@ -44,7 +53,9 @@ def test_demo_run_stores_events_and_snapshots(tmp_path: Path) -> None:
 
 def test_check_config_reports_every_error_and_exits_2(tmp_path: Path) -> None:
     cfg = tmp_path / "bad.yaml"
-    cfg.write_text("cameras:\n  gate:\n    source: rtsp-ish\nmotion:\n  threshold: 999\n  colour: red\n")
+    cfg.write_text(
+        "cameras:\n  gate:\n    source: rtsp-ish\nmotion:\n  threshold: 999\n  colour: red\n"
+    )
     res = run_cli(["check-config", "--config", str(cfg)], tmp_path)
     assert res.returncode == 2
     assert f"{cfg}: motion.threshold" in res.stderr
@@ -62,7 +73,9 @@ def test_check_config_flags_a_source_no_input_reads(tmp_path: Path) -> None:
 
 def test_check_config_show_redacts_secrets(tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"cameras:\n  a:\n    source: {tmp_path / 'x.mp4'}\nstorage:\n  root: {tmp_path}\n")
+    cfg.write_text(
+        f"cameras:\n  a:\n    source: {tmp_path / 'x.mp4'}\nstorage:\n  root: {tmp_path}\n"
+    )
     (tmp_path / "x.mp4").write_bytes(b"")
     res = run_cli(["check-config", "--config", str(cfg), "--show"], tmp_path)
     assert res.returncode == 0, res.stderr
@@ -80,6 +93,15 @@ def test_schema_writes_config_and_payload_schemas(tmp_path: Path) -> None:
     motion = json.loads((tmp_path / "s" / "MotionEvent.schema.json").read_text())
     assert "frame" not in motion["properties"]
     assert motion["properties"]["schema_version"]["default"] == 1
-    for name in ("DetectionEvent", "MediaArtifact", "AlertNotification", "ConfigUpdate", "ConfigSnapshot",
-                 "ConfigRejected", "ControlCommand", "HealthReport", "BusStatus"):
+    for name in (
+        "DetectionEvent",
+        "MediaArtifact",
+        "AlertNotification",
+        "ConfigUpdate",
+        "ConfigSnapshot",
+        "ConfigRejected",
+        "ControlCommand",
+        "HealthReport",
+        "BusStatus",
+    ):
         assert (tmp_path / "s" / f"{name}.schema.json").is_file()

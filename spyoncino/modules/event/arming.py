@@ -65,7 +65,9 @@ class ArmingState(BaseModule):
             self.armed = bool(data.get("armed", self.armed))
             now = time.time()
             self.muted_until = {
-                str(k): float(v) for k, v in dict(data.get("muted_until", {})).items() if float(v) > now
+                str(k): float(v)
+                for k, v in dict(data.get("muted_until", {})).items()
+                if float(v) > now
             }
         except FileNotFoundError:
             pass
@@ -106,4 +108,8 @@ class ArmingState(BaseModule):
         await self._publish()
 
     def metrics(self) -> dict[str, float | int | str]:
-        return {"armed": int(self.armed), "muted": len(self.state().muted_until), "commands": self.commands}
+        return {
+            "armed": int(self.armed),
+            "muted": len(self.state().muted_until),
+            "commands": self.commands,
+        }

@@ -109,7 +109,9 @@ class FileInput(CameraInput):
         except av.FFmpegError as e:
             raise SourceError(f"decode error: {e}") from e
         pts = (
-            frame.pts * self._time_base if frame.pts is not None else self._last_pts + self._frame_period
+            frame.pts * self._time_base
+            if frame.pts is not None
+            else self._last_pts + self._frame_period
         ) + self._offset
         self._last_pts = pts
         width, height = frame.width, frame.height
@@ -152,5 +154,7 @@ class FileInput(CameraInput):
 
     async def _publish(self, raw: RawFrame, now: float) -> None:
         if self.opts.pace == "lockstep":
-            await self.bus.wait_idle(self.topic, "process.motion.detected", "process.object.detected")
+            await self.bus.wait_idle(
+                self.topic, "process.motion.detected", "process.object.detected"
+            )
         await super()._publish(raw, now)

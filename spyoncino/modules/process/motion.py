@@ -69,8 +69,12 @@ class Config(ModuleConfig):
 
 class MotionCamera(CameraOptions):
     enabled: bool = Field(default=True, description="Detect motion on this camera.")
-    threshold: int | None = Field(default=None, ge=1, le=255, description="Overrides motion.threshold.")
-    min_area: float | None = Field(default=None, ge=0.0, le=0.5, description="Overrides motion.min_area.")
+    threshold: int | None = Field(
+        default=None, ge=1, le=255, description="Overrides motion.threshold."
+    )
+    min_area: float | None = Field(
+        default=None, ge=0.0, le=0.5, description="Overrides motion.min_area."
+    )
     masks: list[Polygon] = Field(
         default_factory=list,
         description="Polygons to ignore, points as [x, y] in 0..1 of the frame (a road, a tree).",
@@ -114,12 +118,10 @@ class MotionState:
     def _prepare(self, luma: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
         h, w = luma.shape[:2]
         if w > self.cfg.width:
-            luma = cv2.resize(
-                luma, (self.cfg.width, max(1, round(h * self.cfg.width / w))),
-                interpolation=cv2.INTER_AREA,
-            )
+            size = (self.cfg.width, max(1, round(h * self.cfg.width / w)))
+            luma = np.asarray(cv2.resize(luma, size, interpolation=cv2.INTER_AREA), np.uint8)
         k = self.cfg.blur
-        return cv2.GaussianBlur(luma, (k, k), 0) if k else luma
+        return np.asarray(cv2.GaussianBlur(luma, (k, k), 0), np.uint8) if k else luma
 
     def _mask_for(self, shape: tuple[int, ...]) -> npt.NDArray[np.uint8] | None:
         if not self.cam.masks:
@@ -128,7 +130,9 @@ class MotionState:
             h, w = shape[:2]
             mask = np.full((h, w), 255, np.uint8)
             for poly in self.cam.masks:
-                pts = np.array([[round(x * (w - 1)), round(y * (h - 1))] for x, y in poly], np.int32)
+                pts = np.array(
+                    [[round(x * (w - 1)), round(y * (h - 1))] for x, y in poly], np.int32
+                )
                 cv2.fillPoly(mask, [pts], 0)
             self._mask = mask
         return self._mask
@@ -160,7 +164,9 @@ class MotionState:
         if self.cfg.dilate:
             binary = cv2.dilate(binary, self._kernel, iterations=self.cfg.dilate)
         contours, _ = cv2.findContours(binary, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        min_area = (self.cam.min_area if self.cam.min_area is not None else self.cfg.min_area) * binary.size
+        min_area = (
+            self.cam.min_area if self.cam.min_area is not None else self.cfg.min_area
+        ) * binary.size
         boxes = []
         for c in contours:
             x, y, w, h = cv2.boundingRect(c)
@@ -170,7 +176,11 @@ class MotionState:
 
 
 def to_frame_boxes(
-    boxes: tuple[tuple[int, int, int, int], ...], plane_w: int, plane_h: int, width: int, height: int
+    boxes: tuple[tuple[int, int, int, int], ...],
+    plane_w: int,
+    plane_h: int,
+    width: int,
+    height: int,
 ) -> tuple[Box, ...]:
     sx, sy = width / plane_w, height / plane_h
     return tuple(
@@ -201,7 +211,8 @@ class MotionDetector(BaseModule):
     async def configure(self, app: AppConfig) -> None:
         self.cfg = app.section(self.name or "motion", Config)
         self.cams = {
-            cid: cam.options(self.name or "motion", MotionCamera) for cid, cam in app.cameras.items()
+            cid: cam.options(self.name or "motion", MotionCamera)
+            for cid, cam in app.cameras.items()
         }
         for cid, state in self.states.items():
             state.reconfigure(self.cfg, self.cams.get(cid, MotionCamera()))

@@ -17,7 +17,10 @@ async def test_commands_change_state_which_survives_a_restart(tmp_path: Path) ->
         first: ControlState = (await states.wait_for()).payload
         assert first.armed is True
         await h.bus.publish("control.command", ControlCommand(command="disarm", source="api"))
-        await h.bus.publish("control.command", ControlCommand(command="mute", camera_id="gate", duration_s=600, source="api"))
+        await h.bus.publish(
+            "control.command",
+            ControlCommand(command="mute", camera_id="gate", duration_s=600, source="api"),
+        )
         await h.bus.drain(timeout=2)
         last: ControlState = states.payloads[-1]
         assert last.armed is False and set(last.muted_until) == {"gate"}
@@ -30,7 +33,9 @@ async def test_commands_change_state_which_survives_a_restart(tmp_path: Path) ->
         await h.bus.drain(timeout=2)
         assert states.payloads[-1].armed is False
         assert "gate" in states.payloads[-1].muted_until
-        await h.bus.publish("control.command", ControlCommand(command="unmute", camera_id="gate", source="api"))
+        await h.bus.publish(
+            "control.command", ControlCommand(command="unmute", camera_id="gate", source="api")
+        )
         await h.bus.publish("control.command", ControlCommand(command="arm", source="api"))
         await h.bus.drain(timeout=2)
         assert states.payloads[-1] == ControlState(armed=True, muted_until={})

@@ -13,8 +13,14 @@ from spyoncino.testing import BusHarness
 
 def notice(phase: str, **kw: object) -> EventNotice:
     base = dict(
-        event_id="e1", camera_id="cam", kind="object", phase=phase, labels=("person",),
-        top_score=0.8, started_at=100.0, updated_at=100.0,
+        event_id="e1",
+        camera_id="cam",
+        kind="object",
+        phase=phase,
+        labels=("person",),
+        top_score=0.8,
+        started_at=100.0,
+        updated_at=100.0,
     )
     base.update(kw)
     return EventNotice.model_validate(base)
@@ -27,19 +33,35 @@ async def test_index_records_events_artifacts_and_notifications_in_batches(tmp_p
         await idx.configure(idx.ctx.app)
         await idx.start()
         await h.bus.publish("event.object.started", notice("started"))
-        await h.bus.publish("event.object.updated", notice("updated", labels=("person", "dog"), top_score=0.9, updated_at=101.0))
+        await h.bus.publish(
+            "event.object.updated",
+            notice("updated", labels=("person", "dog"), top_score=0.9, updated_at=101.0),
+        )
         await h.bus.publish(
             "event.snapshot.ready",
             MediaArtifact(
-                event_id="e1", camera_id="cam", kind="snapshot", path=str(tmp_path / "x.jpg"),
-                relpath="cam/2026-01-01/e1.jpg", size_bytes=10, sha256="0" * 64, mime="image/jpeg",
+                event_id="e1",
+                camera_id="cam",
+                kind="snapshot",
+                path=str(tmp_path / "x.jpg"),
+                relpath="cam/2026-01-01/e1.jpg",
+                size_bytes=10,
+                sha256="0" * 64,
+                mime="image/jpeg",
                 created_at=time.time(),
             ),
         )
         await h.bus.publish(
             "notify.telegram.sent",
-            AlertNotification(channel="telegram", event_id="e1", camera_id="cam", kind="snapshot",
-                              status="sent", recipient="42", at=time.time()),
+            AlertNotification(
+                channel="telegram",
+                event_id="e1",
+                camera_id="cam",
+                kind="snapshot",
+                status="sent",
+                recipient="42",
+                at=time.time(),
+            ),
         )
         await h.bus.drain(timeout=2)
         db = tmp_path / "events.sqlite3"
@@ -51,8 +73,12 @@ async def test_index_records_events_artifacts_and_notifications_in_batches(tmp_p
         conn = sqlite3.connect(db)
         row = conn.execute("SELECT camera_id, labels, top_score, phase FROM events").fetchone()
         assert row == ("cam", '["person", "dog"]', 0.9, "updated")
-        assert conn.execute("SELECT kind, relpath FROM artifacts").fetchall() == [("snapshot", "cam/2026-01-01/e1.jpg")]
-        assert conn.execute("SELECT channel, status, recipient FROM notifications").fetchall() == [("telegram", "sent", "42")]
+        assert conn.execute("SELECT kind, relpath FROM artifacts").fetchall() == [
+            ("snapshot", "cam/2026-01-01/e1.jpg")
+        ]
+        assert conn.execute("SELECT channel, status, recipient FROM notifications").fetchall() == [
+            ("telegram", "sent", "42")
+        ]
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert idx.metrics()["commits"] == 1
         stored = saved.payloads[-1]
