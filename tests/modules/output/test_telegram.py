@@ -718,3 +718,18 @@ async def test_config_updates_apply_in_place_or_are_refused(
     with pytest.raises(ModuleConfigError, match="restart"):
         await h.module.configure(moved)
     assert h.module.cfg.chat_ids == [111, 333]  # the refused change left the config in force
+
+
+async def test_a_flapping_camera_cannot_flood(harness: MakeHarness, botapi: BotApiEmulator) -> None:
+    outbox = dict(FAST_OUTBOX, camera_budget=2, camera_window_s=1.0)
+    h = await harness(**cfg(botapi, chat_ids=[111], commands=False, outbox=outbox))
+    for _ in range(5):
+        await h.event("front_door")
+    await h.event("garden")  # another camera has its own budget
+    await botapi.wait_for("sendPhoto", count=3)
+    await asyncio.sleep(0.3)
+    assert len(botapi.calls_to("sendPhoto")) == 3
+    await asyncio.sleep(1.0)  # the window moves on
+    await h.event("front_door")
+    last = await botapi.wait_for("sendPhoto", count=4)
+    assert "(+3 more on Front door not sent: alert rate limit)" in last.params["caption"]

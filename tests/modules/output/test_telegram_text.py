@@ -1,0 +1,92 @@
+"""What the bot says and how it reads durations."""
+
+from __future__ import annotations
+
+import time
+from datetime import time as dtime
+from pathlib import Path
+
+import pytest
+
+from spyoncino.modules.output import _telegram_text as text
+from spyoncino.schemas.control import ControlState
+
+
+@pytest.mark.parametrize(
+    ("raw", "seconds"),
+    [
+        ("90s", 90),
+        ("15m", 900),
+        ("15min", 900),
+        ("1h", 3600),
+        ("2h30m", 9000),
+        ("1d", 86400),
+        ("30", 1800),
+        ("1.5h", 5400),
+        ("10 sec", 10),
+    ],
+)
+def test_durations(raw: str, seconds: float) -> None:
+    assert text.parse_duration(raw) == seconds
+
+
+@pytest.mark.parametrize("raw", ["", "soon", "1h30", "h", "-5m", "0m", "1x"])
+def test_bad_durations(raw: str) -> None:
+    with pytest.raises(ValueError):
+        text.parse_duration(raw)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [(45, "45 s"), (60, "1 min"), (3600, "1 h"), (5400, "1 h 30 min"), (90000, "1 d 1 h")],
+)
+def test_format_duration(seconds: float, shown: str) -> None:
+    assert text.format_duration(seconds) == shown
+
+
+def test_quiet_hours_wrap_midnight() -> None:
+    start, end = dtime(22, 30), dtime(7, 0)
+    assert text.in_quiet_hours(dtime(23, 0), start, end)
+    assert text.in_quiet_hours(dtime(6, 59), start, end)
+    assert not text.in_quiet_hours(dtime(7, 0), start, end)
+    assert not text.in_quiet_hours(dtime(12, 0), start, end)
+    assert text.in_quiet_hours(dtime(13, 0), dtime(12, 0), dtime(14, 0))
+    assert not text.in_quiet_hours(dtime(13, 0), None, end)
+
+
+def test_caption_links_to_the_status_page() -> None:
+    info = text.AlertInfo("ev-1", "door", "Door", "object", ("person", "dog"), 0.5, (), 0.0)
+    cap = text.caption(info, "UTC", "http://box.local:8080/")
+    assert cap.splitlines() == [
+        "Door: person, dog (50%)",
+        "1970-01-01 00:00:00",
+        "http://box.local:8080/events/ev-1",
+    ]
+    motion = text.AlertInfo("ev-2", "door", "Door", "motion", (), 0.0, ("porch",), 0.0)
+    assert text.caption(motion, "UTC", None).splitlines() == [
+        "Door: motion",
+        "1970-01-01 00:00:00",
+        "zone: porch",
+    ]
+
+
+def test_state_text_lists_live_mutes_only() -> None:
+    now = time.time()
+    state = ControlState(armed=False, muted_until={"door": now + 600, "*": now + 60, "x": now - 1})
+    lines = text.state_text(state, now, "UTC", {"door": "Door"}).splitlines()
+    assert lines[0].startswith("Disarmed")
+    assert any(line.startswith("Muted all cameras for 1 min") for line in lines)
+    assert any(line.startswith("Muted Door for 10 min") for line in lines)
+    assert len(lines) == 3
+
+
+def test_events_of_a_missing_index_are_none(tmp_path: Path) -> None:
+    assert text.read_events(tmp_path / "nope.sqlite3", 5) == []
+    assert not (tmp_path / "nope.sqlite3").exists()
+    assert text.events_text([], {}, None) == "No events recorded yet."
+
+
+def test_disk_free_of_a_folder_not_made_yet(tmp_path: Path) -> None:
+    free = text.disk_free(tmp_path / "not" / "yet")
+    assert free is not None
+    assert 0 < free[0] <= free[1]
