@@ -675,7 +675,9 @@ class Outbox:
 
     def metrics(self) -> dict[str, float | int | str]:
         out: dict[str, float | int | str] = {f"outbox_{k}": v for k, v in self.stats.items()}
-        out["outbox_pending"] = self.pending()
+        out["outbox_pending"] = self.pending()  # the status page's spyoncino_outbox_depth
+        # "pending" is what the orchestrator's drain waits for when a replay ends
+        out["pending"] = out["outbox_pending"]
         return out
 
 

@@ -132,3 +132,35 @@ async def test_a_bad_subject_template_is_refused(env: dict[str, Any]) -> None:
 async def test_without_host_it_is_inert(env: dict[str, Any]) -> None:
     m = await env["make"](recipients=["a@b.c"])
     assert "disabled" in m.health().detail
+
+
+async def test_a_refused_message_fails_at_once(env: dict[str, Any]) -> None:
+    from aiosmtpd.controller import Controller
+
+    from spyoncino.schemas import topics
+
+    class Refusing(Inbox):
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), b""))
+            return "554 5.7.1 message refused"
+
+    inbox = Refusing()
+    port = free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    failed: list[Any] = []
+
+    async def on_failed(msg: Any) -> None:
+        failed.append(msg.payload)
+
+    env["bus"].subscribe(topics.NOTIFY.at(channel="email", status="failed"), on_failed)
+    try:
+        await env["make"](
+            host="127.0.0.1", port=port, security="none", recipients=["o@example.test"], outbox=FAST
+        )
+        await publish_event(env["bus"], env["root"], "ev-1")
+        await until(lambda: len(failed) == 1)
+        assert failed[0].error == "SMTP 554"
+        assert len(inbox.messages) == 1  # tried once, not retried
+    finally:
+        controller.stop()
