@@ -478,3 +478,31 @@ async def test_rate_cap_runs_on_the_frames_own_clock(
     await settle(det, rig.bus)
     seqs = [e.seq for e in rig.events]
     assert seqs[:10] == list(range(80, 100, 2))
+
+
+def test_tflite_runtime_is_the_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without LiteRT, tflite_runtime (same Interpreter API) is used: faked at its boundary."""
+    import types
+
+    from ai_edge_litert import interpreter as litert
+
+    fake_pkg = types.ModuleType("tflite_runtime")
+    fake = types.ModuleType("tflite_runtime.interpreter")
+    fake.Interpreter = litert.Interpreter  # type: ignore[attr-defined]
+    fake.load_delegate = litert.load_delegate  # type: ignore[attr-defined]
+    fake_pkg.interpreter = fake  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "tflite_runtime", fake_pkg)
+    monkeypatch.setitem(sys.modules, "tflite_runtime.interpreter", fake)
+    real_import = builtins.__import__
+
+    def no_litert(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name.startswith("ai_edge_litert"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_litert)
+    model = load_model(Config())
+    assert model.backend.name == "tflite"
+    # and `backend: tflite` prefers it even when LiteRT is there
+    monkeypatch.setattr(builtins, "__import__", real_import)
+    assert load_model(Config(backend="tflite")).backend.name == "tflite"
