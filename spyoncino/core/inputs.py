@@ -104,6 +104,46 @@ def make_luma(image: Image, width: int) -> Image:
     return shrink_luma(grey, width)
 
 
+#: decoder pixel formats whose planes we read directly (planar 4:2:0; plane 0 is luma)
+_I420_FORMATS = frozenset({"yuv420p", "yuvj420p"})
+_Y_TO_VIDEO = np.round(16 + np.arange(256) * 219 / 255).astype(np.uint8)
+_C_TO_VIDEO = np.round(128 + (np.arange(256) - 128) * 224 / 255).astype(np.uint8)
+
+
+def av_frame_to_raw(frame: Any, luma_width: int, pts_s: float | None = None) -> RawFrame:
+    """A decoded PyAV ``VideoFrame`` -> ``RawFrame``: luma now, BGR only on demand.
+
+    The planes are read as numpy views of the frame's reference-counted buffers (the decoder
+    never writes to a picture it has output). The colour conversion is OpenCV's, on those
+    views: PyAV's own converter (``to_ndarray``) crashed the process when a consumer thread
+    called it while the camera thread was decoding. Formats other than planar 4:2:0 (rare for
+    cameras) are converted at once, on the camera thread.
+    """
+    w, h = frame.width, frame.height
+    if frame.format.name not in _I420_FORMATS or w % 2 or h % 2:
+        image = frame.to_ndarray(format="bgr24")
+        return RawFrame(width=w, height=h, image=image, pts_s=pts_s)
+    y, u, v = (
+        np.frombuffer(p, dtype=np.uint8).reshape(p.height, p.line_size) for p in frame.planes
+    )
+    luma = shrink_luma(y[:, :w], luma_width)
+    full_range = frame.format.name == "yuvj420p"
+
+    def decode() -> Image:
+        i420 = np.empty((h * 3 // 2, w), dtype=np.uint8)
+        i420[:h] = y[:, :w]
+        chroma = i420[h:].reshape(-1)
+        q = (h // 2) * (w // 2)
+        chroma[:q] = u[:, : w // 2].reshape(-1)
+        chroma[q:] = v[:, : w // 2].reshape(-1)
+        if full_range:  # OpenCV assumes video range (16-235): squeeze JPEG-range values first
+            cv2.LUT(i420[:h], _Y_TO_VIDEO, dst=i420[:h])
+            cv2.LUT(i420[h:], _C_TO_VIDEO, dst=i420[h:])
+        return cast("Image", cv2.cvtColor(i420, cv2.COLOR_YUV2BGR_I420))
+
+    return RawFrame(width=w, height=h, luma=luma, decode=decode, pts_s=pts_s)
+
+
 class SourceThread:
     """One daemon thread running a camera's blocking calls in order.
 

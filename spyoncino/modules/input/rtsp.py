@@ -28,14 +28,10 @@ from spyoncino.core.inputs import (
     RawFrame,
     SourceError,
     SourceStalled,
-    shrink_luma,
+    av_frame_to_raw,
 )
 
 SCHEMES = ("rtsp://", "rtsps://")
-#: pixel formats whose plane 0 is the full-resolution Y (luma) plane
-_YUV_FORMATS = frozenset(
-    {"yuv420p", "yuvj420p", "nv12", "nv21", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p"}
-)
 
 
 class Config(ModuleConfig):
@@ -248,25 +244,8 @@ class RtspInput(CameraInput):
 
     def to_raw(self, frame: Any) -> RawFrame:
         """Luma from the Y plane now; BGR only when someone calls ``decode``."""
-        import numpy as np
-
-        if frame.format.name in _YUV_FORMATS:
-            plane = frame.planes[0]
-            y = np.frombuffer(plane, dtype=np.uint8).reshape(plane.height, plane.line_size)
-            luma = y[:, : frame.width]
-        else:
-            luma = frame.to_ndarray(format="gray")
         self.stream_size = (frame.width, frame.height)
-
-        def decode(f: Any = frame) -> Any:
-            return f.to_ndarray(format="bgr24")
-
-        return RawFrame(
-            width=frame.width,
-            height=frame.height,
-            decode=decode,
-            luma=shrink_luma(luma, self.cam.luma_width),
-        )
+        return av_frame_to_raw(frame, self.cam.luma_width)
 
     def close(self) -> None:
         container, self._container = self._container, None

@@ -97,7 +97,9 @@ class V4L2Camera:
         cap.set(cv2.CAP_PROP_FPS, opts.fps)
         # two buffers: the newest frame, not one that waited in a queue
         cap.set(cv2.CAP_PROP_BUFFERSIZE, 2)
-        cap.set(cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(opts.stall_timeout_s * 1000))
+        timeout_prop = getattr(cv2, "CAP_PROP_READ_TIMEOUT_MSEC", None)  # OpenCV >= 4.7
+        if timeout_prop is not None:
+            cap.set(timeout_prop, int(opts.stall_timeout_s * 1000))
         fourcc = fourcc_text(cap.get(cv2.CAP_PROP_FOURCC))
         if fourcc == "MJPG":
             # hand us the JPEG bytes; we decode what is needed, when it is needed

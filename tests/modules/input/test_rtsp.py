@@ -182,3 +182,26 @@ def test_decoder_threads_follow_the_stream_size() -> None:
     assert RtspInput.auto_threads(1280, 720) == 1
     assert RtspInput.auto_threads(1920, 1080) == 2
     assert RtspInput.auto_threads(0, 0) == 2  # unknown before the first picture: play safe
+
+
+async def test_colour_decoded_on_other_threads_while_streaming(rtsp_server, camera_input) -> None:
+    """Consumers (detector, clips) convert frames on pool threads while the camera decodes.
+
+    A full `spyoncino run` on this stream segfaulted inside PyAV's converter (`to_ndarray`,
+    called by the clip module) while the camera thread decoded; this test does not reproduce
+    that crash reliably, it checks the replacement (OpenCV on plane views) under the same
+    concurrency.
+    """
+    server = rtsp_server()
+    h = await camera_input(RtspInput, server.url(), "rtsp", options=FAST)
+    await h.wait_frames(35, timeout=30)
+    seen = 0
+    deadline = time.monotonic() + 4
+    while time.monotonic() < deadline:
+        frames = [f for _, f in h.frames[-4:]]
+        images = await asyncio.gather(*(asyncio.to_thread(lambda f=f: f.image) for f in frames))
+        assert all(img.shape == (576, 768, 3) for img in images)
+        seen += len(images)
+        await asyncio.sleep(0.01)
+    assert seen > 40
+    assert h.module.cam_state == "streaming"
