@@ -684,6 +684,7 @@ class Outbox:
 @dataclass
 class _Tracked:
     event: EventNotice
+    seen_mono: float = 0.0
     alerted: bool = False
     suppressed: bool = False
     held: list[MediaArtifact] = field(default_factory=list)
@@ -696,6 +697,10 @@ class AlertGate:
     armed and neither the camera nor ``*`` is muted, within the per-camera budget. Follow-ups
     (GIF, clip) of an alerted event pass too, after the snapshot; those of a suppressed event
     do not. Feed it every ``event.#`` message in order and every ``control.state``.
+
+    An event whose snapshot never comes (the writer failed: disk full, no colour frame) must
+    still be heard of: ``overdue`` hands out, once, the events still without a snapshot
+    ``wait_s`` after they started, for a text alert.
     """
 
     def __init__(
@@ -716,15 +721,49 @@ class AlertGate:
         self.suppressed = 0
         self.last_reason: str | None = None
         self._events: OrderedDict[str, _Tracked] = OrderedDict()
+        self._waiting: OrderedDict[str, None] = OrderedDict()
 
     def notice(self, ev: EventNotice) -> None:
         tracked = self._events.get(ev.event_id)
         if tracked is not None:
             tracked.event = ev
         elif ev.phase == "started" and ev.kind in self.kinds:
-            self._events[ev.event_id] = _Tracked(ev)
+            self._events[ev.event_id] = _Tracked(ev, time.monotonic())
+            self._waiting[ev.event_id] = None
             while len(self._events) > self.keep:
-                self._events.popitem(last=False)
+                gone, _ = self._events.popitem(last=False)
+                self._waiting.pop(gone, None)
+
+    def _decide(self, tracked: _Tracked) -> bool:
+        """Alert (True) or suppress this event now; either way it waits no more."""
+        self._waiting.pop(tracked.event.event_id, None)
+        camera = tracked.event.camera_id
+        why = self.reason(camera)
+        if why is None and self.budget is not None and not self.budget(camera):
+            why = "camera rate limit"
+        if why is not None:
+            tracked.suppressed = True
+            tracked.held.clear()
+            self.suppressed += 1
+            self.last_reason = why
+            return False
+        tracked.alerted = True
+        return True
+
+    def overdue(self, wait_s: float, now_mono: float | None = None) -> list[EventNotice]:
+        """Events still without a snapshot ``wait_s`` after they started, to alert as text."""
+        now = time.monotonic() if now_mono is None else now_mono
+        out = []
+        for event_id in list(self._waiting):
+            tracked = self._events.get(event_id)
+            if tracked is None or tracked.alerted or tracked.suppressed:
+                self._waiting.pop(event_id, None)
+                continue
+            if now - tracked.seen_mono < wait_s:
+                break  # in start order: the rest are younger
+            if self._decide(tracked):
+                out.append(tracked.event)
+        return out
 
     def event(self, event_id: str) -> EventNotice | None:
         tracked = self._events.get(event_id)
@@ -748,18 +787,8 @@ class AlertGate:
         if tracked is None or tracked.suppressed:
             return []
         if art.kind == "snapshot":
-            if tracked.alerted:
+            if tracked.alerted or not self._decide(tracked):
                 return []
-            why = self.reason(art.camera_id)
-            if why is None and self.budget is not None and not self.budget(art.camera_id):
-                why = "camera rate limit"
-            if why is not None:
-                tracked.suppressed = True
-                tracked.held.clear()
-                self.suppressed += 1
-                self.last_reason = why
-                return []
-            tracked.alerted = True
             held, tracked.held = tracked.held, []
             return [(tracked.event, art), *((tracked.event, h) for h in held)]
         if art.kind not in self.followups:

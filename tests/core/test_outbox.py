@@ -284,3 +284,68 @@ def test_camera_budget_counts_what_it_holds_back() -> None:
 def test_settings_are_validated(bad: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         OutboxSettings(**bad)
+
+
+def _notice(event_id: str, camera: str = "c") -> Any:
+    from spyoncino.schemas.events import EventNotice
+
+    return EventNotice(
+        event_id=event_id,
+        camera_id=camera,
+        kind="object",
+        phase="started",
+        labels=("person",),
+        top_score=0.9,
+        started_at=0.0,
+        updated_at=0.0,
+    )
+
+
+def _artifact(event_id: str, kind: str) -> Any:
+    from spyoncino.schemas.media import MediaArtifact
+
+    return MediaArtifact(
+        event_id=event_id,
+        camera_id="c",
+        kind=kind,  # type: ignore[arg-type]
+        path="/x",
+        relpath="x",
+        size_bytes=1,
+        sha256="0" * 64,
+        mime="image/jpeg",
+        created_at=0.0,
+    )
+
+
+def test_gate_orders_follow_ups_after_the_photo_and_respects_state() -> None:
+    from spyoncino.core.outbox import AlertGate
+    from spyoncino.schemas.control import ControlState
+
+    gate = AlertGate()
+    gate.notice(_notice("e1"))
+    assert gate.artifact(_artifact("e1", "gif")) == []  # held until the photo
+    out = gate.artifact(_artifact("e1", "snapshot"))
+    assert [a.kind for _e, a in out] == ["snapshot", "gif"]
+    assert gate.artifact(_artifact("e1", "snapshot")) == []  # a better picture: not again
+    assert gate.artifact(_artifact("unknown", "snapshot")) == []
+    gate.state = ControlState(armed=False)
+    gate.notice(_notice("e2"))
+    assert gate.artifact(_artifact("e2", "snapshot")) == []
+    assert gate.artifact(_artifact("e2", "clip")) == []
+    assert gate.suppressed == 1
+    assert gate.last_reason == "disarmed"
+
+
+def test_gate_hands_out_events_whose_snapshot_never_came_once() -> None:
+    from spyoncino.core.outbox import AlertGate
+
+    gate = AlertGate()
+    gate.notice(_notice("e1"))
+    gate.notice(_notice("e2"))
+    t0 = time.monotonic()
+    assert gate.overdue(5.0, t0 + 1.0) == []
+    assert gate.artifact(_artifact("e2", "snapshot"))  # e2 got its picture in time
+    assert [e.event_id for e in gate.overdue(5.0, t0 + 6.0)] == ["e1"]
+    assert gate.overdue(5.0, t0 + 7.0) == []
+    assert gate.artifact(_artifact("e1", "snapshot")) == []  # too late: alerted as text
+    assert gate.artifact(_artifact("e1", "gif"))  # but its GIF still follows

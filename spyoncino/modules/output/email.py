@@ -9,6 +9,7 @@ recipient, retried with backoff on connection errors and 4xx replies, failed at 
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
@@ -61,6 +62,13 @@ class Config(ModuleConfig):
     )
     alert_kinds: tuple[Literal["object", "motion"], ...] = Field(
         default=("object", "motion"), description="Event kinds that raise an alert."
+    )
+    snapshot_wait_s: float = Field(
+        default=10.0,
+        ge=1.0,
+        le=600.0,
+        description="An event still without a snapshot this long after it started is alerted "
+        "as text (the snapshot writer failed: disk full, no picture).",
     )
     max_attachment_bytes: int = Field(
         default=10 * 1024 * 1024,
@@ -143,7 +151,14 @@ class EmailOutput(BaseModule):
         self.gate = AlertGate(self.cfg.alert_kinds, (), budget=self.outbox.admit)
         self.subscribe(topics.CONTROL_STATE.name, self._on_state, policy="latest")
         self.subscribe("event.#", self._on_event_topic, policy="block", maxsize=256)
+        self.spawn(self._overdue_loop(), "overdue")
         self.set_state("ok", f"{len(self.cfg.recipients)} recipient(s) via {self.cfg.host}")
+
+    async def _overdue_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            for ev in self.gate.overdue(self.cfg.snapshot_wait_s):
+                await self._enqueue(ev, None)
 
     async def stop(self) -> None:
         await super().stop()
@@ -162,24 +177,28 @@ class EmailOutput(BaseModule):
         if not isinstance(p, MediaArtifact) or self.outbox is None:
             return
         for ev, art in self.gate.artifact(p):
-            name = self.names.get(ev.camera_id, ev.camera_id)
-            when = local_time(ev.started_at, self.tz).strftime("%Y-%m-%d %H:%M:%S")
-            payload = {
-                "subject": self.cfg.subject.format(camera=name, what=_what(ev), time=when),
-                "body": f"{name}: {_what(ev)}\n{when}\n"
-                + (f"zone: {', '.join(ev.zones)}\n" if ev.zones else "")
-                + f"event {ev.event_id}\n",
-                "path": art.path,
-                "camera_name": name,
-            }
-            for rcpt in self.cfg.recipients:
-                await self.outbox.enqueue(
-                    recipient=rcpt,
-                    event_id=art.event_id,
-                    camera_id=art.camera_id,
-                    kind=art.kind,
-                    payload=payload,
-                )
+            await self._enqueue(ev, art)
+
+    async def _enqueue(self, ev: EventNotice, art: MediaArtifact | None) -> None:
+        assert self.outbox is not None
+        name = self.names.get(ev.camera_id, ev.camera_id)
+        when = local_time(ev.started_at, self.tz).strftime("%Y-%m-%d %H:%M:%S")
+        payload = {
+            "subject": self.cfg.subject.format(camera=name, what=_what(ev), time=when),
+            "body": f"{name}: {_what(ev)}\n{when}\n"
+            + (f"zone: {', '.join(ev.zones)}\n" if ev.zones else "")
+            + f"event {ev.event_id}\n",
+            "path": art.path if art is not None else None,
+            "camera_name": name,
+        }
+        for rcpt in self.cfg.recipients:
+            await self.outbox.enqueue(
+                recipient=rcpt,
+                event_id=ev.event_id,
+                camera_id=ev.camera_id,
+                kind=art.kind if art is not None else "text",
+                payload=payload,
+            )
 
     async def message(self, item: OutboxItem) -> EmailMessage:
         p = item.payload
@@ -194,8 +213,20 @@ class EmailOutput(BaseModule):
         msg["Subject"] = subject
         msg["Date"] = formatdate(localtime=True)
         msg["Message-ID"] = make_msgid(domain="spyoncino")
-        path = Path(str(p["path"]))
         run = self.outbox.run_io if self.outbox is not None else self.ctx.executor.run
+        path = Path(str(p["path"])) if p.get("path") else None
+        data: bytes | None = None
+        if path is None:
+            body += "\n(no picture: the snapshot was not made)\n"
+        else:
+            data, body = await self._attachment(path, body, run)
+        msg.set_content(body)
+        if data is not None and path is not None:
+            msg.add_attachment(data, maintype="image", subtype="jpeg", filename=path.name)
+        return msg
+
+    async def _attachment(self, path: Path, body: str, run: Any) -> tuple[bytes | None, str]:
+        data: bytes | None = None
         try:
             size = await run(lambda: path.stat().st_size)
             data = await run(path.read_bytes) if size <= self.cfg.max_attachment_bytes else None
@@ -204,10 +235,7 @@ class EmailOutput(BaseModule):
         except OSError as e:
             data = None
             body += f"\n(snapshot unavailable: {e.strerror or type(e).__name__})\n"
-        msg.set_content(body)
-        if data is not None:
-            msg.add_attachment(data, maintype="image", subtype="jpeg", filename=path.name)
-        return msg
+        return data, body
 
     async def _deliver(self, item: OutboxItem) -> str | None:
         smtp = self._smtp

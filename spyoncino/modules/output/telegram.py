@@ -83,6 +83,13 @@ class Config(ModuleConfig):
         default=("object", "motion"),
         description="Event kinds that raise an alert (the tracker decides which it produces).",
     )
+    snapshot_wait_s: float = Field(
+        default=10.0,
+        ge=1.0,
+        le=600.0,
+        description="An event still without a snapshot this long after it started is alerted "
+        "as text (the snapshot writer failed: disk full, no picture).",
+    )
     followup: Literal["gif", "clip", "both", "none"] = Field(
         default="gif", description="What is sent as a reply to the alert photo when it is ready."
     )
@@ -227,6 +234,7 @@ class TelegramOutput(TelegramCommands):
         self.subscribe(topics.HEALTH.name, self._on_health, policy="latest")
         # one ordered queue for notices and artifacts: a snapshot never overtakes its event
         self.subscribe("event.#", self._on_event_topic, policy="block", maxsize=256)
+        self.spawn(self._overdue_loop(), "overdue")
         if self.cfg.commands:
             self.spawn(self._poll(), "poll")
         self.set_state("ok", f"{len(self.cfg.chat_ids)} chat(s)")
@@ -308,6 +316,30 @@ class TelegramOutput(TelegramCommands):
                 event_id=art.event_id,
                 camera=art.camera_id,
                 reason=self.gate.last_reason,
+            )
+
+    async def _overdue_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            for ev in self.gate.overdue(self.cfg.snapshot_wait_s):
+                await self._text_alert(ev)
+
+    async def _text_alert(self, ev: EventNotice) -> None:
+        assert self.outbox is not None
+        self.log.warning("alert_without_snapshot", event_id=ev.event_id, camera=ev.camera_id)
+        cap = text.caption(self._info(ev), self.tz, self.cfg.status_page_url)
+        payload = {
+            "text": f"{cap}\n(no picture: the snapshot was not made)",
+            "camera_name": self.names.get(ev.camera_id, ev.camera_id),
+            "keyboard": True,
+        }
+        for chat in self.cfg.chat_ids:
+            await self.outbox.enqueue(
+                recipient=str(chat),
+                event_id=ev.event_id,
+                camera_id=ev.camera_id,
+                kind="text",
+                payload=payload,
             )
 
     def _info(self, ev: EventNotice) -> text.AlertInfo:
@@ -416,7 +448,7 @@ class TelegramOutput(TelegramCommands):
                 )
             return str(sent.message_id)
         if item.kind in ("gif", "clip"):
-            reply_to = item.related.get("snapshot")
+            reply_to = item.related.get("snapshot") or item.related.get("text")
             reply = (
                 ReplyParameters(message_id=int(reply_to), allow_sending_without_reply=True)
                 if reply_to
@@ -457,7 +489,10 @@ class TelegramOutput(TelegramCommands):
                 )
             return str(sent.message_id)
         sent = await bot.send_message(
-            chat_id=chat, text=str(p.get("text", "")), disable_notification=silent
+            chat_id=chat,
+            text=str(p.get("text", ""))[:4096],
+            disable_notification=silent,
+            reply_markup=self.keyboard(item.camera_id) if p.get("keyboard") else None,
         )
         return str(sent.message_id)
 

@@ -9,6 +9,7 @@ first, in order, retried with backoff, 429 ``Retry-After`` honoured).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -64,6 +65,13 @@ class Config(ModuleConfig):
     )
     followups: tuple[Literal["gif", "clip"], ...] = Field(
         default=("gif", "clip"), description="Artifacts posted after the alert when ready."
+    )
+    snapshot_wait_s: float = Field(
+        default=10.0,
+        ge=1.0,
+        le=600.0,
+        description="An event still without a snapshot this long after it started is alerted "
+        "as text (the snapshot writer failed: disk full, no picture).",
     )
     respect_arming: bool = Field(
         default=True, description="Stay quiet while disarmed or muted, like Telegram."
@@ -148,7 +156,25 @@ class WebhookOutput(BaseModule):
         )
         self.subscribe(topics.CONTROL_STATE.name, self._on_state, policy="latest")
         self.subscribe("event.#", self._on_event_topic, policy="block", maxsize=256)
+        self.spawn(self._overdue_loop(), "overdue")
         self.set_state("ok", recipient_of(self.cfg.url))
+
+    async def _overdue_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            for ev in self.gate.overdue(self.cfg.snapshot_wait_s):
+                await self._enqueue(ev, None)
+
+    async def _enqueue(self, ev: EventNotice, art: MediaArtifact | None) -> None:
+        assert self.outbox is not None
+        assert self.cfg.url is not None
+        await self.outbox.enqueue(
+            recipient=recipient_of(self.cfg.url),
+            event_id=ev.event_id,
+            camera_id=ev.camera_id,
+            kind=art.kind if art is not None else "text",
+            payload=self.document(ev, art),
+        )
 
     async def stop(self) -> None:
         await super().stop()
@@ -170,16 +196,29 @@ class WebhookOutput(BaseModule):
         if not isinstance(p, MediaArtifact) or self.outbox is None or self.cfg.url is None:
             return
         for ev, art in self.gate.artifact(p):
-            await self.outbox.enqueue(
-                recipient=recipient_of(self.cfg.url),
-                event_id=art.event_id,
-                camera_id=art.camera_id,
-                kind=art.kind,
-                payload=self.document(ev, art),
-            )
+            await self._enqueue(ev, art)
 
-    def document(self, ev: EventNotice, art: MediaArtifact) -> dict[str, Any]:
-        """The JSON body (without ``sent_at``, added per attempt)."""
+    def document(self, ev: EventNotice, art: MediaArtifact | None) -> dict[str, Any]:
+        """The JSON body (without ``sent_at``, added per attempt); ``artifact`` is null when
+        the snapshot was never made."""
+        doc: dict[str, Any] = {
+            "type": "spyoncino.alert"
+            if art is None or art.kind == "snapshot"
+            else f"spyoncino.{art.kind}",
+            "event": {
+                "id": ev.event_id,
+                "camera_id": ev.camera_id,
+                "camera_name": self.names.get(ev.camera_id, ev.camera_id),
+                "kind": ev.kind,
+                "labels": list(ev.labels),
+                "top_score": ev.top_score,
+                "zones": list(ev.zones),
+                "started_at": ev.started_at,
+            },
+            "artifact": None,
+        }
+        if art is None:
+            return doc
         artifact: dict[str, Any] = {
             "kind": art.kind,
             "path": art.path,
@@ -193,20 +232,8 @@ class WebhookOutput(BaseModule):
         }
         if self.cfg.media_base_url:
             artifact["url"] = f"{self.cfg.media_base_url.rstrip('/')}/{art.relpath}"
-        return {
-            "type": "spyoncino.alert" if art.kind == "snapshot" else f"spyoncino.{art.kind}",
-            "event": {
-                "id": ev.event_id,
-                "camera_id": ev.camera_id,
-                "camera_name": self.names.get(ev.camera_id, ev.camera_id),
-                "kind": ev.kind,
-                "labels": list(ev.labels),
-                "top_score": ev.top_score,
-                "zones": list(ev.zones),
-                "started_at": ev.started_at,
-            },
-            "artifact": artifact,
-        }
+        doc["artifact"] = artifact
+        return doc
 
     async def _deliver(self, item: OutboxItem) -> str | None:
         import aiohttp

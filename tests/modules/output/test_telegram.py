@@ -733,3 +733,28 @@ async def test_a_flapping_camera_cannot_flood(harness: MakeHarness, botapi: BotA
     await h.event("front_door")
     last = await botapi.wait_for("sendPhoto", count=4)
     assert "(+3 more on Front door not sent: alert rate limit)" in last.params["caption"]
+
+
+async def test_an_event_without_a_snapshot_is_still_alerted_as_text(
+    harness: MakeHarness, botapi: BotApiEmulator
+) -> None:
+    h = await harness(**cfg(botapi, chat_ids=[111], commands=False, snapshot_wait_s=1.0))
+    now = time.time()
+    ev = EventNotice(
+        event_id="no-pic",
+        camera_id="garden",
+        kind="object",
+        phase="started",
+        labels=("person",),
+        top_score=0.7,
+        started_at=now,
+        updated_at=now,
+    )
+    await h.bus.publish(topics.EVENT.at(kind="object", phase="started"), ev)
+    msg = await botapi.wait_for("sendMessage", timeout=5)
+    assert msg.params["text"].startswith("garden: person (70%)")
+    assert "no picture" in msg.params["text"]
+    assert msg.json("reply_markup")["inline_keyboard"][0][2]["text"] == "Disarm"
+    await h.media(ev, "gif", b"GIF89a" + b"\x00" * 100)
+    anim = await botapi.wait_for("sendAnimation")
+    assert anim.json("reply_parameters")["message_id"] == msg.result["message_id"]

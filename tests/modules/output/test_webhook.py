@@ -163,3 +163,28 @@ async def test_without_url_it_is_inert(env: dict[str, Any]) -> None:
     await publish_event(env["bus"], env["root"], "ev-1")
     await env["bus"].drain()
     assert env["rx"].times == []
+
+
+async def test_an_event_without_a_snapshot_is_posted_without_artifact(
+    env: dict[str, Any],
+) -> None:
+    from spyoncino.schemas.events import EventNotice
+
+    rx = env["rx"]
+    await env["make"](url=rx.url, secret=SECRET, snapshot_wait_s=1.0, outbox=FAST)
+    now = time.time()
+    ev = EventNotice(
+        event_id="no-pic",
+        camera_id="garden",
+        kind="object",
+        phase="started",
+        labels=("person",),
+        top_score=0.7,
+        started_at=now,
+        updated_at=now,
+    )
+    await env["bus"].publish(topics.EVENT.at(kind="object", phase="started"), ev)
+    await until(lambda: len(rx.received) == 1, timeout=5)
+    assert rx.received[0]["type"] == "spyoncino.alert"
+    assert rx.received[0]["artifact"] is None
+    assert rx.received[0]["event"]["id"] == "no-pic"
