@@ -545,6 +545,10 @@ class Outbox:
 
     async def _attempt(self, rid: str, rec: _Recipient, item: OutboxItem) -> None:
         s = self.settings
+        age = time.time() - item.created_at
+        if age >= s.horizon_s:  # e.g. found pending at start after a long power cut
+            await self._finish(rec, item, "failed", error=f"expired after {age:.0f}s, not sent")
+            return
         item.attempts += 1
         if not item.primary:
             item.related = await self._db(_related, self.channel, rid, item.event_id)
