@@ -143,7 +143,14 @@ def _import_tflite(prefer: str) -> tuple[Any, str]:
 class OnnxBackend:
     """An ONNX model on ONNX Runtime: TensorRT, then CUDA, then CPU, as available."""
 
-    def __init__(self, path: Path, *, num_threads: int, input_size: tuple[int, int]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        num_threads: int,
+        input_size: tuple[int, int],
+        cache_dir: Path | None = None,
+    ) -> None:
         try:
             import onnxruntime as ort
         except ImportError as e:
@@ -155,11 +162,7 @@ class OnnxBackend:
         opts.intra_op_num_threads = num_threads
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
-        available = set(ort.get_available_providers())
-        wanted = [
-            p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available
-        ]
-        wanted.append("CPUExecutionProvider")
+        wanted = onnx_providers(set(ort.get_available_providers()), cache_dir)
         try:
             self._sess = ort.InferenceSession(str(path), sess_options=opts, providers=wanted)
         except Exception as e:  # onnxruntime raises its own untyped exceptions
@@ -177,6 +180,28 @@ class OnnxBackend:
     def invoke(self, tensor: npt.NDArray[Any]) -> list[npt.NDArray[Any]]:
         out = self._sess.run(self._out_names, {self._in_name: tensor})
         return [np.asarray(o) for o in out]
+
+
+def onnx_providers(available: set[str], cache_dir: Path | None) -> list[Any]:
+    """TensorRT, then CUDA, then CPU, as the installed ONNX Runtime has them.
+
+    TensorRT builds an engine for the model on first use, which takes minutes on a Jetson:
+    with ``cache_dir`` the engine is kept there and reused at the next start.
+    """
+    out: list[Any] = []
+    if "TensorrtExecutionProvider" in available:
+        opts: dict[str, Any] = {"trt_fp16_enable": True}
+        if cache_dir is not None:
+            try:
+                cache_dir.mkdir(parents=True, exist_ok=True)
+                opts.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(cache_dir))
+            except OSError:
+                pass  # no cache: slower starts, same results
+        out.append(("TensorrtExecutionProvider", opts))
+    if "CUDAExecutionProvider" in available:
+        out.append("CUDAExecutionProvider")
+    out.append("CPUExecutionProvider")
+    return out
 
 
 _ONNX_TYPES: dict[str, npt.DTypeLike] = {
@@ -220,6 +245,7 @@ def open_backend(
     backend: BackendName = "auto",
     num_threads: int = 2,
     input_size: tuple[int, int] = (300, 300),
+    cache_dir: Path | None = None,
 ) -> Backend:
     """Load ``path`` on the runtime ``backend`` names (``auto``: by the file's suffix)."""
     suffix = path.suffix.lower()
@@ -228,7 +254,9 @@ def open_backend(
     if backend == "onnx":
         if suffix != ".onnx":
             raise BackendError(f"the onnx backend needs a .onnx file, got {path.name!r}")
-        return OnnxBackend(path, num_threads=num_threads, input_size=input_size)
+        return OnnxBackend(
+            path, num_threads=num_threads, input_size=input_size, cache_dir=cache_dir
+        )
     if suffix == ".onnx":
         raise BackendError(f"backend {backend!r} runs .tflite files, got {path.name!r}")
     return LiteRTBackend(

@@ -215,7 +215,7 @@ def _labels_for(
     )
 
 
-def load_model(cfg: Config) -> Any:
+def load_model(cfg: Config, cache_dir: Path | None = None) -> Any:
     """Load and check the configured model; every failure is a ModuleConfigError naming the key.
 
     Blocking (reads the file, builds the interpreter): call it from the executor.
@@ -230,7 +230,11 @@ def load_model(cfg: Config) -> Any:
     size = cfg.input_size or (300, 300)
     try:
         backend = open_backend(
-            path, backend=cfg.backend, num_threads=cfg.num_threads, input_size=size
+            path,
+            backend=cfg.backend,
+            num_threads=cfg.num_threads,
+            input_size=size,
+            cache_dir=cache_dir,
         )
     except BackendError as e:
         raise ModuleConfigError(f"{key}: cannot load {str(path)!r}: {e}") from e
@@ -418,7 +422,8 @@ class ObjectDetector(BaseModule):
             cfg.max_detections,
         )
         if key != self._model_key:
-            model = await self.ctx.executor.run(load_model, cfg)
+            cache = app.storage.root / ".cache" / "tensorrt"  # engines built on a Jetson
+            model = await self.ctx.executor.run(load_model, cfg, cache)
             self._model, self._model_key = model, key
             self._model_name = resolve_model_path(cfg.model).name
             self.log.info(

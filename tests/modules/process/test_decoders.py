@@ -370,3 +370,21 @@ def test_edgetpu_without_the_runtime_is_a_clear_error() -> None:
     # no Edge TPU runtime on this machine: the real load_delegate fails
     with pytest.raises(ModuleConfigError, match=r"detector\.model: .*libedgetpu\.so\.1"):
         load_model(Config(backend="edgetpu"))
+
+
+def test_onnx_providers_prefer_tensorrt_with_an_engine_cache(tmp_path: Path) -> None:
+    from spyoncino.modules.process._backends import onnx_providers
+
+    assert onnx_providers({"CPUExecutionProvider"}, tmp_path) == ["CPUExecutionProvider"]
+    assert not (tmp_path / "trt").exists()
+    jetson = {"TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"}
+    got = onnx_providers(jetson, tmp_path / "trt")
+    assert got[1:] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    name, opts = got[0]
+    assert name == "TensorrtExecutionProvider"
+    assert opts == {
+        "trt_fp16_enable": True,
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": str(tmp_path / "trt"),
+    }
+    assert (tmp_path / "trt").is_dir()
