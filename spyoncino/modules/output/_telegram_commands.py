@@ -90,7 +90,7 @@ class TelegramCommands(BaseModule):
             except Exception as e:
                 self.log.info("telegram_poll_error", error=type(e).__name__, retry_in_s=delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 60.0)
+                delay = min(delay * 2, 10.0)  # commands come back soon after an outage
                 continue
             for upd in updates:
                 offset = upd.update_id + 1

@@ -758,3 +758,9 @@ async def test_an_event_without_a_snapshot_is_still_alerted_as_text(
     await h.media(ev, "gif", b"GIF89a" + b"\x00" * 100)
     anim = await botapi.wait_for("sendAnimation")
     assert anim.json("reply_parameters")["message_id"] == msg.result["message_id"]
+
+
+async def test_groups_get_the_group_rate(harness: MakeHarness, botapi: BotApiEmulator) -> None:
+    h = await harness(**cfg(botapi, group_per_minute=20, commands=False))
+    assert h.module._rate("-222") == (0.0, 20)
+    assert h.module._rate("111") == (0.0, 0)
