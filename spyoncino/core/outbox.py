@@ -367,6 +367,7 @@ class Outbox:
         self._camera_windows: dict[str, _Window] = {}
         self._camera_over: dict[str, int] = {}
         self._closing = False
+        self._janitor: asyncio.Task[None] | None = None
         self.stats: dict[str, int] = {
             "queued": 0,
             "sent": 0,
@@ -389,10 +390,25 @@ class Outbox:
             self.log.info("outbox_resumed", pending=len(pending))
         for rid in list(self._recipients):
             self._ensure_worker(rid)
+        self._janitor = asyncio.get_running_loop().create_task(
+            self._prune_loop(), name=f"outbox:{self.channel}:prune"
+        )
+
+    async def _prune_loop(self) -> None:
+        """Forget delivered rows older than ``keep_sent_s``, a few times a day (one DELETE)."""
+        while True:
+            await asyncio.sleep(min(6 * 3600.0, self.settings.keep_sent_s / 4))
+            try:
+                await self._db(_prune, self.channel, time.time() - self.settings.keep_sent_s)
+            except sqlite3.Error as e:
+                self.log.warning("outbox_prune_failed", error=repr(e))
 
     async def close(self) -> None:
         self._closing = True
         tasks = [r.task for r in self._recipients.values() if r.task is not None]
+        if self._janitor is not None:
+            tasks.append(self._janitor)
+            self._janitor = None
         for t in tasks:
             t.cancel()
         for t in tasks:

@@ -369,3 +369,26 @@ def test_gate_hands_out_events_whose_snapshot_never_came_once() -> None:
     assert gate.overdue(5.0, t0 + 7.0) == []
     assert gate.artifact(_artifact("e1", "snapshot")) == []  # too late: alerted as text
     assert gate.artifact(_artifact("e1", "gif"))  # but its GIF still follows
+
+
+async def test_old_delivered_rows_are_pruned_and_pending_ones_kept(env: dict[str, Any]) -> None:
+    ch = FakeChannel()
+    box = env["make"](ch, keep_sent_s=60.0)
+    await box.start()
+    await put(box, "done")
+    await until(lambda: len(ch.delivered) == 1)
+    ch.down = True
+    await put(box, "waiting")
+    await asyncio.sleep(0.1)
+    await box.close()
+    conn = sqlite3.connect(env["db"])
+    conn.execute("UPDATE outbox SET created_at = created_at - 3600")
+    conn.commit()
+    conn.close()
+    box2 = env["make"](FakeChannel(), keep_sent_s=60.0, horizon_s=86400.0)
+    await box2.start()
+    await until(lambda: box2.stats["sent"] == 1)
+    conn = sqlite3.connect(env["db"])
+    rows = conn.execute("SELECT event_id, status FROM outbox").fetchall()
+    conn.close()
+    assert rows == [("waiting", "sent")]
