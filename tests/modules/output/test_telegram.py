@@ -555,6 +555,13 @@ async def test_mute_silences_one_camera_for_the_duration(
     assert last.params["caption"].startswith("Front door")
     botapi.push_message(111, 111, "/mute soon")
     assert "not a duration" in await reply_to(botapi, 111, "duration")
+    botapi.push_message(111, 111, "/mute 1h")
+    assert "Muted all cameras for 1 h" in await reply_to(botapi, 111, "all cameras")
+    botapi.push_message(111, 111, "/unmute")
+    unmuted = await reply_to(botapi, 111, "Unmuted")
+    assert unmuted.splitlines()[:2] == ["Unmuted all cameras.", "Armed"]
+    botapi.push_message(111, 111, "/mute 1h attic")
+    assert "Cameras: front_door, garden" in await reply_to(botapi, 111, "Unknown camera")
 
 
 async def test_inline_buttons_act_like_commands(
