@@ -208,7 +208,11 @@ class StatusPage(BaseModule):
         self.cfg = cfg
         self.app_cfg = app
         self.sessions.ttl_s = cfg.session_ttl_s
-        self.limiter = LoginLimiter(cfg.login_max_failures, cfg.login_window_s)
+        if (cfg.login_max_failures, cfg.login_window_s) != (
+            self.limiter.max_failures,
+            self.limiter.window_s,
+        ):
+            self.limiter = LoginLimiter(cfg.login_max_failures, cfg.login_window_s)
         if cfg.password_hash is not None:
             self.password_hash = cfg.password_hash.get_secret_value()
         elif self._runner is not None:

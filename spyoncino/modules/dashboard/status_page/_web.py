@@ -14,6 +14,8 @@ import contextlib
 import json
 import secrets
 import time
+from contextvars import ContextVar
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -75,13 +77,26 @@ def _deny(request: web.Request, status: int, reason: str) -> web.Response:
     return web.json_response({"ok": False, "error": reason}, status=status)
 
 
+@dataclass(frozen=True)
+class Who:
+    """Who is asking: ``principal`` is ``token``, ``session`` or None (anonymous)."""
+
+    principal: Literal["token", "session"] | None = None
+    session: Session | None = None
+
+
+#: Set by the middleware for the request's task (handlers run in it); no request storage
+#: needed, so no aiohttp version question.
+ANONYMOUS = Who()
+_WHO: ContextVar[Who] = ContextVar("status_page_who", default=ANONYMOUS)
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     page: StatusPage = request.app[PAGE]
     page.requests += 1
     cfg = page.cfg
-    request["session"] = None
-    request["principal"] = None
+    who = ANONYMOUS
     access = _access(request, cfg.metrics_public)
     auth = request.headers.get("Authorization", "")
     if auth:
@@ -89,18 +104,18 @@ async def auth_middleware(request: web.Request, handler: Any) -> web.StreamRespo
         expected = cfg.api_token.get_secret_value() if cfg.api_token else None
         if scheme.lower() != "bearer" or not expected or not tokens_equal(token.strip(), expected):
             return _deny(request, 401, "invalid bearer token")
-        request["principal"] = "token"
+        who = Who("token")
     else:
         session = page.sessions.get(request.cookies.get(SESSION_COOKIE))
         if session is not None:
-            request["session"] = session
-            request["principal"] = "session"
-    if access == "read" and request["principal"] is None and not cfg.public_readonly:
+            who = Who("session", session)
+    _WHO.set(who)  # before any check: nothing of an earlier request on this connection stays
+    if access == "read" and who.principal is None and not cfg.public_readonly:
         return _deny(request, 401, "login required")
     if access == "write":
-        if request["principal"] is None:
+        if who.principal is None:
             return _deny(request, 401, "login or bearer token required")
-        if request["principal"] == "session" and not await _csrf_ok(request, request["session"]):
+        if who.session is not None and not await _csrf_ok(request, who.session):
             return _deny(request, 403, "missing or wrong CSRF token")
     response: web.StreamResponse = await handler(request)
     return response
@@ -130,15 +145,15 @@ def _page(request: web.Request) -> StatusPage:
 
 
 def _who(request: web.Request) -> str:
-    return "api" if request["principal"] == "token" else "web"
+    return "api" if _WHO.get().principal == "token" else "web"
 
 
 def _can_write(request: web.Request) -> bool:
-    return request["principal"] is not None
+    return _WHO.get().principal is not None
 
 
 def _csrf(request: web.Request) -> str:
-    s: Session | None = request["session"]
+    s = _WHO.get().session
     return s.csrf if s is not None else ""
 
 
@@ -151,7 +166,7 @@ def _html(
         title,
         body,
         csrf=_csrf(request),
-        authed=request["session"] is not None,
+        authed=_WHO.get().session is not None,
         refresh=p.cfg.refresh_s,
     )
     return web.Response(text=text, content_type="text/html", status=status)
@@ -236,7 +251,7 @@ async def login_post(request: web.Request) -> web.StreamResponse:
 
 
 async def logout(request: web.Request) -> web.StreamResponse:
-    s: Session | None = request["session"]
+    s = _WHO.get().session
     _page(request).sessions.drop(s.sid if s else None)
     resp = web.HTTPSeeOther("/login")
     resp.del_cookie(SESSION_COOKIE, path="/")
