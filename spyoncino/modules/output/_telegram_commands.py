@@ -49,6 +49,7 @@ class TelegramCommands(BaseModule):
     _state_waiters: list[asyncio.Future[ControlState]]
     _handlers: set[asyncio.Task[None]]
     _started_mono: float
+    _username: str = ""
 
     async def _read(self, path: str, limit: int) -> bytes | str:
         raise NotImplementedError
@@ -65,6 +66,8 @@ class TelegramCommands(BaseModule):
         while True:
             try:
                 if not ready:
+                    me = await bot.get_me()
+                    self._username = (me.username or "").lower()
                     await bot.delete_webhook(drop_pending_updates=False)
                     await bot.set_my_commands(
                         [BotCommand(command=c, description=d) for c, d in text.COMMANDS]
@@ -128,7 +131,9 @@ class TelegramCommands(BaseModule):
         if not body.startswith("/"):
             return
         parts = body.split()
-        cmd = parts[0][1:].split("@", 1)[0].lower()
+        cmd, _, addressee = parts[0][1:].lower().partition("@")
+        if addressee and self._username and addressee != self._username:
+            return  # /status@another_bot in a shared group
         self.counts["commands"] += 1
         self.log.info("telegram_command", command=cmd, chat_id=m.chat.id, sender_id=user_id)
         reply = await self.run_command(cmd, parts[1:], m.chat.id, user_id)
@@ -149,7 +154,9 @@ class TelegramCommands(BaseModule):
             args, cmd = [data[1]], "snapshot"
         elif data[0] == "d":
             args, cmd = [], "disarm"
-        else:
+        else:  # a button of an older version: stop the client's spinner, do nothing
+            with contextlib.suppress(Exception):
+                await self.bot.answer_callback_query(q.id)
             return
         self.counts["commands"] += 1
         with contextlib.suppress(Exception):

@@ -530,9 +530,11 @@ async def test_arm_disarm_and_admins(harness: MakeHarness, botapi: BotApiEmulato
     await h.bus.drain()
     await asyncio.sleep(0.2)
     assert botapi.calls_to("sendPhoto") == []
+    botapi.push_message(111, 111, "/arm@another_bot")  # not for us
     botapi.push_message(111, 111, "/arm@spyoncino_test_bot")
     await reply_to(botapi, 111, "Armed")
     assert h.arming.armed
+    assert h.module.counts["commands"] == 3
 
 
 async def test_mute_silences_one_camera_for_the_duration(
