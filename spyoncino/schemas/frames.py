@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -10,6 +11,9 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
 Image = npt.NDArray[np.uint8]
+
+# striped locks: a lock per frame would cost an allocation on the hot path
+_DECODE_LOCKS = tuple(threading.Lock() for _ in range(16))
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -38,8 +42,13 @@ class Frame:
         if img is None:
             if self._decode is None:
                 raise ValueError(f"frame {self.camera_id}#{self.seq} has no colour image")
-            img = self._decode()
-            object.__setattr__(self, "_image", img)
+            # The detector, snapshot and GIF writers may ask from several worker threads at
+            # once: decode exactly once (and never run one decoder on two threads).
+            with _DECODE_LOCKS[id(self) % len(_DECODE_LOCKS)]:
+                img = self._image
+                if img is None:
+                    img = self._decode()
+                    object.__setattr__(self, "_image", img)
         return img
 
     @property

@@ -7,12 +7,17 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-import cv2
 from pydantic import Field
 
 from spyoncino.core.config import AppConfig
 from spyoncino.core.contracts import CameraOptions, ModuleConfig, ModuleConfigError
-from spyoncino.core.inputs import CameraInput, RawFrame, SourceEnded, SourceError, shrink_luma
+from spyoncino.core.inputs import (
+    CameraInput,
+    RawFrame,
+    SourceEnded,
+    SourceError,
+    av_frame_to_raw,
+)
 
 BUILTIN_PREFIX = "spyoncino:"
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".mov", ".m4v", ".webm", ".ts", ".h264", ".mjpeg"}
@@ -114,26 +119,7 @@ class FileInput(CameraInput):
             else self._last_pts + self._frame_period
         ) + self._offset
         self._last_pts = pts
-        width, height = frame.width, frame.height
-        if frame.format.name in ("yuv420p", "yuvj420p") and width % 2 == 0 and height % 2 == 0:
-            # Copy the planes out of PyAV now (a plain memcpy): the decoder reuses its buffers
-            # and a lazy conversion on another thread must not touch a PyAV frame or container
-            # the reader has moved past or closed. Colour is converted only when asked for.
-            i420 = frame.to_ndarray(format="yuv420p")
-            luma = i420[:height]
-
-            def decode(buf: Any = i420) -> Any:
-                return cv2.cvtColor(buf, cv2.COLOR_YUV2BGR_I420)
-
-            return RawFrame(
-                width=width,
-                height=height,
-                decode=decode,
-                luma=shrink_luma(luma, self.cam.luma_width),
-                pts_s=pts,
-            )
-        image = frame.to_ndarray(format="bgr24")
-        return RawFrame(width=width, height=height, image=image, pts_s=pts)
+        return av_frame_to_raw(frame, self.cam.luma_width, pts_s=pts)
 
     def close(self) -> None:
         if self._container is not None:
