@@ -6,7 +6,6 @@ comes from the distribution). Screenshots go to ``tests/artifacts/``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -163,20 +162,24 @@ def _login(page: Any, base: str) -> None:
 def test_overview_login_snapshots_live_events_and_arming(server: str, browser: Any) -> None:
     ctx = _context(browser, viewport={"width": 1000, "height": 900})
     page = ctx.new_page()
-    weights: dict[str, int] = {}
-
-    def on_response(resp: Any) -> None:
-        kind = resp.request.resource_type
-        if kind in ("document", "stylesheet", "script"):
-            with contextlib.suppress(Exception):  # a response without a body weighs nothing
-                weights[resp.url] = len(resp.body())
-
     _login(page, server)
-    page.on("response", on_response)
     page.reload()
     page.wait_for_load_state("load")
-    total = sum(v for k, v in weights.items() if k.startswith(server))
-    assert 0 < total <= 100 * 1024, weights
+    # page weight without images: the document plus every script and stylesheet it loads,
+    # uncompressed, as the browser's Resource Timing saw them (cached ones included)
+    weight = page.evaluate(
+        """() => {
+            const nav = performance.getEntriesByType('navigation')[0];
+            const parts = performance.getEntriesByType('resource')
+                .filter(e => ['script', 'link', 'css'].includes(e.initiatorType))
+                .map(e => [e.name, e.decodedBodySize]);
+            return {document: nav.decodedBodySize, parts: parts};
+        }"""
+    )
+    total = weight["document"] + sum(size for _, size in weight["parts"])
+    assert weight["document"] > 0, weight
+    assert len(weight["parts"]) == 2, weight  # app.js and style.css, nothing from elsewhere
+    assert total <= 100 * 1024, weight
 
     # every camera card shows a snapshot that really loaded
     page.wait_for_function(
