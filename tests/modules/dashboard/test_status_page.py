@@ -64,6 +64,9 @@ def test_config_rejects_a_password_that_is_not_a_hash() -> None:
     with pytest.raises(ValueError):
         Config(listen="0.0.0.0:99999")
     assert Config(listen="[::]:8080").host == "::"
+    assert Config(public_url="http://spyoncino.local:8080").public_url
+    with pytest.raises(ValueError):
+        Config(public_url="javascript:alert(1)")
 
 
 def test_login_limiter_locks_out_after_max_failures() -> None:

@@ -77,6 +77,7 @@ class Config(ModuleConfig):
     public_url: str | None = Field(
         default=None,
         max_length=200,
+        pattern=r"^https?://[^\s/@]+(/\S*)?$",
         description="Base URL people reach the page at, for links in alerts (http://box.local:8080).",
     )
     session_ttl_s: float = Field(
