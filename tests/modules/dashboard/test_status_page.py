@@ -204,6 +204,13 @@ async def test_bearer_token_drives_the_api(start_page: Any) -> None:
         assert (await resp.json())["image"] == "/cameras/cam/latest.jpg"
     async with r.http.post(r.url("/api/cameras/nope/snapshot"), headers=auth) as resp:
         assert resp.status == 404
+    for bad in ({"camera_id": "nope"}, {"camera_id": 3}):
+        async with r.http.post(r.url("/api/mute"), headers=auth, json=bad) as resp:
+            assert resp.status == 404
+    async with r.http.post(r.url("/api/mute"), headers=auth, json={"duration_s": "x"}) as resp:
+        assert resp.status == 400
+    async with r.http.post(r.url("/api/arm"), headers=auth, data=b"[1]") as resp:
+        assert resp.status == 400
     async with r.http.get(r.url("/api/status"), headers=auth) as resp:
         status = await resp.json()
     assert status["control"]["armed"] is False

@@ -543,10 +543,20 @@ def _command_reply(request: web.Request, rid: str, state: Any) -> web.StreamResp
     )
 
 
+def _camera_in(request: web.Request, body: dict[str, Any]) -> str | None:
+    """The optional ``camera_id`` of a command body: None, or a configured camera."""
+    cam = body.get("camera_id")
+    if cam in (None, ""):
+        return None
+    if not isinstance(cam, str) or cam not in _page(request).camera_ids():
+        raise web.HTTPNotFound(text="no such camera")
+    return cam
+
+
 def _control(name: Literal["arm", "disarm", "unmute"]) -> Any:
     async def handler(request: web.Request) -> web.StreamResponse:
         body = await _body(request)
-        cam = body.get("camera_id") or None
+        cam = _camera_in(request, body)
         rid, state = await _page(request).command(name, _who(request), camera_id=cam)
         return _command_reply(request, rid, state)
 
@@ -562,7 +572,7 @@ async def api_mute(request: web.Request) -> web.StreamResponse:
         raise web.HTTPBadRequest(text="duration_s must be a number") from e
     if duration is not None and not 0 < duration <= 7 * 86400:
         raise web.HTTPBadRequest(text="duration_s must be in (0, 604800]")
-    cam = body.get("camera_id") or None
+    cam = _camera_in(request, body)
     rid, state = await _page(request).command(
         "mute", _who(request), camera_id=cam, duration_s=duration
     )
