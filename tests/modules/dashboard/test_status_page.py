@@ -737,3 +737,18 @@ async def test_snapshot_now_returns_the_stored_file(start_page: Any) -> None:
     async with r.http.get(r.url(body["image"]), headers=auth) as resp:
         assert resp.status == 200
         assert (await resp.read())[:2] == b"\xff\xd8"
+
+
+async def test_ready_fails_when_the_only_camera_is_quarantined(
+    start_page: Any, tmp_path: Path
+) -> None:
+    cams = {"cam": {"source": str(tmp_path / "missing.mp4")}}
+    r: Running = await start_page(cameras=cams)
+    await r.wait(lambda: r.page.reports.health is not None)
+    status, body = await _ready(r)
+    assert status == 503
+    assert body["checks"]["cameras"]["states"] == {"cam": "quarantined"}
+    async with r.http.get(
+        r.url("/api/status"), headers={"Authorization": f"Bearer {TOKEN}"}
+    ) as resp:
+        assert (await resp.json())["cameras"][0]["state"] == "quarantined"
