@@ -124,6 +124,11 @@
     source.addEventListener("health", function (m) { showHealth(JSON.parse(m.data)); });
   }
 
+  // The health page is a snapshot of reports that change every few seconds: keep it fresh.
+  if (body.dataset.page === "health") {
+    setTimeout(function () { window.location.reload(); }, 10000);
+  }
+
   // Command buttons: POST with the CSRF header, show the new state without a reload.
   Array.prototype.forEach.call(document.querySelectorAll("form.js-command"), function (form) {
     form.addEventListener("submit", function (e) {
