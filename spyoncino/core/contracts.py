@@ -103,6 +103,8 @@ class ModuleContext:
     instance: str
     camera_id: str | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    #: per-frame work queued in the processing stage (lockstep replay waits for 0)
+    pipeline_pending: Callable[[], int] = field(default=lambda: 0)
 
 
 class BaseModule(ABC):
@@ -173,6 +175,14 @@ class BaseModule(ABC):
     def metrics(self) -> dict[str, float | int | str]:
         """Numbers worth showing on the status page and in Prometheus."""
         return {}
+
+    def pending(self) -> int:
+        """Work this module has accepted but not finished (queued jobs, running encodes).
+
+        A replay drains until every module reports 0. Defaults to ``metrics()["pending"]``.
+        """
+        value = self.metrics().get("pending", 0)
+        return value if isinstance(value, int) else 0
 
     def is_finished(self) -> bool:
         """Inputs: True once a non-looping source has delivered its last frame."""

@@ -178,6 +178,7 @@ class Orchestrator:
             app=self.config.current,
             instance=instance,
             camera_id=camera_id,
+            pipeline_pending=self.frame_work_pending,
         )
         return Slot(instance=instance, cls=cls, module=cls(ctx), camera_id=camera_id)
 
@@ -346,21 +347,37 @@ class Orchestrator:
                         loop.remove_signal_handler(sig)
         return 0
 
+    def pending(self) -> int:
+        """Work accepted but not finished, summed over the running modules."""
+        total = 0
+        for s in self.slots:
+            if s.state == "running":
+                try:
+                    total += s.module.pending()
+                except Exception as e:
+                    _log.warning("pending_failed", module=s.instance, error=repr(e))
+        return total
+
+    def frame_work_pending(self) -> int:
+        """Per-frame work still queued in the processing stage (motion, detection).
+
+        Lockstep replay waits for this before the next frame. Event-length work (a clip
+        waiting for its post-roll) must not count: it only ends when more frames arrive.
+        """
+        return sum(
+            s.module.pending()
+            for s in self.slots
+            if s.state == "running" and s.cls.category == "process"
+        )
+
     async def drain(self) -> None:
         """Wait for queues to empty and for modules with pending work (media, alerts)."""
         deadline = time.monotonic() + self.config.current.runtime.drain_timeout
         while time.monotonic() < deadline and not self._stop.is_set():
-            busy = [
-                s.instance
-                for s in self.slots
-                if s.state == "running" and s.module.metrics().get("pending", 0)
-            ]
-            if not busy and self.bus.idle(exclude=("status.#",)):
+            if not self.pending() and self.bus.idle(exclude=("status.#",)):
                 # idle twice in a row: a handler may have just published a follow-up
                 await asyncio.sleep(0.1)
-                if self.bus.idle(exclude=("status.#",)) and not any(
-                    s.module.metrics().get("pending", 0) for s in self.slots if s.state == "running"
-                ):
+                if self.bus.idle(exclude=("status.#",)) and not self.pending():
                     return
             await asyncio.sleep(0.05)
         _log.warning("drain_timeout", timeout_s=self.config.current.runtime.drain_timeout)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from importlib import resources
 from pathlib import Path
@@ -18,6 +19,7 @@ from spyoncino.core.inputs import (
     SourceError,
     av_frame_to_raw,
 )
+from spyoncino.schemas import topics
 
 BUILTIN_PREFIX = "spyoncino:"
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".mov", ".m4v", ".webm", ".ts", ".h264", ".mjpeg"}
@@ -140,7 +142,11 @@ class FileInput(CameraInput):
 
     async def _publish(self, raw: RawFrame, now: float) -> None:
         if self.opts.pace == "lockstep":
-            await self.bus.wait_idle(
-                self.topic, "process.motion.detected", "process.object.detected"
-            )
+            # every stage has finished the previous frame, including work that runs outside
+            # bus handlers (the detector's inference queue)
+            stages = (self.topic, topics.MOTION.name, topics.OBJECTS.name)
+            await self.bus.wait_idle(*stages)
+            while self.ctx.pipeline_pending():
+                await asyncio.sleep(0.001)
+                await self.bus.wait_idle(*stages)
         await super()._publish(raw, now)

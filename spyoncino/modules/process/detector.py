@@ -658,6 +658,9 @@ class ObjectDetector(BaseModule):
         return out
 
     # -- telemetry ---------------------------------------------------------------------------
+    def pending(self) -> int:
+        return self.queue_depth + int(self.busy)
+
     @property
     def queue_depth(self) -> int:
         return len(self._pending)
