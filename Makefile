@@ -18,7 +18,8 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/spyoncino run
 	@echo
-	@echo "Look at: var/spyoncino/  (snapshots per camera and day, events.sqlite3 is the index)"
+	@echo "Look at: var/spyoncino/  (media per camera and day; events.sqlite3 is the index)"
+	@echo "Browse:  .venv/bin/spyoncino run --forever, then http://127.0.0.1:8080/ (password in var/spyoncino/status_page.password)"
 	@echo "Alerts:  SPYONCINO_TELEGRAM__TOKEN=... SPYONCINO_TELEGRAM__CHAT_IDS='[<your chat id>]' make demo"
 
 ## test: install and run the test suite with coverage (system tests: make test-system)

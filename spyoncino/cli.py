@@ -106,6 +106,14 @@ def format_summary(summary: RunSummary, app: AppConfig, elapsed_s: float) -> str
     ]
     if summary.artifact_paths:
         lines.append(f"  first snapshot {summary.artifact_paths[0]}")
+    page = getattr(app, "status_page", None)
+    if page is not None and getattr(page, "enabled", False):
+        host, _, port = str(page.listen).rpartition(":")
+        shown = "127.0.0.1" if host in ("0.0.0.0", "", "[::]") else host
+        lines.append(
+            f"  status page    http://{shown}:{port}/ while running "
+            f"(password: {root / 'status_page.password'} unless status_page.password_hash is set)"
+        )
     lines.append("")
     return "\n".join(lines)
 
