@@ -237,7 +237,15 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
         return 1
     import getpass
 
-    password = args.password or getpass.getpass("password: ")
+    if args.password:
+        password = args.password
+    elif sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+    else:  # piped: keeps the password out of `ps` and shell history
+        password = sys.stdin.readline().rstrip("\n")
+    if not password:
+        print("empty password", file=sys.stderr)
+        return EXIT_CONFIG
     print(fn(password))
     return 0
 
@@ -292,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_storage)
     p = sub.add_parser("hash-password", help="hash a status page password for the config")
-    p.add_argument("password", nargs="?", help="the password (prompted when omitted)")
+    p.add_argument("password", nargs="?", help="the password (else prompted, or read from a pipe)")
     p.set_defaults(func=cmd_hash_password)
     p = sub.add_parser("update", help="upgrade spyoncino with pip (over the air)")
     p.add_argument("--version", dest="version", help="exact version to install")
