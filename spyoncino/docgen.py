@@ -21,8 +21,8 @@ HEADER = """# Configuration reference
 Spyoncino reads one YAML file (`--config PATH`, else `/etc/spyoncino/config.yaml`, else the
 embedded demo), merged key by key over the packaged defaults, then `SPYONCINO_`-prefixed
 environment variables (nested with `__`, values parsed as TOML:
-`SPYONCINO_TELEGRAM__CHAT_IDS='[1,2]'`, also read from `./.env`), then a secrets file (`--secrets`, `$SPYONCINO_SECRETS_FILE` or
-`/etc/spyoncino/secrets.yaml`). `spyoncino check-config` validates all of it and names the
+`SPYONCINO_TELEGRAM__CHAT_IDS='[1,2]'`, also read from `./.env`), then a secrets file
+(`--secrets`, `$SPYONCINO_SECRETS_FILE` or `/etc/spyoncino/secrets.yaml`). `spyoncino check-config` validates all of it and names the
 file, key and bad value of every error; `spyoncino schema` writes a JSON Schema editors can use.
 
 A short example with two cameras:

@@ -305,7 +305,7 @@ def load_layers(
 def _get_path(data: Any, loc: Iterable[str | int]) -> tuple[bool, Any]:
     node = data
     for part in loc:
-        if isinstance(node, dict) and part in node:
+        if isinstance(node, dict) and part in node:  # noqa: SIM114 - mypy narrows each branch
             node = node[part]
         elif isinstance(node, list) and isinstance(part, int) and part < len(node):
             node = node[part]
