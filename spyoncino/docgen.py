@@ -22,8 +22,9 @@ Spyoncino reads one YAML file (`--config PATH`, else `/etc/spyoncino/config.yaml
 embedded demo), merged key by key over the packaged defaults, then `SPYONCINO_`-prefixed
 environment variables (nested with `__`, values parsed as TOML:
 `SPYONCINO_TELEGRAM__CHAT_IDS='[1,2]'`, also read from `./.env`), then a secrets file
-(`--secrets`, `$SPYONCINO_SECRETS_FILE` or `/etc/spyoncino/secrets.yaml`). `spyoncino check-config` validates all of it and names the
-file, key and bad value of every error; `spyoncino schema` writes a JSON Schema editors can use.
+(`--secrets`, `$SPYONCINO_SECRETS_FILE` or `/etc/spyoncino/secrets.yaml`).
+`spyoncino check-config` validates all of it and names the file, key and bad value of every
+error; `spyoncino schema` writes a JSON Schema editors can use.
 
 A short example with two cameras:
 
