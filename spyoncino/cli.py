@@ -185,16 +185,15 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         print("config: INVALID")
         for err in e.errors:
             print(f"  - {err}")
-    for module, func, needs_app in (
-        ("spyoncino.core.profiles", "profile_report", False),
-        ("spyoncino.core.doctor", "inputs_report", True),
-    ):
-        fn = _optional(module, func)
-        if fn is None:
-            continue
-        if needs_app and app is None:
-            continue
-        for line in fn(app) if needs_app else fn():
+    from spyoncino.core.profiles import profile_report
+
+    override = app.runtime.hardware_profile if app is not None else None
+    for line in profile_report(override=override):
+        print(line)
+    if app is not None:
+        from spyoncino.core.doctor import inputs_report
+
+        for line in inputs_report(app):
             print(line)
     return 0 if app is not None else EXIT_CONFIG
 

@@ -107,6 +107,14 @@ class RuntimeConfig(_Section):
     timezone: str | None = Field(
         default=None, description="IANA zone for captions and folders; None: the system's."
     )
+    hardware_profile: str = Field(
+        default="auto",
+        description=(
+            "Board profile (pi-zero-2w, pi-3b-plus, pi-4, pi-5, jetson-orin-nano, generic-x86) "
+            "or a profile YAML path; auto: detected from /proc/device-tree/model. Its defaults "
+            "sit just above the packaged ones, so anything you set wins."
+        ),
+    )
 
 
 class StorageConfig(_Section):
@@ -428,6 +436,31 @@ def secret_values(app: BaseModel) -> list[str]:
     return [s for s in out if s]
 
 
+def with_profile_layer(model: type[AppConfig], layers: list[Layer]) -> list[Layer]:
+    """Insert the hardware profile's defaults just above the packaged defaults.
+
+    The profile is the one ``runtime.hardware_profile`` names (any layer may set it) or the
+    one detected from the device tree. Only sections the installed modules have are set.
+    """
+    from spyoncino.core.profiles import ProfileError, detect_profile
+
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged = deep_merge(merged, layer.data)
+    override = (merged.get("runtime") or {}).get("hardware_profile")
+    try:
+        profile, reason = detect_profile(override=override)
+    except ProfileError as e:
+        raise ConfigError([f"{_origin(layers, ('runtime', 'hardware_profile'))}: {e}"]) from e
+    fields = model.model_fields
+    data: dict[str, Any] = {"runtime": {"workers": profile.runtime.workers}}
+    if "motion" in fields:
+        data["motion"] = {"width": profile.motion.downscale_width}
+    if "detector" in fields and profile.detector.threads:
+        data["detector"] = {"num_threads": profile.detector.threads}
+    return [layers[0], Layer(f"hardware profile {profile.name} ({reason})", data), *layers[1:]]
+
+
 # -- the service -------------------------------------------------------------------------------
 Reconfigure = Callable[[AppConfig, AppConfig], Awaitable[list[str]]]
 
@@ -462,7 +495,8 @@ class ConfigService:
         secrets_path: Path | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> ConfigService:
-        return cls(model, load_layers(config_path, secrets_path, environ))
+        layers = load_layers(config_path, secrets_path, environ)
+        return cls(model, with_profile_layer(model, layers))
 
     @property
     def sources(self) -> list[str]:

@@ -191,7 +191,8 @@ def profile_report(
         f"  camera: detect {c.detect_resolution[0]}x{c.detect_resolution[1]}, "
         f"lores {c.lores_size[0]}x{c.lores_size[1]}, up to {c.max_fps:g} fps",
         f"  motion: downscale to {profile.motion.downscale_width} px wide",
-        f"  detector: {d.model} on {d.backend}, {threads} threads",
+        f"  detector: {threads} threads on {d.backend}; suggested model {d.model} "
+        "(set detector.model to use it; the bundled person model is the default)",
         f"  service: MemoryMax={profile.service.memory_max}, workers {profile.runtime.workers}",
     ]
 

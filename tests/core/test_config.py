@@ -250,3 +250,22 @@ async def test_preview_and_apply_changes(tmp_path: Path) -> None:
     refused = await svc.apply_changes({"chat": {"retries": 5}}, refuse)
     assert not refused.ok and "refused" in refused.reason
     assert svc.current.section("chat", ChatConfig).retries == 4
+
+
+def test_hardware_profile_defaults_sit_below_the_users_settings(tmp_path: Path) -> None:
+    cfg = write(tmp_path, "config.yaml", "cameras: {}\nruntime:\n  hardware_profile: pi-zero-2w\n")
+    svc = ConfigService.load(MODEL, config_path=cfg, environ={})
+    assert any(label.startswith("hardware profile pi-zero-2w") for label in svc.sources)
+    assert svc.current.runtime.workers == 2
+    assert svc.current.model_dump()["motion"]["width"] == 160
+    mine = write(
+        tmp_path, "config.yaml", "runtime:\n  hardware_profile: pi-zero-2w\n  workers: 3\n"
+    )
+    assert ConfigService.load(MODEL, config_path=mine, environ={}).current.runtime.workers == 3
+
+
+def test_unknown_hardware_profile_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as exc:
+        ConfigService.load(MODEL, environ={"SPYONCINO_RUNTIME__HARDWARE_PROFILE": "pi-9"})
+    assert exc.value.errors[0].startswith("environment:")
+    assert "pi-9" in exc.value.errors[0]
