@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ import av
 import numpy as np
 import pytest
 
-from spyoncino.core.inputs import shrink_luma
+from spyoncino.core.inputs import RawFrame, av_frame_to_raw
 from spyoncino.core.reindex import scan
 from spyoncino.modules.event.clip import ClipRecorder
 from spyoncino.modules.event.gif import GifMaker
@@ -77,42 +76,34 @@ CONFIG = {
 }
 
 
-def decoder(avf: Any) -> Any:
-    """Decode once, under a lock: PyAV hangs when two threads convert one frame at once."""
-    lock = threading.Lock()
-    done: list[Any] = []
-
-    def decode() -> Any:
-        with lock:
-            if not done:
-                done.append(avf.to_ndarray(format="bgr24"))
-            return done[0]
-
-    return decode
-
-
 def frames(path: Path) -> Any:
+    """(index, Frame) for frames FIRST..LAST-1, built the way the file input builds them."""
     with av.open(str(path)) as c:
         for i, f in enumerate(c.decode(video=0)):
             if i < FIRST:
                 continue
             if i >= LAST:
                 return
-            y = f.to_ndarray(format="gray")
-            yield i, f, shrink_luma(y, 320)
+            yield i, av_frame_to_raw(f, 320)
+
+
+def make(i: int, raw: RawFrame, mono: float) -> Frame:
+    return Frame(
+        "yard", i, mono, T0 + i / FPS, raw.width, raw.height, raw.luma, raw.image, raw.decode
+    )
 
 
 async def replay(h: BusHarness, vtest: Path) -> None:
     model = await asyncio.to_thread(load_model, DetectorConfig())
     frame_topic = topics.FRAME.at(camera="yard")
-    for i, avf, luma in frames(vtest):
+    for i, raw in frames(vtest):
         t = i / FPS
-        frame = Frame("yard", i, t, T0 + t, avf.width, avf.height, luma, None, decoder(avf))
+        frame = make(i, raw, t)
         await h.bus.publish(frame_topic, frame)
         await h.bus.wait_idle(frame_topic, topics.MOTION.name)
         if DETECT_FROM <= i < DETECT_TO and i % 2 == 0:
             img = frame.image
-            res = await asyncio.to_thread(model.run, img, (0, 0, avf.width, avf.height), 0.5)
+            res = await asyncio.to_thread(model.run, img, (0, 0, raw.width, raw.height), 0.5)
             dets = tuple(
                 Detection(
                     label=d.label,
@@ -135,8 +126,8 @@ async def replay(h: BusHarness, vtest: Path) -> None:
                         seq=i,
                         mono_ts=t,
                         wall_ts=T0 + t,
-                        frame_width=avf.width,
-                        frame_height=avf.height,
+                        frame_width=raw.width,
+                        frame_height=raw.height,
                         detections=dets,
                         backend="litert",
                         model="person",
@@ -254,13 +245,10 @@ async def test_full_pipeline_with_the_detector_module_in_real_time(
             await m.start()
         frame_topic = topics.FRAME.at(camera="yard")
         t_start = asyncio.get_running_loop().time()
-        for i, avf, luma in frames(vtest):
+        for i, raw in frames(vtest):
             due = t_start + (i - FIRST) / FPS
             await asyncio.sleep(max(0.0, due - asyncio.get_running_loop().time()))
-            now = asyncio.get_running_loop().time()
-            frame = Frame(
-                "yard", i, now, T0 + i / FPS, avf.width, avf.height, luma, None, decoder(avf)
-            )
+            frame = make(i, raw, asyncio.get_running_loop().time())
             await h.bus.publish(frame_topic, frame)
         await asyncio.sleep(6.0)  # the last people leave; their events end
         for m in reversed(mods):
