@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from spyoncino.core.config import ConfigService, Layer
 from spyoncino.core.orchestrator import Orchestrator
@@ -315,3 +317,23 @@ async def test_zone_change_through_config_update_applies_without_restart(tmp_pat
         assert len(events(rec, "started")) == 1
     finally:
         await orch.stop()
+
+
+@given(
+    x1=st.floats(0.0, 0.9),
+    y1=st.floats(0.0, 0.9),
+    w=st.floats(0.05, 0.5),
+    h=st.floats(0.05, 0.5),
+    px=st.floats(0.0, 1.0),
+    py=st.floats(0.0, 1.0),
+)
+def test_point_in_rectangle_polygon_matches_bounds(
+    x1: float, y1: float, w: float, h: float, px: float, py: float
+) -> None:
+    x2, y2 = min(1.0, x1 + w), min(1.0, y1 + h)
+    rect = ((x1, y1), (x2, y1), (x2, y2), (x1, y2))
+    eps = 1e-9
+    if x1 + eps < px < x2 - eps and y1 + eps < py < y2 - eps:
+        assert point_in_polygon((px, py), rect)
+    elif not (x1 - eps <= px <= x2 + eps and y1 - eps <= py <= y2 + eps):
+        assert not point_in_polygon((px, py), rect)
