@@ -223,3 +223,21 @@ async def test_event_resumed_after_its_clip_was_written_gets_it_rewritten(
     assert second.duration_s is not None
     assert second.duration_s >= 12.0
     assert mod.metrics()["clips_resumed"] == 1
+
+
+async def test_auto_picks_libx264_where_the_pi_encoder_cannot_open(harness: Harness) -> None:
+    mod, _ = await recorder(harness)
+    assert mod.metrics()["encoder"] == "libx264"  # h264_v4l2m2m is listed but has no device
+
+
+async def test_forced_hardware_encoder_falls_back_to_libx264(harness: Harness) -> None:
+    mod, rec = await recorder(harness, encoder="h264_v4l2m2m", preroll_s=1.0)
+    await play(
+        harness,
+        range(0, 60),
+        {20: notice("hw", "started", 2.0), 30: notice("hw", "ended", 2.0, 3.0)},
+    )
+    await harness.settle()
+    (art,) = [p for _, p in rec]
+    assert probe(art.path)[0] == "h264"
+    assert mod.metrics()["encoder"] == "libx264"
