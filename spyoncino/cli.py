@@ -225,7 +225,7 @@ def cmd_storage(args: argparse.Namespace) -> int:
         print("reindex is not available", file=sys.stderr)
         return 1
     n = reindex(storage.root, storage.db_path)
-    print(f"reindexed {n} event(s) from {storage.root} into {storage.db_path}")
+    print(f"reindexed {storage.root}: {n} missing row(s) restored into {storage.db_path}")
     return 0
 
 
