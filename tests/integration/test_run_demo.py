@@ -49,6 +49,16 @@ def test_demo_run_stores_events_and_snapshots(tmp_path: Path) -> None:
         img = cv2.imread(str(path))
         assert img is not None and img.shape[1] > 0
     assert not list(root.rglob("*.part")), "temp files left behind"
+    # a lost index comes back from the media folder
+    n_artifacts = conn.execute("SELECT count(*) FROM artifacts").fetchone()[0]
+    conn.execute("DELETE FROM artifacts")
+    conn.commit()
+    conn.close()
+    res = run_cli(["storage", "reindex"], tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "missing row(s) restored" in res.stdout
+    conn = sqlite3.connect(root / "events.sqlite3")
+    assert conn.execute("SELECT count(*) FROM artifacts").fetchone()[0] == n_artifacts
 
 
 def test_check_config_reports_every_error_and_exits_2(tmp_path: Path) -> None:
@@ -105,3 +115,14 @@ def test_schema_writes_config_and_payload_schemas(tmp_path: Path) -> None:
         "BusStatus",
     ):
         assert (tmp_path / "s" / f"{name}.schema.json").is_file()
+
+
+def test_doctor_and_models_describe_the_box(tmp_path: Path) -> None:
+    res = run_cli(["doctor"], tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "hardware profile:" in res.stdout
+    assert "chosen because:" in res.stdout
+    assert "camera sample" in res.stdout
+    res = run_cli(["models"], tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "person_ssdlite_mobilenet_v2_int8.tflite" in res.stdout
