@@ -220,7 +220,8 @@ class _Handoff:
         if not self._has_item:
             self._waiter = self.loop.create_future()
             try:
-                await asyncio.wait_for(self._waiter, timeout=limit)
+                async with asyncio.timeout(limit):
+                    await self._waiter
             finally:
                 self._waiter = None
         item, self._item, self._has_item = self._item, None, False
@@ -260,6 +261,7 @@ class CameraInput(BaseModule):
         self._finished = False
         self._next_allowed = 0.0
         self._thread: SourceThread | None = None
+        self._stopping = False
         self.topic = topics.FRAME.at(camera=self.camera_id)
         #: no frame for this long -> stalled -> reconnect (subclasses set it from their options)
         self.stall_timeout = 10.0
@@ -301,19 +303,23 @@ class CameraInput(BaseModule):
 
     async def start(self) -> None:
         self._finished = False
+        self._stopping = False
         self.cam_state = "connecting"
         self.set_state("starting", "connecting")
         self._thread = SourceThread(f"spyoncino-cam-{self.camera_id}")
         self.spawn(self._loop(), "frames")
 
     async def stop(self) -> None:
+        # the flag ends the loop even if a cancellation got lost in a race with a frame
+        self._stopping = True
         await super().stop()
         thread, self._thread = self._thread, None
         if thread is None:
             return
         fut = thread.submit(self._safe_close)
         try:
-            await asyncio.wait_for(asyncio.wrap_future(fut), timeout=self.abandon_after)
+            async with asyncio.timeout(self.abandon_after):
+                await asyncio.wrap_future(fut)
         except TimeoutError:
             self.interrupt()
             self.log.warning("camera_close_timeout", camera=self.camera_id)
@@ -344,11 +350,13 @@ class CameraInput(BaseModule):
         fut = self._thread.submit(fn)
         wrapped = asyncio.wrap_future(fut)
         try:
-            return await asyncio.wait_for(asyncio.shield(wrapped), timeout=limit)
+            async with asyncio.timeout(limit):
+                return await asyncio.shield(wrapped)
         except TimeoutError:
             self.interrupt()
             try:
-                await asyncio.wait_for(asyncio.shield(wrapped), timeout=self.abandon_after)
+                async with asyncio.timeout(self.abandon_after):
+                    await asyncio.shield(wrapped)
             except TimeoutError:
                 self.log.error(
                     "camera_thread_abandoned", camera=self.camera_id, call=what, after_s=limit
@@ -366,7 +374,7 @@ class CameraInput(BaseModule):
     # -- the loop ----------------------------------------------------------------------------
     async def _loop(self) -> None:
         attempt = 0
-        while True:
+        while not self._stopping:
             opened_at = self.frames_read
             try:
                 await self._call(self.open, self.open_timeout, "open")
@@ -374,6 +382,7 @@ class CameraInput(BaseModule):
                     # reopened: show 'reconnecting' until the first frame proves it works
                     self._set_cam("reconnecting")
                 await self._read_until_failure()
+                return  # only a stop ends reading without an exception
             except SourceEnded:
                 self._finished = True
                 self._set_cam("ended")
@@ -405,9 +414,14 @@ class CameraInput(BaseModule):
                     retry_in_s=round(delay, 2),
                     error=msg,
                 )
-                await asyncio.sleep(delay)
+                await self.wait_before_retry(delay, exc)
                 if self.cam_state == "stalled":
                     self._set_cam("reconnecting")
+
+    async def wait_before_retry(self, delay: float, error: SourceError) -> None:
+        """Sleep out the backoff. Inputs that can tell cheaply that the source is back (a
+        TCP port that accepts again) override this to end the wait early."""
+        await asyncio.sleep(delay)
 
     def backoff_delay(self, attempt: int) -> float:
         """Exponential backoff with jitter: half to all of ``base * 2^(attempt-1)``, capped."""
@@ -422,7 +436,7 @@ class CameraInput(BaseModule):
         if not self.finite:
             await self._pump_until_failure()
             return
-        while True:
+        while not self._stopping:
             raw = await self._call(self.read, self.stall_timeout, "read")
             await self._handle(raw)
 
@@ -438,7 +452,7 @@ class CameraInput(BaseModule):
         handoff = _Handoff(asyncio.get_running_loop(), self)
         self._thread.submit(handoff.pump)
         try:
-            while True:
+            while not self._stopping:
                 try:
                     raw = await handoff.get(self.stall_timeout)
                 except TimeoutError:

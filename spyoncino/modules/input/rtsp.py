@@ -14,6 +14,7 @@ credentials never reach a log line, health or the status page: everything shown 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import deque
 from typing import Any, ClassVar, Literal
@@ -110,6 +111,22 @@ def explain(exc: Exception, timeout_s: float) -> str:
     return str(reason)
 
 
+class CameraUnreachable(SourceError):
+    """Nothing answers at the camera's address: waiting can end as soon as its port opens."""
+
+
+#: seconds between TCP probes while an unreachable camera's backoff runs
+PROBE_INTERVAL = 2.0
+
+
+def _is_unreachable(exc: Exception) -> bool:
+    import av
+
+    return isinstance(
+        exc, (av.error.ConnectionRefusedError, av.error.ExitError, av.error.TimeoutError)
+    ) or getattr(exc, "errno", None) in (101, 110, 111, 113)  # net/host unreachable, timeouts
+
+
 def _is_timeout(exc: Exception) -> bool:
     import av
 
@@ -189,7 +206,7 @@ class RtspInput(CameraInput):
             )
         except av.FFmpegError as e:
             reason = explain(e, opts.open_timeout_s)
-            raise (SourceStalled if _is_timeout(e) else SourceError)(
+            raise (CameraUnreachable if _is_unreachable(e) else SourceError)(
                 f"cannot open {self.describe_source()}: {reason}"
             ) from None
         if not container.streams.video:
@@ -246,6 +263,35 @@ class RtspInput(CameraInput):
         """Luma from the Y plane now; BGR only when someone calls ``decode``."""
         self.stream_size = (frame.width, frame.height)
         return av_frame_to_raw(frame, self.cam.luma_width)
+
+    async def wait_before_retry(self, delay: float, error: SourceError) -> None:
+        """Back off, but end the wait when the camera's port accepts connections again.
+
+        Full reopen attempts (RTSP handshake, stream probing) back off up to 30 s; a bare TCP
+        connect every ``PROBE_INTERVAL`` seconds costs nothing and brings a camera that was
+        off for minutes back within seconds of its return. Only for cameras that did not
+        answer at all: a 401 or 404 comes from a camera that is up, so probing would defeat
+        the backoff.
+        """
+        if not isinstance(error, CameraUnreachable):
+            await asyncio.sleep(delay)
+            return
+        parts = urlsplit(self.url)
+        host = parts.hostname or ""
+        port = parts.port or (322 if parts.scheme.lower() == "rtsps" else 554)
+        deadline = time.monotonic() + delay
+        while (left := deadline - time.monotonic()) > 0:
+            await asyncio.sleep(min(PROBE_INTERVAL, left))
+            if time.monotonic() >= deadline:
+                return
+            try:
+                async with asyncio.timeout(1.0):
+                    _, writer = await asyncio.open_connection(host, port)
+            except (OSError, TimeoutError):
+                continue
+            writer.close()
+            self.log.info("camera_port_open", camera=self.camera_id, source=self.describe_source())
+            return
 
     def close(self) -> None:
         container, self._container = self._container, None

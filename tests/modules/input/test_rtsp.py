@@ -60,14 +60,15 @@ async def test_server_death_reconnects_without_busy_loop_and_recovers(
     await h.wait_state(("stalled", "reconnecting"), timeout=10)
     assert h.module.health().state == "degraded"
 
-    # waiting for the camera costs (almost) nothing: no busy loop
+    # waiting for the camera costs (almost) nothing: no busy loop. 12 s is long enough for
+    # the backoff to reach 8 s steps, so the quick return below needs the port probe.
     cpu0, wall0 = cpu_seconds(), time.monotonic()
-    await asyncio.sleep(4.0)
+    await asyncio.sleep(12.0)
     cpu_share = (cpu_seconds() - cpu0) / (time.monotonic() - wall0)
-    assert cpu_share < 0.05, f"{cpu_share:.1%} CPU while the camera is away"
+    assert cpu_share < 0.02, f"{cpu_share:.1%} CPU while the camera is away"
     assert h.module.cam_state in ("stalled", "reconnecting")
-    assert h.module.reconnects >= 1
-    assert h.module.last_error
+    assert h.module.reconnects >= 3
+    assert "connection refused" in (h.module.last_error or "")
 
     before = len(h.frames)
     server.start()  # same port
