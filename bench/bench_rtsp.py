@@ -147,6 +147,24 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def rtsp_server_missing() -> str | None:
+    """Why the GStreamer RTSP server cannot run here, or None."""
+    probe = subprocess.run(
+        [
+            "/usr/bin/python3",
+            "-c",
+            "import gi; gi.require_version('GstRtspServer', '1.0'); "
+            "from gi.repository import GstRtspServer",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if probe.returncode != 0:
+        return "GStreamer RTSP server via /usr/bin/python3 + python3-gi is not installed"
+    return None
+
+
 def start_server(clip: Path, port: int) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
         ["/usr/bin/python3", str(SERVER), "--file", str(clip), "--port", str(port)],
@@ -209,6 +227,10 @@ def main() -> int:
         print(json.dumps(run_cv2(args.url, args.frames)))
         return 0
 
+    missing = rtsp_server_missing()
+    if missing:
+        print(f"bench_rtsp skipped: {missing}")
+        return 0
     clip = footage()
     port = free_port()
     server = start_server(clip, port)
