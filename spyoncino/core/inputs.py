@@ -115,9 +115,10 @@ def av_frame_to_raw(frame: Any, luma_width: int, pts_s: float | None = None) -> 
 
     The planes are read as numpy views of the frame's reference-counted buffers (the decoder
     never writes to a picture it has output). The colour conversion is OpenCV's, on those
-    views: PyAV's own converter (``to_ndarray``) crashed the process when a consumer thread
-    called it while the camera thread was decoding. Formats other than planar 4:2:0 (rare for
-    cameras) are converted at once, on the camera thread.
+    views, so no PyAV object is touched off the camera thread: a full run once segfaulted
+    inside PyAV's converter (``to_ndarray``) called on a consumer thread while the camera
+    thread decoded. Formats other than planar 4:2:0 (rare for cameras) are converted at once,
+    on the camera thread.
     """
     w, h = frame.width, frame.height
     if frame.format.name not in _I420_FORMATS or w % 2 or h % 2:
