@@ -13,7 +13,9 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 SAMPLE = REPO / "spyoncino" / "data" / "sample.mp4"
 _SHARED = [REPO.parent / "shared", Path("/work/shared")]
-VTEST = next((p / "media" / "vtest.mp4" for p in _SHARED if (p / "media" / "vtest.mp4").is_file()), None)
+VTEST = next(
+    (p / "media" / "vtest.mp4" for p in _SHARED if (p / "media" / "vtest.mp4").is_file()), None
+)
 
 
 def footage() -> Path:

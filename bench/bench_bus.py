@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_result  # noqa: E402
+from _common import write_result
 
-from spyoncino.core.bus import Bus, Message  # noqa: E402
+from spyoncino.core.bus import Bus, Message
 
 
 async def throughput(subscribers: int, n: int, policy: str) -> float:

@@ -18,10 +18,10 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import footage, write_result  # noqa: E402
+from _common import footage, write_result
 
-from spyoncino.core.inputs import shrink_luma  # noqa: E402
-from spyoncino.modules.process.motion import Config, MotionState  # noqa: E402
+from spyoncino.core.inputs import shrink_luma
+from spyoncino.modules.process.motion import Config, MotionState
 
 
 def lumas(path: Path, size: tuple[int, int], limit: int = 300) -> list[np.ndarray]:
