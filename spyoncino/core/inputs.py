@@ -477,6 +477,10 @@ class CameraInput(BaseModule):
             self._next_allowed = max(self._next_allowed + 1.0 / cap, now + 0.5 / cap)
         await self._publish(raw, now)
 
+    def stamp(self, raw: RawFrame, now: float) -> tuple[float, float]:
+        """(monotonic, wall) time of a frame: when it arrived, for a live camera."""
+        return now, time.time()
+
     async def _publish(self, raw: RawFrame, now: float) -> None:
         luma = raw.luma
         width = self.cam.luma_width
@@ -486,11 +490,12 @@ class CameraInput(BaseModule):
             luma = make_luma(raw.image, width)
         elif luma.shape[1] > width:
             luma = shrink_luma(luma, width)
+        mono_ts, wall_ts = self.stamp(raw, now)
         frame = Frame(
             camera_id=self.camera_id,
             seq=self.seq,
-            mono_ts=now,
-            wall_ts=time.time(),
+            mono_ts=mono_ts,
+            wall_ts=wall_ts,
             width=raw.width,
             height=raw.height,
             luma=luma,

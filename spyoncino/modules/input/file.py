@@ -65,6 +65,7 @@ class FileInput(CameraInput):
         self._t0_pts: float = 0.0
         self._offset = 0.0
         self._last_pts = 0.0
+        self._clock0: tuple[float, float, float] | None = None
 
     @classmethod
     def accepts(cls, source: str) -> bool:
@@ -139,6 +140,19 @@ class FileInput(CameraInput):
             return 0.0
         due = self._t0_mono + (raw.pts_s - self._t0_pts) / self.opts.speed
         return max(0.0, due - now)
+
+    def stamp(self, raw: RawFrame, now: float) -> tuple[float, float]:
+        """Faster-than-real-time replays keep the video's own clock.
+
+        Event timing (confirmation windows, end-after, cooldown, pre-roll) then behaves as it
+        would on a live camera however fast the file is read.
+        """
+        if self.opts.pace == "realtime" or raw.pts_s is None:
+            return super().stamp(raw, now)
+        if self._clock0 is None:
+            self._clock0 = (now, time.time(), raw.pts_s)
+        mono0, wall0, pts0 = self._clock0
+        return mono0 + raw.pts_s - pts0, wall0 + raw.pts_s - pts0
 
     async def _publish(self, raw: RawFrame, now: float) -> None:
         if self.opts.pace == "lockstep":

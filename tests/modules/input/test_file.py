@@ -48,3 +48,14 @@ async def test_fast_replay_ends_and_reports_ended(camera_input) -> None:
     assert len(h.frames) == 250
     assert [f.seq for _, f in h.frames] == list(range(250))
     assert h.module.health().state == "ok"
+
+
+async def test_fast_replay_keeps_the_videos_clock(camera_input) -> None:
+    h = await camera_input(FileInput, str(SAMPLE_CLIP), "file", options={"pace": "fast"})
+    await h.wait_state(("ended",), timeout=60)
+    frames = [f for _, f in h.frames]
+    # read far faster than 10 fps, yet stamped 100 ms apart like the camera that filmed it
+    mono_gaps = [round((b.mono_ts - a.mono_ts) * 1000) for a, b in itertools.pairwise(frames)]
+    wall_gaps = [round((b.wall_ts - a.wall_ts) * 1000) for a, b in itertools.pairwise(frames)]
+    assert set(mono_gaps) == {100}
+    assert set(wall_gaps) == {100}
