@@ -19,6 +19,12 @@ from the packets, from the last keyframe at or before ``start - preroll_s`` to
 phones and Telegram play it inline. The file is assembled in ``storage.scratch`` (which can
 be a tmpfs) and moved into place crash-safely (``spyoncino.core.files.atomic_move``).
 
+**On request.** A ``control.command`` ``clip`` (Telegram's ``/clip [camera] [seconds]``) gets
+the last ``duration_s`` seconds (default 10) of that camera, as event ``manual-<request id>``:
+what the ring holds is taken from it, and when it holds less the clip records forward from
+now until it is that long (bounded by ``max_duration_s``). It goes through the same encoder
+(shared with any open event) and the same crash-safe write.
+
 Publishes ``event.clip.ready`` (``MediaArtifact`` with the clip's duration).
 """
 
@@ -28,6 +34,7 @@ import asyncio
 import contextlib
 import itertools
 import math
+import re
 import secrets
 import time
 from collections import deque
@@ -45,6 +52,7 @@ from spyoncino.core.config import AppConfig
 from spyoncino.core.contracts import BaseModule, ModuleConfig
 from spyoncino.core.files import atomic_move, media_relpath
 from spyoncino.schemas import topics
+from spyoncino.schemas.control import ControlCommand
 from spyoncino.schemas.events import EventNotice
 from spyoncino.schemas.frames import Frame, Image
 from spyoncino.schemas.media import MediaArtifact
@@ -53,6 +61,9 @@ MS = Fraction(1, 1000)
 #: the ring keeps this much more than the pre-roll: an event is confirmed a few frames after
 #: the object was first seen, and the pre-roll counts from the first sighting
 CONFIRM_MARGIN_S = 0.5
+#: a requested clip's length when the command gives none
+MANUAL_DEFAULT_S = 10.0
+_SAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
 class Config(ModuleConfig):
@@ -139,12 +150,14 @@ class _Clip:
     prefix_session: int = 0
     finished_mono: float | None = None
     size: tuple[int, int] = (0, 0)
+    #: asked for (``/clip``): exactly ``start_mono``..``end_mono``, no pre-roll nor post-roll
+    manual: bool = False
 
     def needs_from_ms(self, preroll_s: float) -> int:
         """The oldest packet this clip still needs from the camera's session."""
         if self.prefix:
             return self.prefix[-1].pts + 1
-        return round((self.start_mono - preroll_s) * 1000)
+        return round((self.start_mono - (0.0 if self.manual else preroll_s)) * 1000)
 
 
 @dataclass
@@ -282,6 +295,7 @@ class ClipRecorder(BaseModule):
         self.encoder = await self.ctx.executor.run(probe_encoder, self.cfg)
         for phase in ("started", "updated", "ended"):
             self.subscribe(topics.EVENT.pattern(phase=phase), self._on_event, policy="block")
+        self.subscribe(topics.CONTROL.name, self._on_command, policy="block")
         # one subscription per camera so that one camera's frames never crowd out another's
         ids = self._camera_ids or ["*"]
         for cid in ids:
@@ -382,6 +396,31 @@ class ClipRecorder(BaseModule):
                 clip.end_mono = cam.clock
         await self._finish_due(cam)
 
+    async def _on_command(self, msg: Message[ControlCommand]) -> None:
+        cmd = msg.payload
+        if cmd.command != "clip":
+            return
+        known = [cid for cid, c in self.cams.items() if c.ring]
+        cams = [cmd.camera_id] if cmd.camera_id else sorted(known)
+        tag = _SAFE.sub("", cmd.request_id)[:40] or time.strftime("%Y%m%dT%H%M%S")
+        want = min(cmd.duration_s or MANUAL_DEFAULT_S, self.cfg.max_duration_s)
+        for cid in cams:
+            cam = self.cams.get(cid)
+            if cam is None or not cam.ring:
+                self.log.warning("manual_clip_no_frames", camera=cid, source=cmd.source)
+                continue
+            event_id = f"manual-{tag}" if len(cams) == 1 else f"manual-{tag}-{cid}"
+            if event_id in cam.clips or event_id in cam.done:
+                continue
+            now = cam.now()
+            # the ring's past first; what it lacks is recorded from now on
+            start = max(cam.ring[0][0], now - want)
+            clip = _Clip(event_id, time.time() - (now - start), start, start + want, manual=True)
+            cam.clips[event_id] = clip
+            self.log.info("manual_clip", camera=cid, event_id=event_id, seconds=want)
+            await self._ensure_session(cam)
+            await self._finish_due(cam)
+
     async def _ensure_session(self, cam: _Cam) -> None:
         if cam.session is None:
             async with cam.lock:
@@ -398,9 +437,10 @@ class ClipRecorder(BaseModule):
         now = cam.now()
         for clip in list(cam.clips.values()):
             overlong = now - clip.start_mono >= self.cfg.max_duration_s
-            ended = clip.end_mono is not None and now >= clip.end_mono + self.cfg.postroll_s
+            post = 0.0 if clip.manual else self.cfg.postroll_s
+            ended = clip.end_mono is not None and now >= clip.end_mono + post
             if force or ended or overlong:
-                await self._finish(cam, clip, now, final=force or overlong)
+                await self._finish(cam, clip, now, final=force or overlong or clip.manual)
         for clip in list(cam.recent.values()):
             if force or now - (clip.finished_mono or now) > self.cfg.resume_grace_s:
                 del cam.recent[clip.event_id]  # its packets go with it
@@ -413,7 +453,8 @@ class ClipRecorder(BaseModule):
 
     async def _finish(self, cam: _Cam, clip: _Clip, now: float, *, final: bool) -> None:
         cam.clips.pop(clip.event_id, None)
-        end = (clip.end_mono if clip.end_mono is not None else now) + self.cfg.postroll_s
+        post = 0.0 if clip.manual else self.cfg.postroll_s
+        end = (clip.end_mono if clip.end_mono is not None else now) + post
         end = min(end, clip.start_mono + self.cfg.max_duration_s)
         self._finalizing += 1
         try:
@@ -449,8 +490,7 @@ class ClipRecorder(BaseModule):
     def _packets_for(self, clip: _Clip, session: _Session | None, end_ms: int) -> list[_Packet]:
         if not clip.prefix:
             assert session is not None
-            start_ms = round((clip.start_mono - self.cfg.preroll_s) * 1000)
-            return cut(session.packets, start_ms, end_ms)
+            return cut(session.packets, clip.needs_from_ms(self.cfg.preroll_s), end_ms)
         if session is None:
             return clip.prefix
         last = clip.prefix[-1].pts

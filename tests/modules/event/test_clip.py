@@ -11,6 +11,7 @@ import pytest
 
 from spyoncino.modules.event.clip import ClipRecorder, Config, _Packet, cut, preroll_budget
 from spyoncino.schemas import topics
+from spyoncino.schemas.control import ControlCommand
 from spyoncino.schemas.events import EventNotice
 from spyoncino.schemas.media import MediaArtifact
 
@@ -241,3 +242,74 @@ async def test_forced_hardware_encoder_falls_back_to_libx264(harness: Harness) -
     (art,) = [p for _, p in rec]
     assert probe(art.path)[0] == "h264"
     assert mod.metrics()["encoder"] == "libx264"
+
+
+async def ask_clip(h: Harness, seconds: float | None, request_id: str = "r1") -> None:
+    cmd = ControlCommand(
+        command="clip", camera_id="cam", duration_s=seconds, source="test", request_id=request_id
+    )
+    await h.bus.publish(topics.CONTROL.name, cmd)
+    await h.bus.wait_idle(topics.CONTROL.name)
+
+
+async def test_clip_command_sends_the_last_seconds_from_the_ring(harness: Harness) -> None:
+    _, rec = await recorder(harness)
+    await play(harness, range(0, 50), {})
+    await ask_clip(harness, 3.0)
+    await harness.settle()
+    (art,) = [p for _, p in rec]
+    assert art.event_id == "manual-r1"
+    assert art.kind == "clip"
+    assert art.relpath.endswith("/manual-r1.mp4")
+    assert Path(art.path).is_file()
+    codec, pix_fmt, duration, seqs = probe(art.path)
+    assert (codec, pix_fmt) == ("h264", "yuv420p")
+    assert moov_before_mdat(art.path)
+    assert seqs[-1] == 49  # up to now
+    # 3 s back (seq 19), from the keyframe at or before it: at most one keyframe interval more
+    assert 9 <= seqs[0] <= 19
+    assert seqs == list(range(seqs[0], 50))
+    assert 2.9 <= duration <= 3.1 + 1.0
+
+
+async def test_clip_command_longer_than_the_ring_records_forward(harness: Harness) -> None:
+    _, rec = await recorder(harness)  # the ring holds 3.5 s
+    await play(harness, range(0, 50), {})
+    await ask_clip(harness, 6.0, "r2")
+    assert rec == []  # not yet: 2.5 s more are needed
+    await play(harness, range(50, 100), {})
+    await harness.settle()
+    (art,) = [p for _, p in rec]
+    assert art.event_id == "manual-r2"
+    _, _, duration, seqs = probe(art.path)
+    assert seqs[0] == 15  # the oldest frame the ring held (3.5 s before seq 49)
+    assert seqs[-1] == 75  # 6 s after it
+    assert seqs == list(range(seqs[0], seqs[-1] + 1))
+    assert duration == pytest.approx(6.0, abs=0.15)
+    assert art.duration_s == pytest.approx(duration, abs=0.15)
+
+
+async def test_clip_command_for_an_unknown_camera_is_ignored(harness: Harness) -> None:
+    _, rec = await recorder(harness)
+    await play(harness, range(0, 20), {})
+    cmd = ControlCommand(command="clip", camera_id="nope", source="test", request_id="x")
+    await harness.bus.publish(topics.CONTROL.name, cmd)
+    await harness.settle()
+    await harness.stop()
+    await harness.settle()
+    assert rec == []
+
+
+async def test_clip_command_during_an_event_shares_its_encoder(harness: Harness) -> None:
+    mod, rec = await recorder(harness)
+    await play(harness, range(0, 50), {40: notice("ev", "started", 4.0)})
+    await ask_clip(harness, 8.0, "r3")  # the ring holds 3.5 s: 4.5 s more are recorded
+    await play(harness, range(50, 110), {70: notice("ev", "ended", 4.0, 7.0)})
+    await harness.settle()
+    clips = {p.event_id: p for _, p in rec}
+    assert set(clips) == {"ev", "manual-r3"}
+    manual = probe(clips["manual-r3"].path)[3]
+    assert manual[0] == 15
+    assert manual[-1] == 95
+    assert probe(clips["ev"].path)[3][-1] == 90
+    assert mod.frames_encoded <= 110

@@ -18,6 +18,7 @@ from spyoncino.core.config import build_app_model
 from spyoncino.core.contracts import BoundedExecutor, ModuleConfigError, ModuleContext
 from spyoncino.core.files import atomic_write_bytes
 from spyoncino.modules.event.arming import ArmingState
+from spyoncino.modules.event.clip import ClipRecorder
 from spyoncino.modules.event.snapshot import SnapshotWriter
 from spyoncino.modules.output.telegram import TelegramOutput
 from spyoncino.modules.storage.index import connect as index_connect
@@ -708,6 +709,38 @@ async def test_snapshot_command_with_the_real_snapshot_writer(
         assert abs(int(decoded.mean()) - 90) <= 2
     finally:
         await writer.stop()
+
+
+async def test_clip_command_with_the_real_clip_recorder(
+    harness: MakeHarness, botapi: BotApiEmulator
+) -> None:
+    h = await harness(**cfg(botapi, chat_ids=[111]))
+    recorder = await start_module(ClipRecorder, "clip", h.bus, h.module.ctx.executor, h.root, {})
+    try:
+        t0 = time.monotonic() - 4.0
+        for seq in range(40):  # 4 s at 10 fps, the last one now
+            img = np.full((240, 320, 3), 60 + seq, np.uint8)
+            frame = Frame(
+                camera_id="garden",
+                seq=seq,
+                mono_ts=t0 + seq / 10,
+                wall_ts=time.time(),
+                width=320,
+                height=240,
+                luma=img[:, :, 0].copy(),
+                _image=img,
+            )
+            await h.bus.publish(topics.FRAME.at(camera="garden"), frame)
+            await h.bus.drain()
+        botapi.push_message(111, 111, "/clip garden 2")
+        video = await botapi.wait_for("sendVideo", timeout=10.0)
+        assert video.chat_id == 111
+        assert video.params["caption"].startswith("garden, ")
+        data = video.file("video").data
+        assert data[4:8] == b"ftyp"
+        assert 0 <= data.find(b"moov") < data.find(b"mdat")  # plays while downloading
+    finally:
+        await recorder.stop()
 
 
 async def test_config_updates_apply_in_place_or_are_refused(
