@@ -160,10 +160,6 @@ class CameraBase(_Section):
             return model()
         return cast("M", value)
 
-    @property
-    def display_name(self) -> str:
-        return self.name or ""
-
 
 class AppConfig(_Section):
     """The whole configuration. Module sections are added when the registry is built."""
@@ -184,6 +180,14 @@ class AppConfig(_Section):
                     "(it names topics and folders)"
                 )
         return value
+
+    def camera_names(self, *, enabled_only: bool = False) -> dict[str, str]:
+        """Camera id -> the name people see (``name``, else the id)."""
+        return {
+            cid: cam.name or cid
+            for cid, cam in self.cameras.items()
+            if cam.enabled or not enabled_only
+        }
 
     def section(self, name: str, model: type[M]) -> M:
         value = getattr(self, name, None)

@@ -106,7 +106,7 @@ class EmailOutput(BaseModule):
     async def configure(self, app: AppConfig) -> None:
         old = self.cfg
         self.cfg = app.section(self.name or CHANNEL, Config)
-        self.names = {cid: cam.name or cid for cid, cam in app.cameras.items()}
+        self.names = app.camera_names()
         self.tz = app.runtime.timezone
         self.db_path = app.storage.db_path
         try:

@@ -168,7 +168,7 @@ class TelegramOutput(TelegramCommands):
         old = self.cfg
         self.cfg = app.section(self.name or CHANNEL, Config)
         self.tz = app.runtime.timezone
-        self.names = {cid: cam.name or cid for cid, cam in app.cameras.items() if cam.enabled}
+        self.names = app.camera_names(enabled_only=True)
         self.db_path = app.storage.db_path
         self.storage_root = app.storage.root
         if self.cfg.token is not None:

@@ -111,7 +111,7 @@ class WebhookOutput(BaseModule):
     async def configure(self, app: AppConfig) -> None:
         old = self.cfg
         self.cfg = app.section(self.name or CHANNEL, Config)
-        self.names = {cid: cam.name or cid for cid, cam in app.cameras.items()}
+        self.names = app.camera_names()
         self.db_path = app.storage.db_path
         if self.outbox is not None:  # running: adopt what can change in place
             if (old.url is None) != (self.cfg.url is None) or old.timeout_s != self.cfg.timeout_s:
