@@ -44,6 +44,7 @@ bench: $(STAMP)
 ## test-system: real systemd in systemd-nspawn (root): about 3 min cold, 1.5-2 min cached
 test-system: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[dev,ansible]'
+	$(PY) -m pytest -m "not system" tests/system -q $(PYTEST_ARGS)
 	bash tests/system/build_rootfs.sh >/dev/null
 	$(PY) -m pytest -m system tests/system -q $(PYTEST_ARGS)
 
