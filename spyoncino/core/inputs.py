@@ -20,6 +20,11 @@ Camera states, as health and the status page show them:
                    be reopened;
 * ``reconnecting`` the source failed (refused, unplugged, 401, end of stream): waiting for the
                    backoff, then reopening;
+* ``wedged``       the driver hung in a call ``wedged_after`` times in a row, with no frame in
+                   between, and each time its thread had to be abandoned: the process leaks a
+                   thread per attempt and such a driver rarely recovers without a fresh
+                   process, so the systemd watchdog treats this state as hung and restarts the
+                   service. The input keeps retrying meanwhile; a frame brings it back;
 * ``failed``       a permanent problem (``SourceFatal``); no more retries;
 * ``ended``        a finite source (file) delivered its last frame.
 """
@@ -47,7 +52,11 @@ from spyoncino.core.contracts import BaseModule, CameraOptions
 from spyoncino.schemas import topics
 from spyoncino.schemas.frames import Frame, Image
 
-CameraState = Literal["connecting", "streaming", "stalled", "reconnecting", "failed", "ended"]
+CameraState = Literal[
+    "connecting", "streaming", "stalled", "reconnecting", "wedged", "failed", "ended"
+]
+#: the states of a camera that is trying to get (back) to streaming
+_RETRYING = frozenset({"connecting", "stalled", "reconnecting"})
 R = TypeVar("R")
 
 
@@ -149,17 +158,19 @@ class SourceThread:
     """One daemon thread running a camera's blocking calls in order.
 
     ``submit`` returns a ``concurrent.futures.Future``. A thread stuck in a driver call can be
-    abandoned (``shutdown``); being a daemon it never blocks interpreter exit.
+    abandoned (``shutdown``); being a daemon it never blocks interpreter exit. ``busy`` names
+    the call it runs (``""`` when idle), so an abandoned thread says where the driver hung.
     """
 
     def __init__(self, name: str) -> None:
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.busy = ""
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def submit(self, fn: Callable[[], R]) -> concurrent.futures.Future[R]:
+    def submit(self, fn: Callable[[], R], what: str = "call") -> concurrent.futures.Future[R]:
         fut: concurrent.futures.Future[R] = concurrent.futures.Future()
-        self._jobs.put((fut, fn))
+        self._jobs.put((fut, fn, what))
         return fut
 
     def _run(self) -> None:
@@ -167,13 +178,16 @@ class SourceThread:
             job = self._jobs.get()
             if job is None:
                 return
-            fut, fn = job
+            fut, fn, what = job
             if not fut.set_running_or_notify_cancel():
                 continue
+            self.busy = what
             try:
                 fut.set_result(fn())
             except BaseException as exc:
                 fut.set_exception(exc)
+            finally:
+                self.busy = ""
 
     def shutdown(self) -> None:
         self._jobs.put(None)
@@ -242,6 +256,8 @@ class CameraInput(BaseModule):
     backoff_cap: ClassVar[float] = 30.0
     #: how long a blocked call may outlive its timeout before its thread is abandoned
     abandon_after: ClassVar[float] = 5.0
+    #: abandoned threads in a row (no frame in between) that make the camera ``wedged``
+    wedged_after: ClassVar[int] = 3
 
     def __init__(self, ctx: Any) -> None:
         super().__init__(ctx)
@@ -256,6 +272,9 @@ class CameraInput(BaseModule):
         self.frames_capped = 0
         self.frames_dropped = 0
         self.reconnects = 0
+        self.threads_abandoned = 0
+        #: the call each thread abandoned since the last frame was stuck in ("open", "read")
+        self._hung_in: list[str] = []
         self.last_error: str | None = None
         self.last_frame_mono: float | None = None
         self._stamps: deque[float] = deque(maxlen=600)
@@ -317,7 +336,7 @@ class CameraInput(BaseModule):
         thread, self._thread = self._thread, None
         if thread is None:
             return
-        fut = thread.submit(self._safe_close)
+        fut = thread.submit(self._safe_close, "close")
         try:
             async with asyncio.timeout(self.abandon_after):
                 await asyncio.wrap_future(fut)
@@ -348,7 +367,7 @@ class CameraInput(BaseModule):
         """
         if self._thread is None or not self._thread.alive:
             self._thread = SourceThread(f"spyoncino-cam-{self.camera_id}")
-        fut = self._thread.submit(fn)
+        fut = self._thread.submit(fn, what)
         wrapped = asyncio.wrap_future(fut)
         try:
             async with asyncio.timeout(limit):
@@ -359,18 +378,51 @@ class CameraInput(BaseModule):
                 async with asyncio.timeout(self.abandon_after):
                     await asyncio.shield(wrapped)
             except TimeoutError:
+                stuck = self._thread.busy or what
                 self.log.error(
-                    "camera_thread_abandoned", camera=self.camera_id, call=what, after_s=limit
+                    "camera_thread_abandoned",
+                    camera=self.camera_id,
+                    call=what,
+                    stuck_in=stuck,
+                    after_s=limit,
                 )
                 fut.cancel()  # if it never started, it must not run later on the old thread
                 self._thread.shutdown()
                 self._thread = SourceThread(f"spyoncino-cam-{self.camera_id}")
+                self._count_abandoned(stuck)
             except Exception as exc:  # it returned with an error after the interrupt
                 self.log.debug("camera_call_interrupted", call=what, error=self.redact(repr(exc)))
             raise SourceStalled(f"{what}: no answer for {limit:.0f}s") from None
         except asyncio.CancelledError:
             self.interrupt()
             raise
+
+    def _count_abandoned(self, stuck: str) -> None:
+        """One more thread lost to a hung driver; past ``wedged_after`` in a row: ``wedged``."""
+        self.threads_abandoned += 1
+        self._hung_in.append(stuck)
+        reason = self.wedged_reason()
+        if reason is None or self.cam_state in ("failed", "ended"):
+            return
+        if self.cam_state != "wedged":
+            self.log.error(
+                "camera_wedged",
+                camera=self.camera_id,
+                source=self.describe_source(),
+                hangs=len(self._hung_in),
+                threads_abandoned=self.threads_abandoned,
+            )
+        self._set_cam("wedged")
+
+    def wedged_reason(self) -> str | None:
+        """Why the camera is ``wedged`` (its driver hung too often in a row), else None."""
+        if not self._hung_in or len(self._hung_in) < self.wedged_after:
+            return None
+        counts: dict[str, int] = {}
+        for call in self._hung_in:
+            counts[call] = counts.get(call, 0) + 1
+        hangs = ", ".join(f"{c}() {n} time{'s' if n != 1 else ''}" for c, n in counts.items())
+        return f"driver hung in {hangs}; restart needed"
 
     # -- the loop ----------------------------------------------------------------------------
     async def _loop(self) -> None:
@@ -451,7 +503,7 @@ class CameraInput(BaseModule):
         if self._thread is None or not self._thread.alive:
             self._thread = SourceThread(f"spyoncino-cam-{self.camera_id}")
         handoff = _Handoff(asyncio.get_running_loop(), self)
-        self._thread.submit(handoff.pump)
+        self._thread.submit(handoff.pump, "read")
         try:
             while not self._stopping:
                 try:
@@ -465,6 +517,7 @@ class CameraInput(BaseModule):
 
     async def _handle(self, raw: RawFrame) -> None:
         self.frames_read += 1
+        self._hung_in.clear()  # the driver works again
         wait = self.pace(raw)
         if wait > 0:
             await asyncio.sleep(wait)
@@ -512,6 +565,10 @@ class CameraInput(BaseModule):
         self.frames_published += 1
 
     def _set_cam(self, state: CameraState, error: str | None = None) -> None:
+        wedged = self.wedged_reason()
+        if wedged is not None and (state in _RETRYING or state == "wedged"):
+            # retrying goes on, but until a frame arrives the camera stays wedged
+            state, error = "wedged", wedged
         self.cam_state = state
         if error is not None:
             self.last_error = error
@@ -520,6 +577,7 @@ class CameraInput(BaseModule):
             "ended": "ok",
             "connecting": "starting",
             "failed": "failed",
+            "wedged": "failed",
         }.get(state, "degraded")
         detail = state if error is None or state == "streaming" else f"{state}: {error}"
         self.set_state(module_state, detail, error)  # type: ignore[arg-type]
@@ -549,5 +607,7 @@ class CameraInput(BaseModule):
             "frames_capped": self.frames_capped,
             "frames_dropped": self.frames_dropped,
             "reconnects": self.reconnects,
+            "threads_abandoned": self.threads_abandoned,
+            "hangs_in_a_row": len(self._hung_in),
             "last_error": self.last_error or "",
         }

@@ -11,6 +11,9 @@ process exists. It is sent from a thread, but only while two things hold:
     (a frame task that crashed or waits forever keeps ``streaming`` while the frame age grows);
   - a camera that is ``connecting``/``reconnecting``/``stalled`` is alive: it is an offline
     camera, and restarting the service would not bring it back (no restart loops);
+  - a camera that is ``wedged`` is not: its driver hung in a call again and again and each
+    time a thread was abandoned (``threads_abandoned``); a fresh process is what such a driver
+    (a stuck V4L2/USB device, a libcamera pipeline) needs, and every retry leaks a thread;
   - the bounded executor runs a no-op within ``executor_deadline`` (all workers wedged in a
     driver or a detector means no frame is ever processed again);
   - a module that reports ``busy_age_s`` in its metrics (seconds its current blocking job has
@@ -86,6 +89,12 @@ def camera_liveness(slots: list[Any], frame_deadline: float) -> list[CameraLiven
         state = str(m.get("camera_state", "unknown"))
         raw_age = m.get("last_frame_age_s", -1.0)
         age = float(raw_age) if isinstance(raw_age, (int, float)) and raw_age >= 0 else None
+        if state == "wedged":
+            why = str(m.get("last_error") or "driver hung; restart needed")
+            out.append(
+                CameraLiveness(slot.camera_id, state, age, False, f"camera {slot.camera_id}: {why}")
+            )
+            continue
         if state != "streaming":
             # connecting, reconnecting with backoff, stalled (about to reconnect), ended: alive
             out.append(CameraLiveness(slot.camera_id, state, age, True))

@@ -1,16 +1,20 @@
-"""The camera-input base: hung reads, permanent failures, read-ahead with drop counting."""
+"""The camera-input base: hung reads, permanent failures, read-ahead with drop counting,
+a driver that hangs in open() until the camera is wedged."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
+import structlog
 
 from spyoncino.core.contracts import CameraOptions
 from spyoncino.core.inputs import CameraInput, RawFrame, SourceFatal
+from spyoncino.core.systemd import camera_liveness
 from tests.modules.input.conftest import camera_input  # noqa: F401 - the fixture
 
 
@@ -89,3 +93,95 @@ async def test_frames_arriving_while_the_loop_is_busy_are_dropped_and_counted(
     await asyncio.sleep(0.1)
     assert h.module.frames_dropped >= 10
     assert h.module.metrics()["frames_dropped"] == h.module.frames_dropped
+
+
+class HangsInOpen(CameraInput):
+    """A camera whose driver hangs in ``open`` the first ``hangs`` times (a wedged V4L2 device)."""
+
+    Camera: ClassVar[type[CameraOptions] | None] = None
+    hangs: ClassVar[int] = 0
+
+    def __init__(self, ctx: Any) -> None:
+        super().__init__(ctx)
+        self.open_timeout = 0.2
+        self.abandon_after = 0.1
+        self.backoff_base = 0.05
+        self.opens = 0
+        self.never = threading.Event()  # set only at teardown, to let the leaked threads go
+
+    @classmethod
+    def accepts(cls, source: str) -> bool:
+        return source.startswith("test://")
+
+    def open(self) -> None:
+        self.opens += 1
+        if self.opens <= self.hangs:
+            self.never.wait()
+
+    def read(self) -> RawFrame:
+        time.sleep(0.01)
+        return RawFrame(width=64, height=48, image=np.zeros((48, 64, 3), np.uint8))
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class Slot:
+    """What ``camera_liveness`` reads of an orchestrator slot."""
+
+    module: CameraInput
+    camera_id: str = "cam"
+    state: str = "running"
+
+
+async def test_a_driver_hanging_in_open_wedges_the_camera_and_fails_the_watchdog(
+    camera_input,  # noqa: F811
+) -> None:
+    HangsInOpen.hangs = 1_000_000
+    h = await camera_input(HangsInOpen, "test://x", "hangsinopen")
+    m = h.module
+    try:
+        await h.wait_state(("wedged",), timeout=10)
+        metrics = m.metrics()
+        assert metrics["camera_state"] == "wedged"
+        assert metrics["threads_abandoned"] >= 3
+        assert metrics["hangs_in_a_row"] >= 3
+        assert m.health().state == "failed"
+        (verdict,) = camera_liveness([Slot(m)], frame_deadline=30.0)
+        assert not verdict.alive
+        assert verdict.state == "wedged"
+        assert verdict.reason.startswith("camera cam: driver hung in open() ")
+        assert verdict.reason.endswith("times; restart needed")
+        # it keeps retrying (it may recover) and stays wedged meanwhile
+        opens = m.opens
+        deadline = time.monotonic() + 5
+        while m.opens == opens and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert m.opens > opens
+        assert m.cam_state == "wedged"
+    finally:
+        m.never.set()
+
+
+async def test_a_frame_after_the_hangs_resets_the_count_and_the_camera_is_alive(
+    camera_input,  # noqa: F811
+) -> None:
+    HangsInOpen.hangs = 2
+    with structlog.testing.capture_logs() as logs:
+        h = await camera_input(HangsInOpen, "test://x", "hangsinopen", start=False)
+        m = h.module
+        m.wedged_after = 2
+        await m.start()
+        try:
+            await h.wait_frames(3, timeout=10)
+        finally:
+            m.never.set()
+    assert [e["hangs"] for e in logs if e["event"] == "camera_wedged"] == [2]
+    metrics = m.metrics()
+    assert metrics["camera_state"] == "streaming"
+    assert metrics["threads_abandoned"] == 2
+    assert metrics["hangs_in_a_row"] == 0
+    assert m.health().state == "ok"
+    (verdict,) = camera_liveness([Slot(m)], frame_deadline=30.0)
+    assert verdict.alive

@@ -142,10 +142,32 @@ class OfflineInput(OkInput):
         raise SourceError("connection refused")
 
 
+class WedgedInput(OkInput):
+    """A camera whose driver hangs in ``open`` for good: every attempt costs a thread."""
+
+    name: ClassVar[str] = "wedgedcam"
+    abandon_after: ClassVar[float] = 0.1
+    backoff_base: ClassVar[float] = 0.05
+    backoff_cap: ClassVar[float] = 0.3
+    release = threading.Event()  # set only at teardown, to let the leaked threads go
+
+    def __init__(self, ctx: Any) -> None:
+        super().__init__(ctx)
+        self.open_timeout = 0.2
+
+    @classmethod
+    def accepts(cls, source: str) -> bool:
+        return source.startswith("wedged://")
+
+    def open(self) -> None:
+        self.release.wait()
+
+
 REGISTRY: dict[str, type[BaseModule]] = {
     "okcam": OkInput,
     "hangcam": HangInput,
     "offcam": OfflineInput,
+    "wedgedcam": WedgedInput,
 }
 
 
@@ -182,6 +204,7 @@ async def running(orch: Orchestrator, notifier: SystemdNotifier) -> AsyncIterato
         yield
     finally:
         HangInput.release.set()
+        WedgedInput.release.set()
         orch.request_stop()
         await orch.stop()
         await notifier.stop()
@@ -278,6 +301,33 @@ async def test_pings_continue_while_a_camera_is_only_reconnecting(
         assert any("garage reconnecting" in s for s in notify_socket.statuses())
 
 
+async def test_pings_stop_when_a_camera_driver_keeps_hanging_in_open(
+    notify_socket: NotifySocket,
+) -> None:
+    interval = 1.0
+    WedgedInput.release.clear()
+    orch = make_orchestrator({"front": "ok://a", "cellar": "wedged://b"})
+    notifier = SystemdNotifier(orch, environ=env(notify_socket, interval), status_interval=0.2)
+    async with running(orch, notifier):
+        await notify_socket.wait_for("READY=1")
+        cellar = next(s for s in orch.slots if s.camera_id == "cellar")
+        deadline = time.monotonic() + 10
+        while cellar.module.metrics()["camera_state"] != "wedged":
+            assert time.monotonic() < deadline, cellar.module.metrics()
+            await asyncio.sleep(0.02)
+        wedged_at = time.monotonic()
+        await asyncio.sleep(2 * interval)
+        late = [t for t in notify_socket.times("WATCHDOG=1") if t > wedged_at + interval]
+        assert late == [], f"pings went on for a wedged camera: {late}"
+        assert any(
+            p.startswith("camera cellar: driver hung in open() ") and p.endswith("restart needed")
+            for p in notifier.problems()
+        ), notifier.problems()
+        assert cellar.module.metrics()["threads_abandoned"] >= 3
+        assert "cellar wedged" in notifier.status_line()
+        assert "UNHEALTHY: camera cellar: driver hung" in notifier.status_line()
+
+
 async def test_pings_stop_when_every_executor_worker_is_wedged(notify_socket: NotifySocket) -> None:
     interval = 1.0
     orch = make_orchestrator({"front": "offline://a"}, workers=1)
@@ -369,7 +419,7 @@ def test_watchdog_usec_follows_watchdog_pid() -> None:
 def test_camera_liveness_treats_only_a_silent_streaming_camera_as_hung() -> None:
     class Fake:
         def __init__(self, state: str, age: float) -> None:
-            self._m = {"camera_state": state, "last_frame_age_s": age}
+            self._m = {"camera_state": state, "last_frame_age_s": age, "last_error": ""}
 
         def metrics(self) -> dict[str, Any]:
             return self._m
@@ -391,8 +441,9 @@ def test_camera_liveness_treats_only_a_silent_streaming_camera_as_hung() -> None
                 SlotStub("d", "connecting", -1.0),
                 SlotStub("e", "stalled", 99.0),
                 SlotStub("f", "streaming", 99.0, slot_state="quarantined"),
+                SlotStub("g", "wedged", 99.0),
             ],
             frame_deadline=30.0,
         )
     }
-    assert verdicts == {"a": True, "b": False, "c": True, "d": True, "e": True}
+    assert verdicts == {"a": True, "b": False, "c": True, "d": True, "e": True, "g": False}
