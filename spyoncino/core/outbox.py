@@ -28,6 +28,11 @@ summary ("12 events on front_door while offline") with the latest photo; their f
 (GIF, clip) are dropped with them. Rate limits: a minimum interval and a per-minute cap per
 recipient, and a per-camera alert budget per window so a flapping camera cannot flood; alerts
 over the budget are counted and mentioned in the next alert of that camera.
+
+``OutboxChannel`` is the base of the channel modules (Telegram, webhook, email): it owns the
+outbox's lifecycle, the ``AlertGate``, the ``control.state`` / ``event.#`` subscriptions and the
+text alert for events whose snapshot never came, so a channel writes only its config, what an
+alert becomes (``_enqueue``) and how one is sent (``_deliver``).
 """
 
 from __future__ import annotations
@@ -38,18 +43,25 @@ import json
 import random
 import sqlite3
 import time
+from abc import abstractmethod
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
-from spyoncino.core.bus import Bus
-from spyoncino.core.contracts import BoundedExecutor
+from spyoncino.core.bus import Bus, Message
+from spyoncino.core.contracts import (
+    BaseModule,
+    BoundedExecutor,
+    Category,
+    ModuleContext,
+    ModuleNotReady,
+)
 from spyoncino.schemas import topics
 from spyoncino.schemas.alerts import AlertNotification
 from spyoncino.schemas.control import ControlState
@@ -817,3 +829,109 @@ class AlertGate:
             tracked.held.append(art)  # the photo goes first
             return []
         return [(tracked.event, art)]
+
+
+class ChannelConfig(Protocol):
+    """What ``OutboxChannel`` reads from a channel's ``Config``."""
+
+    @property
+    def alert_kinds(self) -> tuple[str, ...]: ...
+
+    @property
+    def snapshot_wait_s(self) -> float: ...
+
+    @property
+    def outbox(self) -> OutboxSettings: ...
+
+
+C = TypeVar("C", bound=ChannelConfig)
+
+
+class OutboxChannel(BaseModule, Generic[C]):
+    """A notification channel module: its ``Outbox``, its ``AlertGate`` and the bus around them.
+
+    A channel keeps what is its own: its ``Config`` (set ``self.cfg`` in ``__init__`` and
+    ``configure``), ``_enqueue`` (what one alert or follow-up becomes in the outbox; ``art`` is
+    None for the text alert of an event whose snapshot never came) and ``_deliver`` (one send,
+    raising ``RetryAfter`` / ``TransientError`` / ``PermanentError``). In ``start`` it builds
+    its gate after ``open_outbox`` (the gate's budget is the outbox's) and then calls ``listen``.
+    """
+
+    category: ClassVar[Category] = "output"
+    #: the ``channel`` of the outbox rows and of ``notify.<channel>.*``
+    channel: ClassVar[str] = ""
+    cfg: C
+
+    def __init__(self, ctx: ModuleContext) -> None:
+        super().__init__(ctx)
+        self.outbox: Outbox | None = None
+        self.gate = AlertGate()
+
+    @abstractmethod
+    async def _enqueue(self, ev: EventNotice, art: MediaArtifact | None) -> None: ...
+
+    @abstractmethod
+    async def _deliver(self, item: OutboxItem) -> str | None: ...
+
+    async def open_outbox(self, db_path: Path, *, rate_for: RateFor | None = None) -> Outbox:
+        """Open the outbox and resume what it had pending; ``ModuleNotReady`` when it cannot."""
+        self.outbox = Outbox(
+            channel=self.channel,
+            db_path=db_path,
+            bus=self.bus,
+            executor=self.ctx.executor,
+            sender=self._deliver,
+            settings=self.cfg.outbox,
+            rate_for=rate_for,
+            module=self.ctx.instance,
+        )
+        try:
+            await self.outbox.start()
+        except Exception as e:
+            raise ModuleNotReady(f"cannot open the outbox in {db_path}: {e}") from e
+        return self.outbox
+
+    def listen(self) -> None:
+        """Follow ``control.state`` and ``event.#``, and alert overdue events as text."""
+        self.subscribe(topics.CONTROL_STATE.name, self._on_state, policy="latest")
+        # one ordered queue for notices and artifacts: a snapshot never overtakes its event
+        self.subscribe("event.#", self._on_event_topic, policy="block", maxsize=256)
+        self.spawn(self._overdue_loop(), "overdue")
+
+    def adopt_settings(self) -> None:
+        """A config update while running: delivery settings and alert kinds change in place."""
+        if self.outbox is not None:
+            self.outbox.settings = self.cfg.outbox
+        self.gate.kinds = frozenset(self.cfg.alert_kinds)
+
+    async def stop(self) -> None:
+        await super().stop()
+        outbox, self.outbox = self.outbox, None
+        if outbox is not None:
+            await outbox.close()
+
+    async def _on_state(self, msg: Message[ControlState]) -> None:
+        self.gate.state = msg.payload
+
+    async def _on_event_topic(self, msg: Message[Any]) -> None:
+        p = msg.payload
+        if isinstance(p, EventNotice):
+            self.gate.notice(p)
+        elif isinstance(p, MediaArtifact) and self.outbox is not None:
+            await self._on_artifact(p)
+
+    async def _on_artifact(self, art: MediaArtifact) -> None:
+        for ev, sendable in self.gate.artifact(art):
+            await self._enqueue(ev, sendable)
+
+    async def _overdue_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            for ev in self.gate.overdue(self.cfg.snapshot_wait_s):
+                await self._enqueue(ev, None)
+
+    def metrics(self) -> dict[str, float | int | str]:
+        out: dict[str, float | int | str] = {"suppressed": self.gate.suppressed}
+        if self.outbox is not None:
+            out.update(self.outbox.metrics())
+        return out

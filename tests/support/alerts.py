@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +28,14 @@ def make_jpeg(width: int = 320, height: int = 240) -> bytes:
     return bytes(buf.tobytes())
 
 
-async def publish_event(
+async def publish_started(
     bus: Bus,
-    root: Path,
     event_id: str,
     camera: str = "front_door",
     labels: tuple[str, ...] = ("person",),
     kind: str = "object",
-) -> tuple[EventNotice, MediaArtifact]:
-    """An event start and its snapshot, in the order tracker + snapshot writer publish them."""
+) -> EventNotice:
+    """An event start alone, as the tracker publishes it (its snapshot may never come)."""
     now = time.time()
     ev = EventNotice(
         event_id=event_id,
@@ -48,6 +49,20 @@ async def publish_event(
         zones=("driveway",),
     )
     await bus.publish(topics.EVENT.at(kind=kind, phase="started"), ev)
+    return ev
+
+
+async def publish_event(
+    bus: Bus,
+    root: Path,
+    event_id: str,
+    camera: str = "front_door",
+    labels: tuple[str, ...] = ("person",),
+    kind: str = "object",
+) -> tuple[EventNotice, MediaArtifact]:
+    """An event start and its snapshot, in the order tracker + snapshot writer publish them."""
+    ev = await publish_started(bus, event_id, camera, labels, kind)
+    now = ev.started_at
     data = make_jpeg()
     path = root / camera / f"{event_id}.jpg"
     digest = atomic_write_bytes(path, data)
@@ -92,3 +107,11 @@ async def start_module(
     await module.configure(app)
     await module.start()
     return module
+
+
+async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait until ``cond()`` holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met"
+        await asyncio.sleep(0.01)

@@ -9,7 +9,6 @@ recipient, retried with backoff on connection errors and 4xx replies, failed at 
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
@@ -18,20 +17,17 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, SecretStr
 
-from spyoncino.core.bus import Message
 from spyoncino.core.config import AppConfig
-from spyoncino.core.contracts import BaseModule, ModuleConfig, ModuleConfigError, ModuleNotReady
+from spyoncino.core.contracts import ModuleConfig, ModuleConfigError
 from spyoncino.core.files import local_time
 from spyoncino.core.outbox import (
     AlertGate,
-    Outbox,
+    OutboxChannel,
     OutboxItem,
     OutboxSettings,
     PermanentError,
     TransientError,
 )
-from spyoncino.schemas import topics
-from spyoncino.schemas.control import ControlState
 from spyoncino.schemas.events import EventNotice
 from spyoncino.schemas.media import MediaArtifact
 
@@ -89,9 +85,9 @@ def _what(ev: EventNotice) -> str:
     return "motion"
 
 
-class EmailOutput(BaseModule):
-    category: ClassVar[Any] = "output"
+class EmailOutput(OutboxChannel[Config]):
     Config: ClassVar[type[ModuleConfig]] = Config
+    channel: ClassVar[str] = CHANNEL
 
     def __init__(self, ctx: Any) -> None:
         super().__init__(ctx)
@@ -99,8 +95,6 @@ class EmailOutput(BaseModule):
         self.names: dict[str, str] = {}
         self.tz: str | None = None
         self.db_path: Path | None = None
-        self.outbox: Outbox | None = None
-        self.gate = AlertGate()
         self._smtp: Any = None
 
     async def configure(self, app: AppConfig) -> None:
@@ -120,8 +114,7 @@ class EmailOutput(BaseModule):
             if (old.host is None) != (self.cfg.host is None):
                 self.cfg = old
                 raise ModuleConfigError("email.host: turning email on or off needs a restart")
-            self.outbox.settings = self.cfg.outbox
-            self.gate.kinds = frozenset(self.cfg.alert_kinds)
+            self.adopt_settings()
 
     async def start(self) -> None:
         if self.cfg.host is None or not self.cfg.recipients:
@@ -135,49 +128,10 @@ class EmailOutput(BaseModule):
                 "email: aiosmtplib is not installed (pip install 'spyoncino[email]')"
             ) from e
         assert self.db_path is not None
-        self.outbox = Outbox(
-            channel=CHANNEL,
-            db_path=self.db_path,
-            bus=self.bus,
-            executor=self.ctx.executor,
-            sender=self._deliver,
-            settings=self.cfg.outbox,
-            module=self.ctx.instance,
-        )
-        try:
-            await self.outbox.start()
-        except Exception as e:
-            raise ModuleNotReady(f"cannot open the outbox in {self.db_path}: {e}") from e
-        self.gate = AlertGate(self.cfg.alert_kinds, (), budget=self.outbox.admit)
-        self.subscribe(topics.CONTROL_STATE.name, self._on_state, policy="latest")
-        self.subscribe("event.#", self._on_event_topic, policy="block", maxsize=256)
-        self.spawn(self._overdue_loop(), "overdue")
+        outbox = await self.open_outbox(self.db_path)
+        self.gate = AlertGate(self.cfg.alert_kinds, (), budget=outbox.admit)
+        self.listen()
         self.set_state("ok", f"{len(self.cfg.recipients)} recipient(s) via {self.cfg.host}")
-
-    async def _overdue_loop(self) -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            for ev in self.gate.overdue(self.cfg.snapshot_wait_s):
-                await self._enqueue(ev, None)
-
-    async def stop(self) -> None:
-        await super().stop()
-        outbox, self.outbox = self.outbox, None
-        if outbox is not None:
-            await outbox.close()
-
-    async def _on_state(self, msg: Message[ControlState]) -> None:
-        self.gate.state = msg.payload
-
-    async def _on_event_topic(self, msg: Message[Any]) -> None:
-        p = msg.payload
-        if isinstance(p, EventNotice):
-            self.gate.notice(p)
-            return
-        if not isinstance(p, MediaArtifact) or self.outbox is None:
-            return
-        for ev, art in self.gate.artifact(p):
-            await self._enqueue(ev, art)
 
     async def _enqueue(self, ev: EventNotice, art: MediaArtifact | None) -> None:
         assert self.outbox is not None
@@ -263,9 +217,3 @@ class EmailOutput(BaseModule):
         except (smtp.SMTPException, OSError, TimeoutError) as e:
             raise TransientError(type(e).__name__) from e
         return str(msg["Message-ID"])
-
-    def metrics(self) -> dict[str, float | int | str]:
-        out: dict[str, float | int | str] = {"suppressed": self.gate.suppressed}
-        if self.outbox is not None:
-            out.update(self.outbox.metrics())
-        return out

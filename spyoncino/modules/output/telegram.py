@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
-import sqlite3
 import time
 from datetime import time as dtime
 from pathlib import Path
@@ -30,11 +29,11 @@ from pydantic import Field, SecretStr
 
 from spyoncino.core.bus import Message
 from spyoncino.core.config import AppConfig
-from spyoncino.core.contracts import ModuleConfig, ModuleConfigError, ModuleNotReady
+from spyoncino.core.contracts import ModuleConfig, ModuleConfigError
 from spyoncino.core.files import local_time
 from spyoncino.core.outbox import (
     AlertGate,
-    Outbox,
+    OutboxChannel,
     OutboxItem,
     OutboxSettings,
     PermanentError,
@@ -141,9 +140,9 @@ def _read_limited(path: str, limit: int) -> bytes | str:
     return Path(path).read_bytes()
 
 
-class TelegramOutput(TelegramCommands):
-    category: ClassVar[Any] = "output"
+class TelegramOutput(TelegramCommands, OutboxChannel[Config]):
     Config: ClassVar[type[ModuleConfig]] = Config
+    channel: ClassVar[str] = CHANNEL
 
     def __init__(self, ctx: Any) -> None:
         super().__init__(ctx)
@@ -153,10 +152,8 @@ class TelegramOutput(TelegramCommands):
         self.db_path = Path("events.sqlite3")
         self.storage_root = Path(".")
         self.bot: Bot | None = None
-        self.outbox: Outbox | None = None
         self.state = ControlState(armed=True)
         self.health_report: HealthReport | None = None
-        self.gate = AlertGate()
         self._waiters: dict[str, asyncio.Future[MediaArtifact]] = {}
         self._state_waiters: list[asyncio.Future[ControlState]] = []
         self._handlers: set[asyncio.Task[None]] = set()
@@ -190,9 +187,7 @@ class TelegramOutput(TelegramCommands):
             if getattr(old, key) != getattr(self.cfg, key):
                 self.cfg = old
                 raise ModuleConfigError(f"telegram.{key}: a change takes effect on restart")
-        if self.outbox is not None:
-            self.outbox.settings = self.cfg.outbox
-        self.gate.kinds = frozenset(self.cfg.alert_kinds)
+        self.adopt_settings()
 
     async def start(self) -> None:
         self._started_mono = time.monotonic()
@@ -214,27 +209,11 @@ class TelegramOutput(TelegramCommands):
         session = AiohttpSession(api=TelegramAPIServer.from_base(self.cfg.api_base_url))
         session.timeout = self.cfg.request_timeout_s
         self.bot = Bot(token=self.cfg.token.get_secret_value(), session=session)
-        self.outbox = Outbox(
-            channel=CHANNEL,
-            db_path=self.db_path,
-            bus=self.bus,
-            executor=self.ctx.executor,
-            sender=self._deliver,
-            settings=self.cfg.outbox,
-            rate_for=self._rate,
-            module=self.ctx.instance,
-        )
-        self.gate = AlertGate(self.cfg.alert_kinds, budget=self.outbox.admit)
+        outbox = await self.open_outbox(self.db_path, rate_for=self._rate)
+        self.gate = AlertGate(self.cfg.alert_kinds, budget=outbox.admit)
         self.gate.state = self.state
-        try:
-            await self.outbox.start()
-        except sqlite3.Error as e:
-            raise ModuleNotReady(f"cannot open the outbox in {self.db_path}: {e}") from e
-        self.subscribe(topics.CONTROL_STATE.name, self._on_state, policy="latest")
+        self.listen()
         self.subscribe(topics.HEALTH.name, self._on_health, policy="latest")
-        # one ordered queue for notices and artifacts: a snapshot never overtakes its event
-        self.subscribe("event.#", self._on_event_topic, policy="block", maxsize=256)
-        self.spawn(self._overdue_loop(), "overdue")
         if self.cfg.commands:
             self.spawn(self._poll(), "poll")
         self.set_state("ok", f"{len(self.cfg.chat_ids)} chat(s)")
@@ -248,9 +227,6 @@ class TelegramOutput(TelegramCommands):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         await super().stop()
-        outbox, self.outbox = self.outbox, None
-        if outbox is not None:
-            await outbox.close()
         bot, self.bot = self.bot, None
         if bot is not None:
             with contextlib.suppress(Exception):
@@ -266,8 +242,8 @@ class TelegramOutput(TelegramCommands):
 
     # -- bus inputs ---------------------------------------------------------------------------
     async def _on_state(self, msg: Message[ControlState]) -> None:
+        await super()._on_state(msg)
         self.state = msg.payload
-        self.gate.state = msg.payload
         waiters, self._state_waiters = self._state_waiters, []
         for w in waiters:
             if not w.done():
@@ -276,40 +252,18 @@ class TelegramOutput(TelegramCommands):
     async def _on_health(self, msg: Message[HealthReport]) -> None:
         self.health_report = msg.payload
 
-    async def _on_event_topic(self, msg: Message[Any]) -> None:
-        payload = msg.payload
-        if isinstance(payload, EventNotice):
-            self.gate.notice(payload)
-        elif isinstance(payload, MediaArtifact):
-            waiter = self._waiters.get(payload.event_id)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(payload)
-                return
-            await self._on_artifact(payload)
-
     def suppressed_reason(self, camera_id: str, now: float | None = None) -> str | None:
         """Why no alert goes out for ``camera_id`` now (None: it does)."""
         return self.gate.reason(camera_id, now)
 
     async def _on_artifact(self, art: MediaArtifact) -> None:
-        outbox = self.outbox
-        assert outbox is not None
+        # a command's own snapshot or clip (manual-<request_id>) answers it, it is no alert
+        waiter = self._waiters.get(art.event_id)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(art)
+            return
         before = self.gate.suppressed
-        for ev, item in self.gate.artifact(art):
-            payload = self._media_payload(item)
-            if item.kind == "snapshot":
-                payload["caption"] = text.caption(self._info(ev), self.tz, self.cfg.status_page_url)
-                payload["over_budget"] = outbox.take_over_budget(item.camera_id)
-            elif self.cfg.followup not in (item.kind, "both"):
-                continue
-            for chat in self.cfg.chat_ids:
-                await outbox.enqueue(
-                    recipient=str(chat),
-                    event_id=item.event_id,
-                    camera_id=item.camera_id,
-                    kind=item.kind,
-                    payload=payload,
-                )
+        await super()._on_artifact(art)
         if self.gate.suppressed > before:
             self.log.info(
                 "alert_suppressed",
@@ -318,27 +272,32 @@ class TelegramOutput(TelegramCommands):
                 reason=self.gate.last_reason,
             )
 
-    async def _overdue_loop(self) -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            for ev in self.gate.overdue(self.cfg.snapshot_wait_s):
-                await self._text_alert(ev)
-
-    async def _text_alert(self, ev: EventNotice) -> None:
-        assert self.outbox is not None
-        self.log.warning("alert_without_snapshot", event_id=ev.event_id, camera=ev.camera_id)
-        cap = text.caption(self._info(ev), self.tz, self.cfg.status_page_url)
-        payload = {
-            "text": f"{cap}\n(no picture: the snapshot was not made)",
-            "camera_name": self.names.get(ev.camera_id, ev.camera_id),
-            "keyboard": True,
-        }
+    async def _enqueue(self, ev: EventNotice, art: MediaArtifact | None) -> None:
+        outbox = self.outbox
+        assert outbox is not None
+        kind = "text" if art is None else art.kind
+        if art is None:
+            self.log.warning("alert_without_snapshot", event_id=ev.event_id, camera=ev.camera_id)
+            cap = text.caption(self._info(ev), self.tz, self.cfg.status_page_url)
+            payload: dict[str, Any] = {
+                "text": f"{cap}\n(no picture: the snapshot was not made)",
+                "camera_name": self.names.get(ev.camera_id, ev.camera_id),
+                "keyboard": True,
+            }
+        elif art.kind == "snapshot":
+            payload = self._media_payload(art)
+            payload["caption"] = text.caption(self._info(ev), self.tz, self.cfg.status_page_url)
+            payload["over_budget"] = outbox.take_over_budget(art.camera_id)
+        elif self.cfg.followup in (art.kind, "both"):
+            payload = self._media_payload(art)
+        else:
+            return
         for chat in self.cfg.chat_ids:
-            await self.outbox.enqueue(
+            await outbox.enqueue(
                 recipient=str(chat),
                 event_id=ev.event_id,
                 camera_id=ev.camera_id,
-                kind="text",
+                kind=kind,
                 payload=payload,
             )
 
@@ -497,8 +456,4 @@ class TelegramOutput(TelegramCommands):
         return str(sent.message_id)
 
     def metrics(self) -> dict[str, float | int | str]:
-        out: dict[str, float | int | str] = dict(self.counts)
-        out["suppressed"] = self.gate.suppressed
-        if self.outbox is not None:
-            out.update(self.outbox.metrics())
-        return out
+        return {**self.counts, **super().metrics()}

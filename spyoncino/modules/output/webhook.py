@@ -9,7 +9,6 @@ first, in order, retried with backoff, 429 ``Retry-After`` honoured).
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import json
@@ -20,20 +19,17 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr
 
-from spyoncino.core.bus import Message
 from spyoncino.core.config import AppConfig
-from spyoncino.core.contracts import BaseModule, ModuleConfig, ModuleConfigError, ModuleNotReady
+from spyoncino.core.contracts import ModuleConfig, ModuleConfigError
 from spyoncino.core.outbox import (
     AlertGate,
-    Outbox,
+    OutboxChannel,
     OutboxItem,
     OutboxSettings,
     PermanentError,
     RetryAfter,
     TransientError,
 )
-from spyoncino.schemas import topics
-from spyoncino.schemas.control import ControlState
 from spyoncino.schemas.events import EventNotice
 from spyoncino.schemas.media import MediaArtifact
 
@@ -95,17 +91,15 @@ def recipient_of(url: str) -> str:
     return f"{host}:{parts.port}" if parts.port else host
 
 
-class WebhookOutput(BaseModule):
-    category: ClassVar[Any] = "output"
+class WebhookOutput(OutboxChannel[Config]):
     Config: ClassVar[type[ModuleConfig]] = Config
+    channel: ClassVar[str] = CHANNEL
 
     def __init__(self, ctx: Any) -> None:
         super().__init__(ctx)
         self.cfg = Config()
         self.names: dict[str, str] = {}
         self.db_path: Path | None = None
-        self.outbox: Outbox | None = None
-        self.gate = AlertGate()
         self._session: Any = None
 
     async def configure(self, app: AppConfig) -> None:
@@ -119,8 +113,7 @@ class WebhookOutput(BaseModule):
                 raise ModuleConfigError(
                     "webhook.url/timeout_s: this change takes effect on restart"
                 )
-            self.outbox.settings = self.cfg.outbox
-            self.gate.kinds = frozenset(self.cfg.alert_kinds)
+            self.adopt_settings()
             self.gate.followups = frozenset(self.cfg.followups)
             self.gate.respect_state = self.cfg.respect_arming
 
@@ -135,35 +128,15 @@ class WebhookOutput(BaseModule):
             timeout=aiohttp.ClientTimeout(total=self.cfg.timeout_s)
         )
         assert self.db_path is not None
-        self.outbox = Outbox(
-            channel=CHANNEL,
-            db_path=self.db_path,
-            bus=self.bus,
-            executor=self.ctx.executor,
-            sender=self._deliver,
-            settings=self.cfg.outbox,
-            module=self.ctx.instance,
-        )
-        try:
-            await self.outbox.start()
-        except Exception as e:
-            raise ModuleNotReady(f"cannot open the outbox in {self.db_path}: {e}") from e
+        outbox = await self.open_outbox(self.db_path)
         self.gate = AlertGate(
             self.cfg.alert_kinds,
             self.cfg.followups,
             respect_state=self.cfg.respect_arming,
-            budget=self.outbox.admit,
+            budget=outbox.admit,
         )
-        self.subscribe(topics.CONTROL_STATE.name, self._on_state, policy="latest")
-        self.subscribe("event.#", self._on_event_topic, policy="block", maxsize=256)
-        self.spawn(self._overdue_loop(), "overdue")
+        self.listen()
         self.set_state("ok", recipient_of(self.cfg.url))
-
-    async def _overdue_loop(self) -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            for ev in self.gate.overdue(self.cfg.snapshot_wait_s):
-                await self._enqueue(ev, None)
 
     async def _enqueue(self, ev: EventNotice, art: MediaArtifact | None) -> None:
         assert self.outbox is not None
@@ -178,25 +151,9 @@ class WebhookOutput(BaseModule):
 
     async def stop(self) -> None:
         await super().stop()
-        outbox, self.outbox = self.outbox, None
-        if outbox is not None:
-            await outbox.close()
         session, self._session = self._session, None
         if session is not None:
             await session.close()
-
-    async def _on_state(self, msg: Message[ControlState]) -> None:
-        self.gate.state = msg.payload
-
-    async def _on_event_topic(self, msg: Message[Any]) -> None:
-        p = msg.payload
-        if isinstance(p, EventNotice):
-            self.gate.notice(p)
-            return
-        if not isinstance(p, MediaArtifact) or self.outbox is None or self.cfg.url is None:
-            return
-        for ev, art in self.gate.artifact(p):
-            await self._enqueue(ev, art)
 
     def document(self, ev: EventNotice, art: MediaArtifact | None) -> dict[str, Any]:
         """The JSON body (without ``sent_at``, added per attempt); ``artifact`` is null when
@@ -262,9 +219,3 @@ class WebhookOutput(BaseModule):
         if status >= 500 or status == 408:
             raise TransientError(f"HTTP {status}")
         raise PermanentError(f"HTTP {status}")
-
-    def metrics(self) -> dict[str, float | int | str]:
-        out: dict[str, float | int | str] = {"suppressed": self.gate.suppressed}
-        if self.outbox is not None:
-            out.update(self.outbox.metrics())
-        return out
