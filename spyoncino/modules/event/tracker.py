@@ -11,7 +11,8 @@ and ends when it has been gone for ``end_after_s`` (or stands still for
   was first seen, and was already there when the camera started or sits where a parked object
   was remembered, raises nothing until it moves.
 * **Cooldown** (per camera and label): a new track that appears within ``cooldown_s`` after an
-  event of the same label ended, or while an open event's object is lost, near where that
+  event of the same label ended, or while an open event's object is lost (unseen for
+  ``lost_after_s``), near where that
   object was last seen, continues that event instead of raising a new alert.
 * **Zones** (``cameras.<id>.tracker.zones``): named polygons in normalised coordinates. An
   object is in a zone when its bottom-centre point is. Exclude zones silence their labels;
@@ -82,6 +83,15 @@ class Config(ModuleConfig):
     )
     cooldown_by_label: dict[str, float] = Field(
         default_factory=dict, description="Per-label cooldown overrides in seconds (0..3600)."
+    )
+    lost_after_s: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=60.0,
+        description=(
+            "An object unseen this long counts as lost, so a newcomer nearby may continue its "
+            "event; shorter gaps are the detector missing it for a frame or two."
+        ),
     )
     reentry_distance: float = Field(
         default=0.15,
@@ -373,9 +383,8 @@ class EventTracker(BaseModule):
     ) -> None:
         resumed = self._resumable(camera_id, st, track, mono, diag)
         if resumed is not None:
-            for other in st.tracks:
-                if other.event is resumed and other is not track:
-                    other.event = None  # the old track is the same object, lost and found
+            # the old track keeps the event too: if it was the same object lost and found it
+            # expires unseen; if the detector catches it again it needs no second alert
             track.event = resumed
             resumed.zones.update(inside)
             resumed.last_box, resumed.last_seen_mono, resumed.last_seen_wall = track.box, mono, wall
@@ -428,8 +437,11 @@ class EventTracker(BaseModule):
             if (
                 ev is not None
                 and other is not track
-                and other.last_seen_mono < mono
-                and all(t.last_seen_mono < mono for t in st.tracks if t.event is ev)
+                and all(
+                    mono - t.last_seen_mono >= self.cfg.lost_after_s
+                    for t in st.tracks
+                    if t.event is ev
+                )
                 and not other.exited(mono, st.width, st.height)  # lost in view, not gone
             ):
                 candidates.append(ev)

@@ -337,3 +337,26 @@ def test_point_in_rectangle_polygon_matches_bounds(
         assert point_in_polygon((px, py), rect)
     elif not (x1 - eps <= px <= x2 + eps and y1 - eps <= py <= y2 + eps):
         assert not point_in_polygon((px, py), rect)
+
+
+async def test_two_people_walking_together_keep_their_own_events(harness: Harness) -> None:
+    """A detector that misses one of a pair now and then must not hand that person's event to
+    the other: each event stays with its own person, and each ends once."""
+    _, rec = await tracker(harness, update_every_s=0.1)
+    for seq in range(40):
+        dets = []
+        if seq % 3 != 1:  # the detector misses the first walker every third frame
+            dets.append(det("person", 0.8, walker(seq, speed=6)))
+        if seq >= 4 and seq % 3 != 0:  # and the second one, who joins a moment later
+            dets.append(det("person", 0.8, walker(seq, x0=70, speed=6, y=210)))
+        await feed(harness, seq, dets)
+    for seq in range(40, 110):
+        await feed(harness, seq, [])
+    await harness.settle()
+    started = events(rec, "started")
+    assert len(started) == 2
+    for ev in started:
+        notices = [e for e in events(rec) if e.event_id == ev.event_id]
+        tracks = {o.track_id for e in notices for o in e.objects}
+        assert len(tracks) == 1, f"event {ev.event_id} moved between people: tracks {tracks}"
+        assert sum(e.phase == "ended" for e in notices) == 1
