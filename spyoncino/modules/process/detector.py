@@ -1,14 +1,17 @@
 """Object detection on quantized models, gated by motion.
 
-Only frames with motion are inferred, and only the region around the motion: the motion boxes
-are merged, expanded, grown to at least the model's input size, clamped to the frame, resized
-once to the model input, and the detections mapped back to full-frame pixels. All cameras
-share one interpreter through one queue that keeps only the newest frame per camera and
-serves cameras in turn, each no faster than its ``max_fps``.
+Only frames with motion are inferred, and only around the motion (``_regions.py``): one region
+around all of it, grown to at least the model's input size and clamped to the frame, plus,
+when that region had to be shrunk a lot, optional crops for the motion it did not explain.
+Each region is resized once to the model input and the detections mapped back to full-frame
+pixels. All cameras share one interpreter through one queue that keeps only the newest frame
+per camera and serves cameras in turn, each no faster than its ``max_fps``; a newly found
+object earns its camera an immediate second look.
 
-Runtimes (LiteRT, tflite_runtime, Coral EdgeTPU, ONNX Runtime) sit in ``_backends.py`` and
-output formats (YOLOv8/YOLO11, YOLOv5, SSD, SSD with post-processing, NanoDet) in
-``_decoders.py``. The bundled default is a person-only int8 SSDLite MobileNetV2.
+Settings are in ``_detector_config.py``, model loading in ``_models.py``, runtimes (LiteRT,
+tflite_runtime, Coral EdgeTPU, ONNX Runtime) in ``_backends.py`` and output formats
+(YOLOv8/YOLO11, YOLOv5, SSD, SSD with post-processing, NanoDet) in ``_decoders.py``. The
+bundled default is a person-only int8 SSDLite MobileNetV2.
 """
 
 from __future__ import annotations
@@ -20,334 +23,23 @@ import time
 from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import resources
-from pathlib import Path
-from typing import Any, ClassVar, Literal
-
-from pydantic import Field, field_validator
+from typing import Any, ClassVar
 
 from spyoncino.core.bus import Message
 from spyoncino.core.config import AppConfig
 from spyoncino.core.contracts import BaseModule, CameraOptions, ModuleConfig, ModuleConfigError
+from spyoncino.modules.process._detector_config import Config as Config
+from spyoncino.modules.process._detector_config import DetectorCamera as DetectorCamera
+from spyoncino.modules.process._models import bundled_model_path as bundled_model_path
+from spyoncino.modules.process._models import describe_models as describe_models
+from spyoncino.modules.process._models import load_model as load_model
+from spyoncino.modules.process._models import resolve_model_path as resolve_model_path
+from spyoncino.modules.process._regions import merge_detections, near, plan_regions
 from spyoncino.schemas import topics
 from spyoncino.schemas.detections import Detection, DetectionEvent, MotionEvent
 from spyoncino.schemas.frames import Box, Frame
 
-BUILTIN_PREFIX = "spyoncino:"
-BUNDLED_MODEL = "person_ssdlite_mobilenet_v2_int8.tflite"
-COCO_LABELS = "coco80_labels.txt"
-
-
-class Config(ModuleConfig):
-    type: Literal["detector"] = "detector"
-    model: str | None = Field(
-        default=None,
-        description=(
-            "Model file (.tflite or .onnx); 'spyoncino:models/<file>' for a packaged one. "
-            "None: the bundled person-only int8 SSDLite."
-        ),
-    )
-    labels: str | None = Field(
-        default=None,
-        description=(
-            "Label file, one class a line in model order (a leading '???' background line is "
-            "allowed). None: '<model stem>.txt' beside the model, or COCO-80 for 80 classes."
-        ),
-    )
-    format: Literal["auto", "yolov8", "yolov5", "ssd", "ssd_postprocess", "nanodet"] = Field(
-        default="auto",
-        description="Output layout; auto tells it from the output tensor shapes.",
-    )
-    backend: Literal["auto", "litert", "tflite", "edgetpu", "onnx"] = Field(
-        default="auto",
-        description=(
-            "Runtime. auto: ONNX Runtime for .onnx, LiteRT (else tflite_runtime) for .tflite; "
-            "edgetpu: a Coral with an *_edgetpu.tflite model."
-        ),
-    )
-    num_threads: int = Field(default=2, ge=1, le=16, description="CPU threads for inference.")
-    input_size: tuple[int, int] | None = Field(
-        default=None,
-        description=(
-            "[height, width], 16..4096, for models with a dynamic input size (ONNX); else unused."
-        ),
-    )
-    resize: Literal["auto", "letterbox", "stretch"] = Field(
-        default="auto",
-        description="auto: letterbox for YOLO, stretch for SSD and NanoDet (as they were trained).",
-    )
-    channel_order: Literal["auto", "rgb", "bgr"] = Field(
-        default="auto", description="Colour order the model wants; auto: per format."
-    )
-    input_mean: tuple[float, float, float] | None = Field(
-        default=None, description="Per-channel mean subtracted from pixels; None: per format."
-    )
-    input_std: tuple[float, float, float] | None = Field(
-        default=None, description="Per-channel divisor after the mean; None: per format."
-    )
-    min_score: float = Field(
-        default=0.5, ge=0.01, le=1.0, description="Lowest score kept for any label."
-    )
-    label_scores: dict[str, float] = Field(
-        default_factory=dict,
-        description="Per-label minimum score overriding min_score, e.g. {car: 0.6}.",
-    )
-    nms_iou: float = Field(
-        default=0.45, gt=0.0, le=1.0, description="Overlap above which same-class boxes merge."
-    )
-    max_detections: int = Field(
-        default=50, ge=1, le=1000, description="Most detections reported per frame."
-    )
-    trigger: Literal["motion", "always"] = Field(
-        default="motion",
-        description=(
-            "motion: infer only frames with motion; always: every frame (capped by max_fps)."
-        ),
-    )
-    crop: bool = Field(
-        default=True, description="Infer only the region around the motion, not the whole frame."
-    )
-    crop_margin: float = Field(
-        default=0.25,
-        ge=0.0,
-        le=2.0,
-        description="Margin added around the merged motion boxes, as a share of their size.",
-    )
-    idle_fps: float = Field(
-        default=1.0,
-        gt=0.0,
-        le=60.0,
-        description=(
-            "Inference rate of a camera whose motion keeps finding nothing in the same place "
-            "(swaying trees, shadows, a background still re-learning); max_fps again as soon "
-            "as something is found or motion appears elsewhere."
-        ),
-    )
-    idle_after: int = Field(
-        default=2,
-        ge=1,
-        le=1000,
-        description="Empty inferences in a row before a camera drops to idle_fps.",
-    )
-    full_frame_share: float = Field(
-        default=0.6,
-        gt=0.0,
-        le=1.0,
-        description="A crop covering more than this share of the frame becomes the full frame.",
-    )
-
-    @field_validator("input_size")
-    @classmethod
-    def _size(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
-        if value is not None and not all(16 <= v <= 4096 for v in value):
-            raise ValueError(f"input_size {list(value)} must be [height, width] in 16..4096")
-        return value
-
-    @field_validator("label_scores")
-    @classmethod
-    def _scores(cls, value: dict[str, float]) -> dict[str, float]:
-        for label, score in value.items():
-            if not 0.0 < score <= 1.0:
-                raise ValueError(f"label_scores.{label}: {score} is not in (0, 1]")
-        return {k.strip().lower(): v for k, v in value.items()}
-
-
-class DetectorCamera(CameraOptions):
-    enabled: bool = Field(default=True, description="Run object detection on this camera.")
-    labels: tuple[str, ...] = Field(
-        default=("person", "car", "dog", "cat"),
-        description="Labels reported for this camera; others are dropped.",
-    )
-    max_fps: float = Field(
-        default=5.0, gt=0.0, le=60.0, description="Most inferences per second for this camera."
-    )
-    min_score: float | None = Field(
-        default=None, ge=0.01, le=1.0, description="Raise the minimum score for this camera."
-    )
-
-    @field_validator("labels")
-    @classmethod
-    def _lower(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(v.strip().lower() for v in value)
-
-
-# -- model loading (also used by `spyoncino models`) -------------------------------------------
-def _data_path(name: str) -> Path:
-    return Path(str(resources.files("spyoncino") / "data" / name))
-
-
-def bundled_model_path() -> Path:
-    return _data_path(f"models/{BUNDLED_MODEL}")
-
-
-def resolve_model_path(value: str | None) -> Path:
-    if value is None:
-        return bundled_model_path()
-    if value.startswith(BUILTIN_PREFIX):
-        return _data_path(value[len(BUILTIN_PREFIX) :])
-    return Path(value).expanduser()
-
-
-def _labels_for(
-    cfg: Config, model_path: Path, classes: int | None
-) -> tuple[list[str], Path | None]:
-    from spyoncino.modules.process._decoders import read_labels
-
-    if cfg.labels is not None:
-        path = resolve_model_path(cfg.labels)
-        try:
-            return read_labels(path), path
-        except (OSError, UnicodeDecodeError) as e:
-            raise ModuleConfigError(f"detector.labels: cannot read {str(path)!r}: {e}") from e
-    for candidate in (
-        model_path.with_suffix(".txt"),
-        model_path.with_name(model_path.stem + "_labels.txt"),
-    ):
-        if candidate.is_file():
-            return read_labels(candidate), candidate
-    if classes in (80, 81):
-        coco = _data_path(f"models/{COCO_LABELS}")
-        return read_labels(coco), coco
-    raise ModuleConfigError(
-        f"detector.labels: model {str(model_path)!r} has {classes or 'an unknown number of'} "
-        f"classes and no label file was found beside it ({model_path.stem}.txt): set "
-        "detector.labels"
-    )
-
-
-def load_model(cfg: Config, cache_dir: Path | None = None) -> Any:
-    """Load and check the configured model; every failure is a ModuleConfigError naming the key.
-
-    Blocking (reads the file, builds the interpreter): call it from the executor.
-    """
-    from spyoncino.modules.process._backends import BackendError, open_backend
-    from spyoncino.modules.process._decoders import DecoderError, Model, detect_format
-
-    path = resolve_model_path(cfg.model)
-    key = "detector.model"
-    if not path.is_file():
-        raise ModuleConfigError(f"{key}: model file {str(path)!r} does not exist")
-    size = cfg.input_size or (300, 300)
-    try:
-        backend = open_backend(
-            path,
-            backend=cfg.backend,
-            num_threads=cfg.num_threads,
-            input_size=size,
-            cache_dir=cache_dir,
-        )
-    except BackendError as e:
-        raise ModuleConfigError(f"{key}: cannot load {str(path)!r}: {e}") from e
-    try:
-        fmt = detect_format(backend.outputs) if cfg.format == "auto" else cfg.format
-        from spyoncino.modules.process._decoders import DECODERS, Preprocessor
-
-        pre = Preprocessor(
-            backend.inputs[0], rgb=True, mean=(0, 0, 0), std=(1, 1, 1), resize="stretch"
-        )
-        classes = DECODERS[fmt](backend.outputs, pre.size).classes
-    except DecoderError as e:
-        which = "detector.format" if cfg.format != "auto" else key
-        raise ModuleConfigError(f"{which}: model {str(path)!r}: {e}") from e
-    labels, labels_path = _labels_for(cfg, path, classes)
-    rgb = None if cfg.channel_order == "auto" else cfg.channel_order == "rgb"
-    try:
-        return Model(
-            backend,
-            labels,
-            fmt=fmt,  # type: ignore[arg-type]
-            resize=cfg.resize,
-            rgb=rgb,
-            mean=cfg.input_mean,
-            std=cfg.input_std,
-            nms_iou=cfg.nms_iou,
-            max_detections=cfg.max_detections,
-        )
-    except DecoderError as e:
-        where = "detector.labels" if "label" in str(e) else key
-        raise ModuleConfigError(
-            f"{where}: {labels_path or 'labels'} for model {str(path)!r}: {e}"
-        ) from e
-
-
-def describe_models(app: AppConfig) -> list[str]:
-    """Lines for ``spyoncino models``: the bundled and the configured model, their tensors."""
-    cfg = app.section("detector", Config) if hasattr(app, "detector") else Config()
-    seen: list[tuple[str, Config]] = [("bundled", Config())]
-    if cfg.model is not None and resolve_model_path(cfg.model) != bundled_model_path():
-        seen.append(("configured (detector.model)", cfg))
-    lines: list[str] = []
-    for title, c in seen:
-        path = resolve_model_path(c.model)
-        size = path.stat().st_size / 1e6 if path.is_file() else 0.0
-        lines.append(f"{title}: {path} ({size:.1f} MB)")
-        try:
-            model = load_model(c)
-        except ModuleConfigError as e:
-            lines.append(f"  error: {e}")
-            continue
-        h, w = model.input_size
-        shown = [label for label in model.labels if label not in ("???", "background")]
-        more = f", ... ({len(shown)} in all)" if len(shown) > 8 else ""
-        lines.append(
-            f"  format {model.format}, backend {model.backend.name}, input {w}x{h} "
-            f"({model.resize}), labels: {', '.join(shown[:8])}{more}"
-        )
-        lines.extend(f"  input  {t.describe()}" for t in model.backend.inputs)
-        lines.extend(f"  output {t.describe()}" for t in model.backend.outputs)
-    if cfg.model is None:
-        lines.append("configured (detector.model): the bundled model")
-    return lines
-
-
-# -- motion region -----------------------------------------------------------------------------
-def motion_region(
-    boxes: Sequence[Box],
-    frame_w: int,
-    frame_h: int,
-    model_hw: tuple[int, int],
-    *,
-    margin: float = 0.25,
-    full_share: float = 0.6,
-) -> tuple[int, int, int, int]:
-    """The frame region to infer: motion boxes merged, expanded, >= model size, in the frame.
-
-    The region takes the model's aspect ratio so that stretching models are not distorted and
-    letterboxing ones waste no input. A region covering most of the frame becomes the frame.
-    """
-    full = (0, 0, frame_w, frame_h)
-    if not boxes:
-        return full
-    x1 = min(b.x1 for b in boxes)
-    y1 = min(b.y1 for b in boxes)
-    x2 = max(b.x2 for b in boxes)
-    y2 = max(b.y2 for b in boxes)
-    bw, bh = max(1, x2 - x1), max(1, y2 - y1)
-    w = bw * (1 + 2 * margin)
-    h = bh * (1 + 2 * margin)
-    mh, mw = model_hw
-    w, h = max(w, mw), max(h, mh)
-    aspect = mw / mh
-    if w / h < aspect:
-        w = h * aspect
-    else:
-        h = w / aspect
-    w, h = min(w, frame_w), min(h, frame_h)
-    if w * h >= full_share * frame_w * frame_h:
-        return full
-    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-    left = round(min(max(cx - w / 2, 0), frame_w - w))
-    top = round(min(max(cy - h / 2, 0), frame_h - h))
-    return (left, top, min(frame_w, left + round(w)), min(frame_h, top + round(h)))
-
-
-def _union(boxes: Sequence[Box]) -> Box:
-    return Box(
-        x1=min(b.x1 for b in boxes),
-        y1=min(b.y1 for b in boxes),
-        x2=max(b.x2 for b in boxes),
-        y2=max(b.y2 for b in boxes),
-    )
+RECENT_S = 1.0  # an object seen this recently (frame time) is not new to the detector
 
 
 # -- the module --------------------------------------------------------------------------------
@@ -383,7 +75,7 @@ class ObjectDetector(BaseModule):
         self._arrived: dict[str, float] = {}  # when each pending job arrived (monotonic)
         # per camera: empty inferences in a row, and the motion they were run for
         self._empty_streak: Counter[str] = Counter()
-        self._empty_motion: dict[str, Box] = {}
+        self._empty_motion: dict[str, tuple[Box, ...]] = {}
         self._wake: asyncio.Event | None = None
         # telemetry
         self.inferences = 0
@@ -394,6 +86,13 @@ class ObjectDetector(BaseModule):
         self.skipped_no_motion = 0
         self.skipped_no_image = 0
         self.max_queue_depth = 0
+        self.regions_inferred = 0
+        # per camera: what the main region found at the last inference (job pixels)
+        self._explained: dict[str, tuple[Box, ...]] = {}
+        # per camera: what the last inference kept, and cameras owed a quick second look
+        self._found: dict[str, list[tuple[float, tuple[Box, ...]]]] = {}
+        self._recheck: set[str] = set()
+        self.rechecks = 0
         self.camera_inferences: Counter[str] = Counter()
         self.label_counts: Counter[str] = Counter()
         self._ms: deque[float] = deque(maxlen=500)
@@ -532,8 +231,11 @@ class ObjectDetector(BaseModule):
                 elapsed = None if last is None else job.mono_ts - last
                 # 2 ms of slack: 10 fps frames are 0.1 s apart give or take rounding
                 due = elapsed is None or elapsed < 0 or elapsed >= interval - 0.002
+                if cid in self._recheck:
+                    due = True  # something new was just found: look again at once
                 if due or now - self._arrived.get(cid, now) >= interval:
                     self._last_ts[cid] = job.mono_ts
+                    self._recheck.discard(cid)
                     return self._pending.pop(cid)
                 wake_at = self._arrived.get(cid, now) + interval
                 earliest = wake_at if earliest is None else min(earliest, wake_at)
@@ -544,13 +246,14 @@ class ObjectDetector(BaseModule):
 
     def _interval(self, job: _Job) -> float:
         """Seconds between inferences of this job's camera: 1/max_fps, or 1/idle_fps while
-        motion in the same place keeps finding nothing."""
+        motion in the same places keeps finding nothing. Any motion box away from where the
+        empty inferences looked (a person walking in beside the swaying hedge) is new."""
         cam = self._camera(job.camera_id)
         fast = 1.0 / cam.max_fps
         if self.cfg.trigger != "motion" or self._empty_streak[job.camera_id] < self.cfg.idle_after:
             return fast
-        last = self._empty_motion.get(job.camera_id)
-        if last is None or not job.motion or _union(job.motion).iou(last) < 0.3:
+        empty = self._empty_motion.get(job.camera_id, ())
+        if not job.motion or any(not any(near(e, b) for e in empty) for b in job.motion):
             return fast  # motion somewhere new: look at once
         return max(fast, 1.0 / self.cfg.idle_fps)
 
@@ -561,16 +264,38 @@ class ObjectDetector(BaseModule):
             return
         self._empty_streak[job.camera_id] += 1
         if job.motion:
-            self._empty_motion[job.camera_id] = _union(job.motion)
+            before = self._empty_motion.get(job.camera_id, ())
+            self._empty_motion[job.camera_id] = (*before, *job.motion)[-32:]
+
+    def _note_new(self, job: _Job, dets: list[Detection]) -> None:
+        """An object none of the camera's inferences of the last second had is confirmed
+        sooner when the next frame is inferred at once rather than after the fps interval:
+        the tracker needs a second sighting before it alerts. One extra inference per
+        newcomer; someone the detector merely missed last time is not a newcomer."""
+        recent = [
+            (ts, boxes)
+            for ts, boxes in self._found.get(job.camera_id, [])
+            if 0.0 <= job.mono_ts - ts <= RECENT_S
+        ]
+        seen = [b for _, boxes in recent for b in boxes]
+        if self.cfg.recheck_new and any(not any(near(b, d.box) for b in seen) for d in dets):
+            self._recheck.add(job.camera_id)
+            self.rechecks += 1
+        recent.append((job.mono_ts, tuple(d.box for d in dets)))
+        self._found[job.camera_id] = recent
 
     # -- inference ---------------------------------------------------------------------------
     async def _worker(self) -> None:
         while True:
             job = await self._next_job()
             model = self._model
+            explained = self._explained.get(job.camera_id, ())
+            turn = self.camera_inferences[job.camera_id]
             self.busy = True
             try:
-                result, region = await self.ctx.executor.run(self._infer, model, job)
+                raw, main_found, total_ms, regions = await self.ctx.executor.run(
+                    self._infer, model, job, explained, turn
+                )
             except Exception as e:
                 self.errors += 1
                 self.set_state("degraded", "inference failed", repr(e))
@@ -582,10 +307,13 @@ class ObjectDetector(BaseModule):
                 self.set_state("ok", f"{self._model_name} on {model.backend.name}")
             self.inferences += 1
             self.camera_inferences[job.camera_id] += 1
-            self._ms.append(result.total_ms)
-            x1, y1, x2, y2 = region
-            self._crop_share.append((x2 - x1) * (y2 - y1) / max(1, job.width * job.height))
-            dets = self._keep(job, result.detections)
+            self._explained[job.camera_id] = main_found
+            self._ms.append(total_ms)
+            self.regions_inferred += len(regions)
+            area = sum((x2 - x1) * (y2 - y1) for x1, y1, x2, y2 in regions)
+            self._crop_share.append(area / max(1, job.width * job.height))
+            dets = self._keep(job, raw)
+            self._note_new(job, dets)
             self._note_result(job, bool(dets))
             if not dets:
                 continue
@@ -603,36 +331,66 @@ class ObjectDetector(BaseModule):
                     detections=tuple(dets),
                     backend=model.backend.name,
                     model=self._model_name,
-                    inference_ms=round(result.total_ms, 3),
+                    inference_ms=round(total_ms, 3),
                     motion_boxes=job.motion,
                     frame=job.frame,
                 ),
             )
             self.published += 1
 
-    def _infer(self, model: Any, job: _Job) -> tuple[Any, tuple[int, int, int, int]]:
-        """Blocking: decode the colour image, crop, infer. Runs in the executor."""
+    def _infer(
+        self, model: Any, job: _Job, explained: tuple[Box, ...], turn: int
+    ) -> tuple[list[Any], tuple[Box, ...], float, list[tuple[int, int, int, int]]]:
+        """Blocking: decode the colour image, plan the regions, infer each, merge.
+
+        Returns the detections in frame pixels, the boxes the main region found (in job
+        pixels), the milliseconds spent and the regions. Runs in the executor.
+        """
         image = job.frame.image
         h, w = image.shape[:2]
+        sx, sy = w / job.width, h / job.height
+
+        def scaled(boxes: tuple[Box, ...], fx: float, fy: float) -> tuple[Box, ...]:
+            if fx == 1.0 and fy == 1.0:
+                return boxes
+            return tuple(
+                Box(x1=int(b.x1 * fx), y1=int(b.y1 * fy), x2=int(b.x2 * fx), y2=int(b.y2 * fy))
+                for b in boxes
+            )
+
         if self.cfg.crop and job.motion:
-            sx, sy = w / job.width, h / job.height
-            boxes = job.motion
-            if sx != 1.0 or sy != 1.0:
-                boxes = tuple(
-                    Box(x1=int(b.x1 * sx), y1=int(b.y1 * sy), x2=int(b.x2 * sx), y2=int(b.y2 * sy))
-                    for b in boxes
-                )
-            region = motion_region(
-                boxes,
+            regions = plan_regions(
+                scaled(job.motion, sx, sy),
                 w,
                 h,
                 model.input_size,
                 margin=self.cfg.crop_margin,
                 full_share=self.cfg.full_frame_share,
+                max_regions=self.cfg.max_regions,
+                max_scale=self.cfg.region_max_scale,
+                zoom=self.cfg.max_zoom,
+                explained=scaled(explained, sx, sy),
+                turn=turn,
             )
         else:
-            region = (0, 0, w, h)
-        return model.run(image, region, min_score=self._lowest_score()), region
+            regions = [(0, 0, w, h)]
+        floor = self._lowest_score()
+        results = [model.run(image, r, min_score=floor) for r in regions]
+        total_ms = sum(r.total_ms for r in results)
+        main = tuple(
+            Box(
+                x1=int(d.x1),
+                y1=int(d.y1),
+                x2=max(int(d.x2), int(d.x1) + 1),
+                y2=max(int(d.y2), int(d.y1) + 1),
+            )
+            for d in results[0].detections
+        )
+        main = scaled(main, 1 / sx, 1 / sy)
+        if len(results) == 1:
+            return list(results[0].detections), main, total_ms, regions
+        merged = merge_detections([d for r in results for d in r.detections], self.cfg.nms_iou)
+        return merged, main, total_ms, regions
 
     def _lowest_score(self) -> float:
         scores = [self.cfg.min_score, *self.cfg.label_scores.values()]
@@ -677,6 +435,10 @@ class ObjectDetector(BaseModule):
             "idle_cameras": sum(n >= self.cfg.idle_after for n in self._empty_streak.values()),
             "queue_depth": self.queue_depth,
             "max_queue_depth": self.max_queue_depth,
+            "rechecks": self.rechecks,
+            "regions_per_inference": round(self.regions_inferred / self.inferences, 3)
+            if self.inferences
+            else 0.0,
             "inference_ms_p50": round(statistics.median(ms), 3) if ms else 0.0,
             "inference_ms_avg": round(statistics.fmean(ms), 3) if ms else 0.0,
             "crop_share_avg": round(statistics.fmean(self._crop_share), 3)

@@ -22,12 +22,12 @@ import pytest
 from spyoncino.core.bus import Bus, Message
 from spyoncino.core.config import AppConfig, Layer, build_app_model, validate
 from spyoncino.core.contracts import BoundedExecutor, ModuleConfigError, ModuleContext
+from spyoncino.modules.process._regions import motion_region
 from spyoncino.modules.process.detector import (
     Config,
     ObjectDetector,
     describe_models,
     load_model,
-    motion_region,
 )
 from spyoncino.schemas import topics
 from spyoncino.schemas.detections import DetectionEvent, MotionEvent
@@ -352,7 +352,10 @@ async def test_two_cameras_share_one_bounded_queue(rig: Rig, sample: dict[int, n
 
 async def test_fps_cap_per_camera(rig: Rig, sample: dict[int, np.ndarray]) -> None:
     det = await rig.detector(
-        {"cameras": {"front": {"source": "front.mp4", "detector": {"max_fps": 2}}}}
+        {
+            "detector": {"recheck_new": False},
+            "cameras": {"front": {"source": "front.mp4", "detector": {"max_fps": 2}}},
+        }
     )
     t0 = time.monotonic()
     i = 80
@@ -459,11 +462,8 @@ async def test_motion_that_finds_nothing_drops_to_idle_fps(
     assert det.metrics()["idle_cameras"] == 0
 
 
-async def test_rate_cap_runs_on_the_frames_own_clock(
-    rig: Rig, sample: dict[int, np.ndarray]
-) -> None:
-    """A replay faster than real time infers the same frames: every second one at 5 fps."""
-    det = await rig.detector({"detector": {"crop": False}})
+async def replay_fast(rig: Rig, det: ObjectDetector, sample: dict[int, np.ndarray]) -> list[int]:
+    """Frames 80..99 at 10 fps of video time, faster than real time; the inferred seqs."""
     for i in range(80, 100):
         img = sample[i]
         h, w = img.shape[:2]
@@ -476,8 +476,27 @@ async def test_rate_cap_runs_on_the_frames_own_clock(
             if not det.busy and (det.queue_depth == 0 or time.monotonic() - t0 > 0.05):
                 break
     await settle(det, rig.bus)
-    seqs = [e.seq for e in rig.events]
+    return [e.seq for e in rig.events]
+
+
+async def test_rate_cap_runs_on_the_frames_own_clock(
+    rig: Rig, sample: dict[int, np.ndarray]
+) -> None:
+    """A replay faster than real time infers the same frames: every second one at 5 fps."""
+    det = await rig.detector({"detector": {"crop": False, "recheck_new": False}})
+    seqs = await replay_fast(rig, det, sample)
     assert seqs[:10] == list(range(80, 100, 2))
+
+
+async def test_a_newcomer_gets_a_second_look_at_once(
+    rig: Rig, sample: dict[int, np.ndarray]
+) -> None:
+    """People found for the first time: the very next frame is inferred (the tracker's second
+    sighting, and so the alert, comes 0.1 s sooner); then back to the 5 fps cadence."""
+    det = await rig.detector({"detector": {"crop": False}})
+    seqs = await replay_fast(rig, det, sample)
+    assert seqs[:5] == [80, 81, 83, 85, 87]
+    assert 1 <= int(det.metrics()["rechecks"]) < det.inferences
 
 
 def test_tflite_runtime_is_the_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -506,3 +525,24 @@ def test_tflite_runtime_is_the_fallback(monkeypatch: pytest.MonkeyPatch) -> None
     # and `backend: tflite` prefers it even when LiteRT is there
     monkeypatch.setattr(builtins, "__import__", real_import)
     assert load_model(Config(backend="tflite")).backend.name == "tflite"
+
+
+async def test_extra_crops_find_people_the_shrunk_frame_misses(rig: Rig) -> None:
+    """Motion all over the bundled vtest cut: one region is the whole frame, shrunk 2.6x, and
+    misses distant people; max_regions adds crops for the motion it did not explain."""
+    frames = read_frames(SAMPLE, 55, 60)
+    moving = diff_boxes(frames[55], frames[60])
+    found: dict[int, int] = {}
+    for n in (1, 3):
+        det = await rig.detector({"detector": {"max_regions": n}})
+        calls = count_runs(det)
+        rig.events.clear()
+        await rig.bus.publish(
+            topics.MOTION.name, motion(make_frame("front", 60, frames[60]), moving)
+        )
+        await settle(det, rig.bus)
+        assert len(calls) == n  # one inference per region
+        found[n] = len(rig.events[0].detections) if rig.events else 0
+        await det.stop()
+        rig.modules.remove(det)
+    assert found[3] >= found[1] + 2
