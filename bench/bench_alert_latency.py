@@ -8,12 +8,36 @@ emulator. Every timestamp is ``time.monotonic()`` in this one process.
 * **confirmed**: the frame whose detection made the tracker start the event (the last
   ``process.object.detected`` of that camera published before ``event.*.started``) -> the
   emulator receives the event's ``sendPhoto``. Target p95 <= 300 ms.
-* **first detection**: the same walk back over the detector's person boxes: the first frame
-  the detector saw this person -> ``sendPhoto`` (includes the tracker's N-of-M confirmation).
-* **motion onset**: walking back from that frame, the first frame of the unbroken run (gaps
-  of up to 2 frames) of motion boxes that touch the event's box (grown by half its size) ->
-  ``sendPhoto``. Target p95 <= 1 s. Events whose onset is in the first 2 s of the clip
-  (people already in view when the replay starts) are left out of this figure and counted.
+* **first detection**: the frame of the tracker's first sighting of the event's object (the
+  event's ``started_mono``) -> ``sendPhoto`` (includes the tracker's N-of-M confirmation).
+* **motion onset** (target p95 <= 1 s) is measured on an **arrivals replay** built from the
+  same footage: ten 10 s stretches of vtest, taken across the clip, each after 10 s of the
+  clip's own empty background (the median over time) with sensor noise, encoded to H.264 and
+  played in real time. In each stretch the footage is revealed over the background from one
+  side, 8 px per frame (left and right in turn), so people come into view cut by the edge of
+  what is shown, as someone walking in at the frame's edge does (about three times faster
+  than they walk, so they are whole sooner than a real walker would be). A stretch's alert is
+  the first ``sendPhoto`` of an event whose object was first seen in the stretch; its motion
+  onset is where that person's motion began: from the tracker's first sighting, followed back
+  through the motion boxes (each earlier frame needs motion touching the person's box grown
+  by half, and the box moves onto it by at most a quarter of its size per frame), not before
+  the stretch. A stretch without an alert counts as missed. The stricter figure from the
+  stretch's first motion of anyone (it can be someone leaving at the edge who is never
+  alerted) is reported beside it. ``cooldown_s`` is 0 for this replay so that people arriving
+  10 s after the last ones raise a new alert rather than continue the old event (the
+  cooldown only ever holds an alert back; it never makes one faster).
+
+  vtest itself has no clean onsets: people are in view from the first frame and walk in
+  pairs and groups across each other. The benchmark still reports a per-person figure there
+  (``busy_scene_per_person``), for information: each event's person is followed backwards
+  from the tracker's first sighting with the same model looking straight at them (a
+  native-resolution crop around their last box, scores down to 0.3, up to 3 frames unseen),
+  and the earliest frame of that run at which motion touched their box is their onset.
+  Events first seen right beside the object of an event already open (the second of two
+  people walking together, a track split after an occlusion) are listed apart as
+  follow-ups: the owner already had an alert for that spot. Walking back through motion
+  boxes alone, as the first version did, chains through other people crossing the same
+  spot: it measured an event confirmed at frame 129 from frame 5, 12 s earlier.
 
 Per-chat pacing is off (``min_interval_s: 0``) so the figure is the box's own latency, not
 Telegram's 1 message/s rule; the photo, GIF and clip uploads still share the chat's queue.
@@ -49,6 +73,7 @@ from tests.support.botapi import BotApiEmulator
 FPS = 10.0
 WARMUP_S = 2.0
 GAP = 2
+LOOKBACK = 300  # frames a person is followed back at most (30 s)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -71,14 +96,17 @@ def touches(a: tuple[float, float, float, float], b: Box) -> bool:
 class Recorder:
     def __init__(self) -> None:
         self.frame_at: dict[int, float] = {}
+        self.seq_at: dict[float, int] = {}  # frame mono_ts -> seq
         self.motion: dict[int, tuple[Box, ...]] = {}
         self.detections: list[tuple[float, int]] = []
         self.detected: dict[int, tuple[Box, ...]] = {}
         self.started: list[tuple[EventNotice, int]] = []
         self.queued: list[str] = []
+        self.notices: list[tuple[float, EventNotice]] = []
 
     async def frame(self, msg: Message[Any]) -> None:
         self.frame_at[msg.payload.seq] = msg.published_mono
+        self.seq_at[msg.payload.mono_ts] = msg.payload.seq
 
     async def motion_ev(self, msg: Message[MotionEvent]) -> None:
         self.motion[msg.payload.seq] = msg.payload.boxes
@@ -93,27 +121,140 @@ class Recorder:
         confirm = before[-1] if before else msg.payload.frame_seq
         self.started.append((msg.payload, confirm))
 
+    async def notice(self, msg: Message[Any]) -> None:
+        if isinstance(msg.payload, EventNotice):
+            self.notices.append((msg.published_mono, msg.payload))
+
+    def covered_by(self, ev: EventNotice, seq: int, box: Box) -> str | None:
+        """Another event already open at frame ``seq`` whose object was right there: this
+        event is a second one for activity the owner has already been alerted to (someone
+        walking beside an alerted person, or a person whose track split)."""
+        at = self.frame_at.get(seq)
+        if at is None:
+            return None
+        latest: dict[str, EventNotice] = {}
+        for t, n in self.notices:
+            if t > at:
+                break
+            if n.event_id != ev.event_id:
+                latest[n.event_id] = n
+        area = grown(box)
+        for other in latest.values():
+            if other.phase == "ended":
+                continue
+            if any(touches(area, o.box) for o in other.objects):
+                return other.event_id
+        return None
+
     async def notify(self, msg: Message[AlertNotification]) -> None:
         if msg.payload.kind == "snapshot":
             self.queued.append(msg.payload.event_id)
 
-    def onset(
-        self, confirm: int, boxes: tuple[Box, ...], seen: dict[int, tuple[Box, ...]], gap_max: int
-    ) -> int:
-        """First frame of the unbroken run of ``seen`` boxes touching ``boxes`` up to confirm."""
-        areas = [grown(b) for b in boxes]
-        seq, gap, first = confirm, 0, confirm
-        while seq > 0 and gap <= gap_max:
+    def first_sighting(self, ev: EventNotice, confirm: int) -> tuple[int, Box]:
+        """The frame of the tracker's first sighting of the event's object, and its box there
+        (of that frame's detections, the one nearest to where the event was confirmed)."""
+        seq = self.seq_at.get(ev.started_mono, confirm)
+        ref = ev.boxes[0] if ev.boxes else None
+        boxes = self.detected.get(seq, ())
+        if ref is None or not boxes:
+            return seq, ref if ref is not None else Box(x1=0, y1=0, x2=1, y2=1)
+        rx, ry = (ref.x1 + ref.x2) / 2, (ref.y1 + ref.y2) / 2
+        return seq, min(
+            boxes, key=lambda b: ((b.x1 + b.x2) / 2 - rx) ** 2 + ((b.y1 + b.y2) / 2 - ry) ** 2
+        )
+
+    def follow_back(self, seq0: int, box: Box, floor: int, gap_max: int = GAP) -> int:
+        """Follow a person back from ``seq0`` (not before ``floor``) through the motion boxes:
+        each earlier frame needs motion touching their area (their box grown by half), and the
+        area then moves onto that motion by at most a quarter of the box per frame, so other
+        people's motion cannot drag it across the scene. The run's first frame."""
+        area = list(grown(box))
+        step_x, step_y = box.width * 0.25, box.height * 0.25
+        seq, gap, first = seq0, 0, seq0
+        while seq > floor and gap <= gap_max:
             seq -= 1
-            hit = any(touches(a, m) for a in areas for m in seen.get(seq, ()))
-            if hit:
-                first, gap = seq, 0
-            else:
+            a = (area[0], area[1], area[2], area[3])
+            hits = [m for m in self.motion.get(seq, ()) if touches(a, m)]
+            if not hits:
                 gap += 1
+                continue
+            first, gap = seq, 0
+            x1 = max(a[0], min(m.x1 for m in hits))
+            y1 = max(a[1], min(m.y1 for m in hits))
+            x2 = min(a[2], max(m.x2 for m in hits))
+            y2 = min(a[3], max(m.y2 for m in hits))
+            dx = max(-step_x, min(step_x, (x1 + x2 - a[0] - a[2]) / 2))
+            dy = max(-step_y, min(step_y, (y1 + y2 - a[1] - a[3]) / 2))
+            area = [a[0] + dx, a[1] + dy, a[2] + dx, a[3] + dy]
         return first
 
+    def touched(self, seq: int, box: Box) -> bool:
+        area = grown(box, 0.25)
+        return any(touches(area, m) for m in self.motion.get(seq, ()))
 
-async def run(clip: Path) -> dict[str, Any]:
+
+def keep_frames(clip: Path, wanted: set[int]) -> dict[int, bytes]:
+    """The wanted frames of the clip (index = the input's seq), JPEG-compressed in memory."""
+    import av
+    import cv2
+
+    out: dict[int, bytes] = {}
+    with av.open(str(clip)) as container:
+        for i, frame in enumerate(container.decode(video=0)):
+            if i in wanted:
+                img = frame.to_ndarray(format="bgr24")
+                out[i] = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+            if i > max(wanted, default=-1):
+                break
+    return out
+
+
+def backtrack(
+    model: Any, frames: dict[int, bytes], rec: Recorder, seq0: int, box: Box, misses: int = 3
+) -> int:
+    """Follow the person back from ``seq0`` with the detector on a crop around them; the
+    earliest frame of the run at which motion touched their box."""
+    import cv2
+    import numpy as np
+
+    from spyoncino.modules.process._regions import motion_region
+
+    onset = seq0
+    seq, miss = seq0, 0
+    while seq > 0 and miss <= misses:
+        seq -= 1
+        data = frames.get(seq)
+        if data is None:
+            break
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        if img is None:
+            break
+        h, w = img.shape[:2]
+        region = motion_region([box], w, h, model.input_size, margin=1.0, full_share=1.01)
+        best, best_iou = None, 0.0
+        for d in model.run(img, region, min_score=0.3).detections:
+            if d.label != "person":
+                continue
+            cand = Box(
+                x1=round(d.x1),
+                y1=round(d.y1),
+                x2=max(round(d.x2), round(d.x1) + 1),
+                y2=max(round(d.y2), round(d.y1) + 1),
+            )
+            iou = cand.iou(box)
+            if iou > best_iou:
+                best, best_iou = cand, iou
+        if best is None or best_iou < 0.3:
+            miss += 1
+            continue
+        miss, box = 0, best
+        if rec.touched(seq, box):
+            onset = seq
+    return onset
+
+
+async def replay(clip: Path, tracker: dict[str, Any]) -> tuple[Recorder, list[Any], float]:
+    """Run the whole pipeline on ``clip`` in real time into the emulator."""
     emu = BotApiEmulator()
     await emu.start()
     registry = discover()
@@ -123,6 +264,7 @@ async def run(clip: Path) -> dict[str, Any]:
             "storage": {"root": f"{tmp}/store"},
             "status_page": {"enabled": False},
             "log": {"level": "warning"},
+            "tracker": {"update_every_s": 0.5, **tracker},
             "telegram": {
                 "token": "123456:BENCH-token",
                 "chat_ids": [111],
@@ -140,44 +282,60 @@ async def run(clip: Path) -> dict[str, Any]:
         bus.subscribe("process.motion.detected", rec.motion_ev, policy="block", maxsize=4096)
         bus.subscribe("process.object.detected", rec.detection, policy="block", maxsize=4096)
         bus.subscribe("event.*.started", rec.event, policy="block")
+        bus.subscribe("event.#", rec.notice, policy="block", maxsize=4096)
         bus.subscribe("notify.telegram.queued", rec.notify, policy="block")
         t0 = time.monotonic()
         await orch.run(install_signals=False)
         wall = time.monotonic() - t0
         photos = emu.calls_to("sendPhoto")
         await emu.stop()
+    return rec, photos, wall
 
+
+async def run(clip: Path) -> dict[str, Any]:
+    rec, photos, wall = await replay(clip, {})
     first_frame = min(rec.frame_at.values()) if rec.frame_at else 0.0
+    from spyoncino.modules.process.detector import Config as DetectorConfig
+    from spyoncino.modules.process.detector import load_model
+
+    model = load_model(DetectorConfig())
+    sightings = [rec.first_sighting(ev, c)[0] for ev, c in rec.started]
+    frames = keep_frames(clip, {i for s in sightings for i in range(max(0, s - LOOKBACK), s)})
     by_event = {ev.event_id: (ev, confirm) for ev, confirm in rec.started}
     confirmed_ms: list[float] = []
     onset_ms: list[float] = []
     detected_ms: list[float] = []
+    covered_ms: list[float] = []
     early = 0
     rows = []
     for event_id, call in zip(rec.queued, photos, strict=False):
         if event_id not in by_event:
             continue
         ev, confirm = by_event[event_id]
-        start = rec.onset(confirm, ev.boxes, rec.motion, GAP)
-        # the detector looks at every other frame (5 fps): allow one more gap
-        seen = rec.onset(confirm, ev.boxes, rec.detected, GAP + 2)
+        seen, first_box = rec.first_sighting(ev, confirm)
+        start = backtrack(model, frames, rec, seen, first_box)
         d_ms = (call.at - rec.frame_at[seen]) * 1000.0
         detected_ms.append(d_ms)
         c_ms = (call.at - rec.frame_at[confirm]) * 1000.0
         o_ms = (call.at - rec.frame_at[start]) * 1000.0
         confirmed_ms.append(c_ms)
+        covered = rec.covered_by(ev, seen, first_box)
         if rec.frame_at[start] - first_frame < WARMUP_S:
             early += 1
+        elif covered is not None:
+            covered_ms.append(o_ms)
         else:
             onset_ms.append(o_ms)
         rows.append(
             {
                 "event_id": event_id,
                 "onset_seq": start,
+                "first_sighting_seq": seen,
                 "confirm_seq": confirm,
                 "confirmed_ms": round(c_ms, 1),
                 "onset_ms": round(o_ms, 1),
                 "first_detection_ms": round(d_ms, 1),
+                "covered_by": covered,
             }
         )
     return {
@@ -198,17 +356,146 @@ async def run(clip: Path) -> dict[str, Any]:
             "p50": pct(detected_ms, 50),
             "p95": pct(detected_ms, 95),
             "max": round(max(detected_ms), 1) if detected_ms else None,
-            "note": "includes the tracker's N-of-M confirmation",
+            "note": "from the tracker's first sighting; includes its N-of-M confirmation",
+        },
+        "busy_scene_per_person": {
+            "note": "information only, see the module docstring",
+            "onset_to_sendphoto_ms": {
+                "n": len(onset_ms),
+                "p50": pct(onset_ms, 50),
+                "p95": pct(onset_ms, 95),
+                "max": round(max(onset_ms), 1) if onset_ms else None,
+                "left_out_in_first_2s": early,
+            },
+            "follow_up_events_onset_ms": {
+                "n": len(covered_ms),
+                "values": sorted(round(v, 1) for v in covered_ms),
+                "note": "events whose object was first seen beside an open event's object; "
+                "the owner already had an alert for that spot",
+            },
+        },
+        "per_event": rows,
+    }
+
+
+# -- arrivals replay -------------------------------------------------------------------------
+STRETCHES = 10
+STRETCH = 100  # frames of footage per stretch (10 s)
+QUIET = 100  # frames of empty background before each stretch (10 s)
+WIPE = 8  # px per frame the revealed part of the footage grows by
+
+
+def build_arrivals(clip: Path, out: Path) -> list[int]:
+    """Write the arrivals replay to ``out``; return the first frame of each stretch.
+
+    In each stretch the footage is revealed over the empty background from one side (left and
+    right in turn), ``WIPE`` px per frame: people come into view cut by the edge of what is
+    revealed, as they would walking in at the frame's edge, and the first motion of the
+    stretch is the first of them."""
+    import av
+    import numpy as np
+
+    with av.open(str(clip)) as container:
+        frames = [f.to_ndarray(format="bgr24") for f in container.decode(video=0)]
+    background = np.median(np.stack(frames[::10]), axis=0).astype(np.uint8)
+    rng = np.random.default_rng(7)
+    step = (len(frames) - STRETCH) // STRETCHES
+    starts: list[int] = []
+    h, w = background.shape[:2]
+
+    def noisy() -> Any:
+        noise = rng.normal(0.0, 2.5, background.shape).astype(np.float32)
+        return np.clip(background + noise, 0, 255).astype(np.uint8)
+
+    with av.open(str(out), "w") as dst:
+        stream = dst.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.options = {"preset": "veryfast", "crf": "20"}
+        n = 0
+
+        def put(img: Any) -> None:
+            nonlocal n
+            frame = av.VideoFrame.from_ndarray(img, format="bgr24")
+            frame.pts = n
+            n += 1
+            for packet in stream.encode(frame):
+                dst.mux(packet)
+
+        for k in range(STRETCHES):
+            for _ in range(QUIET):
+                put(noisy())
+            starts.append(n)
+            for i, img in enumerate(frames[k * step : k * step + STRETCH]):
+                out_img = noisy()
+                cut = min(w, (i + 1) * WIPE)
+                if k % 2 == 0:
+                    out_img[:, :cut] = img[:, :cut]
+                else:
+                    out_img[:, w - cut :] = img[:, w - cut :]
+                put(out_img)
+        for _ in range(QUIET):
+            put(noisy())
+        for packet in stream.encode():
+            dst.mux(packet)
+    return starts
+
+
+async def arrivals(clip: Path) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "arrivals.mp4"
+        starts = build_arrivals(clip, path)
+        rec, photos, wall = await replay(path, {"cooldown_s": 0.0})
+    sent = dict(zip(rec.queued, (c.at for c in photos), strict=False))
+    rows: list[dict[str, Any]] = []
+    onset_ms: list[float] = []
+    any_motion_ms: list[float] = []
+    for start in starts:
+        end = start + STRETCH
+        alerted = sorted(
+            (sent[ev.event_id], ev, confirm)
+            for ev, confirm in rec.started
+            if ev.event_id in sent and start <= rec.seq_at.get(ev.started_mono, -1) < end
+        )
+        first_motion = next((q for q in range(start, end) if rec.motion.get(q)), None)
+        row: dict[str, Any] = {"stretch_first_seq": start, "first_motion_seq": first_motion}
+        if not alerted or first_motion is None:
+            row["missed"] = True
+            rows.append(row)
+            continue
+        at, ev, confirm = alerted[0]
+        seen, box = rec.first_sighting(ev, confirm)
+        onset = rec.follow_back(seen, box, start)
+        row.update(
+            onset_seq=onset,
+            first_sighting_seq=seen,
+            onset_ms=round((at - rec.frame_at[onset]) * 1000.0, 1),
+            first_motion_ms=round((at - rec.frame_at[first_motion]) * 1000.0, 1),
+        )
+        onset_ms.append(row["onset_ms"])
+        any_motion_ms.append(row["first_motion_ms"])
+        rows.append(row)
+    return {
+        "replay": {
+            "stretches": STRETCHES,
+            "people_s": STRETCH / 10,
+            "quiet_s": QUIET / 10,
+            "wall_s": round(wall, 1),
         },
         "motion_onset_to_sendphoto_ms": {
             "n": len(onset_ms),
+            "missed": sum(1 for r in rows if r.get("missed")),
             "p50": pct(onset_ms, 50),
             "p95": pct(onset_ms, 95),
             "max": round(max(onset_ms), 1) if onset_ms else None,
-            "left_out_in_first_2s": early,
             "target_p95": 1000,
         },
-        "per_event": rows,
+        "first_motion_to_sendphoto_ms": {
+            "p50": pct(any_motion_ms, 50),
+            "p95": pct(any_motion_ms, 95),
+            "note": "from the stretch's first motion of anyone (someone leaving at the edge, "
+            "a far-away walker) to its first alert, whoever that alert is for",
+        },
+        "per_stretch": rows,
     }
 
 
@@ -216,13 +503,14 @@ def main() -> None:
     clip = footage()
     load_before = os.getloadavg()[0]
     result = asyncio.run(run(clip))
+    result["arrivals"] = asyncio.run(arrivals(clip))
     # other work on the machine shows in the tail: keep the context with the figures
     result["load_avg_1m"] = {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)}
     c = result["confirmed_to_sendphoto_ms"]
-    o = result["motion_onset_to_sendphoto_ms"]
+    o = result["arrivals"]["motion_onset_to_sendphoto_ms"]
     result["pass"] = {
         "confirmed_p95_le_300ms": bool(c["n"]) and c["p95"] <= 300,
-        "onset_p95_le_1s": bool(o["n"]) and o["p95"] <= 1000,
+        "onset_p95_le_1s": bool(o["n"]) and not o["missed"] and o["p95"] <= 1000,
     }
     write_result("alert_latency", result)
 
