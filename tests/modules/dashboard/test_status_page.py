@@ -705,12 +705,23 @@ def test_report_metrics_cover_outbox_cameras_and_modules() -> None:
             "frames": 42,
             "frames_capped": 3,
             "reconnects": 1,
+            "threads_abandoned": 2,
             "last_frame_age_s": 0.1,
         },
     )
+    wedged = ModuleHealth(
+        module="usb:cellar",
+        state="failed",
+        metrics={"camera": "cellar", "camera_state": "wedged", "threads_abandoned": 3},
+    )
     tg = ModuleHealth(module="telegram", state="degraded", metrics={"outbox_pending": 4})
-    reports = Reports(health=HealthReport(overall="degraded", modules=(cam, tg), at=time.time()))
+    reports = Reports(
+        health=HealthReport(overall="degraded", modules=(cam, wedged, tg), at=time.time())
+    )
     text = Metrics(lambda: reports, "9.9").render().decode()
+    assert 'spyoncino_camera_threads_abandoned_total{camera="cellar"} 3.0' in text
+    assert 'spyoncino_camera_up{camera="cellar"} 0.0' in text
+    assert 'spyoncino_camera_up{camera="cam"} 1.0' in text
     assert 'spyoncino_outbox_depth{module="telegram"} 4.0' in text
     assert 'spyoncino_camera_frames_total{camera="cam"} 42.0' in text
     assert 'spyoncino_camera_frames_dropped_total{camera="cam",reason="fps_cap"} 3.0' in text

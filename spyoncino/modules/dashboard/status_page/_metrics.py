@@ -116,6 +116,11 @@ class _ReportCollector(Collector):
         reconnects = CounterMetricFamily(
             "spyoncino_camera_reconnects", "Reconnections of the camera input.", labels=["camera"]
         )
+        hangs = CounterMetricFamily(
+            "spyoncino_camera_threads_abandoned",
+            "Calls into the camera that hung and whose thread was abandoned.",
+            labels=["camera"],
+        )
         age = GaugeMetricFamily(
             "spyoncino_camera_last_frame_age_seconds",
             "Seconds since the last frame.",
@@ -127,7 +132,12 @@ class _ReportCollector(Collector):
                 continue
             state = m.metrics.get("camera_state")
             up.add_metric([cam], 1.0 if state == "streaming" else 0.0)
-            for family, key in ((fps, "fps"), (frames, "frames"), (reconnects, "reconnects")):
+            for family, key in (
+                (fps, "fps"),
+                (frames, "frames"),
+                (reconnects, "reconnects"),
+                (hangs, "threads_abandoned"),
+            ):
                 v = _num(m, key)
                 if v is not None:
                     family.add_metric([cam], v)
@@ -137,7 +147,7 @@ class _ReportCollector(Collector):
             v = _num(m, "last_frame_age_s")
             if v is not None and v >= 0:
                 age.add_metric([cam], v)
-        yield from (fps, up, frames, dropped, reconnects, age)
+        yield from (fps, up, frames, dropped, reconnects, hangs, age)
 
     def _modules(self, health: HealthReport | None) -> Iterator[Metric]:
         state = GaugeMetricFamily(
