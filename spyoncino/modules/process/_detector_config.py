@@ -91,9 +91,9 @@ class Config(ModuleConfig):
     recheck_new: bool = Field(
         default=True,
         description=(
-            "When an inference finds an object the previous one did not have, infer the next "
-            "frame at once (not after the fps interval): the second sighting that confirms "
-            "it comes a frame later, and so does the alert."
+            "When an inference finds an object the last second's did not have, infer the next "
+            "frame at once, in place of the next regular inference: the second sighting "
+            "that confirms it, and so the alert, comes 0.1 s sooner at 10 fps."
         ),
     )
     max_regions: int = Field(

@@ -231,10 +231,15 @@ class ObjectDetector(BaseModule):
                 elapsed = None if last is None else job.mono_ts - last
                 # 2 ms of slack: 10 fps frames are 0.1 s apart give or take rounding
                 due = elapsed is None or elapsed < 0 or elapsed >= interval - 0.002
-                if cid in self._recheck:
-                    due = True  # something new was just found: look again at once
-                if due or now - self._arrived.get(cid, now) >= interval:
-                    self._last_ts[cid] = job.mono_ts
+                early = not due and cid in self._recheck and last is not None
+                if due or early or now - self._arrived.get(cid, now) >= interval:
+                    # something new was just found: look again at once, in place of the
+                    # next regular inference (the cadence resumes after it), so a newcomer
+                    # costs no extra CPU
+                    stamp = job.mono_ts
+                    if early and last is not None:
+                        stamp = last + interval
+                    self._last_ts[cid] = stamp
                     self._recheck.discard(cid)
                     return self._pending.pop(cid)
                 wake_at = self._arrived.get(cid, now) + interval
@@ -270,8 +275,9 @@ class ObjectDetector(BaseModule):
     def _note_new(self, job: _Job, dets: list[Detection]) -> None:
         """An object none of the camera's inferences of the last second had is confirmed
         sooner when the next frame is inferred at once rather than after the fps interval:
-        the tracker needs a second sighting before it alerts. One extra inference per
-        newcomer; someone the detector merely missed last time is not a newcomer."""
+        the tracker needs a second sighting before it alerts. That look takes the place of
+        the next regular inference, so it costs nothing extra; someone the detector merely
+        missed last time is not a newcomer."""
         recent = [
             (ts, boxes)
             for ts, boxes in self._found.get(job.camera_id, [])
