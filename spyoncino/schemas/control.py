@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import re
+import time
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import Field
 
 from spyoncino.schemas.base import Payload
+
+_SAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def manual_event_ids(request_id: str, cameras: Sequence[str]) -> list[tuple[str, str]]:
+    """(camera, event id) of what a command asked for now: ``manual-<request id>`` (made safe
+    for a file name; the time when empty), with the camera appended when there are several.
+    The modules that answer a snapshot or clip command name their artifacts this way, and the
+    askers wait for that name."""
+    tag = _SAFE.sub("", request_id)[:40] or time.strftime("%Y%m%dT%H%M%S")
+    if len(cameras) == 1:
+        return [(cameras[0], f"manual-{tag}")]
+    return [(cid, f"manual-{tag}-{cid}") for cid in cameras]
+
 
 CommandName = Literal["arm", "disarm", "snapshot", "mute", "unmute", "clip"]
 

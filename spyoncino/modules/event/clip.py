@@ -34,7 +34,6 @@ import asyncio
 import contextlib
 import itertools
 import math
-import re
 import secrets
 import time
 from collections import deque
@@ -52,7 +51,7 @@ from spyoncino.core.config import AppConfig
 from spyoncino.core.contracts import BaseModule, ModuleConfig
 from spyoncino.core.files import atomic_move, media_relpath
 from spyoncino.schemas import topics
-from spyoncino.schemas.control import ControlCommand
+from spyoncino.schemas.control import ControlCommand, manual_event_ids
 from spyoncino.schemas.events import EventNotice
 from spyoncino.schemas.frames import Frame, Image
 from spyoncino.schemas.media import MediaArtifact
@@ -63,7 +62,6 @@ MS = Fraction(1, 1000)
 CONFIRM_MARGIN_S = 0.5
 #: a requested clip's length when the command gives none
 MANUAL_DEFAULT_S = 10.0
-_SAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
 class Config(ModuleConfig):
@@ -402,14 +400,12 @@ class ClipRecorder(BaseModule):
             return
         known = [cid for cid, c in self.cams.items() if c.ring]
         cams = [cmd.camera_id] if cmd.camera_id else sorted(known)
-        tag = _SAFE.sub("", cmd.request_id)[:40] or time.strftime("%Y%m%dT%H%M%S")
         want = min(cmd.duration_s or MANUAL_DEFAULT_S, self.cfg.max_duration_s)
-        for cid in cams:
+        for cid, event_id in manual_event_ids(cmd.request_id, cams):
             cam = self.cams.get(cid)
             if cam is None or not cam.ring:
                 self.log.warning("manual_clip_no_frames", camera=cid, source=cmd.source)
                 continue
-            event_id = f"manual-{tag}" if len(cams) == 1 else f"manual-{tag}-{cid}"
             if event_id in cam.clips or event_id in cam.done:
                 continue
             now = cam.now()

@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 from typing import Any, ClassVar, Literal, cast
@@ -31,7 +30,7 @@ from spyoncino.core.config import AppConfig
 from spyoncino.core.contracts import BaseModule, ModuleConfig
 from spyoncino.core.files import atomic_write_bytes, media_relpath
 from spyoncino.schemas import topics
-from spyoncino.schemas.control import ControlCommand
+from spyoncino.schemas.control import ControlCommand, manual_event_ids
 from spyoncino.schemas.events import EventNotice
 from spyoncino.schemas.frames import Box, Frame, Image
 from spyoncino.schemas.media import ArtifactKind, MediaArtifact
@@ -116,7 +115,6 @@ def render_set(
 
 
 _EXT: dict[str, str] = {"snapshot": "jpg", "snapshot_clean": "clean.jpg", "thumbnail": "thumb.jpg"}
-_SAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
 
 class SnapshotWriter(BaseModule):
@@ -221,13 +219,11 @@ class SnapshotWriter(BaseModule):
         if cmd.command != "snapshot":
             return
         cams = [cmd.camera_id] if cmd.camera_id else sorted(self._latest)
-        tag = _SAFE.sub("", cmd.request_id)[:40] or time.strftime("%Y%m%dT%H%M%S")
-        for cid in cams:
+        for cid, event_id in manual_event_ids(cmd.request_id, cams):
             frame = self._latest.get(cid)
             if frame is None or not frame.has_image:
                 self.log.warning("manual_snapshot_no_frame", camera=cid, source=cmd.source)
                 continue
-            event_id = f"manual-{tag}" if len(cams) == 1 else f"manual-{tag}-{cid}"
             self._pending += 1
             try:
                 artifact = await self.ctx.executor.run(self._write_manual, event_id, frame)
