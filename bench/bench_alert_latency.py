@@ -64,6 +64,7 @@ from _common import footage, write_result
 from spyoncino.core.bus import Message
 from spyoncino.core.config import ConfigService, Layer, build_app_model
 from spyoncino.core.orchestrator import Orchestrator, discover
+from spyoncino.modules.process._regions import near
 from spyoncino.schemas.alerts import AlertNotification
 from spyoncino.schemas.detections import DetectionEvent, MotionEvent
 from spyoncino.schemas.events import EventNotice
@@ -138,11 +139,10 @@ class Recorder:
                 break
             if n.event_id != ev.event_id:
                 latest[n.event_id] = n
-        area = grown(box)
         for other in latest.values():
             if other.phase == "ended":
                 continue
-            if any(touches(area, o.box) for o in other.objects):
+            if any(near(box, o.box, 0.5) for o in other.objects):
                 return other.event_id
         return None
 
@@ -189,8 +189,7 @@ class Recorder:
         return first
 
     def touched(self, seq: int, box: Box) -> bool:
-        area = grown(box, 0.25)
-        return any(touches(area, m) for m in self.motion.get(seq, ()))
+        return any(near(box, m) for m in self.motion.get(seq, ()))
 
 
 def keep_frames(clip: Path, wanted: set[int]) -> dict[int, bytes]:
@@ -217,7 +216,7 @@ def backtrack(
     import cv2
     import numpy as np
 
-    from spyoncino.modules.process._regions import motion_region
+    from spyoncino.modules.process._regions import box_of, motion_region
 
     onset = seq0
     seq, miss = seq0, 0
@@ -235,12 +234,7 @@ def backtrack(
         for d in model.run(img, region, min_score=0.3).detections:
             if d.label != "person":
                 continue
-            cand = Box(
-                x1=round(d.x1),
-                y1=round(d.y1),
-                x2=max(round(d.x2), round(d.x1) + 1),
-                y2=max(round(d.y2), round(d.y1) + 1),
-            )
+            cand = box_of(d)
             iou = cand.iou(box)
             if iou > best_iou:
                 best, best_iou = cand, iou

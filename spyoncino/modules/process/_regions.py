@@ -90,6 +90,16 @@ def motion_region(
     return (left, top, min(frame_w, left + round(w)), min(frame_h, top + round(h)))
 
 
+def box_of(d: Boxed) -> Box:
+    """A detection's box in whole pixels, at least one pixel wide and high."""
+    return Box(
+        x1=round(d.x1),
+        y1=round(d.y1),
+        x2=max(round(d.x2), round(d.x1) + 1),
+        y2=max(round(d.y2), round(d.y1) + 1),
+    )
+
+
 def _area(r: Region) -> int:
     return (r[2] - r[0]) * (r[3] - r[1])
 

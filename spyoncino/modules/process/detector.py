@@ -34,7 +34,12 @@ from spyoncino.modules.process._models import bundled_model_path as bundled_mode
 from spyoncino.modules.process._models import describe_models as describe_models
 from spyoncino.modules.process._models import load_model as load_model
 from spyoncino.modules.process._models import resolve_model_path as resolve_model_path
-from spyoncino.modules.process._regions import merge_detections, near, plan_regions
+from spyoncino.modules.process._regions import (
+    box_of,
+    merge_detections,
+    near,
+    plan_regions,
+)
 from spyoncino.schemas import topics
 from spyoncino.schemas.detections import Detection, DetectionEvent, MotionEvent
 from spyoncino.schemas.frames import Box, Frame
@@ -383,16 +388,7 @@ class ObjectDetector(BaseModule):
         floor = self._lowest_score()
         results = [model.run(image, r, min_score=floor) for r in regions]
         total_ms = sum(r.total_ms for r in results)
-        main = tuple(
-            Box(
-                x1=int(d.x1),
-                y1=int(d.y1),
-                x2=max(int(d.x2), int(d.x1) + 1),
-                y2=max(int(d.y2), int(d.y1) + 1),
-            )
-            for d in results[0].detections
-        )
-        main = scaled(main, 1 / sx, 1 / sy)
+        main = scaled(tuple(box_of(d) for d in results[0].detections), 1 / sx, 1 / sy)
         if len(results) == 1:
             return list(results[0].detections), main, total_ms, regions
         merged = merge_detections([d for r in results for d in r.detections], self.cfg.nms_iou)
@@ -412,13 +408,7 @@ class ObjectDetector(BaseModule):
                 continue
             if d.score < max(floor, self.cfg.label_scores.get(d.label, self.cfg.min_score)):
                 continue
-            box = Box(
-                x1=round(d.x1),
-                y1=round(d.y1),
-                x2=max(round(d.x2), round(d.x1) + 1),
-                y2=max(round(d.y2), round(d.y1) + 1),
-            )
-            out.append(Detection(label=d.label, score=round(d.score, 4), box=box))
+            out.append(Detection(label=d.label, score=round(d.score, 4), box=box_of(d)))
         return out
 
     # -- telemetry ---------------------------------------------------------------------------
