@@ -680,6 +680,21 @@ async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
         await asyncio.sleep(0.02)
 
 
+def grey_frame(seq: int, grey: int, mono: float) -> Frame:
+    """A 320x240 frame of camera 'garden', all one grey."""
+    img = np.full((240, 320, 3), grey, np.uint8)
+    return Frame(
+        camera_id="garden",
+        seq=seq,
+        mono_ts=mono,
+        wall_ts=time.time(),
+        width=320,
+        height=240,
+        luma=img[:, :, 0].copy(),
+        _image=img,
+    )
+
+
 async def test_snapshot_command_with_the_real_snapshot_writer(
     harness: MakeHarness, botapi: BotApiEmulator
 ) -> None:
@@ -688,18 +703,7 @@ async def test_snapshot_command_with_the_real_snapshot_writer(
         SnapshotWriter, "snapshot", h.bus, h.module.ctx.executor, h.root, {}
     )
     try:
-        img = np.full((240, 320, 3), 90, np.uint8)
-        frame = Frame(
-            camera_id="garden",
-            seq=1,
-            mono_ts=time.monotonic(),
-            wall_ts=time.time(),
-            width=320,
-            height=240,
-            luma=img[:, :, 0].copy(),
-            _image=img,
-        )
-        await h.bus.publish(topics.FRAME.at(camera="garden"), frame)
+        await h.bus.publish(topics.FRAME.at(camera="garden"), grey_frame(1, 90, time.monotonic()))
         await h.bus.drain()
         botapi.push_message(111, 111, "/snapshot garden")
         photo = await botapi.wait_for("sendPhoto")
@@ -719,17 +723,7 @@ async def test_clip_command_with_the_real_clip_recorder(
     try:
         t0 = time.monotonic() - 4.0
         for seq in range(40):  # 4 s at 10 fps, the last one now
-            img = np.full((240, 320, 3), 60 + seq, np.uint8)
-            frame = Frame(
-                camera_id="garden",
-                seq=seq,
-                mono_ts=t0 + seq / 10,
-                wall_ts=time.time(),
-                width=320,
-                height=240,
-                luma=img[:, :, 0].copy(),
-                _image=img,
-            )
+            frame = grey_frame(seq, 60 + seq, t0 + seq / 10)
             await h.bus.publish(topics.FRAME.at(camera="garden"), frame)
             await h.bus.drain()
         botapi.push_message(111, 111, "/clip garden 2")
