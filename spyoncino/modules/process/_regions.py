@@ -121,6 +121,17 @@ def near(box: Box, other: Box, grow: float = 0.25) -> bool:
     )
 
 
+def within(box: Box, other: Box, grow: float = 0.25) -> bool:
+    """``box`` lies inside ``other`` grown by ``grow`` of its size on each side."""
+    dx, dy = other.width * grow, other.height * grow
+    return (
+        box.x1 >= other.x1 - dx
+        and box.y1 >= other.y1 - dy
+        and box.x2 <= other.x2 + dx
+        and box.y2 <= other.y2 + dy
+    )
+
+
 def group_regions(
     boxes: Sequence[Box],
     frame_w: int,

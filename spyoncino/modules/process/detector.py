@@ -39,12 +39,14 @@ from spyoncino.modules.process._regions import (
     merge_detections,
     near,
     plan_regions,
+    within,
 )
 from spyoncino.schemas import topics
 from spyoncino.schemas.detections import Detection, DetectionEvent, MotionEvent
 from spyoncino.schemas.frames import Box, Frame
 
 RECENT_S = 1.0  # an object seen this recently (frame time) is not new to the detector
+STILL_RESET_S = 1.0  # motion that starts again after this long without any is looked at anew
 
 
 # -- the module --------------------------------------------------------------------------------
@@ -81,6 +83,7 @@ class ObjectDetector(BaseModule):
         # per camera: empty inferences in a row, and the motion they were run for
         self._empty_streak: Counter[str] = Counter()
         self._empty_motion: dict[str, tuple[Box, ...]] = {}
+        self._last_motion: dict[str, float] = {}
         self._wake: asyncio.Event | None = None
         # telemetry
         self.inferences = 0
@@ -180,6 +183,12 @@ class ObjectDetector(BaseModule):
             return
         if not self._camera(ev.camera_id).enabled:
             return
+        last = self._last_motion.get(ev.camera_id)
+        self._last_motion[ev.camera_id] = ev.mono_ts
+        if last is None or not 0.0 <= ev.mono_ts - last < STILL_RESET_S:
+            # the scene was still: whatever moves now is not the swaying that went idle before
+            self._empty_streak[ev.camera_id] = 0
+            self._empty_motion.pop(ev.camera_id, None)
         if not isinstance(ev.frame, Frame) or not ev.frame.has_image:
             self.skipped_no_image += 1  # e.g. a motion event that came over MQTT
             return
@@ -256,14 +265,15 @@ class ObjectDetector(BaseModule):
 
     def _interval(self, job: _Job) -> float:
         """Seconds between inferences of this job's camera: 1/max_fps, or 1/idle_fps while
-        motion in the same places keeps finding nothing. Any motion box away from where the
-        empty inferences looked (a person walking in beside the swaying hedge) is new."""
+        motion in the same places keeps finding nothing. Any motion box that reaches beyond
+        the boxes the empty inferences looked at (a person walking in beside the swaying
+        hedge, or growing into view at the frame's edge) is new."""
         cam = self._camera(job.camera_id)
         fast = 1.0 / cam.max_fps
         if self.cfg.trigger != "motion" or self._empty_streak[job.camera_id] < self.cfg.idle_after:
             return fast
         empty = self._empty_motion.get(job.camera_id, ())
-        if not job.motion or any(not any(near(e, b) for e in empty) for b in job.motion):
+        if not job.motion or any(not any(within(b, e) for e in empty) for b in job.motion):
             return fast  # motion somewhere new: look at once
         return max(fast, 1.0 / self.cfg.idle_fps)
 

@@ -462,6 +462,41 @@ async def test_motion_that_finds_nothing_drops_to_idle_fps(
     assert det.metrics()["idle_cameras"] == 0
 
 
+async def test_idle_camera_looks_at_once_at_motion_reaching_past_the_idle_boxes(
+    rig: Rig, sample: dict[int, np.ndarray]
+) -> None:
+    """A camera gone idle on a swaying hedge still looks at once at a person walking in
+    there: their motion box grows past the boxes the empty looks saw. Wobble inside those
+    boxes waits for the idle rate, and motion that starts again after a still second is
+    looked at anew (the quiet after people leave is no reason to be slow for the next)."""
+    det = await rig.detector(
+        {
+            "cameras": {"front": {"source": "f.mp4", "detector": {"max_fps": 10}}},
+            "detector": {"idle_fps": 0.25, "idle_after": 2},
+        }
+    )
+    empty = np.full_like(sample[100], 90)
+    hedge = (100, 100, 200, 200)
+
+    async def inferred(i: int, box: tuple[int, int, int, int]) -> bool:
+        """Publish frame ``i`` (10 fps of frame time) with one motion box: was it inferred?"""
+        before = det.inferences
+        f = make_frame("front", i, empty)
+        f = Frame("front", i, 1000.0 + i / 10, f.wall_ts, f.width, f.height, f.luma, _image=empty)
+        await rig.bus.publish(topics.MOTION.name, motion(f, [box]))
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 1.0 and (det.busy or det.queue_depth or not rig.bus.idle()):
+            await asyncio.sleep(0.005)
+        return det.inferences > before
+
+    assert [await inferred(i, hedge) for i in range(4)] == [True, True, False, False]
+    assert det.metrics()["idle_cameras"] == 1
+    assert not await inferred(4, (105, 95, 210, 205))  # the hedge wobbling: still idle
+    assert await inferred(5, (100, 100, 260, 200))  # someone growing into view beside it
+    assert not await inferred(6, hedge)
+    assert await inferred(25, hedge)  # 1.9 s later, after a still second
+
+
 async def replay_fast(rig: Rig, det: ObjectDetector, sample: dict[int, np.ndarray]) -> list[int]:
     """Frames 80..99 at 10 fps of video time, faster than real time; the inferred seqs."""
     for i in range(80, 100):
