@@ -116,10 +116,13 @@ class Config(ModuleConfig):
         ),
     )
     max_zoom: float = Field(
-        default=1.0,
+        default=2.0,
         ge=1.0,
         le=4.0,
-        description="A crop around small motion may be enlarged up to this much to fit the model.",
+        description=(
+            "A crop around small motion may be enlarged up to this much to fit the model, so a "
+            "far-away person gains pixels; 1: never enlarged."
+        ),
     )
     idle_fps: float = Field(
         default=1.0,
