@@ -27,17 +27,8 @@ emulator. Every timestamp is ``time.monotonic()`` in this one process.
   10 s after the last ones raise a new alert rather than continue the old event (the
   cooldown only ever holds an alert back; it never makes one faster).
 
-  vtest itself has no clean onsets: people are in view from the first frame and walk in
-  pairs and groups across each other. The benchmark still reports a per-person figure there
-  (``busy_scene_per_person``), for information: each event's person is followed backwards
-  from the tracker's first sighting with the same model looking straight at them (a
-  native-resolution crop around their last box, scores down to 0.3, up to 3 frames unseen),
-  and the earliest frame of that run at which motion touched their box is their onset.
-  Events first seen right beside the object of an event already open (the second of two
-  people walking together, a track split after an occlusion) are listed apart as
-  follow-ups: the owner already had an alert for that spot. Walking back through motion
-  boxes alone, as the first version did, chains through other people crossing the same
-  spot: it measured an event confirmed at frame 129 from frame 5, 12 s earlier.
+  vtest itself has no clean onsets (people are in view from the first frame and walk in
+  pairs and groups across each other), which is why the onset figure needs the arrivals.
 
 Per-chat pacing is off (``min_interval_s: 0``) so the figure is the box's own latency, not
 Telegram's 1 message/s rule; the photo, GIF and clip uploads still share the chat's queue.
@@ -64,7 +55,6 @@ from _common import footage, write_result
 from spyoncino.core.bus import Message
 from spyoncino.core.config import ConfigService, Layer, build_app_model
 from spyoncino.core.orchestrator import Orchestrator, discover
-from spyoncino.modules.process._regions import near
 from spyoncino.schemas.alerts import AlertNotification
 from spyoncino.schemas.detections import DetectionEvent, MotionEvent
 from spyoncino.schemas.events import EventNotice
@@ -72,9 +62,7 @@ from spyoncino.schemas.frames import Box
 from tests.support.botapi import BotApiEmulator
 
 FPS = 10.0
-WARMUP_S = 2.0
 GAP = 2
-LOOKBACK = 300  # frames a person is followed back at most (30 s)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -103,7 +91,6 @@ class Recorder:
         self.detected: dict[int, tuple[Box, ...]] = {}
         self.started: list[tuple[EventNotice, int]] = []
         self.queued: list[str] = []
-        self.notices: list[tuple[float, EventNotice]] = []
 
     async def frame(self, msg: Message[Any]) -> None:
         self.frame_at[msg.payload.seq] = msg.published_mono
@@ -121,30 +108,6 @@ class Recorder:
         before = [seq for t, seq in self.detections if t <= msg.published_mono]
         confirm = before[-1] if before else msg.payload.frame_seq
         self.started.append((msg.payload, confirm))
-
-    async def notice(self, msg: Message[Any]) -> None:
-        if isinstance(msg.payload, EventNotice):
-            self.notices.append((msg.published_mono, msg.payload))
-
-    def covered_by(self, ev: EventNotice, seq: int, box: Box) -> str | None:
-        """Another event already open at frame ``seq`` whose object was right there: this
-        event is a second one for activity the owner has already been alerted to (someone
-        walking beside an alerted person, or a person whose track split)."""
-        at = self.frame_at.get(seq)
-        if at is None:
-            return None
-        latest: dict[str, EventNotice] = {}
-        for t, n in self.notices:
-            if t > at:
-                break
-            if n.event_id != ev.event_id:
-                latest[n.event_id] = n
-        for other in latest.values():
-            if other.phase == "ended":
-                continue
-            if any(near(box, o.box, 0.5) for o in other.objects):
-                return other.event_id
-        return None
 
     async def notify(self, msg: Message[AlertNotification]) -> None:
         if msg.payload.kind == "snapshot":
@@ -188,64 +151,6 @@ class Recorder:
             area = [a[0] + dx, a[1] + dy, a[2] + dx, a[3] + dy]
         return first
 
-    def touched(self, seq: int, box: Box) -> bool:
-        return any(near(box, m) for m in self.motion.get(seq, ()))
-
-
-def keep_frames(clip: Path, wanted: set[int]) -> dict[int, bytes]:
-    """The wanted frames of the clip (index = the input's seq), JPEG-compressed in memory."""
-    import av
-    import cv2
-
-    out: dict[int, bytes] = {}
-    with av.open(str(clip)) as container:
-        for i, frame in enumerate(container.decode(video=0)):
-            if i in wanted:
-                img = frame.to_ndarray(format="bgr24")
-                out[i] = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
-            if i > max(wanted, default=-1):
-                break
-    return out
-
-
-def backtrack(
-    model: Any, frames: dict[int, bytes], rec: Recorder, seq0: int, box: Box, misses: int = 3
-) -> int:
-    """Follow the person back from ``seq0`` with the detector on a crop around them; the
-    earliest frame of the run at which motion touched their box."""
-    import cv2
-    import numpy as np
-
-    from spyoncino.modules.process._regions import box_of, motion_region
-
-    onset = seq0
-    seq, miss = seq0, 0
-    while seq > 0 and miss <= misses:
-        seq -= 1
-        data = frames.get(seq)
-        if data is None:
-            break
-        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-        if img is None:
-            break
-        h, w = img.shape[:2]
-        region = motion_region([box], w, h, model.input_size, margin=1.0, full_share=1.01)
-        best, best_iou = None, 0.0
-        for d in model.run(img, region, min_score=0.3).detections:
-            if d.label != "person":
-                continue
-            cand = box_of(d)
-            iou = cand.iou(box)
-            if iou > best_iou:
-                best, best_iou = cand, iou
-        if best is None or best_iou < 0.3:
-            miss += 1
-            continue
-        miss, box = 0, best
-        if rec.touched(seq, box):
-            onset = seq
-    return onset
-
 
 async def replay(clip: Path, tracker: dict[str, Any]) -> tuple[Recorder, list[Any], float]:
     """Run the whole pipeline on ``clip`` in real time into the emulator."""
@@ -276,7 +181,6 @@ async def replay(clip: Path, tracker: dict[str, Any]) -> tuple[Recorder, list[An
         bus.subscribe("process.motion.detected", rec.motion_ev, policy="block", maxsize=4096)
         bus.subscribe("process.object.detected", rec.detection, policy="block", maxsize=4096)
         bus.subscribe("event.*.started", rec.event, policy="block")
-        bus.subscribe("event.#", rec.notice, policy="block", maxsize=4096)
         bus.subscribe("notify.telegram.queued", rec.notify, policy="block")
         t0 = time.monotonic()
         await orch.run(install_signals=False)
@@ -288,48 +192,26 @@ async def replay(clip: Path, tracker: dict[str, Any]) -> tuple[Recorder, list[An
 
 async def run(clip: Path) -> dict[str, Any]:
     rec, photos, wall = await replay(clip, {})
-    first_frame = min(rec.frame_at.values()) if rec.frame_at else 0.0
-    from spyoncino.modules.process.detector import Config as DetectorConfig
-    from spyoncino.modules.process.detector import load_model
-
-    model = load_model(DetectorConfig())
-    sightings = [rec.first_sighting(ev, c)[0] for ev, c in rec.started]
-    frames = keep_frames(clip, {i for s in sightings for i in range(max(0, s - LOOKBACK), s)})
     by_event = {ev.event_id: (ev, confirm) for ev, confirm in rec.started}
     confirmed_ms: list[float] = []
-    onset_ms: list[float] = []
     detected_ms: list[float] = []
-    covered_ms: list[float] = []
-    early = 0
     rows = []
     for event_id, call in zip(rec.queued, photos, strict=False):
         if event_id not in by_event:
             continue
         ev, confirm = by_event[event_id]
-        seen, first_box = rec.first_sighting(ev, confirm)
-        start = backtrack(model, frames, rec, seen, first_box)
-        d_ms = (call.at - rec.frame_at[seen]) * 1000.0
-        detected_ms.append(d_ms)
+        seen, _ = rec.first_sighting(ev, confirm)
         c_ms = (call.at - rec.frame_at[confirm]) * 1000.0
-        o_ms = (call.at - rec.frame_at[start]) * 1000.0
+        d_ms = (call.at - rec.frame_at[seen]) * 1000.0
         confirmed_ms.append(c_ms)
-        covered = rec.covered_by(ev, seen, first_box)
-        if rec.frame_at[start] - first_frame < WARMUP_S:
-            early += 1
-        elif covered is not None:
-            covered_ms.append(o_ms)
-        else:
-            onset_ms.append(o_ms)
+        detected_ms.append(d_ms)
         rows.append(
             {
                 "event_id": event_id,
-                "onset_seq": start,
                 "first_sighting_seq": seen,
                 "confirm_seq": confirm,
                 "confirmed_ms": round(c_ms, 1),
-                "onset_ms": round(o_ms, 1),
                 "first_detection_ms": round(d_ms, 1),
-                "covered_by": covered,
             }
         )
     return {
@@ -351,22 +233,6 @@ async def run(clip: Path) -> dict[str, Any]:
             "p95": pct(detected_ms, 95),
             "max": round(max(detected_ms), 1) if detected_ms else None,
             "note": "from the tracker's first sighting; includes its N-of-M confirmation",
-        },
-        "busy_scene_per_person": {
-            "note": "information only, see the module docstring",
-            "onset_to_sendphoto_ms": {
-                "n": len(onset_ms),
-                "p50": pct(onset_ms, 50),
-                "p95": pct(onset_ms, 95),
-                "max": round(max(onset_ms), 1) if onset_ms else None,
-                "left_out_in_first_2s": early,
-            },
-            "follow_up_events_onset_ms": {
-                "n": len(covered_ms),
-                "values": sorted(round(v, 1) for v in covered_ms),
-                "note": "events whose object was first seen beside an open event's object; "
-                "the owner already had an alert for that spot",
-            },
         },
         "per_event": rows,
     }
