@@ -266,14 +266,15 @@ class ObjectDetector(BaseModule):
     def _interval(self, job: _Job) -> float:
         """Seconds between inferences of this job's camera: 1/max_fps, or 1/idle_fps while
         motion in the same places keeps finding nothing. Any motion box that reaches beyond
-        the boxes the empty inferences looked at (a person walking in beside the swaying
-        hedge, or growing into view at the frame's edge) is new."""
+        the boxes the empty inferences looked at, by more than a tenth of their size (a person
+        walking in beside the swaying hedge, or growing into view at the frame's edge), is
+        new."""
         cam = self._camera(job.camera_id)
         fast = 1.0 / cam.max_fps
         if self.cfg.trigger != "motion" or self._empty_streak[job.camera_id] < self.cfg.idle_after:
             return fast
         empty = self._empty_motion.get(job.camera_id, ())
-        if not job.motion or any(not any(within(b, e) for e in empty) for b in job.motion):
+        if not job.motion or any(not any(within(b, e, 0.1) for e in empty) for b in job.motion):
             return fast  # motion somewhere new: look at once
         return max(fast, 1.0 / self.cfg.idle_fps)
 
