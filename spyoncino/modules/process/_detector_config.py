@@ -141,10 +141,13 @@ class Config(ModuleConfig):
         description="Empty inferences in a row before a camera drops to idle_fps.",
     )
     full_frame_share: float = Field(
-        default=0.6,
+        default=0.85,
         gt=0.0,
         le=1.0,
-        description="A crop covering more than this share of the frame becomes the full frame.",
+        description=(
+            "A crop covering more than this share of the frame becomes the full frame (a "
+            "larger crop shrinks people less than the whole frame does)."
+        ),
     )
 
     @field_validator("input_size")

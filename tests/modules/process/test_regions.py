@@ -11,6 +11,7 @@ from spyoncino.modules.process._regions import (
     plan_regions,
     scale_of,
 )
+from spyoncino.modules.process.detector import Config
 from spyoncino.schemas.frames import Box
 
 W, H = 1280, 720
@@ -93,3 +94,23 @@ def test_merge_keeps_one_box_per_object() -> None:
     dog = D("dog", 0.6, 100, 150, 140, 200)  # another label under the person's legs
     kept = merge_detections([again, cut, whole, other, dog], iou=0.45)
     assert kept == [whole, other, dog]
+
+
+def test_two_people_at_one_edge_share_a_crop_rather_than_the_whole_frame() -> None:
+    """Two people stepping in at the right edge of a 768x576 view, one far up the path and one
+    near: with the default settings they share a crop that shrinks them 1.8x, not the whole
+    frame squeezed 2.6x into the model, where someone half in view is too small to find."""
+    cfg = Config()
+    far, close = Box(x1=708, y1=220, x2=752, y2=332), Box(x1=676, y1=434, x2=718, y2=576)
+    region = plan_regions(
+        [far, close],
+        768,
+        576,
+        MODEL,
+        margin=cfg.crop_margin,
+        full_share=cfg.full_frame_share,
+        zoom=cfg.max_zoom,
+    )[0]
+    assert region != (0, 0, 768, 576)
+    assert inside(far, region) and inside(close, region)
+    assert scale_of(region, MODEL) < 0.75 * scale_of((0, 0, 768, 576), MODEL)
