@@ -15,8 +15,10 @@ emulator. Every timestamp is ``time.monotonic()`` in this one process.
   clip's own empty background (the median over time) with sensor noise, encoded to H.264 and
   played in real time. In each stretch the footage is revealed over the background from one
   side, 8 px per frame (left and right in turn), so people come into view cut by the edge of
-  what is shown, as someone walking in at the frame's edge does (about three times faster
-  than they walk, so they are whole sooner than a real walker would be). A stretch's alert is
+  what is shown, as someone walking in at the frame's edge does. That reveal is about three
+  times faster than vtest's people walk, so they are whole sooner than a real walker would
+  be: the replay is played a second time at walking pace (3 px per frame, 20 s stretches so
+  that the reveal still reaches 600 px in), and the target holds for both. A stretch's alert is
   the first ``sendPhoto`` of an event whose object was first seen in the stretch; its motion
   onset is where that person's motion began: from the tracker's first sighting, followed back
   through the motion boxes (each earlier frame needs motion touching the person's box grown
@@ -243,13 +245,16 @@ STRETCHES = 10
 STRETCH = 100  # frames of footage per stretch (10 s)
 QUIET = 100  # frames of empty background before each stretch (10 s)
 WIPE = 8  # px per frame the revealed part of the footage grows by
+# the same at walking pace (vtest's people cross about 3 px a frame): 20 s stretches, so that
+# the reveal still reaches 600 px into the frame
+WALK_WIPE, WALK_STRETCH = 3, 200
 
 
-def build_arrivals(clip: Path, out: Path) -> list[int]:
+def build_arrivals(clip: Path, out: Path, wipe: int = WIPE, stretch: int = STRETCH) -> list[int]:
     """Write the arrivals replay to ``out``; return the first frame of each stretch.
 
     In each stretch the footage is revealed over the empty background from one side (left and
-    right in turn), ``WIPE`` px per frame: people come into view cut by the edge of what is
+    right in turn), ``wipe`` px per frame: people come into view cut by the edge of what is
     revealed, as they would walking in at the frame's edge, and the first motion of the
     stretch is the first of them."""
     import av
@@ -259,7 +264,7 @@ def build_arrivals(clip: Path, out: Path) -> list[int]:
         frames = [f.to_ndarray(format="bgr24") for f in container.decode(video=0)]
     background = np.median(np.stack(frames[::10]), axis=0).astype(np.uint8)
     rng = np.random.default_rng(7)
-    step = (len(frames) - STRETCH) // STRETCHES
+    step = (len(frames) - stretch) // STRETCHES
     starts: list[int] = []
     h, w = background.shape[:2]
 
@@ -285,9 +290,9 @@ def build_arrivals(clip: Path, out: Path) -> list[int]:
             for _ in range(QUIET):
                 put(noisy())
             starts.append(n)
-            for i, img in enumerate(frames[k * step : k * step + STRETCH]):
+            for i, img in enumerate(frames[k * step : k * step + stretch]):
                 out_img = noisy()
-                cut = min(w, (i + 1) * WIPE)
+                cut = min(w, (i + 1) * wipe)
                 if k % 2 == 0:
                     out_img[:, :cut] = img[:, :cut]
                 else:
@@ -300,17 +305,17 @@ def build_arrivals(clip: Path, out: Path) -> list[int]:
     return starts
 
 
-async def arrivals(clip: Path) -> dict[str, Any]:
+async def arrivals(clip: Path, wipe: int = WIPE, stretch: int = STRETCH) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "arrivals.mp4"
-        starts = build_arrivals(clip, path)
+        starts = build_arrivals(clip, path, wipe, stretch)
         rec, photos, wall = await replay(path, {"cooldown_s": 0.0})
     sent = dict(zip(rec.queued, (c.at for c in photos), strict=False))
     rows: list[dict[str, Any]] = []
     onset_ms: list[float] = []
     any_motion_ms: list[float] = []
     for start in starts:
-        end = start + STRETCH
+        end = start + stretch
         alerted = sorted(
             (sent[ev.event_id], ev, confirm)
             for ev, confirm in rec.started
@@ -337,7 +342,8 @@ async def arrivals(clip: Path) -> dict[str, Any]:
     return {
         "replay": {
             "stretches": STRETCHES,
-            "people_s": STRETCH / 10,
+            "people_s": stretch / 10,
+            "reveal_px_per_frame": wipe,
             "quiet_s": QUIET / 10,
             "wall_s": round(wall, 1),
         },
@@ -364,13 +370,16 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     result = asyncio.run(run(clip))
     result["arrivals"] = asyncio.run(arrivals(clip))
+    result["arrivals_walking_pace"] = asyncio.run(arrivals(clip, WALK_WIPE, WALK_STRETCH))
     # other work on the machine shows in the tail: keep the context with the figures
     result["load_avg_1m"] = {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)}
     c = result["confirmed_to_sendphoto_ms"]
-    o = result["arrivals"]["motion_onset_to_sendphoto_ms"]
+    onsets = [
+        result[k]["motion_onset_to_sendphoto_ms"] for k in ("arrivals", "arrivals_walking_pace")
+    ]
     result["pass"] = {
         "confirmed_p95_le_300ms": bool(c["n"]) and c["p95"] <= 300,
-        "onset_p95_le_1s": bool(o["n"]) and not o["missed"] and o["p95"] <= 1000,
+        "onset_p95_le_1s": all(o["n"] and not o["missed"] and o["p95"] <= 1000 for o in onsets),
     }
     write_result("alert_latency", result)
 
