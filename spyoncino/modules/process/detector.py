@@ -47,6 +47,7 @@ from spyoncino.schemas.frames import Box, Frame
 
 RECENT_S = 1.0  # an object seen this recently (frame time) is not new to the detector
 STILL_RESET_S = 1.0  # motion that starts again after this long without any is looked at anew
+SAME_PLACE = 0.1  # an idle camera's motion box may reach this share past the empty looks' boxes
 
 
 # -- the module --------------------------------------------------------------------------------
@@ -274,7 +275,7 @@ class ObjectDetector(BaseModule):
         if self.cfg.trigger != "motion" or self._empty_streak[job.camera_id] < self.cfg.idle_after:
             return fast
         empty = self._empty_motion.get(job.camera_id, ())
-        if not job.motion or any(not any(within(b, e, 0.1) for e in empty) for b in job.motion):
+        if not job.motion or any(not any(within(b, e, SAME_PLACE) for e in empty) for b in job.motion):
             return fast  # motion somewhere new: look at once
         return max(fast, 1.0 / self.cfg.idle_fps)
 
