@@ -275,7 +275,8 @@ class ObjectDetector(BaseModule):
         if self.cfg.trigger != "motion" or self._empty_streak[job.camera_id] < self.cfg.idle_after:
             return fast
         empty = self._empty_motion.get(job.camera_id, ())
-        if not job.motion or any(not any(within(b, e, SAME_PLACE) for e in empty) for b in job.motion):
+        new = [b for b in job.motion if not any(within(b, e, SAME_PLACE) for e in empty)]
+        if not job.motion or new:
             return fast  # motion somewhere new: look at once
         return max(fast, 1.0 / self.cfg.idle_fps)
 
