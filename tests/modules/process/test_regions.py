@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from spyoncino.modules.process._decoders import RawDetection as D
 from spyoncino.modules.process._regions import (
     group_regions,
     merge_detections,
@@ -74,16 +73,6 @@ def test_small_motion_may_be_enlarged() -> None:
     assert (r[2] - r[0], r[3] - r[1]) == (150, 150)
     assert inside(far, r)
     assert motion_region([far], W, H, MODEL)[2:] != r[2:]  # default: model size, not enlarged
-
-
-@dataclass(frozen=True)
-class D:
-    label: str
-    score: float
-    x1: float
-    y1: float
-    x2: float
-    y2: float
 
 
 def test_merge_keeps_one_box_per_object() -> None:
