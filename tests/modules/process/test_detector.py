@@ -57,10 +57,12 @@ def sample() -> dict[int, np.ndarray]:
     return read_frames(SAMPLE, 80, 110)
 
 
-def make_frame(cam: str, seq: int, img: np.ndarray) -> Frame:
+def make_frame(cam: str, seq: int, img: np.ndarray, mono: float | None = None) -> Frame:
+    """A frame stamped now, or at ``mono`` on a frame clock of the test's own."""
     h, w = img.shape[:2]
     luma = cv2.resize(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), (320, round(320 * h / w)))
-    return Frame(cam, seq, time.monotonic(), time.time(), w, h, luma, _image=img)
+    stamp = time.monotonic() if mono is None else mono
+    return Frame(cam, seq, stamp, time.time(), w, h, luma, _image=img)
 
 
 def motion(frame: Frame, boxes: list[tuple[int, int, int, int]]) -> MotionEvent:
@@ -516,8 +518,7 @@ async def test_idle_camera_looks_at_once_at_motion_reaching_past_the_idle_boxes(
     async def inferred(i: int, box: tuple[int, int, int, int]) -> bool:
         """Publish frame ``i`` (10 fps of frame time) with one motion box: was it inferred?"""
         before = det.inferences
-        f = make_frame("front", i, empty)
-        f = Frame("front", i, 1000.0 + i / 10, f.wall_ts, f.width, f.height, f.luma, _image=empty)
+        f = make_frame("front", i, empty, mono=1000.0 + i / 10)
         await rig.bus.publish(topics.MOTION.name, motion(f, [box]))
         t0 = time.monotonic()
         while time.monotonic() - t0 < 1.0 and (det.busy or det.queue_depth or not rig.bus.idle()):
@@ -535,11 +536,8 @@ async def test_idle_camera_looks_at_once_at_motion_reaching_past_the_idle_boxes(
 async def replay_fast(rig: Rig, det: ObjectDetector, sample: dict[int, np.ndarray]) -> list[int]:
     """Frames 80..99 at 10 fps of video time, faster than real time; the inferred seqs."""
     for i in range(80, 100):
-        img = sample[i]
-        h, w = img.shape[:2]
-        luma = cv2.resize(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), (320, 240))
-        f = Frame("front", i, 1000.0 + i / 10, 1.7e9 + i / 10, w, h, luma, _image=img)
-        await rig.bus.publish(topics.MOTION.name, motion(f, [(0, 0, w, h)]))
+        f = make_frame("front", i, sample[i], mono=1000.0 + i / 10)
+        await rig.bus.publish(topics.MOTION.name, motion(f, [(0, 0, f.width, f.height)]))
         t0 = time.monotonic()
         while True:  # let the worker take it if it is due (well before the 0.2 s fallback)
             await asyncio.sleep(0.002)
