@@ -2,20 +2,26 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
+# the demo needs only the package; tests, lint and benchmarks add the development tools
+BASE   := $(VENV)/.installed-base
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint format bench test-system schema docs clean
+.PHONY: demo test lint format bench test-system schema docs dist clean
 
-$(STAMP): pyproject.toml
+$(BASE): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is needed")'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip "setuptools>=77" wheel
+	$(PY) -m pip install --quiet -e .
+	touch $(BASE)
+
+$(STAMP): $(BASE)
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
 ## demo: run the whole pipeline on the bundled sample clip with the embedded defaults
-demo: $(STAMP)
+demo: $(BASE)
 	$(VENV)/bin/spyoncino run
 	@echo
 	@echo "Look at: var/spyoncino/  (media per camera and day; events.sqlite3 is the index)"
@@ -24,7 +30,7 @@ demo: $(STAMP)
 
 ## test: install and run the test suite with coverage (system tests: make test-system)
 test: $(STAMP)
-	$(PY) -m pytest -m "not system" --cov=spyoncino --cov-report=term --cov-report=json:.coverage.json $(PYTEST_ARGS)
+	$(PY) -m pytest -rs -m "not system" --cov=spyoncino --cov-report=term --cov-report=json:.coverage.json $(PYTEST_ARGS)
 
 ## lint: ruff (lint + format check) and mypy --strict on the package
 lint: $(STAMP)
@@ -56,5 +62,11 @@ schema: $(STAMP)
 docs: $(STAMP)
 	$(PY) -m spyoncino.docgen > docs/configuration.md
 
+## dist: the wheel a board installs (no package index needed), into dist/
+dist: $(BASE)
+	rm -f dist/spyoncino-*.whl
+	$(PY) -m pip wheel --quiet --no-deps --no-build-isolation -w dist .
+	@ls dist/spyoncino-*.whl
+
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.json schema
+	rm -rf $(VENV) var dist .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.json schema

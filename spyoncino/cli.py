@@ -249,6 +249,57 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_install_unit(args: argparse.Namespace) -> int:
+    """Render the role's unit (and a first config) for a board installed by hand with pip."""
+    from spyoncino import role_templates
+
+    venv = Path(args.venv or sys.prefix).resolve()
+    try:
+        data = role_templates.variables(
+            [f"spyoncino_venv={venv}", *args.set], [Path(f) for f in args.vars]
+        )
+        unit = role_templates.render("spyoncino.service.j2", data)
+        config = role_templates.render("config.yaml.j2", data)
+    except (ValueError, OSError) as e:
+        print(f"install-unit: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.print:
+        sys.stdout.write(unit)
+        return 0
+    service = str(data["spyoncino_service_name"])
+    unit_path = Path(args.unit_dir) / f"{service}.service"
+    config_path = Path(args.config_dir) / "config.yaml"
+    try:
+        _write_new(unit_path, unit, mode=0o644, replace=True)
+        wrote_config = _write_new(config_path, config, mode=0o640, replace=False)
+    except PermissionError as e:
+        print(f"install-unit: cannot write {e.filename}: run it as root (sudo)", file=sys.stderr)
+        return 1
+    print(f"wrote {unit_path} (ExecStart {venv}/bin/spyoncino)")
+    print(f"wrote {config_path}" if wrote_config else f"kept {config_path} (it exists already)")
+    user, group = data["spyoncino_user"], data["spyoncino_group"]
+    print("next, as root:")
+    print(f"  useradd --system --user-group --groups video --shell /usr/sbin/nologin {user}")
+    print(f"  chgrp {group} {config_path} && systemctl daemon-reload")
+    print(f"  systemctl enable --now {service}")
+    return 0
+
+
+def _write_new(path: Path, text: str, *, mode: int, replace: bool) -> bool:
+    """Write ``path`` atomically (temp + fsync + rename); keep an existing one unless told."""
+    if path.exists() and not replace:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.chmod(mode)
+    os.replace(tmp, path)
+    return True
+
+
 def cmd_update(args: argparse.Namespace) -> int:
     """Over-the-air update: pip upgrades the package inside the running virtualenv."""
     spec = f"spyoncino=={args.version}" if args.version else "spyoncino"
@@ -301,6 +352,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("hash-password", help="hash a status page password for the config")
     p.add_argument("password", nargs="?", help="the password (else prompted, or read from a pipe)")
     p.set_defaults(func=cmd_hash_password)
+    p = sub.add_parser(
+        "install-unit",
+        help="write the systemd unit and a first config for a board installed with pip",
+    )
+    p.add_argument("--venv", help="virtualenv the unit runs (default: this one)")
+    p.add_argument("--unit-dir", default="/etc/systemd/system", help="where the unit goes")
+    p.add_argument("--config-dir", default="/etc/spyoncino", help="where config.yaml goes")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="NAME=VALUE", help="a role variable"
+    )
+    p.add_argument(
+        "--vars", action="append", default=[], metavar="FILE", help="YAML file of role variables"
+    )
+    p.add_argument("--print", action="store_true", help="print the unit, write nothing")
+    p.set_defaults(func=cmd_install_unit)
     p = sub.add_parser("update", help="upgrade spyoncino with pip (over the air)")
     p.add_argument("--version", dest="version", help="exact version to install")
     p.add_argument("--dry-run", action="store_true", help="show what pip would do")
