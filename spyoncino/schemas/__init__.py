@@ -13,7 +13,7 @@ from spyoncino.schemas.control import (
 from spyoncino.schemas.detections import Detection, DetectionEvent, MotionEvent
 from spyoncino.schemas.events import EventNotice, TrackedObject
 from spyoncino.schemas.frames import Box, Frame
-from spyoncino.schemas.media import MediaArtifact, RetentionReport, StoredEvent
+from spyoncino.schemas.media import MediaArtifact, RetentionReport, StorageFault, StoredEvent
 from spyoncino.schemas.status import BusStatus, HealthReport, ModuleHealth
 
 #: Every control-plane payload, for ``spyoncino schema``.
@@ -24,6 +24,7 @@ PAYLOADS = (
     MediaArtifact,
     StoredEvent,
     RetentionReport,
+    StorageFault,
     AlertNotification,
     ConfigUpdate,
     ConfigSnapshot,
@@ -53,6 +54,7 @@ __all__ = [
     "ModuleHealth",
     "MotionEvent",
     "RetentionReport",
+    "StorageFault",
     "StoredEvent",
     "TrackedObject",
 ]

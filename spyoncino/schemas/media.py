@@ -45,3 +45,14 @@ class RetentionReport(Payload):
     by_kind: dict[str, int] = Field(default_factory=dict)
     free_percent: float
     reason: Literal["age", "space", "none", "age+space"]
+
+
+class StorageFault(Payload):
+    """Published on ``storage.fault`` when a storage writer could not write (disk full, I/O
+    error); retention answers with an emergency pass. Published again with ``writable=True``
+    once the writer caught up."""
+
+    module: str
+    path: str
+    error: str = Field(max_length=500)
+    writable: bool = False

@@ -14,7 +14,7 @@ from spyoncino.schemas.control import (
 from spyoncino.schemas.detections import DetectionEvent, MotionEvent
 from spyoncino.schemas.events import EventNotice
 from spyoncino.schemas.frames import Frame
-from spyoncino.schemas.media import MediaArtifact, RetentionReport, StoredEvent
+from spyoncino.schemas.media import MediaArtifact, RetentionReport, StorageFault, StoredEvent
 from spyoncino.schemas.status import BusStatus, HealthReport
 
 FRAME = Topic("camera.{camera}.frame", Frame)
@@ -24,6 +24,7 @@ EVENT = Topic("event.{kind}.{phase}", EventNotice)
 ARTIFACT = Topic("event.{artifact}.ready", MediaArtifact)
 STORED = Topic("storage.event.saved", StoredEvent)
 RETENTION = Topic("storage.retention", RetentionReport)
+STORAGE_FAULT = Topic("storage.fault", StorageFault)
 NOTIFY = Topic("notify.{channel}.{status}", AlertNotification)
 HEALTH = Topic("status.health", HealthReport)
 BUS_STATUS = Topic("status.bus", BusStatus)

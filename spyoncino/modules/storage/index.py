@@ -5,13 +5,22 @@ rebuilt from the folder (``spyoncino storage reindex``). Writes are batched: row
 memory and are committed every ``flush_interval`` seconds, so an idle box writes nothing and a
 busy one writes one transaction per interval instead of one per row.
 
+A write that fails (``SQLITE_FULL`` on a full card, ``SQLITE_IOERR``) loses nothing: the batch
+goes back in front of the pending rows and is retried at the next interval, the module reports
+``degraded`` ("cannot write ...", which ``/health/ready`` turns into a 503) and publishes a
+``StorageFault`` on ``storage.fault`` so that retention frees space at once. Once a write
+succeeds again the module is ``ok`` and a ``StorageFault(writable=True)`` follows. At most
+``max_pending`` rows wait in memory; beyond that the oldest are dropped (and counted).
+
 The schema and the row helpers live in ``spyoncino.core.index_db`` so that the rebuild
 (``spyoncino.core.reindex``) shares them without importing a module.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -32,13 +41,22 @@ from spyoncino.core.index_db import (
 from spyoncino.schemas import topics
 from spyoncino.schemas.alerts import AlertNotification
 from spyoncino.schemas.events import EventNotice
-from spyoncino.schemas.media import MediaArtifact, StoredEvent
+from spyoncino.schemas.media import MediaArtifact, StorageFault, StoredEvent
+
+#: seconds between two ``storage.fault`` messages while writes keep failing
+FAULT_REPEAT_S = 30.0
 
 
 class Config(ModuleConfig):
     type: Literal["index"] = "index"
     flush_interval: float = Field(
         default=2.0, ge=0.05, le=300.0, description="Seconds between batched index commits."
+    )
+    max_pending: int = Field(
+        default=50_000,
+        ge=100,
+        le=1_000_000,
+        description="Rows kept in memory while the index cannot write; the oldest go beyond.",
     )
 
 
@@ -56,6 +74,10 @@ class EventIndex(_Base):
         self._pending: list[tuple[str, Any]] = []
         self.rows_written = 0
         self.commits = 0
+        self.write_failures = 0
+        self.rows_dropped = 0
+        self.writable = True
+        self._fault_at = 0.0
 
     async def configure(self, app: AppConfig) -> None:
         self.cfg = app.section(self.name or "index", Config)
@@ -85,17 +107,29 @@ class EventIndex(_Base):
         self._pending.append(("notify", msg.payload))
 
     async def _flush_loop(self) -> None:
-        import asyncio
-
         while True:
             await asyncio.sleep(self.cfg.flush_interval)
-            await self.flush()
+            try:
+                await self.flush()
+            except Exception as e:  # a bug must not end the index: the next interval retries
+                self.log.error("index_flush_error", error=repr(e), exc_info=e)
 
     async def flush(self) -> int:
+        """Commit the pending rows; 0 when there were none or the write failed (kept for later)."""
         if not self._pending or self._conn is None:
             return 0
         batch, self._pending = self._pending, []
-        await self.ctx.executor.run(self._write, batch)
+        try:
+            await self.ctx.executor.run(self._write, batch)
+        except (sqlite3.Error, OSError) as e:
+            self._pending = batch + self._pending
+            await self._write_failed(e)
+            return 0
+        if not self.writable:
+            self.writable = True
+            self.set_state("ok", str(self.db_path))
+            self.log.info("index_writable_again", rows=len(batch))
+            await self._publish_fault("", writable=True)
         saved: dict[str, StoredEvent] = {}
         for kind, item in batch:
             if kind == "event":
@@ -115,6 +149,37 @@ class EventIndex(_Base):
             await self.bus.publish(topics.STORED.name, stored)
         return len(batch)
 
+    async def _write_failed(self, e: Exception) -> None:
+        self.write_failures += 1
+        over = len(self._pending) - self.cfg.max_pending
+        if over > 0:
+            del self._pending[:over]
+            self.rows_dropped += over
+        error = str(e) or type(e).__name__
+        now = time.monotonic()
+        if self.writable or now - self._fault_at >= FAULT_REPEAT_S:
+            self.log.error(
+                "index_write_failed",
+                error=error,
+                pending=len(self._pending),
+                dropped=self.rows_dropped,
+            )
+            self._fault_at = now
+            await self._publish_fault(error, writable=False)
+        self.writable = False
+        self.set_state("degraded", f"cannot write {self.db_path}: {error}", error)
+
+    async def _publish_fault(self, error: str, *, writable: bool) -> None:
+        await self.bus.publish(
+            topics.STORAGE_FAULT.name,
+            StorageFault(
+                module=self.ctx.instance,
+                path=str(self.db_path),
+                error=error[:500],
+                writable=writable,
+            ),
+        )
+
     def _write(self, batch: list[tuple[str, Any]]) -> None:
         conn = self._conn
         assert conn is not None
@@ -129,7 +194,12 @@ class EventIndex(_Base):
                     insert_notification(conn, item)
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            # a COMMIT that failed with SQLITE_FULL has rolled back already: ROLLBACK would raise
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error as e:
+                    self.log.warning("index_rollback_failed", error=repr(e))
             raise
         self.rows_written += len(batch)
         self.commits += 1
@@ -148,6 +218,10 @@ class EventIndex(_Base):
             "batched_rows": len(self._pending),
             "rows_written": self.rows_written,
             "commits": self.commits,
+            "write_failures": self.write_failures,
+            "rows_dropped": self.rows_dropped,
+            # read by the status page's /health/ready: 0 while the index cannot write
+            "storage_writable": int(self.writable),
         }
 
 

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from spyoncino.modules.storage.index import EventIndex
@@ -9,6 +11,14 @@ from spyoncino.schemas.alerts import AlertNotification
 from spyoncino.schemas.events import EventNotice
 from spyoncino.schemas.media import MediaArtifact
 from spyoncino.testing import BusHarness
+from tests.support.tmpfs import fill, small_tmpfs
+
+
+async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
 
 
 def notice(phase: str, **kw: object) -> EventNotice:
@@ -88,3 +98,42 @@ async def test_index_records_events_artifacts_and_notifications_in_batches(tmp_p
         await h.bus.drain(timeout=2)
         await idx.stop()
         assert conn.execute("SELECT phase, ended_at FROM events").fetchone() == ("ended", 105.0)
+
+
+async def test_a_full_disk_degrades_the_index_and_it_catches_up_when_space_returns(
+    tmp_path: Path,
+) -> None:
+    """SQLite has already rolled back a failed COMMIT; the flush must survive that and retry."""
+    with small_tmpfs(tmp_path / "disk", "2m") as root:
+        async with BusHarness(storage_root=root) as h:
+            faults = h.record("storage.fault")
+            idx = h.build(EventIndex, {"index": {"flush_interval": 0.05}}, name="index")
+            await idx.configure(idx.ctx.app)
+            await idx.start()
+            await h.bus.publish("event.object.started", notice("started"))
+            await h.bus.drain(timeout=2)
+            await until(lambda: idx.metrics()["commits"] == 1)
+            filler = fill(root / "filler")
+            big = "x" * 2000  # rows bigger than the pages left
+            for i in range(200):
+                await h.bus.publish(
+                    "event.object.started", notice("started", event_id=f"f{i}", camera_id=big)
+                )
+            await h.bus.drain(timeout=2)
+            fault = await faults.wait_for(timeout=5)
+            assert "full" in fault.payload.error.lower()
+            health = idx.health()
+            assert health.state == "degraded"
+            assert "cannot write" in health.detail
+            assert idx.metrics()["storage_writable"] == 0
+            filler.unlink()
+            await until(lambda: idx.metrics()["batched_rows"] == 0, timeout=5)
+            conn = sqlite3.connect(root / "events.sqlite3")
+            assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 201
+            conn.close()
+            assert idx.health().state == "ok"
+            assert idx.metrics()["storage_writable"] == 1
+            # the flush task lives on: a new row after recovery is written too
+            await h.bus.publish("event.object.started", notice("started", event_id="after"))
+            await h.bus.drain(timeout=2)
+            await until(lambda: idx.metrics()["rows_written"] == 202, timeout=5)

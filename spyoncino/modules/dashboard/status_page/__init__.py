@@ -514,6 +514,15 @@ class StatusPage(BaseModule):
                 "reason": "" if started else "no camera is streaming",
             }
         ok, why = await self.storage_writable()
+        # a writer that failed (SQLITE_FULL, I/O error) says so through its health metrics;
+        # the probe's few bytes may still fit where a transaction does not
+        writers = [
+            f"{m.module}: {m.detail or m.last_error or 'cannot write'}"
+            for m in (h.modules if h is not None else ())
+            if m.metrics.get("storage_writable") == 0
+        ]
+        if writers:
+            ok, why = False, "; ".join([*writers, *([] if ok else [why])])
         checks["storage"] = {"ok": ok, "reason": "" if ok else why}
         return all(c["ok"] for c in checks.values()), checks
 

@@ -1,0 +1,127 @@
+"""Bad luck, tried on purpose: a full disk, a crash's leftovers, a flood of requests.
+
+Each test reproduces a failure the box once had and guards it from coming back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from spyoncino.core.config import ConfigService, Layer, build_app_model
+from spyoncino.core.orchestrator import Orchestrator, discover
+from spyoncino.schemas.events import EventNotice
+from tests.support.tmpfs import fill, small_tmpfs
+
+SAMPLE = Path(__file__).resolve().parents[2] / "spyoncino" / "data" / "sample.mp4"
+
+
+def notice(eid: str, camera: str = "cam", **kw: Any) -> EventNotice:
+    now = time.time()
+    base: dict[str, Any] = dict(
+        event_id=eid,
+        camera_id=camera,
+        kind="object",
+        phase="started",
+        labels=("person",),
+        top_score=0.8,
+        started_at=now,
+        updated_at=now,
+    )
+    base.update(kw)
+    return EventNotice.model_validate(base)
+
+
+async def until(cond: Callable[[], Any], timeout: float = 20.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def box(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+    """``await box(root, **sections)`` -> (orchestrator, base URL, HTTP session)."""
+    stops: list[Callable[[], Any]] = []
+
+    async def start(root: Path, **sections: Any) -> tuple[Orchestrator, str, aiohttp.ClientSession]:
+        found = discover()
+        reg = {n: found[n] for n in ("status_page", "index", "media", "file")}
+        data: dict[str, Any] = {
+            "storage": {"root": str(root)},
+            "runtime": {"health_interval": 0.2},
+            "bus": {"status_interval": 0.5},
+            "cameras": {"cam": {"source": str(SAMPLE), "file": {"pace": "realtime", "loop": True}}},
+            "status_page": {"listen": "127.0.0.1:0", "storage_probe_s": 0, "mdns": False},
+            **sections,
+        }
+        orch = Orchestrator(ConfigService(build_app_model(reg), [Layer("test", data)]), reg)
+        await orch.start()
+        stops.append(orch.stop)
+        http = aiohttp.ClientSession()
+        stops.append(http.close)
+        page = next(s.module for s in orch.slots if s.instance == "status_page")
+        return orch, f"http://127.0.0.1:{page.port}", http  # type: ignore[attr-defined]
+
+    try:
+        yield start
+    finally:
+        for stop in reversed(stops):
+            await stop()
+
+
+async def _ready(http: aiohttp.ClientSession, base: str) -> tuple[int, dict[str, Any]]:
+    async with http.get(base + "/health/ready") as r:
+        return r.status, await r.json()
+
+
+async def test_full_disk_readiness_names_the_index_and_it_catches_up_after(
+    box: Any, tmp_path: Path
+) -> None:
+    with small_tmpfs(tmp_path / "disk", "4m") as root:
+        orch, base, http = await box(root, index={"flush_interval": 0.1})
+        await until(lambda: _status_is(http, base, 200))
+        filler = fill(root / "filler")
+        big = "x" * 3000
+        for i in range(100):
+            await orch.bus.publish("event.object.started", notice(f"e{i}", labels=(big,)))
+        status, body = await until(lambda: _not_ready_because_of(http, base, "index"))
+        assert status == 503
+        assert "full" in body["checks"]["storage"]["reason"]
+        filler.unlink()
+        await until(lambda: _status_is(http, base, 200))
+        for i in range(100, 110):
+            await orch.bus.publish("event.object.started", notice(f"e{i}"))
+
+        def rows() -> int:
+            conn = sqlite3.connect(root / "events.sqlite3")
+            try:
+                return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
+            finally:
+                conn.close()
+
+        await until(lambda: rows() == 110)
+
+
+async def _status_is(http: aiohttp.ClientSession, base: str, code: int) -> bool:
+    return (await _ready(http, base))[0] == code
+
+
+async def _not_ready_because_of(
+    http: aiohttp.ClientSession, base: str, module: str
+) -> tuple[int, dict[str, Any]] | None:
+    status, body = await _ready(http, base)
+    reason = body["checks"].get("storage", {}).get("reason", "")
+    return (status, body) if status == 503 and module in reason else None
