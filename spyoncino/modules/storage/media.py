@@ -8,8 +8,16 @@ Every ``interval_s`` (and once at start) one pass, in the executor:
 2. **Age**: files older than their kind's limit go (snapshots, clean copies and thumbnails
    ``snapshot_days``, GIFs ``gif_days``, clips ``clip_days``).
 3. **Space**: while the filesystem has less than ``min_free_percent`` free, the oldest clips
-   go first, then GIFs, then snapshots. Files of events that are still open or ended less than
-   ``protect_s`` ago, and of the newest event on disk, are never removed.
+   go first, then GIFs, then snapshots, sparing events still open or ended less than
+   ``protect_s`` ago. Should that not be enough (a burst of events filling the card within
+   ``protect_s``), the floor wins over ``protect_s``: files of ended events go too, oldest
+   first. Files of events still open and of the newest event on disk are never removed, so the
+   newest event is never refused while older media exist.
+
+Besides the timer, a pass runs at once (at most every ``URGENT_GAP_S``) when an artifact brings
+free space under the floor and when a writer reports a failed write on ``storage.fault`` (the
+index on a full card). A pass that fails (the index cannot be written either) is logged and
+retried; the files it removed are forgotten by the index at the next pass that can write.
 
 Removed files are also removed from the index (one transaction per pass, none when nothing is
 removed, so an idle box writes nothing). A ``RetentionReport`` is published on
@@ -24,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable
@@ -41,7 +50,7 @@ from spyoncino.core.index_db import connect, delete_artifact
 from spyoncino.core.reindex import MediaFile, scan
 from spyoncino.schemas import topics
 from spyoncino.schemas.events import EventNotice
-from spyoncino.schemas.media import MediaArtifact, RetentionReport
+from spyoncino.schemas.media import MediaArtifact, RetentionReport, StorageFault
 
 #: what goes first when space runs out
 SPACE_ORDER: dict[str, int] = {
@@ -53,6 +62,10 @@ SPACE_ORDER: dict[str, int] = {
 }
 
 DiskFree = Callable[[Path], tuple[int, int]]
+
+#: least seconds between two passes not run by the timer (a full card of something else must
+#: not turn every artifact into a scan of the media folder)
+URGENT_GAP_S = 2.0
 
 
 class Config(ModuleConfig):
@@ -116,6 +129,12 @@ class MediaRetention(BaseModule):
         self.media_bytes_total = 0
         self._io_start: tuple[float, int] | None = None
         self._running = False
+        self._urgent = asyncio.Event()
+        self._last_pass_mono = 0.0
+        self.urgent_gap_s = URGENT_GAP_S
+        #: relpaths removed from disk whose index rows could not be deleted yet
+        self._unforgotten: list[str] = []
+        self.pass_failures = 0
 
     async def configure(self, app: AppConfig) -> None:
         self.cfg = app.section(self.name or "media", Config)
@@ -130,6 +149,7 @@ class MediaRetention(BaseModule):
         self.subscribe("event.*.updated", self._on_event, policy="block")
         self.subscribe("event.*.ended", self._on_event, policy="block")
         self.subscribe(topics.ARTIFACT.pattern(), self._on_artifact, policy="block")
+        self.subscribe(topics.STORAGE_FAULT.name, self._on_fault, policy="latest")
         await self.run_pass(startup=True)
         self.spawn(self._loop(), "retention")
         self.set_state("ok", str(self.root))
@@ -149,11 +169,34 @@ class MediaRetention(BaseModule):
         self.media_bytes_total += msg.payload.size_bytes
         while self._written and self._written[0][0] < now - 3600:
             self._written.popleft()
+        if not self._urgent.is_set() and await self._below_floor():
+            self._urgent.set()
+
+    async def _on_fault(self, msg: Message[StorageFault]) -> None:
+        if not msg.payload.writable:
+            self._urgent.set()
+
+    async def _below_floor(self) -> bool:
+        try:
+            free, total = await self.ctx.executor.run(self.disk_free, self.root)
+        except OSError:
+            return False
+        return free < total * self.cfg.min_free_percent / 100.0
 
     async def _loop(self) -> None:
         while True:
-            await asyncio.sleep(self.cfg.interval_s)
-            await self.run_pass()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._urgent.wait(), self.cfg.interval_s)
+            if self._urgent.is_set():
+                await asyncio.sleep(
+                    max(0.0, self._last_pass_mono + self.urgent_gap_s - time.monotonic())
+                )
+            self._urgent.clear()
+            try:
+                await self.run_pass()
+            except Exception as e:  # the next pass retries; the timer must never end
+                self.pass_failures += 1
+                self.log.error("retention_pass_failed", error=repr(e), exc_info=e)
 
     def protected(self, now: float) -> set[str]:
         self.ended_at = {
@@ -169,9 +212,12 @@ class MediaRetention(BaseModule):
             )
         self._running = True
         try:
-            report = await self.ctx.executor.run(self._pass, self.protected(time.time()), startup)
+            report = await self.ctx.executor.run(
+                self._pass, self.protected(time.time()), set(self.open_events), startup
+            )
         finally:
             self._running = False
+            self._last_pass_mono = time.monotonic()
         self.passes += 1
         self.removed_total += report.removed_files
         self.last_report = report
@@ -187,7 +233,7 @@ class MediaRetention(BaseModule):
         await self.bus.publish(topics.RETENTION.name, report)
         return report
 
-    def _pass(self, protected: set[str], startup: bool) -> RetentionReport:
+    def _pass(self, protected: set[str], open_events: set[str], startup: bool) -> RetentionReport:
         clean_temp_files(self.root, 0.0 if startup else self.cfg.temp_max_age_s)
         self._clean_scratch(0.0 if startup else self.cfg.temp_max_age_s)
         now = time.time()
@@ -196,9 +242,10 @@ class MediaRetention(BaseModule):
             with contextlib.suppress(OSError):
                 st = m.path.stat()
                 entries.append(_Entry(m, st.st_mtime, st.st_size))
+        never: set[str] = set(open_events)
         if entries:
-            newest = max(entries, key=lambda e: e.mtime).media.event_id
-            protected = protected | {newest}
+            never.add(max(entries, key=lambda e: e.mtime).media.event_id)
+            protected = protected | never
         limits = {
             "snapshot": self.cfg.snapshot_days,
             "snapshot_clean": self.cfg.snapshot_days,
@@ -223,17 +270,29 @@ class MediaRetention(BaseModule):
                 (e for e in keep if e.media.event_id not in protected),
                 key=lambda e: (SPACE_ORDER[e.media.kind], e.mtime),
             )
-            for e in order:
+            # the floor wins over protect_s: then ended events go too, oldest first
+            gone = {id(e) for e in removed}
+            last_resort = sorted(
+                (
+                    e
+                    for e in keep
+                    if e.media.event_id in protected and e.media.event_id not in never
+                ),
+                key=lambda e: e.mtime,
+            )
+            for e in [*order, *last_resort]:
                 if free >= target:
                     break
-                if self._remove(e):
+                if id(e) not in gone and self._remove(e):
                     removed.append(e)
                     reasons.add("space")
                     free += e.size
             free, total = self.disk_free(self.root)
         if removed:
-            self._forget([e.media.relpath for e in removed])
             self._prune_folders({e.media.path.parent for e in removed})
+        self._unforgotten.extend(e.media.relpath for e in removed)
+        if self._unforgotten:
+            self._forget()
         by_kind: dict[str, int] = {}
         for e in removed:
             by_kind[e.media.kind] = by_kind.get(e.media.kind, 0) + 1
@@ -264,17 +323,28 @@ class MediaRetention(BaseModule):
             return False
         return True
 
-    def _forget(self, relpaths: list[str]) -> None:
+    def _forget(self) -> None:
+        """Delete the index rows of removed files; kept for the next pass when it cannot."""
         if not self.db_path.exists():
+            self._unforgotten.clear()
             return
-        conn = connect(self.db_path)
+        relpaths = list(self._unforgotten)
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            for rel in relpaths:
-                delete_artifact(conn, rel)
-            conn.execute("COMMIT")
-        finally:
-            conn.close()
+            conn = connect(self.db_path)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                for rel in relpaths:
+                    delete_artifact(conn, rel)
+                conn.execute("COMMIT")
+            finally:
+                if conn.in_transaction:  # a failed COMMIT has rolled back already
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                conn.close()
+        except sqlite3.Error as e:
+            self.log.warning("retention_forget_failed", files=len(relpaths), error=repr(e))
+            return
+        del self._unforgotten[: len(relpaths)]
 
     def _prune_folders(self, folders: set[Path]) -> None:
         for folder in folders:
@@ -312,5 +382,8 @@ class MediaRetention(BaseModule):
             "process_write_bytes_per_hour": round(self.write_rate()),
             "retention_passes": self.passes,
             "retention_removed_files": self.removed_total,
+            "retention_failures": self.pass_failures,
+            # 1 while a pass is running or due at once (tests wait for 0)
+            "retention_busy": int(self._running or self._urgent.is_set()),
             "free_percent": report.free_percent if report is not None else -1.0,
         }

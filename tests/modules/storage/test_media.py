@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from spyoncino.core.index_db import connect
 from spyoncino.core.reindex import reindex
 from spyoncino.modules.storage.media import MediaRetention
 from spyoncino.schemas.events import EventNotice
-from spyoncino.schemas.media import RetentionReport
+from spyoncino.schemas.media import MediaArtifact, RetentionReport, StorageFault
 from spyoncino.testing import BusHarness
+from tests.support.tmpfs import small_tmpfs
 
 DAY = 86400.0
 MB = 1_000_000
+
+
+async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
 
 
 def put(root: Path, cam: str, event: str, suffix: str, size: int, age_s: float) -> Path:
@@ -183,3 +193,78 @@ async def test_idle_pass_writes_nothing(tmp_path: Path) -> None:
     metrics = mod.metrics()
     assert metrics["media_bytes_last_hour"] == 0
     assert "process_write_bytes_per_hour" in metrics
+
+
+def _notice(eid: str, phase: str) -> EventNotice:
+    now = time.time()
+    return EventNotice(
+        event_id=eid,
+        camera_id="cam",
+        kind="object",
+        phase=phase,  # type: ignore[arg-type]
+        labels=("person",),
+        top_score=0.9,
+        started_at=now,
+        updated_at=now,
+        ended_at=now if phase == "ended" else None,
+    )
+
+
+async def test_a_burst_filling_the_disk_deletes_the_oldest_not_the_newest(tmp_path: Path) -> None:
+    """Default timer (300 s) and protect_s (600 s): the floor is still held as files arrive."""
+    with small_tmpfs(tmp_path / "disk", "8m") as root:
+        async with BusHarness(storage_root=root) as h:
+            mod = h.build(MediaRetention, {"media": {"min_free_percent": 25}}, name="media")
+            mod.urgent_gap_s = 0.0  # type: ignore[attr-defined]
+            await mod.configure(mod.ctx.app)
+            await mod.start()
+            files: list[Path] = []
+            for i in range(12):  # 12 x 1 MB on an 8 MB disk keeping 2 MB free
+                eid = f"e{i:02d}"
+                await h.bus.publish("event.object.started", _notice(eid, "started"))
+                await h.bus.publish("event.object.ended", _notice(eid, "ended"))
+                p = put(root, "cam", eid, ".mp4", MB, 0)
+                files.append(p)
+                await h.bus.publish(
+                    "event.clip.ready",
+                    MediaArtifact(
+                        event_id=eid,
+                        camera_id="cam",
+                        kind="clip",
+                        path=str(p),
+                        relpath=str(p.relative_to(root)),
+                        size_bytes=MB,
+                        sha256="0" * 64,
+                        mime="video/mp4",
+                        created_at=time.time(),
+                    ),
+                )
+                await h.bus.drain()
+                await until(lambda: mod.metrics()["retention_busy"] == 0)  # type: ignore[attr-defined]
+                st = os.statvfs(root)
+                assert st.f_bavail * st.f_frsize >= 0.25 * st.f_blocks * st.f_frsize, i
+            assert files[-1].exists()  # the newest event is stored
+            kept = [p.exists() for p in files]
+            assert kept == sorted(kept)  # oldest went first
+            assert sum(kept) >= 4
+
+
+async def test_a_storage_fault_triggers_a_pass_at_once(tmp_path: Path) -> None:
+    root = tmp_path / "media"
+    event(1, 3600, root)
+    event(2, 60, root)
+    disk = FakeDisk(root, total=10 * MB, other=0)
+    async with BusHarness(storage_root=root) as h:
+        rec = h.record("storage.retention")
+        mod = h.build(MediaRetention, {"media": {}}, name="media")
+        mod.disk_free = disk  # type: ignore[attr-defined]
+        await mod.configure(mod.ctx.app)
+        await mod.start()
+        await rec.wait_for()
+        disk.other = 8 * MB  # something else filled the card; the index cannot commit
+        await h.bus.publish(
+            "storage.fault",
+            StorageFault(module="index", path="x", error="database or disk is full"),
+        )
+        msg = await rec.wait_for(lambda m: m.payload.removed_files > 0)
+        assert msg.payload.reason == "space"
