@@ -46,13 +46,26 @@ def _print_config_errors(e: ConfigError) -> None:
         print(f"  - {err}", file=sys.stderr)
 
 
+def preflight(registry: dict[str, type[BaseModule]], app: AppConfig) -> list[str]:
+    """Everything the planned modules can tell is wrong before a run (missing files, ...)."""
+    problems: list[str] = []
+    for _instance, cls, camera_id in plan(registry, app):
+        problems.extend(p for p in cls.preflight(app, camera_id) if p not in problems)
+    return problems
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     try:
         registry, service = _load(args)
-        plan(registry, service.current)
+        problems = preflight(registry, service.current)
+        if problems:
+            raise ConfigError(problems)
     except ConfigError as e:
         _print_config_errors(e)
         return EXIT_CONFIG
+    if not any(cam.enabled for cam in service.current.cameras.values()):
+        # not an error: the service still runs its status page, where a camera can be added
+        print("warning: no camera is configured (add one under cameras:), nothing is watched")
     print("configuration is valid; layers: " + " < ".join(service.sources))
     if args.show:
         import yaml
@@ -81,16 +94,25 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
-def format_summary(summary: RunSummary, app: AppConfig, elapsed_s: float) -> str:
+def format_summary(
+    summary: RunSummary,
+    app: AppConfig,
+    elapsed_s: float,
+    failed_cameras: dict[str, str] | None = None,
+) -> str:
     root = app.storage.root.resolve()
+    failed = failed_cameras or {}
+    ran = [cid for cid, cam in app.cameras.items() if cam.enabled and cid not in failed]
     events = sum(n for k, n in summary.events.items() if k.endswith(".started"))
     sent = sum(n for k, n in summary.notifications.items() if k.endswith(".sent"))
-    failed = sum(n for k, n in summary.notifications.items() if k.endswith(".failed"))
+    failed_sends = sum(n for k, n in summary.notifications.items() if k.endswith(".failed"))
     lines = [
         "",
         "Spyoncino run finished",
-        f"  ran for        {elapsed_s:.1f} s on {len(app.cameras)} camera(s): "
-        + ", ".join(app.cameras),
+        f"  ran for        {elapsed_s:.1f} s on {len(ran)} camera(s)"
+        + (f": {', '.join(ran)}" if ran else "")
+        + (f" ({len(failed)} did not start)" if failed else ""),
+        *[f"  not running    {cid}: {why}" for cid, why in sorted(failed.items())],
         f"  events         {events}"
         + (
             " (" + ", ".join(f"{k} {n}" for k, n in sorted(summary.events.items())) + ")"
@@ -99,7 +121,7 @@ def format_summary(summary: RunSummary, app: AppConfig, elapsed_s: float) -> str
         ),
         "  media          "
         + (", ".join(f"{n} {k}" for k, n in sorted(summary.artifacts.items())) or "none"),
-        f"  alerts         {sent} sent, {failed} failed"
+        f"  alerts         {sent} sent, {failed_sends} failed"
         + ("" if summary.notifications else " (no alert channel configured)"),
         f"  files          {root}",
         f"  event index    {app.storage.db_path.resolve()}",
@@ -137,7 +159,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             orch.on_started.append(notifier.start)
             orch.on_stopping.append(notifier.stop)
         code = await orch.run(exit_when_inputs_end=not args.forever)
-        print(format_summary(orch.summary, service.current, loop.time() - t0), flush=True)
+        failed = {
+            s.camera_id: s.last_error or s.state
+            for s in orch.slots
+            if s.camera_id is not None and s.state == "quarantined"
+        }
+        print(format_summary(orch.summary, service.current, loop.time() - t0, failed), flush=True)
         if orch.stuck:
             # interpreter exit would join the wedged thread forever
             sys.stderr.flush()
@@ -236,12 +263,19 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
         return 1
     import getpass
 
-    if args.password:
-        password = args.password
-    elif sys.stdin.isatty():
-        password = getpass.getpass("password: ")
-    else:  # piped: keeps the password out of `ps` and shell history
-        password = sys.stdin.readline().rstrip("\n")
+    try:
+        if args.password:
+            password = args.password
+        elif sys.stdin.isatty():
+            password = getpass.getpass("password: ")
+            if password and getpass.getpass("again: ") != password:
+                print("the two passwords differ; nothing was hashed", file=sys.stderr)
+                return EXIT_CONFIG
+        else:  # piped: keeps the password out of `ps` and shell history
+            password = sys.stdin.readline().rstrip("\n")
+    except (KeyboardInterrupt, EOFError):
+        print("\ncancelled", file=sys.stderr)
+        return 130
     if not password:
         print("empty password", file=sys.stderr)
         return EXIT_CONFIG

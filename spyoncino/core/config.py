@@ -19,13 +19,14 @@ registered (entry points), so third-party modules get validation and schema for 
 from __future__ import annotations
 
 import copy
+import difflib
 import os
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, get_args, get_origin
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
@@ -339,7 +340,31 @@ def _is_secret_key(key: str) -> bool:
     return key in {"token", "password", "password_hash", "api_token", "secret", "hmac_secret"}
 
 
-def format_errors(exc: ValidationError, layers: list[Layer]) -> list[str]:
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models an annotation may hold (through Optional, unions, Annotated)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in get_args(annotation) for m in _models_in(arg)]
+
+
+def known_keys(model: type[BaseModel], loc: tuple[str | int, ...]) -> list[str]:
+    """The keys the schema accepts under ``loc`` (``cameras.<id>`` descends into the value)."""
+    annotations: list[Any] = [model]
+    for part in loc:
+        deeper: list[Any] = []
+        for ann in annotations:
+            if get_origin(ann) is dict:
+                deeper.append(get_args(ann)[1])
+            for m in _models_in(ann):
+                if str(part) in m.model_fields:
+                    deeper.append(m.model_fields[str(part)].annotation)
+        annotations = deeper
+    return sorted({k for ann in annotations for m in _models_in(ann) for k in m.model_fields})
+
+
+def format_errors(
+    exc: ValidationError, layers: list[Layer], model: type[BaseModel] | None = None
+) -> list[str]:
     out = []
     for err in exc.errors(include_url=False):
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
@@ -348,7 +373,11 @@ def format_errors(exc: ValidationError, layers: list[Layer]) -> list[str]:
         dotted = ".".join(str(p) for p in loc) or "(top level)"
         origin = _origin(layers, loc)
         if err["type"] == "extra_forbidden":
-            out.append(f"{origin}: {dotted}: unknown key")
+            hint = ""
+            if model is not None and loc:
+                close = difflib.get_close_matches(str(loc[-1]), known_keys(model, loc[:-1]), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+            out.append(f"{origin}: {dotted}: unknown key{hint}")
             continue
         value = err.get("input")
         shown = REDACTED if loc and _is_secret_key(str(loc[-1])) else _short(value)
@@ -368,7 +397,7 @@ def validate(model: type[AppConfig], layers: list[Layer]) -> AppConfig:
     try:
         return model.model_validate(merged)
     except ValidationError as e:
-        raise ConfigError(format_errors(e, layers)) from e
+        raise ConfigError(format_errors(e, layers, model)) from e
 
 
 # -- redaction ---------------------------------------------------------------------------------

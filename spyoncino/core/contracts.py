@@ -139,6 +139,15 @@ class BaseModule(ABC):
         """For ``per_camera`` modules: whether this module reads ``source``."""
         return False
 
+    @classmethod
+    def preflight(cls, app: AppConfig, camera_id: str | None) -> list[str]:
+        """Problems ``check-config`` reports before anything runs (a missing file, say).
+
+        Each is one line naming the key and the bad value. Must have no side effects and
+        be quick: it runs on the operator's command, not in the service.
+        """
+        return []
+
     @abstractmethod
     async def configure(self, app: AppConfig) -> None:
         """Validate and adopt the settings in ``app``. Must not keep state on the config."""

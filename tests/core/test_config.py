@@ -142,7 +142,18 @@ def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
 def test_unknown_key_names_file_and_dotted_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as exc:
         load(tmp_path, "chat:\n  chat_idz: [1]\n")
-    assert exc.value.errors == [f"{tmp_path / 'config.yaml'}: chat.chat_idz: unknown key"]
+    assert exc.value.errors == [
+        f"{tmp_path / 'config.yaml'}: chat.chat_idz: unknown key (did you mean 'chat_ids'?)"
+    ]
+
+
+def test_unknown_key_suggests_only_a_close_name(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load(tmp_path, "cameras:\n  a:\n    source: x.mp4\n    sorce: y\n    zzz: 1\n")
+    assert any(
+        "cameras.a.sorce: unknown key (did you mean 'source'?)" in e for e in exc.value.errors
+    )
+    assert any(e.endswith("cameras.a.zzz: unknown key") for e in exc.value.errors)
 
 
 def test_unknown_camera_key(tmp_path: Path) -> None:

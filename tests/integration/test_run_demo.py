@@ -81,6 +81,26 @@ def test_check_config_flags_a_source_no_input_reads(tmp_path: Path) -> None:
     assert "pw" not in res.stderr
 
 
+def test_check_config_flags_missing_files_before_a_run(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"cameras:\n  gate:\n    source: {tmp_path / 'gone.mp4'}\n"
+        f"detector:\n  model: {tmp_path / 'm.tflite'}\n"
+    )
+    res = run_cli(["check-config", "--config", str(cfg)], tmp_path)
+    assert res.returncode == 2
+    assert f"cameras.gate.source: file '{tmp_path / 'gone.mp4'}' does not exist" in res.stderr
+    assert f"detector.model: '{tmp_path / 'm.tflite'}' does not exist" in res.stderr
+
+
+def test_check_config_warns_when_no_camera_is_configured(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("cameras: {}\n")
+    res = run_cli(["check-config", "--config", str(cfg)], tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "warning: no camera is configured" in res.stdout
+
+
 def test_check_config_show_redacts_secrets(tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text(
@@ -126,3 +146,20 @@ def test_doctor_and_models_describe_the_box(tmp_path: Path) -> None:
     res = run_cli(["models"], tmp_path)
     assert res.returncode == 0, res.stderr
     assert "person_ssdlite_mobilenet_v2_int8.tflite" in res.stdout
+
+
+def test_run_summary_counts_only_the_cameras_that_ran(tmp_path: Path) -> None:
+    from spyoncino.cli import format_summary
+    from spyoncino.core.config import ConfigService, build_app_model
+    from spyoncino.core.orchestrator import RunSummary, discover
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "cameras:\n  yard:\n    source: spyoncino:sample.mp4\n"
+        f"  gate:\n    source: {tmp_path / 'gone.mp4'}\nstorage:\n  root: {tmp_path}\n"
+    )
+    app = ConfigService.load(build_app_model(discover()), config_path=cfg).current
+    text = format_summary(RunSummary(), app, 3.0, {"gate": "file 'gone.mp4' does not exist"})
+    assert "on 1 camera(s): yard (1 did not start)" in text
+    assert "not running    gate: file 'gone.mp4' does not exist" in text
+    assert "on 2 camera(s): yard, gate" in format_summary(RunSummary(), app, 3.0)

@@ -75,6 +75,13 @@ class FileInput(CameraInput):
             return False
         return Path(source).suffix.lower() in VIDEO_SUFFIXES
 
+    @classmethod
+    def preflight(cls, app: AppConfig, camera_id: str | None) -> list[str]:
+        cam = app.cameras.get(camera_id or "")
+        if cam is None or resolve(cam.source).is_file():
+            return []
+        return [f"cameras.{camera_id}.source: file {str(resolve(cam.source))!r} does not exist"]
+
     async def configure(self, app: AppConfig) -> None:
         await super().configure(app)
         self.opts = self.cam.options(self.name or "file", FileCamera)

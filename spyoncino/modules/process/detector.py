@@ -112,6 +112,21 @@ class ObjectDetector(BaseModule):
         return type(self).name or "detector"
 
     # -- configuration -----------------------------------------------------------------------
+    @classmethod
+    def preflight(cls, app: AppConfig, camera_id: str | None) -> list[str]:
+        section = cls.name or "detector"
+        cfg = app.section(section, Config)
+        problems = []
+        for key, value in (("model", cfg.model), ("labels", cfg.labels)):
+            if key == "labels" and value is None:
+                continue
+            path = resolve_model_path(value)
+            if not path.is_file():
+                shown = "the bundled model" if value is None else repr(value)
+                where = "" if str(path) == value else f" ({str(path)!r})"
+                problems.append(f"{section}.{key}: {shown} does not exist{where}")
+        return problems
+
     async def configure(self, app: AppConfig) -> None:
         cfg = app.section(self._section, Config)
         cams = {cid: cam.options(self._section, DetectorCamera) for cid, cam in app.cameras.items()}
