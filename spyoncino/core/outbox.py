@@ -16,6 +16,12 @@ Failures are sorted by what they mean (the channel raises one of these):
   until the item is ``horizon_s`` old, then given up and reported failed;
 * ``PermanentError``: the request itself is wrong (4xx); reported failed at once.
 
+A full card (``SQLITE_FULL``) or an I/O error does not hold an alert back nor end a task: an
+alert that cannot be stored is kept in memory and delivered all the same (``unsaved`` in the
+metrics), an outcome that cannot be recorded is kept too, and both reach the database at the
+first write that succeeds again. Only a restart before that can lose (an unsaved alert) or
+repeat (an unrecorded "sent") one message.
+
 Restarts: pending rows are loaded at start and sent; rows marked sent are never sent again.
 The idempotency key (channel, event id, kind, recipient) is UNIQUE, so enqueueing the same alert
 twice (a replayed artifact, a retried publish) stores it once. A crash in the few microseconds
@@ -257,6 +263,37 @@ def _insert(conn: sqlite3.Connection, item: OutboxItem) -> int | None:
     return cur.lastrowid if cur.rowcount == 1 else None
 
 
+def _insert_late(
+    conn: sqlite3.Connection, item: OutboxItem, status: str, error: str | None, result: str | None
+) -> int | None:
+    """Store an item that could not be stored when it was enqueued, with its outcome so far."""
+    cur = conn.execute(
+        """INSERT OR IGNORE INTO outbox(channel, recipient, key, event_id, camera_id, kind,
+               payload, created_at, status, attempts, next_at, coalesced, last_error, result,
+               sent_at)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, CASE WHEN ?='sent' THEN ? END)""",
+        (
+            item.channel,
+            item.recipient,
+            item.key,
+            item.event_id,
+            item.camera_id,
+            item.kind,
+            json.dumps(item.payload),
+            item.created_at,
+            status,
+            item.attempts,
+            item.next_at,
+            item.coalesced,
+            error,
+            result,
+            status,
+            time.time(),
+        ),
+    )
+    return cur.lastrowid if cur.rowcount == 1 else None
+
+
 def _load_pending(conn: sqlite3.Connection, channel: str) -> list[OutboxItem]:
     rows = conn.execute(
         f"SELECT {_COLS} FROM outbox WHERE channel=? AND status='pending' ORDER BY id",  # noqa: S608
@@ -380,6 +417,11 @@ class Outbox:
         self._camera_over: dict[str, int] = {}
         self._closing = False
         self._janitor: asyncio.Task[None] | None = None
+        #: items the database refused (disk full), by key, with their outcome so far
+        self._unsaved: dict[str, tuple[OutboxItem, str, str | None, str | None]] = {}
+        #: outcomes of stored items the database refused: id -> (item, status, error, result)
+        self._unmarked: dict[int, tuple[OutboxItem, str, str | None, str | None]] = {}
+        self._next_unsaved_id = -1
         self.stats: dict[str, int] = {
             "queued": 0,
             "sent": 0,
@@ -388,6 +430,8 @@ class Outbox:
             "coalesced": 0,
             "rate_limited": 0,
             "duplicates": 0,
+            "unsaved": 0,
+            "store_failures": 0,
         }
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -427,6 +471,14 @@ class Outbox:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         self._recipients.clear()
+        if self._unsaved or self._unmarked:
+            await self._catch_up()
+            if self._unsaved or self._unmarked:
+                self.log.error(
+                    "outbox_closed_unsaved",
+                    unsaved=len(self._unsaved),
+                    unmarked=len(self._unmarked),
+                )
         conn, self._conn = self._conn, None
         if conn is not None:
             async with self._db_lock:
@@ -488,10 +540,24 @@ class Outbox:
             created_at=now,
             next_at=now,
         )
-        row_id = await self._db(_insert, item)
-        if row_id is None:
+        if item.key in self._unsaved:
             self.stats["duplicates"] += 1
             return False
+        try:
+            row_id = await self._db(_insert, item)
+        except sqlite3.Error as e:
+            # the disk is full: deliver from memory, store when the database takes it again
+            self._store_failed("outbox_store_failed", e, event_id=event_id, kind=kind)
+            item.id = self._next_unsaved_id
+            self._next_unsaved_id -= 1
+            self._unsaved[item.key] = (item, "pending", None, None)
+            self.stats["unsaved"] = len(self._unsaved)
+            row_id = item.id
+        else:
+            if row_id is None:
+                self.stats["duplicates"] += 1
+                return False
+            await self._catch_up()
         item.id = int(row_id)
         self.stats["queued"] += 1
         await self._publish(item, "queued")
@@ -500,6 +566,48 @@ class Outbox:
         rec.wake.set()
         self._ensure_worker(recipient)
         return True
+
+    def _store_failed(self, what: str, e: Exception, **kw: Any) -> None:
+        self.stats["store_failures"] += 1
+        self.log.error(what, error=str(e) or repr(e), **kw)
+
+    async def _record(
+        self,
+        item: OutboxItem,
+        status: str,
+        error: str | None = None,
+        result: str | None = None,
+    ) -> None:
+        """Write an item's outcome; never raises (kept in memory while the database refuses)."""
+        if item.id < 0:
+            self._unsaved[item.key] = (item, status, error, result)
+            await self._catch_up()
+            return
+        try:
+            await self._db(_mark, item.id, status, item.attempts, item.next_at, error, result)
+        except sqlite3.Error as e:
+            self._store_failed("outbox_mark_failed", e, event_id=item.event_id, status=status)
+            self._unmarked[item.id] = (item, status, error, result)
+        else:
+            self._unmarked.pop(item.id, None)
+            await self._catch_up()
+
+    async def _catch_up(self) -> None:
+        """Store what the database refused before; stops at the first refusal."""
+        try:
+            for row_id, (item, status, error, result) in list(self._unmarked.items()):
+                await self._db(_mark, row_id, status, item.attempts, item.next_at, error, result)
+                del self._unmarked[row_id]
+            for key, (item, status, error, result) in list(self._unsaved.items()):
+                new_id = await self._db(_insert_late, item, status, error, result)
+                del self._unsaved[key]
+                if new_id is not None:
+                    item.id = int(new_id)
+        except sqlite3.Error:
+            pass  # still refused: the next write tries again
+        except RuntimeError:
+            pass  # closed meanwhile
+        self.stats["unsaved"] = len(self._unsaved)
 
     def pending(self, recipient: str | None = None) -> int:
         if recipient is not None:
@@ -539,7 +647,12 @@ class Outbox:
                     rec.wake.clear()
                     await rec.wake.wait()
                     continue
-                await self._maybe_coalesce(rid, rec)
+                if self._unsaved or self._unmarked:
+                    await self._catch_up()
+                try:
+                    await self._maybe_coalesce(rid, rec)
+                except sqlite3.Error as e:  # folding can wait; delivery cannot
+                    self._store_failed("outbox_fold_failed", e, recipient=rid)
                 # alerts go in order; a GIF/clip waits for its own photo (queued before it)
                 # but a newer alert's photo does not wait for an older event's upload
                 item = next((i for i in rec.queue if i.primary), rec.queue[0])
@@ -579,7 +692,10 @@ class Outbox:
             return
         item.attempts += 1
         if not item.primary:
-            item.related = await self._db(_related, self.channel, rid, item.event_id)
+            try:
+                item.related = await self._db(_related, self.channel, rid, item.event_id)
+            except sqlite3.Error as e:
+                self._store_failed("outbox_read_failed", e, event_id=item.event_id)
         now = time.monotonic()
         rec.last_send = now
         rec.minute.add(now)
@@ -594,7 +710,7 @@ class Outbox:
             self.log.warning(
                 "outbox_retry_after", recipient=rid, seconds=wait, attempt=item.attempts
             )
-            await self._db(_mark, item.id, "pending", item.attempts, item.next_at, str(e), None)
+            await self._record(item, "pending", str(e))
             return
         except PermanentError as e:
             await self._finish(rec, item, "failed", error=str(e) or repr(e))
@@ -624,7 +740,7 @@ class Outbox:
             retry_in_s=round(backoff, 2),
             error=error,
         )
-        await self._db(_mark, item.id, "pending", item.attempts, item.next_at, error, None)
+        await self._record(item, "pending", error)
 
     async def _finish(
         self,
@@ -636,7 +752,7 @@ class Outbox:
         error: str | None = None,
     ) -> None:
         # commit first: a crash after this line can no longer send the item twice
-        await self._db(_mark, item.id, status, item.attempts, item.next_at, error, result)
+        await self._record(item, status, error, result)
         for n, queued in enumerate(rec.queue):
             if queued is item:
                 del rec.queue[n]
@@ -925,10 +1041,16 @@ class OutboxChannel(BaseModule, Generic[C]):
             await self._enqueue(ev, sendable)
 
     async def _overdue_loop(self) -> None:
+        retry: list[EventNotice] = []
         while True:
             await asyncio.sleep(1.0)
-            for ev in self.gate.overdue(self.cfg.snapshot_wait_s):
-                await self._enqueue(ev, None)
+            due, retry = [*retry, *self.gate.overdue(self.cfg.snapshot_wait_s)], []
+            for ev in due:
+                try:
+                    await self._enqueue(ev, None)
+                except Exception as e:  # the task must live on, and the alert be tried again
+                    retry.append(ev)
+                    self.log.error("overdue_alert_failed", event_id=ev.event_id, error=repr(e))
 
     def metrics(self) -> dict[str, float | int | str]:
         out: dict[str, float | int | str] = {"suppressed": self.gate.suppressed}

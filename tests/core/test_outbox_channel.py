@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -19,6 +20,7 @@ from spyoncino.schemas.control import ControlState
 from spyoncino.schemas.events import EventNotice
 from spyoncino.schemas.media import MediaArtifact
 from tests.support.alerts import publish_event, publish_started, until
+from tests.support.tmpfs import fill, small_tmpfs
 
 
 class RecorderConfig(ModuleConfig):
@@ -143,3 +145,27 @@ async def test_an_outbox_that_cannot_be_opened_is_not_ready(
         root.write_bytes(b"not a folder")
     with pytest.raises(ModuleNotReady, match=r"cannot open the outbox in .*events\.sqlite3"):
         await env["make"](root=root)
+
+
+async def test_a_full_disk_delays_no_alert_and_kills_no_task(
+    env: dict[str, Any], tmp_path: Path
+) -> None:
+    """The overdue task once died of SQLITE_FULL and its alert was never stored nor sent."""
+    with small_tmpfs(tmp_path / "disk", "2m") as root:
+        m = await env["make"](root, snapshot_wait_s=0.1)
+        filler = fill(root / "filler")
+        await publish_started(env["bus"], "while-full")
+        await until(lambda: ("while-full", "text") in m.delivered)
+        filler.unlink()
+        await publish_started(env["bus"], "after")
+        await until(lambda: ("after", "text") in m.delivered)
+        assert m.health().state != "failed"
+        # the alert kept in memory reached the database once it could be written
+        assert m.outbox is not None
+        await until(lambda: m.outbox is not None and m.outbox.stats["unsaved"] == 0)
+        conn = sqlite3.connect(root / "events.sqlite3")
+        try:
+            rows = conn.execute("SELECT event_id, status FROM outbox ORDER BY id").fetchall()
+        finally:
+            conn.close()
+        assert ("while-full", "sent") in rows and ("after", "sent") in rows
