@@ -283,6 +283,12 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_setup(args: argparse.Namespace) -> int:
+    from spyoncino.wizard import main as wizard
+
+    return wizard(args)
+
+
 def cmd_install_unit(args: argparse.Namespace) -> int:
     """Render the role's unit (and a first config) for a board installed by hand with pip."""
     from spyoncino import role_templates
@@ -386,6 +392,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("hash-password", help="hash a status page password for the config")
     p.add_argument("password", nargs="?", help="the password (else prompted, or read from a pipe)")
     p.set_defaults(func=cmd_hash_password)
+    p = sub.add_parser("setup", help="add a camera and Telegram alerts by answering questions")
+    p.add_argument(
+        "--config", "-c", default="/etc/spyoncino/config.yaml", help="config file to write"
+    )
+    p.add_argument("--secrets", help="secrets file (default: secrets.yaml beside the config)")
+    p.add_argument("--frame", help="where the test frame goes (default: beside the config)")
+    p.add_argument(
+        "--telegram-api-url", default="https://api.telegram.org", help="Bot API server"
+    )
+    p.set_defaults(func=cmd_setup)
     p = sub.add_parser(
         "install-unit",
         help="write the systemd unit and a first config for a board installed with pip",
