@@ -1,4 +1,5 @@
-"""``spyoncino`` command line: run | check-config | schema | doctor | models | storage | update."""
+"""``spyoncino`` command line: run | check-config | schema | doctor | models | storage | update |
+selftest."""
 
 from __future__ import annotations
 
@@ -29,13 +30,16 @@ from spyoncino.core.orchestrator import Orchestrator, RunSummary, discover, plan
 EXIT_CONFIG = 2
 
 
-def _load(args: argparse.Namespace) -> tuple[dict[str, type[BaseModule]], ConfigService]:
+def _load(
+    args: argparse.Namespace, *, saved_changes: bool = False
+) -> tuple[dict[str, type[BaseModule]], ConfigService]:
     registry = discover()
     model = build_app_model(registry)
     service = ConfigService.load(
         model,
         config_path=Path(args.config) if getattr(args, "config", None) else None,
         secrets_path=Path(args.secrets) if getattr(args, "secrets", None) else None,
+        overlay_path="auto" if saved_changes else None,
     )
     return registry, service
 
@@ -54,9 +58,26 @@ def preflight(registry: dict[str, type[BaseModule]], app: AppConfig) -> list[str
     return problems
 
 
+def _leaves(data: Any, loc: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
+    if isinstance(data, dict) and data:
+        return [leaf for k, v in data.items() for leaf in _leaves(v, (*loc, str(k)))]
+    return [(loc, data)]
+
+
+def show_with_origins(service: ConfigService) -> list[str]:
+    """``key: value  # layer`` for every setting, so an owner sees where each one came from."""
+    from spyoncino.core.config import value_origin
+
+    lines = []
+    for loc, value in _leaves(dump_config(service.current)):
+        shown = json.dumps(value) if not isinstance(value, str) else value
+        lines.append(f"{'.'.join(loc)}: {shown}  # {value_origin(service.layers, loc)}")
+    return lines
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     try:
-        registry, service = _load(args)
+        registry, service = _load(args, saved_changes=True)
         problems = preflight(registry, service.current)
         if problems:
             raise ConfigError(problems)
@@ -66,11 +87,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     if not any(cam.enabled for cam in service.current.cameras.values()):
         # not an error: the service still runs its status page, where a camera can be added
         print("warning: no camera is configured (add one under cameras:), nothing is watched")
+    if service.overlay_error:
+        print(f"warning: {service.overlay_error}")
     print("configuration is valid; layers: " + " < ".join(service.sources))
     if args.show:
-        import yaml
-
-        print(yaml.safe_dump(dump_config(service.current), sort_keys=False))
+        print("\n".join(show_with_origins(service)))
     return 0
 
 
@@ -142,12 +163,18 @@ def format_summary(
 
 def cmd_run(args: argparse.Namespace) -> int:
     try:
-        registry, service = _load(args)
+        registry, service = _load(args, saved_changes=True)
     except ConfigError as e:
         _print_config_errors(e)
         return EXIT_CONFIG
     app = service.current
     setup_logging(app.log.level, app.log.format)
+    if service.overlay_error:
+        import structlog
+
+        structlog.get_logger("spyoncino").warning(
+            "config_overlay_ignored", reason=service.overlay_error
+        )
     add_secrets(secret_values(app))
     orch = Orchestrator(service, registry)
 
@@ -340,17 +367,40 @@ def _write_new(path: Path, text: str, *, mode: int, replace: bool) -> bool:
     return True
 
 
+#: the standalone updater the role installs (runs with the system Python, not this venv)
+UPDATER = Path("/opt/spyoncino/bin/spyoncino-update")
+
+
+def update_argv(args: argparse.Namespace) -> list[str]:
+    """``spyoncino update ...`` as the updater's own command line."""
+    argv = [args.action]
+    for flag in ("version", "index_url", "wheel"):
+        value = getattr(args, flag)
+        if value is not None:
+            argv += ["--" + flag.replace("_", "-"), value]
+    for folder in args.find_links:
+        argv += ["--find-links", folder]
+    for flag in ("check", "force", "pre"):
+        if getattr(args, flag):
+            argv.append("--" + flag)
+    return argv
+
+
 def cmd_update(args: argparse.Namespace) -> int:
-    """Over-the-air update: pip upgrades the package inside the running virtualenv."""
-    spec = f"spyoncino=={args.version}" if args.version else "spyoncino"
-    cmd = [sys.executable, "-m", "pip", "install", "--upgrade", spec]
-    if args.dry_run:
-        cmd.append("--dry-run")
-    print("running: " + " ".join(cmd))
-    result = subprocess.run(cmd, check=False)
-    if result.returncode == 0 and not args.dry_run:
-        print("updated; restart the service to use it: systemctl restart spyoncino")
-    return result.returncode
+    """Over-the-air update through the A/B updater (docs/updates.md), which runs on its own."""
+    argv = update_argv(args)
+    if UPDATER.is_file():
+        os.execv("/usr/bin/python3", ["/usr/bin/python3", str(UPDATER), *argv])  # noqa: S606
+    # a development checkout: the same code, from this package
+    return subprocess.call([sys.executable, "-m", "spyoncino.updater", *argv])
+
+
+def cmd_selftest(args: argparse.Namespace) -> int:
+    from spyoncino import selftest
+
+    return selftest.run(
+        Path(args.config) if args.config else None, Path(args.secrets) if args.secrets else None
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -417,10 +467,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--print", action="store_true", help="print the unit, write nothing")
     p.set_defaults(func=cmd_install_unit)
-    p = sub.add_parser("update", help="upgrade spyoncino with pip (over the air)")
-    p.add_argument("--version", dest="version", help="exact version to install")
-    p.add_argument("--dry-run", action="store_true", help="show what pip would do")
+    p = sub.add_parser(
+        "update", help="over-the-air update: A/B slots, health gate, rollback (docs/updates.md)"
+    )
+    p.add_argument(
+        "action",
+        nargs="?",
+        default="update",
+        choices=["update", "status", "rollback"],
+        help="update (default), status, or rollback to the other good slot",
+    )
+    p.add_argument("--version", dest="version", help="exact version (default: the newest)")
+    p.add_argument("--index-url", help="PEP 503 index (default: the box's settings)")
+    p.add_argument("--wheel", help="install this wheel file instead (offline)")
+    p.add_argument("--find-links", action="append", default=[], metavar="DIR")
+    p.add_argument("--check", action="store_true", help="only say whether a newer one exists")
+    p.add_argument("--force", action="store_true", help="retry a version marked bad")
+    p.add_argument("--pre", action="store_true", help="consider pre-releases")
     p.set_defaults(func=cmd_update)
+    p = with_config(
+        sub.add_parser("selftest", help="imports, detector inference, storage: can this run?")
+    )
+    p.set_defaults(func=cmd_selftest)
     return parser
 
 

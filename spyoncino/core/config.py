@@ -18,6 +18,7 @@ registered (entry points), so third-party modules get validation and schema for 
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import difflib
 import os
@@ -327,6 +328,14 @@ def _get_path(data: Any, loc: Iterable[str | int]) -> tuple[bool, Any]:
     return True, node
 
 
+def value_origin(layers: list[Layer], loc: tuple[str | int, ...]) -> str:
+    """The label of the top-most layer that sets exactly ``loc``; else the schema's default."""
+    for layer in reversed(layers):
+        if _get_path(layer.data, loc)[0]:
+            return layer.label
+    return "built-in default"
+
+
 def _origin(layers: list[Layer], loc: tuple[str | int, ...]) -> str:
     for n in range(len(loc), 0, -1):
         for layer in reversed(layers):
@@ -504,6 +513,8 @@ class ApplyResult:
     version: int
     changed_modules: tuple[str, ...] = ()
     errors: tuple[str, ...] = ()
+    #: applied, but something the user should know (e.g. it could not be saved)
+    warnings: tuple[str, ...] = ()
 
     @property
     def reason(self) -> str:
@@ -519,6 +530,10 @@ class ConfigService:
         self.current = validate(model, self.layers)
         self.version = 1
         self._overrides: dict[str, Any] = {}
+        #: where accepted changes are saved (None: they live in memory only)
+        self.overlay_path: Path | None = None
+        #: why a saved overlay was set aside at load, for the log and the status page
+        self.overlay_error: str | None = None
 
     @classmethod
     def load(
@@ -527,9 +542,38 @@ class ConfigService:
         config_path: Path | None = None,
         secrets_path: Path | None = None,
         environ: Mapping[str, str] | None = None,
+        overlay_path: Path | None | Literal["auto"] = None,
     ) -> ConfigService:
+        """The layered config; with ``overlay_path`` the saved changes sit above the file.
+
+        ``"auto"`` keeps them in ``<storage.root>/config.overlay.yaml``, the service's state
+        directory, so a change made on the status page, from Telegram or the API survives a
+        restart. Only the running service asks for it; commands that inspect a config file
+        (``check-config FILE`` passes ``"auto"`` too, to show what the service will run).
+        """
         layers = load_layers(config_path, secrets_path, environ)
-        return cls(model, with_profile_layer(model, layers))
+        service = cls(model, with_profile_layer(model, layers))
+        if overlay_path == "auto":
+            overlay_path = service.current.storage.root / OVERLAY_NAME
+        if overlay_path is not None:
+            service.attach_overlay(overlay_path)
+        return service
+
+    def attach_overlay(self, path: Path) -> None:
+        """Load the changes saved at ``path`` as the layer above the config file."""
+        self.overlay_path = path
+        try:
+            data = _load_yaml(path, str(path)) if path.is_file() else {}
+            if not data:
+                return
+            layers = [*self.layers]
+            layers.insert(min(3, len(layers)), Layer(f"{path} (saved changes)", data))
+            current = validate(self.model, layers)
+        except ConfigError as e:
+            # a machine-written file must never keep the box from starting: set it aside
+            self.overlay_error = f"{path}: saved changes ignored: " + "; ".join(e.errors)
+            return
+        self.layers, self.current, self._overrides = layers, current, data
 
     @property
     def sources(self) -> list[str]:
@@ -553,10 +597,52 @@ class ConfigService:
             changed = await reconfigure(old, new)
         except Exception as e:
             return ApplyResult(False, self.version, errors=(str(e) or repr(e),))
+        overrides = deep_merge(self._overrides, _lower_keys(dict(changes)))
+        warnings: tuple[str, ...] = ()
+        if self.overlay_path is not None:
+            try:
+                await asyncio.to_thread(save_overlay, self.overlay_path, overrides)
+            except OSError as e:
+                # applied but not saved: say so rather than pretend it will survive a restart
+                warnings = (f"applied but not saved ({e.strerror or e}): lost at restart",)
         self.current = new
-        self._overrides = deep_merge(self._overrides, _lower_keys(dict(changes)))
+        self._overrides = overrides
         self.version += 1
-        return ApplyResult(True, self.version, tuple(changed))
+        return ApplyResult(True, self.version, tuple(changed), warnings=warnings)
+
+
+OVERLAY_NAME = "config.overlay.yaml"
+
+
+def save_overlay(path: Path, data: Mapping[str, Any]) -> None:
+    """Write the saved changes atomically: temp + fsync + rename; the previous kept as .bak."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = (
+        "# Changes made on the status page, from Telegram or the API, applied above config.yaml.\n"
+        "# Written by spyoncino; delete this file to go back to config.yaml alone.\n"
+        + yaml.safe_dump(dict(data), sort_keys=True)
+    )
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        if path.exists():  # the previous version, by a hard link renamed into place
+            bak = path.with_name(f".{path.name}.bak.tmp")
+            bak.unlink(missing_ok=True)
+            os.link(path, bak)
+            os.replace(bak, path.with_name(path.name + ".bak"))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
 
 
 def module_view(app: AppConfig, name: str, *, camera_id: str | None = None) -> Any:

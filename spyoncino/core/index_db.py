@@ -20,6 +20,7 @@ import json
 import sqlite3
 from pathlib import Path
 
+from spyoncino.core.db_schema import ensure_schema
 from spyoncino.schemas.alerts import AlertNotification
 from spyoncino.schemas.events import EventNotice
 from spyoncino.schemas.media import MediaArtifact
@@ -81,6 +82,7 @@ def connect(path: Path) -> sqlite3.Connection:
         "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
         (str(SCHEMA_VERSION),),
     )
+    ensure_schema(conn, path)  # PRAGMA user_version, migrations and their backups
     return conn
 
 

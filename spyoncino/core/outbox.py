@@ -68,6 +68,7 @@ from spyoncino.core.contracts import (
     ModuleContext,
     ModuleNotReady,
 )
+from spyoncino.core.db_schema import ensure_schema
 from spyoncino.schemas import topics
 from spyoncino.schemas.alerts import AlertNotification
 from spyoncino.schemas.control import ControlState
@@ -217,6 +218,7 @@ def open_db(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA busy_timeout=10000")
     conn.executescript(SCHEMA)
+    ensure_schema(conn, path)  # the same file as the index: one user_version for both
     return conn
 
 

@@ -25,10 +25,11 @@ import subprocess
 import time
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.system import nspawn
 
 pytestmark = [
     pytest.mark.system,
@@ -39,72 +40,15 @@ pytestmark = [
     ),
 ]
 
-REPO = Path(__file__).resolve().parents[2]
-BUILD = REPO / "tests" / "system" / "build_rootfs.sh"
+REPO = nspawn.REPO
 WATCHDOG_SEC = 10
+PROBATION_S = 8
 HEALTH_URL = "http://127.0.0.1:8080/health/ready"
-ENV = [
-    "env",
-    "-i",
-    "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
-    "HOME=/root",
-    "LANG=C.UTF-8",
-    "ANSIBLE_NOCOLOR=1",
-    "ANSIBLE_FORCE_COLOR=0",
-]
 
 
-@dataclass
-class Container:
-    root: Path
-    nspawn: subprocess.Popen[bytes]
-    init_pid: int
-    has_status_page: bool
+class Box(nspawn.Container):
+    has_status_page: bool = False
     first_run_s: float = 0.0
-
-    def run(
-        self, *argv: str, timeout: float = 120, check: bool = False
-    ) -> subprocess.CompletedProcess[str]:
-        cmd = ["nsenter", "-t", str(self.init_pid), "-m", "-u", "-i", "-n", "-p", "--", *ENV, *argv]
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
-        if check and out.returncode != 0:
-            raise AssertionError(f"{argv} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
-        return out
-
-    def show(self, *props: str) -> dict[str, str]:
-        out = self.run("systemctl", "show", "spyoncino", *[f"--property={p}" for p in props])
-        return dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
-
-    def playbook(self) -> subprocess.CompletedProcess[str]:
-        return self.run(
-            "ansible-playbook",
-            "-i",
-            "/srv/test/inventory.ini",
-            "-e",
-            "@/srv/test/vars.yml",
-            "/srv/ansible/provision.yml",
-            timeout=600,
-        )
-
-    def journal(self) -> str:
-        return self.run("journalctl", "-u", "spyoncino", "--no-pager", "-o", "cat").stdout
-
-    def wait(self, what: str, predicate: object, timeout: float) -> float:
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < timeout:
-            if predicate():  # type: ignore[operator]
-                return time.monotonic() - t0
-            time.sleep(0.5)
-        raise AssertionError(
-            f"timed out after {timeout}s waiting for {what}\n{self.journal()[-3000:]}"
-        )
-
-
-def _build() -> dict[str, str]:
-    out = subprocess.run(["bash", str(BUILD)], capture_output=True, text=True, timeout=1800)
-    if out.returncode != 0:
-        pytest.fail(f"build_rootfs.sh failed:\n{out.stderr[-3000:]}")
-    return dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
 
 
 def _wheel_has_status_page(wheel: Path) -> bool:
@@ -135,6 +79,8 @@ spyoncino_pip_no_index: true
 spyoncino_apt_update_cache: false
 spyoncino_ffmpeg: false
 spyoncino_watchdog_sec: {WATCHDOG_SEC}
+# the first install goes through the updater's probation too: keep it short here
+spyoncino_update_probation: {PROBATION_S}
 spyoncino_wait_for_health: {str(has_status_page).lower()}
 spyoncino_health_url: {HEALTH_URL}
 spyoncino_environment:
@@ -151,76 +97,38 @@ spyoncino_cameras:
 @pytest.fixture(scope="module")
 def container(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Container]:
+) -> Iterator[Box]:
     if "system" not in (request.config.getoption("markexpr") or ""):
         pytest.skip("boots a container for ~2 min: run `make test-system` (pytest -m system)")
-    built = _build()
+    built = nspawn.build()
     wheel = Path(built["WHEEL"])
     has_status_page = _wheel_has_status_page(wheel)
     root = tmp_path_factory.mktemp("nspawn") / "rootfs"
     subprocess.run(["cp", "-a", "--reflink=auto", built["ROOTFS"], str(root)], check=True)
     _inside(root, wheel, has_status_page)
-    log = (root.parent / "console.log").open("wb")
-    nspawn = subprocess.Popen(
+    box = Box(
+        root,
         [
-            "systemd-nspawn",
-            "--register=no",
-            "--keep-unit",
-            "--private-network",
-            "-D",
-            str(root),
-            "-b",
-            "--console=pipe",
-            f"--bind-ro={REPO / 'ansible'}:/srv/ansible",
-            f"--bind-ro={built['WHEELHOUSE']}:/srv/wheelhouse",
-            f"--bind-ro={wheel.parent}:/srv/dist",
+            f"{REPO / 'ansible'}:/srv/ansible",
+            f"{built['WHEELHOUSE']}:/srv/wheelhouse",
+            f"{wheel.parent}:/srv/dist",
         ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
     )
+    box.has_status_page = has_status_page
     try:
-        init_pid = _find_init(nspawn)
-        box = Container(root, nspawn, init_pid, has_status_page)
-        box.wait(
-            "the container to finish booting",
-            lambda: (
-                box.run("systemctl", "is-system-running").stdout.strip() in ("running", "degraded")
-            ),
-            timeout=90,
-        )
+        box.boot()
         t0 = time.monotonic()
         first = box.playbook()
         box.first_run_s = time.monotonic() - t0
-        assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-2000:]
+        assert first.returncode == 0, nspawn.playbook_failure(first)
         yield box
     finally:
-        nspawn.terminate()  # nspawn asks the container's systemd to power off
-        try:
-            nspawn.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            nspawn.kill()
-            nspawn.wait(timeout=10)
-        log.close()
+        box.poweroff()
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _find_init(nspawn: subprocess.Popen[bytes]) -> int:
-    """PID (host view) of the container's systemd: nspawn's child process."""
-    children = Path(f"/proc/{nspawn.pid}/task/{nspawn.pid}/children")
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if nspawn.poll() is not None:
-            raise AssertionError(f"systemd-nspawn exited with {nspawn.returncode}")
-        pids = children.read_text().split() if children.exists() else []
-        if pids:
-            return int(pids[0])
-        time.sleep(0.2)
-    raise AssertionError("the container's init did not appear")
-
-
 # -- tests, in the order a board lives through them ----------------------------------------------
-def test_service_is_active_and_ready(container: Container) -> None:
+def test_service_is_active_and_ready(container: Box) -> None:
     assert container.run("systemctl", "is-active", "spyoncino").stdout.strip() == "active"
     props = container.show("Type", "StatusText", "WatchdogUSec", "NRestarts", "MainPID", "User")
     assert props["Type"] == "notify"
@@ -233,7 +141,7 @@ def test_service_is_active_and_ready(container: Container) -> None:
     print(f"first ansible run: {container.first_run_s:.1f}s; status: {props['StatusText']!r}")
 
 
-def test_installed_unit_verifies_and_scores_inside_the_container(container: Container) -> None:
+def test_installed_unit_verifies_and_scores_inside_the_container(container: Box) -> None:
     """The unit as installed (real ExecStart, real user): verify is silent, exposure <= 2.5."""
     unit = "/etc/systemd/system/spyoncino.service"
     verify = container.run("systemd-analyze", "verify", unit)
@@ -246,14 +154,14 @@ def test_installed_unit_verifies_and_scores_inside_the_container(container: Cont
     print(f"exposure of the running unit: {m.group(1)}")
 
 
-def test_health_endpoint_answers_inside_the_container(container: Container) -> None:
+def test_health_endpoint_answers_inside_the_container(container: Box) -> None:
     if not container.has_status_page:
         pytest.skip("the wheel has no status_page module yet: READY/active is asserted instead")
     out = container.run("curl", "-fsS", "-m", "5", HEALTH_URL)
     assert out.returncode == 0, out.stderr + container.journal()[-2000:]
 
 
-def test_second_ansible_run_changes_nothing(container: Container) -> None:
+def test_second_ansible_run_changes_nothing(container: Box) -> None:
     second = container.playbook()
     assert second.returncode == 0, second.stdout[-4000:]
     recap = re.search(r"localhost\s+:\s+ok=(\d+)\s+changed=(\d+)", second.stdout)
@@ -261,7 +169,7 @@ def test_second_ansible_run_changes_nothing(container: Container) -> None:
     assert recap.group(2) == "0", second.stdout[-6000:]
 
 
-def _restarted_by_watchdog(container: Container, before: int, t_fault: float) -> float:
+def _restarted_by_watchdog(container: Box, before: int, t_fault: float) -> float:
     container.wait(
         "a watchdog restart",
         lambda: (
@@ -276,7 +184,7 @@ def _restarted_by_watchdog(container: Container, before: int, t_fault: float) ->
     return time.monotonic() - t_fault
 
 
-def test_blocked_event_loop_ends_in_a_watchdog_restart(container: Container) -> None:
+def test_blocked_event_loop_ends_in_a_watchdog_restart(container: Box) -> None:
     props = container.show("MainPID", "NRestarts")
     before = int(props["NRestarts"])
     t0 = time.monotonic()
@@ -290,7 +198,7 @@ def test_blocked_event_loop_ends_in_a_watchdog_restart(container: Container) -> 
     print(f"blocked loop -> restarted and active again after {took:.1f}s")
 
 
-def test_frozen_process_ends_in_a_watchdog_restart(container: Container) -> None:
+def test_frozen_process_ends_in_a_watchdog_restart(container: Box) -> None:
     props = container.show("MainPID", "NRestarts")
     before = int(props["NRestarts"])
     t0 = time.monotonic()
@@ -302,7 +210,7 @@ def test_frozen_process_ends_in_a_watchdog_restart(container: Container) -> None
     print(f"SIGSTOP -> restarted and active again after {took:.1f}s")
 
 
-def test_stop_finishes_within_10_seconds(container: Container) -> None:
+def test_stop_finishes_within_10_seconds(container: Box) -> None:
     t0 = time.monotonic()
     container.run("systemctl", "stop", "spyoncino", check=True, timeout=60)
     took = time.monotonic() - t0

@@ -1,0 +1,143 @@
+"""Schema versions of the event database (index + outbox), migrations and their backups.
+
+The database file carries ``PRAGMA user_version``. Opening it (``index_db.connect``, the
+outbox's ``open_db``) calls :func:`ensure_schema`:
+
+* older than this code: a consistent copy is taken first with SQLite's backup API into
+  ``<db>.schema<N>.bak`` (N = the version it had), then the migrations run forward, each in
+  one transaction, and ``user_version`` is raised;
+* newer than this code (an update was rolled back to a version that does not know the new
+  schema): the newest backup taken at this code's version is restored, and the events
+  recorded since are re-indexed from the media folder (``spyoncino.core.reindex``). With no
+  such backup the newer file is kept aside as ``<db>.schema<N>.newer`` and the index is
+  rebuilt from the media folder alone.
+
+Media files are never touched. A file lock serialises the two openers (index and outbox) of
+the same file at start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import structlog
+
+_log = structlog.get_logger().bind(module="db_schema")
+
+#: version 1: the schema before versions were recorded (user_version 0 means 1)
+BASE_VERSION = 1
+Migration = Callable[[sqlite3.Connection], None]
+#: version -> what turns version-1 into it; a release with a new schema adds one entry
+MIGRATIONS: dict[int, Migration] = {}
+
+
+def current_version() -> int:
+    return max([BASE_VERSION, *MIGRATIONS])
+
+
+def backup_path(db: Path, version: int) -> Path:
+    return db.with_name(f"{db.name}.schema{version}.bak")
+
+
+@contextlib.contextmanager
+def _locked(db: Path) -> Iterator[None]:
+    fd = os.open(db.with_name(f".{db.name}.schema-lock"), os.O_RDWR | os.O_CREAT, 0o640)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0]) or BASE_VERSION
+
+
+def _set_version(conn: sqlite3.Connection, version: int) -> None:
+    conn.execute(f"PRAGMA user_version = {int(version)}")
+
+
+def _backup(conn: sqlite3.Connection, dest: Path) -> None:
+    tmp = dest.with_name(dest.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    out = sqlite3.connect(tmp)
+    try:
+        conn.backup(out)
+    finally:
+        out.close()
+    with tmp.open("rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, dest)
+
+
+def ensure_schema(conn: sqlite3.Connection, db: Path, media_root: Path | None = None) -> str:
+    """Bring the open database to this code's schema; what was done ("ok", "migrated",
+    "restored", "rebuilt") for the caller's log."""
+    want = current_version()
+    with _locked(db):
+        have = _version(conn)
+        if have == want:
+            if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
+                _set_version(conn, want)
+            return "ok"
+        if have < want:
+            _backup(conn, backup_path(db, have))
+            for version in range(have + 1, want + 1):
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    MIGRATIONS[version](conn)
+                    _set_version(conn, version)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+            _log.info("db_migrated", db=str(db), from_version=have, to_version=want)
+            return "migrated"
+        return _downgrade(conn, db, have, want, media_root or db.parent)
+
+
+def _downgrade(conn: sqlite3.Connection, db: Path, have: int, want: int, media: Path) -> str:
+    from spyoncino.core.reindex import _reindex
+
+    bak = backup_path(db, want)
+    if bak.is_file():
+        src = sqlite3.connect(bak)
+        try:
+            src.backup(conn)
+        finally:
+            src.close()
+        what = "restored"
+    else:
+        aside = db.with_name(f"{db.name}.schema{have}.newer")
+        _backup(conn, aside)
+        tables = [
+            r[0]
+            for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'"
+            )
+        ]
+        for name in tables:
+            conn.execute(f'DROP TABLE "{name}"')
+        what = "rebuilt"
+    _set_version(conn, want)
+    # after a rebuild no table is left: create the index's and the outbox's again (both are
+    # IF NOT EXISTS, so a restored file is left as it is)
+    from spyoncino.core.index_db import SCHEMA as INDEX_SCHEMA
+    from spyoncino.core.outbox import SCHEMA as OUTBOX_SCHEMA
+
+    conn.executescript(INDEX_SCHEMA + OUTBOX_SCHEMA)
+    added = _reindex(conn, media)
+    _log.warning(
+        "db_schema_rolled_back",
+        db=str(db),
+        from_version=have,
+        to_version=want,
+        how=what,
+        reindexed=added,
+    )
+    return what
