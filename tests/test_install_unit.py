@@ -62,9 +62,9 @@ def test_install_unit_names_a_malformed_variable(tmp_path: Path) -> None:
 
 def test_the_wheel_carries_the_role_templates(tmp_path: Path) -> None:
     """The unit template travels in the package: no git checkout is needed to render it."""
+    pip = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
-        + ["-w", str(tmp_path), str(REPO)],  # noqa: RUF005
+        [*pip, "-w", str(tmp_path), str(REPO)],
         check=True,
         capture_output=True,
     )

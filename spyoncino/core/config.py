@@ -542,7 +542,7 @@ class ConfigService:
         config_path: Path | None = None,
         secrets_path: Path | None = None,
         environ: Mapping[str, str] | None = None,
-        overlay_path: Path | None | Literal["auto"] = None,
+        overlay_path: Path | Literal["auto"] | None = None,
     ) -> ConfigService:
         """The layered config; with ``overlay_path`` the saved changes sit above the file.
 
