@@ -64,6 +64,12 @@ def _libcamera_lines() -> list[str]:
             "libcamera: picamera2 not installed (Pi camera modules need "
             "`sudo apt install python3-picamera2` or `pip install spyoncino[pi]`)"
         ]
+    except Exception as e:  # e.g. apt's simplejpeg built for numpy 1 under pip's numpy 2
+        return [
+            f"libcamera: picamera2 is installed but cannot be imported ({type(e).__name__}: "
+            f"{e}); on Raspberry Pi OS the venv must keep numpy below 2 for apt's "
+            "picamera2 (docs/install.md, 'CSI cameras and numpy')"
+        ]
     try:
         infos: list[dict[str, Any]] = list(Picamera2.global_camera_info())
     except Exception as e:

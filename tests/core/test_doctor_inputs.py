@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import socket
+import sys
 from pathlib import Path
+
+import pytest
 
 from spyoncino.core.config import build_app_model
 from spyoncino.core.doctor import format_summary, inputs_report, parse_formats
@@ -94,3 +97,20 @@ def test_report_without_devices_or_cameras(tmp_path: Path) -> None:
     lines = inputs_report(app, video_glob=str(tmp_path / "video*"))
     assert "  v4l2: no /dev/video* devices" in lines
     assert "  no cameras configured" in lines
+
+
+def test_a_picamera2_that_breaks_at_import_is_reported_not_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pi OS's picamera2 with pip's numpy 2 fails at import with a ValueError, not ImportError
+    (raspberrypi/picamera2#1088): doctor must say so and go on."""
+    (tmp_path / "picamera2.py").write_text(
+        "raise ValueError('numpy.dtype size changed, may indicate binary incompatibility')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "picamera2", raising=False)
+    app = build_app_model({"rtsp": RtspInput})(cameras={})
+    lines = inputs_report(app, video_glob=str(tmp_path / "video*"))
+    libcamera = next(line for line in lines if "libcamera" in line)
+    assert "picamera2 is installed but cannot be imported" in libcamera
+    assert "binary incompatibility" in libcamera
