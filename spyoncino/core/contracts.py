@@ -111,7 +111,8 @@ class BaseModule(ABC):
     """A unit of the pipeline. Talks to other modules only through the bus.
 
     Lifecycle: ``configure`` (first with the initial config, later on every change that
-    touches this module; raise ``ModuleConfigError`` to refuse), ``start``, ``health`` (polled),
+    touches this module, after ``check``; raise ``ModuleConfigError`` to refuse), ``start``,
+    ``health`` (polled),
     ``stop`` (must be safe to call twice and after a failed start).
     """
 
@@ -148,9 +149,23 @@ class BaseModule(ABC):
         """
         return []
 
+    async def check(self, app: AppConfig) -> None:
+        """Refuse (raise ``ModuleConfigError``) settings this module cannot adopt; change nothing.
+
+        A config update is a transaction: every changed module's ``check`` runs first and
+        only when all accept does any ``configure`` run. Put here whatever ``configure`` would
+        refuse (a token that is not one, a source that does not exist, a key that needs a
+        restart while running) and call it at the top of ``configure``. The schema has already
+        validated ``app``; the default accepts it.
+        """
+        return
+
     @abstractmethod
     async def configure(self, app: AppConfig) -> None:
-        """Validate and adopt the settings in ``app``. Must not keep state on the config."""
+        """Validate and adopt the settings in ``app``. Must not keep state on the config.
+
+        Refusing (raising) must leave the module as it was: check first, assign after.
+        """
 
     @abstractmethod
     async def start(self) -> None: ...

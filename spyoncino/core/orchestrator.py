@@ -462,21 +462,29 @@ class Orchestrator:
                 new, name, camera_id=slot.camera_id
             ):
                 changed.append(slot)
+        # a transaction: every changed module checks its part before any adopts it, so a
+        # refusal leaves every module as it was
+        for slot in changed:
+            try:
+                await slot.module.check(new)
+            except Exception as e:
+                raise ModuleConfigError(f"{slot.instance} refused the change: {e}") from e
         try:
             for slot in changed:
                 slot.module.ctx.app = new
                 await slot.module.configure(new)
                 done.append(slot)
         except Exception as e:
-            failing = changed[len(done)].instance
-            for slot in reversed(done):
+            # configure refused what check accepted: put back everyone it reached, the
+            # refusing module too (it may have adopted part of the change before refusing)
+            failing = changed[len(done)]
+            for slot in reversed([*done, failing]):
                 slot.module.ctx.app = old
                 try:
                     await slot.module.configure(old)
                 except Exception as rollback_error:
                     _log.error("rollback_failed", module=slot.instance, error=repr(rollback_error))
-            changed[len(done)].module.ctx.app = old
-            raise ModuleConfigError(f"{failing} refused the change: {e}") from e
+            raise ModuleConfigError(f"{failing.instance} refused the change: {e}") from e
         return [s.instance for s in changed]
 
     # -- summary -----------------------------------------------------------------------------

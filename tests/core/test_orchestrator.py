@@ -34,6 +34,8 @@ def make_module(
     fail_start: int = 0,
     permanent: bool = False,
     refuse: Any = None,
+    check_refuses: Any = None,
+    sloppy: bool = False,
 ) -> type[BaseModule]:
     class Cfg(ModuleConfig):
         level: int = Field(default=1, ge=0, le=100, description="a knob")
@@ -44,8 +46,15 @@ def make_module(
         Config: ClassVar[type[ModuleConfig]] = Cfg
         failures_left = fail_start
 
+        async def check(self, app: AppConfig) -> None:
+            level = app.section(name, Cfg).level
+            if check_refuses is not None and level == check_refuses:
+                raise ModuleConfigError(f"{name} cannot run at level {level}")
+
         async def configure(self, app: AppConfig) -> None:
             level = app.section(name, Cfg).level
+            if sloppy:  # adopts before it validates, as modules once did
+                self.level = level
             if refuse is not None and level == refuse:
                 raise ModuleConfigError(f"{name} cannot run at level {level}")
             self.level = level
@@ -199,10 +208,35 @@ async def test_refused_update_rolls_everything_back() -> None:
     rej = (await rejects.wait_for()).payload
     assert rej.request_id == "r2" and rej.version == 1
     assert "b refused the change" in rej.reason and "level 9" in rej.reason
-    # a took the change, then went back to the config still in force
-    assert LOG == ["configure a 9", "configure a 1"]
+    # a took the change, then both went back to the config still in force (b too: a module
+    # refusing in configure may have adopted part of the change before it refused)
+    assert LOG == ["configure a 9", "configure b 1", "configure a 1"]
     assert orch.slots[0].module.level == 1  # type: ignore[attr-defined]
     assert orch.config.current.section("a", registry["a"].Config).level == 1  # type: ignore[attr-defined]
+    await orch.stop()
+
+
+async def test_a_module_refusing_in_check_leaves_every_module_untouched() -> None:
+    registry = {
+        "a": make_module("a", "process"),
+        "b": make_module("b", "process", check_refuses=9),
+    }
+    orch = Orchestrator(service(registry, {}), registry)
+    await orch.start()
+    LOG.clear()
+    ok = await orch.apply(ConfigUpdate(changes={"a": {"level": 9}, "b": {"level": 9}}))
+    assert not ok
+    assert LOG == []  # nobody adopted anything, so nobody had to go back
+    await orch.stop()
+
+
+async def test_a_module_refusing_in_configure_does_not_keep_half_of_the_change() -> None:
+    registry = {"a": make_module("a", "process", refuse=9, sloppy=True)}
+    orch = Orchestrator(service(registry, {}), registry)
+    await orch.start()
+    ok = await orch.apply(ConfigUpdate(changes={"a": {"level": 9}}))
+    assert not ok
+    assert orch.slots[0].module.level == 1  # type: ignore[attr-defined]
     await orch.stop()
 
 

@@ -18,7 +18,12 @@ import pytest
 from spyoncino.core.config import ConfigService, Layer, build_app_model
 from spyoncino.core.orchestrator import Orchestrator, discover
 from spyoncino.schemas.events import EventNotice
+from tests.support.botapi import BotApiEmulator, botapi
 from tests.support.tmpfs import fill, small_tmpfs
+
+__all__ = ["botapi"]  # the Bot API emulator fixture
+API_TOKEN = "fault-test-token-0123456789"
+BOT_TOKEN = "123456:TEST-token_abc"
 
 SAMPLE = Path(__file__).resolve().parents[2] / "spyoncino" / "data" / "sample.mp4"
 
@@ -56,17 +61,20 @@ async def box(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     """``await box(root, **sections)`` -> (orchestrator, base URL, HTTP session)."""
     stops: list[Callable[[], Any]] = []
 
-    async def start(root: Path, **sections: Any) -> tuple[Orchestrator, str, aiohttp.ClientSession]:
+    async def start(
+        root: Path, modules: tuple[str, ...] = ("index", "media"), **sections: Any
+    ) -> tuple[Orchestrator, str, aiohttp.ClientSession]:
         found = discover()
-        reg = {n: found[n] for n in ("status_page", "index", "media", "file")}
+        reg = {n: found[n] for n in ("status_page", "file", *modules)}
+        page = {"listen": "127.0.0.1:0", "storage_probe_s": 0, "mdns": False}
         data: dict[str, Any] = {
             "storage": {"root": str(root)},
             "runtime": {"health_interval": 0.2},
             "bus": {"status_interval": 0.5},
             "cameras": {"cam": {"source": str(SAMPLE), "file": {"pace": "realtime", "loop": True}}},
-            "status_page": {"listen": "127.0.0.1:0", "storage_probe_s": 0, "mdns": False},
             **sections,
         }
+        data["status_page"] = {**page, **data.get("status_page", {})}
         orch = Orchestrator(ConfigService(build_app_model(reg), [Layer("test", data)]), reg)
         await orch.start()
         stops.append(orch.stop)
@@ -125,3 +133,65 @@ async def _not_ready_because_of(
     status, body = await _ready(http, base)
     reason = body["checks"].get("storage", {}).get("reason", "")
     return (status, body) if status == 503 and module in reason else None
+
+
+# -- config transactions ---------------------------------------------------------------------
+async def _post_config(
+    http: aiohttp.ClientSession, base: str, changes: dict[str, Any]
+) -> tuple[int, dict[str, Any]]:
+    async with http.post(
+        base + "/api/config", json=changes, headers={"Authorization": f"Bearer {API_TOKEN}"}
+    ) as r:
+        return r.status, await r.json()
+
+
+async def test_a_refused_telegram_change_lets_no_stranger_in(
+    box: Any, botapi: BotApiEmulator, tmp_path: Path
+) -> None:
+    """The refusing module once kept the new chat_ids: chat 999 got /status answered."""
+    _, base, http = await box(
+        tmp_path / "root",
+        modules=("telegram",),
+        status_page={"api_token": API_TOKEN},
+        telegram={
+            "token": BOT_TOKEN,
+            "chat_ids": [111],
+            "api_base_url": botapi.base_url,
+            "poll_timeout_s": 1,
+        },
+    )
+    await botapi.wait_for("setMyCommands")
+    status, body = await _post_config(
+        http, base, {"telegram": {"chat_ids": [999], "token": "not-a-token"}}
+    )
+    assert status == 422, body
+    assert "telegram" in body["reason"]
+    botapi.push_message(999, 999, "/status")
+    botapi.push_message(111, 111, "/status")
+    await botapi.wait_for("sendMessage", predicate=lambda c: c.chat_id == 111)
+    assert all(c.chat_id != 999 for c in botapi.sent())
+
+
+async def test_a_refused_camera_source_is_never_opened(box: Any, tmp_path: Path) -> None:
+    """The refused source was kept by the input and opened at the file's next loop."""
+    orch, base, http = await box(
+        tmp_path / "root",
+        modules=(),
+        status_page={"api_token": API_TOKEN},
+        cameras={"cam": {"source": str(SAMPLE), "file": {"loop": True, "speed": 25}}},
+    )
+    cam = next(s.module for s in orch.slots if s.instance == "file:cam")
+    await until(lambda: cam.health().metrics.get("camera_state") == "streaming")
+    missing = tmp_path / "missing.mp4"
+    status, body = await _post_config(http, base, {"cameras": {"cam": {"source": str(missing)}}})
+    assert status == 422, body
+    assert "does not exist" in body["reason"]
+    seq0 = _frames(cam)
+    # 250 frames at 25x: the file starts over every second; three loops must stay on the old one
+    await until(lambda: _frames(cam) > seq0 + 750, timeout=30)
+    assert cam.health().metrics.get("camera_state") == "streaming"
+    assert cam.cam.source == str(SAMPLE)  # type: ignore[attr-defined]
+
+
+def _frames(cam: Any) -> int:
+    return int(cam.health().metrics.get("frames", 0))

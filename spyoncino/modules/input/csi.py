@@ -136,15 +136,20 @@ class CsiInput(CameraInput):
     def accepts(cls, source: str) -> bool:
         return SOURCE.match(source.strip()) is not None
 
-    async def configure(self, app: AppConfig) -> None:
-        await super().configure(app)
-        self.opts = self.cam.options(self.name or "csi", CsiCamera)
+    async def check(self, app: AppConfig) -> None:
+        source = app.cameras[self.camera_id].source
         try:
-            self.index = camera_index(self.cam.source)
+            camera_index(source)
         except ValueError as e:
             raise ModuleConfigError(
-                f"cameras.{self.camera_id}.source: {self.cam.source!r} is not csi://<number>"
+                f"cameras.{self.camera_id}.source: {source!r} is not csi://<number>"
             ) from e
+
+    async def configure(self, app: AppConfig) -> None:
+        await self.check(app)  # a refused source is never adopted, so never opened
+        await super().configure(app)
+        self.opts = self.cam.options(self.name or "csi", CsiCamera)
+        self.index = camera_index(self.cam.source)
         self.stall_timeout = self.opts.read_timeout_s + 2.0  # picamera2's own timeout first
         self.open_timeout = 20.0
 

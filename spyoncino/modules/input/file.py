@@ -82,14 +82,17 @@ class FileInput(CameraInput):
             return []
         return [f"cameras.{camera_id}.source: file {str(resolve(cam.source))!r} does not exist"]
 
-    async def configure(self, app: AppConfig) -> None:
-        await super().configure(app)
-        self.opts = self.cam.options(self.name or "file", FileCamera)
-        path = resolve(self.cam.source)
+    async def check(self, app: AppConfig) -> None:
+        path = resolve(app.cameras[self.camera_id].source)
         if not path.is_file():
             raise ModuleConfigError(
                 f"cameras.{self.camera_id}.source: file {str(path)!r} does not exist"
             )
+
+    async def configure(self, app: AppConfig) -> None:
+        await self.check(app)  # a refused source is never adopted, so never opened
+        await super().configure(app)
+        self.opts = self.cam.options(self.name or "file", FileCamera)
 
     def open(self) -> None:
         import av

@@ -162,11 +162,10 @@ class RtspInput(CameraInput):
     def describe_source(self) -> str:
         return redact_url(self.url)
 
-    async def configure(self, app: AppConfig) -> None:
-        await super().configure(app)
-        self.settings = app.section(self.name or "rtsp", Config)
-        self.opts = self.cam.options(self.name or "rtsp", RtspCamera)
-        for key, value in (("source", self.cam.source), ("rtsp.detect_url", self.opts.detect_url)):
+    async def check(self, app: AppConfig) -> None:
+        cam = app.cameras[self.camera_id]
+        opts = cam.options(self.name or "rtsp", RtspCamera)
+        for key, value in (("source", cam.source), ("rtsp.detect_url", opts.detect_url)):
             if value is None:
                 continue
             parts = urlsplit(value)
@@ -175,6 +174,12 @@ class RtspInput(CameraInput):
                     f"cameras.{self.camera_id}.{key}: {redact_url(value)!r} is not an "
                     "rtsp://[user:password@]host[:port]/path URL"
                 )
+
+    async def configure(self, app: AppConfig) -> None:
+        await self.check(app)  # a refused source is never adopted, so never opened
+        await super().configure(app)
+        self.settings = app.section(self.name or "rtsp", Config)
+        self.opts = self.cam.options(self.name or "rtsp", RtspCamera)
         self.stall_timeout = self.opts.stall_timeout_s
         # FFmpeg enforces the open timeout itself; the base's watchdog is the backstop.
         self.open_timeout = self.opts.open_timeout_s + 5.0

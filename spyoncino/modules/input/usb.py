@@ -156,13 +156,16 @@ class UsbInput(CameraInput):
     def accepts(cls, source: str) -> bool:
         return source.startswith(PREFIXES)
 
+    async def check(self, app: AppConfig) -> None:
+        if not app.cameras[self.camera_id].source.strip():
+            raise ModuleConfigError(f"cameras.{self.camera_id}.source: empty device path")
+
     async def configure(self, app: AppConfig) -> None:
+        await self.check(app)  # a refused source is never adopted, so never opened
         await super().configure(app)
         self.opts = self.cam.options(self.name or "usb", UsbCamera)
         self.stall_timeout = self.opts.stall_timeout_s + 2.0  # the driver's timeout fires first
         self.open_timeout = 15.0
-        if not self.cam.source.strip():
-            raise ModuleConfigError(f"cameras.{self.camera_id}.source: empty device path")
 
     # -- blocking parts, on the camera's thread ------------------------------------------------
     def open(self) -> None:

@@ -97,23 +97,25 @@ class EmailOutput(OutboxChannel[Config]):
         self.db_path: Path | None = None
         self._smtp: Any = None
 
+    async def check(self, app: AppConfig) -> None:
+        cfg = app.section(self.name or CHANNEL, Config)
+        try:
+            cfg.subject.format(camera="c", what="w", time="t")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ModuleConfigError(
+                f"email.subject: unknown placeholder in {cfg.subject!r} "
+                "(use {camera}, {what}, {time})"
+            ) from e
+        if self.outbox is not None and (self.cfg.host is None) != (cfg.host is None):
+            raise ModuleConfigError("email.host: turning email on or off needs a restart")
+
     async def configure(self, app: AppConfig) -> None:
-        old = self.cfg
+        await self.check(app)  # refuses before anything is adopted
         self.cfg = app.section(self.name or CHANNEL, Config)
         self.names = app.camera_names()
         self.tz = app.runtime.timezone
         self.db_path = app.storage.db_path
-        try:
-            self.cfg.subject.format(camera="c", what="w", time="t")
-        except (KeyError, IndexError, ValueError) as e:
-            raise ModuleConfigError(
-                f"email.subject: unknown placeholder in {self.cfg.subject!r} "
-                "(use {camera}, {what}, {time})"
-            ) from e
         if self.outbox is not None:  # running: adopt what can change in place
-            if (old.host is None) != (self.cfg.host is None):
-                self.cfg = old
-                raise ModuleConfigError("email.host: turning email on or off needs a restart")
             self.adopt_settings()
 
     async def start(self) -> None:

@@ -161,33 +161,33 @@ class TelegramOutput(TelegramCommands, OutboxChannel[Config]):
         self.counts: dict[str, int] = {"unauthorized": 0, "commands": 0}
 
     # -- lifecycle ----------------------------------------------------------------------------
-    async def configure(self, app: AppConfig) -> None:
-        old = self.cfg
-        self.cfg = app.section(self.name or CHANNEL, Config)
-        self.tz = app.runtime.timezone
-        self.names = app.camera_names(enabled_only=True)
-        self.db_path = app.storage.db_path
-        self.storage_root = app.storage.root
-        if self.cfg.token is not None:
+    async def check(self, app: AppConfig) -> None:
+        cfg = app.section(self.name or CHANNEL, Config)
+        if cfg.token is not None:
             from aiogram.utils.token import TokenValidationError, validate_token
 
             try:
-                validate_token(self.cfg.token.get_secret_value())
+                validate_token(cfg.token.get_secret_value())
             except TokenValidationError as e:
                 # never echo the token itself
                 raise ModuleConfigError(
                     "telegram.token: not a bot token (expected <digits>:<secret> from BotFather)"
                 ) from e
         if self.bot is not None:
-            self._apply_live(old)
+            # running: what the bot session was built from cannot change in place
+            for key in ("token", "api_base_url", "commands", "request_timeout_s"):
+                if getattr(self.cfg, key) != getattr(cfg, key):
+                    raise ModuleConfigError(f"telegram.{key}: a change takes effect on restart")
 
-    def _apply_live(self, old: TelegramConfig) -> None:
-        """Adopt a config update while running; what the bot session was built from cannot."""
-        for key in ("token", "api_base_url", "commands", "request_timeout_s"):
-            if getattr(old, key) != getattr(self.cfg, key):
-                self.cfg = old
-                raise ModuleConfigError(f"telegram.{key}: a change takes effect on restart")
-        self.adopt_settings()
+    async def configure(self, app: AppConfig) -> None:
+        await self.check(app)  # refuses before anything is adopted
+        self.cfg = app.section(self.name or CHANNEL, Config)
+        self.tz = app.runtime.timezone
+        self.names = app.camera_names(enabled_only=True)
+        self.db_path = app.storage.db_path
+        self.storage_root = app.storage.root
+        if self.bot is not None:
+            self.adopt_settings()
 
     async def start(self) -> None:
         self._started_mono = time.monotonic()

@@ -102,17 +102,20 @@ class WebhookOutput(OutboxChannel[Config]):
         self.db_path: Path | None = None
         self._session: Any = None
 
-    async def configure(self, app: AppConfig) -> None:
+    async def check(self, app: AppConfig) -> None:
+        cfg = app.section(self.name or CHANNEL, Config)
         old = self.cfg
+        if self.outbox is not None and (
+            (old.url is None) != (cfg.url is None) or old.timeout_s != cfg.timeout_s
+        ):
+            raise ModuleConfigError("webhook.url/timeout_s: this change takes effect on restart")
+
+    async def configure(self, app: AppConfig) -> None:
+        await self.check(app)  # refuses before anything is adopted
         self.cfg = app.section(self.name or CHANNEL, Config)
         self.names = app.camera_names()
         self.db_path = app.storage.db_path
         if self.outbox is not None:  # running: adopt what can change in place
-            if (old.url is None) != (self.cfg.url is None) or old.timeout_s != self.cfg.timeout_s:
-                self.cfg = old
-                raise ModuleConfigError(
-                    "webhook.url/timeout_s: this change takes effect on restart"
-                )
             self.adopt_settings()
             self.gate.followups = frozenset(self.cfg.followups)
             self.gate.respect_state = self.cfg.respect_arming

@@ -127,6 +127,11 @@ class ObjectDetector(BaseModule):
                 problems.append(f"{section}.{key}: {shown} does not exist{where}")
         return problems
 
+    async def check(self, app: AppConfig) -> None:
+        problems = type(self).preflight(app, None)
+        if problems:
+            raise ModuleConfigError("; ".join(problems))
+
     async def configure(self, app: AppConfig) -> None:
         cfg = app.section(self._section, Config)
         cams = {cid: cam.options(self._section, DetectorCamera) for cid, cam in app.cameras.items()}

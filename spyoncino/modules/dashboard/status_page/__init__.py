@@ -197,13 +197,17 @@ class StatusPage(BaseModule):
         self.logins_failed = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
-    async def configure(self, app: AppConfig) -> None:
+    async def check(self, app: AppConfig) -> None:
         cfg = app.section(self.name or "status_page", Config)
         if self._runner is not None and cfg.listen != self.cfg.listen:
             raise ModuleConfigError(
                 f"status_page.listen: changing it from {self.cfg.listen!r} to {cfg.listen!r} "
                 "needs a restart"
             )
+
+    async def configure(self, app: AppConfig) -> None:
+        await self.check(app)  # refuses before anything is adopted
+        cfg = app.section(self.name or "status_page", Config)
         if cfg.password_hash != self.cfg.password_hash:
             self.sessions.clear()  # a new password logs everybody out
         self.cfg = cfg
