@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -228,6 +229,42 @@ async def test_ten_wrong_passwords_are_rate_limited(start_page: Any) -> None:
     # even the right password waits out the lockout
     status, _ = await r.login(PASSWORD)
     assert status == 429
+
+
+async def test_fifty_concurrent_wrong_passwords_are_limited_like_serial_ones(
+    start_page: Any,
+) -> None:
+    """The limit was checked before the slow hash and recorded after it: 50 x 401, no 429."""
+    r: Running = await start_page()
+    async with r.http.get(r.url("/login")) as resp:
+        token = re.search(r'name="csrf_token" value="([^"]+)"', await resp.text())
+    assert token is not None
+
+    async def wrong() -> int:
+        async with r.http.post(
+            r.url("/login"),
+            data={"csrf_token": token.group(1), "password": "wrong", "next": "/"},
+            allow_redirects=False,
+        ) as resp:
+            return resp.status
+
+    statuses = await asyncio.gather(*(wrong() for _ in range(50)))
+    assert statuses.count(401) <= 5  # login_max_failures
+    assert statuses.count(429) >= 45
+    assert set(statuses) <= {401, 429}
+
+
+def test_the_global_ceiling_never_locks_out_a_client_that_logged_in_before() -> None:
+    lim = LoginLimiter(max_failures=3, window_s=60, global_factor=2)
+    assert lim.acquire("owner") is not None
+    lim.succeeded("owner")
+    for n in range(3):  # a distributed guesser: 6 failures from 3 addresses
+        for _ in range(2):
+            assert lim.acquire(f"guesser{n}") is not None
+    assert lim.retry_after("stranger") > 0  # the global ceiling holds new clients back
+    assert lim.acquire("stranger") is None
+    assert lim.retry_after("owner") == 0  # but not the owner
+    assert lim.acquire("owner") is not None
 
 
 async def test_public_readonly_opens_pages_but_not_commands(start_page: Any) -> None:

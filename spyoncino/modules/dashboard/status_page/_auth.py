@@ -7,11 +7,12 @@ a LAN and means no session secret ever touches the SD card.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import secrets
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 #: scrypt cost: 2**14 * 8 * 128 = 16 MiB of memory, about 50 ms here and 150 ms on a Pi 4.
@@ -134,14 +135,25 @@ class Sessions:
 
 class LoginLimiter:
     """At most ``max_failures`` failed logins per client in ``window_s``; then 429 until the
-    oldest failure leaves the window. A global cap stops a distributed guesser too."""
+    oldest failure leaves the window. A global ceiling (``global_factor`` x that) stops a
+    distributed guesser too, but never a client that logged in successfully before (at most
+    ``trusted_max`` remembered), so an attacker's flood cannot lock the owner out.
 
-    def __init__(self, max_failures: int, window_s: float, global_factor: int = 4) -> None:
+    An attempt is counted when it starts (``acquire``, before the slow password hash), not
+    when it has failed: concurrent guesses are limited exactly like serial ones. ``succeeded``
+    takes the attempt back.
+    """
+
+    def __init__(
+        self, max_failures: int, window_s: float, global_factor: int = 4, trusted_max: int = 256
+    ) -> None:
         self.max_failures = max_failures
         self.window_s = window_s
         self.global_max = max_failures * global_factor
+        self.trusted_max = trusted_max
         self._fails: dict[str, deque[float]] = {}
         self._all: deque[float] = deque()
+        self._trusted: OrderedDict[str, None] = OrderedDict()
 
     def _trim(self, q: deque[float], now: float) -> None:
         while q and q[0] <= now - self.window_s:
@@ -159,16 +171,38 @@ class LoginLimiter:
                 waits.append(q[0] + self.window_s - now)
             if not q:
                 del self._fails[client]
-        if len(self._all) >= self.global_max:
+        if len(self._all) >= self.global_max and client not in self._trusted:
             waits.append(self._all[0] + self.window_s - now)
         return max(waits)
 
-    def failed(self, client: str) -> None:
+    def acquire(self, client: str) -> float | None:
+        """Count one attempt of ``client`` now; None (and nothing counted) when over a limit.
+
+        Synchronous on purpose: no other request can run between the check and the count.
+        """
+        if self.retry_after(client) > 0:
+            return None
+        return self.failed(client)
+
+    def failed(self, client: str) -> float:
+        """Count a failed attempt of ``client``; returns its timestamp."""
         now = time.monotonic()
         self._fails.setdefault(client, deque()).append(now)
         self._all.append(now)
         if len(self._fails) > 4096:  # bound memory against address spraying
             self._fails.pop(next(iter(self._fails)))
+        return now
 
-    def succeeded(self, client: str) -> None:
-        self._fails.pop(client, None)
+    def succeeded(self, client: str, attempt: float | None = None) -> None:
+        """``client`` logged in: forget its failures (and ``attempt``) and trust it."""
+        q = self._fails.pop(client, None)
+        for t in q or ():
+            with contextlib.suppress(ValueError):
+                self._all.remove(t)
+        if attempt is not None and q is None:
+            with contextlib.suppress(ValueError):
+                self._all.remove(attempt)
+        self._trusted[client] = None
+        self._trusted.move_to_end(client)
+        while len(self._trusted) > self.trusted_max:
+            self._trusted.popitem(last=False)

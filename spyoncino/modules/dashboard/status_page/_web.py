@@ -226,13 +226,19 @@ async def login_post(request: web.Request) -> web.StreamResponse:
     if not isinstance(sent, str) or not cookie or not tokens_equal(sent, cookie):
         # a stale form (another login tab, an expired cookie) or a cross-site post
         return _login_form(request, "The login form expired: please try again.", 403)
+    # counted before the slow hash: concurrent guesses are limited like serial ones
+    attempt = p.limiter.acquire(client)
+    if attempt is None:
+        wait = max(1, round(p.limiter.retry_after(client)))
+        resp = _login_form(request, f"Too many wrong passwords: try again in {wait} s.", 429)
+        resp.headers["Retry-After"] = str(wait)
+        return resp
     password = form.get("password")
     if not isinstance(password, str) or not await p.check_password(password):
-        p.limiter.failed(client)
         p.logins_failed += 1
         p.log.warning("login_failed", client=client)
         return _login_form(request, "Wrong password.", status=401)
-    p.limiter.succeeded(client)
+    p.limiter.succeeded(client, attempt)
     session = p.sessions.create()
     nxt = form.get("next")
     resp = web.HTTPSeeOther(_safe_next(nxt if isinstance(nxt, str) else None))
