@@ -43,6 +43,13 @@ def redact_processor(
 
 
 def setup_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
+    """One rendering for every line: ours (structlog) and the libraries' (stdlib logging).
+
+    aiogram, aiohttp and asyncio log through stdlib ``logging``; their records go through
+    structlog's ``ProcessorFormatter`` with the same chain as ours, so they are JSON under
+    systemd and pass the same secret scrubbing (a Bot API URL in an aiogram warning carries
+    the token). Tracebacks are rendered into the ``exception`` field before scrubbing.
+    """
     out = stream if stream is not None else sys.stderr
     use_json = fmt == "json" or (fmt == "auto" and not out.isatty())
     renderer: Any = (
@@ -51,20 +58,33 @@ def setup_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None 
         else structlog.dev.ConsoleRenderer(colors=out.isatty())
     )
     numeric = getattr(logging, level.upper(), logging.INFO)
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=False),
+    ]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=False),
-            structlog.processors.format_exc_info,
-            redact_processor,
-            renderer,
-        ],
+        processors=[*shared, structlog.processors.format_exc_info, redact_processor, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
-    # Libraries (aiogram, aiohttp) log through stdlib logging: route warnings and worse to us.
-    logging.basicConfig(level=max(numeric, logging.WARNING), stream=out, force=True)
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            redact_processor,
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    # libraries: warnings and worse only, unless debugging
+    root.setLevel(max(numeric, logging.WARNING))
     for noisy in ("aiogram.event", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
