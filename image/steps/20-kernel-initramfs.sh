@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# 20 — a fresh copy of the cached base in build/image/rootfs, then the kernel, initramfs and
+# the boot partition's firmware files.
+#
+# The initramfs is made once per kernel version and module list and cached in .cache/image:
+# the real mkinitramfs (diverted away in step 10) runs under qemu-user with MODULES=list and
+# only the modules needed to reach the root filesystem (SD/eMMC, USB disks, virtio for the
+# QEMU test). With Debian's default MODULES=most it spends 20+ minutes in emulated
+# `modprobe --show-depends` over every driver; with the list it takes a minute or two. The
+# image then gets the real mkinitramfs back with the default configuration, so a kernel
+# upgrade on the board (native, seconds) makes a full initramfs as on any Debian system.
+#
+# raspi-firmware's kernel hook then copies the kernel, the initramfs and the Pi device trees
+# to /boot/firmware and writes config.txt and cmdline.txt (root=LABEL=RASPIROOT, see
+# files/rootfs/etc/default/raspi-firmware).
+set -euo pipefail
+. "$(dirname "$0")/../env.sh"
+
+base=$(cat "$WORK_DIR/base.path")
+log "unpacking $(basename "$base") into $ROOTFS"
+rm -rf "$ROOTFS" && mkdir -p "$ROOTFS"
+tar -C "$ROOTFS" -xf "$base"
+
+kver=$(ls "$ROOTFS/lib/modules" | sort -V | tail -1)
+[ -n "$kver" ] || die "no kernel in the rootfs"
+itver=$(in_root dpkg-query -W -f='${Version}' initramfs-tools-core)
+key=$(cache_key "$kver" "$itver" "$INITRAMFS_MODULES" \
+  "$(sha256sum "$IMAGE_DIR/steps/20-kernel-initramfs.sh" | cut -c1-12)")
+cached=$CACHE_DIR/initrd.img-$kver-$key
+
+# the real mkinitramfs back in place (the stub is only for the package installs of step 10)
+if [ -e "$ROOTFS/usr/sbin/mkinitramfs.real" ]; then
+  rm -f "$ROOTFS/usr/sbin/mkinitramfs"
+  in_root dpkg-divert --quiet --local --rename --remove /usr/sbin/mkinitramfs
+fi
+
+if [ ! -s "$cached" ]; then
+  log "making the initramfs for $kver once (qemu-user, MODULES=list)"
+  start=$(date +%s)
+  conf=$ROOTFS/var/tmp/initramfs-conf && rm -rf "$conf" && cp -a "$ROOTFS/etc/initramfs-tools" "$conf"
+  sed -i 's/^MODULES=.*/MODULES=list/; s/^COMPRESS=.*/COMPRESS=gzip/' "$conf/initramfs.conf"
+  printf '%s\n' $INITRAMFS_MODULES > "$conf/modules"
+  in_root mkinitramfs -d /var/tmp/initramfs-conf -o /var/tmp/initrd.img "$kver" >&2
+  mv "$ROOTFS/var/tmp/initrd.img" "$cached.tmp" && mv "$cached.tmp" "$cached"
+  rm -rf "$conf"
+  prune "$CACHE_DIR" "initrd.img" "$cached"
+  log "initramfs made in $(( $(date +%s) - start )) s: $(du -h "$cached" | cut -f1)"
+else
+  log "initramfs cached: $cached"
+fi
+cp "$cached" "$ROOTFS/boot/initrd.img-$kver"
+
+log "raspi-firmware: kernel, initramfs, device trees, config.txt, cmdline.txt to /boot/firmware"
+cp "$IMAGE_DIR/files/rootfs/etc/default/raspi-firmware" "$ROOTFS/etc/default/raspi-firmware"
+in_root /etc/kernel/postinst.d/z50-raspi-firmware "$kver" >&2
+ls "$ROOTFS/boot/firmware" | head -50 >&2
