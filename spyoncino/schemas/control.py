@@ -27,13 +27,22 @@ def manual_event_ids(request_id: str, cameras: Sequence[str]) -> list[tuple[str,
 
 CommandName = Literal["arm", "disarm", "snapshot", "mute", "unmute", "clip"]
 
+#: The longest mute any command may ask for (7 days): a forgotten mute must end by itself.
+MAX_MUTE_S = 7 * 86400.0
+
 
 class ControlCommand(Payload):
     """Published on ``control.command``; the module that owns the state carries it out."""
 
     command: CommandName
     camera_id: str | None = None
-    duration_s: float | None = Field(default=None, ge=0)
+    duration_s: float | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_MUTE_S,
+        allow_inf_nan=False,
+        description="mute length or clip length (s); at most MAX_MUTE_S",
+    )
     source: str = Field(description="who asked: telegram:<chat>, api, cli")
     request_id: str = ""
 

@@ -3,13 +3,16 @@
 Commands arrive on ``control.command`` (from Telegram, the status page or the CLI); the state
 is published on ``control.state`` after every change and at start, and kept in
 ``<storage root>/state.json`` so a restart (or a power cut) does not silently re-arm or disarm
-the box. Outputs read ``control.state`` to decide whether to alert; events are still recorded
-while disarmed, so the owner can look back.
+the box. A mute lasts at most ``MAX_MUTE_S`` (7 days); a state file holding a longer or
+non-finite one (an older version could write ``Infinity``) is repaired at start. Outputs
+read ``control.state`` to decide whether to alert; events are still recorded while disarmed,
+so the owner can look back.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -21,7 +24,7 @@ from spyoncino.core.config import AppConfig
 from spyoncino.core.contracts import BaseModule, ModuleConfig
 from spyoncino.core.files import atomic_write_bytes
 from spyoncino.schemas import topics
-from spyoncino.schemas.control import ControlCommand, ControlState
+from spyoncino.schemas.control import MAX_MUTE_S, ControlCommand, ControlState
 
 ALL_CAMERAS = "*"
 
@@ -34,6 +37,11 @@ class Config(ModuleConfig):
     default_mute_s: float = Field(
         default=3600.0, gt=0.0, le=7 * 86400.0, description="Mute length when none is given."
     )
+
+
+def _sane(until: float, now: float) -> bool:
+    """A mute end a command could have set: finite and at most ``MAX_MUTE_S`` ahead."""
+    return math.isfinite(until) and until <= now + MAX_MUTE_S + 60.0
 
 
 class ArmingState(BaseModule):
@@ -64,18 +72,26 @@ class ArmingState(BaseModule):
             data = json.loads(self.path.read_text(encoding="utf-8"))
             self.armed = bool(data.get("armed", self.armed))
             now = time.time()
-            self.muted_until = {
-                str(k): float(v)
-                for k, v in dict(data.get("muted_until", {})).items()
-                if float(v) > now
-            }
+            saved = {str(k): float(v) for k, v in dict(data.get("muted_until", {})).items()}
         except FileNotFoundError:
-            pass
+            return
         except (OSError, ValueError, TypeError, AttributeError) as e:
             self.log.warning("state_file_unreadable", path=str(self.path), error=repr(e))
+            return
+        self.muted_until = {k: v for k, v in saved.items() if v > now}
+        # Infinity, NaN or a mute beyond the longest one may ask for (an older version wrote
+        # them): such a mute would never end, so it is dropped and the file repaired
+        bad = [k for k, v in self.muted_until.items() if not _sane(v, now)]
+        if bad:
+            for k in bad:
+                del self.muted_until[k]
+            self.log.warning("state_file_repaired", path=str(self.path), dropped_mutes=bad)
+            self._save()
 
     def _save(self) -> None:
-        data = json.dumps({"armed": self.armed, "muted_until": self.muted_until}).encode()
+        now = time.time()
+        mutes = {k: v for k, v in self.muted_until.items() if _sane(v, now)}
+        data = json.dumps({"armed": self.armed, "muted_until": mutes}, allow_nan=False).encode()
         atomic_write_bytes(self.path, data)
 
     def state(self) -> ControlState:
@@ -97,7 +113,8 @@ class ArmingState(BaseModule):
         elif cmd.command == "disarm":
             self.armed = False
         elif cmd.command == "mute":
-            self.muted_until[key] = time.time() + (cmd.duration_s or self.cfg.default_mute_s)
+            seconds = min(cmd.duration_s or self.cfg.default_mute_s, MAX_MUTE_S)
+            self.muted_until[key] = time.time() + seconds
         else:
             self.muted_until.pop(key, None)
         self.log.info(

@@ -21,9 +21,13 @@ from spyoncino.core.files import local_time
 from spyoncino.core.outbox import ALL_CAMERAS
 from spyoncino.modules.output import _telegram_text as text
 from spyoncino.schemas import topics
-from spyoncino.schemas.control import CommandName, ControlCommand, ControlState
+from spyoncino.schemas.control import MAX_MUTE_S, CommandName, ControlCommand, ControlState
 from spyoncino.schemas.media import MediaArtifact
 from spyoncino.schemas.status import HealthReport
+
+#: commands that change what the box does; only admins (when admin_ids is set) may send them,
+#: unless ``telegram.member_commands`` lists them
+MUTATING = frozenset({"arm", "disarm", "mute", "unmute"})
 
 if TYPE_CHECKING:
     from aiogram import Bot
@@ -147,14 +151,22 @@ class TelegramCommands(BaseModule):
             return
         assert self.bot is not None
         assert chat_id is not None
-        data = (q.data or "").split(":")
-        if data[0] == "m" and len(data) == 3:
-            args, cmd = [f"{int(float(data[2]))}s", data[1]], "mute"
-        elif data[0] == "s" and len(data) == 2:
+        # callback data comes from the client: only what our own buttons carry is accepted
+        # (m:<camera>:<whole seconds>, s:<camera>, d), within bounds, for a known camera
+        data = (q.data or "")[:64].split(":")
+        if (
+            data[0] == "m"
+            and len(data) == 3
+            and data[1] in self.names
+            and data[2].isdigit()
+            and 0 < int(data[2]) <= MAX_MUTE_S
+        ):
+            args, cmd = [f"{int(data[2])}s", data[1]], "mute"
+        elif data[0] == "s" and len(data) == 2 and data[1] in self.names:
             args, cmd = [data[1]], "snapshot"
-        elif data[0] == "d":
+        elif data == ["d"]:
             args, cmd = [], "disarm"
-        else:  # a button of an older version: stop the client's spinner, do nothing
+        else:  # forged, or a button of an older version: stop the client's spinner, do nothing
             with contextlib.suppress(Exception):
                 await self.bot.answer_callback_query(q.id)
             return
@@ -169,6 +181,13 @@ class TelegramCommands(BaseModule):
         self, cmd: str, args: list[str], chat_id: int, user_id: int | None
     ) -> str | None:
         """Carry out one command from an allowlisted chat; returns the reply text."""
+        if (
+            self.cfg.admin_ids
+            and user_id not in self.cfg.admin_ids
+            and cmd in MUTATING
+            and cmd not in self.cfg.member_commands
+        ):
+            return f"Only an admin may /{cmd}."
         if cmd in ("help", "start"):
             return text.HELP
         if cmd == "status":
@@ -185,8 +204,6 @@ class TelegramCommands(BaseModule):
             rows = await self.ctx.executor.run(text.read_events, self.db_path, n)
             return text.events_text(rows, self.names, self.tz)
         if cmd in ("arm", "disarm"):
-            if self.cfg.admin_ids and user_id not in self.cfg.admin_ids:
-                return f"Only an admin may /{cmd}."
             state = await self._command_state(cast("CommandName", cmd), None, None, chat_id)
             if state is None:
                 return f"/{cmd}: no answer from the arming module."
@@ -207,7 +224,7 @@ class TelegramCommands(BaseModule):
             try:
                 duration = text.parse_duration(rest.pop(0))
             except ValueError as e:
-                return f"{e}. Usage: /mute <duration> [camera]"
+                return f"{e}. Usage: /mute <duration, at most 7 d> [camera]"
         if rest:
             camera = rest[0]
             if camera not in self.names:

@@ -4,6 +4,7 @@ except the read-only event query, the disk and the CPU temperature (all run in t
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 import shutil
 import sqlite3
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from spyoncino.core.files import local_time
-from spyoncino.schemas.control import ControlState
+from spyoncino.schemas.control import MAX_MUTE_S, ControlState
 from spyoncino.schemas.status import HealthReport, ModuleHealth
 
 ALL_CAMERAS = "*"
@@ -66,6 +67,8 @@ def parse_duration(text: str) -> float:
         pos = m.end()
     if pos != len(s) or total <= 0:
         raise ValueError(f"not a duration: {text!r}")
+    if not math.isfinite(total) or total > MAX_MUTE_S:
+        raise ValueError(f"too long: {text[:20]!r}{'...' if len(text) > 20 else ''}")
     return total
 
 

@@ -71,7 +71,14 @@ class Config(ModuleConfig):
     admin_ids: list[int] = Field(
         default_factory=list,
         max_length=64,
-        description="User ids allowed to /arm and /disarm; empty: everyone in chat_ids.",
+        description="User ids allowed to /arm, /disarm, /mute and /unmute (and the buttons); "
+        "empty: everyone in chat_ids.",
+    )
+    member_commands: tuple[Literal["arm", "disarm", "mute", "unmute"], ...] = Field(
+        default=(),
+        max_length=4,
+        description="State-changing commands members who are not in admin_ids may send too "
+        "(reading ones, /status /events /health /snapshot /clip, are always allowed).",
     )
     api_base_url: str = Field(
         default="https://api.telegram.org",

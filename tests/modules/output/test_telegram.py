@@ -567,6 +567,55 @@ async def test_mute_silences_one_camera_for_the_duration(
     assert "Cameras: front_door, garden" in await reply_to(botapi, 111, "Unknown camera")
 
 
+async def test_mute_durations_are_bounded_and_the_bot_keeps_answering(
+    harness: MakeHarness, botapi: BotApiEmulator
+) -> None:
+    """A 400-digit /mute set mute-until to Infinity; /status then raised OverflowError."""
+    h = await harness(arming=True, **cfg(botapi, chat_ids=[111]))
+    assert h.arming is not None
+    for n, bad in enumerate(("9" * 400, "99999999d", "8d", "1e308", "1.5e3m")):
+        botapi.push_message(111, 111, f"/mute {bad}")
+        await until(lambda n=n: len(botapi.sent(111)) == n + 1)  # type: ignore[misc]
+        reply = botapi.sent(111)[-1].params["text"]
+        assert "Muted" not in reply and "7 d" in reply, (bad, reply)
+    assert h.arming.muted_until == {}
+    botapi.push_message(111, 111, "/mute 7d")
+    assert "Muted all cameras for 7 d" in await reply_to(botapi, 111, "Muted")
+    botapi.push_message(111, 111, "/status")
+    assert "Armed" in await reply_to(botapi, 111, "Armed")
+
+
+async def test_forged_callbacks_are_refused(harness: MakeHarness, botapi: BotApiEmulator) -> None:
+    h = await harness(arming=True, **cfg(botapi, chat_ids=[111]))
+    assert h.arming is not None
+    await h.event()
+    photo = await botapi.wait_for("sendPhoto")
+    mid = photo.result["message_id"]
+    for forged in ("m:front_door:1e308", "m:front_door:inf", "m:attic:3600", "m:front_door:-5"):
+        botapi.push_callback(111, 111, forged, message_id=mid)
+    botapi.push_message(111, 111, "/help")
+    await reply_to(botapi, 111, "Spyoncino commands")
+    await until(lambda: len(botapi.calls_to("answerCallbackQuery")) == 4)
+    assert h.arming.muted_until == {}
+    assert all("Muted" not in c.params.get("text", "") for c in botapi.sent())
+
+
+async def test_members_who_are_not_admins_cannot_mute(
+    harness: MakeHarness, botapi: BotApiEmulator
+) -> None:
+    h = await harness(arming=True, **cfg(botapi, admin_ids=[111]))
+    assert h.arming is not None
+    botapi.push_message(-222, 333, "/mute 3650d")  # allowlisted group, not an admin
+    assert "Only an admin" in await reply_to(botapi, -222, "admin")
+    botapi.push_message(-222, 333, "/unmute")
+    await reply_to(botapi, -222, "/unmute")
+    assert h.arming.muted_until == {}
+    botapi.push_message(-222, 333, "/status")  # reading is for everyone in chat_ids
+    assert "Armed" in await reply_to(botapi, -222, "Armed")
+    h2 = await harness(arming=False, **cfg(botapi, admin_ids=[111], member_commands=["mute"]))
+    assert "mute" in h2.module.cfg.member_commands
+
+
 async def test_inline_buttons_act_like_commands(
     harness: MakeHarness, botapi: BotApiEmulator
 ) -> None:
