@@ -72,9 +72,11 @@ _REQUEST_MAX = 4096
 class UpdateError(Exception):
     """A failure with the exit code that describes it."""
 
-    def __init__(self, code: int, message: str) -> None:
+    def __init__(self, code: int, message: str, version: str | None = None) -> None:
         super().__init__(message)
         self.code = code
+        #: the version the failure is about, once it is known
+        self.version = version
 
 
 def log(message: str) -> None:
@@ -627,8 +629,7 @@ class Updater:
             spec += "[" + ",".join(sorted(self.settings.extras)) + "]"
         pip = [str(path / "bin" / "python"), "-m", "pip", "install", "--no-input"]
         pip += ["--disable-pip-version-check", "--progress-bar", "off"]
-        constraints = self._constraints(wheel, version)
-        if constraints is not None:
+        for constraints in self._constraints(wheel, version):
             pip += ["--constraint", str(constraints)]
         pip += self.pip_index_args()
         rc, out = self.host.run([*pip, spec], timeout=1800)
@@ -656,16 +657,24 @@ class Updater:
             args.append("--no-index")
         return args
 
-    def _constraints(self, wheel: Path, version: str) -> Path | None:
-        """The release's own constraints (spyoncino/data/constraints.txt in the wheel)."""
+    def _constraints(self, wheel: Path, version: str) -> list[Path]:
+        """The constraints files the release ships (``spyoncino/data/constraints/`` in the
+        wheel): ``release.txt``, the versions it was tested with, and ``picamera2.txt`` when
+        the venv sees apt's packages (it keeps numpy where apt's picamera2 needs it)."""
+        names = ["release.txt"] + (["picamera2.txt"] if self.settings.system_site_packages else [])
+        out: list[Path] = []
         try:
             with zipfile.ZipFile(wheel) as z:
-                data = z.read(f"{PACKAGE}/data/constraints.txt")
-        except (KeyError, OSError, zipfile.BadZipFile):
-            return None
-        dest = self.paths.state / f"constraints-{version}.txt"
-        write_atomic(dest, data)
-        return dest
+                present = set(z.namelist())
+                for name in names:
+                    member = f"{PACKAGE}/data/constraints/{name}"
+                    if member in present:
+                        dest = self.paths.state / "constraints" / f"{version}-{name}"
+                        write_atomic(dest, z.read(member))
+                        out.append(dest)
+        except (OSError, zipfile.BadZipFile):
+            return []
+        return out
 
     def gate(self, slot: str) -> list[str]:
         """What is wrong with the built slot: check-config on the live config, then selftest."""
@@ -677,7 +686,9 @@ class Updater:
                 [exe, name, *config], user=self.settings.user, timeout=self.settings.gate_timeout_s
             )
             if rc != 0:
-                tail = " | ".join(line for line in out.strip().splitlines()[-6:] if line.strip())
+                lines = [line for line in out.strip().splitlines() if line.strip()]
+                # selftest names each failed check on a FAIL line; otherwise the output's tail
+                tail = " | ".join([x for x in lines if x.startswith("FAIL")] or lines[-6:])
                 failures.append(f"{name} failed ({rc}): {tail}")
                 break
         return failures
@@ -832,11 +843,17 @@ class Updater:
                 version=target,
                 outcome="refused_bad",
             )
-        wheel = download(release, self.paths.state / "downloads", self.settings.http_timeout_s)
-        digest = sha256_file(wheel)
         slot = self.other(active)
-        log(f"building slot {slot} with {target} (running: {running or 'nothing'})")
-        self.build(slot, wheel, target, digest)
+        try:
+            wheel = download(release, self.paths.state / "downloads", self.settings.http_timeout_s)
+            log(f"building slot {slot} with {target} (running: {running or 'nothing'})")
+            self.build(slot, wheel, target, sha256_file(wheel))
+        except UpdateError as e:
+            if e.code == EXIT_HASH:  # a wheel that is not what the index promised: never again
+                self.state["bad"][target] = str(e)[:500]
+                self.save()
+            e.version = target
+            raise
         failures = self.gate(slot)
         if failures:
             self._mark_bad(slot, target, failures[0])
@@ -1205,7 +1222,7 @@ def _guarded(up: Updater, action: str, fn: Callable[[], Outcome]) -> Outcome:
     try:
         result = fn()
     except UpdateError as e:
-        result = Outcome(e.code, str(e), outcome="error")
+        result = Outcome(e.code, str(e), version=e.version, outcome="error")
     return up.report(action, result)
 
 

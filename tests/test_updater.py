@@ -32,7 +32,8 @@ def make_wheel(folder: Path, version: str, constraints: str | None = None) -> Pa
         z.writestr("spyoncino/__init__.py", f'__version__ = "{version}"\n')
         z.writestr("spyoncino/updater.py", f"# updater of {version}\n")
         if constraints is not None:
-            z.writestr("spyoncino/data/constraints.txt", constraints)
+            z.writestr("spyoncino/data/constraints/release.txt", constraints)
+            z.writestr("spyoncino/data/constraints/picamera2.txt", "numpy<2\n")
     return path
 
 
@@ -313,10 +314,24 @@ def test_good_update_builds_the_other_slot_then_marks_it_good(
     assert not u.paths.pending.exists()
     assert u.paths.standalone.read_text() == "# updater of 0.1.1\n"
     pip = next(c for c in u.host.calls if c[1:4] == ["-m", "pip", "install"] and "0.1.1" in c[-1])
-    assert "--constraint" in pip
+    assert pip.count("--constraint") == 1  # release.txt; picamera2.txt only with apt's packages
+    assert Path(pip[pip.index("--constraint") + 1]).read_text() == "numpy==2.0\n"
     assert u.host.synced >= 1  # type: ignore[attr-defined]
     again = u.update(index_url=url)
     assert (again.code, again.message) == (0, "already up to date (0.1.1)")
+
+
+def test_a_venv_seeing_apt_packages_also_gets_the_picamera2_constraints(
+    box: Callable[..., Updater], tmp_path: Path
+) -> None:
+    u = box(system_site_packages=True)
+    wheel = make_wheel(tmp_path / "l", "0.1.0", "numpy==1.26.4\n")
+    assert u.update("0.1.0", wheel=str(wheel), start=False).code == 0
+    venv = next(c for c in u.host.calls if c[1:3] == ["-m", "venv"])  # type: ignore[attr-defined]
+    assert "--system-site-packages" in venv
+    pip = next(c for c in u.host.calls if c[1:4] == ["-m", "pip", "install"])  # type: ignore[attr-defined]
+    files = [Path(pip[i + 1]).name for i, a in enumerate(pip) if a == "--constraint"]
+    assert files == ["0.1.0-release.txt", "0.1.0-picamera2.txt"]
 
 
 def test_already_up_to_date_and_no_such_version_are_said_plainly(
@@ -395,10 +410,10 @@ def test_gate_failure_installs_nothing(box: Callable[..., Updater], tmp_path: Pa
     installed(u, "0.1.0", tmp_path)
     (tmp_path / "config.yaml").write_text("cameras: {}\n")
     url = make_index(tmp_path / "idx", [make_wheel(tmp_path / "w", "0.1.4")])
-    u.host.gate["selftest"] = (1, "ok   imports\nFAIL detector: boom\nselftest failed")  # type: ignore[attr-defined]
+    u.host.gate["selftest"] = (1, "ok   imports\nFAIL detector: boom\nselftest failed\nINFO: x")  # type: ignore[attr-defined]
     r = u.update(index_url=url)
     assert r.code == up.EXIT_GATE_FAILED
-    assert "selftest failed (1)" in r.message and "FAIL detector: boom" in r.message
+    assert "selftest failed (1): FAIL detector: boom;" in r.message
     assert u.active_slot() == "a" and u.host.restarts() == 0  # type: ignore[attr-defined]
     gate = [c for c in u.host.calls if c[0].endswith("/bin/spyoncino")]  # type: ignore[attr-defined]
     assert gate[-2][1:] == ["check-config", "--config", str(tmp_path / "config.yaml")]
@@ -417,6 +432,10 @@ def test_wrong_hash_and_pip_failure_leave_the_running_slot_alone(
         u.update(index_url=url)
     assert e.value.code == up.EXIT_HASH
     assert u.active_slot() == "a" and not u.paths.slot("b").exists()
+    assert "does not match" in u.state["bad"]["0.1.5"]
+    told = up._guarded(u, "update", lambda: u.update(index_url=url, force=True))
+    assert (told.code, told.version) == (up.EXIT_HASH, "0.1.5")
+    assert json.loads(u.paths.result.read_text())["version"] == "0.1.5"
     u.host.pip_rc = 1  # type: ignore[attr-defined]
     url2 = make_index(tmp_path / "idx2", [make_wheel(tmp_path / "w2", "0.1.6")])
     with pytest.raises(UpdateError, match="pip install failed") as e:
