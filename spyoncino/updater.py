@@ -658,10 +658,11 @@ class Updater:
         return args
 
     def _constraints(self, wheel: Path, version: str) -> list[Path]:
-        """The constraints files the release ships (``spyoncino/data/constraints/`` in the
-        wheel): ``release.txt``, the versions it was tested with, and ``picamera2.txt`` when
-        the venv sees apt's packages (it keeps numpy where apt's picamera2 needs it)."""
-        names = ["release.txt"] + (["picamera2.txt"] if self.settings.system_site_packages else [])
+        """The constraints file the release ships (``spyoncino/data/constraints/`` in the
+        wheel): ``release.txt``, the versions it was tested with; or, for a venv that sees
+        apt's packages, ``picamera2.txt`` instead (it keeps numpy where apt's picamera2
+        needs it, which a lock resolved without apt's packages may contradict)."""
+        names = ["picamera2.txt"] if self.settings.system_site_packages else ["release.txt"]
         out: list[Path] = []
         try:
             with zipfile.ZipFile(wheel) as z:

@@ -155,7 +155,9 @@ class Container:
         out = self.run("systemctl", "show", unit, *[f"--property={p}" for p in props])
         return dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
 
-    def playbook(self, *extra: str) -> subprocess.CompletedProcess[str]:
+    def playbook(
+        self, *extra: str, ansible: str = "/srv/ansible"
+    ) -> subprocess.CompletedProcess[str]:
         return self.run(
             "ansible-playbook",
             "-i",
@@ -163,7 +165,7 @@ class Container:
             "-e",
             "@/srv/test/vars.yml",
             *extra,
-            "/srv/ansible/provision.yml",
+            f"{ansible}/provision.yml",
             timeout=900,
         )
 

@@ -12,6 +12,10 @@ connection, so its systemd tasks drive a real service manager. Then:
   ``Result=watchdog`` and an automatic restart;
 * ``systemctl stop`` finishes within 10 s.
 
+The box is first provisioned with the role as it was before A/B slots (``LEGACY_ROLE``, from
+git history: one real virtualenv in /opt/spyoncino/venv), so the role's first run here is the
+migration to slots; the tests above then hold for a migrated box.
+
 The unit is the production template with ``WatchdogSec=10`` instead of 30 to keep CI short.
 Run with ``make test-system`` (root, systemd-nspawn, mmdebstrap).
 """
@@ -41,6 +45,8 @@ pytestmark = [
 ]
 
 REPO = nspawn.REPO
+#: the last role with the single /opt/spyoncino/venv (before A/B slots)
+LEGACY_ROLE = "6bcf9d2"
 WATCHDOG_SEC = 10
 PROBATION_S = 8
 HEALTH_URL = "http://127.0.0.1:8080/health/ready"
@@ -49,6 +55,19 @@ HEALTH_URL = "http://127.0.0.1:8080/health/ready"
 class Box(nspawn.Container):
     has_status_page: bool = False
     first_run_s: float = 0.0
+    legacy: bool = False
+
+
+def _legacy_role(dest: Path) -> Path | None:
+    """The pre-slot role from git history, or None (a shallow clone does not have it)."""
+    dest.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", LEGACY_ROLE, "ansible"], capture_output=True
+    )
+    if archive.returncode != 0:
+        return None
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+    return dest / "ansible"
 
 
 def _wheel_has_status_page(wheel: Path) -> bool:
@@ -106,17 +125,23 @@ def container(
     root = tmp_path_factory.mktemp("nspawn") / "rootfs"
     subprocess.run(["cp", "-a", "--reflink=auto", built["ROOTFS"], str(root)], check=True)
     _inside(root, wheel, has_status_page)
+    legacy = _legacy_role(root.parent / "legacy")
     box = Box(
         root,
         [
             f"{REPO / 'ansible'}:/srv/ansible",
             f"{built['WHEELHOUSE']}:/srv/wheelhouse",
             f"{wheel.parent}:/srv/dist",
+            *([f"{legacy}:/srv/ansible-legacy"] if legacy else []),
         ],
     )
     box.has_status_page = has_status_page
     try:
         box.boot()
+        if legacy is not None:
+            old = box.playbook(ansible="/srv/ansible-legacy")
+            assert old.returncode == 0, nspawn.playbook_failure(old)
+            box.legacy = True
         t0 = time.monotonic()
         first = box.playbook()
         box.first_run_s = time.monotonic() - t0
@@ -139,6 +164,20 @@ def test_service_is_active_and_ready(container: Box) -> None:
     assert props["NRestarts"] == "0", journal[-6000:]
     assert "systemd_ready" in journal
     print(f"first ansible run: {container.first_run_s:.1f}s; status: {props['StatusText']!r}")
+
+
+def test_the_old_single_venv_was_migrated_to_slots(container: Box) -> None:
+    if not container.legacy:
+        pytest.skip(f"no git history with the pre-slot role ({LEGACY_ROLE}): shallow clone?")
+    assert container.run("readlink", "/opt/spyoncino/venv").stdout.strip() == "current"
+    assert container.run("readlink", "/opt/spyoncino/current").stdout.strip() == "slots/a"
+    status = container.run("/usr/bin/python3", "/opt/spyoncino/bin/spyoncino-update", "status")
+    assert "slot a: " in status.stdout and " good" in status.stdout, status.stdout
+    exe = container.run("systemctl", "show", "spyoncino", "--property=ExecStart").stdout
+    assert "/opt/spyoncino/current/bin/spyoncino" in exe
+    pid = container.show("MainPID")["MainPID"]
+    cmdline = container.run("cat", f"/proc/{pid}/cmdline").stdout.replace("\0", " ")
+    assert "/opt/spyoncino/current/bin/" in cmdline or "/slots/a/" in cmdline, cmdline
 
 
 def test_installed_unit_verifies_and_scores_inside_the_container(container: Box) -> None:
