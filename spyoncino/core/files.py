@@ -12,6 +12,7 @@ import hashlib
 import os
 import secrets
 import shutil
+import stat
 import time
 from datetime import datetime
 from pathlib import Path
@@ -46,12 +47,35 @@ def fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
+#: Mode of every file the box writes (media, index, state): owner and group, never others.
+#: A camera's pictures and the event history are private, whatever the umask.
+FILE_MODE = 0o640
+
+
+def _create_private(path: Path) -> int:
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+
+
+def private_file(path: Path) -> None:
+    """Make sure ``path`` exists with at most ``FILE_MODE`` (SQLite gives its WAL the same).
+
+    A file an older version created looser is tightened.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(_create_private(path))
+    except FileExistsError:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & ~FILE_MODE:
+            os.chmod(path, mode & FILE_MODE)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> str:
     """Write ``data`` to ``path`` crash-safely; returns its sha256 hex digest."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path_for(path)
     try:
-        with open(tmp, "wb") as fh:
+        with os.fdopen(_create_private(tmp), "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
@@ -73,7 +97,7 @@ def atomic_move(src: Path, dest: Path) -> str:
     tmp = temp_path_for(dest)
     digest = hashlib.sha256()
     try:
-        with open(src, "rb") as fin, open(tmp, "wb") as fout:
+        with open(src, "rb") as fin, os.fdopen(_create_private(tmp), "wb") as fout:
             for chunk in iter(lambda: fin.read(1 << 20), b""):
                 digest.update(chunk)
                 fout.write(chunk)

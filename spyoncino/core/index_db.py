@@ -21,6 +21,7 @@ import sqlite3
 from pathlib import Path
 
 from spyoncino.core.db_schema import ensure_schema
+from spyoncino.core.files import private_file
 from spyoncino.schemas.alerts import AlertNotification
 from spyoncino.schemas.events import EventNotice
 from spyoncino.schemas.media import MediaArtifact
@@ -72,7 +73,7 @@ CREATE INDEX IF NOT EXISTS notifications_event ON notifications(event_id);
 
 def connect(path: Path) -> sqlite3.Connection:
     """Open the index with the settings every writer uses (WAL, synchronous=NORMAL)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_file(path)  # 0640: SQLite gives the -wal and -shm files the same mode
     conn = sqlite3.connect(path, timeout=10.0, check_same_thread=False, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")

@@ -69,6 +69,7 @@ from spyoncino.core.contracts import (
     ModuleNotReady,
 )
 from spyoncino.core.db_schema import ensure_schema
+from spyoncino.core.files import private_file
 from spyoncino.schemas import topics
 from spyoncino.schemas.alerts import AlertNotification
 from spyoncino.schemas.control import ControlState
@@ -212,7 +213,7 @@ def item_key(channel: str, event_id: str, kind: str, recipient: str) -> str:
 
 # -- SQLite (runs in the executor) ------------------------------------------------------------
 def open_db(path: Path) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_file(path)  # 0640, as the index makes it: the outbox may open the file first
     conn = sqlite3.connect(path, timeout=10.0, check_same_thread=False, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")

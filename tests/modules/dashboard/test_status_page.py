@@ -278,6 +278,69 @@ async def test_public_readonly_opens_pages_but_not_commands(start_page: Any) -> 
         assert resp.status == 401
 
 
+# -- hostile requests ----
+async def test_malformed_requests_get_a_clear_4xx_never_a_500(start_page: Any) -> None:
+    r: Running = await start_page()
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    # a multipart body without a boundary, on the one POST that needs no auth
+    async with r.http.post(
+        r.url("/login"), data=b"x", headers={"Content-Type": "multipart/form-data"}
+    ) as resp:
+        assert resp.status == 400, await resp.text()
+    # JSON nested deeper than any request needs
+    for path in ("/api/config", "/api/arm", "/api/mute"):
+        async with r.http.post(
+            r.url(path),
+            data=b"[" * 100_000,
+            headers={**auth, "Content-Type": "application/json"},
+        ) as resp:
+            assert resp.status == 400, (path, await resp.text())
+    # dates the calendar has but the clock cannot reach
+    for day in ("9999-12-31", "0001-01-01", "2026-02-30"):
+        async with r.http.get(r.url(f"/api/events?day={day}"), headers=auth) as resp:
+            assert resp.status == 400, (day, await resp.text())
+        async with r.http.get(r.url(f"/events?day={day}"), headers=auth) as resp:
+            assert resp.status == 400, (day, await resp.text())
+    for before in ("nan", "inf", "1e400"):
+        async with r.http.get(r.url(f"/api/events?before={before}"), headers=auth) as resp:
+            assert resp.status == 400, (before, await resp.text())
+    # a bad Authorization header on an open route is not a reason to refuse it
+    for header in ("Basic Zm9vOmJhcg==", "Bearer wrong", "garbage"):
+        async with r.http.get(r.url("/health/live"), headers={"Authorization": header}) as resp:
+            assert resp.status == 200, header
+        async with r.http.get(r.url("/login"), headers={"Authorization": header}) as resp:
+            assert resp.status == 200, header
+        async with r.http.get(r.url("/api/status"), headers={"Authorization": header}) as resp:
+            assert resp.status == 401, header  # but never on a protected one
+
+
+async def test_a_symlink_planted_in_the_root_serves_nothing(
+    start_page: Any, tmp_path: Path
+) -> None:
+    """The extension was checked on the link's name: x.jpg -> events.sqlite3 served the index."""
+    root = tmp_path / "root"
+    day = root / "cam" / "2026-01-01"
+    day.mkdir(parents=True)
+    (day / "real.jpg").write_bytes(b"\xff\xd8jpeg")
+    r: Running = await start_page()
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    (root / "events.sqlite3").write_bytes(b"SQLite format 3\x00")
+    (day / "db.jpg").symlink_to(root / "events.sqlite3")
+    (day / "pw.jpg").symlink_to(root / "status_page.password")
+    (day / "alias.jpg").symlink_to(day / "real.jpg")
+    (root / "linked").symlink_to(day, target_is_directory=True)
+    for path in (
+        "cam/2026-01-01/db.jpg",
+        "cam/2026-01-01/pw.jpg",
+        "cam/2026-01-01/alias.jpg",
+        "linked/real.jpg",
+    ):
+        async with r.http.get(r.url(f"/media/{path}"), headers=auth) as resp:
+            assert resp.status == 404, path
+    async with r.http.get(r.url("/media/cam/2026-01-01/real.jpg"), headers=auth) as resp:
+        assert resp.status == 200
+
+
 # -- media ----
 async def test_media_only_from_the_storage_root(start_page: Any, tmp_path: Path) -> None:
     root = tmp_path / "root"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import stat
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -296,7 +297,9 @@ def resolve_media(root: Path, relpath: str) -> Path | None:
     """The file ``relpath`` names under ``root``, or None for anything else.
 
     Refuses absolute paths, ``..``, hidden names (temp files, scratch), unknown types, and
-    symlinks leading out of the root.
+    symlinks of any kind: the checks above are on the name asked for, so a link planted in the
+    root (``x.jpg -> events.sqlite3``) must not lead anywhere. Only a regular file reached
+    without following a link is served.
     """
     if not relpath or "\x00" in relpath or "\\" in relpath:
         return None
@@ -312,6 +315,11 @@ def resolve_media(root: Path, relpath: str) -> Path | None:
         target = (base / pure).resolve()
     except (OSError, RuntimeError):
         return None
-    if not target.is_relative_to(base) or not target.is_file():
+    if target != base / pure:  # a link somewhere on the way
+        return None
+    try:
+        if not stat.S_ISREG(target.lstat().st_mode):
+            return None
+    except OSError:
         return None
     return target

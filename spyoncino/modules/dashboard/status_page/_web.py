@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import secrets
 import time
 from contextvars import ContextVar
@@ -52,6 +53,8 @@ SECURITY_HEADERS = {
 
 
 OPEN_ROUTES = frozenset({"/health/live", "/health/ready", "/login", "/static/{name}"})
+#: the range of ``?day=`` (a later or earlier day has no Unix time here)
+MIN_YEAR, MAX_YEAR = 1970, 2999
 
 
 def _access(request: web.Request, metrics_public: bool) -> Access:
@@ -99,7 +102,7 @@ async def auth_middleware(request: web.Request, handler: Any) -> web.StreamRespo
     who = ANONYMOUS
     access = _access(request, cfg.metrics_public)
     auth = request.headers.get("Authorization", "")
-    if auth:
+    if auth and access != "open":  # an open route does not care who asks, nor how badly
         scheme, _, token = auth.partition(" ")
         expected = cfg.api_token.get_secret_value() if cfg.api_token else None
         if scheme.lower() != "bearer" or not expected or not tokens_equal(token.strip(), expected):
@@ -121,13 +124,22 @@ async def auth_middleware(request: web.Request, handler: Any) -> web.StreamRespo
     return response
 
 
+async def _form(request: web.Request) -> Any:
+    """The request's form; a malformed body (multipart without a boundary, a broken part) is
+    the client's error, a 400, never a 500."""
+    try:
+        return await request.post()
+    except (ValueError, AssertionError, UnicodeDecodeError, LookupError) as e:
+        raise web.HTTPBadRequest(text="malformed form body") from e
+
+
 async def _csrf_ok(request: web.Request, session: Session) -> bool:
     token = request.headers.get(CSRF_HEADER)
     if token is None and request.content_type in (
         "application/x-www-form-urlencoded",
         "multipart/form-data",
     ):
-        form = await request.post()
+        form = await _form(request)
         value = form.get("csrf_token")
         token = value if isinstance(value, str) else None
     return token is not None and tokens_equal(token, session.csrf)
@@ -220,7 +232,7 @@ async def login_post(request: web.Request) -> web.StreamResponse:
         )
         resp.headers["Retry-After"] = str(max(1, round(wait)))
         return resp
-    form = await request.post()
+    form = await _form(request)
     sent = form.get("csrf_token")
     cookie = request.cookies.get(LOGIN_COOKIE)
     if not isinstance(sent, str) or not cookie or not tokens_equal(sent, cookie):
@@ -294,14 +306,18 @@ def _query(request: web.Request) -> EventQuery:
     day = q.get("day") or None
     if day is not None:
         try:
-            time.strptime(day, "%Y-%m-%d")
+            year = time.strptime(day, "%Y-%m-%d").tm_year
         except ValueError as e:
             raise web.HTTPBadRequest(text="day must be YYYY-MM-DD") from e
+        if not MIN_YEAR <= year <= MAX_YEAR:  # the clock cannot reach 9999-12-31's next day
+            raise web.HTTPBadRequest(text=f"day must be within {MIN_YEAR}-{MAX_YEAR}")
     try:
         before = float(q["before"]) if q.get("before") else None
         limit = min(200, max(1, int(q.get("limit", "50"))))
     except ValueError as e:
         raise web.HTTPBadRequest(text="before and limit must be numbers") from e
+    if before is not None and not math.isfinite(before):
+        raise web.HTTPBadRequest(text="before must be a finite number (a Unix time)")
     return EventQuery(
         camera=q.get("camera") or None,
         label=q.get("label") or None,
@@ -375,7 +391,7 @@ async def config_page(request: web.Request, message: str = "", ok: bool = True) 
 async def config_form(request: web.Request) -> web.Response:
     import yaml
 
-    form = await request.post()
+    form = await _form(request)
     text = form.get("changes")
     try:
         changes = yaml.safe_load(text) if isinstance(text, str) else None
@@ -526,7 +542,7 @@ async def api_event(request: web.Request) -> web.Response:
 
 async def _body(request: web.Request) -> dict[str, Any]:
     if _is_form(request):
-        form = await request.post()
+        form = await _form(request)
         return {k: v for k, v in form.items() if k != "csrf_token" and isinstance(v, str)}
     if not request.can_read_body:
         return {}
@@ -534,6 +550,8 @@ async def _body(request: web.Request) -> dict[str, Any]:
         data = await request.json()
     except (ValueError, UnicodeDecodeError) as e:
         raise web.HTTPBadRequest(text="body must be JSON") from e
+    except RecursionError as e:  # "[[[[..." nested deeper than the parser can go
+        raise web.HTTPBadRequest(text="body is nested too deeply") from e
     if not isinstance(data, dict):
         raise web.HTTPBadRequest(text="body must be a JSON object")
     return data
