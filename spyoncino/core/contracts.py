@@ -244,6 +244,9 @@ class BaseModule(ABC):
                 return None
 
         task = asyncio.get_running_loop().create_task(guarded(), name=f"{self.ctx.instance}:{name}")
+        if asyncio.iscoroutine(coro):
+            # stopped before the task ever ran: close the coroutine it would have awaited
+            task.add_done_callback(lambda t: coro.close() if t.cancelled() else None)
         self._tasks.append(task)
         return task
 

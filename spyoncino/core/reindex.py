@@ -116,6 +116,11 @@ def reindex(root: Path, db_path: Path) -> int:
         conn.close()
 
 
+def reindex_into(conn: sqlite3.Connection, root: Path) -> int:
+    """``reindex`` on an open connection (the index module runs it at every start)."""
+    return _reindex(conn, root)
+
+
 def _reindex(conn: sqlite3.Connection, root: Path) -> int:
     files = scan(root)
     present = {m.relpath for m in files}
@@ -174,9 +179,11 @@ def _reindex(conn: sqlite3.Connection, root: Path) -> int:
             added += 1
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:  # a failed COMMIT has rolled back already
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
         raise
     return added
 
 
-__all__ = ["KINDS", "MediaFile", "classify", "reindex", "scan"]
+__all__ = ["KINDS", "MediaFile", "classify", "reindex", "reindex_into", "scan"]

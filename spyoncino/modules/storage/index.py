@@ -12,6 +12,12 @@ goes back in front of the pending rows and is retried at the next interval, the 
 succeeds again the module is ``ok`` and a ``StorageFault(writable=True)`` follows. At most
 ``max_pending`` rows wait in memory; beyond that the oldest are dropped (and counted).
 
+At start, before anything can publish, the index reconciles what a crash (a SIGKILL, a power
+cut) left behind: events still ``started``/``updated`` are closed, ended at their last update
+(retention needs ``ended_at``), and media files without rows are indexed as
+``spyoncino storage reindex`` would (``recovered_events``, ``reindexed_rows`` in the metrics).
+A reconciliation that fails is logged and does not keep the index from starting.
+
 The schema and the row helpers live in ``spyoncino.core.index_db`` so that the rebuild
 (``spyoncino.core.reindex``) shares them without importing a module.
 """
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -38,6 +45,7 @@ from spyoncino.core.index_db import (
     upsert_artifact,
     upsert_event,
 )
+from spyoncino.core.reindex import reindex_into
 from spyoncino.schemas import topics
 from spyoncino.schemas.alerts import AlertNotification
 from spyoncino.schemas.events import EventNotice
@@ -70,11 +78,18 @@ class EventIndex(_Base):
         super().__init__(ctx)
         self.cfg = Config()
         self.db_path: Path | None = None
+        self.root = Path(".")
         self._conn: sqlite3.Connection | None = None
         self._pending: list[tuple[str, Any]] = []
+        #: rows of a failed write, written first next time (only touched under _db_lock)
+        self._retry: list[tuple[str, Any]] = []
+        self._inflight = 0
+        self._db_lock = threading.Lock()
         self.rows_written = 0
         self.commits = 0
         self.write_failures = 0
+        self.recovered_events = 0
+        self.reindexed_rows = 0
         self.rows_dropped = 0
         self.writable = True
         self._fault_at = 0.0
@@ -82,6 +97,7 @@ class EventIndex(_Base):
     async def configure(self, app: AppConfig) -> None:
         self.cfg = app.section(self.name or "index", Config)
         self.db_path = app.storage.db_path
+        self.root = app.storage.root
 
     async def start(self) -> None:
         assert self.db_path is not None
@@ -89,6 +105,19 @@ class EventIndex(_Base):
             self._conn = await self.ctx.executor.run(connect, self.db_path)
         except sqlite3.Error as e:
             raise ModuleNotReady(f"cannot open index {self.db_path}: {e}") from e
+        try:
+            self.recovered_events, self.reindexed_rows = await self.ctx.executor.run(
+                self._reconcile
+            )
+        except (sqlite3.Error, OSError) as e:
+            self.log.error("index_reconcile_failed", error=repr(e))
+        else:
+            if self.recovered_events or self.reindexed_rows:
+                self.log.warning(
+                    "index_reconciled",
+                    closed_events=self.recovered_events,
+                    reindexed_rows=self.reindexed_rows,
+                )
         self.subscribe("event.*.started", self._on_event, policy="block")
         self.subscribe("event.*.updated", self._on_event, policy="block")
         self.subscribe("event.*.ended", self._on_event, policy="block")
@@ -96,6 +125,16 @@ class EventIndex(_Base):
         self.subscribe(topics.NOTIFY.pattern(), self._on_notify, policy="block")
         self.spawn(self._flush_loop(), "flush")
         self.set_state("ok", str(self.db_path))
+
+    def _reconcile(self) -> tuple[int, int]:
+        """Close the events a crash left open; index media files that have no row."""
+        with self._db_lock:
+            conn = self._conn
+            assert conn is not None
+            cur = conn.execute(
+                "UPDATE events SET ended_at = updated_at, phase = 'ended' WHERE ended_at IS NULL"
+            )
+            return cur.rowcount, reindex_into(conn, self.root)
 
     async def _on_event(self, msg: Message[EventNotice]) -> None:
         self._pending.append(("event", msg.payload))
@@ -116,13 +155,12 @@ class EventIndex(_Base):
 
     async def flush(self) -> int:
         """Commit the pending rows; 0 when there were none or the write failed (kept for later)."""
-        if not self._pending or self._conn is None:
+        if not (self._pending or self._retry) or self._conn is None:
             return 0
         batch, self._pending = self._pending, []
         try:
-            await self.ctx.executor.run(self._write, batch)
+            batch = await self.ctx.executor.run(self._write, batch)
         except (sqlite3.Error, OSError) as e:
-            self._pending = batch + self._pending
             await self._write_failed(e)
             return 0
         if not self.writable:
@@ -151,17 +189,13 @@ class EventIndex(_Base):
 
     async def _write_failed(self, e: Exception) -> None:
         self.write_failures += 1
-        over = len(self._pending) - self.cfg.max_pending
-        if over > 0:
-            del self._pending[:over]
-            self.rows_dropped += over
         error = str(e) or type(e).__name__
         now = time.monotonic()
         if self.writable or now - self._fault_at >= FAULT_REPEAT_S:
             self.log.error(
                 "index_write_failed",
                 error=error,
-                pending=len(self._pending),
+                pending=self.batched(),
                 dropped=self.rows_dropped,
             )
             self._fault_at = now
@@ -180,7 +214,30 @@ class EventIndex(_Base):
             ),
         )
 
-    def _write(self, batch: list[tuple[str, Any]]) -> None:
+    def _write(self, batch: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+        """Commit the rows of a failed write first, then ``batch``; returns the rows written.
+
+        Under ``_db_lock``: a flush cancelled while its write runs (stop) must not let another
+        write or the close use the connection at the same time. Rows of a failed write stay
+        in ``_retry``, in order, for the next write.
+        """
+        with self._db_lock:
+            rows, self._retry = [*self._retry, *batch], []
+            self._inflight = len(rows)
+            try:
+                self._commit(rows)
+            except BaseException:
+                over = len(rows) - self.cfg.max_pending
+                if over > 0:
+                    del rows[:over]
+                    self.rows_dropped += over
+                self._retry = rows
+                raise
+            finally:
+                self._inflight = 0
+            return rows
+
+    def _commit(self, batch: list[tuple[str, Any]]) -> None:
         conn = self._conn
         assert conn is not None
         conn.execute("BEGIN IMMEDIATE")
@@ -210,15 +267,26 @@ class EventIndex(_Base):
             try:
                 await self.flush()
             finally:
-                conn, self._conn = self._conn, None
-                await self.ctx.executor.run(conn.close)
+                await self.ctx.executor.run(self._close)
+
+    def _close(self) -> None:
+        with self._db_lock:  # after a write still running from a cancelled flush
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                conn.close()
+
+    def batched(self) -> int:
+        """Rows accepted and not committed yet (pending, failed before, being written)."""
+        return len(self._pending) + len(self._retry) + self._inflight
 
     def metrics(self) -> dict[str, float | int | str]:
         return {
-            "batched_rows": len(self._pending),
+            "batched_rows": self.batched(),
             "rows_written": self.rows_written,
             "commits": self.commits,
             "write_failures": self.write_failures,
+            "recovered_events": self.recovered_events,
+            "reindexed_rows": self.reindexed_rows,
             "rows_dropped": self.rows_dropped,
             # read by the status page's /health/ready: 0 while the index cannot write
             "storage_writable": int(self.writable),

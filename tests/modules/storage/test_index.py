@@ -137,3 +137,38 @@ async def test_a_full_disk_degrades_the_index_and_it_catches_up_when_space_retur
             await h.bus.publish("event.object.started", notice("started", event_id="after"))
             await h.bus.drain(timeout=2)
             await until(lambda: idx.metrics()["rows_written"] == 202, timeout=5)
+
+
+async def test_start_closes_events_a_crash_left_open_and_indexes_orphan_media(
+    tmp_path: Path,
+) -> None:
+    """After SIGKILLs, events stayed 'started' forever and alerted files were not indexed."""
+    from spyoncino.core.index_db import connect, upsert_event
+
+    db = tmp_path / "events.sqlite3"
+    conn = connect(db)
+    upsert_event(conn, notice("started", event_id="open1", updated_at=150.0))
+    upsert_event(conn, notice("updated", event_id="open2", updated_at=160.0))
+    upsert_event(conn, notice("ended", event_id="done", updated_at=170.0, ended_at=171.0))
+    conn.close()
+    orphan = tmp_path / "cam" / "2026-01-01" / "20260101T101010-abcdef.jpg"
+    orphan.parent.mkdir(parents=True)
+    orphan.write_bytes(b"\xff\xd8jpeg")
+    async with BusHarness(storage_root=tmp_path) as h:
+        idx = h.build(EventIndex, {"index": {"flush_interval": 60}}, name="index")
+        await idx.configure(idx.ctx.app)
+        await idx.start()
+        conn = sqlite3.connect(db)
+        rows = dict(
+            (r[0], (r[1], r[2]))
+            for r in conn.execute("SELECT id, phase, ended_at FROM events").fetchall()
+        )
+        assert rows["open1"] == ("ended", 150.0)  # ended at its last update
+        assert rows["open2"] == ("ended", 160.0)
+        assert rows["done"] == ("ended", 171.0)
+        assert conn.execute(
+            "SELECT relpath FROM artifacts WHERE event_id='20260101T101010-abcdef'"
+        ).fetchall() == [("cam/2026-01-01/20260101T101010-abcdef.jpg",)]
+        assert idx.metrics()["recovered_events"] == 2
+        assert idx.metrics()["reindexed_rows"] == 2  # the event and its snapshot
+        conn.close()
