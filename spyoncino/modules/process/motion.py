@@ -5,14 +5,24 @@ contours -> boxes in full-frame pixels plus the share of the frame that changed.
 examined. A change over most of the frame (a light switched on, a cloud, auto-exposure) is not
 motion: the background is re-learnt from that frame instead.
 
-Publishes ``process.motion.detected`` for every frame (boxes empty when nothing moved), so
-downstream stages can count hits and misses; the detector infers only on frames with boxes.
+Publishes ``process.motion.detected`` for every frame it examines (boxes empty when nothing
+moved), so downstream stages can count hits and misses; the detector infers only on frames
+with boxes.
+
+Fair under load: each camera has its own latest-wins slot (one subscription per camera), so
+when the stage falls behind every camera still gets its newest frame examined in turn; with
+one shared slot the camera that published last won and another went blind. Frames a camera
+published but the stage never examined are counted per camera from the frame numbers
+(``cam.<id>.skipped``, beside ``cam.<id>.frames`` and ``cam.<id>.fps``, the examined rate),
+and the module is ``degraded`` naming the camera while more than ``SKIPPED_DEGRADED`` of its
+recent frames were skipped.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import cv2
@@ -28,6 +38,11 @@ from spyoncino.schemas.detections import MotionEvent
 from spyoncino.schemas.frames import Box, Frame
 
 Polygon = list[tuple[float, float]]
+
+#: share of a camera's recent frames skipped above which the stage reports it degraded
+SKIPPED_DEGRADED = 0.5
+#: examined frames the skipped share is measured over
+SKIP_WINDOW = 50
 
 
 class Config(ModuleConfig):
@@ -194,6 +209,38 @@ def to_frame_boxes(
     )
 
 
+@dataclass
+class _CameraCount:
+    """What the stage did with one camera's frames, from the cameras' own frame numbers."""
+
+    frames: int = 0
+    skipped: int = 0
+    last_seq: int | None = None
+    #: (frame clock, frames skipped just before) of the last examined frames
+    recent: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=SKIP_WINDOW))
+
+    def examined(self, seq: int, mono_ts: float) -> None:
+        gap = 0
+        if self.last_seq is not None and seq > self.last_seq:
+            gap = seq - self.last_seq - 1
+        self.last_seq = seq  # a lower number: the source restarted, count from there
+        self.frames += 1
+        self.skipped += gap
+        self.recent.append((mono_ts, gap))
+
+    def skipped_share(self) -> float:
+        gaps = sum(g for _, g in self.recent)
+        seen = len(self.recent)
+        return gaps / (gaps + seen) if seen else 0.0
+
+    def fps(self) -> float:
+        """Examined frames per second on the frames' own clock."""
+        if len(self.recent) < 2:
+            return 0.0
+        span = self.recent[-1][0] - self.recent[0][0]
+        return (len(self.recent) - 1) / span if span > 0 else 0.0
+
+
 class MotionDetector(BaseModule):
     category: ClassVar[Any] = "process"
     Config: ClassVar[type[ModuleConfig]] = Config
@@ -207,6 +254,8 @@ class MotionDetector(BaseModule):
         self.frames = 0
         self.motion_frames = 0
         self.busy_s = 0.0
+        self.counts: dict[str, _CameraCount] = {}
+        self._camera_ids: list[str] = []
 
     async def configure(self, app: AppConfig) -> None:
         self.cfg = app.section(self.name or "motion", Config)
@@ -214,12 +263,15 @@ class MotionDetector(BaseModule):
             cid: cam.options(self.name or "motion", MotionCamera)
             for cid, cam in app.cameras.items()
         }
+        self._camera_ids = [cid for cid, cam in app.cameras.items() if cam.enabled]
         for cid, state in self.states.items():
             state.reconfigure(self.cfg, self.cams.get(cid, MotionCamera()))
 
     async def start(self) -> None:
-        # latest-wins: when motion falls behind it sees the newest frame, never a backlog
-        self.subscribe(topics.FRAME.pattern(), self._on_frame, policy="latest", maxsize=1)
+        # latest-wins per camera: when motion falls behind it sees each camera's newest frame,
+        # never a backlog, and no camera's frames crowd out another's
+        for cid in self._camera_ids or ["*"]:
+            self.subscribe(topics.FRAME.at(camera=cid), self._on_frame, policy="latest", maxsize=1)
         self.set_state("ok")
 
     async def _on_frame(self, msg: Message[Frame]) -> None:
@@ -234,6 +286,11 @@ class MotionDetector(BaseModule):
         result = await self.ctx.executor.run(state.process, frame.luma)
         self.busy_s += time.perf_counter() - t0
         self.frames += 1
+        count = self.counts.get(frame.camera_id)
+        if count is None:
+            count = self.counts[frame.camera_id] = _CameraCount()
+        count.examined(frame.seq, frame.mono_ts)
+        self._update_health()
         plane_h, plane_w = frame.luma.shape[:2]
         if plane_w > self.cfg.width:
             plane_h, plane_w = max(1, round(plane_h * self.cfg.width / plane_w)), self.cfg.width
@@ -257,10 +314,27 @@ class MotionDetector(BaseModule):
             ),
         )
 
+    def _update_health(self) -> None:
+        behind = [
+            f"{cid}: {c.skipped_share():.0%} of frames skipped"
+            for cid, c in self.counts.items()
+            if len(c.recent) >= 10 and c.skipped_share() > SKIPPED_DEGRADED
+        ]
+        if behind:
+            self.set_state("degraded", "; ".join(behind))
+        elif self._state == "degraded":
+            self.set_state("ok")
+
     def metrics(self) -> dict[str, float | int | str]:
-        return {
+        out: dict[str, float | int | str] = {
             "frames": self.frames,
             "motion_frames": self.motion_frames,
             "recalibrations": sum(s.recalibrations for s in self.states.values()),
             "ms_per_frame": round(1000 * self.busy_s / self.frames, 4) if self.frames else 0.0,
+            "frames_skipped": sum(c.skipped for c in self.counts.values()),
         }
+        for cid, c in self.counts.items():
+            out[f"cam.{cid}.frames"] = c.frames
+            out[f"cam.{cid}.skipped"] = c.skipped
+            out[f"cam.{cid}.fps"] = round(c.fps(), 2)
+        return out

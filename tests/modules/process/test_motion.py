@@ -8,6 +8,7 @@ import pytest
 
 from spyoncino.modules.process.motion import Config, MotionCamera, MotionDetector, MotionState
 from spyoncino.schemas.detections import MotionEvent
+from spyoncino.schemas.frames import Frame
 from spyoncino.testing import BusHarness, synthetic_frames
 from tests.conftest import SAMPLE, decode_frames
 
@@ -106,3 +107,67 @@ async def test_module_publishes_boxes_in_full_frame_pixels(tmp_path: Path) -> No
         assert last.frame is frame
         assert last.frame_width == 1280
         assert module.metrics()["frames"] == 20
+
+
+def _frames_for(cams: list[str], seq: int) -> list[Frame]:
+    grey = np.full((90, 160), 100, np.uint8)
+    return [Frame(c, seq, 100.0 + seq / 10, 1e9 + seq / 10, 160, 90, grey) for c in cams]
+
+
+async def test_eight_cameras_each_get_their_share_of_motion_frames(tmp_path: Path) -> None:
+    """One latest-wins slot for all cameras let the last publisher win: cam0 went blind.
+
+    Rounds of one frame per camera, then the stage catches up: a fair stage examines every
+    camera's newest frame each round. No wall clock: the bus decides, not timing.
+    """
+    cams = [f"cam{i}" for i in range(8)]
+    async with BusHarness(storage_root=tmp_path) as h:
+        rec = h.record("process.motion.detected")
+        module = h.build(
+            MotionDetector,
+            {"cameras": {c: {"source": f"{c}.mp4"} for c in cams}},
+            name="motion",
+        )
+        await module.configure(module.ctx.app)
+        await module.start()
+        rounds = 40
+        for seq in range(rounds):
+            for f in _frames_for(cams, seq):
+                await h.bus.publish(f"camera.{f.camera_id}.frame", f)
+            await h.bus.drain(timeout=5)
+        per_cam = {c: sum(1 for e in rec.payloads if e.camera_id == c) for c in cams}
+        share = rounds  # every camera published one frame per round
+        assert all(abs(n - share) <= 0.2 * share for n in per_cam.values()), per_cam
+
+
+async def test_a_camera_whose_frames_are_skipped_says_so(tmp_path: Path) -> None:
+    async with BusHarness(storage_root=tmp_path) as h:
+        module = h.build(MotionDetector, {"cameras": {"cam": {"source": "x.mp4"}}}, name="motion")
+        await module.configure(module.ctx.app)
+        await module.start()
+        grey = np.full((90, 160), 100, np.uint8)
+
+        def frame(seq: int) -> Frame:
+            return Frame("cam", seq, 1.0 + seq / 10, 2.0, 160, 90, grey)
+
+        await h.bus.publish("camera.cam.frame", frame(0))
+        await h.bus.drain(timeout=5)
+        for seq in range(1, 30):  # 29 frames at once: the stage can only take the newest
+            await h.bus.publish("camera.cam.frame", frame(seq))
+        await h.bus.drain(timeout=5)
+        m = module.metrics()
+        assert m["cam.cam.frames"] < 30
+        assert m["cam.cam.frames"] + m["cam.cam.skipped"] == 30
+        assert module.health().state == "ok"  # too few frames to judge yet
+        for seq in range(30, 40):  # it keeps falling behind: one in three examined
+            for s in range(3):
+                await h.bus.publish("camera.cam.frame", frame(seq * 3 + s))
+            await h.bus.drain(timeout=5)
+        health = module.health()
+        assert health.state == "degraded" and "cam" in health.detail and "skipped" in health.detail
+        assert module.metrics()["cam.cam.fps"] < 5  # examined, on the frames' 10 fps clock
+        for seq in range(120, 220):  # then at a pace it keeps up with
+            await h.bus.publish("camera.cam.frame", frame(seq))
+            await h.bus.drain(timeout=5)
+        assert module.health().state == "ok"
+        assert module.metrics()["cam.cam.fps"] == 10.0
