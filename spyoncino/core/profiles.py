@@ -26,6 +26,9 @@ DEVICE_TREE_MODEL = Path("/proc/device-tree/model")
 #: the profile for an ARM board no profile names: the cheapest settings run everywhere
 UNKNOWN_BOARD_FALLBACK = "pi-zero-2w"
 NO_DEVICE_TREE_FALLBACK = "generic-x86"
+#: the detector's default model (core names no module, so the file name is repeated here; a
+#: test checks the two agree)
+BUNDLED_MODEL_FILE = "coco_nanodet_m_416_int8.tflite"
 
 
 class _Part(BaseModel):
@@ -49,7 +52,9 @@ class MotionProfile(_Part):
 
 
 class DetectorProfile(_Part):
-    model: str = Field(description="Model file name (packaged or under the models folder).")
+    model: str = Field(
+        description="Suggested detector.model: 'spyoncino:models/<file>' for a packaged one."
+    )
     backend: str = Field(description="litert, tflite or onnxruntime.")
     threads: int = Field(ge=0, le=64, description="Inference threads; 0: one per CPU core.")
 
@@ -185,14 +190,21 @@ def profile_report(
         return [f"hardware profile: ERROR {e}"]
     c, d = profile.camera, profile.detector
     threads = d.threads or "one per core"
+    # the profile names a packaged model: say whether it is what runs when detector.model is unset
+    if d.model.endswith(f"/{BUNDLED_MODEL_FILE}"):
+        model = f"suggested model {d.model} (the default)"
+    else:
+        model = (
+            f"suggested model {d.model} (set detector.model to it; the default is "
+            f"spyoncino:models/{BUNDLED_MODEL_FILE})"
+        )
     return [
         f"hardware profile: {profile.name} ({profile.description})",
         f"  chosen because: {reason}",
         f"  camera: detect {c.detect_resolution[0]}x{c.detect_resolution[1]}, "
         f"lores {c.lores_size[0]}x{c.lores_size[1]}, up to {c.max_fps:g} fps",
         f"  motion: downscale to {profile.motion.downscale_width} px wide",
-        f"  detector: {threads} threads on {d.backend}; suggested model {d.model} "
-        "(set detector.model to use it; the bundled person model is the default)",
+        f"  detector: {threads} threads on {d.backend}; {model}",
         f"  service: MemoryMax={profile.service.memory_max}, workers {profile.runtime.workers}",
     ]
 

@@ -50,6 +50,18 @@ def test_every_packaged_profile_loads_and_is_complete() -> None:
     assert profiles["pi-4"].service.picamera2
 
 
+def test_every_profile_names_a_model_that_ships() -> None:
+    from spyoncino.core.profiles import BUNDLED_MODEL_FILE
+    from spyoncino.modules.process._detector_config import BUNDLED_MODEL
+    from spyoncino.modules.process._models import resolve_model_path
+
+    assert BUNDLED_MODEL_FILE == BUNDLED_MODEL
+    for name, profile in load_profiles().items():
+        assert profile.detector.model.startswith("spyoncino:models/"), name
+        assert resolve_model_path(profile.detector.model).is_file(), (name, profile.detector.model)
+    assert load_profiles()["pi-4"].detector.model.endswith(BUNDLED_MODEL)
+
+
 def test_hardware_profiles_in_the_repository_are_the_packaged_ones() -> None:
     assert (REPO / "hardware" / "profiles").resolve() == profiles_dir().resolve()
 
@@ -104,6 +116,13 @@ def test_profile_report_says_which_and_why(tmp_path: Path) -> None:
     assert lines[0].startswith("hardware profile: pi-4")
     assert "Raspberry Pi 4 Model B Rev 1.4" in lines[1]
     assert any("MemoryMax=50%" in line for line in lines)
+    assert any(
+        "suggested model spyoncino:models/coco_nanodet_m_416_int8.tflite (the default)" in line
+        for line in lines
+    )
+    dt.write_bytes(b"Raspberry Pi Zero 2 W Rev 1.0\x00")
+    (detector,) = [line for line in profile_report(dt) if "detector:" in line]
+    assert "person_ssdlite_mobilenet_v2_int8.tflite (set detector.model to it;" in detector
     assert profile_report(dt, override="nope")[0].startswith("hardware profile: ERROR")
 
 

@@ -9,7 +9,10 @@ from pydantic import Field, field_validator
 from spyoncino.core.contracts import CameraOptions, ModuleConfig
 
 BUILTIN_PREFIX = "spyoncino:"
-BUNDLED_MODEL = "person_ssdlite_mobilenet_v2_int8.tflite"
+#: the default: NanoDet-m 416, 80 COCO classes, full int8 (hardware/models/quantize_nanodet.py)
+BUNDLED_MODEL = "coco_nanodet_m_416_int8.tflite"
+#: the lighter option, people only: ``model: spyoncino:models/<this file>``
+PERSON_MODEL = "person_ssdlite_mobilenet_v2_int8.tflite"
 COCO_LABELS = "coco80_labels.txt"
 
 
@@ -19,7 +22,9 @@ class Config(ModuleConfig):
         default=None,
         description=(
             "Model file (.tflite or .onnx); 'spyoncino:models/<file>' for a packaged one. "
-            "None: the bundled person-only int8 SSDLite."
+            "None: the bundled 80-class int8 NanoDet; "
+            "'spyoncino:models/person_ssdlite_mobilenet_v2_int8.tflite': the lighter, "
+            "people-only int8 SSDLite."
         ),
     )
     labels: str | None = Field(
@@ -169,7 +174,7 @@ class Config(ModuleConfig):
 class DetectorCamera(CameraOptions):
     enabled: bool = Field(default=True, description="Run object detection on this camera.")
     labels: tuple[str, ...] = Field(
-        default=("person", "car", "dog", "cat"),
+        default=("person", "bicycle", "car", "motorcycle", "bus", "truck", "cat", "dog"),
         description="Labels reported for this camera; others are dropped.",
     )
     max_fps: float = Field(

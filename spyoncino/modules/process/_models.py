@@ -12,6 +12,7 @@ from spyoncino.modules.process._detector_config import (
     BUILTIN_PREFIX,
     BUNDLED_MODEL,
     COCO_LABELS,
+    PERSON_MODEL,
     Config,
 )
 
@@ -141,4 +142,11 @@ def describe_models(app: AppConfig) -> list[str]:
         lines.extend(f"  output {t.describe()}" for t in model.backend.outputs)
     if cfg.model is None:
         lines.append("configured (detector.model): the bundled model")
+    person = _data_path(f"models/{PERSON_MODEL}")
+    if person.is_file() and all(resolve_model_path(c.model) != person for _, c in seen):
+        lines.append(
+            f"also packaged: {BUILTIN_PREFIX}models/{PERSON_MODEL} "
+            f"({person.stat().st_size / 1e6:.1f} MB, people only, lighter; set detector.model "
+            "to it)"
+        )
     return lines

@@ -251,19 +251,67 @@ def test_label_files(tmp_path: Path) -> None:
     assert label_offset(["a", "b"], None) == 0
 
 
-# -- the bundled default model, no ../shared needed --------------------------------------------
-def test_bundled_model_finds_people_in_the_sample() -> None:
+# -- the bundled models, no ../shared needed ---------------------------------------------------
+SAMPLE = REPO / "spyoncino" / "data" / "sample.mp4"
+PERSON_MODEL = "spyoncino:models/person_ssdlite_mobilenet_v2_int8.tflite"
+
+
+def test_bundled_default_model_finds_people_and_the_parked_van() -> None:
+    # frame 100 of the sample (looked at): six people on the paths, a white van parked at the
+    # top right (x 645-720, y 40-95) and the front of a car beside it
     model = load_model(Config())
-    assert model.format == "ssd"
-    assert model.labels == ["person"]
-    img = frame_at(REPO / "spyoncino" / "data" / "sample.mp4", 100)
-    res = model.run(img, min_score=0.5)
-    assert len(res.detections) >= 4
-    assert {d.label for d in res.detections} == {"person"}
-    for d in res.detections:  # pedestrians: taller than wide, inside the frame
+    assert model.format == "nanodet"
+    assert len(model.labels) == 80
+    assert model.backend.inputs[0].dtype == np.int8  # full int8: input and outputs
+    assert all(o.dtype == np.int8 for o in model.backend.outputs)
+    res = model.run(frame_at(SAMPLE, 100), min_score=0.5)
+    people = [d for d in res.detections if d.label == "person"]
+    assert len(people) >= 5
+    for d in people:  # pedestrians: taller than wide, inside the frame
         assert 0 <= d.x1 < d.x2 <= 768
         assert 0 <= d.y1 < d.y2 <= 576
         assert (d.y2 - d.y1) > (d.x2 - d.x1)
+    vehicles = [d for d in res.detections if d.label in ("car", "truck")]
+    assert any(d.x1 > 600 and d.y2 < 130 and (d.x2 - d.x1) > 40 for d in vehicles)
+    assert {d.label for d in res.detections} <= {"person", "car", "truck"}
+
+
+def test_person_model_stays_an_option_and_finds_people_in_the_sample() -> None:
+    model = load_model(Config(model=PERSON_MODEL))
+    assert model.format == "ssd"
+    assert model.labels == ["person"]
+    img = frame_at(SAMPLE, 100)
+    res = model.run(img, min_score=0.5)
+    assert len(res.detections) >= 4
+    assert {d.label for d in res.detections} == {"person"}
+    for d in res.detections:
+        assert 0 <= d.x1 < d.x2 <= 768
+        assert 0 <= d.y1 < d.y2 <= 576
+        assert (d.y2 - d.y1) > (d.x2 - d.x1)
+
+
+def test_the_package_data_holds_the_models_their_labels_and_licences() -> None:
+    import tomllib
+    from importlib import resources
+
+    models = Path(str(resources.files("spyoncino") / "data" / "models"))
+    for name in (
+        "coco_nanodet_m_416_int8.tflite",
+        "coco80_labels.txt",
+        "LICENSE.human-models",
+        "person_ssdlite_mobilenet_v2_int8.tflite",
+        "person_ssdlite_mobilenet_v2_int8.txt",
+        "LICENSE.person_ssdlite_mobilenet_v2",
+    ):
+        assert (models / name).is_file(), name
+    assert "MIT License" in (models / "LICENSE.human-models").read_text(encoding="utf-8")
+    assert len((models / "coco80_labels.txt").read_text(encoding="utf-8").split()) >= 80
+    # the wheel takes every file under data/ (pyproject's package-data)
+    meta = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    assert "data/**/*" in meta["tool"]["setuptools"]["package-data"]["spyoncino"]
+    notice = (REPO / "NOTICE").read_text(encoding="utf-8")
+    assert "coco_nanodet_m_416_int8.tflite" in notice
+    assert "Vladimir Mandic" in notice
 
 
 # -- real models on real footage ---------------------------------------------------------------

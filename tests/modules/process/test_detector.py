@@ -22,6 +22,7 @@ import pytest
 from spyoncino.core.bus import Bus, Message
 from spyoncino.core.config import AppConfig, Layer, build_app_model, validate
 from spyoncino.core.contracts import BoundedExecutor, ModuleConfigError, ModuleContext
+from spyoncino.modules.process._detector_config import DetectorCamera
 from spyoncino.modules.process._regions import motion_region, near
 from spyoncino.modules.process.detector import (
     Config,
@@ -79,10 +80,22 @@ def motion(frame: Frame, boxes: list[tuple[int, int, int, int]]) -> MotionEvent:
     )
 
 
-def app_config(data: dict[str, Any] | None = None, cams: tuple[str, ...] = ("front",)) -> AppConfig:
+#: The module's mechanics below (crops, regions, zoom, idle rate, queues) were worked out and
+#: counted on the people-only SSDLite (300x300 input), so the rig pins it unless a test names
+#: a model; ``model=None`` leaves the packaged default (80-class NanoDet, 416x416).
+PERSON_MODEL = "spyoncino:models/person_ssdlite_mobilenet_v2_int8.tflite"
+
+
+def app_config(
+    data: dict[str, Any] | None = None,
+    cams: tuple[str, ...] = ("front",),
+    model: str | None = PERSON_MODEL,
+) -> AppConfig:
     ObjectDetector.name = "detector"
     raw: dict[str, Any] = {"cameras": {c: {"source": f"{c}.mp4"} for c in cams}}
     raw.update(data or {})
+    if model is not None and "model" not in raw.get("detector", {}):
+        raw["detector"] = {**raw.get("detector", {}), "model": model}
     return validate(build_app_model({"detector": ObjectDetector}), [Layer("test", raw)])
 
 
@@ -94,9 +107,12 @@ class Rig:
         self.modules: list[ObjectDetector] = []
 
     async def detector(
-        self, data: dict[str, Any] | None = None, cams: tuple[str, ...] = ("front",)
+        self,
+        data: dict[str, Any] | None = None,
+        cams: tuple[str, ...] = ("front",),
+        model: str | None = PERSON_MODEL,
     ) -> ObjectDetector:
-        app = app_config(data, cams)
+        app = app_config(data, cams, model)
         ctx = ModuleContext(bus=self.bus, executor=self.executor, app=app, instance="detector")
         det = ObjectDetector(ctx)
         await det.configure(app)
@@ -254,6 +270,25 @@ async def test_event_carries_frame_boxes_and_timing(
     assert m["inferences"] == 1
     assert m["detections_person"] == len(out.detections)
     assert float(m["inference_ms_p50"]) > 0
+
+
+async def test_the_default_model_reports_people_and_the_parked_van(
+    rig: Rig, sample: dict[int, np.ndarray]
+) -> None:
+    # frame 100: six people, a white van parked at the top right and a car beside it
+    det = await rig.detector({"detector": {"crop": False}}, model=None)
+    await rig.bus.publish(
+        topics.MOTION.name, motion(make_frame("front", 100, sample[100]), [(0, 0, 768, 576)])
+    )
+    await settle(det, rig.bus)
+    (out,) = rig.events
+    assert out.model == "coco_nanodet_m_416_int8.tflite"
+    labels = [d.label for d in out.detections]
+    assert labels.count("person") >= 5
+    assert {"car", "truck"} & set(labels)
+    # what a camera reports by default: people, two-wheelers, vehicles, cats and dogs
+    assert set(labels) <= set(DetectorCamera().labels)
+    assert {"person", "bicycle", "car", "truck", "cat", "dog"} <= set(DetectorCamera().labels)
 
 
 def diff_boxes(a: np.ndarray, b: np.ndarray) -> list[tuple[int, int, int, int]]:
@@ -420,14 +455,25 @@ async def test_reconfigure_keeps_model_unless_model_keys_change(rig: Rig) -> Non
 
 
 def test_describe_models_lists_tensors(tmp_path: Path) -> None:
-    lines = describe_models(app_config())
+    lines = describe_models(app_config(model=None))
     text = "\n".join(lines)
     assert "bundled: " in lines[0]
-    assert "person_ssdlite_mobilenet_v2_int8.tflite" in lines[0]
+    assert "coco_nanodet_m_416_int8.tflite" in lines[0]
+    assert "format nanodet" in text
+    assert "labels: person, bicycle, car, motorcycle" in text
+    assert "(80 in all)" in text
+    assert "input  input_1__0 [1x416x416x3] int8 (scale" in text
+    assert "output Identity [1x80x169] int8 (scale 0.00390625, zero point -128)" in text
+    assert "configured (detector.model): the bundled model" in text
+    assert lines[-1].startswith(
+        "also packaged: spyoncino:models/person_ssdlite_mobilenet_v2_int8.tflite"
+    )
+    text = "\n".join(describe_models(app_config()))  # the person model configured
+    assert "configured (detector.model): " in text
     assert "format ssd" in text
     assert "input  FeatureExtractor/MobilenetV2/MobilenetV2/input [1x300x300x3] uint8" in text
     assert "output concat [1x1917x1x4] uint8 (scale" in text
-    assert "configured (detector.model): the bundled model" in text
+    assert "also packaged" not in text
     values = np.zeros((1, 7, 16), np.float32)
     model = constant_model(tmp_path / "mine.tflite", [Const(values)], size=(64, 64))
     (tmp_path / "mine.txt").write_text("a\nb\nc\n", encoding="utf-8")
