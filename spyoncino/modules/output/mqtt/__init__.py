@@ -1,0 +1,633 @@
+"""MQTT and Home Assistant: the box as one device on the house's broker.
+
+Events, per-camera motion, object counts, the latest snapshot and the box's own state go out
+under ``spyoncino/<device id>/...`` (JSON with ``schema_version``, or ON/OFF and numbers where
+Home Assistant reads them directly); commands come in under the same prefix and travel on the
+bus as ``control.command`` (arm, disarm, mute, snapshot) or ``config.update`` (per-camera
+detection), carried out by the modules that own them. Home Assistant discovery configs are
+published retained at every connect and whenever Home Assistant says ``online`` on its birth
+topic. Inert without ``mqtt.host``.
+
+This module *is* the bridge: the bus stays in-process and nothing else speaks MQTT (the unused
+``BusAdapter`` protocol was removed, see docs/modules/mqtt.md).
+
+Delivery: one connection, QoS 1 for events, commands and states. A broker that is down at
+start makes the module not ready (the orchestrator retries); once up, the module reconnects on
+its own with capped, jittered backoff while a bounded queue holds events in order and states
+latest-wins (``_queue``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import random
+import socket
+import time
+import uuid
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from spyoncino import __version__
+from spyoncino.core.bus import Message
+from spyoncino.core.config import AppConfig
+from spyoncino.core.contracts import BaseModule, ModuleConfig, ModuleConfigError, ModuleNotReady
+from spyoncino.core.files import disk_free
+from spyoncino.schemas import topics
+from spyoncino.schemas.control import ConfigSnapshot, ConfigUpdate, ControlState
+from spyoncino.schemas.events import EventNotice
+from spyoncino.schemas.media import MediaArtifact
+from spyoncino.schemas.status import HealthReport
+
+from ._commands import Rejected, parse
+from ._discovery import OFF, OFFLINE, ON, ONLINE, DeviceInfo, Layout, discovery_configs, safe_id
+from ._queue import PublishQueue
+
+SCHEMA_VERSION = 1
+DEFAULT_LABELS = ("person", "car", "cat", "dog")
+_TOPIC_PREFIX = r"^[^#+\s]+(/[^#+\s]+)*$"
+_STARTED = time.monotonic()
+
+
+class TlsConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ca_file: Path | None = Field(
+        default=None, description="CA certificate (PEM) the broker's certificate is checked with."
+    )
+    cert_file: Path | None = Field(
+        default=None, description="Client certificate (PEM) for brokers that ask for one."
+    )
+    key_file: Path | None = Field(default=None, description="Private key of cert_file (PEM).")
+    insecure: bool = Field(
+        default=False, description="Skip the host name check (a self-signed test broker only)."
+    )
+
+
+class Config(ModuleConfig):
+    type: Literal["mqtt"] = "mqtt"
+    host: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=r"^[A-Za-z0-9.\-:\[\]]+$",
+        description="Broker host name or address; without it the module stays inert.",
+    )
+    port: int = Field(default=1883, ge=1, le=65535, description="Broker port (8883 with TLS).")
+    tls: TlsConfig | None = Field(
+        default=None, description="Connect with TLS (an empty mapping: the system's CAs)."
+    )
+    username: str | None = Field(default=None, max_length=256, description="Broker user name.")
+    password: SecretStr | None = Field(
+        default=None, description="Broker password (put it in the secrets file)."
+    )
+    device_id: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9_-]{1,64}$",
+        description="Names this box on the broker; None: the host name, made topic-safe.",
+    )
+    device_name: str | None = Field(
+        default=None,
+        max_length=100,
+        description="Device name in Home Assistant; None: Spyoncino <id>.",
+    )
+    client_id: str | None = Field(
+        default=None,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="MQTT client id; None: spyoncino-<device id>. Two boxes must differ.",
+    )
+    topic_prefix: str | None = Field(
+        default=None,
+        max_length=200,
+        pattern=_TOPIC_PREFIX,
+        description="Root of this box's topics; None: spyoncino/<device id>.",
+    )
+    discovery: bool = Field(
+        default=True,
+        description="Publish Home Assistant discovery; false removes the configs published before.",
+    )
+    discovery_prefix: str = Field(
+        default="homeassistant",
+        max_length=100,
+        pattern=_TOPIC_PREFIX,
+        description="Home Assistant's discovery prefix (its birth topic is <prefix>/status).",
+    )
+    labels: tuple[str, ...] | None = Field(
+        default=None,
+        max_length=32,
+        description="Labels with a count and an occupancy sensor per camera; None: each "
+        "camera's detector labels.",
+    )
+    keepalive_s: int = Field(
+        default=30,
+        ge=5,
+        le=3600,
+        description="MQTT keepalive; the broker declares us gone after 1.5x.",
+    )
+    connect_timeout_s: float = Field(
+        default=10.0, ge=0.5, le=120.0, description="Seconds a connect or publish may take."
+    )
+    reconnect_min_s: float = Field(
+        default=1.0, ge=0.05, le=60.0, description="First wait before reconnecting."
+    )
+    reconnect_max_s: float = Field(
+        default=60.0, ge=1.0, le=3600.0, description="Longest wait between reconnect attempts."
+    )
+    max_queued_events: int = Field(
+        default=1000,
+        ge=0,
+        le=100_000,
+        description="Events kept while the broker is away; older ones are summarised.",
+    )
+    state_interval_s: float = Field(
+        default=60.0, ge=1.0, le=3600.0, description="Seconds between device state reports."
+    )
+    snapshot_max_bytes: int = Field(
+        default=2_000_000,
+        ge=10_000,
+        le=16_000_000,
+        description="Larger event snapshots are not published on the snapshot topic.",
+    )
+    max_command_bytes: int = Field(
+        default=256, ge=16, le=65536, description="Longer command payloads are refused."
+    )
+
+
+def _cpu_temperature(root: Path = Path("/sys/class/thermal")) -> float | None:
+    best: float | None = None
+    for zone in sorted(root.glob("thermal_zone*")):
+        try:
+            kind = (zone / "type").read_text().strip()
+            value = int((zone / "temp").read_text().strip()) / 1000.0
+        except (OSError, ValueError):
+            continue
+        if "cpu" in kind or "soc" in kind or "x86_pkg" in kind:
+            return value
+        if best is None:
+            best = value
+    return best
+
+
+def _device_model(hardware_profile: str) -> str:
+    """Blocking (reads the device tree): the board's model, else the profile's name."""
+    from spyoncino.core.profiles import ProfileError, detect_profile, read_model
+
+    model = read_model(Path("/proc/device-tree/model"))
+    if model:
+        return model[:100]
+    try:
+        profile, _why = detect_profile(override=hardware_profile)
+    except (ProfileError, OSError, ValueError):
+        return "generic"
+    return profile.name
+
+
+class MqttOutput(BaseModule):
+    category: ClassVar[Any] = "output"
+    Config: ClassVar[type[ModuleConfig]] = Config
+
+    def __init__(self, ctx: Any) -> None:
+        super().__init__(ctx)
+        self.cfg = Config()
+        self.app_cfg: AppConfig | None = None
+        self.layout = Layout("box", "spyoncino/box", "homeassistant")
+        self.cameras: dict[str, str] = {}
+        self.labels: dict[str, tuple[str, ...]] = {}
+        self.detect: dict[str, bool] = {}
+        self.queue: PublishQueue | None = None
+        self.connected = False
+        self.info = DeviceInfo("Spyoncino", "generic", __version__)
+        self._aiomqtt: Any = None
+        self._client: Any = None
+        self._active: dict[str, EventNotice] = {}
+        self._published_states: dict[str, bytes] = {}
+        self._snap_relpath: dict[str, str] = {}
+        self._armed: bool | None = None
+        self._muted_until: dict[str, float] = {}
+        self._cam_state: dict[str, tuple[str, float]] = {}
+        self._rejections_logged: list[float] = []
+        self.broker = ""
+        self.stats = {
+            "published": 0,
+            "events": 0,
+            "commands": 0,
+            "commands_rejected": 0,
+            "reconnects": 0,
+            "connect_failures": 0,
+            "discovery_published": 0,
+        }
+
+    # -- config --------------------------------------------------------------------------------
+    async def check(self, app: AppConfig) -> None:
+        cfg = app.section(self.name or "mqtt", Config)
+        old = self.cfg
+        if self.queue is not None and cfg.model_dump(
+            exclude={"state_interval_s", "max_command_bytes", "snapshot_max_bytes"}
+        ) != old.model_dump(
+            exclude={"state_interval_s", "max_command_bytes", "snapshot_max_bytes"}
+        ):
+            raise ModuleConfigError("mqtt: connection and topic settings take effect on restart")
+
+    async def configure(self, app: AppConfig) -> None:
+        await self.check(app)
+        self.cfg = app.section(self.name or "mqtt", Config)
+        self.app_cfg = app
+        self.cameras = app.camera_names(enabled_only=True)
+        self.labels, self.detect = {}, {}
+        for cid in self.cameras:
+            det = getattr(app.cameras[cid], "detector", None)
+            cam_labels = getattr(det, "labels", None) if det is not None else None
+            chosen = self.cfg.labels or cam_labels or DEFAULT_LABELS
+            self.labels[cid] = tuple(dict.fromkeys(str(x) for x in chosen))
+            self.detect[cid] = bool(getattr(det, "enabled", True)) if det is not None else True
+        device_id = self.cfg.device_id or safe_id(socket.gethostname(), "spyoncino")
+        self.layout = Layout(
+            device_id=device_id,
+            prefix=(self.cfg.topic_prefix or f"spyoncino/{device_id}").rstrip("/"),
+            discovery_prefix=self.cfg.discovery_prefix.rstrip("/"),
+        )
+        self.broker = f"{self.cfg.host}:{self.cfg.port}" if self.cfg.host else ""
+
+    def _public_url(self) -> str | None:
+        page = getattr(self.app_cfg, "status_page", None)
+        url = getattr(page, "public_url", None) if page is not None else None
+        return str(url).rstrip("/") if url else None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self.cfg.host is None:
+            self.log.info("mqtt_disabled", reason="no mqtt.host configured")
+            self.set_state("ok", "disabled: no host")
+            return
+        try:
+            import aiomqtt
+        except ImportError as e:
+            raise ModuleConfigError(
+                "mqtt: the aiomqtt library is missing (pip install 'spyoncino[mqtt]')"
+            ) from e
+        self._aiomqtt = aiomqtt
+        hw = self.app_cfg.runtime.hardware_profile if self.app_cfg is not None else "auto"
+        model = await self.ctx.executor.run(_device_model, hw)
+        self.info = DeviceInfo(
+            name=self.cfg.device_name or f"Spyoncino {self.layout.device_id}",
+            model=model,
+            sw_version=__version__,
+            configuration_url=self._public_url(),
+        )
+        client = await self._connect()  # ModuleNotReady when the broker is not there
+        self.queue = PublishQueue(self.cfg.max_queued_events, self.layout.events)
+        for cid in self.cameras:
+            self._put_state(self.layout.camera(cid, "motion"), OFF)
+            for label in self.labels[cid]:
+                self._put_state(self.layout.label_topic(cid, label), "0")
+            self._put_state(self.layout.camera(cid, "detect"), ON if self.detect[cid] else OFF)
+        try:
+            await self._open_session(client)
+        except aiomqtt.MqttError as e:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.__aexit__(None, None, None), 2.0)
+            raise ModuleNotReady(f"MQTT broker {self.broker}: {e}") from e
+        self.subscribe(topics.EVENT.pattern(), self._on_event, policy="block", maxsize=256)
+        self.subscribe(topics.CONTROL_STATE.name, self._on_control_state, policy="block")
+        self.subscribe(topics.CONFIG_SNAPSHOT.name, self._on_config, policy="block")
+        self.subscribe(topics.HEALTH.name, self._on_health, policy="latest")
+        self._client, self.connected = client, True
+        self.spawn(self._run(client), "connection")
+        self.spawn(self._device_loop(), "device-state")
+        self.set_state("ok", f"connected to {self.broker}")
+
+    async def stop(self) -> None:
+        client = self._client
+        if client is not None and self.connected:
+            # a clean goodbye: the last will covers only the unexpected ones
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(
+                    client.publish(self.layout.availability, OFFLINE, qos=1, retain=True), 2.0
+                )
+        await super().stop()
+        self.connected = False
+        self.queue = None
+
+    async def _connect(self) -> Any:
+        aiomqtt = self._aiomqtt
+        cfg = self.cfg
+        assert cfg.host is not None
+        tls = None
+        if cfg.tls is not None:
+            tls = aiomqtt.TLSParameters(
+                ca_certs=str(cfg.tls.ca_file) if cfg.tls.ca_file else None,
+                certfile=str(cfg.tls.cert_file) if cfg.tls.cert_file else None,
+                keyfile=str(cfg.tls.key_file) if cfg.tls.key_file else None,
+            )
+        client = aiomqtt.Client(
+            cfg.host,
+            cfg.port,
+            username=cfg.username,
+            password=cfg.password.get_secret_value() if cfg.password else None,
+            identifier=cfg.client_id or f"spyoncino-{self.layout.device_id}",
+            will=aiomqtt.Will(self.layout.availability, OFFLINE, qos=1, retain=True),
+            keepalive=cfg.keepalive_s,
+            timeout=cfg.connect_timeout_s,
+            tls_params=tls,
+            tls_insecure=cfg.tls.insecure if cfg.tls is not None else None,
+            max_queued_incoming_messages=1000,
+        )
+        try:
+            await asyncio.wait_for(client.__aenter__(), cfg.connect_timeout_s + 1.0)
+        except (aiomqtt.MqttError, OSError, TimeoutError) as e:
+            self.stats["connect_failures"] += 1
+            reason = str(e) or type(e).__name__
+            if "authori" in reason.lower() or "password" in reason.lower():
+                reason += " (check mqtt.username and mqtt.password)"
+            self.log.error("mqtt_connect_failed", broker=self.broker, error=reason)
+            raise ModuleNotReady(f"MQTT broker {self.broker}: {reason}") from e
+        self.log.info("mqtt_connected", broker=self.broker, prefix=self.layout.prefix)
+        return client
+
+    def _backoff(self, failures: int) -> float:
+        delay = min(self.cfg.reconnect_max_s, self.cfg.reconnect_min_s * 2 ** max(0, failures - 1))
+        return float(delay * (0.5 + random.random()))
+
+    async def _run(self, client: Any) -> None:
+        """Serve a connection until it breaks, then reconnect with capped, jittered backoff."""
+        failures = 0
+        while True:
+            try:
+                if client is None:
+                    await asyncio.sleep(self._backoff(failures))
+                    try:
+                        client = await self._connect()
+                    except ModuleNotReady as e:
+                        failures += 1
+                        self.set_state("degraded", f"reconnecting to {self.broker}", str(e))
+                        continue
+                    self.stats["reconnects"] += 1
+                    await self._open_session(client)
+                failures = 1
+                self._client, self.connected = client, True
+                self.set_state("ok", f"connected to {self.broker}")
+                await self._serve(client)
+            except self._aiomqtt.MqttError as e:
+                self.log.warning("mqtt_disconnected", broker=self.broker, error=str(e))
+            finally:
+                self.connected, self._client = False, None
+                if client is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(client.__aexit__(None, None, None), 2.0)
+            client = None
+            self.set_state("degraded", f"reconnecting to {self.broker}")
+
+    async def _open_session(self, client: Any) -> None:
+        """A new connection: commands subscribed, availability, discovery, every state again."""
+        await client.subscribe(
+            [(t, 1) for t in self.layout.command_filters()]
+            + [(f"{self.layout.discovery_prefix}/status", 1)]
+        )
+        await client.publish(self.layout.availability, ONLINE, qos=1, retain=True)
+        await self._publish_discovery(client)
+        if self.queue is None:
+            return
+        for topic, payload in self._published_states.items():
+            if topic not in self.queue.states:
+                self.queue.state(topic, payload)
+
+    async def _serve(self, client: Any) -> None:
+        """Commands in, the queue out, until the connection breaks (MqttError)."""
+        reader = asyncio.ensure_future(self._reader(client))
+        writer = asyncio.ensure_future(self._writer(client))
+        try:
+            done, _ = await asyncio.wait((reader, writer), return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                t.result()  # raises the MqttError that ended the session
+        finally:
+            for t in (reader, writer):
+                t.cancel()
+            await asyncio.wait((reader, writer), timeout=2.0)
+
+    async def _publish_discovery(self, client: Any) -> None:
+        configs = discovery_configs(self.layout, self.info, self.cameras, self.labels)
+        for topic, doc in configs.items():
+            payload = json.dumps(doc).encode() if self.cfg.discovery else b""
+            await client.publish(topic, payload, qos=1, retain=True)
+        self.stats["discovery_published"] += 1
+        self.log.info(
+            "mqtt_discovery_published" if self.cfg.discovery else "mqtt_discovery_removed",
+            entities=len(configs),
+        )
+
+    async def _writer(self, client: Any) -> None:
+        queue = self.queue
+        assert queue is not None
+        while True:
+            item = queue.pop()
+            if item is None:
+                await queue.ready.wait()
+                continue
+            try:
+                await client.publish(item.topic, item.payload, qos=item.qos, retain=item.retain)
+            except BaseException:
+                queue.put_back(item)
+                raise
+            self.stats["published"] += 1
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # Python 3.11's wait_for (inside aiomqtt) can swallow a cancel that lands as
+                # the PUBACK does; honour it here instead of waiting on the queue forever
+                raise asyncio.CancelledError
+
+    async def _reader(self, client: Any) -> None:
+        birth = f"{self.layout.discovery_prefix}/status"
+        async for message in client.messages:
+            topic = str(message.topic)
+            raw = message.payload if isinstance(message.payload, bytes) else b""
+            if topic == birth:
+                if raw.strip().lower() == b"online":
+                    self.log.info("mqtt_home_assistant_online")
+                    await self._publish_discovery(client)
+                continue
+            await self._on_command(topic, raw)
+
+    async def _on_command(self, topic: str, raw: bytes) -> None:
+        try:
+            cmd = parse(
+                self.layout.prefix,
+                topic,
+                raw,
+                set(self.cameras),
+                self.cfg.max_command_bytes,
+                uuid.uuid4().hex,
+            )
+        except Rejected as e:
+            self.stats["commands_rejected"] += 1
+            now = time.monotonic()
+            self._rejections_logged = [t for t in self._rejections_logged if now - t < 60.0]
+            if len(self._rejections_logged) < 10:  # a flood is counted, not logged line by line
+                self._rejections_logged.append(now)
+                self.log.warning(
+                    "mqtt_command_rejected", topic=topic[:200], reason=str(e), size=len(raw)
+                )
+            return
+        self.stats["commands"] += 1
+        if isinstance(cmd, ConfigUpdate):
+            await self.bus.publish(topics.CONFIG_UPDATE.name, cmd)
+        else:
+            await self.bus.publish(topics.CONTROL.name, cmd)
+        self.log.info("mqtt_command", topic=topic[:200])
+
+    # -- state out -----------------------------------------------------------------------------
+    def _put_state(self, topic: str, value: str | bytes) -> None:
+        """Publish a retained state unless it is what was published last."""
+        payload = value.encode() if isinstance(value, str) else value
+        if self._published_states.get(topic) == payload:
+            return
+        self._published_states[topic] = payload
+        if self.queue is not None:
+            self.queue.state(topic, payload)
+
+    def event_document(self, ev: EventNotice) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "type": ev.phase,
+            "event_id": ev.event_id,
+            "camera": ev.camera_id,
+            "camera_name": self.cameras.get(ev.camera_id, ev.camera_id),
+            "kind": ev.kind,
+            "labels": list(ev.labels),
+            "score": round(ev.top_score, 3),
+            "zones": list(ev.zones),
+            "objects": len(ev.objects),
+            "started_at": ev.started_at,
+            "updated_at": ev.updated_at,
+            "ended_at": ev.ended_at,
+        }
+        url = self._public_url()
+        if url:
+            doc["url"] = f"{url}/events/{ev.event_id}"
+            rel = self._snap_relpath.get(ev.event_id)
+            if rel:
+                doc["snapshot_url"] = f"{url}/media/{rel}"
+        return doc
+
+    async def _on_event(self, msg: Message[Any]) -> None:
+        payload = msg.payload
+        if isinstance(payload, MediaArtifact):
+            if payload.kind == "snapshot":
+                await self._on_snapshot(payload)
+            return
+        if not isinstance(payload, EventNotice) or self.queue is None:
+            return
+        ev = payload
+        self.queue.event(self.layout.events, json.dumps(self.event_document(ev)).encode())
+        self.stats["events"] += 1
+        if ev.phase == "ended":
+            self._active.pop(ev.event_id, None)
+            self._snap_relpath.pop(ev.event_id, None)
+        else:
+            self._active[ev.event_id] = ev
+        self._camera_counts(ev.camera_id)
+
+    def _camera_counts(self, cid: str) -> None:
+        if cid not in self.cameras:
+            return
+        active = [e for e in self._active.values() if e.camera_id == cid]
+        for label in self.labels[cid]:
+            n = 0
+            for e in active:
+                seen = sum(1 for o in e.objects if o.label == label)
+                n += seen if seen or e.objects else int(label in e.labels)
+            self._put_state(self.layout.label_topic(cid, label), str(n))
+        # motion last: whoever sees it change sees the counts that go with it
+        self._put_state(self.layout.camera(cid, "motion"), ON if active else OFF)
+
+    async def _on_snapshot(self, art: MediaArtifact) -> None:
+        if art.camera_id not in self.cameras or art.size_bytes > self.cfg.snapshot_max_bytes:
+            return
+        try:
+            data = await self.ctx.executor.run(Path(art.path).read_bytes)
+        except OSError as e:
+            self.log.warning("mqtt_snapshot_unreadable", path=art.path, error=repr(e))
+            return
+        if art.event_id in self._active:
+            self._snap_relpath[art.event_id] = art.relpath
+        self._put_state(self.layout.camera(art.camera_id, "snapshot"), data)
+
+    async def _on_control_state(self, msg: Message[ControlState]) -> None:
+        st = msg.payload
+        self._armed = st.armed
+        self._muted_until = dict(st.muted_until)
+        self._put_state(self.layout.armed, ON if st.armed else OFF)
+        self._put_state(self.layout.muted, ON if st.muted_until else OFF)
+        await self._publish_device_state()
+
+    async def _on_config(self, msg: Message[ConfigSnapshot]) -> None:
+        cams = msg.payload.config.get("cameras", {})
+        for cid in self.cameras:
+            det = cams.get(cid, {}).get("detector") if isinstance(cams.get(cid), dict) else None
+            enabled = det.get("enabled", True) if isinstance(det, dict) else True
+            self.detect[cid] = bool(enabled)
+            self._put_state(self.layout.camera(cid, "detect"), ON if enabled else OFF)
+
+    async def _on_health(self, msg: Message[HealthReport]) -> None:
+        for mod in msg.payload.modules:
+            cid = mod.metrics.get("camera")
+            if not isinstance(cid, str) or cid not in self.cameras:
+                continue
+            state = str(mod.metrics.get("camera_state", mod.state))
+            fps = mod.metrics.get("fps", 0.0)
+            fps = round(float(fps), 1) if isinstance(fps, int | float) else 0.0
+            doc = {"schema_version": SCHEMA_VERSION, "state": state, "fps": fps}
+            self._put_state(self.layout.camera(cid, "state"), json.dumps(doc))
+
+    async def _device_loop(self) -> None:
+        while True:
+            await self._publish_device_state()
+            await asyncio.sleep(self.cfg.state_interval_s)
+
+    async def _publish_device_state(self) -> None:
+        root = self.app_cfg.storage.root if self.app_cfg is not None else Path(".")
+        temp, (free, total) = await self.ctx.executor.run(self._facts, root)
+        now = time.time()
+        doc = {
+            "schema_version": SCHEMA_VERSION,
+            "armed": self._armed,
+            "muted": any(v > now for v in self._muted_until.values()),
+            "muted_until": {k: v for k, v in self._muted_until.items() if v > now},
+            "version": __version__,
+            "cpu_temp_c": temp,
+            "disk_free_bytes": free,
+            "disk_total_bytes": total,
+            "uptime_s": round(time.monotonic() - _STARTED, 1),
+            "cameras": sorted(self.cameras),
+        }
+        self._put_state(self.layout.state, json.dumps(doc))
+
+    @staticmethod
+    def _facts(root: Path) -> tuple[float | None, tuple[int, int]]:
+        try:
+            space = disk_free(root)
+        except OSError:
+            space = (0, 0)
+        temp = _cpu_temperature()
+        return (round(temp, 1) if temp is not None and math.isfinite(temp) else None), space
+
+    # -- telemetry -----------------------------------------------------------------------------
+    def metrics(self) -> dict[str, float | int | str]:
+        q = self.queue
+        return {
+            "broker": self.broker,
+            "connected": int(self.connected),
+            "queued": len(q) if q is not None else 0,
+            "dropped_events": q.dropped_total if q is not None else 0,
+            **self.stats,
+        }
+
+    def pending(self) -> int:
+        # a replay waits for what the broker can take; a broker that is away holds nothing up
+        return len(self.queue) if self.queue is not None and self.connected else 0
+
+
+__all__ = ["Config", "MqttOutput"]
