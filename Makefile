@@ -54,6 +54,14 @@ test-system: $(STAMP)
 	bash tests/system/build_rootfs.sh >/dev/null
 	$(PY) -m pytest -m system tests/system -q $(PYTEST_ARGS)
 
+## image: the SD-card image dist/spyoncino-<version>-rpi-arm64.img.xz (root; see image/README.md)
+image: $(STAMP)
+	PYTHON=$(abspath $(PY)) bash image/build.sh
+
+## test-image: build the image, then boot it in QEMU and check first boot, service, events, reboot (root)
+test-image: image
+	SPYONCINO_IMAGE_NO_BUILD=1 $(PY) -m pytest -m image tests/image -q -s $(PYTEST_ARGS)
+
 ## schema: JSON Schemas of config.yaml and every payload into ./schema
 schema: $(STAMP)
 	$(VENV)/bin/spyoncino schema --out schema

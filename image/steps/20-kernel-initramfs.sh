@@ -52,5 +52,8 @@ cp "$cached" "$ROOTFS/boot/initrd.img-$kver"
 
 log "raspi-firmware: kernel, initramfs, device trees, config.txt, cmdline.txt to /boot/firmware"
 cp "$IMAGE_DIR/files/rootfs/etc/default/raspi-firmware" "$ROOTFS/etc/default/raspi-firmware"
-in_root /etc/kernel/postinst.d/z50-raspi-firmware "$kver" >&2
-ls "$ROOTFS/boot/firmware" | head -50 >&2
+# (the hook does its work only when called as from a package's postinst: "configure")
+in_root env DEB_MAINT_PARAMS=configure /etc/kernel/postinst.d/z50-raspi-firmware "$kver" >&2
+grep -q "root=LABEL=RASPIROOT" "$ROOTFS/boot/firmware/cmdline.txt" || die "raspi-firmware did not write cmdline.txt"
+cmp -s "$cached" "$ROOTFS/boot/firmware/initrd.img-$kver" || die "the boot partition did not get the initramfs"
+log "boot partition files: $(ls "$ROOTFS/boot/firmware" | wc -l)"

@@ -51,9 +51,12 @@ BOOT_TIMEOUT = 900  # TCG on 2 shared cores: ~2 min here, generous for a loaded 
 READY_TIMEOUT = 900
 EVENT_TIMEOUT = 1200
 API_TOKEN = "image-test-token-0123456789"
+CARD_GROWTH = 1 << 30  # the "card" is 1 GiB larger than the image, for the first boot to grow into
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # systemd's colours on the serial console
 
 pytestmark = [
     pytest.mark.image,
+    pytest.mark.timeout(BOOT_TIMEOUT + READY_TIMEOUT + EVENT_TIMEOUT),
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (image build: mmdebstrap, nspawn)"),
     pytest.mark.skipif(
         any(shutil.which(t) is None for t in TOOLS),
@@ -200,9 +203,10 @@ class VM:
             "-drive",
             f"file={self.img},if=virtio,format=raw,cache=unsafe",
             # restrict=on: the guest reaches nothing; only the forwarded port on 127.0.0.1
-            "-nic",
-            f"user,model=virtio-net-pci,romfile=,restrict=on,"
-            f"hostfwd=tcp:127.0.0.1:{self.port}-:8080",
+            "-netdev",
+            f"user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{self.port}-:8080",
+            "-device",
+            "virtio-net-pci,netdev=net0,romfile=",  # no PXE option ROM (efi-virtio.rom)
             "-display",
             "none",
             "-monitor",
@@ -223,7 +227,7 @@ class VM:
     def _read(self, log: object) -> None:
         assert self.proc is not None and self.proc.stdout is not None and self._cond is not None
         for raw in self.proc.stdout:
-            line = raw.decode("utf-8", "replace").rstrip("\r\n")
+            line = ANSI.sub("", raw.decode("utf-8", "replace")).rstrip("\r\n")
             log.write(line + "\n")  # type: ignore[attr-defined]
             log.flush()  # type: ignore[attr-defined]
             with self._cond:
@@ -380,6 +384,7 @@ def box(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     work = tmp_path_factory.mktemp("image")
     img = work / "spyoncino.img"
     subprocess.run(["cp", "--sparse=always", str(IMAGE), str(img)], check=True)
+    os.truncate(img, img.stat().st_size + CARD_GROWTH)
     boot, rootp = partitions(img)[:2]
     fat = Fat(img, boot)
     names = fat.ls()
@@ -390,6 +395,8 @@ def box(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     # the image's own command line, its console moved to QEMU's serial port
     cmdline = " ".join(a for a in fat.read("cmdline.txt").split() if not a.startswith("console="))
     cmdline += " console=ttyAMA0,115200"
+    if os.environ.get("SPYONCINO_IMAGE_DEBUG"):
+        cmdline += " systemd.journald.forward_to_console=1"  # the whole journal on the console
     # what an owner does on a PC before the first boot
     assert "config.yaml" in fat.ls("spyoncino") and "secrets.yaml" in fat.ls("spyoncino")
     fat.put("spyoncino/config.yaml", CONFIG, work)
@@ -417,7 +424,9 @@ def test_first_boot_reaches_multi_user_and_sets_the_box_up(box: Box) -> None:
     text = vm.console()
     assert "moved spyoncino/config.yaml from the boot partition" in text, text[-3000:]
     assert "removed spyoncino/secrets.yaml from the boot partition" in text
-    assert re.search(r"grew /dev/vda2 on /dev/vda from \d+ MiB to \d+ MiB", text), text[-3000:]
+    m = re.search(r"grew /dev/vda2 on /dev/vda from (\d+) MiB to (\d+) MiB", text)
+    assert m, text[-3000:]
+    assert int(m.group(2)) - int(m.group(1)) >= CARD_GROWTH // 2**20 - 4, m.group(0)
     m = re.search(r"hostname (spyoncino-[0-9a-f]{4}) ", text)
     assert m, text[-3000:]
     box.hostname = m.group(1)
