@@ -329,6 +329,8 @@ class Settings:
     config: str = "/etc/spyoncino/config.yaml"
     health_url: str = "http://127.0.0.1:8080/health/ready"
     probation_s: float = 120.0
+    #: how long the restarted service may take to say READY (the unit's TimeoutStartSec)
+    start_timeout_s: float = 120.0
     http_timeout_s: float = 20.0
     gate_timeout_s: float = 300.0
 
@@ -552,6 +554,28 @@ class Updater:
         if not link.exists() or (link.is_symlink() and os.readlink(link) != "current"):
             symlink_atomic(link, "current")
 
+    def adopt_legacy_venv(self) -> bool:
+        """A box from before the slots: its real ``venv`` folder becomes slot b (a link to
+        it, marked good: it is what runs), so the first slot build has something to go back
+        to. The role removes the folder once the new slot passed probation."""
+        legacy = self.paths.venv_link
+        if legacy.is_symlink() or not (legacy / "bin" / "spyoncino").exists():
+            return False
+        if self.state["slots"] or self.active_slot() is not None:
+            return False
+        found = sorted(legacy.glob(f"lib/python3*/site-packages/{PACKAGE}-*.dist-info"))
+        version = found[-1].name[len(PACKAGE) + 1 : -len(".dist-info")] if found else "0"
+        slot = self.paths.slot("b")
+        slot.parent.mkdir(parents=True, exist_ok=True)
+        symlink_atomic(slot, "../venv")
+        self.slot_info("b").update(
+            {"version": version, "status": "good", "good": True, "legacy": True}
+        )
+        self.save()
+        self.switch("b")
+        log(f"adopted the single virtualenv {legacy} ({version}) as slot b")
+        return True
+
     def recover(self, *, restart: bool) -> bool:
         """Undo a switch whose probation never finished; True when ``current`` changed.
 
@@ -615,7 +639,9 @@ class Updater:
         self.save()
         path = self.paths.slot(slot)
         t0 = self.host.monotonic()
-        if path.exists() or path.is_symlink():
+        if path.is_symlink():  # the adopted legacy venv: the link goes, the folder is the role's
+            path.unlink()
+        elif path.exists():
             shutil.rmtree(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         venv = [self.settings.python, "-m", "venv"]
@@ -715,7 +741,8 @@ class Updater:
         if rc != 0:
             return f"systemctl restart failed: {out.strip()[-500:]}"
         t0 = self.host.monotonic()
-        end = t0 + window_s
+        # READY within the start timeout; then the window runs from READY
+        end = t0 + self.settings.start_timeout_s
         baseline: tuple[str, str] | None = None
         healthy = not url
         while True:
@@ -727,6 +754,7 @@ class Updater:
                 now = (props.get("MainPID", ""), props.get("NRestarts", ""))
                 if baseline is None:
                     baseline = now
+                    end = self.host.monotonic() + window_s
                     log(f"READY after {self.host.monotonic() - t0:.1f} s")
                 elif now != baseline:
                     return (
@@ -742,9 +770,12 @@ class Updater:
                 break
             self.host.sleep(1.0)
         if baseline is None:
-            return f"the service did not become ready (READY) within {window_s:.0f} s"
+            return (
+                "the service did not become ready (READY) within "
+                f"{self.settings.start_timeout_s:.0f} s"
+            )
         if not healthy:
-            return f"{url} did not answer 200 within {window_s:.0f} s"
+            return f"{url} did not answer 200 within {window_s:.0f} s of READY"
         if url and not self.host.healthy(url):
             return f"{url} stopped answering 200 at the end of probation"
         return None
@@ -831,6 +862,7 @@ class Updater:
         if (
             running is not None
             and self.is_good(active)
+            and not self._legacy(active)
             and version_key(target) == version_key(running)
         ):
             return Outcome(
@@ -921,6 +953,9 @@ class Updater:
             outcome="failed_first_install",
         )
 
+    def _legacy(self, slot: str | None) -> bool:
+        return bool(slot and self.state["slots"].get(slot, {}).get("legacy"))
+
     def _mark_bad(self, slot: str, version: str, why: str) -> None:
         self.state["bad"][version] = why[:500]
         self.slot_info(slot).update({"status": "failed", "good": False})
@@ -993,9 +1028,11 @@ class Updater:
         a newer version already running (installed over the air and marked good) is kept.
         """
         self.set_pin(version if pin else None)
+        self.adopt_legacy_venv()
         running = self.active_version()
         active = self.active_slot()
-        if running is not None and self.is_good(active):
+        # an adopted legacy venv is never "up to date": it must become a real slot
+        if running is not None and self.is_good(active) and not self._legacy(active):
             if version_key(running) == version_key(version):
                 return Outcome(
                     EXIT_OK,

@@ -666,3 +666,42 @@ def test_real_host_runs_commands_and_reports_timeouts(tmp_path: Path) -> None:
     assert rc == 124 and "timed out" in out
     assert host.run([str(tmp_path / "missing")])[0] == 127
     assert host.run(["true"], user="nobody-such-user")[0] == 0
+
+
+def _legacy_venv(u: Updater, version: str) -> Path:
+    venv = u.paths.venv_link
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "spyoncino").write_text("legacy")
+    (venv / "lib" / "python3.11" / "site-packages" / f"spyoncino-{version}.dist-info").mkdir(
+        parents=True
+    )
+    return venv
+
+
+def test_the_old_single_venv_is_what_a_failed_migration_goes_back_to(
+    box: Callable[..., Updater], tmp_path: Path
+) -> None:
+    u = box()
+    venv = _legacy_venv(u, "0.1.0")
+    wheel = make_wheel(tmp_path / "l", "0.1.0")
+    u.host.behaviour = "crash"  # type: ignore[attr-defined]
+    r = u.install("0.1.0", pin=False, start=True, wheel=str(wheel))
+    assert r.code == up.EXIT_ROLLED_BACK and "rolled back to 0.1.0" in r.message
+    assert os.readlink(u.paths.slot("b")) == "../venv" and u.active_slot() == "b"
+    assert (u.paths.current / "bin" / "spyoncino").read_text() == "legacy"  # it runs again
+    u.host.behaviour = "ok"  # type: ignore[attr-defined]
+    ok = u.install("0.1.0", pin=False, start=True, force=True, wheel=str(wheel))
+    assert ok.switched and u.active_slot() == "a", ok.message
+    # the role removes the old folder; a later build of slot b drops only the link
+    u.update("0.1.1", wheel=str(make_wheel(tmp_path / "l", "0.1.1")))
+    assert venv.is_dir() and u.paths.slot("b").is_dir() and not u.paths.slot("b").is_symlink()
+
+
+def test_an_old_venv_at_the_same_version_still_becomes_a_slot(
+    box: Callable[..., Updater], tmp_path: Path
+) -> None:
+    u = box()
+    _legacy_venv(u, "0.1.0")
+    r = u.install("0.1.0", pin=False, start=True, wheel=str(make_wheel(tmp_path / "l", "0.1.0")))
+    assert r.switched and u.active_slot() == "a" and r.message.startswith("updated 0.1.0 -> 0.1.0")
+    assert not u.adopt_legacy_venv()  # once only

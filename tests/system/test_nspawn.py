@@ -48,7 +48,7 @@ REPO = nspawn.REPO
 #: the last role with the single /opt/spyoncino/venv (before A/B slots)
 LEGACY_ROLE = "6bcf9d2"
 WATCHDOG_SEC = 10
-PROBATION_S = 8
+PROBATION_S = 10
 HEALTH_URL = "http://127.0.0.1:8080/health/ready"
 
 

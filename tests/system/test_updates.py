@@ -149,6 +149,8 @@ spyoncino_apt_update_cache: false
 spyoncino_ffmpeg: false
 spyoncino_watchdog_sec: 10
 spyoncino_update_probation: {PROBATION_S}
+# how long a new version may take to say READY (the never-ready release waits for it)
+spyoncino_timeout_start_sec: 30
 spyoncino_health_url: {HEALTH}
 spyoncino_secrets:
   status_page:
