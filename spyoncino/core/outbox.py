@@ -13,8 +13,15 @@ Failures are sorted by what they mean (the channel raises one of these):
 * ``RetryAfter(seconds)``: the server asked us to wait (Telegram's 429 ``retry_after``); nothing
   is sent to that recipient before it has passed;
 * ``TransientError``: 5xx, timeouts, network down; retried with exponential backoff and jitter
-  until the item is ``horizon_s`` old, then given up and reported failed;
-* ``PermanentError``: the request itself is wrong (4xx); reported failed at once.
+  until the item is ``horizon_s`` old, then given up and reported failed. Its subclass
+  ``ServerError`` says the server answered (a 5xx for this request): the item waits out its
+  backoff but no longer holds the line, the next item that is due is tried meanwhile, so a
+  poison item blocks the ones behind it for one attempt at most. Should that one fail too,
+  it is an outage and the line waits for the head again, in order;
+* ``PermanentError``: the request itself is wrong (4xx); reported failed at once;
+* ``DeliveredUnknown``: the server said yes (2xx) in an answer that could not be read; the
+  message was most likely delivered, so it is marked sent (without a result) and logged,
+  never uploaded again.
 
 A full card (``SQLITE_FULL``) or an I/O error does not hold an alert back nor end a task: an
 alert that cannot be stored is kept in memory and delivered all the same (``unsaved`` in the
@@ -122,8 +129,22 @@ class TransientError(DeliveryError):
     """Worth retrying: server error, timeout, network down."""
 
 
+class ServerError(TransientError):
+    """The server answered, with an error for this request (a 5xx): retried with backoff like
+    any transient error, but the server is up, so the items behind it go on meanwhile (this
+    one may be a poison item that fails whatever the server's state)."""
+
+
 class PermanentError(DeliveryError):
     """Retrying will not help: the request is wrong or the recipient refuses it."""
+
+
+class DeliveredUnknown(DeliveryError):
+    """The server accepted the request (2xx) but its answer could not be read.
+
+    The message was most likely delivered: it is marked sent without a result and logged,
+    never uploaded again.
+    """
 
 
 class OutboxSettings(BaseModel):
@@ -197,6 +218,8 @@ class OutboxItem:
     coalesced: int = 0
     #: results (e.g. message ids) of items already delivered for the same event and recipient
     related: dict[str, str] = field(default_factory=dict)
+    #: failed while an item behind it went through: the item, not the server, is the trouble
+    suspect: bool = False
 
     @property
     def primary(self) -> bool:
@@ -332,6 +355,17 @@ def _mark(
     )
 
 
+def _primary_folded(conn: sqlite3.Connection, channel: str, recipient: str, event_id: str) -> bool:
+    """Whether the alert of ``event_id`` was folded into another (so its follow-ups go too)."""
+    rows = conn.execute(
+        "SELECT status FROM outbox WHERE channel=? AND recipient=? AND event_id=? "
+        "AND kind IN ('snapshot', 'text')",
+        (channel, recipient, event_id),
+    ).fetchall()
+    statuses = {str(r[0]) for r in rows}
+    return "coalesced" in statuses and not statuses & {"sent", "pending"}
+
+
 def _fold(conn: sqlite3.Connection, keep: int, count: int, dropped: list[int]) -> None:
     with conn:
         conn.execute("BEGIN")
@@ -387,6 +421,9 @@ class _Recipient:
     minute: _Window = field(default_factory=lambda: _Window(60.0))
     blocked_until: float = 0.0
     task: asyncio.Task[None] | None = None
+    #: the head's last attempt got an error answer from a server that is up (``ServerError``):
+    #: the items behind it may be tried while it waits out its backoff
+    may_pass: bool = False
 
 
 class Outbox:
@@ -425,6 +462,8 @@ class Outbox:
         #: outcomes of stored items the database refused: id -> (item, status, error, result)
         self._unmarked: dict[int, tuple[OutboxItem, str, str | None, str | None]] = {}
         self._next_unsaved_id = -1
+        #: (recipient, event id) of alerts folded into a summary: their late follow-ups fold too
+        self._folded: OrderedDict[tuple[str, str], None] = OrderedDict()
         self.stats: dict[str, int] = {
             "queued": 0,
             "sent": 0,
@@ -435,6 +474,7 @@ class Outbox:
             "duplicates": 0,
             "unsaved": 0,
             "store_failures": 0,
+            "delivered_unknown": 0,
         }
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -562,6 +602,11 @@ class Outbox:
                 return False
             await self._catch_up()
         item.id = int(row_id)
+        if not item.primary and (recipient, event_id) in self._folded:
+            # a GIF or clip of an alert folded into a summary: it goes with its alert
+            await self._record(item, "coalesced")
+            self.stats["coalesced"] += 1
+            return True
         self.stats["queued"] += 1
         await self._publish(item, "queued")
         rec = self._recipient(recipient)
@@ -656,20 +701,38 @@ class Outbox:
                     await self._maybe_coalesce(rid, rec)
                 except sqlite3.Error as e:  # folding can wait; delivery cannot
                     self._store_failed("outbox_fold_failed", e, recipient=rid)
-                # alerts go in order; a GIF/clip waits for its own photo (queued before it)
-                # but a newer alert's photo does not wait for an older event's upload
-                item = next((i for i in rec.queue if i.primary), rec.queue[0])
+                item, head = self._pick(rec)
                 delay = self._delay(rid, rec, item)
                 if delay > 0:
                     # not rec.wake: a new item behind this one must not cut the wait short
                     await asyncio.sleep(min(delay, 5.0))
                     continue
-                await self._attempt(rid, rec, item)
+                await self._attempt(rid, rec, item, head)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a bug or a database error: never kill the worker
                 self.log.error("outbox_worker_error", recipient=rid, error=repr(exc), exc_info=exc)
                 await asyncio.sleep(1.0)
+
+    def _pick(self, rec: _Recipient) -> tuple[OutboxItem, OutboxItem]:
+        """(the item to try now, the head of the line).
+
+        Alerts go in order; a GIF/clip waits for its own photo (queued before it) but a newer
+        alert's photo does not wait for an older event's upload. A head that failed and waits
+        out its backoff holds the line for one attempt only: the next item that is due is
+        tried (a poison item must not block the ones behind it). Should that one fail too,
+        it is an outage: the line waits for the head again, in order.
+        """
+        primaries = [i for i in rec.queue if i.primary]
+        line = primaries or list(rec.queue)
+        head = line[0]
+        if not rec.may_pass or head.attempts == 0 or head.next_at <= time.time():
+            return head, head
+        now_wall = time.time()
+        for i in line[1:]:
+            if i.next_at <= now_wall:
+                return i, head
+        return head, head
 
     def _delay(self, rid: str, rec: _Recipient, item: OutboxItem) -> float:
         now_wall = time.time()
@@ -687,22 +750,35 @@ class Outbox:
         ]
         return max(0.0, *waits)
 
-    async def _attempt(self, rid: str, rec: _Recipient, item: OutboxItem) -> None:
+    async def _attempt(
+        self, rid: str, rec: _Recipient, item: OutboxItem, head: OutboxItem | None = None
+    ) -> None:
         s = self.settings
         age = time.time() - item.created_at
         if age >= s.horizon_s:  # e.g. found pending at start after a long power cut
             await self._finish(rec, item, "failed", error=f"expired after {age:.0f}s, not sent")
             return
-        item.attempts += 1
         if not item.primary:
             try:
                 item.related = await self._db(_related, self.channel, rid, item.event_id)
+                folded = not (item.related.keys() & PRIMARY_KINDS) and await self._db(
+                    _primary_folded, self.channel, rid, item.event_id
+                )
             except sqlite3.Error as e:
                 self._store_failed("outbox_read_failed", e, event_id=item.event_id)
+                folded = False
+            if folded:  # its alert was folded into a summary (before a restart, say)
+                await self._record(item, "coalesced")
+                self._drop(rec, item)
+                self.stats["coalesced"] += 1
+                return
+        item.attempts += 1
+        probe = head is not None and head is not item
         now = time.monotonic()
         rec.last_send = now
         rec.minute.add(now)
         error: str
+        server_up = False  # only a server that answered may be passed by the items behind
         try:
             result = await asyncio.wait_for(self.sender(item), s.attempt_timeout_s)
         except RetryAfter as e:
@@ -718,14 +794,40 @@ class Outbox:
         except PermanentError as e:
             await self._finish(rec, item, "failed", error=str(e) or repr(e))
             return
+        except DeliveredUnknown as e:
+            self.stats["delivered_unknown"] += 1
+            self.log.warning(
+                "outbox_delivered_unknown",
+                recipient=rid,
+                event_id=item.event_id,
+                kind=item.kind,
+                error=str(e) or repr(e),
+            )
+            await self._finish(rec, item, "sent", error=str(e) or "answer unreadable")
+            return
+        except ServerError as e:
+            error = str(e) or type(e).__name__
+            server_up = True
         except (TimeoutError, TransientError, OSError) as e:
             error = str(e) or type(e).__name__
         except Exception as e:  # an unknown failure: treat as transient, but say so
             error = repr(e)
             self.log.error("outbox_sender_error", recipient=rid, error=error, exc_info=e)
         else:
+            if not probe:
+                rec.may_pass = False  # a new head: it has not failed yet
+            if probe and head is not None:
+                head.suspect = True  # it keeps its backoff; the server is fine
+            # the server works: what waits out a backoff of the outage goes now, in order
+            now_wall = time.time()
+            for queued in rec.queue:
+                if not queued.suspect and queued.next_at > now_wall:
+                    queued.next_at = now_wall
             await self._finish(rec, item, "sent", result=result)
             return
+        # a head the server answered with an error lets the next item by; an outage (nothing
+        # answered, or the item behind failed too) makes the line wait for the head, in order
+        rec.may_pass = server_up and not probe
         age = time.time() - item.created_at
         if age >= s.horizon_s:
             await self._finish(rec, item, "failed", error=f"gave up after {age:.0f}s: {error}")
@@ -733,6 +835,8 @@ class Outbox:
         backoff = min(s.backoff_max_s, s.backoff_initial_s * 2 ** min(item.attempts - 1, 30))
         backoff *= 0.8 + 0.4 * random.random()
         item.next_at = time.time() + backoff
+        if probe and head is not None:  # an outage: it must not overtake the head afterwards
+            item.next_at = max(item.next_at, head.next_at)
         self.stats["retries"] += 1
         self.log.info(
             "outbox_retry",
@@ -756,10 +860,7 @@ class Outbox:
     ) -> None:
         # commit first: a crash after this line can no longer send the item twice
         await self._record(item, status, error, result)
-        for n, queued in enumerate(rec.queue):
-            if queued is item:
-                del rec.queue[n]
-                break
+        self._drop(rec, item)
         self.stats[status] += 1
         if status == "failed":
             self.log.warning(
@@ -771,6 +872,13 @@ class Outbox:
                 error=error,
             )
         await self._publish(item, status, error)
+
+    @staticmethod
+    def _drop(rec: _Recipient, item: OutboxItem) -> None:
+        for n, queued in enumerate(rec.queue):
+            if queued is item:
+                del rec.queue[n]
+                break
 
     async def _maybe_coalesce(self, rid: str, rec: _Recipient) -> None:
         limit = self.settings.coalesce_after
@@ -790,6 +898,10 @@ class Outbox:
             folded = items[:-1]
             keep.coalesced += sum(1 + i.coalesced for i in folded)
             gone_events = {i.event_id for i in folded}
+            for event_id in gone_events:
+                self._folded[(rid, event_id)] = None
+            while len(self._folded) > 4096:
+                self._folded.popitem(last=False)
             drop = [i for i in rec.queue if i.event_id in gone_events]
             await self._db(_fold, keep.id, keep.coalesced, [i.id for i in drop])
             dropped_ids.update(i.id for i in drop)

@@ -15,11 +15,13 @@ import pytest_asyncio
 from spyoncino.core.bus import Bus, Message
 from spyoncino.core.contracts import BoundedExecutor
 from spyoncino.core.outbox import (
+    DeliveredUnknown,
     Outbox,
     OutboxItem,
     OutboxSettings,
     PermanentError,
     RetryAfter,
+    ServerError,
     TransientError,
 )
 from spyoncino.schemas.alerts import AlertNotification
@@ -392,3 +394,74 @@ async def test_old_delivered_rows_are_pruned_and_pending_ones_kept(env: dict[str
     rows = conn.execute("SELECT event_id, status FROM outbox").fetchall()
     conn.close()
     assert rows == [("waiting", "sent")]
+
+
+async def test_a_poison_item_blocks_the_ones_behind_it_for_one_attempt_at_most(
+    env: dict[str, Any],
+) -> None:
+    """An item that always fails transiently held its recipient's queue for up to 24 h."""
+
+    class Poisoned(FakeChannel):
+        async def __call__(self, item: OutboxItem) -> str | None:
+            if item.event_id == "poison":
+                self.attempts.append((item.key, time.monotonic()))
+                raise ServerError("500: this one upsets the server")
+            return await super().__call__(item)
+
+    ch = Poisoned()
+    box = env["make"](ch, backoff_initial_s=0.5, backoff_max_s=1.0)
+    await box.start()
+    await put(box, "poison")
+    await put(box, "b")
+    await put(box, "c")
+    await until(lambda: len(ch.delivered) == 2, timeout=3)
+    assert [d[1] for d in ch.delivered] == ["b", "c"]
+    poison_tries = [a for a in ch.attempts if "poison" in a[0]]
+    assert len(poison_tries) == 1  # b and c went within the poison's first backoff
+    # a real outage still keeps the order: nothing overtakes while everything fails
+    ch.down = True
+    for e in ("d", "e", "f"):
+        await put(box, e)
+    await asyncio.sleep(0.3)
+    ch.down = False
+    await until(lambda: len(ch.delivered) == 5, timeout=5)
+    assert [d[1] for d in ch.delivered] == ["b", "c", "d", "e", "f"]
+
+
+async def test_follow_ups_of_folded_alerts_are_folded_too(env: dict[str, Any]) -> None:
+    """After an outage the GIFs of folded events arrived later and went out on their own."""
+    ch = FakeChannel()
+    ch.down = True
+    box = env["make"](ch, coalesce_after=4)
+    await box.start()
+    for i in range(6):
+        await put(box, f"a{i}", cam="front")
+    await until(lambda: box.stats["coalesced"] > 0)
+    for i in range(6):  # the GIFs are encoded after their photos were folded
+        await put(box, f"a{i}", "gif", cam="front")
+    ch.down = False
+    await until(lambda: box.pending() == 0)
+    photos = {d[1] for d in ch.delivered if d[2] == "snapshot"}
+    gifs = [d[1] for d in ch.delivered if d[2] == "gif"]
+    assert "a5" in photos and "a5" in gifs
+    assert set(gifs) <= photos, (gifs, photos)
+    conn = sqlite3.connect(env["db"])
+    folded = conn.execute(
+        "SELECT COUNT(*) FROM outbox WHERE kind='gif' AND status='coalesced'"
+    ).fetchone()[0]
+    conn.close()
+    assert folded == 6 - len(gifs)
+
+
+async def test_an_unreadable_success_answer_is_not_sent_again(env: dict[str, Any]) -> None:
+    """A 200 whose body could not be parsed was retried as transient: the file went 5 times."""
+    ch = FakeChannel()
+    ch.failures.append(DeliveredUnknown("200 OK, but the answer could not be read"))
+    box = env["make"](ch)
+    await box.start()
+    await put(box, "e1")
+    await until(lambda: any(n.status == "sent" for n in env["notes"]))
+    await put(box, "e2")
+    await until(lambda: len(ch.delivered) == 1)
+    assert [a[0].split(":")[1] for a in ch.attempts] == ["e1", "e2"]  # e1 once, no re-upload
+    assert box.stats["delivered_unknown"] == 1

@@ -112,7 +112,7 @@ class Call:
 class Fault:
     """Answer matching requests with an error instead of the real result."""
 
-    kind: str  # "429", "500", "hang", "400", "413"
+    kind: str  # "429", "500", "hang", "400", "413", "garbled" (done, answer unreadable)
     method: str | None = None  # None: every method except getUpdates unless named
     count: int | None = 1  # None: until cleared
     retry_after: int = 3
@@ -214,7 +214,8 @@ class BotApiEmulator:
         retry_after: int = 3,
         description: str = "",
     ) -> Fault:
-        """Answer the next ``count`` matching requests with ``kind`` (429, 500, 400, 413, hang)."""
+        """Answer the next ``count`` matching requests with ``kind`` (429, 500, 400, 413, hang,
+        or garbled: carried out, then answered 200 with a body cut short)."""
         f = Fault(str(kind), method, count, retry_after, description)
         self.faults.append(f)
         return f
@@ -480,6 +481,16 @@ class BotApiEmulator:
             call.answered = "bad_token"
             return _error(401, "Unauthorized")
         fault = self._take_fault(method)
+        if fault is not None and fault.kind == "garbled":
+            # delivered, but the answer is cut short: the client cannot know it went through
+            call.answered = "garbled"
+            call.result = await self._dispatch(method, call)
+            self._notify()
+            return web.Response(
+                status=200,
+                text='{"ok": true, "result": {"message_',
+                content_type="application/json",
+            )
         if fault is not None:
             call.answered = fault.kind
             if method.lower() == "getupdates":

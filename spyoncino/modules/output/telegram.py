@@ -33,11 +33,13 @@ from spyoncino.core.contracts import ModuleConfig, ModuleConfigError
 from spyoncino.core.files import local_time
 from spyoncino.core.outbox import (
     AlertGate,
+    DeliveredUnknown,
     OutboxChannel,
     OutboxItem,
     OutboxSettings,
     PermanentError,
     RetryAfter,
+    ServerError,
     TransientError,
 )
 from spyoncino.modules.output import _telegram_text as text
@@ -140,6 +142,33 @@ class Config(ModuleConfig):
 TelegramConfig = Config
 
 
+class UnreadableSuccess(Exception):
+    """The Bot API answered 2xx, but the body could not be read: the message most likely went."""
+
+
+def _session_class(base: type[Any]) -> type[Any]:
+    """aiogram's session, telling a 2xx it could not read from any other unreadable answer.
+
+    aiogram raises the same ``ClientDecodeError`` for both; only the first means the request
+    was carried out (re-sending would repeat the message), so it becomes ``UnreadableSuccess``.
+    """
+
+    class Session(base):  # type: ignore[misc]
+        def check_response(self, bot: Any, method: Any, status_code: int, content: str) -> Any:
+            from aiogram.exceptions import ClientDecodeError
+
+            try:
+                return super().check_response(bot, method, status_code, content)
+            except ClientDecodeError as e:
+                if 200 <= status_code < 300:
+                    raise UnreadableSuccess(
+                        f"{status_code} but the answer could not be read ({len(content)} bytes)"
+                    ) from e
+                raise
+
+    return Session
+
+
 def _read_limited(path: str, limit: int) -> bytes | str:
     size = Path(path).stat().st_size
     if size > limit:
@@ -213,7 +242,9 @@ class TelegramOutput(TelegramCommands, OutboxChannel[Config]):
         from aiogram.client.session.aiohttp import AiohttpSession
         from aiogram.client.telegram import TelegramAPIServer
 
-        session = AiohttpSession(api=TelegramAPIServer.from_base(self.cfg.api_base_url))
+        session = _session_class(AiohttpSession)(
+            api=TelegramAPIServer.from_base(self.cfg.api_base_url)
+        )
         session.timeout = self.cfg.request_timeout_s
         self.bot = Bot(token=self.cfg.token.get_secret_value(), session=session)
         outbox = await self.open_outbox(self.db_path, rate_for=self._rate)
@@ -361,6 +392,7 @@ class TelegramOutput(TelegramCommands, OutboxChannel[Config]):
 
     async def _deliver(self, item: OutboxItem) -> str | None:
         from aiogram.exceptions import (
+            ClientDecodeError,
             TelegramAPIError,
             TelegramEntityTooLarge,
             TelegramNetworkError,
@@ -370,11 +402,17 @@ class TelegramOutput(TelegramCommands, OutboxChannel[Config]):
 
         try:
             return await self._send_item(item)
+        except UnreadableSuccess as e:
+            raise DeliveredUnknown(str(e)) from e
+        except ClientDecodeError as e:  # an error page instead of the API's answer
+            raise TransientError(f"unreadable answer: {e.message}") from e
         except TelegramRetryAfter as e:
             raise RetryAfter(e.retry_after, "429 Too Many Requests") from e
         except TelegramEntityTooLarge as e:
             raise PermanentError("file too large for the Bot API") from e
-        except (TelegramNetworkError, TelegramServerError) as e:
+        except TelegramServerError as e:  # the server is up: the chat's queue goes on
+            raise ServerError(f"{type(e).__name__}: {e.message}") from e
+        except TelegramNetworkError as e:
             raise TransientError(f"{type(e).__name__}: {e.message}") from e
         except TelegramAPIError as e:
             raise PermanentError(f"{type(e).__name__}: {e.message}") from e

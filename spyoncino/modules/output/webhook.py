@@ -28,6 +28,7 @@ from spyoncino.core.outbox import (
     OutboxSettings,
     PermanentError,
     RetryAfter,
+    ServerError,
     TransientError,
 )
 from spyoncino.schemas.events import EventNotice
@@ -219,6 +220,8 @@ class WebhookOutput(OutboxChannel[Config]):
             return str(status)
         if status == 429:
             raise RetryAfter(float(retry_after) if retry_after.isdigit() else 5.0, "429")
-        if status >= 500 or status == 408:
+        if status >= 500:  # the server answered: the items behind this one go on
+            raise ServerError(f"HTTP {status}")
+        if status == 408:
             raise TransientError(f"HTTP {status}")
         raise PermanentError(f"HTTP {status}")

@@ -297,6 +297,22 @@ async def test_retry_after_is_honoured(harness: MakeHarness, botapi: BotApiEmula
     assert len(h.statuses("sent")) == 1
 
 
+async def test_a_photo_whose_answer_is_unreadable_is_not_uploaded_again(
+    harness: MakeHarness, botapi: BotApiEmulator
+) -> None:
+    """The photo was delivered each time, and re-uploaded with backoff for up to 24 h."""
+    botapi.fail("garbled", "sendPhoto")
+    h = await harness(**cfg(botapi, chat_ids=[111]))
+    await h.event()
+    await until(lambda: len(h.statuses("sent")) == 1)
+    await h.event("garden")  # the chat's queue goes on
+    await until(lambda: len(h.statuses("sent")) == 2)
+    photos = botapi.attempts_to("sendPhoto")
+    assert [p.answered for p in photos][:1] == ["garbled"]
+    assert len(photos) == 2  # one per alert: the first was not uploaded again
+    assert h.module.metrics()["outbox_delivered_unknown"] == 1
+
+
 async def test_gif_and_clip_reply_to_the_alert_photo(
     harness: MakeHarness, botapi: BotApiEmulator
 ) -> None:
