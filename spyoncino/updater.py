@@ -282,11 +282,15 @@ def fsync_dir(path: Path) -> None:
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as f:
+    tmp.unlink(missing_ok=True)
+    # O_EXCL|O_NOFOLLOW: the result file goes into the service's folder, where a link planted
+    # at the temp name must not redirect a root write; rename() does not follow links either
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as f:
         f.write(data)
         f.flush()
+        os.fchmod(f.fileno(), mode)
         os.fsync(f.fileno())
-    os.chmod(tmp, mode)
     os.replace(tmp, path)
     fsync_dir(path.parent)
 
@@ -1207,6 +1211,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UpdateError as e:
         log(str(e))
         return _emit(args, Outcome(e.code, str(e), outcome="error"))
+    except PermissionError as e:
+        message = f"permission denied: {e.filename}: run it as root (sudo)"
+        log(message)
+        return _emit(args, Outcome(EXIT_ERROR, message, outcome="error"))
 
 
 def _dispatch(args: argparse.Namespace, paths: Paths, settings: Settings) -> int:
@@ -1227,7 +1235,8 @@ def _dispatch(args: argparse.Namespace, paths: Paths, settings: Settings) -> int
             "boot check: " + ("switched back to the last good slot" if changed else "nothing to do")
         )
         return EXIT_OK
-    with locked(paths.state / "lock"):
+    # a request waits its turn (else the .path unit would fire again and again)
+    with locked(paths.state / "lock", wait_s=3600 if cmd == "request" else 0):
         up = Updater(paths, settings)
         up.recover(restart=True)
         if cmd == "request":

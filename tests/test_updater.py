@@ -705,3 +705,25 @@ def test_an_old_venv_at_the_same_version_still_becomes_a_slot(
     r = u.install("0.1.0", pin=False, start=True, wheel=str(make_wheel(tmp_path / "l", "0.1.0")))
     assert r.switched and u.active_slot() == "a" and r.message.startswith("updated 0.1.0 -> 0.1.0")
     assert not u.adopt_legacy_venv()  # once only
+
+
+def test_a_link_planted_at_the_temp_name_does_not_redirect_the_write(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    (tmp_path / "ex").mkdir()
+    (tmp_path / "ex" / ".result.json.tmp").symlink_to(victim)
+    up.write_json(tmp_path / "ex" / "result.json", {"outcome": "updated"})
+    assert victim.read_text() == "precious"
+    assert json.loads((tmp_path / "ex" / "result.json").read_text()) == {"outcome": "updated"}
+
+
+def test_without_root_the_updater_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def denied(*a: object) -> int:
+        raise PermissionError(13, "Permission denied", "/var/lib/spyoncino-update/lock")
+
+    monkeypatch.setattr(up, "_dispatch", denied)
+    assert _cli(tmp_path, "rollback") == up.EXIT_ERROR
+    out = capsys.readouterr().out
+    assert "permission denied: /var/lib/spyoncino-update/lock: run it as root (sudo)" in out
