@@ -48,7 +48,7 @@ ENV_PREFIX = "SPYONCINO_"
 SYSTEM_CONFIG = Path("/etc/spyoncino/config.yaml")
 SYSTEM_SECRETS = Path("/etc/spyoncino/secrets.yaml")
 REDACTED = "***"
-CAMERA_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+CAMERA_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}\Z")  # \Z: "$" allows a trailing newline
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from spyoncino.core.files import TEMP_SUFFIX, sha256_file
 from spyoncino.core.index_db import connect
 
-_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}\Z")
 _STAMP = re.compile(r"^(\d{8}T\d{6})")
 
 #: file name ending -> (artifact kind, mime). Longest endings first.

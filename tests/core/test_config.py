@@ -192,6 +192,9 @@ def test_every_error_is_reported(tmp_path: Path) -> None:
 def test_camera_ids_must_be_safe_for_topics_and_folders(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="camera id"):
         load(tmp_path, "cameras:\n  'Front Door':\n    source: x.mp4\n")
+    # "$" matches before a trailing newline: such an id made a folder with a newline in it
+    with pytest.raises(ConfigError, match="camera id"):
+        load(tmp_path, 'cameras:\n  "gate\\n":\n    source: x.mp4\n')
 
 
 def test_secrets_are_redacted_in_dumps_and_errors(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from spyoncino.core.config import AppConfig
 from spyoncino.core.contracts import CameraOptions, ModuleConfig, ModuleConfigError
 from spyoncino.core.inputs import CameraInput, RawFrame, SourceError, shrink_luma
 
-SOURCE = re.compile(r"^csi://(\d+)$")
+SOURCE = re.compile(r"^csi://(\d+)\Z")
 INSTALL_HINT = (
     "the CSI camera input needs picamera2 and libcamera: on Raspberry Pi OS "
     "`sudo apt install python3-picamera2` (then create the venv with --system-site-packages), "
