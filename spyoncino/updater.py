@@ -860,6 +860,12 @@ class Updater:
                 "change spyoncino_version in the inventory instead",
                 outcome="pinned",
             )
+        if not by_role and self.active_slot() is None:
+            raise UpdateError(
+                EXIT_USAGE,
+                f"no A/B slots here ({self.paths.current} is missing): the Ansible role and the "
+                "image set them up; a box installed by hand upgrades with pip (docs/install.md)",
+            )
         release = self.resolve(version, **kw)
         target = release.version
         active = self.active_slot()

@@ -161,7 +161,7 @@ def box(tmp_path: Path) -> Callable[..., Updater]:
 def installed(u: Updater, version: str, tmp_path: Path) -> None:
     """A box running ``version`` in slot a, marked good (as after a first install)."""
     wheel = make_wheel(tmp_path / "local", version)
-    result = u.update(version, wheel=str(wheel), start=False)
+    result = u.install(version, pin=False, start=False, wheel=str(wheel))
     assert result.code == 0, result.message
     assert u.active_slot() == "a"
 
@@ -326,7 +326,7 @@ def test_a_venv_seeing_apt_packages_gets_the_picamera2_constraints(
 ) -> None:
     u = box(system_site_packages=True)
     wheel = make_wheel(tmp_path / "l", "0.1.0", "numpy==1.26.4\n")
-    assert u.update("0.1.0", wheel=str(wheel), start=False).code == 0
+    assert u.install("0.1.0", pin=False, start=False, wheel=str(wheel)).code == 0
     venv = next(c for c in u.host.calls if c[1:3] == ["-m", "venv"])  # type: ignore[attr-defined]
     assert "--system-site-packages" in venv
     pip = next(c for c in u.host.calls if c[1:4] == ["-m", "pip", "install"])  # type: ignore[attr-defined]
@@ -352,6 +352,10 @@ def test_already_up_to_date_and_no_such_version_are_said_plainly(
         u.update(index_url=empty)
     with pytest.raises(UpdateError, match="no index and no wheel folder"):
         u.update()
+    u.paths.current.unlink()
+    with pytest.raises(UpdateError, match="no A/B slots here") as e:
+        u.update(index_url=url)
+    assert e.value.code == up.EXIT_USAGE
 
 
 def test_check_changes_nothing(box: Callable[..., Updater], tmp_path: Path) -> None:
@@ -604,7 +608,9 @@ def test_command_line_check_status_and_exit_codes(
     assert _cli(tmp_path, "--json", "--check", "--index-url", "http://127.0.0.1:9/s") == 4
     out = capsys.readouterr().out.strip().splitlines()
     assert json.loads(out[-1])["code"] == up.EXIT_UNREACHABLE
-    assert _cli(tmp_path, "--version", "9.9", "--index-url", url) == up.EXIT_NO_SUCH_VERSION
+    assert _cli(tmp_path, "--version", "9.9", "--index-url", url) == up.EXIT_USAGE
+    assert "no A/B slots here" in capsys.readouterr().out
+    assert _cli(tmp_path, "install", "--version", "9.9", "--index-url", url) == 3
     assert "no such version" in capsys.readouterr().out
     assert _cli(tmp_path, "install") == up.EXIT_USAGE
     assert _cli(tmp_path, "status") == 0
