@@ -47,7 +47,8 @@ bench: $(STAMP)
 	@mkdir -p bench/results
 	@set -e; for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b; done
 
-## test-system: real systemd in systemd-nspawn (root): about 3 min cold, 1.5-2 min cached
+## test-system: real systemd in systemd-nspawn (root): role, watchdog, A/B updates with faults
+## (about 12 min; SPYONCINO_FAULT_KILLS=30 SPYONCINO_FAULT_POWEROFFS=10 for the full fault counts)
 test-system: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[dev,ansible]'
 	$(PY) -m pytest -m "not system" tests/system -q $(PYTEST_ARGS)
