@@ -108,6 +108,7 @@ async def test_full_disk_readiness_names_the_index_and_it_catches_up_after(
         status, body = await until(lambda: _not_ready_because_of(http, base, "index"))
         assert status == 503
         assert "full" in body["checks"]["storage"]["reason"]
+        assert list(root.glob(".ready-probe-*")) == []  # a failed probe leaves nothing behind
         filler.unlink()
         await until(lambda: _status_is(http, base, 200))
         for i in range(100, 110):

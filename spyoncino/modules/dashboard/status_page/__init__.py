@@ -486,7 +486,8 @@ class StatusPage(BaseModule):
                     os.write(fd, b"ok")
                 finally:
                     os.close(fd)
-                p.unlink()
+                    with contextlib.suppress(OSError):  # also when the write failed (disk full)
+                        p.unlink()
             except OSError as e:
                 return False, f"storage root {str(root)!r} is not writable: {e.strerror or e}"
             return True, "writable"
