@@ -443,6 +443,14 @@ class Orchestrator:
         return result.ok
 
     async def _reconfigure(self, old: AppConfig, new: AppConfig) -> list[str]:
+        if (old.storage.root, old.storage.scratch_dir) != (
+            new.storage.root,
+            new.storage.scratch_dir,
+        ):
+            # the index, the outbox, media and the status page's password file live there
+            raise ModuleConfigError(
+                "storage.root/storage.scratch: moving the storage needs a restart"
+            )
         old_set = {(i, c) for i, c, _ in self._wanted(old)}
         new_set = {(i, c) for i, c, _ in self._wanted(new)}
         if old_set != new_set:

@@ -240,6 +240,21 @@ async def test_a_module_refusing_in_configure_does_not_keep_half_of_the_change()
     await orch.stop()
 
 
+async def test_moving_the_storage_root_live_is_refused(tmp_path: Path) -> None:
+    """Moved live, the status page made a new initial password in the new root: the old one
+    stopped working without a word."""
+    registry = {"a": make_module("a", "process")}
+    orch = Orchestrator(service(registry, {"storage": {"root": str(tmp_path / "a")}}), registry)
+    await orch.start()
+    rejects = Recorder()
+    orch.bus.subscribe("config.rejected", rejects)
+    ok = await orch.apply(ConfigUpdate(changes={"storage": {"root": str(tmp_path / "b")}}))
+    assert not ok
+    assert "storage.root" in (await rejects.wait_for()).payload.reason
+    assert orch.config.current.storage.root == tmp_path / "a"
+    await orch.stop()
+
+
 async def test_invalid_update_is_rejected_with_the_reason() -> None:
     registry = {"a": make_module("a", "process")}
     orch = Orchestrator(service(registry, {}), registry)
