@@ -656,6 +656,29 @@ async def test_metrics_pass_promtool(start_page: Any) -> None:
     assert res.returncode == 0, res.stdout + res.stderr
 
 
+def test_metrics_and_health_detail_are_private_by_default_off_loopback() -> None:
+    """/metrics and /health/ready told anyone on the LAN the camera names and the storage path."""
+    lan = Config(listen="0.0.0.0:8080")
+    assert lan.metrics_open is False and lan.health_detail_open is False
+    box = Config(listen="127.0.0.1:8080")
+    assert box.metrics_open is True and box.health_detail_open is True
+    assert Config(listen="[::1]:8080").metrics_open is True
+    assert Config(listen="localhost:8080").metrics_open is True
+    said = Config(listen="0.0.0.0:8080", metrics_public=True, health_detail_public=True)
+    assert said.metrics_open is True and said.health_detail_open is True
+
+
+async def test_health_detail_can_be_kept_from_anonymous_clients(start_page: Any) -> None:
+    r: Running = await start_page(page={"health_detail_public": False})
+    async with r.http.get(r.url("/health/ready")) as resp:
+        body = await resp.json()
+    assert set(body) == {"ready"}  # the verdict only: no camera names, no paths
+    async with r.http.get(
+        r.url("/health/ready"), headers={"Authorization": f"Bearer {TOKEN}"}
+    ) as resp:
+        assert "checks" in await resp.json()
+
+
 async def test_metrics_can_require_the_token(start_page: Any) -> None:
     r: Running = await start_page(page={"metrics_public": False})
     async with r.http.get(r.url("/metrics")) as resp:

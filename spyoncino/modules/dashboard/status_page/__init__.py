@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import os
 import secrets
 import socket
@@ -70,9 +71,15 @@ class Config(ModuleConfig):
     public_readonly: bool = Field(
         default=False, description="Let anyone on the LAN see read-only pages without logging in."
     )
-    metrics_public: bool = Field(
-        default=True,
-        description="Serve /metrics without auth (Prometheus convention); false: bearer token.",
+    metrics_public: bool | None = Field(
+        default=None,
+        description="Serve /metrics without auth; false: bearer token or login. Default (none): "
+        "public only while listening on loopback (the counters name cameras and paths).",
+    )
+    health_detail_public: bool | None = Field(
+        default=None,
+        description="Show /health/ready's checks (camera names, storage path) without auth; "
+        "anonymous clients otherwise get only the verdict. Default (none): on loopback only.",
     )
     public_url: str | None = Field(
         default=None,
@@ -140,6 +147,26 @@ class Config(ModuleConfig):
     @property
     def host(self) -> str:
         return self.listen.rsplit(":", 1)[0].strip("[]")
+
+    @property
+    def on_loopback(self) -> bool:
+        """Whether only this box can reach the page (127.0.0.0/8, ::1, localhost)."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False  # a host name: assume the LAN
+
+    @property
+    def metrics_open(self) -> bool:
+        return self.on_loopback if self.metrics_public is None else self.metrics_public
+
+    @property
+    def health_detail_open(self) -> bool:
+        if self.health_detail_public is None:
+            return self.on_loopback
+        return self.health_detail_public
 
     @property
     def port(self) -> int:

@@ -100,14 +100,15 @@ async def auth_middleware(request: web.Request, handler: Any) -> web.StreamRespo
     page.requests += 1
     cfg = page.cfg
     who = ANONYMOUS
-    access = _access(request, cfg.metrics_public)
+    access = _access(request, cfg.metrics_open)
     auth = request.headers.get("Authorization", "")
-    if auth and access != "open":  # an open route does not care who asks, nor how badly
+    if auth:
         scheme, _, token = auth.partition(" ")
         expected = cfg.api_token.get_secret_value() if cfg.api_token else None
-        if scheme.lower() != "bearer" or not expected or not tokens_equal(token.strip(), expected):
+        if scheme.lower() == "bearer" and expected and tokens_equal(token.strip(), expected):
+            who = Who("token")
+        elif access != "open":  # an open route does not care about a bad header
             return _deny(request, 401, "invalid bearer token")
-        who = Who("token")
     else:
         session = page.sessions.get(request.cookies.get(SESSION_COOKIE))
         if session is not None:
@@ -491,11 +492,14 @@ async def health_live(request: web.Request) -> web.Response:
 
 
 async def health_ready(request: web.Request) -> web.Response:
-    ready, checks = await _page(request).readiness()
+    p = _page(request)
+    ready, checks = await p.readiness()
+    status = 200 if ready else 503
+    if not p.cfg.health_detail_open and _WHO.get().principal is None:
+        # anonymous on the LAN: the verdict only (the checks name cameras and paths)
+        return web.json_response({"ready": ready}, status=status)
     why = [f"{k}: {c.get('reason')}" for k, c in checks.items() if not c["ok"]]
-    return web.json_response(
-        {"ready": ready, "checks": checks, "reasons": why}, status=200 if ready else 503
-    )
+    return web.json_response({"ready": ready, "checks": checks, "reasons": why}, status=status)
 
 
 async def metrics(request: web.Request) -> web.Response:
