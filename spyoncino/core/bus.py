@@ -8,8 +8,11 @@ segment by segment:
 * ``#`` as the last segment matches zero or more trailing segments (``event.#``).
 
 Every subscription owns a bounded queue and one task that calls its handler, so a slow or
-failing subscriber never delays or breaks another one. The queue's policy decides what happens
-when it is full:
+failing subscriber never delays or breaks another one: a message is queued for every
+subscriber with room before the publisher waits for a full ``block`` queue. Once an
+unsubscribe returns, that handler is never called again (the orchestrator drains the bus
+before it stops consumers, so nothing lossless is still queued by then). The queue's policy
+decides what happens when it is full:
 
 * ``latest``: keep only the newest ``maxsize`` messages (frames: a slow detector sees the
   newest frame, never a backlog); older ones are dropped and counted;
@@ -33,43 +36,12 @@ from typing import Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
 import structlog
 
 from spyoncino.schemas.status import BusStatus, SubscriptionStats, TopicStats
+from spyoncino.schemas.topics import Topic as Topic
 
 T = TypeVar("T")
 Policy = Literal["latest", "block", "drop_oldest"]
 
 _log = structlog.get_logger("spyoncino.bus")
-
-
-@dataclass(frozen=True, slots=True)
-class Topic(Generic[T]):
-    """A typed topic name. ``{camera}``-style placeholders make a family of topics.
-
-    ``FRAME.at(camera="front")`` gives the concrete name to publish on and
-    ``FRAME.pattern()`` the wildcard pattern that matches the whole family.
-    """
-
-    template: str
-    payload: type[T]
-
-    def at(self, **parts: str) -> str:
-        return self.template.format(**parts)
-
-    def pattern(self, **parts: str) -> str:
-        names = [seg for seg in self.template.split(".")]
-        out = []
-        for seg in names:
-            if seg.startswith("{") and seg.endswith("}"):
-                out.append(parts.get(seg[1:-1], "*"))
-            else:
-                out.append(seg)
-        return ".".join(out)
-
-    @property
-    def name(self) -> str:
-        """The name of a topic without placeholders."""
-        if "{" in self.template:
-            raise ValueError(f"topic {self.template!r} has placeholders: use .at(...)")
-        return self.template
 
 
 def match(pattern: str, topic: str) -> bool:
@@ -193,6 +165,10 @@ class Subscription:
                 msg = await self._next()
             except _Closed:
                 return
+            if self.closed:  # unsubscribed while this one waited: its module has stopped
+                self.dropped += 1 + len(self.queue)
+                self.queue.clear()
+                return
             lag = (time.monotonic() - msg.published_mono) * 1000.0
             self.lag_ms_last = lag
             if lag > self.lag_ms_max:
@@ -296,10 +272,15 @@ class Bus:
         self._route_cache.clear()
 
         def unsubscribe() -> None:
+            """After this returns the handler is never called again (one already running
+            finishes); what was still queued is dropped and counted."""
             if sub in self._subs:
                 self._subs.remove(sub)
                 self._route_cache.clear()
             sub.closed = True
+            if sub.queue and not sub.handling:
+                sub.dropped += len(sub.queue)
+                sub.queue.clear()
             sub.wake()
 
         return unsubscribe
@@ -326,9 +307,11 @@ class Bus:
         if not subs:
             return
         msg = Message(topic, payload, time.monotonic())
-        for sub in subs:
-            if not sub.offer(msg):
-                await sub.put(msg)
+        # Everyone with room gets it now; only then wait for the full ``block`` queues, so a
+        # stuck subscriber holds back the publisher (nothing lost) but never the others.
+        full = [sub for sub in subs if not sub.offer(msg)]
+        for sub in full:
+            await sub.put(msg)
 
     def publish_nowait(self, topic: str, payload: Any) -> int:
         """Publish from synchronous code; a full ``block`` queue drops and counts the message.

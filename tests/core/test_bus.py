@@ -276,3 +276,67 @@ async def test_adapter_sees_matching_messages_and_can_inject() -> None:
     assert inbound == ["arm"]
     await bus.close()
     assert adapter.stopped
+
+
+async def test_a_full_block_queue_delays_only_its_own_subscriber() -> None:
+    """One stuck subscriber must not hold a message back from the others (head of line)."""
+    bus = Bus(status_interval=0)
+    release = asyncio.Event()
+    fast_got: list[int] = []
+    fast_saw_3 = asyncio.Event()
+
+    async def slow(msg: Message[int]) -> None:
+        await release.wait()
+
+    async def fast(msg: Message[int]) -> None:
+        fast_got.append(msg.payload)
+        if msg.payload == 3:
+            fast_saw_3.set()
+
+    bus.subscribe("t", slow, policy="block", maxsize=1, module="slow")  # routed first
+    bus.subscribe("t", fast, policy="block", maxsize=8, module="fast")
+    await bus.publish("t", 1)  # slow takes it into its handler and sticks there
+    await asyncio.sleep(0)
+    await bus.publish("t", 2)  # fills slow's queue
+    publisher = asyncio.create_task(bus.publish("t", 3))  # must wait for slow...
+    await asyncio.wait_for(fast_saw_3.wait(), 2)  # ...but fast has it already
+    assert not publisher.done()  # the publisher is still held back by slow: nothing lost
+    assert fast_got == [1, 2, 3]
+    release.set()
+    await asyncio.wait_for(publisher, 2)
+    await bus.close()
+
+
+async def test_after_unsubscribe_returns_the_handler_is_never_called_again() -> None:
+    bus = Bus(status_interval=0)
+    entered, release = asyncio.Event(), asyncio.Event()
+    got: list[int] = []
+
+    async def handler(msg: Message[int]) -> None:
+        got.append(msg.payload)
+        entered.set()
+        await release.wait()
+
+    unsubscribe = bus.subscribe("t", handler, policy="block", maxsize=16, module="m")
+    for i in range(5):
+        await bus.publish("t", i)
+    await asyncio.wait_for(entered.wait(), 2)  # message 0 is being handled, 1-4 queued
+    unsubscribe()
+    release.set()
+    await bus.drain(timeout=1)
+    await bus.close()
+    assert got == [0]
+
+
+def test_the_payload_package_is_a_leaf() -> None:
+    """schemas imports nothing of ours: a client can use the payloads without the runtime."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, spyoncino.schemas.topics\n"
+        "print(sorted(m for m in sys.modules if m.startswith('spyoncino.')"
+        " and not m.startswith('spyoncino.schemas')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
