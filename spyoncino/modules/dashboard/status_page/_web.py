@@ -552,7 +552,7 @@ async def _body(request: web.Request) -> dict[str, Any]:
         return {}
     try:
         data = await request.json()
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, LookupError) as e:  # LookupError: charset=nope
         raise web.HTTPBadRequest(text="body must be JSON") from e
     except RecursionError as e:  # "[[[[..." nested deeper than the parser can go
         raise web.HTTPBadRequest(text="body is nested too deeply") from e
