@@ -59,9 +59,10 @@ test-system: $(STAMP)
 image: $(STAMP)
 	PYTHON=$(abspath $(PY)) bash image/build.sh
 
-## test-image: build the image, then boot it in QEMU and check first boot, service, events, reboot (root)
+## test-image: build the image, boot it in QEMU: first boot, service, events, power cycle, idle writes (root)
+IDLE_S ?= 120
 test-image: image
-	SPYONCINO_IMAGE_NO_BUILD=1 $(PY) -m pytest -m image tests/image -q -s $(PYTEST_ARGS)
+	SPYONCINO_IMAGE_NO_BUILD=1 SPYONCINO_IMAGE_IDLE_S=$(IDLE_S) $(PY) -m pytest -m image tests/image -q -s $(PYTEST_ARGS)
 
 ## schema: JSON Schemas of config.yaml and every payload into ./schema
 schema: $(STAMP)

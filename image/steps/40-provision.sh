@@ -67,10 +67,14 @@ stop() {
 }
 trap stop EXIT
 
+# The container's systemd: the child of nspawn that is PID 1 in its own PID namespace (nspawn
+# first forks a short-lived helper, which is a child too for a moment).
 init=""
 for _ in $(seq 120); do
   kill -0 "$nspawn" 2>/dev/null || { cat "$console" >&2; die "systemd-nspawn exited"; }
-  init=$(cat "/proc/$nspawn/task/$nspawn/children" 2>/dev/null | awk '{print $1}')
+  for c in $(cat "/proc/$nspawn/task/$nspawn/children" 2>/dev/null); do
+    if grep -Eq '^NSpid:.*[[:space:]]1$' "/proc/$c/status" 2>/dev/null; then init=$c; fi
+  done
   [ -n "$init" ] && break
   sleep 0.5
 done

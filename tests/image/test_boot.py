@@ -410,10 +410,11 @@ def box(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         first.kill()
         for name, value in b.figures.items():
             print(f"image figure: {name} = {value:.1f}")
-        (REPO / "tests" / "artifacts").mkdir(parents=True, exist_ok=True)
-        (REPO / "tests" / "artifacts" / "image_figures.json").write_text(
-            json.dumps(b.figures, indent=2) + "\n"
-        )
+        artifacts = REPO / "tests" / "artifacts" / "image"
+        artifacts.mkdir(parents=True, exist_ok=True)
+        (artifacts / "figures.json").write_text(json.dumps(b.figures, indent=2) + "\n")
+        for log in work.glob("*.console.log"):  # what the boots printed, for a failed run
+            shutil.copy(log, artifacts / log.name)
 
 
 # -- tests, in the order the box lives through them -----------------------------------------------
