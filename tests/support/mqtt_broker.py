@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import getpass
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -234,3 +235,68 @@ async def retained(broker: Broker, filters: list[str], settle: str) -> dict[str,
         return {m.topic: m for m in w.messages if m.retain}
     finally:
         await w.stop()
+
+
+# --- Home Assistant's MQTT discovery rules, from its documentation ------------------------------
+# https://www.home-assistant.io/integrations/mqtt/#mqtt-discovery and each platform's page:
+# topic <discovery_prefix>/<component>/[<node_id>/]<object_id>/config, ids [a-zA-Z0-9_-];
+# a device block needs identifiers or connections and works only with unique_id; availability
+# entries need a topic; each platform has its own required keys.
+DISCOVERY_TOPIC = re.compile(
+    r"^(?P<prefix>[^/]+)/(?P<component>[a-z_]+)/(?P<node>[a-zA-Z0-9_-]+)/"
+    r"(?P<object>[a-zA-Z0-9_-]+)/config$"
+)
+REQUIRED = {
+    "camera": ("topic",),
+    "binary_sensor": ("state_topic",),
+    "sensor": ("state_topic",),
+    "switch": ("command_topic",),
+    "button": ("command_topic",),
+}
+
+
+def check_discovery(configs: dict[str, Any], prefix: str, state_prefix: str) -> list[str]:
+    """Problems Home Assistant would have with these discovery messages (topic -> payload)."""
+    problems: list[str] = []
+    uids: dict[str, str] = {}
+    devices: set[str] = set()
+    for topic, doc in configs.items():
+        m = DISCOVERY_TOPIC.match(topic)
+        if m is None or m["prefix"] != prefix:
+            problems.append(f"{topic}: not <prefix>/<component>/<node>/<object>/config")
+            continue
+        comp = m["component"]
+        if comp not in REQUIRED:
+            problems.append(f"{topic}: unexpected component {comp}")
+            continue
+        for key in (*REQUIRED[comp], "unique_id", "name", "device", "availability"):
+            if key not in doc:
+                problems.append(f"{topic}: missing {key}")
+        uid = doc.get("unique_id")
+        if uid in uids:
+            problems.append(f"{topic}: unique_id {uid} also used by {uids[uid]}")
+        uids[str(uid)] = topic
+        dev = doc.get("device", {})
+        if not (dev.get("identifiers") or dev.get("connections")):
+            problems.append(f"{topic}: device without identifiers or connections")
+        devices.update(dev.get("identifiers", []))
+        for av in doc.get("availability", []):
+            if not str(av.get("topic", "")).startswith(state_prefix + "/"):
+                problems.append(f"{topic}: availability topic {av} outside {state_prefix}")
+        for key, value in doc.items():
+            if key.endswith("topic") and isinstance(value, str):
+                if not value.startswith(state_prefix + "/"):
+                    problems.append(f"{topic}: {key} {value} outside {state_prefix}")
+                if "+" in value or "#" in value:
+                    problems.append(f"{topic}: {key} {value} has a wildcard")
+        if comp in ("switch", "binary_sensor") and {
+            doc.get("payload_on"),
+            doc.get("payload_off"),
+        } != {
+            "ON",
+            "OFF",
+        }:
+            problems.append(f"{topic}: payload_on/off are not ON/OFF")
+    if len(devices) != 1:
+        problems.append(f"expected one device, got {sorted(devices)}")
+    return problems

@@ -203,7 +203,8 @@ class MqttOutput(BaseModule):
         self.info = DeviceInfo("Spyoncino", "generic", __version__)
         self._aiomqtt: Any = None
         self._client: Any = None
-        self._active: dict[str, EventNotice] = {}
+        #: open events per camera (event id -> its latest notice), for motion and counts
+        self._active: dict[str, dict[str, EventNotice]] = {}
         self._published_states: dict[str, bytes] = {}
         self._snap_relpath: dict[str, str] = {}
         self._armed: bool | None = None
@@ -524,16 +525,15 @@ class MqttOutput(BaseModule):
         self.queue.event(self.layout.events, json.dumps(self.event_document(ev)).encode())
         self.stats["events"] += 1
         if ev.phase == "ended":
-            self._active.pop(ev.event_id, None)
-            self._snap_relpath.pop(ev.event_id, None)
+            self._active.get(ev.camera_id, {}).pop(ev.event_id, None)
         else:
-            self._active[ev.event_id] = ev
+            self._active.setdefault(ev.camera_id, {})[ev.event_id] = ev
         self._camera_counts(ev.camera_id)
 
     def _camera_counts(self, cid: str) -> None:
         if cid not in self.cameras:
             return
-        active = [e for e in self._active.values() if e.camera_id == cid]
+        active = self._active.get(cid, {}).values()
         for label in self.labels[cid]:
             n = 0
             for e in active:
@@ -551,8 +551,10 @@ class MqttOutput(BaseModule):
         except OSError as e:
             self.log.warning("mqtt_snapshot_unreadable", path=art.path, error=repr(e))
             return
-        if art.event_id in self._active:
-            self._snap_relpath[art.event_id] = art.relpath
+        # kept past 'ended': the tracker may resume an event whose object comes back
+        self._snap_relpath[art.event_id] = art.relpath
+        while len(self._snap_relpath) > 256:
+            del self._snap_relpath[next(iter(self._snap_relpath))]
         self._put_state(self.layout.camera(art.camera_id, "snapshot"), data)
 
     async def _on_control_state(self, msg: Message[ControlState]) -> None:
