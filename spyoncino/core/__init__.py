@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from spyoncino.core.bus import Bus, BusAdapter, Message, Topic
+from spyoncino.core.bus import Bus, Message, Topic
 from spyoncino.core.contracts import (
     BaseModule,
     BoundedExecutor,
@@ -17,7 +17,6 @@ __all__ = [
     "BaseModule",
     "BoundedExecutor",
     "Bus",
-    "BusAdapter",
     "CameraOptions",
     "Message",
     "ModuleConfig",

@@ -17,7 +17,7 @@ decides what happens when it is full:
 * ``latest``: keep only the newest ``maxsize`` messages (frames: a slow detector sees the
   newest frame, never a backlog); older ones are dropped and counted;
 * ``block``: the publisher awaits until there is room (events, media, alerts: nothing lost);
-* ``drop_oldest``: like ``latest`` but meant for bounded histories (telemetry, adapters).
+* ``drop_oldest``: like ``latest`` but meant for bounded histories (telemetry).
 
 ``publish`` never raises because of a subscriber: handler errors are logged with the
 subscriber's module and the topic, and counted on ``status.bus``.
@@ -31,7 +31,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
+from typing import Any, Generic, Literal, TypeVar
 
 import structlog
 
@@ -198,23 +198,6 @@ class Subscription:
                 fut.set_result(None)
 
 
-@runtime_checkable
-class BusAdapter(Protocol):
-    """Bridge to an external transport (MQTT, another process).
-
-    The bus hands every message matching ``patterns`` to ``send``; the adapter publishes what
-    it receives from outside with ``bus.publish``. Modules never see the difference.
-    """
-
-    patterns: tuple[str, ...]
-
-    async def start(self, bus: Bus) -> None: ...
-
-    async def send(self, topic: str, payload: Any) -> None: ...
-
-    async def stop(self) -> None: ...
-
-
 class Bus:
     """The process-wide message bus."""
 
@@ -233,7 +216,6 @@ class Bus:
         self._default_maxsize = default_maxsize
         self._high_watermark = high_watermark
         self._telemetry_task: asyncio.Task[None] | None = None
-        self._adapters: list[BusAdapter] = []
         self._started = time.monotonic()
         self._closed = False
 
@@ -330,19 +312,6 @@ class Bus:
     def has_subscribers(self, topic: str) -> bool:
         return bool(self._routes(topic))
 
-    # -- adapters ----------------------------------------------------------------------------
-    async def add_adapter(self, adapter: BusAdapter) -> None:
-        await adapter.start(self)
-        self._adapters.append(adapter)
-
-        async def forward(msg: Message[Any]) -> None:
-            await adapter.send(msg.topic, msg.payload)
-
-        for pattern in adapter.patterns:
-            self.subscribe(
-                pattern, forward, policy="drop_oldest", maxsize=1024, module=type(adapter).__name__
-            )
-
     # -- telemetry ---------------------------------------------------------------------------
     def status(self) -> BusStatus:
         subs = [
@@ -434,9 +403,6 @@ class Bus:
             self._telemetry_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._telemetry_task
-        for adapter in self._adapters:
-            with contextlib.suppress(Exception):
-                await adapter.stop()
         subs, self._subs = self._subs, []
         self._route_cache.clear()
         for s in subs:

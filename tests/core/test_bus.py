@@ -239,45 +239,6 @@ async def test_publish_nowait_counts_refusals() -> None:
     await bus.close()
 
 
-class _RecordingAdapter:
-    patterns = ("event.#",)
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, object]] = []
-        self.bus: Bus | None = None
-        self.stopped = False
-
-    async def start(self, bus: Bus) -> None:
-        self.bus = bus
-
-    async def send(self, topic: str, payload: object) -> None:
-        self.sent.append((topic, payload))
-
-    async def stop(self) -> None:
-        self.stopped = True
-
-
-async def test_adapter_sees_matching_messages_and_can_inject() -> None:
-    bus = Bus(status_interval=0)
-    adapter = _RecordingAdapter()
-    await bus.add_adapter(adapter)
-    inbound: list[str] = []
-
-    async def h(msg: Message[str]) -> None:
-        inbound.append(msg.payload)
-
-    bus.subscribe("control.command", h)
-    await bus.publish("event.object.started", "e1")
-    await bus.publish("camera.x.frame", "not forwarded")
-    assert adapter.bus is not None
-    await adapter.bus.publish("control.command", "arm")  # as if received over MQTT
-    await bus.drain(timeout=1)
-    assert adapter.sent == [("event.object.started", "e1")]
-    assert inbound == ["arm"]
-    await bus.close()
-    assert adapter.stopped
-
-
 async def test_a_full_block_queue_delays_only_its_own_subscriber() -> None:
     """One stuck subscriber must not hold a message back from the others (head of line)."""
     bus = Bus(status_interval=0)
