@@ -301,6 +301,32 @@ async def test_broker_down_at_start_is_not_ready_naming_the_broker(tmp_path: Pat
             await mod.start()
 
 
+async def test_a_broker_away_past_the_retries_is_waited_for_not_given_up(
+    tmp_path: Path, watch: Watcher, broker: Broker
+) -> None:
+    """The orchestrator quarantines a module after runtime.max_start_attempts; for a broker
+    that is merely away (the house server rebooting too) the last attempt starts anyway and
+    the module connects, with what happened meanwhile, once the broker is back."""
+    broker.stop()
+    async with BusHarness(storage_root=tmp_path) as h:
+        data = {"cameras": CAMERAS, "mqtt": mqtt_cfg(broker), "runtime": {"max_start_attempts": 2}}
+        mod = h.build(MqttOutput, data, name="mqtt")
+        assert isinstance(mod, MqttOutput)
+        await mod.configure(mod.ctx.app)
+        with pytest.raises(ModuleNotReady):
+            await mod.start()
+        await mod.stop()
+        await mod.start()  # the last attempt: up, degraded, trying
+        assert not mod.connected and mod.health().state == "degraded"
+        await pub(h, notice("while-away", "started"))
+        broker.start()
+        await watch.connected(30)
+        await watch.wait_topic("spyoncino/box1/availability", "online", 30)
+        got = await watch.wait_topic("spyoncino/box1/events", None, 30)
+        assert got.json()["event_id"] == "while-away"
+        assert mod.connected and mod.health().state == "ok"
+
+
 async def test_wrong_credentials_say_so_and_name_the_broker(tmp_path: Path) -> None:
     require_mosquitto()
     b = Broker(tmp_path / "broker", users={"box": "right-password"})

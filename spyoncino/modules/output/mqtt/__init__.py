@@ -212,6 +212,7 @@ class MqttOutput(BaseModule):
         self._cam_state: dict[str, tuple[str, float]] = {}
         self._rejections_logged: list[float] = []
         self.broker = ""
+        self._failed_starts = 0
         self.stats = {
             "published": 0,
             "events": 0,
@@ -279,27 +280,45 @@ class MqttOutput(BaseModule):
             sw_version=__version__,
             configuration_url=self._public_url(),
         )
-        client = await self._connect()  # ModuleNotReady when the broker is not there
+        client: Any = None
+        try:
+            client = await self._connect()
+        except ModuleNotReady:
+            # Not ready, retried by the orchestrator; but a broker that stays away longer
+            # than its retries (a power cut that also restarted the house server) must not
+            # quarantine the module for good: the last allowed attempt starts anyway and the
+            # connection loop keeps trying, with events queued meanwhile.
+            self._failed_starts += 1
+            limit = self.app_cfg.runtime.max_start_attempts if self.app_cfg is not None else 5
+            if self._failed_starts < limit:
+                raise
+            self.log.warning("mqtt_started_without_broker", broker=self.broker)
         self.queue = PublishQueue(self.cfg.max_queued_events, self.layout.events)
         for cid in self.cameras:
             self._put_state(self.layout.camera(cid, "motion"), OFF)
             for label in self.labels[cid]:
                 self._put_state(self.layout.label_topic(cid, label), "0")
             self._put_state(self.layout.camera(cid, "detect"), ON if self.detect[cid] else OFF)
-        try:
-            await self._open_session(client)
-        except aiomqtt.MqttError as e:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.__aexit__(None, None, None), 2.0)
-            raise ModuleNotReady(f"MQTT broker {self.broker}: {e}") from e
+        if client is not None:
+            try:
+                await self._open_session(client)
+            except aiomqtt.MqttError as e:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(client.__aexit__(None, None, None), 2.0)
+                self.queue = None
+                raise ModuleNotReady(f"MQTT broker {self.broker}: {e}") from e
+            self._failed_starts = 0
         self.subscribe(topics.EVENT.pattern(), self._on_event, policy="block", maxsize=256)
         self.subscribe(topics.CONTROL_STATE.name, self._on_control_state, policy="block")
         self.subscribe(topics.CONFIG_SNAPSHOT.name, self._on_config, policy="block")
         self.subscribe(topics.HEALTH.name, self._on_health, policy="latest")
-        self._client, self.connected = client, True
+        self._client, self.connected = client, client is not None
         self.spawn(self._run(client), "connection")
         self.spawn(self._device_loop(), "device-state")
-        self.set_state("ok", f"connected to {self.broker}")
+        if client is not None:
+            self.set_state("ok", f"connected to {self.broker}")
+        else:
+            self.set_state("degraded", f"reconnecting to {self.broker}")
 
     async def stop(self) -> None:
         client = self._client
