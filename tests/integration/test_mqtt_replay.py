@@ -211,6 +211,13 @@ async def test_sample_replay_as_home_assistant_sees_it(
     img = cv2.imdecode(np.frombuffer(snap, np.uint8), cv2.IMREAD_COLOR)
     assert img is not None and img.shape[0] > 100
     assert held[f"{BASE}/availability"].text == "offline"  # a clean stop says goodbye
+    # the camera's state (from the health reports) and the box's own
+    cam = held[f"{BASE}/street/state"].json()
+    assert cam["schema_version"] == 1 and isinstance(cam["state"], str) and cam["fps"] >= 0
+    dev = held[f"{BASE}/state"].json()
+    assert dev["armed"] is True and dev["version"] and dev["disk_free_bytes"] > 0
+    assert dev["cameras"] == ["street"] and dev["uptime_s"] > 0
+    assert held[f"{BASE}/armed"].text == "ON" and held[f"{BASE}/street/detect"].text == "ON"
     # motion on then off, a person count that rises and falls back to 0
     motion = [m.text for m in watch.on(f"{BASE}/street/motion")]
     assert "ON" in motion and motion[-1] == "OFF" and motion.index("ON") < len(motion) - 1
