@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
-from spyoncino.core.contracts import ModuleNotReady
+from spyoncino.core.contracts import ModuleConfigError, ModuleNotReady
 from spyoncino.modules.output.mqtt import MqttOutput
 from spyoncino.modules.output.mqtt._queue import PublishQueue
 from spyoncino.schemas import topics
@@ -480,3 +480,22 @@ async def test_inert_without_a_host(tmp_path: Path) -> None:
         await mod.configure(mod.ctx.app)
         await mod.start()
         assert mod.health().state == "ok" and "disabled" in mod.health().detail
+
+
+async def test_settings_no_retry_can_fix_are_refused_at_once(tmp_path: Path) -> None:
+    cfg = {
+        "host": "127.0.0.1",
+        "username": None,
+        "password": "pw",
+        "tls": {"ca_file": str(tmp_path / "missing-ca.pem")},
+    }
+    async with BusHarness(storage_root=tmp_path) as h:
+        mod = h.build(MqttOutput, {"mqtt": cfg}, name="mqtt")
+        problems = MqttOutput.preflight(mod.ctx.app, None)
+        assert problems == [
+            "mqtt.password: set without mqtt.username",
+            f"mqtt.tls.ca_file: file {str(tmp_path / 'missing-ca.pem')!r} does not exist",
+        ]
+        await mod.configure(mod.ctx.app)
+        with pytest.raises(ModuleConfigError, match=r"missing-ca\.pem"):
+            await mod.start()

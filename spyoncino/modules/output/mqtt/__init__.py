@@ -186,9 +186,31 @@ def _device_model(hardware_profile: str) -> str:
     return profile.name
 
 
+def _problems(cfg: Config, section: str) -> list[str]:
+    """Settings no retry can fix: files that are not there, a password with no user."""
+    out: list[str] = []
+    if cfg.host is None:
+        return out
+    if cfg.password is not None and cfg.username is None:
+        out.append(f"{section}.password: set without {section}.username")
+    if cfg.tls is not None:
+        for key in ("ca_file", "cert_file", "key_file"):
+            path = getattr(cfg.tls, key)
+            if path is not None and not Path(path).is_file():
+                out.append(f"{section}.tls.{key}: file {str(path)!r} does not exist")
+        if (cfg.tls.cert_file is None) != (cfg.tls.key_file is None):
+            out.append(f"{section}.tls: cert_file and key_file go together")
+    return out
+
+
 class MqttOutput(BaseModule):
     category: ClassVar[Any] = "output"
     Config: ClassVar[type[ModuleConfig]] = Config
+
+    @classmethod
+    def preflight(cls, app: AppConfig, camera_id: str | None) -> list[str]:
+        section = cls.name or "mqtt"
+        return _problems(app.section(section, Config), section)
 
     def __init__(self, ctx: Any) -> None:
         super().__init__(ctx)
@@ -272,6 +294,9 @@ class MqttOutput(BaseModule):
                 "mqtt: the aiomqtt library is missing (pip install 'spyoncino[mqtt]')"
             ) from e
         self._aiomqtt = aiomqtt
+        problems = await self.ctx.executor.run(_problems, self.cfg, self.name or "mqtt")
+        if problems:
+            raise ModuleConfigError("; ".join(problems))
         hw = self.app_cfg.runtime.hardware_profile if self.app_cfg is not None else "auto"
         model = await self.ctx.executor.run(_device_model, hw)
         self.info = DeviceInfo(
