@@ -599,7 +599,9 @@ class Updater:
                     f"an update to {pending.get('version')} was interrupted during probation; "
                     "going back to the last good slot"
                 )
-            if isinstance(prev, str) and self.is_good(prev):
+            # marked good just before the marker was removed: the update had finished
+            finished = isinstance(new, str) and self.is_good(new)
+            if not finished and isinstance(prev, str) and self.is_good(prev):
                 target = prev
         if target is None and current is not None and not self.is_good(current):
             candidates = [s for s in SLOTS if self.is_good(s)]

@@ -733,3 +733,16 @@ def test_without_root_the_updater_says_so(
     assert _cli(tmp_path, "rollback") == up.EXIT_ERROR
     out = capsys.readouterr().out
     assert "permission denied: /var/lib/spyoncino-update/lock: run it as root (sudo)" in out
+
+
+def test_a_marker_left_after_the_slot_was_marked_good_keeps_the_new_version(
+    box: Callable[..., Updater], tmp_path: Path
+) -> None:
+    u = box()
+    installed(u, "0.1.0", tmp_path)
+    u.update(index_url=make_index(tmp_path / "idx", [make_wheel(tmp_path / "w", "0.1.1")]))
+    # a power cut between "slot b is good" and the removal of the marker
+    up.write_json(u.paths.pending, {"slot": "b", "version": "0.1.1", "previous_slot": "a"})
+    fresh = box()
+    assert not fresh.recover(restart=False)
+    assert fresh.active_slot() == "b" and not fresh.paths.pending.exists()
