@@ -124,6 +124,9 @@ class BaseModule(ABC):
     Camera: ClassVar[type[CameraOptions] | None] = None
     #: one instance per camera whose source this module accepts (inputs)
     per_camera: ClassVar[bool] = False
+    #: True when ``configure`` takes a camera added or removed in place (its subscriptions
+    #: follow the config); False: the orchestrator restarts the module when cameras change
+    follows_cameras: ClassVar[bool] = False
 
     def __init__(self, ctx: ModuleContext) -> None:
         self.ctx = ctx

@@ -171,11 +171,17 @@ class Orchestrator:
     def _wanted(self, app: AppConfig) -> list[tuple[str, type[BaseModule], str | None]]:
         return plan(self.registry, app)
 
-    def _make(self, instance: str, cls: type[BaseModule], camera_id: str | None) -> Slot:
+    def _make(
+        self,
+        instance: str,
+        cls: type[BaseModule],
+        camera_id: str | None,
+        app: AppConfig | None = None,
+    ) -> Slot:
         ctx = ModuleContext(
             bus=self.bus,
             executor=self.executor,
-            app=self.config.current,
+            app=app or self.config.current,
             instance=instance,
             camera_id=camera_id,
             pipeline_pending=self.frame_work_pending,
@@ -451,28 +457,31 @@ class Orchestrator:
             raise ModuleConfigError(
                 "storage.root/storage.scratch: moving the storage needs a restart"
             )
-        old_set = {(i, c) for i, c, _ in self._wanted(old)}
-        new_set = {(i, c) for i, c, _ in self._wanted(new)}
-        if old_set != new_set:
-            added = sorted(i for i, _ in new_set - old_set)
-            removed = sorted(i for i, _ in old_set - new_set)
-            raise ModuleConfigError(
-                "adding or removing cameras or modules needs a restart "
-                f"(would add {added or 'none'}, remove {removed or 'none'})"
-            )
+        new_plan = self._wanted(new)
+        new_keys = {(i, c) for i, _, c in new_plan}
+        old_keys = {(s.instance, s.camera_id) for s in self.slots}
+        added = [self._make(i, cls, c, new) for i, cls, c in new_plan if (i, c) not in old_keys]
+        removed = [s for s in self.slots if (s.instance, s.camera_id) not in new_keys]
+        replanned = bool(added or removed)
         changed: list[Slot] = []
+        restart: list[Slot] = []
         done: list[Slot] = []
         for slot in self.slots:
-            if slot.state == "quarantined":
+            if slot.state == "quarantined" or slot in removed:
                 continue
             name = slot.cls.name
             if module_view(old, name, camera_id=slot.camera_id) != module_view(
                 new, name, camera_id=slot.camera_id
             ):
-                changed.append(slot)
-        # a transaction: every changed module checks its part before any adopts it, so a
-        # refusal leaves every module as it was
-        for slot in changed:
+                # a module that set its subscriptions up per camera at start cannot take a
+                # camera added or removed in place: it restarts with the new pipeline
+                if replanned and not slot.cls.follows_cameras:
+                    restart.append(slot)
+                else:
+                    changed.append(slot)
+        # a transaction: every changed or new module checks its part before any adopts it,
+        # so a refusal leaves every module as it was
+        for slot in [*added, *restart, *changed]:
             try:
                 await slot.module.check(new)
             except Exception as e:
@@ -493,7 +502,40 @@ class Orchestrator:
                 except Exception as rollback_error:
                     _log.error("rollback_failed", module=slot.instance, error=repr(rollback_error))
             raise ModuleConfigError(f"{failing.instance} refused the change: {e}") from e
-        return [s.instance for s in changed]
+        if replanned:
+            await self._replan(new, added, removed, restart)
+        return [s.instance for s in [*changed, *restart, *added, *removed]]
+
+    async def _replan(
+        self, new: AppConfig, added: list[Slot], removed: list[Slot], restart: list[Slot]
+    ) -> None:
+        """Cameras or modules came or went: stop what goes, restart what cannot follow, start
+        what is new (each as at start: a refusal quarantines it, a failure retries)."""
+        timeout = self.config.current.runtime.stop_timeout / 2
+        fresh = [self._make(s.instance, s.cls, s.camera_id, new) for s in restart]
+        for slot in sorted([*removed, *restart], key=lambda s: (-s.order, s.instance)):
+            if slot.retry_task is not None:
+                slot.retry_task.cancel()
+            try:
+                await asyncio.wait_for(slot.module.stop(), timeout=timeout)
+            except Exception as e:  # a timeout too: the new instance replaces it anyway
+                _log.error("module_stop_failed", module=slot.instance, error=repr(e))
+            slot.state = "stopped"
+            self.slots.remove(slot)
+        starting = sorted([*fresh, *added], key=lambda s: (s.order, s.instance))
+        self.slots.extend(starting)
+        self.slots.sort(key=lambda s: (s.order, s.instance))
+        for slot in starting:
+            await self._configure(slot, new)
+        for slot in starting:
+            if slot.state != "quarantined":
+                await self._start_slot(slot)
+        _log.info(
+            "pipeline_replanned",
+            added=[s.instance for s in added],
+            removed=[s.instance for s in removed],
+            restarted=[s.instance for s in restart],
+        )
 
     # -- summary -----------------------------------------------------------------------------
     def _watch_summary(self) -> None:

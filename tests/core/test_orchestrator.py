@@ -262,7 +262,38 @@ async def test_invalid_update_is_rejected_with_the_reason() -> None:
     ok = await orch.apply(ConfigUpdate(changes={"a": {"level": 1000}}))
     assert not ok
     ok = await orch.apply(ConfigUpdate(changes={"cameras": {"new": {"source": "x.mp4"}}}))
-    assert not ok  # adding a camera needs a restart
+    assert not ok  # no installed input reads it
+    await orch.stop()
+
+
+SAMPLE = Path(__file__).resolve().parents[2] / "spyoncino" / "data" / "sample.mp4"
+
+
+async def test_a_camera_added_live_starts_its_pipeline_and_a_removed_one_stops() -> None:
+    """The first-run page adds a camera through config.update: it used to be refused as
+    'needs a restart'. Its input starts; a module that cannot follow restarts."""
+    from spyoncino.core.orchestrator import discover
+
+    registry = {"a": make_module("a", "process"), "file": discover()["file"]}
+    orch = Orchestrator(service(registry, {}), registry)
+    await orch.start()
+    first = orch.slots[0].module
+    ok = await orch.apply(
+        ConfigUpdate(changes={"cameras": {"ghost": {"source": "/nonexistent/x.mp4"}}})
+    )
+    assert not ok  # the new input refused it in check: nothing started, nothing restarted
+    assert [s.instance for s in orch.slots] == ["a"] and orch.slots[0].module is first
+    ok = await orch.apply(
+        ConfigUpdate(changes={"cameras": {"new": {"source": str(SAMPLE), "file": {"loop": True}}}})
+    )
+    assert ok
+    slots = {s.instance: s for s in orch.slots}
+    assert slots["file:new"].state == "running"
+    assert slots["a"].module is not first and slots["a"].state == "running"
+    assert LOG[-2:] == ["configure a 1", "start a"] and "stop a" in LOG
+    ok = await orch.apply(ConfigUpdate(changes={"cameras": {"new": {"enabled": False}}}))
+    assert ok
+    assert [s.instance for s in orch.slots] == ["a"]
     await orch.stop()
 
 

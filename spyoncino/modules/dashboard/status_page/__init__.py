@@ -25,7 +25,7 @@ from pydantic import Field, SecretStr, field_validator
 
 from spyoncino import __version__
 from spyoncino.core.bus import Message
-from spyoncino.core.config import AppConfig
+from spyoncino.core.config import AppConfig, dump_config
 from spyoncino.core.contracts import BaseModule, ModuleConfig, ModuleConfigError, ModuleNotReady
 from spyoncino.schemas import topics
 from spyoncino.schemas.alerts import AlertNotification
@@ -125,6 +125,10 @@ class Config(ModuleConfig):
     cookie_secure: bool = Field(
         default=False, description="Mark cookies Secure (only when served through HTTPS)."
     )
+    update_dir: Path = Field(
+        default=Path("/var/lib/spyoncino/update"),
+        description="Where the A/B updater leaves result.json for the Health page (read only).",
+    )
     mdns: bool = Field(default=True, description="Advertise the page as _http._tcp over mDNS.")
     mdns_name: str | None = Field(
         default=None, max_length=60, description="Service name; None: 'Spyoncino on <hostname>'."
@@ -191,6 +195,7 @@ class StatusPage(BaseModule):
 
     category: ClassVar[Any] = "dashboard"
     Config: ClassVar[type[ModuleConfig]] = Config
+    follows_cameras: ClassVar[bool] = True  # frame subscriptions follow in configure
 
     def __init__(self, ctx: Any) -> None:
         super().__init__(ctx)
@@ -222,6 +227,11 @@ class StatusPage(BaseModule):
         self.port = 0
         self.requests = 0
         self.logins_failed = 0
+        #: the first-run page's last test frame (JPEG)
+        self.setup_frame: bytes | None = None
+        self._frame_subs: dict[str, Any] = {}
+        #: the last config.snapshot (redacted); None: the config this module was given
+        self.config_in_force: dict[str, Any] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def check(self, app: AppConfig) -> None:
@@ -249,6 +259,23 @@ class StatusPage(BaseModule):
             self.password_hash = cfg.password_hash.get_secret_value()
         elif self._runner is not None:
             await self._ensure_initial_password()
+        if self._runner is not None:
+            self._follow_cameras()  # a camera added from the first-run page shows at once
+
+    def _follow_cameras(self) -> None:
+        """One latest-wins frame subscription per enabled camera, kept in step with config."""
+        wanted = set(self.camera_ids())
+        for cam in list(self._frame_subs):
+            if cam not in wanted:
+                self._frame_subs.pop(cam)()
+                self.frames.pop(cam, None)
+        for cam in sorted(wanted - set(self._frame_subs)):
+            self._frame_subs[cam] = self.bus.subscribe(
+                topics.FRAME.at(camera=cam),
+                self._on_frame,
+                policy="latest",
+                module=self.ctx.instance,
+            )
 
     async def start(self) -> None:
         from aiohttp import web
@@ -257,8 +284,7 @@ class StatusPage(BaseModule):
 
         if self.password_hash is None:
             await self._ensure_initial_password()
-        for cam in self.camera_ids():
-            self.subscribe(topics.FRAME.at(camera=cam), self._on_frame, policy="latest")
+        self._follow_cameras()
         self.subscribe(topics.HEALTH.name, self._on_health, policy="latest")
         self.subscribe(topics.BUS_STATUS.name, self._on_bus, policy="latest")
         self.subscribe(topics.CONTROL_STATE.name, self._on_state, policy="block")
@@ -311,6 +337,9 @@ class StatusPage(BaseModule):
             with contextlib.suppress(Exception):
                 await self._mdns.stop()
             self._mdns = None
+        for unsub in self._frame_subs.values():
+            unsub()
+        self._frame_subs.clear()
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
@@ -404,6 +433,9 @@ class StatusPage(BaseModule):
         self.broadcast("state", self.control_dict())
 
     async def _on_verdict(self, msg: Message[ConfigSnapshot | ConfigRejected]) -> None:
+        if isinstance(msg.payload, ConfigSnapshot):
+            # the config in force, also when the change did not concern this module (a zone)
+            self.config_in_force = msg.payload.config
         fut = self._verdicts.pop(msg.payload.request_id, None)
         if fut is not None and not fut.done():
             fut.set_result(msg.payload)
@@ -662,6 +694,12 @@ class StatusPage(BaseModule):
             "requests": self.requests,
             "logins_failed": self.logins_failed,
         }
+
+    def config_view(self) -> dict[str, Any]:
+        """The whole config in force, secrets shown as ``***``."""
+        if self.config_in_force is not None:
+            return self.config_in_force
+        return dump_config(self.app_cfg)
 
     @property
     def storage_root(self) -> Path:

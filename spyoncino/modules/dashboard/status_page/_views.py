@@ -17,7 +17,6 @@ from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
 from spyoncino import __version__
-from spyoncino.schemas.status import BusStatus, HealthReport
 
 from ._store import EventQuery, EventRow
 from ._system import SystemInfo
@@ -152,6 +151,7 @@ def overview(
             f'<p><span class="state {esc(c.state)}">{esc(c.state)}</span> · '
             f'<span class="fps">{fps}</span> fps</p>'
             f'<p class="last-event">{_event_line(last.get(c.id), tz)}</p>'
+            f'<p><a href="/cameras/{esc(c.id)}/zones">Zones</a></p>'
             + (
                 f'<form method="post" action="/api/cameras/{esc(c.id)}/snapshot" '
                 'class="inline js-command">'
@@ -164,7 +164,10 @@ def overview(
     body = [_armed_block(control, csrf, can_write)]
     body.append(
         '<section class="cameras">'
-        + ("".join(cards) or "<p>No camera configured.</p>")
+        + (
+            "".join(cards)
+            or '<p id="first-run">No camera is configured yet: <a href="/setup">add one</a>.</p>'
+        )
         + "</section>"
     )
     body.append('<section><h2>Recent events</h2><ul id="recent" class="events-list">')
@@ -281,73 +284,32 @@ def live(cam_id: str, name: str, fps: float) -> str:
     return (
         f"<h1>{esc(name)}</h1>"
         f'<img id="live" class="live" alt="live view of {esc(name)}" '
-        f'src="/cameras/{esc(cam_id)}/stream.mjpeg"><p class="hint">Live view at {fps:g} fps.</p>'
+        f'src="/cameras/{esc(cam_id)}/stream.mjpeg"><p class="hint">Live view at {fps:g} fps. '
+        f'<a href="/cameras/{esc(cam_id)}/zones">Zones</a></p>'
     )
 
 
-def health(
-    report: HealthReport | None, bus: BusStatus | None, ready: bool, checks: dict[str, Any]
+def config(
+    data: dict[str, Any],
+    csrf: str,
+    can_write: bool,
+    message: str,
+    ok: bool,
+    text: str = "",
+    errors: str = "",
 ) -> str:
-    out = [
-        f'<h1>Health <span class="badge {"armed" if ready else "disarmed"}">'
-        f"{'ready' if ready else 'not ready'}</span></h1>"
-    ]
-    out.append("<table><tr><th>Check</th><th>OK</th><th>Why</th></tr>")
-    for name, c in checks.items():
-        out.append(
-            f"<tr><td>{esc(name)}</td><td>{'yes' if c['ok'] else 'no'}</td>"
-            f"<td>{esc(c.get('reason', ''))}</td></tr>"
-        )
-    out.append("</table><h2>Modules</h2>")
-    if report is None:
-        out.append("<p>No health report yet.</p>")
-    else:
-        out.append(
-            f'<p>Overall: <span class="state {esc(report.overall)}">'
-            f"{esc(report.overall)}</span></p>"
-        )
-        out.append(
-            "<table><tr><th>Module</th><th>State</th><th>Detail</th><th>Last error</th>"
-            "<th>Restarts</th></tr>"
-        )
-        for m in report.modules:
-            out.append(
-                f'<tr><td>{esc(m.module)}</td><td class="state {esc(m.state)}">{esc(m.state)}</td>'
-                f"<td>{esc(m.detail)}</td><td>{esc(m.last_error or '')}</td>"
-                f"<td>{m.restarts}</td></tr>"
-            )
-        out.append("</table>")
-    out.append("<h2>Bus</h2>")
-    if bus is None:
-        out.append("<p>No bus report yet.</p>")
-    else:
-        for w in bus.warnings:
-            out.append(f'<p class="error">{esc(w)}</p>')
-        out.append(
-            "<table><tr><th>Subscriber</th><th>Pattern</th><th>Policy</th><th>Depth</th>"
-            "<th>Delivered</th><th>Dropped</th><th>Errors</th><th>Lag ms</th></tr>"
-        )
-        for s in bus.subscriptions:
-            out.append(
-                f"<tr><td>{esc(s.module)}</td><td>{esc(s.pattern)}</td><td>{esc(s.policy)}</td>"
-                f"<td>{s.depth}/{s.maxsize}</td><td>{s.delivered}</td><td>{s.dropped}</td>"
-                f"<td>{s.errors}</td><td>{s.lag_ms:.1f}</td></tr>"
-            )
-        out.append("</table>")
-    return "".join(out)
-
-
-def config(data: dict[str, Any], csrf: str, can_write: bool, message: str, ok: bool) -> str:
+    """``text``: what the user wrote (kept after a rejection); ``errors``: the list of errors,
+    each naming its key, shown right under the textarea."""
     import yaml
 
-    text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+    dumped = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
     form = ""
     if can_write:
         form = (
             '<h2>Change settings</h2><form method="post" action="/config" id="config-form">'
             f'{_csrf_field(csrf)}<textarea name="changes" rows="6" '
-            'placeholder="tracker:\n  end_after_s: 8"></textarea>'
+            f'placeholder="tracker:\n  end_after_s: 8">{esc(text)}</textarea>{errors}'
             '<button type="submit">Apply</button></form>'
         )
     msg = f'<p id="config-result" class="{"ok" if ok else "error"}">{esc(message)}</p>'
-    return f'<h1>Configuration</h1>{msg}{form}<pre id="config">{esc(text)}</pre>'
+    return f'<h1>Configuration</h1>{msg}{form}<pre id="config">{esc(dumped)}</pre>'

@@ -24,9 +24,10 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from spyoncino.core.config import dump_config
 from spyoncino.schemas.control import ConfigSnapshot
 
+from . import _home as home
+from . import _pages as pages
 from . import _views as views
 from ._auth import Session, tokens_equal
 from ._metrics import CONTENT_TYPE
@@ -52,6 +53,7 @@ SECURITY_HEADERS = {
 }
 
 
+STATIC_FILES = frozenset({"app.js", "style.css", "zones.js", "setup.js"})
 OPEN_ROUTES = frozenset({"/health/live", "/health/ready", "/login", "/static/{name}"})
 #: the range of ``?day=`` (a later or earlier day has no Unix time here)
 MIN_YEAR, MAX_YEAR = 1970, 2999
@@ -379,35 +381,54 @@ async def live_page(request: web.Request) -> web.Response:
 async def health_page(request: web.Request) -> web.Response:
     p = _page(request)
     ready, checks = await p.readiness()
-    body = views.health(p.reports.health, p.reports.bus, ready, checks)
+    system = await p.system_info()
+    update = await p.ctx.executor.run(pages.update_state, p.cfg.update_dir)
+    cams = pages.camera_health(p.camera_views(), p.reports.health)
+    tz = p.app_cfg.runtime.timezone
+    body = pages.health(cams, p.reports.health, p.reports.bus, ready, checks, system, update, tz)
     return _html(request, "health", "Health", body)
 
 
-async def config_page(request: web.Request, message: str = "", ok: bool = True) -> web.Response:
+async def config_page(
+    request: web.Request,
+    message: str = "",
+    ok: bool = True,
+    text: str = "",
+    errors: str = "",
+    status: int = 200,
+) -> web.Response:
     p = _page(request)
-    body = views.config(dump_config(p.app_cfg), _csrf(request), _can_write(request), message, ok)
-    return _html(request, "config", "Configuration", body)
+    body = views.config(
+        p.config_view(), _csrf(request), _can_write(request), message, ok, text, errors
+    )
+    return _html(request, "config", "Configuration", body, status)
 
 
 async def config_form(request: web.Request) -> web.Response:
     import yaml
 
     form = await _form(request)
-    text = form.get("changes")
+    raw = form.get("changes")
+    text = raw if isinstance(raw, str) else ""
     try:
-        changes = yaml.safe_load(text) if isinstance(text, str) else None
+        changes = yaml.safe_load(text) if text else None
     except yaml.YAMLError as e:
-        return await config_page(request, f"Not valid YAML: {e}", ok=False)
+        err = pages.config_errors([f"(top level): not valid YAML: {e}"], None)
+        return await config_page(request, "Not valid YAML.", False, text, err, 422)
     if not isinstance(changes, dict):
         return await config_page(
-            request, "Write a mapping, e.g. 'tracker: {end_after_s: 8}'.", ok=False
+            request, "Write a mapping, e.g. 'tracker: {end_after_s: 8}'.", False, text, "", 422
         )
     verdict = await _page(request).update_config(changes, "web")
     if verdict is None:
-        return await config_page(request, "No answer from the configuration service.", ok=False)
+        return await config_page(
+            request, "No answer from the configuration service.", False, text, "", 200
+        )
     if isinstance(verdict, ConfigSnapshot):
         return await config_page(request, f"Applied (version {verdict.version}).", ok=True)
-    return await config_page(request, f"Rejected: {verdict.reason}", ok=False)
+    # rejected: the user's text stays in the box and each error sits under it, naming its key
+    errors = pages.config_errors(list(verdict.errors) or [verdict.reason], changes)
+    return await config_page(request, f"Rejected: {verdict.reason}", False, text, errors, 422)
 
 
 # -- media and live images ----------------------------------------------------------------------
@@ -474,7 +495,7 @@ async def mjpeg(request: web.Request) -> web.StreamResponse:
 
 async def static(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
-    if name not in ("app.js", "style.css"):
+    if name not in STATIC_FILES:
         raise web.HTTPNotFound()
     path = Path(str(resources.files("spyoncino") / "data" / "web" / "static" / name))
     return web.FileResponse(path, headers={"Cache-Control": "public, max-age=86400"})
@@ -724,4 +745,5 @@ async def build_app(page: StatusPage) -> web.Application:
     r.add_post("/api/mute", api_mute)
     r.add_post("/api/cameras/{camera}/snapshot", api_snapshot)
     r.add_post("/api/config", api_config)
+    home.add_routes(r)  # zones, first run
     return app

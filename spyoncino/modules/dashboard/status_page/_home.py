@@ -1,0 +1,164 @@
+"""Routes of the pages a home user drives: zones drawn on the snapshot and the first-run page.
+
+Both write through ``config.update`` like the Config form (so accepted changes land in the
+saved overlay and survive a restart); nothing here writes a config file itself.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from spyoncino.core.config import CAMERA_ID
+from spyoncino.schemas.control import ConfigSnapshot
+
+from . import _pages as pages
+
+if TYPE_CHECKING:
+    from aiohttp.web_urldispatcher import UrlDispatcher
+
+#: the section of ``cameras.<id>`` that holds zones (the tracker's per-camera options)
+ZONES_SECTION = "tracker"
+#: at most this many zones per camera and corners per zone from the drawing page
+MAX_ZONES, MAX_CORNERS = 16, 64
+
+
+def _web() -> Any:
+    from . import _web  # the app's helpers (no import cycle at module load)
+
+    return _web
+
+
+def camera_zones(config: dict[str, Any], cam: str) -> list[dict[str, Any]]:
+    """The zones configured for ``cam`` in a ``dump_config`` dict."""
+    cams = config.get("cameras") or {}
+    section = (cams.get(cam) or {}).get(ZONES_SECTION) or {}
+    zones = section.get("zones") or []
+    return [z for z in zones if isinstance(z, dict)]
+
+
+async def zones_page(request: web.Request) -> web.Response:
+    w = _web()
+    p = w._page(request)
+    cam = w._camera(request)
+    name = p.app_cfg.cameras[cam].name or cam
+    current = camera_zones(p.config_view(), cam)
+    body = pages.zones(cam, name, current, w._can_write(request))
+    return w._html(request, "zones", f"Zones of {name}", body)  # type: ignore[no-any-return]
+
+
+async def api_zones(request: web.Request) -> web.Response:
+    """``{"zones": [{name, polygon, mode, labels}, ...]}``: the camera's whole list, replaced."""
+    w = _web()
+    cam = w._camera(request)
+    body = await w._body(request)
+    zones = body.get("zones")
+    if not isinstance(zones, list) or len(zones) > MAX_ZONES:
+        raise web.HTTPBadRequest(text=f"zones must be a list of at most {MAX_ZONES}")
+    for z in zones:
+        poly = z.get("polygon") if isinstance(z, dict) else None
+        if not isinstance(poly, list) or len(poly) > MAX_CORNERS:
+            raise web.HTTPBadRequest(text=f"each zone needs a polygon of at most {MAX_CORNERS}")
+    changes = {"cameras": {cam: {ZONES_SECTION: {"zones": zones}}}}
+    return await _verdict(request, changes)
+
+
+async def _verdict(request: web.Request, changes: dict[str, Any]) -> web.Response:
+    w = _web()
+    verdict = await w._page(request).update_config(changes, w._who(request))
+    if verdict is None:
+        return web.json_response(
+            {"ok": False, "error": "no answer from the configuration service"}, status=504
+        )
+    if isinstance(verdict, ConfigSnapshot):
+        return web.json_response(
+            {"ok": True, "version": verdict.version, "changed_modules": verdict.changed_modules}
+        )
+    errors = [{"key": pages.error_key(e, changes), "error": e} for e in verdict.errors]
+    return web.json_response({"ok": False, "reason": verdict.reason, "errors": errors}, status=422)
+
+
+# -- first run ------------------------------------------------------------------------------------
+async def setup_page(request: web.Request) -> web.Response:
+    w = _web()
+    p = w._page(request)
+    found = await p.ctx.executor.run(_found)
+    body = pages.setup(found, w._can_write(request))
+    return w._html(request, "setup", "Add a camera", body)  # type: ignore[no-any-return]
+
+
+def _found() -> list[Any]:
+    from spyoncino.wizard import found_cameras  # what `spyoncino doctor` / `setup` list
+
+    return found_cameras()
+
+
+def _probe(source: str) -> tuple[str, bytes | None]:
+    from spyoncino.wizard import grab_frame
+
+    with tempfile.TemporaryDirectory(prefix="spyoncino-probe-") as tmp:
+        out = Path(tmp) / "frame.jpg"
+        message = grab_frame(source, out, timeout_s=8.0)
+        data = out.read_bytes() if out.is_file() else None
+    if data is not None:
+        message = message.split(";", 1)[0]  # the wizard's "look at it: <temp path>" is gone
+    return message, data
+
+
+def _source(body: dict[str, Any]) -> str:
+    source = body.get("source")
+    if not isinstance(source, str) or not source.strip() or len(source) > 500:
+        raise web.HTTPBadRequest(text="source: a device, an RTSP URL or a file path")
+    return source.strip()
+
+
+async def api_probe(request: web.Request) -> web.Response:
+    """Open the source, grab one frame; the frame is shown from ``/setup/frame.jpg``."""
+    w = _web()
+    p = w._page(request)
+    source = _source(await w._body(request))
+    message, data = await p.ctx.executor.run(_probe, source)
+    if data is None:
+        return web.json_response({"ok": False, "message": message}, status=422)
+    p.setup_frame = data
+    return web.json_response(
+        {"ok": True, "message": message, "image": f"/setup/frame.jpg?t={time.time():.3f}"}
+    )
+
+
+async def setup_frame(request: web.Request) -> web.Response:
+    data = _web()._page(request).setup_frame
+    if not data:
+        raise web.HTTPNotFound(text="no test frame yet")
+    return web.Response(body=data, content_type="image/jpeg", headers={"Cache-Control": "no-store"})
+
+
+async def api_add_camera(request: web.Request) -> web.StreamResponse:
+    """Write the camera through ``config.update``; the orchestrator starts its pipeline."""
+    w = _web()
+    body = await w._body(request)
+    source = _source(body)
+    cid = body.get("camera_id") or "cam1"
+    if not isinstance(cid, str) or not CAMERA_ID.match(cid):
+        raise web.HTTPBadRequest(text="camera_id: lowercase letters, digits, '_' or '-'")
+    cam: dict[str, Any] = {"source": source}
+    name = body.get("name")
+    if isinstance(name, str) and name.strip():
+        cam["name"] = name.strip()[:60]
+    return await _verdict(request, {"cameras": {cid: cam}})
+
+
+def add_routes(r: UrlDispatcher) -> None:
+    r.add_get("/cameras/{camera}/zones", zones_page)
+    r.add_post("/api/cameras/{camera}/zones", api_zones)
+    r.add_get("/setup", setup_page)
+    r.add_get("/setup/frame.jpg", setup_frame)
+    r.add_post("/api/setup/probe", api_probe)
+    r.add_post("/api/setup/camera", api_add_camera)
+
+
+__all__ = ["add_routes", "camera_zones"]
