@@ -346,3 +346,55 @@ async def test_broker_outage_mid_replay_loses_no_event(
         assert outage <= late  # the outage's events came after the broker did
     finally:
         await box.stop()
+
+
+async def test_a_fleet_of_three_boxes_on_one_broker(
+    tmp_path: Path, broker: Broker, watch: Watcher
+) -> None:
+    """Three real runtimes (``spyoncino run`` each, the clip looping, detection off to spare
+    the shared cores) with their own device ids: three devices in discovery, no shared topic,
+    and a command to one box changes that box only."""
+    boxes = []
+    try:
+        for i in range(3):
+            root = tmp_path / f"box{i}"
+            root.mkdir()
+            extra = {
+                "motion": {"enabled": False},
+                "detector": {"enabled": False},
+                "mqtt": {"host": broker.host, "port": broker.port, "device_id": f"box{i}"},
+            }
+            cfg = write_config(root, broker, {"pace": "realtime", "loop": True}, extra)
+            box = Box(cfg, root, forever=True)
+            await box.start()
+            boxes.append(box)
+        for i in range(3):
+            await watch.wait_topic(f"spyoncino/box{i}/armed", "ON", 90)
+        held = await retained(broker, ["homeassistant/#"], "test/settle")
+        configs = {t: m.json() for t, m in held.items() if t.endswith("/config") and m.payload}
+        by_box: dict[str, dict[str, Any]] = {}
+        for topic, doc in configs.items():
+            by_box.setdefault(topic.split("/")[2], {})[topic] = doc
+        assert sorted(by_box) == ["box0", "box1", "box2"]
+        for name, docs in by_box.items():
+            assert not check_discovery(docs, "homeassistant", f"spyoncino/{name}")
+        uids = [d["unique_id"] for d in configs.values()]
+        assert len(uids) == len(set(uids))
+        # one box disarmed, another asked for a snapshot: the others do not move
+        mark = len(watch.messages)
+        await watch.publish("spyoncino/box1/set/armed", "OFF")
+        await watch.wait_topic("spyoncino/box1/armed", "OFF", 30, start=mark)
+        await watch.publish("spyoncino/box2/street/snapshot/take", "PRESS")
+        snap = await watch.wait_topic("spyoncino/box2/street/snapshot", None, 30, start=mark)
+        assert snap.payload[:3] == b"\xff\xd8\xff"
+        after = watch.since(mark)
+        assert not [
+            m
+            for m in after
+            if m.topic.startswith("spyoncino/box0/") and m.topic.endswith(("armed", "snapshot"))
+        ]
+        assert not [m for m in after if m.topic == "spyoncino/box2/armed"]
+        assert not [m for m in after if m.topic == "spyoncino/box1/street/snapshot"]
+    finally:
+        for box in boxes:
+            await box.stop()
