@@ -398,3 +398,37 @@ async def test_a_fleet_of_three_boxes_on_one_broker(
     finally:
         for box in boxes:
             await box.stop()
+
+
+async def test_wrong_broker_password_leaves_the_box_running(tmp_path: Path) -> None:
+    """Wrong credentials: the log names the broker and the cause, MQTT is not ready, and the
+    replay runs to its end like without MQTT (detection off: only the run matters here)."""
+    require_mosquitto()
+    strict = Broker(tmp_path / "strict", users={"spyoncino": "right"})
+    strict.start()
+    try:
+        extra = {
+            "detector": {"enabled": False},
+            "mqtt": {
+                "host": strict.host,
+                "port": strict.port,
+                "username": "spyoncino",
+                "password": "pw-Zq81x-wrong",
+                "device_id": "box",
+            },
+        }
+        cfg = write_config(tmp_path, strict, {"pace": "lockstep"}, extra)
+        box = Box(cfg, tmp_path, forever=False)
+        await box.start()
+        try:
+            assert await box.wait_exit(300) == 0
+        finally:
+            await box.stop()
+        failed = [line for line in box.lines if line.get("event") == "mqtt_connect_failed"]
+        assert failed, "no mqtt_connect_failed in the log"
+        assert failed[0]["broker"] == f"127.0.0.1:{strict.port}"
+        assert "Not authorized" in failed[0]["error"] and "mqtt.password" in failed[0]["error"]
+        assert not [line for line in box.lines if "pw-Zq81x" in json.dumps(line)]
+        assert any(line.get("event") == "module_start_failed" for line in box.lines)
+    finally:
+        strict.stop()
