@@ -7,7 +7,7 @@ BASE   := $(VENV)/.installed-base
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint format bench test-system schema docs dist clean
+.PHONY: demo test lint format bench test-system image test-image schema docs dist clean
 
 $(BASE): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is needed")'
