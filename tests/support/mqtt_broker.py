@@ -31,6 +31,7 @@ MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd")
 
 
 def require_mosquitto() -> str:
+    pytest.importorskip("aiomqtt", reason="the 'mqtt' extra (aiomqtt) is not installed")
     if MOSQUITTO is None:
         pytest.skip("mosquitto is not installed (apt-get install mosquitto mosquitto-clients)")
     return MOSQUITTO
