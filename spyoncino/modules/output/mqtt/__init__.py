@@ -287,6 +287,9 @@ class MqttOutput(BaseModule):
             self.log.info("mqtt_disabled", reason="no mqtt.host configured")
             self.set_state("ok", "disabled: no host")
             return
+        problems = await self.ctx.executor.run(_problems, self.cfg, self.name or "mqtt")
+        if problems:
+            raise ModuleConfigError("; ".join(problems))
         try:
             import aiomqtt
         except ImportError as e:
@@ -294,9 +297,6 @@ class MqttOutput(BaseModule):
                 "mqtt: the aiomqtt library is missing (pip install 'spyoncino[mqtt]')"
             ) from e
         self._aiomqtt = aiomqtt
-        problems = await self.ctx.executor.run(_problems, self.cfg, self.name or "mqtt")
-        if problems:
-            raise ModuleConfigError("; ".join(problems))
         hw = self.app_cfg.runtime.hardware_profile if self.app_cfg is not None else "auto"
         model = await self.ctx.executor.run(_device_model, hw)
         self.info = DeviceInfo(
