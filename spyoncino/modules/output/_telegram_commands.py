@@ -212,7 +212,7 @@ class TelegramCommands(BaseModule):
             return await self._mute(cmd, args, chat_id)
         if cmd in ("snapshot", "clip"):
             return await self._media_command(cmd, args, chat_id)
-        return f"Unknown command /{cmd}. Send /help for the list."
+        return f"Unknown command /{cmd[:32]}. Send /help for the list."
 
     async def _mute(self, cmd: str, args: list[str], chat_id: int) -> str:
         camera: str | None = None
@@ -242,7 +242,7 @@ class TelegramCommands(BaseModule):
         )
 
     def _unknown_camera(self, camera: str) -> str:
-        return f"Unknown camera {camera!r}. Cameras: {', '.join(self.names) or 'none'}"
+        return f"Unknown camera {text.quoted(camera)}. Cameras: {', '.join(self.names) or 'none'}"
 
     async def _command_state(
         self, cmd: CommandName, camera: str | None, duration: float | None, chat_id: int

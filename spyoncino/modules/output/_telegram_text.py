@@ -50,6 +50,11 @@ _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(min|sec|d|h|m|s)?", re.IGNORECASE)
 _UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "min": 60.0, "s": 1.0, "sec": 1.0}
 
 
+def quoted(text: str, limit: int = 20) -> str:
+    """``text`` for a reply: quoted and cut short (a chat may send 4,096 characters)."""
+    return repr(text[:limit]) + ("..." if len(text) > limit else "")
+
+
 def parse_duration(text: str) -> float:
     """``90s``, ``15m``, ``1h``, ``2h30m``, ``1d``; a bare number is minutes. Seconds out."""
     s = text.strip().lower()
@@ -59,16 +64,16 @@ def parse_duration(text: str) -> float:
     total = 0.0
     for m in _DURATION.finditer(s):
         if m.start() != pos:
-            raise ValueError(f"not a duration: {text!r}")
+            raise ValueError(f"not a duration: {quoted(text)}")
         unit = m.group(2) or ("m" if m.end() == len(s) and pos == 0 else "")
         if not unit:
-            raise ValueError(f"not a duration: {text!r} (add a unit: s, m, h, d)")
+            raise ValueError(f"not a duration: {quoted(text)} (add a unit: s, m, h, d)")
         total += float(m.group(1)) * _UNITS[unit]
         pos = m.end()
     if pos != len(s) or total <= 0:
-        raise ValueError(f"not a duration: {text!r}")
+        raise ValueError(f"not a duration: {quoted(text)}")
     if not math.isfinite(total) or total > MAX_MUTE_S:
-        raise ValueError(f"too long: {text[:20]!r}{'...' if len(text) > 20 else ''}")
+        raise ValueError(f"too long: {quoted(text)}")
     return total
 
 

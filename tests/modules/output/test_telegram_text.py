@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import math
 import time
 from datetime import time as dtime
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from spyoncino.modules.output import _telegram_text as text
-from spyoncino.schemas.control import ControlState
+from spyoncino.schemas.control import MAX_MUTE_S, ControlState
 
 
 @pytest.mark.parametrize(
@@ -90,3 +93,24 @@ def test_disk_free_of_a_folder_not_made_yet(tmp_path: Path) -> None:
     free = text.disk_free(tmp_path / "not" / "yet")
     assert free is not None
     assert 0 < free[0] <= free[1]
+
+
+@settings(max_examples=3000, deadline=None, derandomize=True, database=None)
+@given(
+    st.one_of(
+        st.text(max_size=40),
+        st.from_regex(r"\A[0-9.]{0,400}(s|m|h|d|min|sec)?\Z"),
+        st.from_regex(r"\A([0-9]{1,12}(\.[0-9]{1,3})?(s|m|h|d)){1,6}\Z"),
+    )
+)
+def test_any_mute_duration_is_bounded_or_refused(raw: str) -> None:
+    """Whatever a chat sends after /mute: a finite duration within 7 days, or a ValueError."""
+    try:
+        seconds = text.parse_duration(raw)
+    except ValueError as e:
+        error = str(e)
+    else:
+        assert math.isfinite(seconds) and 0 < seconds <= MAX_MUTE_S
+        assert text.format_duration(seconds)
+        return
+    assert len(error) < 260  # the reply quotes the input: never a whole 400-digit one
