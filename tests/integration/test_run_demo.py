@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -37,6 +38,11 @@ def test_demo_run_stores_events_and_snapshots(tmp_path: Path) -> None:
     conn = sqlite3.connect(root / "events.sqlite3")
     events = conn.execute("SELECT id, camera_id, phase, ended_at FROM events").fetchall()
     assert events, "no event was indexed"
+    # the default 80-class model: the people walking, not the van and car parked in view
+    labels = {
+        lab for (row,) in conn.execute("SELECT labels FROM events") for lab in json.loads(row)
+    }
+    assert labels == {"person"}
     assert all(cam == "sample" for _, cam, _, _ in events)
     assert all(phase == "ended" and ended for _, _, phase, ended in events)
     snaps = conn.execute(

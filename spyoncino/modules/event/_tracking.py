@@ -129,6 +129,7 @@ class Track:
     first_wall: float
     last_seen_mono: float
     hits: deque[bool]
+    sightings: int = 1  # frames it was seen in, in all
     already_there: bool = False
     moved: bool = False
     parked: bool = False

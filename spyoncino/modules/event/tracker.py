@@ -8,8 +8,12 @@ and ends when it has been gone for ``end_after_s`` (or stands still for
 ``stationary_after_s``).
 
 * **Stationary objects** (a parked car) do not re-alert: a track that has not moved since it
-  was first seen, and was already there when the camera started or sits where a parked object
-  was remembered, raises nothing until it moves.
+  was first seen, and was already there when the camera started, sits where a parked object
+  was remembered, or was first seen with no motion box touching it (``still_bystanders``: a
+  parked car that a crop around someone walking past took in), raises nothing until it moves;
+  a box that shifts with no motion on it (detector jitter on a small, cut-off car) has not
+  moved. Such a still object that drops out of view (the motion-gated detector looks
+  elsewhere) is remembered as parked, so seeing it again later stays quiet.
 * **Cooldown** (per camera and label): a new track that appears within ``cooldown_s`` after an
   event of the same label ended, or while an open event's object is lost (unseen for
   ``lost_after_s``), near where that
@@ -131,6 +135,15 @@ class Config(ModuleConfig):
         description="Still objects seen this soon after a camera starts count as already there.",
     )
 
+    still_bystanders: bool = Field(
+        default=True,
+        description=(
+            "An object no motion box of its inference touches is still: seen first so (a "
+            "parked car in the crop around someone walking past) it counts as already there, "
+            "and its box shifting so (detector jitter) is not a move."
+        ),
+    )
+
     @field_validator("cooldown_by_label")
     @classmethod
     def _cooldowns(cls, value: dict[str, float]) -> dict[str, float]:
@@ -231,7 +244,15 @@ class EventTracker(BaseModule):
         d = msg.payload
         dets = [(x.label, x.score, x.box) for x in d.detections]
         await self.observe(
-            d.camera_id, d.mono_ts, d.wall_ts, d.frame_width, d.frame_height, d.seq, dets, d.frame
+            d.camera_id,
+            d.mono_ts,
+            d.wall_ts,
+            d.frame_width,
+            d.frame_height,
+            d.seq,
+            dets,
+            d.frame,
+            motion=d.motion_boxes,
         )
 
     def _camera(self, camera_id: str) -> CameraState:
@@ -244,6 +265,12 @@ class EventTracker(BaseModule):
         cam = self.cams.get(camera_id)
         labels = cam.labels if cam is not None and cam.labels is not None else self.cfg.labels
         return label == "motion" or not labels or label in labels
+
+    def _still(self, box: Box, motion: tuple[Box, ...]) -> bool:
+        """No motion box of this inference touches ``box`` (and motion boxes were given)."""
+        return (
+            self.cfg.still_bystanders and bool(motion) and not any(_touches(box, m) for m in motion)
+        )
 
     def _cooldown(self, camera_id: str, label: str) -> float:
         if label in self.cfg.cooldown_by_label:
@@ -264,8 +291,13 @@ class EventTracker(BaseModule):
         seq: int,
         detections: list[tuple[str, float, Box]],
         frame: Frame | None,
+        motion: tuple[Box, ...] = (),
     ) -> None:
-        """Associate one frame's detections with the camera's tracks and advance events."""
+        """Associate one frame's detections with the camera's tracks and advance events.
+
+        ``motion``: the motion boxes the detections were inferred around (none: every
+        newcomer may be a moving object).
+        """
         st = self._camera(camera_id)
         if st.first_mono is None:
             st.first_mono = mono
@@ -283,7 +315,12 @@ class EventTracker(BaseModule):
             track.follow(box, mono)
             track.score = score
             track.hits.append(True)
-            if track.label != "motion" and box.iou(track.first_box) < self.cfg.stationary_iou:
+            track.sightings += 1
+            if (
+                track.label != "motion"
+                and box.iou(track.first_box) < self.cfg.stationary_iou
+                and not self._still(box, motion)
+            ):
                 track.moved = True
                 if track.parked:
                     track.parked = False
@@ -297,6 +334,7 @@ class EventTracker(BaseModule):
                 continue
             label, score, box = det
             warm = mono - st.first_mono < self.cfg.warmup_s
+            bystander = self._still(box, motion)
             t = Track(
                 id=st.next_id,
                 label=label,
@@ -311,6 +349,7 @@ class EventTracker(BaseModule):
                 already_there=label != "motion"
                 and (
                     warm
+                    or bystander
                     or any(
                         pl == label and box.iou(pb) >= self.cfg.stationary_iou
                         for pl, pb in st.parked
@@ -488,7 +527,17 @@ class EventTracker(BaseModule):
         for t in st.tracks:
             gone = now - t.last_seen_mono
             if t.event is None and not t.parked and gone > max(1.0, self.cfg.end_after_s / 2):
-                continue  # an unconfirmed flicker
+                if (
+                    t.already_there
+                    and not t.moved
+                    and t.label != "motion"
+                    and t.sightings >= self.cfg.confirm_hits
+                ):
+                    # a still object (seen more than once) out of view, the detector looking
+                    # elsewhere: remember it as parked so seeing it there again stays quiet
+                    st.parked.append((t.label, t.box))
+                    del st.parked[:-32]
+                continue  # an unconfirmed flicker, or a still object out of view
             if gone < self.cfg.end_after_s:
                 keep.append(t)
                 continue
@@ -563,6 +612,10 @@ class EventTracker(BaseModule):
             ),
             "mode": self.mode,
         }
+
+
+def _touches(a: Box, b: Box) -> bool:
+    return a.x1 < b.x2 and b.x1 < a.x2 and a.y1 < b.y2 and b.y1 < a.y2
 
 
 __all__ = [

@@ -27,9 +27,17 @@ def det(label: str, score: float, box: tuple[int, int, int, int]) -> Detection:
     return Detection(label=label, score=score, box=Box(x1=box[0], y1=box[1], x2=box[2], y2=box[3]))
 
 
-async def feed(h: Harness, seq: int, dets: list[Detection], camera: str = "cam") -> None:
+async def feed(
+    h: Harness,
+    seq: int,
+    dets: list[Detection],
+    camera: str = "cam",
+    motion: list[tuple[int, int, int, int]] | None = None,
+) -> None:
+    """One inference's detections; ``motion``: the motion boxes it looked around (None: none)."""
     t = seq / FPS
     ev = DetectionEvent(
+        motion_boxes=tuple(Box(x1=a, y1=b, x2=c, y2=d) for a, b, c, d in motion or ()),
         camera_id=camera,
         seq=seq,
         mono_ts=t,
@@ -106,6 +114,67 @@ async def test_parked_car_present_at_start_does_not_alert_until_it_moves(harness
     for seq in range(100, 110):  # drives off
         x = 300 + (seq - 99) * 20
         await feed(harness, seq, [det("car", 0.9, (x, 200, x + 120, 280))])
+    await harness.settle()
+    assert len(events(rec, "started")) == 1
+
+
+async def test_parked_car_seen_at_start_stays_quiet_when_seen_again_later(
+    harness: Harness,
+) -> None:
+    # motion-gated, the detector sees the parked car only while motion brings it into a crop:
+    # at start, then not for 10 s (its track is dropped), then again when someone walks by
+    _, rec = await tracker(harness)
+    car = (500, 40, 600, 100)
+    for seq in range(10):
+        await feed(harness, seq, [det("car", 0.6, car)])
+    for seq in range(10, 110):
+        await feed(harness, seq, [])
+    for seq in range(110, 140):
+        await feed(harness, seq, [det("car", 0.6, (501, 41, 601, 101))])
+    await harness.settle()
+    assert events(rec) == []
+
+
+async def test_a_still_object_no_motion_touches_is_a_bystander_until_it_moves(
+    harness: Harness,
+) -> None:
+    # long after start a crop around a walker also takes in a car parked nearby: the motion is
+    # the walker's, not the car's, so the walker alerts and the car does not -- until it drives
+    _, rec = await tracker(harness, warmup_s=0)
+    car = (420, 40, 540, 110)
+    for seq in range(100, 130):
+        box = walker(seq - 100, x0=200, y=60)
+        await feed(harness, seq, [det("person", 0.8, box), det("car", 0.7, car)], motion=[box])
+    started = events(rec, "started")
+    assert [e.objects[0].label for e in started] == ["person"]
+    for seq in range(130, 140):  # the car drives off: its own motion
+        x = 420 + (seq - 129) * 25
+        box = (x, 40, x + 120, 110)
+        await feed(harness, seq, [det("car", 0.7, box)], motion=[box])
+    await harness.settle()
+    assert [e.objects[0].label for e in events(rec, "started")] == ["person", "car"]
+
+
+async def test_a_small_parked_car_whose_box_jitters_without_motion_has_not_moved(
+    harness: Harness,
+) -> None:
+    # the front of a car cut by the frame edge, 40 px wide: the detector's box for it shifts by
+    # half its width from look to look (IoU 0.5 < stationary_iou), but no motion is on it
+    _, rec = await tracker(harness)
+    for seq in range(60):
+        dx = 20 if seq % 2 else 0
+        car = (600 + dx, 40, 640, 90)
+        box = walker(seq, x0=20, y=200)
+        await feed(harness, seq, [det("car", 0.5, car), det("person", 0.8, box)], motion=[box])
+    await harness.settle()
+    assert [e.objects[0].label for e in events(rec, "started")] == ["person"]
+
+
+async def test_without_motion_boxes_every_newcomer_counts(harness: Harness) -> None:
+    # trigger: always (no motion stage) sends no motion boxes: the bystander rule is off
+    _, rec = await tracker(harness, warmup_s=0)
+    for seq in range(100, 110):
+        await feed(harness, seq, [det("car", 0.7, (420, 40, 540, 110))])
     await harness.settle()
     assert len(events(rec, "started")) == 1
 
