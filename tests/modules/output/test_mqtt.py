@@ -499,3 +499,24 @@ async def test_settings_no_retry_can_fix_are_refused_at_once(tmp_path: Path) -> 
         await mod.configure(mod.ctx.app)
         with pytest.raises(ModuleConfigError, match=r"missing-ca\.pem"):
             await mod.start()
+
+
+async def test_a_camera_added_and_one_removed_while_running(
+    tmp_path: Path, broker: Broker, watch: Watcher
+) -> None:
+    """The status page can add a camera live: the new one is announced with its first states,
+    the one that went is withdrawn (an empty retained config), without a restart."""
+    async with BusHarness(storage_root=tmp_path) as h:
+        mod = await start_mqtt(h, broker)
+        await watch.wait_topic("spyoncino/box1/yard/detect", "ON")
+        cameras = {"front": CAMERAS["front"], "gate": {"source": "rtsp://cam/gate"}}
+        new = h.app_config({"mqtt": MqttOutput}, {"cameras": cameras, "mqtt": mqtt_cfg(broker)})
+        await mod.check(new)
+        await mod.configure(new)
+        await watch.wait_topic("spyoncino/box1/gate/detect", "ON")
+        held = await retained(broker, ["homeassistant/#", "spyoncino/#"], "test/settle")
+        configs = configs_of(held)
+        assert "homeassistant/camera/box1/gate_snapshot/config" in configs
+        assert not [t for t in configs if "/yard_" in t]
+        assert not check_discovery(configs, "homeassistant", "spyoncino/box1")
+        assert held["spyoncino/box1/gate/motion"].text == "OFF"

@@ -206,6 +206,7 @@ def _problems(cfg: Config, section: str) -> list[str]:
 class MqttOutput(BaseModule):
     category: ClassVar[Any] = "output"
     Config: ClassVar[type[ModuleConfig]] = Config
+    follows_cameras: ClassVar[bool] = True  # subscriptions are per box; discovery follows
 
     @classmethod
     def preflight(cls, app: AppConfig, camera_id: str | None) -> list[str]:
@@ -258,6 +259,7 @@ class MqttOutput(BaseModule):
 
     async def configure(self, app: AppConfig) -> None:
         await self.check(app)
+        before = self._announcement()
         self.cfg = app.section(self.name or "mqtt", Config)
         self.app_cfg = app
         self.cameras = app.camera_names(enabled_only=True)
@@ -275,6 +277,34 @@ class MqttOutput(BaseModule):
             discovery_prefix=self.cfg.discovery_prefix.rstrip("/"),
         )
         self.broker = f"{self.cfg.host}:{self.cfg.port}" if self.cfg.host else ""
+        if self.queue is not None:
+            self._follow_cameras(before)
+
+    def _announcement(self) -> dict[str, dict[str, Any]]:
+        return discovery_configs(self.layout, self.info, self.cameras, self.labels)
+
+    def _follow_cameras(self, before: dict[str, dict[str, Any]]) -> None:
+        """A camera added, removed or renamed while running (the status page can): announce
+        the new entities, withdraw the gone ones, give the new cameras their first states."""
+        assert self.queue is not None
+        after = self._announcement()
+        if after == before or not self.cfg.discovery:
+            return
+        for topic in before.keys() - after.keys():
+            self.queue.state(topic, b"")  # an empty retained config removes the entity
+        for topic, doc in after.items():
+            if before.get(topic) != doc:
+                self.queue.state(topic, json.dumps(doc).encode())
+        for cid in self.cameras:
+            if self.layout.camera(cid, "motion") not in self._published_states:
+                self._initial_states(cid)
+        self.log.info("mqtt_discovery_updated", cameras=sorted(self.cameras))
+
+    def _initial_states(self, cid: str) -> None:
+        self._put_state(self.layout.camera(cid, "motion"), OFF)
+        for label in self.labels[cid]:
+            self._put_state(self.layout.label_topic(cid, label), "0")
+        self._put_state(self.layout.camera(cid, "detect"), ON if self.detect[cid] else OFF)
 
     def _public_url(self) -> str | None:
         page = getattr(self.app_cfg, "status_page", None)
@@ -320,10 +350,7 @@ class MqttOutput(BaseModule):
             self.log.warning("mqtt_started_without_broker", broker=self.broker)
         self.queue = PublishQueue(self.cfg.max_queued_events, self.layout.events)
         for cid in self.cameras:
-            self._put_state(self.layout.camera(cid, "motion"), OFF)
-            for label in self.labels[cid]:
-                self._put_state(self.layout.label_topic(cid, label), "0")
-            self._put_state(self.layout.camera(cid, "detect"), ON if self.detect[cid] else OFF)
+            self._initial_states(cid)
         if client is not None:
             try:
                 await self._open_session(client)
