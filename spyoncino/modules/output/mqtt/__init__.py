@@ -28,9 +28,7 @@ import socket
 import time
 import uuid
 from pathlib import Path
-from typing import Any, ClassVar, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from typing import Any, ClassVar
 
 from spyoncino import __version__
 from spyoncino.core.bus import Message
@@ -44,163 +42,14 @@ from spyoncino.schemas.media import MediaArtifact
 from spyoncino.schemas.status import HealthReport
 
 from ._commands import Rejected, parse
+from ._config import Config, setting_problems
 from ._discovery import OFF, OFFLINE, ON, ONLINE, DeviceInfo, Layout, discovery_configs, safe_id
 from ._queue import PublishQueue
+from ._system import cpu_temperature, device_model
 
 SCHEMA_VERSION = 1
 DEFAULT_LABELS = ("person", "car", "cat", "dog")
-_TOPIC_PREFIX = r"^[^#+\s]+(/[^#+\s]+)*$"
 _STARTED = time.monotonic()
-
-
-class TlsConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    ca_file: Path | None = Field(
-        default=None, description="CA certificate (PEM) the broker's certificate is checked with."
-    )
-    cert_file: Path | None = Field(
-        default=None, description="Client certificate (PEM) for brokers that ask for one."
-    )
-    key_file: Path | None = Field(default=None, description="Private key of cert_file (PEM).")
-    insecure: bool = Field(
-        default=False, description="Skip the host name check (a self-signed test broker only)."
-    )
-
-
-class Config(ModuleConfig):
-    type: Literal["mqtt"] = "mqtt"
-    host: str | None = Field(
-        default=None,
-        max_length=253,
-        pattern=r"^[A-Za-z0-9.\-:\[\]]+$",
-        description="Broker host name or address; without it the module stays inert.",
-    )
-    port: int = Field(default=1883, ge=1, le=65535, description="Broker port (8883 with TLS).")
-    tls: TlsConfig | None = Field(
-        default=None, description="Connect with TLS (an empty mapping: the system's CAs)."
-    )
-    username: str | None = Field(default=None, max_length=256, description="Broker user name.")
-    password: SecretStr | None = Field(
-        default=None, description="Broker password (put it in the secrets file)."
-    )
-    device_id: str | None = Field(
-        default=None,
-        pattern=r"^[a-z0-9_-]{1,64}$",
-        description="Names this box on the broker; None: the host name, made topic-safe.",
-    )
-    device_name: str | None = Field(
-        default=None,
-        max_length=100,
-        description="Device name in Home Assistant; None: Spyoncino <id>.",
-    )
-    client_id: str | None = Field(
-        default=None,
-        max_length=128,
-        pattern=r"^[A-Za-z0-9_.-]+$",
-        description="MQTT client id; None: spyoncino-<device id>. Two boxes must differ.",
-    )
-    topic_prefix: str | None = Field(
-        default=None,
-        max_length=200,
-        pattern=_TOPIC_PREFIX,
-        description="Root of this box's topics; None: spyoncino/<device id>.",
-    )
-    discovery: bool = Field(
-        default=True,
-        description="Publish Home Assistant discovery; false removes the configs published before.",
-    )
-    discovery_prefix: str = Field(
-        default="homeassistant",
-        max_length=100,
-        pattern=_TOPIC_PREFIX,
-        description="Home Assistant's discovery prefix (its birth topic is <prefix>/status).",
-    )
-    labels: tuple[str, ...] | None = Field(
-        default=None,
-        max_length=32,
-        description="Labels with a count and an occupancy sensor per camera; None: each "
-        "camera's detector labels.",
-    )
-    keepalive_s: int = Field(
-        default=30,
-        ge=5,
-        le=3600,
-        description="MQTT keepalive; the broker declares us gone after 1.5x.",
-    )
-    connect_timeout_s: float = Field(
-        default=10.0, ge=0.5, le=120.0, description="Seconds a connect or publish may take."
-    )
-    reconnect_min_s: float = Field(
-        default=1.0, ge=0.05, le=60.0, description="First wait before reconnecting."
-    )
-    reconnect_max_s: float = Field(
-        default=60.0, ge=1.0, le=3600.0, description="Longest wait between reconnect attempts."
-    )
-    max_queued_events: int = Field(
-        default=1000,
-        ge=0,
-        le=100_000,
-        description="Events kept while the broker is away; older ones are summarised.",
-    )
-    state_interval_s: float = Field(
-        default=60.0, ge=1.0, le=3600.0, description="Seconds between device state reports."
-    )
-    snapshot_max_bytes: int = Field(
-        default=2_000_000,
-        ge=10_000,
-        le=16_000_000,
-        description="Larger event snapshots are not published on the snapshot topic.",
-    )
-    max_command_bytes: int = Field(
-        default=256, ge=16, le=65536, description="Longer command payloads are refused."
-    )
-
-
-def _cpu_temperature(root: Path = Path("/sys/class/thermal")) -> float | None:
-    best: float | None = None
-    for zone in sorted(root.glob("thermal_zone*")):
-        try:
-            kind = (zone / "type").read_text().strip()
-            value = int((zone / "temp").read_text().strip()) / 1000.0
-        except (OSError, ValueError):
-            continue
-        if "cpu" in kind or "soc" in kind or "x86_pkg" in kind:
-            return value
-        if best is None:
-            best = value
-    return best
-
-
-def _device_model(hardware_profile: str) -> str:
-    """Blocking (reads the device tree): the board's model, else the profile's name."""
-    from spyoncino.core.profiles import ProfileError, detect_profile, read_model
-
-    model = read_model(Path("/proc/device-tree/model"))
-    if model:
-        return model[:100]
-    try:
-        profile, _why = detect_profile(override=hardware_profile)
-    except (ProfileError, OSError, ValueError):
-        return "generic"
-    return profile.name
-
-
-def _problems(cfg: Config, section: str) -> list[str]:
-    """Settings no retry can fix: files that are not there, a password with no user."""
-    out: list[str] = []
-    if cfg.host is None:
-        return out
-    if cfg.password is not None and cfg.username is None:
-        out.append(f"{section}.password: set without {section}.username")
-    if cfg.tls is not None:
-        for key in ("ca_file", "cert_file", "key_file"):
-            path = getattr(cfg.tls, key)
-            if path is not None and not Path(path).is_file():
-                out.append(f"{section}.tls.{key}: file {str(path)!r} does not exist")
-        if (cfg.tls.cert_file is None) != (cfg.tls.key_file is None):
-            out.append(f"{section}.tls: cert_file and key_file go together")
-    return out
 
 
 class MqttOutput(BaseModule):
@@ -211,7 +60,7 @@ class MqttOutput(BaseModule):
     @classmethod
     def preflight(cls, app: AppConfig, camera_id: str | None) -> list[str]:
         section = cls.name or "mqtt"
-        return _problems(app.section(section, Config), section)
+        return setting_problems(app.section(section, Config), section)
 
     def __init__(self, ctx: Any) -> None:
         super().__init__(ctx)
@@ -317,7 +166,7 @@ class MqttOutput(BaseModule):
             self.log.info("mqtt_disabled", reason="no mqtt.host configured")
             self.set_state("ok", "disabled: no host")
             return
-        problems = await self.ctx.executor.run(_problems, self.cfg, self.name or "mqtt")
+        problems = await self.ctx.executor.run(setting_problems, self.cfg, self.name or "mqtt")
         if problems:
             raise ModuleConfigError("; ".join(problems))
         try:
@@ -328,7 +177,7 @@ class MqttOutput(BaseModule):
             ) from e
         self._aiomqtt = aiomqtt
         hw = self.app_cfg.runtime.hardware_profile if self.app_cfg is not None else "auto"
-        model = await self.ctx.executor.run(_device_model, hw)
+        model = await self.ctx.executor.run(device_model, hw)
         self.info = DeviceInfo(
             name=self.cfg.device_name or f"Spyoncino {self.layout.device_id}",
             model=model,
@@ -684,7 +533,7 @@ class MqttOutput(BaseModule):
             space = disk_free(root)
         except OSError:
             space = (0, 0)
-        temp = _cpu_temperature()
+        temp = cpu_temperature()
         return (round(temp, 1) if temp is not None and math.isfinite(temp) else None), space
 
     # -- telemetry -----------------------------------------------------------------------------
