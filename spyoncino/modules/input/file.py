@@ -17,6 +17,7 @@ from spyoncino.core.inputs import (
     RawFrame,
     SourceEnded,
     SourceError,
+    SourceFatal,
     av_frame_to_raw,
 )
 from spyoncino.schemas import topics
@@ -66,6 +67,8 @@ class FileInput(CameraInput):
         self._offset = 0.0
         self._last_pts = 0.0
         self._clock0: tuple[float, float, float] | None = None
+        self._declared_s: float | None = None
+        self._pass_offset = 0.0
 
     @classmethod
     def accepts(cls, source: str) -> bool:
@@ -107,8 +110,33 @@ class FileInput(CameraInput):
         self._time_base = float(stream.time_base) if stream.time_base else 0.1
         rate = stream.average_rate
         self._frame_period = 1.0 / float(rate) if rate else 0.1
+        # what the file says it holds: a decode that stops well before is a truncated file
+        if stream.duration:
+            self._declared_s = float(stream.duration * stream.time_base)
+        elif self._container.duration:
+            self._declared_s = self._container.duration / 1_000_000
+        else:
+            self._declared_s = None
+        self._pass_offset = self._offset
         self._frames = self._container.decode(stream)
         self._t0_mono = None
+
+    def _cut_short(self, why: str) -> None:
+        """At the end of a pass: SourceFatal when the file stopped well before its length."""
+        reached = self._last_pts - self._pass_offset + self._frame_period
+        declared = self._declared_s
+        if declared is None or reached >= declared - max(1.0, 3 * self._frame_period):
+            if why:  # an error at the very end: the last frames were damaged, say so
+                self.log.warning("source_damaged_end", camera=self.camera_id, error=why)
+            return
+        msg = (
+            f"{Path(self.cam.source).name} is truncated or damaged: it stops at {reached:.1f} s "
+            f"of its {declared:.1f} s" + (f" ({why})" if why else "")
+        )
+        if self.opts.loop:
+            self.log.warning("source_truncated", camera=self.camera_id, error=msg)
+            return
+        raise SourceFatal(msg)
 
     def read(self) -> RawFrame:
         import av
@@ -117,15 +145,15 @@ class FileInput(CameraInput):
             raise SourceError("file is not open")
         try:
             frame = next(self._frames)
-        except StopIteration:
+        except (StopIteration, av.FFmpegError) as e:
+            # a decode error cannot be read past (reading again would replay from the start)
+            self._cut_short("" if isinstance(e, StopIteration) else f"decode error: {e}")
             if self.opts.loop:
                 self._offset = self._last_pts + self._frame_period
                 self.close()
                 self.open()
                 return self.read()
             raise SourceEnded from None
-        except av.FFmpegError as e:
-            raise SourceError(f"decode error: {e}") from e
         pts = (
             frame.pts * self._time_base
             if frame.pts is not None

@@ -59,3 +59,21 @@ async def test_fast_replay_keeps_the_videos_clock(camera_input) -> None:
     wall_gaps = [round((b.wall_ts - a.wall_ts) * 1000) for a, b in itertools.pairwise(frames)]
     assert set(mono_gaps) == {100}
     assert set(wall_gaps) == {100}
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.9])
+async def test_a_truncated_file_says_so_instead_of_ending_normally(
+    camera_input, tmp_path: Path, keep: float
+) -> None:
+    """A cut-off mp4 was reported as a normal source_ended (or replayed from the start)."""
+    data = SAMPLE_CLIP.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: int(len(data) * keep)])
+    h = await camera_input(FileInput, str(cut), "file", options={"pace": "fast"})
+    await h.wait_state(("failed", "ended"), timeout=60)
+    m = h.module.metrics()
+    assert m["camera_state"] == "failed"
+    assert "truncated" in str(m["last_error"])
+    assert m["reconnects"] == 0  # not read again from the start
+    seqs = [f.seq for _, f in h.frames]
+    assert seqs == list(range(len(seqs))) and 0 < len(seqs) < 250
