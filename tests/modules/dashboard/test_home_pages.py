@@ -183,3 +183,36 @@ async def test_first_run_probes_a_file_and_adds_the_camera_live(start_page: Any)
         r.url("/api/setup/camera"), headers=AUTH, json={"source": "x", "camera_id": "Bad Id"}
     ) as resp:
         assert resp.status == 400
+
+
+async def test_timeline_marks_the_days_events_and_live_view_gets_boxes(start_page: Any) -> None:
+    r: Running = await start_page(
+        modules=PIPELINE,
+        extra={"tracker": {"end_after_s": 1.0, "cooldown_s": 0.0}},
+        cameras=LOOPING_CAM,
+    )
+    rows = await r.wait(lambda: r.page.live.rows(), timeout=60)
+    event_id = rows[0].id
+    async with r.http.get(r.url("/cameras/cam/timeline"), headers=AUTH) as resp:
+        assert resp.status == 200
+        text = await resp.text()
+    assert f'class="mark" data-event="{event_id}"' in text
+    assert re.search(r'<rect x="\d+(\.\d)?" y="10" width="\d+(\.\d)?" height="20">', text)
+    async with r.http.get(r.url("/cameras/cam/timeline?day=2001-01-01"), headers=AUTH) as resp:
+        assert event_id not in await resp.text()
+    async with r.http.get(r.url("/cameras/cam/timeline?day=nope"), headers=AUTH) as resp:
+        assert resp.status == 400
+    # boxes reach a live viewer over SSE, and only while someone watches the stream
+    assert r.page.streams == 0
+    async with (
+        r.http.get(r.url("/api/stream"), headers=AUTH) as sse,
+        r.http.get(r.url("/cameras/cam/stream.mjpeg"), headers=AUTH) as live,
+    ):
+        await live.content.readuntil(b"\r\n\r\n")
+        while True:
+            line = await sse.content.readline()
+            if line.startswith(b"event: boxes"):
+                data = json.loads((await sse.content.readline())[len(b"data: ") :])
+                break
+    assert data["camera_id"] == "cam" and data["kind"] in ("motion", "objects")
+    assert data["w"] > 0 and all(len(b) == 4 for b in data["boxes"])

@@ -119,6 +119,7 @@
 
   if (window.EventSource && body.dataset.page !== "login") {
     var source = new EventSource("/api/stream");
+    window.spyoncinoStream = source;
     source.addEventListener("state", function (m) { showState(JSON.parse(m.data)); });
     source.addEventListener("event", function (m) { showEvent(JSON.parse(m.data)); });
     source.addEventListener("health", function (m) { showHealth(JSON.parse(m.data)); });
@@ -143,5 +144,47 @@
         if (j.image) { refreshSnaps(); }
       });
     });
+  });
+}());
+
+// Live view: draw what motion and the detector saw over the MJPEG picture (boxes events come
+// at most 5 a second per camera; a kind not heard of for 1.5 s is cleared).
+(function () {
+  var stage = document.getElementById("live-stage");
+  var svg = document.getElementById("live-boxes");
+  if (!stage || !svg || !window.spyoncinoStream) { return; }
+  var NS = "http://www.w3.org/2000/svg";
+  var layers = {};
+  function layer(kind) {
+    if (!layers[kind]) {
+      var g = document.createElementNS(NS, "g");
+      g.setAttribute("class", kind);
+      svg.appendChild(g);
+      layers[kind] = { g: g, timer: null };
+    }
+    return layers[kind];
+  }
+  window.spyoncinoStream.addEventListener("boxes", function (m) {
+    var b = JSON.parse(m.data);
+    if (b.camera_id !== stage.dataset.camera) { return; }
+    svg.setAttribute("viewBox", "0 0 " + b.w + " " + b.h);
+    var l = layer(b.kind);
+    while (l.g.firstChild) { l.g.removeChild(l.g.firstChild); }
+    b.boxes.forEach(function (r, i) {
+      var rect = document.createElementNS(NS, "rect");
+      rect.setAttribute("x", r[0]); rect.setAttribute("y", r[1]);
+      rect.setAttribute("width", r[2] - r[0]); rect.setAttribute("height", r[3] - r[1]);
+      l.g.appendChild(rect);
+      if (b.labels[i]) {
+        var t = document.createElementNS(NS, "text");
+        t.setAttribute("x", r[0] + 3); t.setAttribute("y", Math.max(14, r[1] - 4));
+        t.textContent = b.labels[i];
+        l.g.appendChild(t);
+      }
+    });
+    clearTimeout(l.timer);
+    l.timer = setTimeout(function () {
+      while (l.g.firstChild) { l.g.removeChild(l.g.firstChild); }
+    }, 1500);
   });
 }());

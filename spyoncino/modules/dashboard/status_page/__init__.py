@@ -177,6 +177,8 @@ class Config(ModuleConfig):
         return int(self.listen.rsplit(":", 1)[1])
 
 
+#: how often the live view's boxes are sent per camera and kind (motion, objects)
+BOX_RATE_HZ = 5.0
 PASSWORD_FILE = "status_page.password"  # noqa: S105 - a file name, not a password
 CAMERA_OK = ("streaming", "ended")
 
@@ -230,6 +232,7 @@ class StatusPage(BaseModule):
         #: the first-run page's last test frame (JPEG)
         self.setup_frame: bytes | None = None
         self._frame_subs: dict[str, Any] = {}
+        self._boxes_sent: dict[tuple[str, str], float] = {}
         #: the last config.snapshot (redacted); None: the config this module was given
         self.config_in_force: dict[str, Any] | None = None
 
@@ -441,10 +444,39 @@ class StatusPage(BaseModule):
             fut.set_result(msg.payload)
 
     async def _on_motion(self, msg: Message[MotionEvent]) -> None:
-        self.prom.on_motion(msg.payload.camera_id)
+        m = msg.payload
+        self.prom.on_motion(m.camera_id)
+        self._send_boxes("motion", m.camera_id, m.frame_width, m.frame_height, m.boxes, ())
 
     async def _on_objects(self, msg: Message[DetectionEvent]) -> None:
-        self.prom.on_detections(msg.payload)
+        d = msg.payload
+        self.prom.on_detections(d)
+        boxes = tuple(x.box for x in d.detections)
+        labels = tuple(f"{x.label} {x.score:.2f}" for x in d.detections)
+        self._send_boxes("objects", d.camera_id, d.frame_width, d.frame_height, boxes, labels)
+
+    def _send_boxes(
+        self, kind: str, cam: str, w: int, h: int, boxes: tuple[Any, ...], labels: tuple[str, ...]
+    ) -> None:
+        """What the live view draws over the picture: at most BOX_RATE_HZ per camera and kind,
+        and only while someone watches (no live view open: nothing is built)."""
+        if self.streams == 0 or not self.clients:
+            return
+        now = time.monotonic()
+        if now - self._boxes_sent.get((cam, kind), 0.0) < 1.0 / BOX_RATE_HZ:
+            return
+        self._boxes_sent[(cam, kind)] = now
+        self.broadcast(
+            "boxes",
+            {
+                "camera_id": cam,
+                "kind": kind,
+                "w": w,
+                "h": h,
+                "boxes": [[round(b.x1), round(b.y1), round(b.x2), round(b.y2)] for b in boxes],
+                "labels": list(labels),
+            },
+        )
 
     async def _on_event(self, msg: Message[EventNotice]) -> None:
         self.prom.on_event(msg.payload)

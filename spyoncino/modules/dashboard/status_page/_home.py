@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import tempfile
 import time
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
@@ -17,6 +19,7 @@ from spyoncino.core.config import CAMERA_ID
 from spyoncino.schemas.control import ConfigSnapshot
 
 from . import _pages as pages
+from ._store import EventQuery
 
 if TYPE_CHECKING:
     from aiohttp.web_urldispatcher import UrlDispatcher
@@ -152,7 +155,41 @@ async def api_add_camera(request: web.Request) -> web.StreamResponse:
     return await _verdict(request, {"cameras": {cid: cam}})
 
 
+# -- timeline -------------------------------------------------------------------------------------
+async def timeline_page(request: web.Request) -> web.Response:
+    w = _web()
+    p = w._page(request)
+    cam = w._camera(request)
+    tz = p.app_cfg.runtime.timezone
+    zone = ZoneInfo(tz) if tz else None
+    today = datetime.now(zone).date()
+    raw = request.query.get("day") or today.isoformat()
+    try:
+        day = date.fromisoformat(raw)
+    except ValueError as e:
+        raise web.HTTPBadRequest(text="day must be YYYY-MM-DD") from e
+    if not w.MIN_YEAR <= day.year <= w.MAX_YEAR - 1:
+        raise web.HTTPBadRequest(text=f"day must be within {w.MIN_YEAR}-{w.MAX_YEAR - 1}")
+    q = EventQuery(camera=cam, day=day.isoformat(), limit=200, tz=tz)
+    rows = await w._events(p, q)
+    bounds = q.day_bounds()
+    assert bounds is not None
+    nxt = day + timedelta(days=1)
+    body = pages.timeline(
+        cam,
+        p.app_cfg.cameras[cam].name or cam,
+        day.isoformat(),
+        bounds[0],
+        rows,
+        (day - timedelta(days=1)).isoformat(),
+        nxt.isoformat() if nxt <= today else None,
+        tz,
+    )
+    return w._html(request, "timeline", f"Timeline of {cam}", body)  # type: ignore[no-any-return]
+
+
 def add_routes(r: UrlDispatcher) -> None:
+    r.add_get("/cameras/{camera}/timeline", timeline_page)
     r.add_get("/cameras/{camera}/zones", zones_page)
     r.add_post("/api/cameras/{camera}/zones", api_zones)
     r.add_get("/setup", setup_page)

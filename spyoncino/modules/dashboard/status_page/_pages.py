@@ -354,6 +354,66 @@ def setup(found: list[Any], can_write: bool) -> str:
     )
 
 
+# -- timeline ------------------------------------------------------------------------------------
+def timeline(
+    cam_id: str,
+    name: str,
+    day: str,
+    start: float,
+    rows: list[Any],
+    prev_day: str,
+    next_day: str | None,
+    tz: str | None,
+) -> str:
+    """One day of a camera as a 24-hour strip (an SVG, one unit a minute); each event a mark.
+
+    A mark links to the event page (plays there without JavaScript); ``timeline.js`` plays
+    its clip (or shows its snapshot) under the strip instead.
+    """
+    ticks = "".join(
+        f'<line x1="{h * 60}" y1="0" x2="{h * 60}" y2="{"40" if h % 6 == 0 else "8"}" '
+        'class="tick"></line>'
+        for h in range(25)
+    )
+    marks = []
+    items = []
+    for r in sorted(rows, key=lambda r: r.started_at):
+        x = max(0.0, min(1440.0, (r.started_at - start) / 60.0))
+        end = r.ended_at or r.updated_at or r.started_at
+        width = max(10.0, min(1440.0 - x, (end - r.started_at) / 60.0))  # findable on a phone
+        clip = (r.artifacts.get("clip") or {}).get("url", "")
+        snap = (r.artifacts.get("snapshot") or r.artifacts.get("thumbnail") or {}).get("url", "")
+        label = ", ".join(r.labels) or r.kind
+        title = f"{label} {when(r.started_at, tz)[11:]}"
+        marks.append(
+            f'<a href="/events/{esc(r.id)}" class="mark" data-event="{esc(r.id)}" '
+            f'data-clip="{esc(clip)}" data-snap="{esc(snap)}"><title>{esc(title)}</title>'
+            f'<rect x="{x:.1f}" y="10" width="{width:.1f}" height="20"></rect></a>'
+        )
+        items.append(
+            f'<li><a href="/events/{esc(r.id)}" data-event="{esc(r.id)}">'
+            f"<time>{esc(when(r.started_at, tz)[11:])}</time> <b>{esc(label)}</b>"
+            + (" · clip" if clip else "")
+            + "</a></li>"
+        )
+    link = f"/cameras/{esc(cam_id)}/timeline?day="
+    nav = f'<a href="{link}{esc(prev_day)}">&larr; {esc(prev_day)}</a>'
+    if next_day:
+        nav += f' · <a href="{link}{esc(next_day)}">{esc(next_day)} &rarr;</a>'
+    return (
+        f"<h1>{esc(name)}: {esc(day)}</h1><p>{nav}</p>"
+        f'<svg id="timeline" class="timeline" viewBox="0 0 1440 40" preserveAspectRatio="none" '
+        f'data-camera="{esc(cam_id)}">{ticks}{"".join(marks)}</svg>'
+        '<div class="hours"><span>00</span><span>06</span><span>12</span><span>18</span>'
+        "<span>24</span></div>"
+        f'<p class="hint">{len(rows)} event(s). Tap a mark to play it.</p>'
+        '<video id="timeline-clip" controls playsinline preload="none" hidden></video>'
+        '<img id="timeline-snap" alt="event snapshot" hidden>'
+        f'<ul class="plain" id="timeline-list">{"".join(items)}</ul>'
+        '<script src="/static/timeline.js" defer></script>'
+    )
+
+
 __all__ = [
     "CameraHealth",
     "alerts_pending",
@@ -362,6 +422,7 @@ __all__ = [
     "error_key",
     "health",
     "setup",
+    "timeline",
     "update_state",
     "zones",
 ]

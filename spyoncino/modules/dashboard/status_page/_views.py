@@ -151,7 +151,8 @@ def overview(
             f'<p><span class="state {esc(c.state)}">{esc(c.state)}</span> · '
             f'<span class="fps">{fps}</span> fps</p>'
             f'<p class="last-event">{_event_line(last.get(c.id), tz)}</p>'
-            f'<p><a href="/cameras/{esc(c.id)}/zones">Zones</a></p>'
+            f'<p><a href="/cameras/{esc(c.id)}/timeline">Timeline</a> · '
+            f'<a href="/cameras/{esc(c.id)}/zones">Zones</a></p>'
             + (
                 f'<form method="post" action="/api/cameras/{esc(c.id)}/snapshot" '
                 'class="inline js-command">'
@@ -283,8 +284,13 @@ def event(row: EventRow, tz: str | None) -> str:
 def live(cam_id: str, name: str, fps: float) -> str:
     return (
         f"<h1>{esc(name)}</h1>"
+        f'<div class="live-stage" id="live-stage" data-camera="{esc(cam_id)}">'
         f'<img id="live" class="live" alt="live view of {esc(name)}" '
-        f'src="/cameras/{esc(cam_id)}/stream.mjpeg"><p class="hint">Live view at {fps:g} fps. '
+        f'src="/cameras/{esc(cam_id)}/stream.mjpeg">'
+        '<svg id="live-boxes" preserveAspectRatio="none"></svg></div>'
+        f'<p class="hint">Live view at {fps:g} fps, with what motion (yellow) and the detector '
+        "(green) see. "
+        f'<a href="/cameras/{esc(cam_id)}/timeline">Timeline</a> · '
         f'<a href="/cameras/{esc(cam_id)}/zones">Zones</a></p>'
     )
 

@@ -53,7 +53,7 @@ SECURITY_HEADERS = {
 }
 
 
-STATIC_FILES = frozenset({"app.js", "style.css", "zones.js", "setup.js"})
+STATIC_FILES = frozenset({"app.js", "style.css", "zones.js", "setup.js", "timeline.js"})
 OPEN_ROUTES = frozenset({"/health/live", "/health/ready", "/login", "/static/{name}"})
 #: the range of ``?day=`` (a later or earlier day has no Unix time here)
 MIN_YEAR, MAX_YEAR = 1970, 2999

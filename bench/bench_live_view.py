@@ -1,0 +1,162 @@
+"""Live view cost: server CPU while one phone watches a camera's live view with its boxes.
+
+``spyoncino run`` replays the footage (looping, realtime) with motion on and the detector off
+(the boxes drawn are motion's; the detector's would come the same way), like
+``bench_status_page.py``. The server's CPU time is read over a quiet window (nobody looks)
+and over a window in which one logged-in client reads the MJPEG stream of the live page
+(``live_fps`` frames a second, each encoded once, whoever watches) and keeps the SSE
+connection the page opens, which carries the boxes (at most 5 a second per camera and kind).
+The difference is what the live view costs. Target: <= 10 % of a core at the default 2 fps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import aiohttp
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import footage, write_result
+from bench_status_page import PASSWORD, cpu_seconds, free_port
+
+from spyoncino.core.orchestrator import discover
+from spyoncino.modules.dashboard.status_page import hash_password
+
+WINDOW_S = 20.0
+KEEP = {"file", "status_page", "arming", "motion"}
+TARGET_PERCENT = 10.0
+
+
+async def viewer(base: str, stop: asyncio.Event, counts: dict[str, int]) -> None:
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        async with http.get(base + "/login") as r:
+            token = re.search(r'name="csrf_token" value="([^"]+)"', await r.text())
+        assert token is not None
+        async with http.post(
+            base + "/login",
+            data={"csrf_token": token.group(1), "password": PASSWORD},
+            allow_redirects=False,
+        ) as r:
+            assert r.status == 303, r.status
+
+        async def sse() -> None:
+            async with http.get(base + "/api/stream") as r:
+                async for line in r.content:
+                    if line.startswith(b"event: boxes"):
+                        counts["boxes"] += 1
+                    if stop.is_set():
+                        return
+
+        async def mjpeg() -> None:
+            async with http.get(base + "/cameras/bench/stream.mjpeg") as r:
+                async for chunk in r.content.iter_any():
+                    counts["frames"] += chunk.count(b"Content-Type: image/jpeg")
+                    counts["bytes"] += len(chunk)
+                    if stop.is_set():
+                        return
+
+        tasks = [asyncio.create_task(sse()), asyncio.create_task(mjpeg())]
+        await stop.wait()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def measure(base: str, pid: int, live_fps: float) -> dict[str, object]:
+    await asyncio.sleep(3.0)
+    c0, t0 = cpu_seconds(pid), time.monotonic()
+    await asyncio.sleep(WINDOW_S)
+    idle = (cpu_seconds(pid) - c0) / (time.monotonic() - t0)
+    stop = asyncio.Event()
+    counts = {"frames": 0, "boxes": 0, "bytes": 0}
+    task = asyncio.create_task(viewer(base, stop, counts))
+    await asyncio.sleep(3.0)  # login (scrypt) out of the window
+    counts.update(frames=0, boxes=0, bytes=0)
+    c1, t1 = cpu_seconds(pid), time.monotonic()
+    await asyncio.sleep(WINDOW_S)
+    elapsed = time.monotonic() - t1
+    busy = (cpu_seconds(pid) - c1) / elapsed
+    seen = dict(counts)
+    stop.set()
+    await asyncio.gather(task, return_exceptions=True)
+    cost = max(0.0, busy - idle) * 100.0
+    return {
+        "window_s": WINDOW_S,
+        "live_fps": live_fps,
+        "server_cpu_idle_percent_of_core": round(idle * 100.0, 2),
+        "server_cpu_with_live_view_percent_of_core": round(busy * 100.0, 2),
+        "live_view_cpu_percent_of_core": round(cost, 2),
+        "frames_per_s": round(seen["frames"] / elapsed, 2),
+        "boxes_per_s": round(seen["boxes"] / elapsed, 2),
+        "kbytes_per_s": round(seen["bytes"] / elapsed / 1024.0, 1),
+        "target_cpu_percent_of_core": TARGET_PERCENT,
+        "meets_target": cost <= TARGET_PERCENT and seen["frames"] > 0,
+    }
+
+
+def run(live_fps: float) -> dict[str, object]:
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        config: dict[str, object] = {
+            "cameras": {
+                "bench": {"source": str(footage()), "file": {"pace": "realtime", "loop": True}}
+            },
+            "storage": {"root": f"{tmp}/root"},
+            "log": {"format": "json", "level": "warning"},
+            "status_page": {
+                "listen": f"127.0.0.1:{port}",
+                "password_hash": hash_password(PASSWORD),
+                "mdns": False,
+                "live_fps": live_fps,
+            },
+        }
+        for name in discover():
+            if name not in KEEP:
+                config[name] = {"enabled": False}
+        cfg = Path(tmp) / "config.yaml"
+        cfg.write_text(yaml.safe_dump(config))
+        exe = Path(sys.executable).with_name("spyoncino")
+        proc = subprocess.Popen(
+            [str(exe), "run", "--config", str(cfg)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    with urllib.request.urlopen(base + "/health/ready", timeout=2) as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise SystemExit("spyoncino run did not become ready")
+                time.sleep(0.5)
+            return asyncio.run(measure(base, proc.pid, live_fps))
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)
+
+
+def main() -> None:
+    runs = {f"{fps:g}_fps": run(fps) for fps in (2.0, 5.0)}
+    result: dict[str, object] = {
+        "runs": runs,
+        "meets_target": bool(runs["2_fps"]["meets_target"]),
+        "footage": footage().name,
+    }
+    write_result("live_view", result)
+
+
+if __name__ == "__main__":
+    main()
