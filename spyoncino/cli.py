@@ -448,9 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--secrets", help="secrets file (default: secrets.yaml beside the config)")
     p.add_argument("--frame", help="where the test frame goes (default: beside the config)")
-    p.add_argument(
-        "--telegram-api-url", default="https://api.telegram.org", help="Bot API server"
-    )
+    p.add_argument("--telegram-api-url", default="https://api.telegram.org", help="Bot API server")
     p.set_defaults(func=cmd_setup)
     p = sub.add_parser(
         "install-unit",
