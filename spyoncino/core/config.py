@@ -48,6 +48,8 @@ ENV_PREFIX = "SPYONCINO_"
 SYSTEM_CONFIG = Path("/etc/spyoncino/config.yaml")
 SYSTEM_SECRETS = Path("/etc/spyoncino/secrets.yaml")
 REDACTED = "***"
+#: more cameras than any board can take: a bound, not a target
+MAX_CAMERAS = 64
 CAMERA_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}\Z")  # \Z: "$" allows a trailing newline
 
 M = TypeVar("M", bound=BaseModel)
@@ -144,10 +146,19 @@ class CameraBase(_Section):
     """Settings every camera has; modules add their own sub-sections (``motion:``, ...)."""
 
     source: str = Field(
-        description="File path, rtsp://..., csi://0, /dev/video0 or 'spyoncino:sample.mp4'."
+        min_length=1,
+        max_length=2048,
+        description="File path, rtsp://..., csi://0, /dev/video0 or 'spyoncino:sample.mp4'.",
     )
     enabled: bool = Field(default=True, description="Read this camera.")
-    name: str | None = Field(default=None, description="Display name; defaults to the id.")
+    name: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        # no control characters: the name goes into captions, pages and log lines
+        pattern=r"^[^\x00-\x1f\x7f]+$",
+        description="Display name (at most 64 characters); defaults to the id.",
+    )
     max_fps: float | None = Field(
         default=None, gt=0.0, le=120.0, description="Cap on frames published per second."
     )
@@ -175,6 +186,8 @@ class AppConfig(_Section):
     @field_validator("cameras")
     @classmethod
     def _camera_ids(cls, value: dict[str, CameraBase]) -> dict[str, CameraBase]:
+        if len(value) > MAX_CAMERAS:
+            raise ValueError(f"{len(value)} cameras: at most {MAX_CAMERAS}")
         for cid in value:
             if not CAMERA_ID.match(cid):
                 raise ValueError(

@@ -197,6 +197,21 @@ def test_camera_ids_must_be_safe_for_topics_and_folders(tmp_path: Path) -> None:
         load(tmp_path, 'cameras:\n  "gate\\n":\n    source: x.mp4\n')
 
 
+def test_camera_fields_and_count_are_bounded(tmp_path: Path) -> None:
+    """A name with a newline or 10,000 characters went into captions, pages and logs."""
+    for bad in (
+        'cameras:\n  gate:\n    source: x.mp4\n    name: "Gate\\nFAKE ALERT"\n',
+        f"cameras:\n  gate:\n    source: x.mp4\n    name: {'n' * 200}\n",
+        f"cameras:\n  gate:\n    source: {'x' * 5000}.mp4\n",
+        "cameras:\n  gate:\n    source: ''\n",
+        "cameras:\n" + "".join(f"  c{i}:\n    source: x.mp4\n" for i in range(65)),
+    ):
+        with pytest.raises(ConfigError):
+            load(tmp_path, bad)
+    ok = load(tmp_path, "cameras:\n  gate:\n    source: x.mp4\n    name: Front gate 2\n")
+    assert ok.current.cameras["gate"].name == "Front gate 2"
+
+
 def test_secrets_are_redacted_in_dumps_and_errors(tmp_path: Path) -> None:
     svc = load(
         tmp_path,
