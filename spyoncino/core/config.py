@@ -142,6 +142,23 @@ class StorageConfig(_Section):
         return self.scratch if self.scratch is not None else self.root / ".scratch"
 
 
+class PrivacyMask(_Section):
+    """A polygon blacked out of every frame before anything reads it (normalised 0..1)."""
+
+    name: str = Field(min_length=1, max_length=40, description="Shown on the zones page.")
+    polygon: tuple[tuple[float, float], ...] = Field(
+        min_length=3, max_length=64, description="[[x, y], ...] corners, each 0..1, at least three."
+    )
+
+    @field_validator("polygon")
+    @classmethod
+    def _normalised(cls, value: tuple[tuple[float, float], ...]) -> tuple[tuple[float, float], ...]:
+        for x, y in value:
+            if not (0.0 <= x <= 1.0 and 0.0 <= y <= 1.0):
+                raise ValueError(f"mask corner ({x}, {y}) is outside 0..1")
+        return value
+
+
 class CameraBase(_Section):
     """Settings every camera has; modules add their own sub-sections (``motion:``, ...)."""
 
@@ -164,6 +181,14 @@ class CameraBase(_Section):
     )
     luma_width: int = Field(
         default=320, ge=64, le=1920, description="Width of the small luma plane motion reads."
+    )
+    privacy_masks: tuple[PrivacyMask, ...] = Field(
+        default=(),
+        max_length=16,
+        description=(
+            "Areas blacked out of every frame at the input: never detected, stored, sent or "
+            "shown live (a neighbour's window)."
+        ),
     )
 
     def options(self, section: str, model: type[M]) -> M:

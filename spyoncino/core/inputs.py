@@ -107,6 +107,31 @@ def shrink_luma(plane: Image, width: int) -> Image:
     return cast("Image", cv2.resize(plane, size, interpolation=cv2.INTER_LINEAR))
 
 
+def apply_masks(image: Image, masks: tuple[Any, ...]) -> Image:
+    """Black out each mask's polygon (normalised corners) in a copy of ``image``."""
+    out = np.array(image, copy=True)
+    h, w = out.shape[:2]
+    polys = [
+        np.array([[round(x * (w - 1)), round(y * (h - 1))] for x, y in m.polygon], np.int32)
+        for m in masks
+    ]
+    cv2.fillPoly(out, polys, 0)
+    return out
+
+
+def _masked(
+    image: Image | None, decode: Callable[[], Image] | None, masks: tuple[Any, ...]
+) -> Callable[[], Image] | None:
+    if image is None and decode is None:
+        return None
+
+    def masked() -> Image:
+        src = image if image is not None else decode()  # type: ignore[misc]
+        return apply_masks(src, masks)
+
+    return masked
+
+
 def make_luma(image: Image, width: int) -> Image:
     """Downscale a BGR (or grey) image to a ``width``-wide grey plane."""
     grey = image if image.ndim == 2 else cast("Image", cv2.cvtColor(image, cv2.COLOR_BGR2GRAY))
@@ -543,6 +568,14 @@ class CameraInput(BaseModule):
             luma = make_luma(raw.image, width)
         elif luma.shape[1] > width:
             luma = shrink_luma(luma, width)
+        image, decode = raw.image, raw.decode
+        masks = self.cam.privacy_masks
+        if masks:
+            # blacked out before anything downstream reads the frame; the colour image stays
+            # lazy (masked in whichever worker decodes it, never on the loop)
+            luma = apply_masks(luma, masks)
+            decode = _masked(image, decode, masks)
+            image = None
         mono_ts, wall_ts = self.stamp(raw, now)
         frame = Frame(
             camera_id=self.camera_id,
@@ -552,8 +585,8 @@ class CameraInput(BaseModule):
             width=raw.width,
             height=raw.height,
             luma=luma,
-            _image=raw.image,
-            _decode=raw.decode,
+            _image=image,
+            _decode=decode,
         )
         self.seq += 1
         self.last_frame_mono = now

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -230,6 +231,7 @@ def test_every_page_fits_a_390px_phone(box: Any, browser: Any) -> None:
 
 
 def _draw(page: Any, corners: list[tuple[float, float]], touch: bool) -> None:
+    page.evaluate("window.scrollTo(0, 0)")  # Save scrolled the page: the corners must show
     svg = page.locator("#zone-svg")
     r = svg.bounding_box()
     for fx, fy in corners:
@@ -266,6 +268,17 @@ def test_zones_drawn_by_mouse_and_finger_survive_a_restart_and_apply(
     page.wait_for_function(
         "document.getElementById('zone-result').textContent.startsWith('Saved zone street')"
     )
+    # a privacy mask over the top-left corner, drawn the same way
+    _draw(page, [(0.01, 0.01), (0.3, 0.01), (0.3, 0.3), (0.01, 0.3)], touch=False)
+    page.fill("#zone-name", "window")
+    page.select_option("#zone-mode", "mask")
+    page.click("#zone-save")
+    try:
+        page.wait_for_function(
+            "document.getElementById('zone-result').textContent.startsWith('Saved mask window')"
+        )
+    except Exception:
+        pytest.fail("mask not saved: " + page.inner_text("#zone-result"))
     page.screenshot(path=str(ARTIFACTS / "browser-zone-desktop.png"), full_page=True)
     ctx.close()
 
@@ -291,6 +304,7 @@ def test_zones_drawn_by_mouse_and_finger_survive_a_restart_and_apply(
     assert [z["name"] for z in zones] == ["street", "yard"]
     assert all(len(z["polygon"]) == 4 for z in zones)
     assert abs(zones[0]["polygon"][0][0] - 0.02) < 0.01  # where it was clicked
+    assert [m["name"] for m in saved["cameras"]["sample"]["privacy_masks"]] == ["window"]
 
     b.restart()
     since = time.time()
@@ -301,7 +315,19 @@ def test_zones_drawn_by_mouse_and_finger_survive_a_restart_and_apply(
         _open_zones(page, b.base)
         for name in ("street", "yard"):
             assert page.locator(f'#zone-svg polygon[data-zone="{name}"]').count() == 1, name
+        assert page.locator('#zone-svg polygon[data-mask="window"]').count() == 1
         ctx.close()
+    # the mask is applied at the input: the picture is black there, not elsewhere
+    import cv2
+    import numpy as np
+
+    req = urllib.request.Request(b.base + "/cameras/sample/latest.jpg")
+    req.add_header("Authorization", f"Bearer {TOKEN}")
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        img = cv2.imdecode(np.frombuffer(resp.read(), np.uint8), cv2.IMREAD_GRAYSCALE)
+    h, w = img.shape
+    assert img[int(h * 0.05) : int(h * 0.25), int(w * 0.05) : int(w * 0.25)].max() < 30
+    assert img[int(h * 0.5) :, int(w * 0.5) :].mean() > 30
     # applied: an event after the restart carries both zones' names
     deadline = time.monotonic() + 120
     inside: list[dict[str, Any]] = []

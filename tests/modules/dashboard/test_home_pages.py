@@ -143,6 +143,21 @@ async def test_zones_saved_from_the_page_reach_the_tracker(start_page: Any) -> N
         r.url("/api/cameras/nope/zones"), headers=AUTH, json={"zones": []}
     ) as resp:
         assert resp.status == 404
+    # a privacy mask goes to the camera itself (its input blacks it out), zones stay
+    mask = {"name": "window", "polygon": [[0, 0], [0.2, 0], [0.2, 0.2]]}
+    async with r.http.post(
+        r.url("/api/cameras/cam/zones"), headers=AUTH, json={"masks": [mask]}
+    ) as resp:
+        body = await resp.json()
+    assert resp.status == 200, body
+    assert "file:cam" in body["changed_modules"]
+    assert [m.name for m in r.orch.config.current.cameras["cam"].privacy_masks] == ["window"]
+    assert [z.name for z in tracker.cams["cam"].zones] == ["drive"]  # type: ignore[attr-defined]
+    async with r.http.get(r.url("/cameras/cam/zones"), headers=AUTH) as resp:
+        text = await resp.text()
+    assert 'data-kind="mask"' in text and 'data-zone="drive"' in text
+    async with r.http.post(r.url("/api/cameras/cam/zones"), headers=AUTH, json={}) as resp:
+        assert resp.status == 400
 
 
 async def test_first_run_probes_a_file_and_adds_the_camera_live(start_page: Any) -> None:

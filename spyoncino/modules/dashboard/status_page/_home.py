@@ -44,30 +44,49 @@ def camera_zones(config: dict[str, Any], cam: str) -> list[dict[str, Any]]:
     return [z for z in zones if isinstance(z, dict)]
 
 
+def camera_masks(config: dict[str, Any], cam: str) -> list[dict[str, Any]]:
+    """The privacy masks of ``cam`` (``cameras.<id>.privacy_masks``, applied at the input)."""
+    masks = ((config.get("cameras") or {}).get(cam) or {}).get("privacy_masks") or []
+    return [m for m in masks if isinstance(m, dict)]
+
+
 async def zones_page(request: web.Request) -> web.Response:
     w = _web()
     p = w._page(request)
     cam = w._camera(request)
     name = p.app_cfg.cameras[cam].name or cam
-    current = camera_zones(p.config_view(), cam)
-    body = pages.zones(cam, name, current, w._can_write(request))
+    view = p.config_view()
+    body = pages.zones(
+        cam, name, camera_zones(view, cam), w._can_write(request), camera_masks(view, cam)
+    )
     return w._html(request, "zones", f"Zones of {name}", body)  # type: ignore[no-any-return]
 
 
 async def api_zones(request: web.Request) -> web.Response:
-    """``{"zones": [{name, polygon, mode, labels}, ...]}``: the camera's whole list, replaced."""
+    """``{"zones": [{name, polygon, mode, labels}, ...], "masks": [{name, polygon}, ...]}``:
+    each list given replaces the camera's whole list (zones for the tracker, privacy masks for
+    the input)."""
     w = _web()
     cam = w._camera(request)
     body = await w._body(request)
-    zones = body.get("zones")
-    if not isinstance(zones, list) or len(zones) > MAX_ZONES:
-        raise web.HTTPBadRequest(text=f"zones must be a list of at most {MAX_ZONES}")
-    for z in zones:
-        poly = z.get("polygon") if isinstance(z, dict) else None
-        if not isinstance(poly, list) or len(poly) > MAX_CORNERS:
-            raise web.HTTPBadRequest(text=f"each zone needs a polygon of at most {MAX_CORNERS}")
-    changes = {"cameras": {cam: {ZONES_SECTION: {"zones": zones}}}}
-    return await _verdict(request, changes)
+    if "zones" not in body and "masks" not in body:
+        raise web.HTTPBadRequest(text="send zones, masks or both")
+    camera: dict[str, Any] = {}
+    for key in ("zones", "masks"):
+        if key not in body:
+            continue
+        items = body[key]
+        if not isinstance(items, list) or len(items) > MAX_ZONES:
+            raise web.HTTPBadRequest(text=f"{key} must be a list of at most {MAX_ZONES}")
+        for z in items:
+            poly = z.get("polygon") if isinstance(z, dict) else None
+            if not isinstance(poly, list) or len(poly) > MAX_CORNERS:
+                raise web.HTTPBadRequest(text=f"each needs a polygon of at most {MAX_CORNERS}")
+        if key == "zones":
+            camera[ZONES_SECTION] = {"zones": items}
+        else:
+            camera["privacy_masks"] = items
+    return await _verdict(request, {"cameras": {cam: camera}})
 
 
 async def _verdict(request: web.Request, changes: dict[str, Any]) -> web.Response:

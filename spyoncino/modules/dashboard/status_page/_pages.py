@@ -278,9 +278,17 @@ def config_errors(errors: list[str], changes: Mapping[str, Any] | None) -> str:
 
 
 # -- zones ---------------------------------------------------------------------------------------
-def zones(cam_id: str, name: str, current: list[dict[str, Any]], can_write: bool) -> str:
-    """The snapshot with the camera's zones over it; ``zones.js`` draws new ones."""
+def zones(
+    cam_id: str,
+    name: str,
+    current: list[dict[str, Any]],
+    can_write: bool,
+    masks: list[dict[str, Any]] | None = None,
+) -> str:
+    """The snapshot with the camera's zones and privacy masks over it; ``zones.js`` draws."""
+    masks = masks or []
     data = esc(json.dumps(current, separators=(",", ":")))
+    mdata = esc(json.dumps(masks, separators=(",", ":")))
     tools = ""
     if can_write:
         tools = (
@@ -288,34 +296,40 @@ def zones(cam_id: str, name: str, current: list[dict[str, Any]], can_write: bool
             '<p class="hint">Tap or click the corners of a zone on the picture, then Save.</p>'
             '<label>Name <input id="zone-name" maxlength="40" value="zone"></label>'
             '<label>Kind <select id="zone-mode"><option value="include">alert only inside'
-            '</option><option value="exclude">never alert inside</option></select></label>'
+            '</option><option value="exclude">never alert inside</option>'
+            '<option value="mask">privacy mask (blacked out everywhere)</option>'
+            "</select></label>"
             '<button type="button" id="zone-undo">Undo corner</button>'
             '<button type="button" id="zone-clear">Start over</button>'
             '<button type="button" id="zone-save">Save zone</button>'
             '<p id="zone-result" role="status"></p></div>'
         )
+
+    def item(z: dict[str, Any], kind: str) -> str:
+        zname = esc(z.get("name", ""))
+        delete = (
+            f' <button type="button" class="zone-del" data-zone="{zname}" data-kind="{kind}">'
+            "Delete</button>"
+            if can_write
+            else ""
+        )
+        what = "privacy mask" if kind == "mask" else esc(z.get("mode", "include"))
+        return (
+            f'<li data-zone="{zname}" data-kind="{kind}"><b>{zname}</b> '
+            f"{what}, {len(z.get('polygon', ()))} corners{delete}</li>"
+        )
+
+    items = "".join(item(z, "zone") for z in current) + "".join(item(m, "mask") for m in masks)
     return (
         f"<h1>Zones of {esc(name)}</h1>"
-        f'<div class="zone-stage" id="zone-stage" data-camera="{esc(cam_id)}" data-zones="{data}">'
+        f'<div class="zone-stage" id="zone-stage" data-camera="{esc(cam_id)}" '
+        f'data-zones="{data}" data-masks="{mdata}">'
         f'<img id="zone-snap" alt="snapshot of {esc(name)}" '
         f'src="/cameras/{esc(cam_id)}/latest.jpg">'
         '<svg id="zone-svg" viewBox="0 0 1 1" preserveAspectRatio="none"></svg></div>'
         f"{tools}"
-        '<h2>Saved zones</h2><ul id="zone-list" class="plain">'
-        + "".join(
-            f'<li data-zone="{esc(z.get("name", ""))}"><b>{esc(z.get("name", ""))}</b> '
-            f"{esc(z.get('mode', 'include'))}, {len(z.get('polygon', ()))} corners"
-            + (
-                f' <button type="button" class="zone-del" data-zone="{esc(z.get("name", ""))}">'
-                "Delete</button>"
-                if can_write
-                else ""
-            )
-            + "</li>"
-            for z in current
-        )
-        + "</ul>"
-        + ("" if current else '<p id="no-zones">No zones: the whole picture counts.</p>')
+        f'<h2>Saved zones</h2><ul id="zone-list" class="plain">{items}</ul>'
+        + ("" if current or masks else '<p id="no-zones">No zones: the whole picture counts.</p>')
         + '<script src="/static/zones.js" defer></script>'
     )
 
