@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
-from spyoncino.core.config import CAMERA_ID
+from spyoncino.core.config import CAMERA_ID, redact_url
 from spyoncino.schemas.control import ConfigSnapshot
 
 from . import _pages as pages
@@ -124,7 +124,10 @@ def _probe(source: str) -> tuple[str, bytes | None]:
 
     with tempfile.TemporaryDirectory(prefix="spyoncino-probe-") as tmp:
         out = Path(tmp) / "frame.jpg"
-        message = grab_frame(source, out, timeout_s=8.0)
+        try:
+            message = grab_frame(source, out, timeout_s=8.0)
+        except Exception as e:  # whatever a decoder or driver raises is the source's fault
+            return f"cannot open {redact_url(source)}: {e}", None
         data = out.read_bytes() if out.is_file() else None
     if data is not None:
         message = message.split(";", 1)[0]  # the wizard's "look at it: <temp path>" is gone
