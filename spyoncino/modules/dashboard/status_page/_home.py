@@ -109,7 +109,7 @@ async def setup_page(request: web.Request) -> web.Response:
     w = _web()
     p = w._page(request)
     found = await p.ctx.executor.run(_found)
-    body = pages.setup(found, w._can_write(request))
+    body = pages.setup(found, w._can_write(request), len(p.camera_ids()))
     return w._html(request, "setup", "Add a camera", body)  # type: ignore[no-any-return]
 
 

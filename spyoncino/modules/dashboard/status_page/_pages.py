@@ -335,7 +335,7 @@ def zones(
 
 
 # -- first run -----------------------------------------------------------------------------------
-def setup(found: list[Any], can_write: bool) -> str:
+def setup(found: list[Any], can_write: bool, configured: int = 0) -> str:
     """The first-run page: what this box can see, or a source typed in; probed, then saved."""
     items = "".join(
         f'<li><button type="button" class="pick" data-source="{esc(c.source)}" '
@@ -351,7 +351,12 @@ def setup(found: list[Any], can_write: bool) -> str:
         return f"<h1>Add a camera</h1>{listed}<p>Log in to add one.</p>"
     return (
         "<h1>Add a camera</h1>"
-        "<p>No camera is configured yet. Pick one this box found, or type an RTSP URL or the "
+        + (
+            "<p>No camera is configured yet. "
+            if not configured
+            else f"<p>{configured} camera(s) configured; this adds another. "
+        )
+        + "Pick one this box found, or type an RTSP URL or the "
         "path of a video file, test it, then save.</p>"
         f"<h2>Found on this box</h2>{listed}"
         '<form id="setup-form" class="setup" method="post" action="/api/setup/camera">'
