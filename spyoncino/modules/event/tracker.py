@@ -178,6 +178,9 @@ class EventTracker(BaseModule):
     category: ClassVar[Any] = "event"
     Config: ClassVar[type[ModuleConfig]] = Config
     Camera: ClassVar[type[CameraOptions] | None] = Camera
+    #: subscriptions are camera-agnostic and configure rebuilds ``cams``: a camera added live
+    #: needs no restart, which would drop the open events of the others
+    follows_cameras: ClassVar[bool] = True
 
     def __init__(self, ctx: Any) -> None:
         super().__init__(ctx)

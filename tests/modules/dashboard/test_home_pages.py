@@ -181,6 +181,7 @@ async def test_first_run_probes_a_file_and_adds_the_camera_live(start_page: Any)
         assert resp.status == 422
         assert "cannot" in (await resp.json())["message"]
     motion_before = next(s.module for s in r.orch.slots if s.instance == "motion")
+    tracker_before = next(s.module for s in r.orch.slots if s.instance == "tracker")
     async with r.http.post(
         r.url("/api/setup/camera"),
         headers=AUTH,
@@ -194,6 +195,8 @@ async def test_first_run_probes_a_file_and_adds_the_camera_live(start_page: Any)
     assert any(s.instance == "file:porch" and s.state == "running" for s in r.orch.slots)
     motion = next(s.module for s in r.orch.slots if s.instance == "motion")
     assert motion is not motion_before
+    # the tracker follows in place: the other cameras' open events are not dropped
+    assert next(s.module for s in r.orch.slots if s.instance == "tracker") is tracker_before
     async with r.http.post(
         r.url("/api/setup/camera"), headers=AUTH, json={"source": "x", "camera_id": "Bad Id"}
     ) as resp:

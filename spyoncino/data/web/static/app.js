@@ -126,8 +126,16 @@
   }
 
   // The health page is a snapshot of reports that change every few seconds: keep it fresh.
+  // The details fold stays as the user left it across those reloads.
   if (body.dataset.page === "health") {
-    setTimeout(function () { window.location.reload(); }, 10000);
+    var fold = document.getElementById("health-details");
+    var store = null;
+    try { store = window.sessionStorage; } catch (e) { store = null; }
+    if (fold && store && store.getItem("health-details") === "open") { fold.open = true; }
+    setTimeout(function () {
+      if (fold && store) { store.setItem("health-details", fold.open ? "open" : ""); }
+      window.location.reload();
+    }, 10000);
   }
 
   // Command buttons: POST with the CSRF header, show the new state without a reload.
