@@ -522,7 +522,7 @@ def with_profile_layer(model: type[AppConfig], layers: list[Layer]) -> list[Laye
     The profile is the one ``runtime.hardware_profile`` names (any layer may set it) or the
     one detected from the device tree. Only sections the installed modules have are set.
     """
-    from spyoncino.core.profiles import ProfileError, detect_profile
+    from spyoncino.core.profiles import BUNDLED_MODEL_FILE, ProfileError, detect_profile
 
     merged: dict[str, Any] = {}
     for layer in layers:
@@ -536,8 +536,15 @@ def with_profile_layer(model: type[AppConfig], layers: list[Layer]) -> list[Laye
     data: dict[str, Any] = {"runtime": {"workers": profile.runtime.workers}}
     if "motion" in fields:
         data["motion"] = {"width": profile.motion.downscale_width}
-    if "detector" in fields and profile.detector.threads:
-        data["detector"] = {"num_threads": profile.detector.threads}
+    if "detector" in fields:
+        detector: dict[str, Any] = {}
+        if profile.detector.threads:
+            detector["num_threads"] = profile.detector.threads
+        # a lighter model on the small boards; the bundled default stays "unset" elsewhere
+        if not profile.detector.model.endswith(BUNDLED_MODEL_FILE):
+            detector["model"] = profile.detector.model
+        if detector:
+            data["detector"] = detector
     return [layers[0], Layer(f"hardware profile {profile.name} ({reason})", data), *layers[1:]]
 
 

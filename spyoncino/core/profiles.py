@@ -192,11 +192,11 @@ def profile_report(
     threads = d.threads or "one per core"
     # the profile names a packaged model: say whether it is what runs when detector.model is unset
     if d.model.endswith(f"/{BUNDLED_MODEL_FILE}"):
-        model = f"suggested model {d.model} (the default)"
+        model = f"model {d.model} (the default)"
     else:
         model = (
-            f"suggested model {d.model} (set detector.model to it; the default is "
-            f"spyoncino:models/{BUNDLED_MODEL_FILE})"
+            f"model {d.model} (this profile's default when detector.model is unset; "
+            f"elsewhere spyoncino:models/{BUNDLED_MODEL_FILE})"
         )
     return [
         f"hardware profile: {profile.name} ({profile.description})",

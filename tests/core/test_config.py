@@ -293,6 +293,21 @@ def test_hardware_profile_defaults_sit_below_the_users_settings(tmp_path: Path) 
     assert ConfigService.load(MODEL, config_path=mine, environ={}).current.runtime.workers == 3
 
 
+def test_the_profiles_model_is_the_default_below_the_users_choice(tmp_path: Path) -> None:
+    """A Pi Zero 2 W gets the lighter person model unless the owner picks one."""
+    cfg = write(tmp_path, "config.yaml", "cameras: {}\nruntime:\n  hardware_profile: pi-zero-2w\n")
+    svc = ConfigService.load(MODEL, config_path=cfg, environ={})
+    model = svc.current.model_dump()["detector"]["model"]
+    assert model == "spyoncino:models/person_ssdlite_mobilenet_v2_int8.tflite"
+    mine = write(
+        tmp_path,
+        "config.yaml",
+        "runtime:\n  hardware_profile: pi-zero-2w\ndetector:\n  model: /srv/my.tflite\n",
+    )
+    chosen = ConfigService.load(MODEL, config_path=mine, environ={}).current.model_dump()
+    assert chosen["detector"]["model"] == "/srv/my.tflite"
+
+
 def test_unknown_hardware_profile_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as exc:
         ConfigService.load(MODEL, environ={"SPYONCINO_RUNTIME__HARDWARE_PROFILE": "pi-9"})

@@ -117,12 +117,12 @@ def test_profile_report_says_which_and_why(tmp_path: Path) -> None:
     assert "Raspberry Pi 4 Model B Rev 1.4" in lines[1]
     assert any("MemoryMax=50%" in line for line in lines)
     assert any(
-        "suggested model spyoncino:models/coco_nanodet_m_416_int8.tflite (the default)" in line
+        "model spyoncino:models/coco_nanodet_m_416_int8.tflite (the default)" in line
         for line in lines
     )
     dt.write_bytes(b"Raspberry Pi Zero 2 W Rev 1.0\x00")
     (detector,) = [line for line in profile_report(dt) if "detector:" in line]
-    assert "person_ssdlite_mobilenet_v2_int8.tflite (set detector.model to it;" in detector
+    assert "person_ssdlite_mobilenet_v2_int8.tflite (this profile's default" in detector
     assert profile_report(dt, override="nope")[0].startswith("hardware profile: ERROR")
 
 

@@ -149,7 +149,7 @@ def test_doctor_and_models_describe_the_box(tmp_path: Path) -> None:
     assert "hardware profile:" in res.stdout
     assert "chosen because:" in res.stdout
     assert "camera sample" in res.stdout
-    assert "suggested model spyoncino:models/coco_nanodet_m_416_int8.tflite" in res.stdout
+    assert "model spyoncino:models/coco_nanodet_m_416_int8.tflite" in res.stdout
     res = run_cli(["models"], tmp_path)
     assert res.returncode == 0, res.stderr
     assert "bundled: " in res.stdout and "coco_nanodet_m_416_int8.tflite" in res.stdout
