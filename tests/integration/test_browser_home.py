@@ -224,6 +224,9 @@ def test_every_page_fits_a_390px_phone(box: Any, browser: Any) -> None:
         if path == "/health":
             page.click("#health-details summary")  # the bus tables scroll inside their box
             _fits(page, "/health with its details open")
+            with page.expect_event("load", timeout=20_000):  # its own refresh, every 10 s
+                pass
+            assert page.evaluate("document.getElementById('health-details').open")
             page.screenshot(path=str(ARTIFACTS / "browser-phone-health.png"), full_page=True)
     print("page weights without images (bytes):", json.dumps(weights))
     assert all(w <= 100 * 1024 for w in weights.values()), weights
