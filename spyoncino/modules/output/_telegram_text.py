@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from spyoncino.core.files import local_time
+from spyoncino.helpers.system import cpu_temperature as cpu_temperature
 from spyoncino.schemas.control import MAX_MUTE_S, ControlState
 from spyoncino.schemas.status import HealthReport, ModuleHealth
 
@@ -272,12 +273,3 @@ def disk_free(path: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return usage.free, usage.total
-
-
-def cpu_temperature() -> float | None:
-    """The SoC temperature on a Pi/Jetson (thermal zone 0); None where there is none."""
-    try:
-        raw = Path("/sys/class/thermal/thermal_zone0/temp").read_text(encoding="ascii").strip()
-        return int(raw) / 1000.0
-    except (OSError, ValueError):
-        return None

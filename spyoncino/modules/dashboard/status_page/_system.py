@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from spyoncino.core.files import disk_free
-
-THERMAL = Path("/sys/class/thermal")
+from spyoncino.helpers.system import cpu_temperature as cpu_temperature
 
 #: ``vcgencmd get_throttled`` bits (Raspberry Pi firmware documentation).
 THROTTLE_BITS = {
@@ -62,23 +61,6 @@ class SystemInfo:
             "process_uptime_s": round(self.process_uptime_s, 1),
             "version": self.version,
         }
-
-
-def cpu_temperature(root: Path = THERMAL) -> float | None:
-    """Degrees Celsius of the CPU zone (``cpu-thermal`` on a Pi), else the first zone."""
-    zones = sorted(root.glob("thermal_zone*"))
-    best: float | None = None
-    for zone in zones:
-        try:
-            kind = (zone / "type").read_text().strip()
-            value = int((zone / "temp").read_text().strip()) / 1000.0
-        except (OSError, ValueError):
-            continue
-        if "cpu" in kind or "soc" in kind or "x86_pkg" in kind:
-            return value
-        if best is None:
-            best = value
-    return best
 
 
 def throttle_flags(value: int) -> tuple[str, ...]:

@@ -1,23 +1,11 @@
-"""What the box says about itself: CPU temperature and the board's model (blocking reads)."""
+"""What the box says about itself: the board's model (blocking); the CPU temperature is the
+shared one in ``spyoncino.helpers.system``."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-
-def cpu_temperature(root: Path = Path("/sys/class/thermal")) -> float | None:
-    best: float | None = None
-    for zone in sorted(root.glob("thermal_zone*")):
-        try:
-            kind = (zone / "type").read_text().strip()
-            value = int((zone / "temp").read_text().strip()) / 1000.0
-        except (OSError, ValueError):
-            continue
-        if "cpu" in kind or "soc" in kind or "x86_pkg" in kind:
-            return value
-        if best is None:
-            best = value
-    return best
+from spyoncino.helpers.system import cpu_temperature as cpu_temperature
 
 
 def device_model(hardware_profile: str) -> str:
