@@ -20,6 +20,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD = REPO / "tests" / "system" / "build_rootfs.sh"
+JOURNAL = ["journalctl", "-b", "--no-pager", "-o", "short-monotonic"]
 ENV = [
     "env",
     "-i",
@@ -79,14 +80,31 @@ class Container:
         )
         log.close()
         self.init_pid = self._find_init()
-        self.wait(
-            "the container to finish booting",
-            lambda: (
-                self.run("systemctl", "is-system-running").stdout.strip() in ("running", "degraded")
-            ),
-            timeout=timeout,
+        deadline = time.monotonic() + timeout
+        state = ""
+        while time.monotonic() < deadline:
+            state = self.run("systemctl", "is-system-running").stdout.strip()
+            if state in ("running", "degraded"):
+                return time.monotonic() - t0
+            time.sleep(0.5)
+        raise AssertionError(
+            f"boot {self.boots} did not finish in {timeout} s ({state})\n" + self.diagnose()
         )
-        return time.monotonic() - t0
+
+    def diagnose(self) -> str:
+        """What systemd is waiting for, what failed, and the update units' journal."""
+        parts = []
+        for argv in (
+            ["systemctl", "list-jobs", "--no-pager"],
+            ["systemctl", "--failed", "--no-pager"],
+            [*JOURNAL, "-u", "spyoncino-update-boot", "-u", "spyoncino-update", "-u", "spyoncino"],
+        ):
+            out = self.run(*argv, timeout=60)
+            parts.append(f"$ {' '.join(argv)}\n{(out.stdout + out.stderr)[-4000:]}")
+        console = self.root.parent / f"console-{self.boots}.log"
+        if console.exists():
+            parts.append("console:\n" + console.read_text(errors="replace")[-3000:])
+        return "\n".join(parts)
 
     def _find_init(self) -> int:
         """PID (host view) of the container's systemd: nspawn's child process."""
@@ -98,8 +116,12 @@ class Container:
             if self.nspawn.poll() is not None:
                 raise AssertionError(f"systemd-nspawn exited with {self.nspawn.returncode}")
             pids = children.read_text().split() if children.exists() else []
-            if pids:
-                return int(pids[0])
+            # nspawn's first child is a short-lived helper that forks the container's PID 1:
+            # wait for systemd itself (taking the helper made every later nsenter fail)
+            for child in pids:
+                with contextlib.suppress(OSError):
+                    if Path(f"/proc/{child}/comm").read_text().strip() == "systemd":
+                        return int(child)
             time.sleep(0.2)
         raise AssertionError("the container's init did not appear")
 

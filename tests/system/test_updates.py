@@ -359,7 +359,7 @@ def _descendants(pid: int) -> list[int]:
 
 
 def _fresh_boot_runs_a_good_version(box: Box) -> str:
-    box.boot()
+    box.boot(timeout=180)
     box.serve_index()
     box.wait_ready(180)
     status = box.status()
