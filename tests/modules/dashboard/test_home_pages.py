@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import datetime
 from html import unescape
 from pathlib import Path
 from typing import Any
@@ -220,6 +221,15 @@ async def test_timeline_marks_the_days_events_and_live_view_gets_boxes(start_pag
         assert event_id not in await resp.text()
     async with r.http.get(r.url("/cameras/cam/timeline?day=nope"), headers=AUTH) as resp:
         assert resp.status == 400
+    # the day links to the hours that had events; an hour's strip is in seconds
+    hour = datetime.fromtimestamp(rows[0].started_at).hour
+    assert f'&amp;hour={hour}">{hour:02d}</a>' in text
+    async with r.http.get(r.url(f"/cameras/cam/timeline?hour={hour}"), headers=AUTH) as resp:
+        hour_page = await resp.text()
+    assert 'viewBox="0 0 3600 40"' in hour_page and f'data-event="{event_id}"' in hour_page
+    for bad in ("24", "-1", "x"):
+        async with r.http.get(r.url(f"/cameras/cam/timeline?hour={bad}"), headers=AUTH) as resp:
+            assert resp.status == 400, bad
     # boxes reach a live viewer over SSE, and only while someone watches the stream
     assert r.page.streams == 0
     async with (

@@ -9,6 +9,7 @@ from __future__ import annotations
 import tempfile
 import time
 from datetime import date, datetime, timedelta
+from datetime import time as dtime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
@@ -192,20 +193,32 @@ async def timeline_page(request: web.Request) -> web.Response:
         raise web.HTTPBadRequest(text="day must be YYYY-MM-DD") from e
     if not w.MIN_YEAR <= day.year <= w.MAX_YEAR - 1:
         raise web.HTTPBadRequest(text=f"day must be within {w.MIN_YEAR}-{w.MAX_YEAR - 1}")
+    hour: int | None = None
+    if request.query.get("hour"):
+        try:
+            hour = int(request.query["hour"])
+        except ValueError as e:
+            raise web.HTTPBadRequest(text="hour must be 0..23") from e
+        if not 0 <= hour <= 23:
+            raise web.HTTPBadRequest(text="hour must be 0..23")
     q = EventQuery(camera=cam, day=day.isoformat(), limit=200, tz=tz)
     rows = await w._events(p, q)
     bounds = q.day_bounds()
     assert bounds is not None
+    start = bounds[0]
+    if hour is not None:
+        start = datetime.combine(day, dtime(hour), tzinfo=zone).timestamp()
     nxt = day + timedelta(days=1)
     body = pages.timeline(
         cam,
         p.app_cfg.cameras[cam].name or cam,
         day.isoformat(),
-        bounds[0],
+        start,
         rows,
         (day - timedelta(days=1)).isoformat(),
         nxt.isoformat() if nxt <= today else None,
         tz,
+        hour,
     )
     return w._html(request, "timeline", f"Timeline of {cam}", body)  # type: ignore[no-any-return]
 

@@ -383,23 +383,35 @@ def timeline(
     prev_day: str,
     next_day: str | None,
     tz: str | None,
+    hour: int | None = None,
 ) -> str:
-    """One day of a camera as a 24-hour strip (an SVG, one unit a minute); each event a mark.
+    """A camera's day (or one hour of it) as a strip, an SVG whose unit is a minute of the
+    day or a second of the hour; each event a mark.
 
     A mark links to the event page (plays there without JavaScript); ``timeline.js`` plays
-    its clip (or shows its snapshot) under the strip instead.
+    its clip (or shows its snapshot) under the strip instead. The day view links to each hour
+    that had events, where marks a few seconds apart stand apart.
     """
+    span, unit = (3600.0, 1.0) if hour is not None else (86400.0, 60.0)
+    units = span / unit  # 3600 or 1440
+    step = 300 if hour is not None else 60  # a tick every 5 minutes, or every hour
+    major = 3 if hour is not None else 6  # a long tick every 15 minutes, or 6 hours
     ticks = "".join(
-        f'<line x1="{h * 60}" y1="0" x2="{h * 60}" y2="{"40" if h % 6 == 0 else "8"}" '
+        f'<line x1="{i * step}" y1="0" x2="{i * step}" y2="{"40" if i % major == 0 else "8"}" '
         'class="tick"></line>'
-        for h in range(25)
+        for i in range(int(units // step) + 1)
     )
     marks = []
     items = []
+    busy: set[int] = set()
     for r in sorted(rows, key=lambda r: r.started_at):
-        x = max(0.0, min(1440.0, (r.started_at - start) / 60.0))
+        if not start <= r.started_at < start + span:
+            continue
+        busy.add(int((r.started_at - start) // 3600))
+        x = max(0.0, min(units, (r.started_at - start) / unit))
         end = r.ended_at or r.updated_at or r.started_at
-        width = max(10.0, min(1440.0 - x, (end - r.started_at) / 60.0))  # findable on a phone
+        # at least 1/144 of the strip: findable with a finger on a phone
+        width = max(units / 144, min(units - x, (end - r.started_at) / unit))
         clip = (r.artifacts.get("clip") or {}).get("url", "")
         snap = (r.artifacts.get("snapshot") or r.artifacts.get("thumbnail") or {}).get("url", "")
         label = ", ".join(r.labels) or r.kind
@@ -416,16 +428,30 @@ def timeline(
             + "</a></li>"
         )
     link = f"/cameras/{esc(cam_id)}/timeline?day="
-    nav = f'<a href="{link}{esc(prev_day)}">&larr; {esc(prev_day)}</a>'
-    if next_day:
-        nav += f' · <a href="{link}{esc(next_day)}">{esc(next_day)} &rarr;</a>'
+    if hour is None:
+        title = esc(day)
+        nav = f'<a href="{link}{esc(prev_day)}">&larr; {esc(prev_day)}</a>'
+        if next_day:
+            nav += f' · <a href="{link}{esc(next_day)}">{esc(next_day)} &rarr;</a>'
+        if busy:
+            nav += '</p><p class="zoom">Hours: ' + " ".join(
+                f'<a href="{link}{esc(day)}&amp;hour={h}">{h:02d}</a>' for h in sorted(busy)
+            )
+        hours = ("00", "06", "12", "18", "24")
+    else:
+        title = f"{esc(day)} {hour:02d}:00"
+        nav = f'<a href="{link}{esc(day)}">&uarr; the whole day</a>'
+        if hour > 0:
+            nav += f' · <a href="{link}{esc(day)}&amp;hour={hour - 1}">{hour - 1:02d}:00</a>'
+        if hour < 23:
+            nav += f' · <a href="{link}{esc(day)}&amp;hour={hour + 1}">{hour + 1:02d}:00</a>'
+        hours = (":00", ":15", ":30", ":45", ":60")
     return (
-        f"<h1>{esc(name)}: {esc(day)}</h1><p>{nav}</p>"
-        f'<svg id="timeline" class="timeline" viewBox="0 0 1440 40" preserveAspectRatio="none" '
-        f'data-camera="{esc(cam_id)}">{ticks}{"".join(marks)}</svg>'
-        '<div class="hours"><span>00</span><span>06</span><span>12</span><span>18</span>'
-        "<span>24</span></div>"
-        f'<p class="hint">{len(rows)} event(s). Tap a mark to play it.</p>'
+        f"<h1>{esc(name)}: {title}</h1><p>{nav}</p>"
+        f'<svg id="timeline" class="timeline" viewBox="0 0 {units:g} 40" '
+        f'preserveAspectRatio="none" data-camera="{esc(cam_id)}">{ticks}{"".join(marks)}</svg>'
+        '<div class="hours">' + "".join(f"<span>{h}</span>" for h in hours) + "</div>"
+        f'<p class="hint">{len(items)} event(s). Tap a mark to play it.</p>'
         '<video id="timeline-clip" controls playsinline preload="none" hidden></video>'
         '<img id="timeline-snap" alt="event snapshot" hidden>'
         f'<ul class="plain" id="timeline-list">{"".join(items)}</ul>'
