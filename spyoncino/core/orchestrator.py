@@ -481,7 +481,10 @@ class Orchestrator:
                     changed.append(slot)
         # a transaction: every changed or new module checks its part before any adopts it,
         # so a refusal leaves every module as it was
-        for slot in [*added, *restart, *changed]:
+        # a module that restarts is checked as the new instance it will be (the running one
+        # may refuse, as "needs a restart", exactly what the restart does)
+        fresh = [self._make(s.instance, s.cls, s.camera_id, new) for s in restart]
+        for slot in [*added, *fresh, *changed]:
             try:
                 await slot.module.check(new)
             except Exception as e:
@@ -503,16 +506,21 @@ class Orchestrator:
                     _log.error("rollback_failed", module=slot.instance, error=repr(rollback_error))
             raise ModuleConfigError(f"{failing.instance} refused the change: {e}") from e
         if replanned:
-            await self._replan(new, added, removed, restart)
+            await self._replan(new, added, removed, restart, fresh)
         return [s.instance for s in [*changed, *restart, *added, *removed]]
 
     async def _replan(
-        self, new: AppConfig, added: list[Slot], removed: list[Slot], restart: list[Slot]
+        self,
+        new: AppConfig,
+        added: list[Slot],
+        removed: list[Slot],
+        restart: list[Slot],
+        fresh: list[Slot],
     ) -> None:
-        """Cameras or modules came or went: stop what goes, restart what cannot follow, start
-        what is new (each as at start: a refusal quarantines it, a failure retries)."""
+        """Cameras or modules came or went: stop what goes, replace what cannot follow by its
+        ``fresh`` instance, start what is new (each as at start: a refusal quarantines it, a
+        failure retries)."""
         timeout = self.config.current.runtime.stop_timeout / 2
-        fresh = [self._make(s.instance, s.cls, s.camera_id, new) for s in restart]
         for slot in sorted([*removed, *restart], key=lambda s: (-s.order, s.instance)):
             if slot.retry_task is not None:
                 slot.retry_task.cancel()

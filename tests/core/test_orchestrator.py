@@ -333,3 +333,32 @@ storage:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+async def test_a_module_that_restarts_for_a_new_camera_is_checked_as_its_new_instance() -> None:
+    """A running module may refuse a camera change as 'needs a restart': the restart is what
+    happens, so the fresh instance is the one asked."""
+    from spyoncino.core.orchestrator import discover
+
+    class Picky(make_module("p", "output")):  # type: ignore[misc]
+        running = False
+
+        async def check(self, app: AppConfig) -> None:
+            if self.running and len(app.cameras) != self.cams_at_start:
+                raise ModuleConfigError("p: a camera change needs a restart")
+
+        async def start(self) -> None:
+            self.running = True
+            self.cams_at_start = len(self.ctx.app.cameras)
+            await super().start()
+
+    Picky.name = "p"
+    registry = {"p": Picky, "file": discover()["file"]}
+    orch = Orchestrator(service(registry, {}), registry)
+    await orch.start()
+    first = orch.slots[0].module
+    ok = await orch.apply(ConfigUpdate(changes={"cameras": {"new": {"source": str(SAMPLE)}}}))
+    assert ok
+    slot = next(s for s in orch.slots if s.instance == "p")
+    assert slot.module is not first and slot.state == "running"
+    await orch.stop()
