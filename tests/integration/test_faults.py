@@ -221,10 +221,12 @@ async def test_twenty_sigkills_then_a_normal_start_leave_nothing_open_unindexed_
     root = tmp_path / "var"
     db = root / "events.sqlite3"
     rng = random.Random(17)
+    kills: list[float] = []
     for _ in range(20):
         box = Box(config, tmp_path)
         await box.start()
         await asyncio.sleep(rng.uniform(1.0, 7.0))  # startup, streaming, events, sends
+        kills.append(time.monotonic())
         await box.kill(signal.SIGKILL)
     assert footage().is_file()
     crashed_at = time.time()
@@ -257,8 +259,21 @@ async def test_twenty_sigkills_then_a_normal_start_leave_nothing_open_unindexed_
         await until(delivered, timeout=90)
     finally:
         await final.kill(signal.SIGTERM)
-    sends = Counter(
-        (c.method, c.file(next(iter(c.files))).filename) for c in chat_sends(botapi) if c.files
-    )
     assert queued, "no alert was queued during the kills"
-    assert [k for k, n in sends.items() if n > 1] == []  # no file sent twice
+    # no file sent twice, but for the one window no chat API can close (see core/outbox.py):
+    # killed after the server took the message and before "sent" was committed
+    first: dict[tuple[str, str], float] = {}
+    twice: Counter[tuple[str, str]] = Counter()
+    for c in chat_sends(botapi):
+        if not c.files:
+            continue
+        key = (c.method, c.file(next(iter(c.files))).filename)
+        if key in first:
+            twice[key] += 1
+        else:
+            first[key] = c.at
+    outside_the_window = [
+        k for k in twice if not any(0.0 <= kill - first[k] <= 2.0 for kill in kills)
+    ]
+    assert outside_the_window == [], outside_the_window
+    assert sum(twice.values()) <= 2, twice
