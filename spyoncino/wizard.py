@@ -18,7 +18,6 @@ This is an operator's command, not part of the service, so it uses plain blockin
 from __future__ import annotations
 
 import contextlib
-import glob
 import json
 import os
 import sys
@@ -32,8 +31,8 @@ from typing import Any
 
 import yaml
 
-from spyoncino.core.config import CAMERA_ID, redact_url
-from spyoncino.core.doctor import check_tcp
+from spyoncino.core.config import CAMERA_ID
+from spyoncino.helpers.sources import found_cameras, grab_frame
 
 DEFAULT_API = "https://api.telegram.org"
 #: how long the wizard waits for the owner's /start
@@ -42,13 +41,6 @@ START_WAIT_S = 120.0
 
 class Cancelled(Exception):
     """The owner pressed Ctrl-C / Ctrl-D or answered 'q'."""
-
-
-@dataclass
-class Choice:
-    source: str
-    label: str
-    name: str
 
 
 @dataclass
@@ -69,65 +61,6 @@ def _ask(prompt: str) -> str:
     if answer.strip().lower() == "q":
         raise Cancelled
     return answer.strip()
-
-
-def found_cameras(video_glob: str = "/dev/video*") -> list[Choice]:
-    """Cameras this box can see, by the names a config should use."""
-    found: list[Choice] = []
-    with contextlib.suppress(Exception):  # picamera2 absent or libcamera unhappy: no CSI
-        from picamera2 import Picamera2
-
-        for i, info in enumerate(Picamera2.global_camera_info()):
-            num = info.get("Num", i)
-            found.append(Choice(f"csi://{num}", f"Pi camera {info.get('Model', '?')}", "picam"))
-    by_id = {os.path.realpath(p): p for p in sorted(glob.glob("/dev/v4l/by-id/*index0"))}
-    for dev in sorted(glob.glob(video_glob)):
-        stable = by_id.get(os.path.realpath(dev))
-        if stable is None and by_id:
-            continue  # a metadata or second node of a camera listed by its stable name
-        label = Path(stable).name if stable else dev
-        found.append(Choice(stable or dev, f"USB camera {label}", "usb"))
-    return found
-
-
-def grab_frame(source: str, out: Path, timeout_s: float = 10.0) -> str:
-    """Open ``source``, decode one frame, write it to ``out``; a line saying what happened."""
-    import cv2
-    import numpy as np
-
-    image: np.ndarray[Any, Any] | None = None
-    if source.startswith("/dev/"):
-        cap = cv2.VideoCapture(source, cv2.CAP_V4L2)
-        try:
-            ok, image = cap.read() if cap.isOpened() else (False, None)
-        finally:
-            cap.release()
-        if not ok:
-            return f"cannot read a frame from {source} (busy, unplugged or no permission)"
-    elif source.startswith("csi://"):
-        return "a Pi camera is checked when the service starts (picamera2 owns it)"
-    else:
-        import av
-
-        if source.startswith(("rtsp://", "rtsps://")):
-            reach = check_tcp(source, timeout_s)
-            if not reach.startswith("reachable"):
-                return f"{redact_url(source)} is {reach}"
-        from spyoncino.modules.input.file import resolve
-
-        target = source if "://" in source else str(resolve(source))
-        try:
-            opts = {"rtsp_transport": "tcp"} if source.startswith("rtsp") else {}
-            with av.open(target, options=opts, timeout=timeout_s) as container:
-                frame = next(container.decode(video=0))
-                image = frame.to_ndarray(format="bgr24")
-        except (av.FFmpegError, OSError, StopIteration, IndexError) as e:
-            return f"cannot decode {redact_url(source)}: {e}"
-    assert image is not None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(out), image)
-    h, w = image.shape[:2]
-    return f"got a {w}x{h} frame; look at it: {out}"
 
 
 # -- Telegram (plain Bot API over HTTPS; the wizard needs three calls) -------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from importlib import resources
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -20,9 +19,10 @@ from spyoncino.core.inputs import (
     SourceFatal,
     av_frame_to_raw,
 )
+from spyoncino.helpers.sources import BUILTIN_PREFIX as BUILTIN_PREFIX
+from spyoncino.helpers.sources import resolve as resolve
 from spyoncino.schemas import topics
 
-BUILTIN_PREFIX = "spyoncino:"
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".mov", ".m4v", ".webm", ".ts", ".h264", ".mjpeg"}
 
 
@@ -40,14 +40,6 @@ class FileCamera(CameraOptions):
     )
     loop: bool = Field(default=False, description="Start over at the end instead of ending.")
     speed: float = Field(default=1.0, gt=0.0, le=100.0, description="Realtime speed factor.")
-
-
-def resolve(source: str) -> Path:
-    if source.startswith(BUILTIN_PREFIX):
-        return Path(str(resources.files("spyoncino") / "data" / source[len(BUILTIN_PREFIX) :]))
-    if source.startswith("file://"):
-        return Path(source[len("file://") :])
-    return Path(source)
 
 
 class FileInput(CameraInput):

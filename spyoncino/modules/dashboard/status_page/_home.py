@@ -115,13 +115,13 @@ async def setup_page(request: web.Request) -> web.Response:
 
 
 def _found() -> list[Any]:
-    from spyoncino.wizard import found_cameras  # what `spyoncino doctor` / `setup` list
+    from spyoncino.helpers.sources import found_cameras  # what `doctor` / `setup` list
 
     return found_cameras()
 
 
 def _probe(source: str) -> tuple[str, bytes | None]:
-    from spyoncino.wizard import grab_frame
+    from spyoncino.helpers.sources import grab_frame
 
     with tempfile.TemporaryDirectory(prefix="spyoncino-probe-") as tmp:
         out = Path(tmp) / "frame.jpg"
