@@ -60,7 +60,7 @@ image: $(STAMP)
 	PYTHON=$(abspath $(PY)) bash image/build.sh
 
 ## test-image: build the image, boot it in QEMU: first boot, service, events, power cycle, idle writes (root)
-IDLE_S ?= 120
+IDLE_S ?= 300
 test-image: image
 	SPYONCINO_IMAGE_NO_BUILD=1 SPYONCINO_IMAGE_IDLE_S=$(IDLE_S) $(PY) -m pytest -m image tests/image -q -s $(PYTEST_ARGS)
 

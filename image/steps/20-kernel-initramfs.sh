@@ -56,4 +56,18 @@ cp "$IMAGE_DIR/files/rootfs/etc/default/raspi-firmware" "$ROOTFS/etc/default/ras
 in_root env DEB_MAINT_PARAMS=configure /etc/kernel/postinst.d/z50-raspi-firmware "$kver" >&2
 grep -q "root=LABEL=RASPIROOT" "$ROOTFS/boot/firmware/cmdline.txt" || die "raspi-firmware did not write cmdline.txt"
 cmp -s "$cached" "$ROOTFS/boot/firmware/initrd.img-$kver" || die "the boot partition did not get the initramfs"
-log "boot partition files: $(ls "$ROOTFS/boot/firmware" | wc -l)"
+# Device trees of the boards in $BOARDS only (config.env); the Pi firmware picks its own.
+# (Debian variant: Raspberry Pi OS's kernel packages lay out their own, Pi 5 included.)
+[ "$VARIANT" = debian ] || exit 0
+declare -A dtb=([rpi-3b]=bcm2837-rpi-3-b [rpi-3b-plus]=bcm2837-rpi-3-b-plus
+  [rpi-3a-plus]=bcm2837-rpi-3-a-plus [rpi-zero-2-w]=bcm2837-rpi-zero-2-w [rpi-cm3]=bcm2837-rpi-cm3-io3
+  [rpi-4]=bcm2711-rpi-4-b [rpi-400]=bcm2711-rpi-400 [rpi-cm4]=bcm2711-rpi-cm4-io)
+keep=" "
+for board in $BOARDS; do
+  [ -n "${dtb[$board]:-}" ] || die "unknown board $board in BOARDS (known: ${!dtb[*]})"
+  keep+="${dtb[$board]}.dtb "
+done
+for f in "$ROOTFS"/boot/firmware/*.dtb; do
+  case $keep in *" $(basename "$f") "*) ;; *) rm -f "$f" ;; esac
+done
+log "boot partition: $(ls "$ROOTFS/boot/firmware" | wc -l) files, device trees for: $BOARDS"
