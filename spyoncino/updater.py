@@ -442,7 +442,7 @@ class Host:
         return self.run(["systemctl", *args], timeout=120)
 
     def show(self, unit: str) -> dict[str, str]:
-        props = "ActiveState,SubState,MainPID,NRestarts,Result,LoadState"
+        props = "ActiveState,SubState,MainPID,NRestarts,Result,LoadState,InvocationID"
         _rc, out = self.systemctl("show", unit, f"--property={props}")
         return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
@@ -729,19 +729,28 @@ class Updater:
     # probation -----------------------------------------------------------------------------
     def _restart_and_wait(self, timeout_s: float) -> bool:
         svc = self.settings.service
+        old = self.host.show(svc).get("InvocationID", "")
         self.host.systemctl("reset-failed", svc)
         self.host.systemctl("restart", "--no-block", svc)
         deadline = self.host.monotonic() + timeout_s
         while self.host.monotonic() < deadline:
-            if self.host.show(svc).get("ActiveState") == "active":
+            props = self.host.show(svc)
+            if props.get("ActiveState") == "active" and self._new_run(props, old):
                 return True
             self.host.sleep(1.0)
         return False
+
+    @staticmethod
+    def _new_run(props: dict[str, str], old: str) -> bool:
+        """Whether systemd shows the restarted run, not the one still stopping: with
+        --no-block the first looks can still see the old process "active"."""
+        return not old or props.get("InvocationID", "") != old
 
     def probation(self, window_s: float) -> str | None:
         """Restart on the new slot and watch it; the reason it failed, or None."""
         svc = self.settings.service
         url = self.settings.health_url
+        old = self.host.show(svc).get("InvocationID", "")
         self.host.systemctl("reset-failed", svc)
         rc, out = self.host.systemctl("restart", "--no-block", svc)
         if rc != 0:
@@ -754,6 +763,8 @@ class Updater:
         while True:
             props = self.host.show(svc)
             state, sub = props.get("ActiveState", ""), props.get("SubState", "")
+            if not self._new_run(props, old):
+                state = sub = "restarting"  # the old run is still stopping: not judged
             if state == "failed" or sub in ("auto-restart", "failed"):
                 return f"the service failed to start (state {state}/{sub}, {props.get('Result')})"
             if state == "active":

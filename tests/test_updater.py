@@ -99,6 +99,14 @@ class FakeHost(up.Host):
         return 0, ""
 
     def show(self, unit: str) -> dict[str, str]:
+        props = self._show()
+        if props.pop("stale", None):  # the old run: the id it had before this restart
+            props["InvocationID"] = f"run{self.restarts() - 1}"
+        else:
+            props["InvocationID"] = f"run{self.restarts()}"
+        return props
+
+    def _show(self) -> dict[str, str]:
         if self.restarted_at is None:
             return {
                 "ActiveState": "active",
@@ -109,6 +117,14 @@ class FakeHost(up.Host):
             }
         t = self.now - self.restarted_at
         b = self.behaviour
+        if t < 1:  # the restart job has not begun: systemd still shows the old run
+            return {
+                "ActiveState": "active",
+                "SubState": "running",
+                "MainPID": "10",
+                "NRestarts": "0",
+                "stale": "yes",
+            }
         if b == "crash" and t >= 2:
             return {"ActiveState": "activating", "SubState": "auto-restart", "Result": "exit-code"}
         if b == "never_ready" or t < 2:
