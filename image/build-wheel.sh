@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # build-wheel.sh DEST: the project's wheel, built from the files git knows about (tracked or
 # new, not ignored), into DEST (emptied first). Prints the wheel's path. Used by the image
-# build (steps/30-wheels.sh); the same thing tests/system/build_rootfs.sh does in its step 2.
+# build (steps/30-wheels.sh) and by tests/system/build_rootfs.sh (step 2).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 dest=$1

@@ -53,13 +53,8 @@ else
 fi
 
 # -- 2. the wheel, from the files git knows about (tracked or new, not ignored) ---------------
-src=$(mktemp -d)
-trap 'rm -rf "$src"' EXIT
-(cd "$repo" && git ls-files -z --cached --others --exclude-standard) |
-  (cd "$repo" && xargs -0 cp --parents -t "$src" 2>/dev/null || true)
-rm -rf "$cache/dist" && mkdir -p "$cache/dist"
-"$python" -m pip wheel -q --no-deps --no-build-isolation -w "$cache/dist" "$src" >&2
-wheel=$(ls "$cache"/dist/spyoncino-*.whl)
+# the same script the image build uses, so the two install the same wheel
+wheel=$(PYTHON="$python" bash "$repo/image/build-wheel.sh" "$cache/dist")
 log "wheel: $wheel"
 
 # -- 3. the wheelhouse ----------------------------------------------------------------------
