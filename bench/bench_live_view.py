@@ -13,22 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import re
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import aiohttp
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import footage, write_result
-from bench_status_page import PASSWORD, cpu_seconds, free_port
-
-from spyoncino.core.orchestrator import discover
-from spyoncino.modules.dashboard.status_page import hash_password
+from bench_status_page import PASSWORD, cpu_seconds, serving
 
 WINDOW_S = 20.0
 KEEP = {"file", "status_page", "arming", "motion"}
@@ -103,49 +96,8 @@ async def measure(base: str, pid: int, live_fps: float) -> dict[str, object]:
 
 
 def run(live_fps: float) -> dict[str, object]:
-    port = free_port()
-    with tempfile.TemporaryDirectory() as tmp:
-        config: dict[str, object] = {
-            "cameras": {
-                "bench": {"source": str(footage()), "file": {"pace": "realtime", "loop": True}}
-            },
-            "storage": {"root": f"{tmp}/root"},
-            "log": {"format": "json", "level": "warning"},
-            "status_page": {
-                "listen": f"127.0.0.1:{port}",
-                "password_hash": hash_password(PASSWORD),
-                "mdns": False,
-                "live_fps": live_fps,
-            },
-        }
-        for name in discover():
-            if name not in KEEP:
-                config[name] = {"enabled": False}
-        cfg = Path(tmp) / "config.yaml"
-        cfg.write_text(yaml.safe_dump(config))
-        exe = Path(sys.executable).with_name("spyoncino")
-        proc = subprocess.Popen(
-            [str(exe), "run", "--config", str(cfg)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        base = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    with urllib.request.urlopen(base + "/health/ready", timeout=2) as r:
-                        if r.status == 200:
-                            break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise SystemExit("spyoncino run did not become ready")
-                time.sleep(0.5)
-            return asyncio.run(measure(base, proc.pid, live_fps))
-        finally:
-            proc.terminate()
-            proc.wait(timeout=20)
+    with serving(KEEP, live_fps=live_fps) as (base, pid):
+        return asyncio.run(measure(base, pid, live_fps))
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ difference is the status page's cost. Targets: <= 2 % of a core; overview p95 <=
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import socket
@@ -19,6 +20,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -126,7 +129,10 @@ async def measure(base: str, pid: int) -> dict[str, object]:
     }
 
 
-def main() -> None:
+@contextlib.contextmanager
+def serving(keep: set[str], **status_page: object) -> Iterator[tuple[str, int]]:
+    """``spyoncino run`` on the looping footage with only ``keep`` enabled, until ready:
+    yields the page's base URL and the process id."""
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         config: dict[str, object] = {
@@ -139,10 +145,11 @@ def main() -> None:
                 "listen": f"127.0.0.1:{port}",
                 "password_hash": hash_password(PASSWORD),
                 "mdns": False,
+                **status_page,
             },
         }
         for name in discover():
-            if name not in KEEP:
+            if name not in keep:
                 config[name] = {"enabled": False}
         cfg = Path(tmp) / "config.yaml"
         cfg.write_text(yaml.safe_dump(config))
@@ -157,8 +164,6 @@ def main() -> None:
             deadline = time.monotonic() + 60
             while True:
                 try:
-                    import urllib.request
-
                     with urllib.request.urlopen(base + "/health/ready", timeout=2) as r:
                         if r.status == 200:
                             break
@@ -167,10 +172,15 @@ def main() -> None:
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise SystemExit("spyoncino run did not become ready")
                 time.sleep(0.5)
-            result = asyncio.run(measure(base, proc.pid))
+            yield base, proc.pid
         finally:
             proc.terminate()
             proc.wait(timeout=20)
+
+
+def main() -> None:
+    with serving(KEEP) as (base, pid):
+        result = asyncio.run(measure(base, pid))
     result["footage"] = footage().name
     write_result("status_page", result)
 
