@@ -145,7 +145,9 @@ def build(cache: Path, wheelhouse: Path) -> tuple[Path, float]:
 
 
 def _sha(path: Path, memo: dict[str, str]) -> str:
-    key = f"{path.name}:{path.stat().st_size}"
+    st = path.stat()
+    # name and size alone matched a rebuilt wheel whose metadata changed by a digit
+    key = f"{path.name}:{st.st_size}:{st.st_mtime_ns}"
     if key not in memo:
         memo[key] = hashlib.sha256(path.read_bytes()).hexdigest()
     return memo[key]

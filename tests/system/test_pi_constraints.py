@@ -27,8 +27,8 @@ PI = [
     "3.11",
     "--implementation",
     "cp",
-    *("--platform", "manylinux_2_27_aarch64"),
-    *("--platform", "manylinux_2_17_aarch64"),
+    # every tag Bookworm's glibc 2.36 runs: PyAV >= 17 is published for manylinux_2_28 only
+    *[a for n in range(36, 16, -1) for a in ("--platform", f"manylinux_2_{n}_aarch64")],
     *("--platform", "manylinux2014_aarch64"),
 ]
 
