@@ -12,7 +12,6 @@ The difference is what the live view costs. Target: <= 10 % of a core at the def
 from __future__ import annotations
 
 import asyncio
-import re
 import sys
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import footage, write_result
-from bench_status_page import PASSWORD, cpu_seconds, serving
+from bench_status_page import cpu_seconds, login, serving
 
 WINDOW_S = 20.0
 KEEP = {"file", "status_page", "arming", "motion"}
@@ -30,15 +29,7 @@ TARGET_PERCENT = 10.0
 
 async def viewer(base: str, stop: asyncio.Event, counts: dict[str, int]) -> None:
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
-        async with http.get(base + "/login") as r:
-            token = re.search(r'name="csrf_token" value="([^"]+)"', await r.text())
-        assert token is not None
-        async with http.post(
-            base + "/login",
-            data={"csrf_token": token.group(1), "password": PASSWORD},
-            allow_redirects=False,
-        ) as r:
-            assert r.status == 303, r.status
+        await login(http, base)
 
         async def sse() -> None:
             async with http.get(base + "/api/stream") as r:

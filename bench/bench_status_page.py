@@ -53,17 +53,22 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
+async def login(http: aiohttp.ClientSession, base: str) -> None:
+    """Log ``http`` in through the form, as a browser does (CSRF token, then the password)."""
+    async with http.get(base + "/login") as r:
+        token = re.search(r'name="csrf_token" value="([^"]+)"', await r.text())
+    assert token is not None
+    async with http.post(
+        base + "/login",
+        data={"csrf_token": token.group(1), "password": PASSWORD},
+        allow_redirects=False,
+    ) as r:
+        assert r.status == 303, r.status
+
+
 async def client(base: str, stop: asyncio.Event, latencies: list[float], errors: list[str]) -> None:
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
-        async with http.get(base + "/login") as r:
-            token = re.search(r'name="csrf_token" value="([^"]+)"', await r.text())
-        assert token is not None
-        async with http.post(
-            base + "/login",
-            data={"csrf_token": token.group(1), "password": PASSWORD},
-            allow_redirects=False,
-        ) as r:
-            assert r.status == 303, r.status
+        await login(http, base)
 
         async def sse() -> None:
             async with http.get(base + "/api/stream") as r:
