@@ -9,6 +9,8 @@ import av
 import numpy as np
 import pytest
 
+from tests.support.mqtt_broker import Broker, require_mosquitto
+
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "spyoncino" / "data" / "sample.mp4"
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -31,3 +33,13 @@ def decode_frames(path: Path, limit: int | None = None) -> Iterator[np.ndarray]:
             if limit is not None and i >= limit:
                 return
             yield f.to_ndarray(format="bgr24")
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    """A real mosquitto on 127.0.0.1 for the MQTT tests (skips when it is not installed)."""
+    require_mosquitto()
+    b = Broker(tmp_path / "broker")
+    b.start()
+    yield b
+    b.stop()

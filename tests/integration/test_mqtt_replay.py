@@ -15,13 +15,12 @@ import os
 import sqlite3
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
-import pytest
 import pytest_asyncio
 import yaml
 
@@ -33,15 +32,6 @@ SAMPLE = REPO / "spyoncino" / "data" / "sample.mp4"
 CHAT = 222
 BASE = "spyoncino/box"
 PUBLIC = "http://box.test:8080"
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    require_mosquitto()
-    b = Broker(tmp_path / "broker")
-    b.start()
-    yield b
-    b.stop()
 
 
 @pytest_asyncio.fixture

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -46,15 +46,6 @@ CAMERAS = {
 
 
 # --- fixtures ------------------------------------------------------------------------------------
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    require_mosquitto()
-    b = Broker(tmp_path / "broker")
-    b.start()
-    yield b
-    b.stop()
-
-
 @pytest_asyncio.fixture
 async def watch(broker: Broker) -> AsyncIterator[Watcher]:
     w = Watcher(broker, ["spyoncino/#", "homeassistant/#"])
