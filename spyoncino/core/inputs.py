@@ -52,6 +52,16 @@ from spyoncino.core.contracts import BaseModule, CameraOptions
 from spyoncino.schemas import topics
 from spyoncino.schemas.frames import Frame, Image
 
+#: why a camera input loses a frame, as ``dropped_<reason>`` in health and the ``reason`` label
+#: of ``spyoncino_camera_frames_dropped_total``:
+#: ``fps_cap``      over the camera's ``max_fps`` (decoded, then not published: by design);
+#: ``queue_full``   the camera thread had the next frame before the event loop took the last
+#:                  one (the loop is overloaded; the older frame is replaced);
+#: ``decode_error`` a damaged packet or corrupt JPEG that gave no picture.
+#: Frames motion skips because it fell behind are the ``motion_busy`` reason, counted by the
+#: motion stage (``cam.<id>.skipped``).
+DROP_REASONS = ("fps_cap", "queue_full", "decode_error")
+
 CameraState = Literal[
     "connecting", "streaming", "stalled", "reconnecting", "wedged", "failed", "ended"
 ]
@@ -296,6 +306,9 @@ class CameraInput(BaseModule):
         self.frames_published = 0
         self.frames_capped = 0
         self.frames_dropped = 0
+        #: pictures the source delivered that could not be decoded (damaged packets, corrupt
+        #: JPEGs); inputs count them in ``read`` and the operator sees them by reason
+        self.decode_errors = 0
         self.reconnects = 0
         self.threads_abandoned = 0
         #: the call each thread abandoned since the last frame was stuck in ("open", "read")
@@ -628,6 +641,14 @@ class CameraInput(BaseModule):
         span = recent[-1] - recent[0]
         return (len(recent) - 1) / span if span > 0 else 0.0
 
+    def drops(self) -> dict[str, int]:
+        """Frames lost before anyone downstream saw them, by reason (see ``DROP_REASONS``)."""
+        return {
+            "fps_cap": self.frames_capped,
+            "queue_full": self.frames_dropped,
+            "decode_error": self.decode_errors,
+        }
+
     def metrics(self) -> dict[str, float | int | str]:
         age = -1.0 if self.last_frame_mono is None else time.monotonic() - self.last_frame_mono
         return {
@@ -637,8 +658,11 @@ class CameraInput(BaseModule):
             "fps": round(self.fps, 2),
             "last_frame_age_s": round(age, 3),
             "frames": self.frames_published,
+            # what the source delivered: taken by the loop (incl. capped) or replaced in the slot
+            "frames_decoded": self.frames_read + self.frames_dropped,
             "frames_capped": self.frames_capped,
             "frames_dropped": self.frames_dropped,
+            **{f"dropped_{reason}": n for reason, n in self.drops().items()},
             "reconnects": self.reconnects,
             "threads_abandoned": self.threads_abandoned,
             "hangs_in_a_row": len(self._hung_in),

@@ -92,7 +92,12 @@ async def test_frames_arriving_while_the_loop_is_busy_are_dropped_and_counted(
     time.sleep(0.3)
     await asyncio.sleep(0.1)
     assert h.module.frames_dropped >= 10
-    assert h.module.metrics()["frames_dropped"] == h.module.frames_dropped
+    metrics = h.module.metrics()
+    assert metrics["frames_dropped"] == h.module.frames_dropped
+    # the operator sees it by reason, and decoded = published + dropped by the input
+    assert metrics["dropped_queue_full"] == h.module.frames_dropped
+    assert metrics["dropped_decode_error"] == 0
+    assert metrics["frames_decoded"] >= metrics["frames"] + h.module.frames_dropped
 
 
 class HangsInOpen(CameraInput):

@@ -147,7 +147,6 @@ class RtspInput(CameraInput):
         self._packets: Any = None
         self._pending: deque[Any] = deque()
         self._last_decoded = 0.0
-        self.decode_errors = 0
         self.stream_size = (0, 0)
 
     @classmethod

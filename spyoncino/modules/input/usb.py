@@ -209,6 +209,7 @@ class UsbInput(CameraInput):
             if raw is not None:
                 return raw
             self.corrupt_frames += 1  # cheap webcams emit the odd truncated JPEG
+            self.decode_errors += 1
         raise SourceError(f"{self.cam.source}: {_CORRUPT_RETRIES} corrupt frames in a row")
 
     def close(self) -> None:

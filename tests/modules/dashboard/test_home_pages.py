@@ -244,3 +244,34 @@ async def test_timeline_marks_the_days_events_and_live_view_gets_boxes(start_pag
                 break
     assert data["camera_id"] == "cam" and data["kind"] in ("motion", "objects")
     assert data["w"] > 0 and all(len(b) == 4 for b in data["boxes"])
+
+
+def test_health_says_how_many_frames_a_streaming_camera_lost_and_why() -> None:
+    from types import SimpleNamespace
+
+    from spyoncino.modules.dashboard.status_page._pages import camera_health
+    from spyoncino.schemas.status import HealthReport, ModuleHealth
+
+    metrics = {
+        "camera": "cam",
+        "camera_state": "streaming",
+        "dropped_fps_cap": 40,  # on purpose: not a loss the operator has to act on
+        "dropped_queue_full": 10,
+        "dropped_decode_error": 2,
+    }
+    report = HealthReport(
+        overall="ok",
+        modules=(ModuleHealth(module="file:cam", state="ok", metrics=metrics),),
+        at=0.0,
+    )
+    view = SimpleNamespace(id="cam", name="cam", state="streaming", fps=5.0, last_frame_age_s=0.2)
+    (cam,) = camera_health([view], report)
+    assert cam.why.endswith("12 dropped (queue_full 10, decode_error 2)")
+    metrics["dropped_queue_full"] = metrics["dropped_decode_error"] = 0
+    report = HealthReport(
+        overall="ok",
+        modules=(ModuleHealth(module="file:cam", state="ok", metrics=metrics),),
+        at=0.0,
+    )
+    (cam,) = camera_health([view], report)
+    assert "dropped" not in cam.why

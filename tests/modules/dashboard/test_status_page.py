@@ -827,6 +827,10 @@ def test_report_metrics_cover_outbox_cameras_and_modules() -> None:
             "fps": 9.5,
             "frames": 42,
             "frames_capped": 3,
+            "frames_decoded": 51,
+            "dropped_fps_cap": 3,
+            "dropped_queue_full": 5,
+            "dropped_decode_error": 1,
             "reconnects": 1,
             "threads_abandoned": 2,
             "last_frame_age_s": 0.1,
@@ -838,8 +842,11 @@ def test_report_metrics_cover_outbox_cameras_and_modules() -> None:
         metrics={"camera": "cellar", "camera_state": "wedged", "threads_abandoned": 3},
     )
     tg = ModuleHealth(module="telegram", state="degraded", metrics={"outbox_pending": 4})
+    motion = ModuleHealth(
+        module="motion", state="ok", metrics={"cam.cam.frames": 40, "cam.cam.skipped": 7}
+    )
     reports = Reports(
-        health=HealthReport(overall="degraded", modules=(cam, wedged, tg), at=time.time())
+        health=HealthReport(overall="degraded", modules=(cam, wedged, tg, motion), at=time.time())
     )
     text = Metrics(lambda: reports, "9.9").render().decode()
     assert 'spyoncino_camera_threads_abandoned_total{camera="cellar"} 3.0' in text
@@ -848,6 +855,10 @@ def test_report_metrics_cover_outbox_cameras_and_modules() -> None:
     assert 'spyoncino_outbox_depth{module="telegram"} 4.0' in text
     assert 'spyoncino_camera_frames_total{camera="cam"} 42.0' in text
     assert 'spyoncino_camera_frames_dropped_total{camera="cam",reason="fps_cap"} 3.0' in text
+    assert 'spyoncino_camera_frames_dropped_total{camera="cam",reason="queue_full"} 5.0' in text
+    assert 'spyoncino_camera_frames_dropped_total{camera="cam",reason="decode_error"} 1.0' in text
+    assert 'spyoncino_camera_frames_dropped_total{camera="cam",reason="motion_busy"} 7.0' in text
+    assert 'spyoncino_camera_frames_decoded_total{camera="cam"} 51.0' in text
     assert 'spyoncino_module_state{module="telegram",state="degraded"} 1.0' in text
     assert 'spyoncino_build_info{version="9.9"} 1.0' in text
 

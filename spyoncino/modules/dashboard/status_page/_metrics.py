@@ -22,6 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
+from spyoncino.core.inputs import DROP_REASONS
 from spyoncino.schemas.alerts import AlertNotification
 from spyoncino.schemas.detections import DetectionEvent
 from spyoncino.schemas.events import EventNotice
@@ -108,9 +109,16 @@ class _ReportCollector(Collector):
         frames = CounterMetricFamily(
             "spyoncino_camera_frames", "Frames published by the camera input.", labels=["camera"]
         )
+        decoded = CounterMetricFamily(
+            "spyoncino_camera_frames_decoded",
+            "Frames the camera input read and decoded (published + dropped by the input).",
+            labels=["camera"],
+        )
         dropped = CounterMetricFamily(
             "spyoncino_camera_frames_dropped",
-            "Frames dropped: by the fps cap, or by a slow consumer of that camera's frames.",
+            "Frames lost, by reason: fps_cap (over max_fps), queue_full (the event loop was "
+            "behind the camera thread), decode_error (damaged packet or JPEG), motion_busy "
+            "(motion detection fell behind and skipped it).",
             labels=["camera", "reason"],
         )
         reconnects = CounterMetricFamily(
@@ -141,13 +149,28 @@ class _ReportCollector(Collector):
                 v = _num(m, key)
                 if v is not None:
                     family.add_metric([cam], v)
-            v = _num(m, "frames_capped")
+            v = _num(m, "frames_decoded")
             if v is not None:
-                dropped.add_metric([cam, "fps_cap"], v)
+                decoded.add_metric([cam], v)
+            for reason in DROP_REASONS:
+                v = _num(m, f"dropped_{reason}")
+                if v is None and reason == "fps_cap":
+                    v = _num(m, "frames_capped")  # an input from before the reasons
+                if v is not None:
+                    dropped.add_metric([cam, reason], v)
             v = _num(m, "last_frame_age_s")
             if v is not None and v >= 0:
                 age.add_metric([cam], v)
-        yield from (fps, up, frames, dropped, reconnects, hangs, age)
+        # the motion stage counts, per camera, the frames it skipped to keep up
+        for m in health.modules if health else ():
+            if camera_of(m) is not None:
+                continue
+            for key in m.metrics:
+                if key.startswith("cam.") and key.endswith(".skipped"):
+                    v = _num(m, key)
+                    if v is not None:
+                        dropped.add_metric([key[4:-8], "motion_busy"], v)
+        yield from (fps, up, frames, decoded, dropped, reconnects, hangs, age)
 
     def _modules(self, health: HealthReport | None) -> Iterator[Metric]:
         state = GaugeMetricFamily(

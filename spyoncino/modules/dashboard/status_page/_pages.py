@@ -63,12 +63,27 @@ def camera_health(cams: list[Any], report: HealthReport | None) -> list[CameraHe
                 "" if c.last_frame_age_s is None else f", last frame {c.last_frame_age_s:.0f} s ago"
             )
             why = ("-" if c.fps is None else f"{c.fps:.1f}") + " frames a second" + age
+            why += _drops_text(m)
         elif word == "ended":
             why = "the video file has played to its end"
         else:
             why = m.last_error or m.detail or c.state
         out.append(CameraHealth(c.id, c.name, word, why, c.fps))
     return out
+
+
+def _drops_text(m: ModuleHealth) -> str:
+    """The input's lost frames by reason, e.g. ``, 12 dropped (queue_full 10, decode_error 2)``
+    (the fps cap is left out: it drops on purpose)."""
+    counts = {}
+    for key, v in m.metrics.items():
+        wanted = key.startswith("dropped_") and key != "dropped_fps_cap"
+        if wanted and isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            counts[key[8:]] = v
+    if not counts:
+        return ""
+    detail = ", ".join(f"{k} {v}" for k, v in counts.items())
+    return f", {sum(counts.values())} dropped ({detail})"
 
 
 def alerts_pending(report: HealthReport | None) -> list[tuple[str, int]]:
