@@ -102,6 +102,13 @@ class RuntimeConfig(_Section):
     stop_timeout: float = Field(
         default=8.0, ge=1.0, le=60.0, description="Seconds a module gets to stop on shutdown."
     )
+    shutdown_budget_s: float = Field(
+        default=12.0,
+        ge=1.0,
+        le=300.0,
+        description="Seconds the whole shutdown (SIGTERM to exit) may take; keep it below the "
+        "unit's TimeoutStopSec (15 s). Media not built in it is kept and built on the next start.",
+    )
     health_interval: float = Field(
         default=5.0, gt=0.0, le=600.0, description="Seconds between health polls."
     )

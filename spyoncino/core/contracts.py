@@ -127,6 +127,9 @@ class BaseModule(ABC):
     #: True when ``configure`` takes a camera added or removed in place (its subscriptions
     #: follow the config); False: the orchestrator restarts the module when cameras change
     follows_cameras: ClassVar[bool] = False
+    #: within its category, a higher rank stops first: an event source stops (and closes its
+    #: events) before the media makers of the same category that consume them
+    stop_rank: ClassVar[int] = 0
 
     def __init__(self, ctx: ModuleContext) -> None:
         self.ctx = ctx
@@ -137,6 +140,9 @@ class BaseModule(ABC):
         self._last_error: str | None = None
         self._unsubscribers: list[Callable[[], None]] = []
         self._tasks: list[asyncio.Task[Any]] = []
+        #: set by the orchestrator before ``stop``: the event-loop time (``loop.time()``) by
+        #: which stop must return; work that cannot finish by then is persisted, not dropped
+        self.stop_deadline: float | None = None
 
     @classmethod
     def accepts(cls, source: str) -> bool:

@@ -275,8 +275,19 @@ class Orchestrator:
             await self._start_slot(slot)
 
     async def stop(self) -> None:
-        """Stop producers first, let queues drain, then consumers; bounded by stop_timeout."""
+        """Stop in data-path order within ``runtime.shutdown_budget_s``.
+
+        Inputs first, then the processing stage, then the event stage (an event source before
+        the media makers: ``stop_rank``), then dashboards, outputs and storage last. Before
+        each stage stops, what the stages before it published is let through (bounded), so
+        an event closed at stop still reaches its GIF, clip and index row. Each module learns
+        its deadline (``stop_deadline``) and persists what it cannot finish by then; a later
+        stage always keeps a share of the budget.
+        """
         self._stop.set()
+        loop = asyncio.get_running_loop()
+        runtime = self.config.current.runtime
+        deadline = loop.time() + runtime.shutdown_budget_s
         for hook in self.on_stopping:
             try:
                 await hook()
@@ -286,32 +297,60 @@ class Orchestrator:
             self._health_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._health_task
-        timeout = self.config.current.runtime.stop_timeout
-        for slot in sorted(self.slots, key=lambda s: (-s.order, s.instance)):
+        stages: list[list[Slot]] = []
+        for slot in sorted(self.slots, key=lambda s: (-s.order, -s.cls.stop_rank, s.instance)):
             if slot.retry_task is not None:
                 slot.retry_task.cancel()
             if slot.state in ("stopped", "quarantined") and slot.retry_task is None:
                 continue
-            try:
-                await asyncio.wait_for(slot.module.stop(), timeout=timeout / 2)
-            except TimeoutError:
-                _log.error("module_stop_timeout", module=slot.instance, timeout_s=timeout / 2)
-            except Exception as e:
-                _log.error("module_stop_failed", module=slot.instance, error=repr(e))
-            slot.state = "stopped"
+            key = (slot.order, slot.cls.stop_rank)
+            if stages and (stages[-1][0].order, stages[-1][0].cls.stop_rank) == key:
+                stages[-1].append(slot)
+            else:
+                stages.append([slot])
+        # what every later stage (and the executor) is sure to get, even after a slow one
+        share = min(1.0, runtime.shutdown_budget_s / (2 * (len(stages) + 1)))
+        for i, stage in enumerate(stages):
+            later = share * (len(stages) - i)
+            if i:  # at most half of what this stage has: its modules need time to stop
+                await self._settle(loop.time() + max(0.0, deadline - later - loop.time()) / 2)
+            for slot in stage:
+                until = min(deadline - later, loop.time() + runtime.stop_timeout)
+                slot.module.stop_deadline = until
+                try:
+                    await asyncio.wait_for(
+                        slot.module.stop(), timeout=max(0.1, until - loop.time())
+                    )
+                except TimeoutError:
+                    _log.error(
+                        "module_stop_timeout",
+                        module=slot.instance,
+                        timeout_s=round(max(0.1, until - loop.time()), 2),
+                    )
+                except Exception as e:
+                    _log.error("module_stop_failed", module=slot.instance, error=repr(e))
+                slot.state = "stopped"
         for unsub in self._unsubs:
             unsub()
         await self.bus.close()
+        wait_s = max(share, deadline - loop.time())
         try:
             # a native call that never returns (a wedged driver) must not hang the exit
-            await asyncio.wait_for(
-                asyncio.get_running_loop().run_in_executor(None, self.executor.shutdown),
-                timeout=timeout / 2,
-            )
+            await asyncio.wait_for(loop.run_in_executor(None, self.executor.shutdown), wait_s)
         except TimeoutError:
             self.stuck = True
-            _log.error("executor_stuck", timeout_s=timeout / 2)
-        _log.info("stopped")
+            _log.error("executor_stuck", timeout_s=round(wait_s, 2))
+        _log.info("stopped", took_s=round(runtime.shutdown_budget_s - (deadline - loop.time()), 2))
+
+    async def _settle(self, until: float) -> None:
+        """Let the modules still running take what is queued for them (bounded by ``until``)."""
+        loop = asyncio.get_running_loop()
+        while loop.time() < until:
+            if self.bus.idle(exclude=("status.#",)):
+                await asyncio.sleep(0.02)  # a handler may have just published a follow-up
+                if self.bus.idle(exclude=("status.#",)):
+                    return
+            await asyncio.sleep(0.02)
 
     def request_stop(self) -> None:
         self._stop.set()

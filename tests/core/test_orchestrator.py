@@ -22,6 +22,7 @@ from spyoncino.core.contracts import (
 )
 from spyoncino.core.orchestrator import Orchestrator
 from spyoncino.schemas.control import ConfigUpdate
+from spyoncino.schemas.events import EventNotice
 from spyoncino.testing import Recorder
 
 LOG: list[str] = []
@@ -362,3 +363,74 @@ async def test_a_module_that_restarts_for_a_new_camera_is_checked_as_its_new_ins
     slot = next(s for s in orch.slots if s.instance == "p")
     assert slot.module is not first and slot.state == "running"
     await orch.stop()
+
+
+async def test_an_event_source_stops_first_and_what_it_closes_reaches_its_consumers() -> None:
+    """At SIGTERM the tracker closed its events after the GIF maker had already stopped."""
+    got: list[str] = []
+
+    class Source(make_module("tracker_like", "event")):  # type: ignore[misc]
+        stop_rank: ClassVar[int] = 1
+
+        async def stop(self) -> None:
+            await super().stop()
+            now = time.time()
+            closed = EventNotice(
+                event_id="e1",
+                camera_id="cam",
+                kind="object",
+                phase="ended",
+                labels=("person",),
+                top_score=0.9,
+                started_at=now,
+                updated_at=now,
+                ended_at=now,
+            )
+            await self.bus.publish("event.object.ended", closed)
+
+    class Consumer(make_module("a_consumer", "event")):  # type: ignore[misc]
+        async def start(self) -> None:
+            await super().start()
+
+            async def on(msg: Any) -> None:
+                await asyncio.sleep(0.05)  # a GIF build
+                got.append(msg.payload.event_id)
+
+            self.subscribe("event.#", on)
+
+    Source.name, Consumer.name = "tracker_like", "a_consumer"
+    registry: dict[str, type[BaseModule]] = {"tracker_like": Source, "a_consumer": Consumer}
+    orch = Orchestrator(service(registry, {}), registry)
+    await orch.start()
+    LOG.clear()
+    await orch.stop()
+    assert LOG == ["stop tracker_like", "stop a_consumer"]
+    assert got == ["e1"]
+
+
+async def test_a_slow_stop_leaves_the_later_stages_their_share_of_the_budget() -> None:
+    deadlines: dict[str, float] = {}
+
+    class Slow(make_module("slow_media", "event")):  # type: ignore[misc]
+        async def stop(self) -> None:
+            deadlines["slow_media"] = self.stop_deadline or 0.0
+            await asyncio.sleep(60)  # a backlog no budget covers
+
+    class Store(make_module("store", "storage")):  # type: ignore[misc]
+        async def stop(self) -> None:
+            deadlines["store"] = self.stop_deadline or 0.0
+            await super().stop()
+
+    Slow.name, Store.name = "slow_media", "store"
+    registry: dict[str, type[BaseModule]] = {"slow_media": Slow, "store": Store}
+    orch = Orchestrator(
+        service(registry, {"runtime": {"shutdown_budget_s": 2.0, "stop_timeout": 10.0}}),
+        registry,
+    )
+    await orch.start()
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    await orch.stop()
+    assert "stop store" in LOG  # storage still stopped (index flushed) after the slow one
+    assert deadlines["slow_media"] < deadlines["store"] <= t0 + 2.0
+    assert loop.time() - t0 < 2.5

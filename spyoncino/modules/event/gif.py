@@ -13,6 +13,7 @@ into place crash-safely, published on ``event.gif.ready``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
 import time
@@ -29,6 +30,7 @@ from spyoncino.core.bus import Message
 from spyoncino.core.config import AppConfig
 from spyoncino.core.contracts import BaseModule, ModuleConfig
 from spyoncino.core.files import atomic_move, media_relpath
+from spyoncino.helpers import spool
 from spyoncino.schemas import topics
 from spyoncino.schemas.events import EventNotice
 from spyoncino.schemas.frames import Frame, Image
@@ -54,6 +56,10 @@ class Config(ModuleConfig):
         description="An event resumed this soon after its GIF was written (the tracker's "
         "cooldown) gets the GIF rebuilt over all of it; keep >= tracker.cooldown_s.",
     )
+
+
+#: a generous bound on writing one GIF's frames to the spool at shutdown
+_SPOOL_S = 0.1
 
 
 @dataclass
@@ -155,6 +161,15 @@ class GifMaker(BaseModule):
         self.bytes_written = 0
         self.build_s = 0.0
         self._building = 0
+        # shutdown: GIFs being built, and the spool of those left for the next start
+        self._inflight: dict[str, tuple[str, _Gif]] = {}
+        self._none_inflight = asyncio.Event()
+        self._spooled: dict[str, Path] = {}
+        self._spool_backlog = 0
+        self.spool_dir = Path(".spool")
+        self.gifs_spooled = 0
+        self.gifs_resumed = 0
+        self.gifs_dropped = 0
         self._camera_ids: list[str] = []
 
     async def configure(self, app: AppConfig) -> None:
@@ -163,12 +178,14 @@ class GifMaker(BaseModule):
         self.scratch = app.storage.scratch_dir
         self.tz = app.runtime.timezone
         self._camera_ids = [cid for cid, cam in app.cameras.items() if cam.enabled]
+        self.spool_dir = app.storage.root / ".spool" / (self.name or "gif")
 
     async def start(self) -> None:
         for phase in ("started", "updated", "ended"):
             self.subscribe(topics.EVENT.pattern(phase=phase), self._on_event, policy="block")
         for cid in self._camera_ids or ["*"]:
             self.subscribe(topics.FRAME.at(camera=cid), self._on_frame, policy="latest", maxsize=2)
+        self.spawn(self._build_spooled(), "spooled")
         self.set_state("ok")
 
     def _cam(self, camera_id: str) -> _Cam:
@@ -238,12 +255,20 @@ class GifMaker(BaseModule):
             self.log.warning("gif_without_frames", event_id=gif.event_id, camera=camera_id)
             return
         self._building += 1
+        self._inflight[gif.event_id] = (camera_id, gif)
+        self._none_inflight.clear()
         try:
             artifact = await self.ctx.executor.run(self._build, camera_id, gif)
         finally:
             self._building -= 1
+            self._inflight.pop(gif.event_id, None)
+            if not self._inflight:
+                self._none_inflight.set()
         if artifact is not None:
             await self.bus.publish(topics.ARTIFACT.at(artifact="gif"), artifact)
+        done = self._spooled.pop(gif.event_id, None)
+        if done is not None:  # built after all (or rebuilt from the spool): not again
+            await self.ctx.executor.run(spool.discard, done)
 
     def _build(self, camera_id: str, gif: _Gif) -> MediaArtifact | None:
         t0 = time.perf_counter()
@@ -300,15 +325,104 @@ class GifMaker(BaseModule):
         )
 
     async def stop(self) -> None:
+        """Build the GIFs of the events still open while ``stop_deadline`` allows; spool the
+        rest (their sampled frames) for the next start, which builds them first thing."""
         await super().stop()
-        for cid, cam in list(self.cams.items()):
-            for gif in list(cam.gifs.values()):
-                await self._finish(cid, cam, gif, final=True)
+        loop = asyncio.get_running_loop()
+        deadline = self.stop_deadline if self.stop_deadline is not None else float("inf")
+        jobs = [(cid, cam, g) for cid, cam in self.cams.items() for g in list(cam.gifs.values())]
+        for cam in self.cams.values():
             cam.recent.clear()
+        left: list[tuple[str, _Gif]] = []
+        per_build = self.build_s / self.gifs_written if self.gifs_written else 1.0
+        for n, (cid, cam, gif) in enumerate(jobs):
+            spooling = (len(jobs) - n + len(self._inflight)) * _SPOOL_S
+            if left or loop.time() + per_build + spooling > deadline:
+                cam.gifs.pop(gif.event_id, None)
+                self._retire(cam, gif.event_id)
+                left.append((cid, gif))
+                continue
+            await self._finish(cid, cam, gif, final=True)
+        # a build a handler began before the stop: let it end while there is time
+        wait_s = deadline - loop.time() - len(self._inflight) * _SPOOL_S - 0.05
+        if self._inflight and wait_s > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._none_inflight.wait(), wait_s)
+        left += [job for job in self._inflight.values() if job[1].event_id not in self._spooled]
+        left = [(cid, g) for cid, g in left if g.frames]
+        if left:
+            await self._spool(left)
+
+    async def _spool(self, jobs: list[tuple[str, _Gif]]) -> None:
+        def save(camera_id: str, gif: _Gif) -> Path:
+            keep = [gif.frames[i] for i in pick_evenly(len(gif.frames), self.cfg.max_frames)]
+            meta = {
+                "camera_id": camera_id,
+                "event_id": gif.event_id,
+                "started_at": gif.started_at,
+                "interval": gif.interval,
+                "monos": [m for m, _ in keep],
+            }
+            return spool.save(self.spool_dir, gif.event_id, meta, [b for _, b in keep])
+
+        saved = 0
+        for camera_id, gif in jobs:
+            try:
+                self._spooled[gif.event_id] = await self.ctx.executor.run(save, camera_id, gif)
+                saved += 1
+            except (OSError, ValueError, RuntimeError) as e:
+                self.gifs_dropped += 1
+                self.log.error(
+                    "gif_dropped_on_stop", event_id=gif.event_id, camera=camera_id, error=repr(e)
+                )
+        self.gifs_spooled += saved
+        self.log.warning(
+            "gifs_spooled_on_stop",
+            count=saved,
+            dropped=len(jobs) - saved,
+            folder=str(self.spool_dir),
+        )
+
+    async def _build_spooled(self) -> None:
+        """The GIFs the last run could not build before it stopped."""
+        paths = await self.ctx.executor.run(spool.pending, self.spool_dir)
+        self._spool_backlog = len(paths)
+        for path in paths:
+            try:
+                meta, blobs = await self.ctx.executor.run(spool.load, path)
+                camera_id = str(meta["camera_id"])
+                gif = _Gif(
+                    str(meta["event_id"]), float(meta["started_at"]), float(meta["interval"])
+                )
+                gif.frames = [(float(m), b) for m, b in zip(meta["monos"], blobs, strict=True)]
+            except (OSError, spool.SpoolError, KeyError, TypeError, ValueError) as e:
+                self.gifs_dropped += 1
+                self.log.error("gif_spool_unreadable", file=path.name, error=repr(e))
+                await self.ctx.executor.run(spool.set_aside, path)
+                self._spool_backlog -= 1
+                continue
+            self._spooled[gif.event_id] = path
+            try:
+                await self._finish(camera_id, self._cam(camera_id), gif, final=True)
+            except Exception as e:
+                self.gifs_dropped += 1
+                self._spooled.pop(gif.event_id, None)
+                self.log.error("gif_spool_build_failed", event_id=gif.event_id, error=repr(e))
+                await self.ctx.executor.run(spool.set_aside, path)
+            else:
+                self.gifs_resumed += 1
+                self.log.info("gif_built_from_spool", event_id=gif.event_id, camera=camera_id)
+            finally:
+                self._spool_backlog -= 1
 
     def metrics(self) -> dict[str, float | int | str]:
         return {
-            "pending": sum(len(c.gifs) for c in self.cams.values()) + self._building,
+            "pending": sum(len(c.gifs) for c in self.cams.values())
+            + self._building
+            + self._spool_backlog,
+            "gifs_spooled": self.gifs_spooled,
+            "gifs_resumed": self.gifs_resumed,
+            "gifs_dropped": self.gifs_dropped,
             "gifs_written": self.gifs_written,
             "bytes_written": self.bytes_written,
             "buffered_bytes": sum(

@@ -181,6 +181,8 @@ class EventTracker(BaseModule):
     #: subscriptions are camera-agnostic and configure rebuilds ``cams``: a camera added live
     #: needs no restart, which would drop the open events of the others
     follows_cameras: ClassVar[bool] = True
+    #: stops before the GIF and clip makers, so the events it closes at stop reach them
+    stop_rank: ClassVar[int] = 1
 
     def __init__(self, ctx: Any) -> None:
         super().__init__(ctx)
