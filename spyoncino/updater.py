@@ -399,6 +399,10 @@ class Paths:
     def result(self) -> Path:
         return self.exchange / "result.json"
 
+    @property
+    def check(self) -> Path:
+        return self.exchange / "check.json"
+
 
 def _empty_state() -> dict[str, Any]:
     return {"format": 1, "slots": {}, "bad": {}, "pin": None, "history": []}
@@ -542,11 +546,15 @@ class Updater:
             **extra,
         }
         self._history(entry)
-        self.state["last_result"] = {"at": round(self.clock(), 3), **entry}
+        # a check has its own file: it must not hide the last update's result from the app
+        check = action == "check"
+        key = "last_check" if check else "last_result"
+        out = self.paths.check if check else self.paths.result
+        self.state[key] = {"at": round(self.clock(), 3), **entry}
         self.save()
         if self.paths.exchange.is_dir():
             with contextlib.suppress(OSError):
-                write_json(self.paths.result, self.state["last_result"], 0o644)
+                write_json(out, self.state[key], 0o644)
         return result
 
     # switching -----------------------------------------------------------------------------
@@ -846,7 +854,9 @@ class Updater:
         except UpdateError as e:
             return Outcome(e.code, str(e), outcome="check_failed")
         if running is not None and version_key(newest.version) <= version_key(running):
-            return Outcome(EXIT_OK, f"already up to date ({running})", version=running)
+            return Outcome(
+                EXIT_OK, f"already up to date ({running})", version=running, outcome="up_to_date"
+            )
         where = "" if running is None else f" (running {running})"
         return Outcome(
             EXIT_NEWER,

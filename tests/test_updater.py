@@ -383,12 +383,8 @@ def test_check_changes_nothing(box: Callable[..., Updater], tmp_path: Path) -> N
     before = u.paths.state_file.read_text()
     r = u.check(index_url=url)
     assert (r.code, r.message) == (up.EXIT_NEWER, "newer version available: 0.2.0 (running 0.1.0)")
-    assert (
-        u.check(
-            index_url=make_index(tmp_path / "i2", [make_wheel(tmp_path / "w2", "0.1.0")])
-        ).message
-        == "already up to date (0.1.0)"
-    )
+    same = u.check(index_url=make_index(tmp_path / "i2", [make_wheel(tmp_path / "w2", "0.1.0")]))
+    assert (same.message, same.outcome) == ("already up to date (0.1.0)", "up_to_date")
     down = u.check(index_url="http://127.0.0.1:9/simple")
     assert down.code == up.EXIT_UNREACHABLE and "unreachable" in down.message
     assert u.paths.state_file.read_text() == before
@@ -651,9 +647,13 @@ def test_command_line_serves_a_check_request(
     (tmp_path / "update.json").write_text(json.dumps({"index_url": url, "service": "none"}))
     (tmp_path / "ex").mkdir()
     up.write_request(tmp_path / "ex", "check")
+    (tmp_path / "ex" / "result.json").write_text('{"outcome": "updated"}')
     assert _cli(tmp_path, "request") == up.EXIT_NEWER
-    result = json.loads((tmp_path / "ex" / "result.json").read_text())
-    assert result["outcome"] == "newer" and result["version"] == "0.1.0"
+    check = json.loads((tmp_path / "ex" / "check.json").read_text())
+    assert check["outcome"] == "newer" and check["version"] == "0.1.0"
+    assert check["action"] == "check" and check["at"] > 0
+    # the last update's result stays for the app to read: a check never hides it
+    assert json.loads((tmp_path / "ex" / "result.json").read_text()) == {"outcome": "updated"}
     up.write_request(tmp_path / "ex", "rollback")
     assert _cli(tmp_path, "request") == up.EXIT_ERROR
 

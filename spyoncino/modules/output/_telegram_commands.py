@@ -16,10 +16,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
-from spyoncino.core.contracts import BaseModule
 from spyoncino.core.files import local_time
 from spyoncino.core.outbox import ALL_CAMERAS
+from spyoncino.helpers.updates import valid_version
 from spyoncino.modules.output import _telegram_text as text
+from spyoncino.modules.output._telegram_update import TelegramUpdates
 from spyoncino.schemas import topics
 from spyoncino.schemas.control import MAX_MUTE_S, CommandName, ControlCommand, ControlState
 from spyoncino.schemas.media import MediaArtifact
@@ -27,17 +28,17 @@ from spyoncino.schemas.status import HealthReport
 
 #: commands that change what the box does; only admins (when admin_ids is set) may send them,
 #: unless ``telegram.member_commands`` lists them
-MUTATING = frozenset({"arm", "disarm", "mute", "unmute"})
+MUTATING = frozenset({"arm", "disarm", "mute", "unmute", "update"})
 
 if TYPE_CHECKING:
     from aiogram import Bot
-    from aiogram.types import CallbackQuery, Update
+    from aiogram.types import CallbackQuery, InlineKeyboardMarkup, Update
     from aiogram.types import Message as TgMessage
 
     from spyoncino.modules.output.telegram import TelegramConfig
 
 
-class TelegramCommands(BaseModule):
+class TelegramCommands(TelegramUpdates):
     """The command half of ``TelegramOutput`` (which inherits it)."""
 
     cfg: TelegramConfig
@@ -166,6 +167,10 @@ class TelegramCommands(BaseModule):
             args, cmd = [data[1]], "snapshot"
         elif data == ["d"]:
             args, cmd = [], "disarm"
+        elif data[0] == "u" and len(data) == 2 and (data[1] == "-" or valid_version(data[1])):
+            self.counts["commands"] += 1
+            await self._update_button(q, chat_id, data[1])  # u:<version> or u:- (cancel)
+            return
         else:  # forged, or a button of an older version: stop the client's spinner, do nothing
             with contextlib.suppress(Exception):
                 await self.bot.answer_callback_query(q.id)
@@ -212,6 +217,9 @@ class TelegramCommands(BaseModule):
             return await self._mute(cmd, args, chat_id)
         if cmd in ("snapshot", "clip"):
             return await self._media_command(cmd, args, chat_id)
+        if cmd == "update":
+            await self._update_command(args, chat_id, None)
+            return None
         return f"Unknown command /{cmd[:32]}. Send /help for the list."
 
     async def _mute(self, cmd: str, args: list[str], chat_id: int) -> str:
@@ -353,7 +361,14 @@ class TelegramCommands(BaseModule):
             tz=self.tz,
         )
 
-    async def _reply(self, chat_id: int, body: str, reply_to: int | None) -> None:
+    async def _reply(
+        self,
+        chat_id: int,
+        body: str,
+        reply_to: int | None,
+        markup: InlineKeyboardMarkup | None = None,
+    ) -> bool:
+        """Send one text (with ``markup``, an inline keyboard); False when it did not go."""
         from aiogram.exceptions import TelegramRetryAfter
         from aiogram.types import ReplyParameters
 
@@ -366,11 +381,12 @@ class TelegramCommands(BaseModule):
         for _ in range(3):
             try:
                 await self.bot.send_message(
-                    chat_id=chat_id, text=body[:4096], reply_parameters=reply
+                    chat_id=chat_id, text=body[:4096], reply_parameters=reply, reply_markup=markup
                 )
-                return
+                return True
             except TelegramRetryAfter as e:
                 await asyncio.sleep(e.retry_after)
             except Exception as e:
                 self.log.warning("telegram_reply_failed", chat_id=chat_id, error=repr(e))
-                return
+                return False
+        return False

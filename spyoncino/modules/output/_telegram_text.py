@@ -32,6 +32,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("mute", "Silence alerts: /mute <duration> [camera]"),
     ("unmute", "End a mute: /unmute [camera]"),
     ("health", "State of every module"),
+    ("update", "Check for a newer version and install it (admins)"),
     ("help", "What the bot understands"),
 )
 
@@ -45,6 +46,7 @@ HELP = """Spyoncino commands:
 /mute <duration> [camera] - e.g. /mute 30m, /mute 2h front_door
 /unmute [camera] - end a mute
 /health - state of every module
+/update [check | version] - a newer version? install it with a confirm button (admins)
 Buttons under an alert: Mute 1 h (that camera), Snapshot, Disarm."""
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(min|sec|d|h|m|s)?", re.IGNORECASE)

@@ -42,6 +42,7 @@ from spyoncino.core.outbox import (
     ServerError,
     TransientError,
 )
+from spyoncino.helpers.updates import DEFAULT_DIR as UPDATE_DIR
 from spyoncino.modules.output import _telegram_text as text
 from spyoncino.modules.output._telegram_commands import TelegramCommands
 from spyoncino.schemas import topics
@@ -137,6 +138,28 @@ class Config(ModuleConfig):
     outbox: OutboxSettings = Field(
         default_factory=OutboxSettings, description="Delivery: retries, horizon, rate limits."
     )
+    update_dir: Path = Field(
+        default=UPDATE_DIR,
+        description="The over-the-air updater's exchange folder: /update writes its request "
+        "there, and each new result.json is told to the chats (docs/updates.md).",
+    )
+    update_check_daily: bool = Field(
+        default=False,
+        description="Ask the updater once a day whether a newer version exists, and tell the "
+        "chats once per new version.",
+    )
+    update_poll_s: float = Field(
+        default=5.0,
+        ge=0.05,
+        le=600.0,
+        description="Seconds between looks at the updater's result files (a stat; no writes).",
+    )
+    update_wait_s: float = Field(
+        default=60.0,
+        ge=0.5,
+        le=600.0,
+        description="How long /update waits for the updater's answer to its check.",
+    )
 
 
 TelegramConfig = Config
@@ -195,6 +218,10 @@ class TelegramOutput(TelegramCommands, OutboxChannel[Config]):
         self._handlers: set[asyncio.Task[None]] = set()
         self._started_mono = time.monotonic()
         self.counts: dict[str, int] = {"unauthorized": 0, "commands": 0}
+        #: event id -> the caption last sent or queued for it (edits only when it changes)
+        self._captions: OrderedDict[str, str] = OrderedDict()
+        self.clock = time.time
+        self._marker = None
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def check(self, app: AppConfig) -> None:
@@ -254,6 +281,7 @@ class TelegramOutput(TelegramCommands, OutboxChannel[Config]):
         self.subscribe(topics.HEALTH.name, self._on_health, policy="latest")
         if self.cfg.commands:
             self.spawn(self._poll(), "poll")
+        self.spawn(self._watch_updates(), "updates")
         self.set_state("ok", f"{len(self.cfg.chat_ids)} chat(s)")
         self.log.info("telegram_started", chats=len(self.cfg.chat_ids), commands=self.cfg.commands)
 
@@ -339,7 +367,33 @@ class TelegramOutput(TelegramCommands, OutboxChannel[Config]):
                 payload=payload,
             )
 
+    def _remember_caption(self, event_id: str, cap: str) -> None:
+        self._captions[event_id] = cap
+        self._captions.move_to_end(event_id)
+        while len(self._captions) > 512:
+            self._captions.popitem(last=False)
+
+    async def _on_update(self, ev: EventNotice) -> None:
+        """An alerted activity grew or closed: edit its photo's caption when the text changed."""
+        old = self._captions.get(ev.event_id)
+        cap = text.caption(self._info(ev), self.tz, self.cfg.status_page_url)
+        if old is None or old == cap or self.outbox is None:
+            return
+        self._remember_caption(ev.event_id, cap)
+        for chat in self.cfg.chat_ids:
+            await self.outbox.enqueue(
+                recipient=str(chat),
+                event_id=ev.event_id,
+                camera_id=ev.camera_id,
+                kind="caption",
+                payload={"caption": cap},
+                supersede=True,
+            )
+
     def _info(self, ev: EventNotice) -> text.AlertInfo:
+        counts: dict[str, int] = {}
+        for o in ev.objects:
+            counts[o.label] = counts.get(o.label, 0) + 1
         return text.AlertInfo(
             event_id=ev.event_id,
             camera_id=ev.camera_id,
@@ -349,7 +403,25 @@ class TelegramOutput(TelegramCommands, OutboxChannel[Config]):
             score=ev.top_score,
             zones=ev.zones,
             started_at=ev.started_at,
+            counts=tuple(counts.items()),
+            until=ev.ended_at if ev.ended_at is not None else ev.updated_at,
         )
+
+    async def _enqueue_health(self, notice: CameraHealthNotice) -> None:
+        assert self.outbox is not None
+        payload = {
+            "text": text.health_notice_text(notice, self.tz),
+            "camera_name": notice.camera_name,
+            "keyboard": False,
+        }
+        for chat in self.cfg.chat_ids:
+            await self.outbox.enqueue(
+                recipient=str(chat),
+                event_id=notice.notice_id,
+                camera_id=notice.camera_id,
+                kind=f"health_{notice.phase}",
+                payload=payload,
+            )
 
     def _media_payload(self, art: MediaArtifact) -> dict[str, Any]:
         return {
