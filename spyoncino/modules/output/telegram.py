@@ -218,8 +218,6 @@ class TelegramOutput(TelegramCommands, OutboxChannel[Config]):
         self._handlers: set[asyncio.Task[None]] = set()
         self._started_mono = time.monotonic()
         self.counts: dict[str, int] = {"unauthorized": 0, "commands": 0}
-        #: event id -> the caption last sent or queued for it (edits only when it changes)
-        self._captions: OrderedDict[str, str] = OrderedDict()
         self.clock = time.time
         self._marker = None
 
@@ -367,33 +365,7 @@ class TelegramOutput(TelegramCommands, OutboxChannel[Config]):
                 payload=payload,
             )
 
-    def _remember_caption(self, event_id: str, cap: str) -> None:
-        self._captions[event_id] = cap
-        self._captions.move_to_end(event_id)
-        while len(self._captions) > 512:
-            self._captions.popitem(last=False)
-
-    async def _on_update(self, ev: EventNotice) -> None:
-        """An alerted activity grew or closed: edit its photo's caption when the text changed."""
-        old = self._captions.get(ev.event_id)
-        cap = text.caption(self._info(ev), self.tz, self.cfg.status_page_url)
-        if old is None or old == cap or self.outbox is None:
-            return
-        self._remember_caption(ev.event_id, cap)
-        for chat in self.cfg.chat_ids:
-            await self.outbox.enqueue(
-                recipient=str(chat),
-                event_id=ev.event_id,
-                camera_id=ev.camera_id,
-                kind="caption",
-                payload={"caption": cap},
-                supersede=True,
-            )
-
     def _info(self, ev: EventNotice) -> text.AlertInfo:
-        counts: dict[str, int] = {}
-        for o in ev.objects:
-            counts[o.label] = counts.get(o.label, 0) + 1
         return text.AlertInfo(
             event_id=ev.event_id,
             camera_id=ev.camera_id,
@@ -403,25 +375,7 @@ class TelegramOutput(TelegramCommands, OutboxChannel[Config]):
             score=ev.top_score,
             zones=ev.zones,
             started_at=ev.started_at,
-            counts=tuple(counts.items()),
-            until=ev.ended_at if ev.ended_at is not None else ev.updated_at,
         )
-
-    async def _enqueue_health(self, notice: CameraHealthNotice) -> None:
-        assert self.outbox is not None
-        payload = {
-            "text": text.health_notice_text(notice, self.tz),
-            "camera_name": notice.camera_name,
-            "keyboard": False,
-        }
-        for chat in self.cfg.chat_ids:
-            await self.outbox.enqueue(
-                recipient=str(chat),
-                event_id=notice.notice_id,
-                camera_id=notice.camera_id,
-                kind=f"health_{notice.phase}",
-                payload=payload,
-            )
 
     def _media_payload(self, art: MediaArtifact) -> dict[str, Any]:
         return {
