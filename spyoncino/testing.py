@@ -73,6 +73,8 @@ class BusHarness:
 
     def __init__(self, storage_root: Path | None = None, **bus_kwargs: Any) -> None:
         bus_kwargs.setdefault("status_interval", 0)
+        # a payload of the wrong type for its topic fails the test at the publish
+        bus_kwargs.setdefault("check_payloads", True)
         self.bus = Bus(**bus_kwargs)
         self.executor = BoundedExecutor(workers=2)
         self.storage_root = storage_root

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +18,10 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 if not SHARED.is_dir():  # CI lays shared/ beside the clone
     SHARED = REPO.parent / "shared"
 VTEST = SHARED / "media" / "vtest.mp4"
+
+# Every bus in the tests (and the services they start) raises on a payload of the wrong type
+# for its topic, naming the topic; the service itself runs without the check.
+os.environ.setdefault("SPYONCINO_CHECK_PAYLOADS", "1")
 
 
 @pytest.fixture

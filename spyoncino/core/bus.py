@@ -21,21 +21,30 @@ decides what happens when it is full:
 
 ``publish`` never raises because of a subscriber: handler errors are logged with the
 subscriber's module and the topic, and counted on ``status.bus``.
+
+``publish(topic: Topic[T], payload: T)`` is typed: mypy refuses a payload of the wrong type
+for a topic constant from ``spyoncino.schemas.topics``. With payload checks on (a
+``Bus(check_payloads=True)``, ``python -X dev``, ``SPYONCINO_CHECK_PAYLOADS=1``, and every
+``spyoncino.testing`` harness) a wrong payload raises ``TypeError`` naming the topic, also
+for a plain string whose name belongs to one of our topic families.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import sys
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
 import structlog
 
 from spyoncino.schemas.status import BusStatus, SubscriptionStats, TopicStats
+from spyoncino.schemas.topics import BUS_STATUS, families_of
 from spyoncino.schemas.topics import Topic as Topic
 
 T = TypeVar("T")
@@ -88,12 +97,15 @@ class _Closed(Exception):
 class Subscription:
     """One subscriber's queue, policy and delivery task."""
 
+    #: as shown on ``status.bus``: the patterns joined by ``,``
     pattern: str
     handler: Handler
     policy: Policy
     maxsize: int
     module: str
     high_watermark: int
+    #: a topic matching any of these is delivered (one queue: their order is kept)
+    patterns: tuple[str, ...] = ()
     queue: deque[Message[Any]] = field(default_factory=deque)
     delivered: int = 0
     dropped: int = 0
@@ -207,7 +219,12 @@ class Bus:
         status_interval: float = 10.0,
         default_maxsize: int = 64,
         high_watermark: float = 0.8,
+        check_payloads: bool | None = None,
     ) -> None:
+        if check_payloads is None:
+            check_payloads = sys.flags.dev_mode or os.environ.get("SPYONCINO_CHECK_PAYLOADS") == "1"
+        #: raise on a payload whose type is not its topic's (debug and tests; off in service)
+        self.check_payloads = check_payloads
         self._subs: list[Subscription] = []
         self._route_cache: dict[str, tuple[Subscription, ...]] = {}
         self._published: dict[str, int] = {}
@@ -222,7 +239,7 @@ class Bus:
     # -- subscribe ---------------------------------------------------------------------------
     def subscribe(
         self,
-        pattern: str,
+        pattern: str | Sequence[str],
         handler: Handler,
         *,
         policy: Policy = "block",
@@ -231,9 +248,21 @@ class Bus:
     ) -> Callable[[], None]:
         """Deliver every message whose topic matches ``pattern`` to ``handler``.
 
-        Returns a callable that unsubscribes (idempotent). Must be called with a running loop.
+        ``pattern`` may be a topic family (``topics.EVENT``): it means its wildcard pattern.
+        Several patterns share one queue, so messages of both families arrive in the order
+        they were published (``[topics.EVENT, topics.ARTIFACT]``: a notice before the media
+        made for it). Returns a callable that unsubscribes (idempotent). Must be called with
+        a running loop.
         """
-        validate_pattern(pattern)
+        patterns = tuple(
+            p.pattern() if isinstance(p, Topic) else p
+            for p in ((pattern,) if isinstance(pattern, str) else pattern)
+        )
+        if not patterns:
+            raise ValueError("subscribe needs at least one pattern")
+        for p in patterns:
+            validate_pattern(p)
+        pattern = ",".join(patterns)
         size = (
             maxsize if maxsize is not None else (1 if policy == "latest" else self._default_maxsize)
         )
@@ -241,6 +270,7 @@ class Bus:
             raise ValueError(f"maxsize must be >= 1, got {size}")
         sub = Subscription(
             pattern=pattern,
+            patterns=patterns,
             handler=handler,
             policy=policy,
             maxsize=size,
@@ -273,17 +303,32 @@ class Bus:
     def _routes(self, topic: str) -> tuple[Subscription, ...]:
         subs = self._route_cache.get(topic)
         if subs is None:
-            subs = tuple(s for s in self._subs if match(s.pattern, topic))
+            subs = tuple(s for s in self._subs if any(match(p, topic) for p in s.patterns))
             self._route_cache[topic] = subs
         return subs
 
     # -- publish -----------------------------------------------------------------------------
-    async def publish(self, topic: str, payload: Any) -> None:
+    def _check(self, topic: str, payload: object) -> None:
+        if isinstance(topic, Topic):
+            if "{" in topic:
+                raise ValueError(f"topic {str(topic)!r} has placeholders: publish on .at(...)")
+            expected: tuple[type[Any], ...] = (topic.payload,)
+        else:
+            expected = tuple(t.payload for t in families_of(topic))
+        if expected and not isinstance(payload, expected):
+            want = " | ".join(t.__name__ for t in expected)
+            raise TypeError(
+                f"payload on topic {str(topic)!r} must be {want}, got {type(payload).__name__}"
+            )
+
+    async def publish(self, topic: Topic[T], payload: T) -> None:
         """Hand ``payload`` to every matching subscription.
 
         Returns once every ``block`` subscriber has queued it; never raises because of a
-        subscriber.
+        subscriber (with payload checks on, a payload of the wrong type raises ``TypeError``).
         """
+        if self.check_payloads:
+            self._check(topic, payload)
         self._published[topic] = self._published.get(topic, 0) + 1
         subs = self._routes(topic)
         if not subs:
@@ -295,11 +340,13 @@ class Bus:
         for sub in full:
             await sub.put(msg)
 
-    def publish_nowait(self, topic: str, payload: Any) -> int:
+    def publish_nowait(self, topic: Topic[T], payload: T) -> int:
         """Publish from synchronous code; a full ``block`` queue drops and counts the message.
 
         Returns how many subscribers could not take it. Prefer ``await publish``.
         """
+        if self.check_payloads:
+            self._check(topic, payload)
         self._published[topic] = self._published.get(topic, 0) + 1
         msg = Message(topic, payload, time.monotonic())
         refused = 0
@@ -350,7 +397,7 @@ class Bus:
     async def _telemetry_loop(self) -> None:
         while True:
             await asyncio.sleep(self._status_interval)
-            await self.publish("status.bus", self.status())
+            await self.publish(BUS_STATUS, self.status())
 
     def start_telemetry(self) -> None:
         if self._telemetry_task is None and self._status_interval > 0:
@@ -364,7 +411,7 @@ class Bus:
         return not any(
             (s.queue or s.handling)
             for s in self._subs
-            if not any(match(p, s.pattern) for p in skip)
+            if not any(match(p, sp) for p in skip for sp in s.patterns)
         )
 
     async def wait_idle(self, *topics: str, poll: float = 0.001) -> None:

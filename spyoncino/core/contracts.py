@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, ParamSpec, TypeVar, cast
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
+from typing_extensions import TypeVar as DefaultTypeVar  # PEP 696 defaults on 3.11
 
 from spyoncino.schemas.status import HealthState, ModuleHealth
 
@@ -60,6 +61,10 @@ class ModuleConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool = Field(default=True, description="Run this module.")
+
+
+#: a module's own config section; a bare ``BaseModule`` subclass has a plain ``ModuleConfig``
+ConfigT = DefaultTypeVar("ConfigT", bound=ModuleConfig, default=ModuleConfig)
 
 
 class CameraOptions(BaseModel):
@@ -107,8 +112,12 @@ class ModuleContext:
     pipeline_pending: Callable[[], int] = field(default=lambda: 0)
 
 
-class BaseModule(ABC):
+class BaseModule(ABC, Generic[ConfigT]):
     """A unit of the pipeline. Talks to other modules only through the bus.
+
+    ``class Motion(BaseModule[MotionConfig])`` with ``Config = MotionConfig`` gives a typed
+    ``self.config`` (the section it was last configured with) and ``self.config_of(app)``
+    (its section of a config being checked or adopted); ``self.ctx`` is a ``ModuleContext``.
 
     Lifecycle: ``configure`` (first with the initial config, later on every change that
     touches this module, after ``check``; raise ``ModuleConfigError`` to refuse), ``start``,
@@ -143,6 +152,16 @@ class BaseModule(ABC):
         #: set by the orchestrator before ``stop``: the event-loop time (``loop.time()``) by
         #: which stop must return; work that cannot finish by then is persisted, not dropped
         self.stop_deadline: float | None = None
+
+    def config_of(self, app: AppConfig) -> ConfigT:
+        """This module's own section of ``app`` (the one under its entry-point name)."""
+        section = self.name or type(self).__name__.lower()
+        return cast("ConfigT", app.section(section, type(self).Config))
+
+    @property
+    def config(self) -> ConfigT:
+        """This module's section of the config it was last handed (``ctx.app``)."""
+        return self.config_of(self.ctx.app)
 
     @classmethod
     def accepts(cls, source: str) -> bool:
@@ -230,11 +249,12 @@ class BaseModule(ABC):
 
     def subscribe(
         self,
-        pattern: str,
+        pattern: str | Sequence[str],
         handler: Callable[[Any], Awaitable[None]],
         **kwargs: Any,
     ) -> None:
-        """Subscribe ``handler(message)``; unsubscribed automatically on ``stop``."""
+        """Subscribe ``handler(message)`` to a pattern, a topic family or several of them (one
+        queue, publish order kept); unsubscribed automatically on ``stop``."""
         self._unsubscribers.append(
             self.bus.subscribe(pattern, handler, module=self.ctx.instance, **kwargs)
         )

@@ -600,5 +600,7 @@ class Orchestrator:
             parts = msg.topic.split(".")
             self.summary.notifications[f"{parts[1]}.{parts[2]}"] += 1
 
-        self._unsubs.append(self.bus.subscribe("event.#", on_event, module="summary"))
+        self._unsubs.append(
+            self.bus.subscribe(["event.#", topics.ARTIFACT], on_event, module="summary")
+        )
         self._unsubs.append(self.bus.subscribe("notify.#", on_notify, module="summary"))

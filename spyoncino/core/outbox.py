@@ -1126,7 +1126,10 @@ class OutboxChannel(BaseModule, Generic[C]):
         """Follow ``control.state`` and ``event.#``, and alert overdue events as text."""
         self.subscribe(topics.CONTROL_STATE.name, self._on_state, policy="latest")
         # one ordered queue for notices and artifacts: a snapshot never overtakes its event
-        self.subscribe("event.#", self._on_event_topic, policy="block", maxsize=256)
+        # one queue for both families: the gate sees a notice before the media made for it
+        self.subscribe(
+            ["event.#", topics.ARTIFACT], self._on_event_topic, policy="block", maxsize=256
+        )
         self.spawn(self._overdue_loop(), "overdue")
 
     def adopt_settings(self) -> None:

@@ -7,8 +7,7 @@ payloads without the runtime).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from spyoncino.schemas.alerts import AlertNotification
 from spyoncino.schemas.control import (
@@ -27,24 +26,41 @@ from spyoncino.schemas.status import BusStatus, HealthReport
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
-class Topic(Generic[T]):
-    """A typed topic name. ``{camera}``-style placeholders make a family of topics.
+class Topic(str, Generic[T]):
+    """A typed topic name: the string itself plus the payload type it carries.
 
-    ``FRAME.at(camera="front")`` gives the concrete name to publish on and
+    A ``Topic`` is a ``str`` (so it compares, hashes and logs like its name), which lets
+    ``Bus.publish(topic: Topic[T], payload: T)`` be checked by mypy without changing how a
+    topic is used anywhere else. ``{camera}``-style placeholders make a family of topics:
+    ``FRAME.at(camera="front")`` gives the concrete ``Topic[Frame]`` to publish on and
     ``FRAME.pattern()`` the wildcard pattern that matches the whole family.
     """
 
-    template: str
+    __slots__ = ("payload", "template")
     payload: type[T]
+    #: the family's template (``camera.{camera}.frame``), also on a concrete topic from ``at``
+    template: str
 
-    def at(self, **parts: str) -> str:
-        return self.template.format(**parts)
+    def __new__(cls, name: str, payload: type[T], *, template: str | None = None) -> Topic[T]:
+        self = super().__new__(cls, name)
+        object.__setattr__(self, "payload", payload)
+        object.__setattr__(self, "template", name if template is None else template)
+        return self
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise AttributeError(f"Topic {str(self)!r} is immutable")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (str(self), self.payload, self.template))
+
+    def at(self, **parts: str) -> Topic[T]:
+        """The concrete topic of this family, e.g. ``camera.front.frame``."""
+        return Topic(str(self).format(**parts), self.payload, template=self.template)
 
     def pattern(self, **parts: str) -> str:
-        names = [seg for seg in self.template.split(".")]
+        """The subscription pattern: each placeholder not given in ``parts`` becomes ``*``."""
         out = []
-        for seg in names:
+        for seg in str(self).split("."):
             if seg.startswith("{") and seg.endswith("}"):
                 out.append(parts.get(seg[1:-1], "*"))
             else:
@@ -52,18 +68,27 @@ class Topic(Generic[T]):
         return ".".join(out)
 
     @property
-    def name(self) -> str:
-        """The name of a topic without placeholders."""
-        if "{" in self.template:
-            raise ValueError(f"topic {self.template!r} has placeholders: use .at(...)")
-        return self.template
+    def has_placeholders(self) -> bool:
+        return "{" in self
+
+    @property
+    def name(self) -> Topic[T]:
+        """This topic, checked to have no placeholders (publish on it as it is)."""
+        if "{" in self:
+            raise ValueError(f"topic {str(self)!r} has placeholders: use .at(...)")
+        return self
+
+
+def _rebuild(name: str, payload: type[T], template: str) -> Topic[T]:
+    return Topic(name, payload, template=template)
 
 
 FRAME = Topic("camera.{camera}.frame", Frame)
 MOTION = Topic("process.motion.detected", MotionEvent)
 OBJECTS = Topic("process.object.detected", DetectionEvent)
 EVENT = Topic("event.{kind}.{phase}", EventNotice)
-ARTIFACT = Topic("event.{artifact}.ready", MediaArtifact)
+#: media apart from events: no wildcard on one family catches the other
+ARTIFACT = Topic("media.{artifact}.ready", MediaArtifact)
 STORED = Topic("storage.event.saved", StoredEvent)
 RETENTION = Topic("storage.retention", RetentionReport)
 STORAGE_FAULT = Topic("storage.fault", StorageFault)
@@ -75,3 +100,36 @@ CONFIG_SNAPSHOT = Topic("config.snapshot", ConfigSnapshot)
 CONFIG_REJECTED = Topic("config.rejected", ConfigRejected)
 CONTROL = Topic("control.command", ControlCommand)
 CONTROL_STATE = Topic("control.state", ControlState)
+
+#: every topic family above, for checks and docs (``family_of``)
+ALL: tuple[Topic[Any], ...] = (
+    FRAME,
+    MOTION,
+    OBJECTS,
+    EVENT,
+    ARTIFACT,
+    STORED,
+    RETENTION,
+    STORAGE_FAULT,
+    NOTIFY,
+    HEALTH,
+    BUS_STATUS,
+    CONFIG_UPDATE,
+    CONFIG_SNAPSHOT,
+    CONFIG_REJECTED,
+    CONTROL,
+    CONTROL_STATE,
+)
+
+
+def _matches(template: str, name: str) -> bool:
+    ts, ns = template.split("."), name.split(".")
+    return len(ts) == len(ns) and all(
+        (t.startswith("{") and t.endswith("}")) or t == n for t, n in zip(ts, ns, strict=True)
+    )
+
+
+def families_of(name: str) -> tuple[Topic[Any], ...]:
+    """The families in ``ALL`` a concrete topic name belongs to (one, once namespaces
+    do not overlap; none for a third party's own topic)."""
+    return tuple(t for t in ALL if _matches(t.template, name))

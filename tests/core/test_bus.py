@@ -1,11 +1,14 @@
 from __future__ import annotations
 
 import asyncio
+import re
+from typing import Any
 
 import pytest
 import structlog
 
 from spyoncino.core.bus import Bus, Message, Topic, match, validate_pattern
+from spyoncino.schemas import topics
 from spyoncino.schemas.frames import Frame
 from spyoncino.schemas.status import BusStatus
 
@@ -44,6 +47,58 @@ def test_topic_templates() -> None:
     assert t.pattern(camera="back") == "camera.back.frame"
     with pytest.raises(ValueError, match="placeholders"):
         _ = t.name
+
+
+def test_a_topic_is_its_name_and_knows_its_payload() -> None:
+    import pickle
+
+    front = topics.FRAME.at(camera="front")
+    assert front == "camera.front.frame" and hash(front) == hash("camera.front.frame")
+    assert front.payload is Frame and front.template == "camera.{camera}.frame"
+    assert f"{front}" == "camera.front.frame"
+    assert pickle.loads(pickle.dumps(front)).payload is Frame  # noqa: S301 (our own bytes)
+    with pytest.raises(AttributeError):
+        front.payload = int  # type: ignore[misc]
+
+
+async def test_a_wrong_payload_raises_naming_the_topic() -> None:
+    bus = Bus(status_interval=0, check_payloads=True)
+    with pytest.raises(TypeError, match=re.escape("'process.motion.detected' must be MotionEvent")):
+        await bus.publish(topics.MOTION, "not an event")  # type: ignore[arg-type]
+    # a plain string of one of our families is checked against that family's payload
+    with pytest.raises(TypeError, match=re.escape("'camera.front.frame' must be Frame, got int")):
+        await bus.publish("camera.front.frame", 3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=re.escape("status.bus")):
+        bus.publish_nowait(topics.BUS_STATUS, 3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="placeholders"):
+        await bus.publish(topics.FRAME, 3)  # type: ignore[arg-type]
+    await bus.publish("third.party.topic", 3)  # type: ignore[arg-type]  # not ours: unchecked
+    await bus.close()
+
+
+async def test_payload_checks_are_off_in_service_by_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("SPYONCINO_CHECK_PAYLOADS", raising=False)
+    bus = Bus(status_interval=0)
+    await bus.publish(topics.MOTION, "unchecked")  # type: ignore[arg-type]
+    await bus.close()
+    monkeypatch.setenv("SPYONCINO_CHECK_PAYLOADS", "1")
+    assert Bus(status_interval=0).check_payloads
+
+
+async def test_subscribing_to_a_family_means_its_pattern() -> None:
+    bus = Bus(status_interval=0, check_payloads=False)
+    got: list[str] = []
+
+    async def handler(msg: Message[Frame]) -> None:
+        got.append(msg.topic)
+
+    bus.subscribe(topics.NOTIFY, handler)
+    await bus.publish("notify.telegram.sent", None)  # type: ignore[arg-type]
+    await bus.drain(timeout=1)
+    await bus.close()
+    assert got == ["notify.telegram.sent"]
 
 
 async def test_order_is_kept_per_subscription() -> None:
@@ -301,3 +356,37 @@ def test_the_payload_package_is_a_leaf() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+async def test_one_subscription_on_two_families_keeps_publish_order() -> None:
+    """The alert gate needs an event notice before the media made for it: one queue."""
+    bus = Bus(status_interval=0, check_payloads=False)
+    got: list[str] = []
+    release = asyncio.Event()
+
+    async def handler(msg: Message[object]) -> None:
+        await release.wait()
+        got.append(msg.topic)
+
+    bus.subscribe([topics.EVENT, topics.ARTIFACT], handler, maxsize=16)
+    sent = ["event.object.started", "media.snapshot.ready", "event.object.ended"]
+    for name in sent:
+        await bus.publish(name, None)  # type: ignore[arg-type]
+    await bus.publish("camera.x.frame", None)  # type: ignore[arg-type]  # neither family
+    release.set()
+    assert await bus.drain(timeout=2)
+    await bus.close()
+    assert got == sent
+
+
+def test_event_and_media_namespaces_do_not_overlap() -> None:
+    """No wildcard subscription to one family catches the other (no isinstance dispatch)."""
+    fams = topics.ALL
+    for a in fams:
+        for b in fams:
+            if a is not b:
+                assert not match(a.pattern(), b.at(**dict.fromkeys(_holes(b), "x"))), (a, b)
+
+
+def _holes(t: topics.Topic[Any]) -> list[str]:
+    return [s[1:-1] for s in t.template.split(".") if s.startswith("{")]

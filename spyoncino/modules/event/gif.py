@@ -8,7 +8,7 @@ open. When the event ends, ``max_frames`` frames are picked evenly over its buff
 shared 128-colour palette (k-means on a pixel sample, mapped through a 32k-entry lookup
 table) and encoded with FFmpeg's GIF encoder at ``fps``; if the result is bigger than
 ``max_bytes`` it is rebuilt with fewer, smaller frames. Assembled in ``storage.scratch``, moved
-into place crash-safely, published on ``event.gif.ready``.
+into place crash-safely, published on ``media.gif.ready``.
 """
 
 from __future__ import annotations

@@ -485,7 +485,7 @@ async def test_events_show_up_live_and_in_the_index(start_page: Any, tmp_path: P
         mime="image/jpeg",
         created_at=time.time(),
     )
-    await r.orch.bus.publish("event.snapshot.ready", art)
+    await r.orch.bus.publish("media.snapshot.ready", art)
     await r.wait(lambda: any("snapshot" in e["artifacts"] for e in got))
     assert got[0]["id"] == "ev-1"
     assert got[0]["labels"] == ["person"]
@@ -794,7 +794,7 @@ async def test_event_health_and_events_pages_show_everything(
             created_at=time.time(),
             duration_s=2.0 if kind == "clip" else None,
         )
-        await r.orch.bus.publish(f"event.{kind}.ready", art)
+        await r.orch.bus.publish(f"media.{kind}.ready", art)
     await r.wait(lambda: (e := r.page.live.get("ev-0")) is not None and len(e.artifacts) == 3)
     async with r.http.get(r.url("/events/ev-0"), headers=auth) as resp:
         page = await resp.text()

@@ -32,7 +32,7 @@ def notice(phase: str, start_s: float, end_s: float | None = None) -> EventNotic
 
 async def maker(h: Harness, **cfg: Any) -> tuple[GifMaker, list[tuple[str, Any]]]:
     app = h.app({"gif": GifMaker}, {"gif": cfg, "cameras": {"cam": {"source": "x.mp4"}}})
-    rec = h.record("event.gif.ready")
+    rec = h.record("media.gif.ready")
     return await h.start(GifMaker, app), rec
 
 

@@ -39,7 +39,7 @@ def notice(phase: str, seq: int, box: Box, **kw: Any) -> EventNotice:
 
 async def start(h: Harness) -> tuple[SnapshotWriter, list[tuple[str, Any]]]:
     app = h.app({"snapshot": SnapshotWriter}, {"cameras": {"cam": {"source": "x.mp4"}}})
-    rec = h.record("event.*.ready")
+    rec = h.record("media.*.ready")
     return await h.start(SnapshotWriter, app), rec
 
 
@@ -55,9 +55,9 @@ async def test_started_writes_snapshot_clean_copy_and_thumbnail(harness: Harness
     by_kind = {a.kind: a for a in arts(rec)}
     assert set(by_kind) == {"snapshot", "snapshot_clean", "thumbnail"}
     assert [t for t, _ in rec] == [
-        "event.snapshot.ready",
-        "event.snapshot_clean.ready",
-        "event.thumbnail.ready",
+        "media.snapshot.ready",
+        "media.snapshot_clean.ready",
+        "media.thumbnail.ready",
     ]
     snap = cv2.imread(by_kind["snapshot"].path)
     clean = cv2.imread(by_kind["snapshot_clean"].path)

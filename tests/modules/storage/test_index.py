@@ -48,7 +48,7 @@ async def test_index_records_events_artifacts_and_notifications_in_batches(tmp_p
             notice("updated", labels=("person", "dog"), top_score=0.9, updated_at=101.0),
         )
         await h.bus.publish(
-            "event.snapshot.ready",
+            "media.snapshot.ready",
             MediaArtifact(
                 event_id="e1",
                 camera_id="cam",

@@ -226,7 +226,7 @@ async def test_a_burst_filling_the_disk_deletes_the_oldest_not_the_newest(tmp_pa
                 p = put(root, "cam", eid, ".mp4", MB, 0)
                 files.append(p)
                 await h.bus.publish(
-                    "event.clip.ready",
+                    "media.clip.ready",
                     MediaArtifact(
                         event_id=eid,
                         camera_id="cam",
