@@ -51,7 +51,7 @@ def test_update_state_reads_the_updater_result_and_a_pending_request(tmp_path: P
     assert update_state(tmp_path / "missing") is None
     folder = tmp_path / "update"
     folder.mkdir()
-    assert update_state(folder) == {"result": None, "requested": None}
+    assert update_state(folder) == {"result": None, "requested": None, "check": None}
     (folder / "result.json").write_text(
         json.dumps({"action": "update", "outcome": "done", "message": "now 1.2", "at": 1.0})
     )

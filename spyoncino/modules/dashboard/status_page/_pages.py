@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from spyoncino.helpers import updates
 from spyoncino.schemas.status import BusStatus, HealthReport, ModuleHealth
 
 from ._metrics import camera_of
@@ -101,21 +102,13 @@ def alerts_pending(report: HealthReport | None) -> list[tuple[str, int]]:
 def update_state(folder: Path) -> dict[str, Any] | None:
     """What the A/B updater left in the service's exchange folder (read only; blocking).
 
-    ``result.json`` is the last outcome (``spyoncino.updater.Updater.report``), ``request.json``
-    a request still waiting for the root unit. None: no updater on this box.
+    ``result`` is the last update's outcome, ``check`` the last check, ``requested`` a request
+    still waiting for the root unit (``spyoncino.helpers.updates``). None: no updater here.
     """
-    if not folder.is_dir():
+    files = updates.read_files(folder)
+    if files is None:
         return None
-    state: dict[str, Any] = {"result": None, "requested": None}
-    for key, name in (("result", "result.json"), ("requested", "request.json")):
-        try:
-            raw = (folder / name).read_bytes()[:65536]
-            data = json.loads(raw)
-        except (OSError, ValueError):
-            continue
-        if isinstance(data, dict):
-            state[key] = data
-    return state
+    return {"result": files.result, "requested": files.requested, "check": files.check}
 
 
 def _update_words(state: dict[str, Any] | None, tz: str | None) -> str:
@@ -134,10 +127,37 @@ def _update_words(state: dict[str, Any] | None, tz: str | None) -> str:
             parts.append(f"Running version {res['running']}.")
     else:
         parts.append("No update has run yet.")
+    chk = state.get("check")
+    if isinstance(chk, dict):
+        at = chk.get("at")
+        stamp = when(float(at), tz) if isinstance(at, (int, float)) else "-"
+        parts.append(f"Last check at {stamp}: {chk.get('message', '')}.")
     req = state.get("requested")
     if isinstance(req, dict):
         parts.append(f"An {req.get('action', 'update')} was asked for and waits for the updater.")
     return " ".join(parts)
+
+
+def _update_forms(state: dict[str, Any] | None, csrf: str) -> str:
+    """Check now, and Update to X once a check found X (POST /update, CSRF-protected)."""
+    if state is None:
+        return ""
+    check = state.get("check")
+    newer = updates.UpdateFiles(None, check if isinstance(check, dict) else None, None).newer()
+    field = f'<input type="hidden" name="csrf_token" value="{esc(csrf)}">'
+    out = [
+        f'<form method="post" action="/update" class="inline" id="update-check">{field}'
+        '<input type="hidden" name="action" value="check">'
+        '<button type="submit">Check for updates</button></form>'
+    ]
+    if newer is not None:
+        out.append(
+            f'<form method="post" action="/update" class="inline" id="update-install">{field}'
+            '<input type="hidden" name="action" value="update">'
+            f'<input type="hidden" name="version" value="{esc(newer)}">'
+            f'<button type="submit">Update to {esc(newer)}</button></form>'
+        )
+    return "<p>" + "".join(out) + "</p>"
 
 
 def _row(label: str, word: str, text: str, ident: str = "") -> str:
@@ -158,6 +178,11 @@ def health(
     system: SystemInfo | None,
     update: dict[str, Any] | None,
     tz: str | None,
+    *,
+    csrf: str = "",
+    can_write: bool = False,
+    notice: str = "",
+    notice_ok: bool = True,
 ) -> str:
     problems = [c for c in cams if c.word in ("failed", "reconnecting")]
     storage = checks.get("storage", {"ok": True})
@@ -194,7 +219,13 @@ def health(
     if not pending:
         out.append("<li>No alert channel is configured.</li>")
     out.append('</ul></section><section><h2>Updates</h2><p id="health-update">')
-    out.append(esc(_update_words(update, tz)) + "</p></section>")
+    out.append(esc(_update_words(update, tz)) + "</p>")
+    if notice:
+        cls = "ok" if notice_ok else "error"
+        out.append(f'<p class="{cls}" id="update-notice">{esc(notice)}</p>')
+    if can_write:
+        out.append(_update_forms(update, csrf))
+    out.append("</section>")
     out.append('<details id="health-details"><summary>Details (modules and bus)</summary>')
     out.append(_details(report, bus, checks))
     out.append("</details>")
@@ -384,6 +415,7 @@ def setup(found: list[Any], can_write: bool, configured: int = 0) -> str:
         '<button type="submit" id="setup-save">Save and start</button></form>'
         '<p id="setup-result" role="status"></p>'
         '<img id="setup-frame" alt="test frame" hidden>'
+        '<p>Alerts on your phone: <a href="/settings/telegram">set up Telegram</a>.</p>'
         '<script src="/static/setup.js" defer></script>'
     )
 

@@ -24,6 +24,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from spyoncino.helpers import updates
 from spyoncino.schemas.control import ConfigSnapshot
 
 from . import _home as home
@@ -378,15 +379,54 @@ async def live_page(request: web.Request) -> web.Response:
     return _html(request, "live", name, views.live(cam, name, p.cfg.live_fps))
 
 
-async def health_page(request: web.Request) -> web.Response:
+async def health_page(request: web.Request, notice: str = "", status: int = 200) -> web.Response:
     p = _page(request)
     ready, checks = await p.readiness()
     system = await p.system_info()
     update = await p.ctx.executor.run(pages.update_state, p.cfg.update_dir)
     cams = pages.camera_health(p.camera_views(), p.reports.health)
     tz = p.app_cfg.runtime.timezone
-    body = pages.health(cams, p.reports.health, p.reports.bus, ready, checks, system, update, tz)
-    return _html(request, "health", "Health", body)
+    body = pages.health(
+        cams,
+        p.reports.health,
+        p.reports.bus,
+        ready,
+        checks,
+        system,
+        update,
+        tz,
+        csrf=_csrf(request),
+        can_write=_can_write(request),
+        notice=notice,
+        notice_ok=status < 400,
+    )
+    return _html(request, "health", "Health", body, status)
+
+
+async def update_form(request: web.Request) -> web.Response:
+    """Ask the root updater for a check or an update (write access: login + CSRF, or the
+    token); the request file is all this does, the updater's answer shows on the Health page."""
+    body = await _body(request)
+    action, version = body.get("action", "update"), body.get("version") or None
+    if action not in ("update", "check") or (
+        version is not None and (not isinstance(version, str) or not updates.valid_version(version))
+    ):
+        raise web.HTTPBadRequest(text="action must be update or check, version a version")
+    p = _page(request)
+    folder = p.cfg.update_dir
+    if not await p.ctx.executor.run(folder.is_dir):
+        reason = "the updater is not set up on this box (installed by hand)"
+        if _is_form(request):
+            return await health_page(request, f"Not requested: {reason}.", 409)
+        return web.json_response({"ok": False, "error": reason}, status=409)
+    await p.ctx.executor.run(updates.write_request, folder, action, version)
+    p.log.info("update_requested", action=action, version=version, by=_who(request))
+    what = "check" if action == "check" else f"update to {version or 'the newest version'}"
+    if _is_form(request):
+        return await health_page(
+            request, f"The {what} was requested; the updater's answer appears here."
+        )
+    return web.json_response({"ok": True, "requested": action, "version": version}, status=202)
 
 
 async def config_page(
@@ -732,6 +772,7 @@ async def build_app(page: StatusPage) -> web.Application:
     r.add_get("/cameras/{camera}/latest.jpg", latest_jpeg)
     r.add_get("/cameras/{camera}/stream.mjpeg", mjpeg)
     r.add_get("/health", health_page)
+    r.add_post("/update", update_form)
     r.add_get("/config", config_page)
     r.add_post("/config", config_form)
     r.add_get("/media/{path:.*}", media)
