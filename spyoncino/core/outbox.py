@@ -478,6 +478,7 @@ class Outbox:
         }
 
     # -- lifecycle ----------------------------------------------------------------------------
+            "superseded": 0,
     async def start(self) -> None:
         self._conn = await self.run_io(open_db, self.db_path)
         now = time.time()
@@ -569,13 +570,23 @@ class Outbox:
         kind: str,
         payload: dict[str, Any],
     ) -> bool:
-        """Store one message and wake its recipient's worker; False when it was already stored."""
+        """Store one message and wake its recipient's worker; False when it was already stored.
+
+        ``supersede``: the message replaces any still pending of the same event, kind and
+        recipient (an edit of a caption: only the newest one is worth sending), which are
+        marked ``superseded``; each such message is stored under a key of its own.
+        """
         now = time.time()
+        supersede: bool = False,
         item = OutboxItem(
             id=0,
             channel=self.channel,
+        key = item_key(self.channel, event_id, kind, recipient)
+        if supersede:
+            key = f"{key}:{time.time_ns()}"
+            await self._supersede(recipient, event_id, kind)
             recipient=recipient,
-            key=item_key(self.channel, event_id, kind, recipient),
+            key=key,
             event_id=event_id,
             camera_id=camera_id,
             kind=kind,
@@ -618,6 +629,16 @@ class Outbox:
     def _store_failed(self, what: str, e: Exception, **kw: Any) -> None:
         self.stats["store_failures"] += 1
         self.log.error(what, error=str(e) or repr(e), **kw)
+    async def _supersede(self, recipient: str, event_id: str, kind: str) -> None:
+        rec = self._recipients.get(recipient)
+        if rec is None:
+            return
+        old = [i for i in rec.queue if i.event_id == event_id and i.kind == kind]
+        for item in old:
+            self._drop(rec, item)
+            await self._record(item, "superseded")
+            self.stats["superseded"] += 1
+
 
     async def _record(
         self,
@@ -954,12 +975,17 @@ class _Tracked:
 
 
 class AlertGate:
+    #: the latest snapshot of an activity that is not (yet) an alert
+    snapshot: MediaArtifact | None = None
     """Which artifacts become alerts; the same rules for every channel.
 
-    An alert is the snapshot of an event that started (of a kind in ``kinds``) while the box is
-    armed and neither the camera nor ``*`` is muted, within the per-camera budget. Follow-ups
-    (GIF, clip) of an alerted event pass too, after the snapshot; those of a suppressed event
-    do not. Feed it every ``event.#`` message in order and every ``control.state``.
+    An alert is the snapshot of an event (an activity, of a kind in ``kinds``) of severity
+    ``alert``, taken while the box is armed and neither the camera nor ``*`` is muted, within
+    the per-camera budget: one per activity. An activity that starts as a ``detection`` is
+    not pushed; should it become an alert, the next snapshot (the snapshot writer makes one
+    at that moment) is its alert. Follow-ups (GIF, clip) of an alerted event pass too, after
+    the snapshot; those of a suppressed event, or one that stays a detection, do not. Feed it
+    every ``event.#`` message in order and every ``control.state``.
 
     An event whose snapshot never comes (the writer failed: disk full, no colour frame) must
     still be heard of: ``overdue`` hands out, once, the events still without a snapshot
@@ -992,7 +1018,14 @@ class AlertGate:
             tracked.event = ev
         elif ev.phase == "started" and ev.kind in self.kinds:
             self._events[ev.event_id] = _Tracked(ev, time.monotonic())
-            self._waiting[ev.event_id] = None
+            became_alert = tracked.event.severity != "alert" and ev.severity == "alert"
+            if ev.severity == "alert":
+                self._waiting[ev.event_id] = None
+            if became_alert and not (tracked.alerted or tracked.suppressed):
+                # it waits for its snapshot from now on, as a new alert would
+                tracked.seen_mono = time.monotonic()
+                self._waiting.pop(ev.event_id, None)
+                self._waiting[ev.event_id] = None
             while len(self._events) > self.keep:
                 gone, _ = self._events.popitem(last=False)
                 self._waiting.pop(gone, None)
@@ -1000,6 +1033,20 @@ class AlertGate:
     def _decide(self, tracked: _Tracked) -> bool:
         """Alert (True) or suppress this event now; either way it waits no more."""
         self._waiting.pop(tracked.event.event_id, None)
+    def alerted(self, event_id: str) -> bool:
+        """Whether ``event_id`` was alerted (so its updates may edit what was sent)."""
+        tracked = self._events.get(event_id)
+        return tracked is not None and tracked.alerted
+
+    def take_held(self, event_id: str) -> list[MediaArtifact]:
+        """What an overdue alert can still send: the held snapshot (first) and follow-ups."""
+        tracked = self._events.get(event_id)
+        if tracked is None:
+            return []
+        snap, tracked.snapshot = tracked.snapshot, None
+        held, tracked.held = tracked.held, []
+        return [*([snap] if snap is not None else []), *held]
+
         camera = tracked.event.camera_id
         why = self.reason(camera)
         if why is None and self.budget is not None and not self.budget(camera):
@@ -1050,7 +1097,13 @@ class AlertGate:
         if tracked is None or tracked.suppressed:
             return []
         if art.kind == "snapshot":
-            if tracked.alerted or not self._decide(tracked):
+            if tracked.alerted:
+                return []
+            if tracked.event.severity != "alert":
+                tracked.snapshot = art  # a detection: kept in case it becomes an alert
+                return []
+            tracked.snapshot = None
+            if not self._decide(tracked):
                 return []
             held, tracked.held = tracked.held, []
             return [(tracked.event, art), *((tracked.event, h) for h in held)]
@@ -1107,6 +1160,10 @@ class OutboxChannel(BaseModule, Generic[C]):
     async def open_outbox(self, db_path: Path, *, rate_for: RateFor | None = None) -> Outbox:
         """Open the outbox and resume what it had pending; ``ModuleNotReady`` when it cannot."""
         self.outbox = Outbox(
+    async def _on_update(self, ev: EventNotice) -> None:
+        """A notice of an activity already alerted (it grew, or ended): a channel that can
+        edit what it sent (Telegram's caption) does so here; the default sends nothing."""
+
             channel=self.channel,
             db_path=db_path,
             bus=self.bus,
@@ -1165,7 +1222,11 @@ class OutboxChannel(BaseModule, Generic[C]):
             due, retry = [*retry, *self.gate.overdue(self.cfg.snapshot_wait_s)], []
             for ev in due:
                 try:
-                    await self._enqueue(ev, None)
+                    held = self.gate.take_held(ev.event_id)
+                    if not held or held[0].kind != "snapshot":
+                        await self._enqueue(ev, None)  # no picture at all: a text alert
+                    for art in held:
+                        await self._enqueue(ev, art)
                 except Exception as e:  # the task must live on, and the alert be tried again
                     retry.append(ev)
                     self.log.error("overdue_alert_failed", event_id=ev.event_id, error=repr(e))
@@ -1175,3 +1236,5 @@ class OutboxChannel(BaseModule, Generic[C]):
         if self.outbox is not None:
             out.update(self.outbox.metrics())
         return out
+            if self.gate.alerted(p.event_id) and self.outbox is not None:
+                await self._on_update(p)

@@ -1,4 +1,6 @@
-"""Events: what the owner hears about. One person crossing the yard is one event."""
+"""Events: what the owner hears about. An event is an *activity*: per camera, one span from the
+first confirmed object to a gap (``tracker.activity_gap_s``) after the last, gathering every
+object seen meanwhile. Two people walking by together are one event."""
 
 from __future__ import annotations
 
@@ -11,17 +13,25 @@ from spyoncino.schemas.detections import FrameRef
 from spyoncino.schemas.frames import Box
 
 EventPhase = Literal["started", "updated", "ended"]
+Severity = Literal["alert", "detection"]
 
 
 class TrackedObject(Payload):
     track_id: int
     label: str
-    score: float = Field(ge=0.0, le=1.0)
+    score: float = Field(ge=0.0, le=1.0, description="its best score in the activity")
     box: Box
+    present: bool = Field(default=True, description="still in view (its track is alive)")
+    zones: tuple[str, ...] = ()
 
 
 class EventNotice(Payload):
-    """Published on ``event.<kind>.<phase>`` (kind ``object`` or ``motion``)."""
+    """Published on ``event.<kind>.<phase>`` (kind ``object`` or ``motion``).
+
+    ``objects``: every object of the activity so far (one per track); ``frame_objects``: those
+    on the best frame (``frame``), boxed on the snapshot. ``severity`` only ever rises, from
+    ``detection`` (stored, shown, not pushed) to ``alert``.
+    """
 
     event_id: str
     camera_id: str
@@ -35,6 +45,8 @@ class EventNotice(Payload):
     started_mono: float = 0.0
     zones: tuple[str, ...] = ()
     objects: tuple[TrackedObject, ...] = ()
+    severity: Severity = "alert"
+    frame_objects: tuple[TrackedObject, ...] = ()
     boxes: tuple[Box, ...] = ()
     frame_seq: int = 0
     frame_width: int = 0

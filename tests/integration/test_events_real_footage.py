@@ -73,7 +73,8 @@ REGISTRY: dict[str, Any] = {
 PERSON_MODEL = "spyoncino:models/person_ssdlite_mobilenet_v2_int8.tflite"
 CONFIG = {
     "cameras": {"yard": {"source": "vtest.mp4"}},
-    "tracker": {"source": "objects", "cooldown_s": 0},
+    # the replay stops 6 s after the last detection: a 5 s gap closes the activity in it
+    "tracker": {"source": "objects", "cooldown_s": 0, "activity_gap_s": 5.0},
     "clip": {"preroll_s": PREROLL, "postroll_s": 2.0},
     "index": {"flush_interval": 0.2},
 }
@@ -190,12 +191,17 @@ async def test_people_become_events_with_snapshot_gif_and_clip(vtest: Path, tmp_
         ],
     )
 
-    # one event per person, +-30 %
-    assert abs(len(started) - PEOPLE_IN_WINDOW) <= 0.3 * PEOPLE_IN_WINDOW
-    # no event raised again and again: one start each, few updates (rate-limited)
+    # activities, not one event per person: people come in ones and twos, each within the
+    # gap of the last, so the window is one activity (or a few), of every person in it
+    people = {(e.event_id, o.track_id) for e in ended.values() for o in e.objects}
+    print(f"{len(started)} activities of {len(people)} objects for {PEOPLE_IN_WINDOW} people")
+    assert 1 <= len(started) <= 3
+    assert abs(len(people) - PEOPLE_IN_WINDOW) <= 0.3 * PEOPLE_IN_WINDOW
+    assert {e.severity for e in ended.values()} == {"alert"}
+    # no activity raised again and again: one start each, few updates (rate-limited)
     assert len(set(ids)) == len(ids)
     updates = [e for e in notices if e.phase == "updated"]
-    assert len(updates) <= 10 * len(started)
+    assert len(updates) <= 10 * len(people)
     assert set(ended) == set(ids)
 
     arts: list[MediaArtifact] = media.payloads
@@ -241,7 +247,7 @@ async def test_full_pipeline_with_the_detector_module_in_real_time(
     registry = {**REGISTRY, "detector": ObjectDetector}
     config = {
         **CONFIG,
-        "tracker": {"source": "auto", "cooldown_s": 0},
+        "tracker": {"source": "auto", "cooldown_s": 0, "activity_gap_s": 5.0},
         "detector": {"model": model},
     }
     root = tmp_path / "media"
@@ -270,9 +276,13 @@ async def test_full_pipeline_with_the_detector_module_in_real_time(
     started = [e for e in notices if e.phase == "started"]
     print(
         f"{len(started)} events through the detector module for {PEOPLE_350_560} people",
-        [(round(e.started_at - T0, 1), e.objects[0].box.as_tuple()) for e in started],
+        [(round(e.started_at - T0, 1), len(e.objects)) for e in started],
     )
-    assert abs(len(started) - PEOPLE_350_560) <= 0.3 * PEOPLE_350_560
-    assert {o.label for e in started for o in e.objects} == {"person"}
+    last = {e.event_id: e for e in notices}
+    people = {(i, o.track_id) for i, e in last.items() for o in e.objects}
+    assert 1 <= len(started) <= 4
+    assert abs(len(people) - PEOPLE_350_560) <= 0.3 * PEOPLE_350_560
+    assert {o.label for e in last.values() for o in e.objects} == {"person"}
     assert len({e.event_id for e in started}) == len(started)
-    assert {a.event_id for a in clips.payloads} >= {e.event_id for e in started}
+    # one clip per activity, never two
+    assert sorted(a.event_id for a in clips.payloads) == sorted(e.event_id for e in started)

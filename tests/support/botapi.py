@@ -566,6 +566,26 @@ class BotApiEmulator:
             return True
         if m == "getmycommands":
             return self.commands
+        if m in ("editmessagecaption", "editmessagetext"):
+            chat_raw = call.params.get("chat_id", "0")
+            chat_id = int(chat_raw) if chat_raw.lstrip("-").isdigit() else 0
+            mid = int(call.params.get("message_id", "0") or 0)
+            chat = self._chats.get(chat_id)
+            if chat is None or not 0 < mid < chat.next_message_id:
+                raise _ApiError(400, "Bad Request: message to edit not found")
+            field = "caption" if m == "editmessagecaption" else "text"
+            msg = {
+                "message_id": mid,
+                "date": int(time.time()),
+                "edit_date": int(time.time()),
+                "chat": self._chat_obj(chat_id, None),
+                "from": self.bot_user(),
+                field: call.params.get(field, ""),
+            }
+            markup = call.json("reply_markup")
+            if isinstance(markup, dict) and "inline_keyboard" in markup:
+                msg["reply_markup"] = markup
+            return msg
         if m == "editmessagereplymarkup":
             chat_raw = call.params.get("chat_id", "0")
             chat_id = int(chat_raw) if chat_raw.lstrip("-").isdigit() else 0

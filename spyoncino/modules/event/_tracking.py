@@ -1,4 +1,4 @@
-"""The tracker's working parts: zones, tracks, events and frame-to-frame association.
+"""The tracker's working parts: zones, tracks, activities and frame-to-frame association.
 
 Kept apart from ``tracker.py`` (the module, its settings and the event lifecycle) so each stays
 readable; nothing here touches the bus.
@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from spyoncino.schemas.events import EventNotice
+from spyoncino.schemas.events import EventNotice, TrackedObject
 from spyoncino.schemas.frames import Box, Frame
 
 Point = tuple[float, float]
@@ -35,6 +35,11 @@ class Zone(BaseModel):
     )
     labels: tuple[str, ...] = Field(
         default=(), description="Labels this zone applies to; empty: every label."
+    )
+    alert_labels: tuple[str, ...] = Field(
+        default=(),
+        description="Labels that make an activity an alert when seen inside this zone, on top "
+        "of the tracker's alert_labels (e.g. [car] on the driveway).",
     )
 
     @field_validator("polygon")
@@ -104,18 +109,39 @@ def centre(b: Box) -> Point:
 
 @dataclass(eq=False)
 class TrackedEvent:
+    """One activity: every confirmed object of a camera from the first to a gap after the last."""
+
     notice: EventNotice
-    label: str
-    last_box: Box
     last_seen_mono: float
     last_seen_wall: float
     last_update_mono: float
     best_q: float = -1.0
     best_frame: Frame | None = None
-    best_box: Box | None = None
+    best_objects: tuple[TrackedObject, ...] = ()
     best_seq: int = 0
     zones: set[str] = field(default_factory=set)
     ended_mono: float | None = None
+    #: track id -> the object as last seen (best score kept), in order of joining
+    members: dict[int, TrackedObject] = field(default_factory=dict)
+    severity: Literal["alert", "detection"] = "detection"
+    #: what a notice must tell now: "started" (not yet published), "updated" (a new object,
+    #: more severe), or None (only the rate-limited updates)
+    due: Literal["started", "updated"] | None = "started"
+    #: the best frame was taken at the moment it became an alert: the snapshot shows why
+    escalated_seq: int | None = None
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(o.label for o in self.members.values()))
+
+    def near(self, label: str, c: Point) -> float | None:
+        """Distance from ``c`` to the nearest last box of a member of ``label`` (None: none)."""
+        dists = [
+            math.hypot(c[0] - centre(o.box)[0], c[1] - centre(o.box)[1])
+            for o in self.members.values()
+            if o.label == label
+        ]
+        return min(dists) if dists else None
 
 
 @dataclass(eq=False)
@@ -134,6 +160,9 @@ class Track:
     moved: bool = False
     parked: bool = False
     event: TrackedEvent | None = None
+    #: where it last stopped and since when (a car that drove in and parked)
+    still_box: Box | None = None
+    still_mono: float = 0.0
     vx: float = 0.0  # pixels per second, smoothed
     vy: float = 0.0
 
@@ -172,6 +201,7 @@ class CameraState:
     height: int = 0
     parked: list[tuple[str, Box]] = field(default_factory=list)
     ended: list[TrackedEvent] = field(default_factory=list)
+    activity: TrackedEvent | None = None
 
     def now(self) -> float:
         return self.clock + (time.monotonic() - self.clock_real)

@@ -9,6 +9,9 @@
   replaced in place (same names, new artifacts). Consumers that alert on
   ``event.snapshot.ready`` should alert on the first one per event and treat later ones as
   a better picture of the same event.
+* An activity's snapshot boxes every object on its best frame, each labelled with its label
+  and score (``frame_objects``). When a ``detection`` becomes an ``alert`` the files are
+  replaced at once with the frame that made it one, so the alert's photo shows why.
 * ``control.command`` ``snapshot``: writes the newest frame of the camera (every camera when
   none is named) as ``manual-<request id or time>.jpg`` and publishes it on
   ``event.snapshot.ready``. The newest frame per camera is kept by reference only (a
@@ -131,6 +134,8 @@ class SnapshotWriter(BaseModule):
         self.bytes_written = 0
         self._pending = 0
         self._written_seq: dict[str, int] = {}
+        #: event id -> its snapshot was written while it was a detection (not yet an alert)
+        self._detections: dict[str, bool] = {}
         self._latest: dict[str, Frame] = {}
 
     async def configure(self, app: AppConfig) -> None:
@@ -153,10 +158,13 @@ class SnapshotWriter(BaseModule):
     async def _on_event(self, msg: Message[EventNotice]) -> None:
         ev = msg.payload
         done = self._written_seq.get(ev.event_id)
+        escalated = ev.severity == "alert" and self._detections.get(ev.event_id, False)
         if ev.phase == "ended":
             self._written_seq.pop(ev.event_id, None)
+            self._detections.pop(ev.event_id, None)
         if ev.phase != "started":
-            replace = ev.phase == "ended" or self.cfg.replace_on_update
+            # the moment an activity becomes an alert its picture shows why (the photo sent)
+            replace = ev.phase == "ended" or self.cfg.replace_on_update or escalated
             if done is None or done == ev.frame_seq or not replace:
                 return
         frame = ev.frame
@@ -168,6 +176,7 @@ class SnapshotWriter(BaseModule):
             return
         if ev.phase != "ended":
             self._written_seq[ev.event_id] = ev.frame_seq
+            self._detections[ev.event_id] = ev.severity != "alert"
         self._pending += 1
         try:
             artifacts = await self.ctx.executor.run(self._write, ev, frame)
@@ -179,9 +188,16 @@ class SnapshotWriter(BaseModule):
             await self.bus.publish(topics.ARTIFACT.at(artifact=a.kind), a)
 
     def _write(self, ev: EventNotice, frame: Frame) -> list[MediaArtifact]:
-        labels = tuple(ev.labels[:1]) * len(ev.boxes) if ev.kind == "object" else ()
+        if ev.frame_objects:  # every object of the activity on that frame, with its score
+            boxes = tuple(o.box for o in ev.frame_objects)
+            labels: tuple[str, ...] = tuple(
+                f"{o.label} {o.score:.0%}" if o.label != "motion" else "" for o in ev.frame_objects
+            )
+        else:
+            boxes = ev.boxes
+            labels = tuple(ev.labels[:1]) * len(ev.boxes) if ev.kind == "object" else ()
         out = []
-        for kind, (data, w, h) in render_set(frame.image, ev.boxes, labels, self.cfg).items():
+        for kind, (data, w, h) in render_set(frame.image, boxes, labels, self.cfg).items():
             rel = media_relpath(ev.camera_id, ev.started_at, ev.event_id, _EXT[kind], self.tz)
             out.append(self._store(ev.event_id, ev.camera_id, kind, rel, data, w, h))
         return out

@@ -1,34 +1,42 @@
-"""Turns per-frame detections (or bare motion) into events: one object, one event.
+"""Turns per-frame detections (or bare motion) into activities: the unit the owner meets.
 
 Per camera, detections are associated across frames into tracks (greedy IoU matching, then
-a centroid-distance fallback for small or fast objects; same label only). A track raises an
-event once it is seen in >= ``confirm_hits`` of its last ``confirm_window`` frames, is inside
-the camera's zones and is not a parked object; the event is updated while the object moves
-and ends when it has been gone for ``end_after_s`` (or stands still for
-``stationary_after_s``).
+a centroid-distance fallback for small or fast objects; same label only). A track is
+*confirmed* once it is seen in >= ``confirm_hits`` of its last ``confirm_window`` frames, is
+inside the camera's zones and is not a parked object.
 
-* **Stationary objects** (a parked car) do not re-alert: a track that has not moved since it
+* **Activities**: the first confirmed object of a camera opens an activity (``event.<kind>.
+  started``); every object confirmed while it is open joins it (any label, any track, whether
+  or not it is someone seen before), and it closes ``activity_gap_s`` after the last sighting
+  of any of its objects (``ended``). Tracks end on their own (``end_after_s`` unseen); the
+  activity outlives them. ``objects`` lists every object of the activity (one per track, with
+  its best score), ``frame_objects`` those on the best frame.
+* **Severity**: ``alert`` once an object of an ``alert_labels`` label (default: person, and
+  bare motion) is in the activity, or one of a zone's own ``alert_labels`` inside that zone
+  (a car on the driveway); else ``detection``: stored and shown, not pushed. It only rises,
+  and an ``updated`` notice says so at once (with the frame that made it an alert).
+* **Stationary objects** (a parked car) do not count: a track that has not moved since it
   was first seen, and was already there when the camera started, sits where a parked object
   was remembered, or was first seen with no motion box touching it (``still_bystanders``: a
-  parked car that a crop around someone walking past took in), raises nothing until it moves;
+  parked car that a crop around someone walking past took in), joins nothing until it moves;
   a box that shifts with no motion on it (detector jitter on a small, cut-off car) has not
   moved. Such a still object that drops out of view (the motion-gated detector looks
-  elsewhere) is remembered as parked, so seeing it again later stays quiet.
-* **Cooldown** (per camera and label): a new track that appears within ``cooldown_s`` after an
-  event of the same label ended, or while an open event's object is lost (unseen for
-  ``lost_after_s``), near where that
-  object was last seen, continues that event instead of raising a new alert.
+  elsewhere) is remembered as parked, so seeing it again later stays quiet. An object that
+  stands still for ``stationary_after_s`` leaves its activity and is remembered as parked.
+* **Cooldown** (per camera and label): an object confirmed within ``cooldown_s`` after an
+  activity closed, near where an object of its label in it was last seen, reopens that
+  activity instead of raising a new one.
 * **Zones** (``cameras.<id>.tracker.zones``): named polygons in normalised coordinates. An
   object is in a zone when its bottom-centre point is. Exclude zones silence their labels;
-  when a camera has include zones for a label, only objects inside one of them alert. Events
-  carry the include zones entered. Zones are re-read on every ``configure`` (config.update).
-* **Best snapshot**: every sighting is scored ``score x sqrt(box area share)``, halved when the
-  box touches the frame edge (a cut-off person); ``started``, ``updated`` and ``ended``
-  notices carry the best frame so far in ``frame``/``frame_seq``/``boxes``, so the snapshot
-  writer can replace its picture when a better one comes.
+  when a camera has include zones for a label, only objects inside one of them count.
+  Activities carry the include zones entered. Zones are re-read on every ``configure``.
+* **Best snapshot**: a frame is scored by the sum over the activity's objects on it of
+  ``score x sqrt(box area share)``, halved for a box touching the frame edge (a cut-off
+  person); notices carry the best frame so far in ``frame``/``frame_seq``/``frame_objects``,
+  so the snapshot writer can replace its picture when a better one comes.
 
 Time is the frames' own ``mono_ts`` (so a replay behaves like the live camera), advanced by
-the real clock between messages so that events still end when a camera goes quiet.
+the real clock between messages so that activities still end when a camera goes quiet.
 """
 
 from __future__ import annotations
@@ -77,13 +85,25 @@ class Config(ModuleConfig):
         default=5.0,
         ge=0.2,
         le=600.0,
-        description="Seconds an object must be gone to end its event.",
+        description="Seconds an object must be gone to end its track.",
+    )
+    activity_gap_s: float = Field(
+        default=10.0,
+        ge=0.2,
+        le=3600.0,
+        description="An activity closes this long after the last sighting of its objects.",
+    )
+    alert_labels: tuple[str, ...] = Field(
+        default=("person", "motion"),
+        description="Labels that make an activity an alert anywhere; other labels alert only "
+        "inside a zone whose alert_labels name them, else the activity is a detection.",
     )
     cooldown_s: float = Field(
         default=10.0,
         ge=0.0,
         le=3600.0,
-        description="Per camera and label: an object back this soon continues its old event.",
+        description="Per camera and label: an object back this soon after its activity closed, "
+        "near where it was, reopens that activity.",
     )
     cooldown_by_label: dict[str, float] = Field(
         default_factory=dict, description="Per-label cooldown overrides in seconds (0..3600)."
@@ -93,8 +113,8 @@ class Config(ModuleConfig):
         ge=0.0,
         le=60.0,
         description=(
-            "An object unseen this long counts as lost, so a newcomer nearby may continue its "
-            "event; shorter gaps are the detector missing it for a frame or two."
+            "Kept so configurations written before activities still load; it no longer "
+            "changes anything (an open activity takes in every newcomer)."
         ),
     )
     reentry_distance: float = Field(
@@ -162,6 +182,9 @@ class Camera(CameraOptions):
     )
     cooldown_s: float | None = Field(
         default=None, ge=0.0, le=3600.0, description="Cooldown here; None: the module's."
+    )
+    alert_labels: tuple[str, ...] | None = Field(
+        default=None, description="Labels that alert anywhere here; None: the module's list."
     )
 
     @field_validator("zones")
@@ -321,6 +344,10 @@ class EventTracker(BaseModule):
             track.score = score
             track.hits.append(True)
             track.sightings += 1
+            if track.still_box is None or (
+                box.iou(track.still_box) < self.cfg.stationary_iou and not self._still(box, motion)
+            ):
+                track.still_box, track.still_mono = box, mono
             if (
                 track.label != "motion"
                 and box.iou(track.first_box) < self.cfg.stationary_iou
@@ -349,6 +376,8 @@ class EventTracker(BaseModule):
                 first_mono=mono,
                 first_wall=wall,
                 last_seen_mono=mono,
+                still_box=box,
+                still_mono=mono,
                 hits=deque([True], maxlen=self.cfg.confirm_window),
                 moved=label == "motion",
                 already_there=label != "motion"
@@ -366,35 +395,44 @@ class EventTracker(BaseModule):
             st.tracks.append(t)
             seen.add(t.id)
         zones = self.cams.get(camera_id, Camera()).zones
+        on_frame: list[Track] = []  # members of the activity seen in this frame
         for track in st.tracks:
             if track.id not in seen:
                 continue
             foot = ((track.box.x1 + track.box.x2) / 2.0 / width, track.box.y2 / height)
             allowed, inside = zone_check(zones, track.label, foot)
-            ev = track.event
-            if ev is None:
+            if track.event is None:
                 if (
                     allowed
                     and not track.parked
                     and sum(track.hits) >= self.cfg.confirm_hits
                     and (track.moved or not track.already_there)
                 ):
-                    await self._open(camera_id, st, track, mono, wall, seq, frame, inside, diag)
+                    self._join(camera_id, st, track, mono, diag)
+                else:
+                    continue
+            ev = track.event
+            assert ev is not None
+            self._sighting(camera_id, ev, track, inside, foot, zones, mono, wall, seq)
+            if self._stopped(camera_id, track, mono):
+                self._park(camera_id, st, track)
                 continue
-            ev.zones.update(inside)
-            ev.last_box, ev.last_seen_mono, ev.last_seen_wall = track.box, mono, wall
-            self._consider_best(ev, track, seq, frame, width, height)
-            if (
-                track.label != "motion"
-                and not track.moved
-                and mono - track.first_mono >= self.cfg.stationary_after_s
+            on_frame.append(track)
+        act = st.activity
+        if act is not None and on_frame:
+            self._consider_best(act, on_frame, seq, frame, width, height)
+        if act is not None:
+            if act.due == "started":
+                act.due = None
+                act.last_update_mono = mono
+                await self._publish(act, "started", wall, tracks=st.tracks)
+            elif act.due == "updated" or (
+                on_frame and mono - act.last_update_mono >= self.cfg.update_every_s
             ):
-                await self._park(camera_id, st, track, mono)
-                continue
-            if mono - ev.last_update_mono >= self.cfg.update_every_s:
-                ev.last_update_mono = mono
-                await self._publish(ev, "updated", wall, tracks=self._tracks_of(st, ev))
-        # a still object with no event is remembered as parked so a re-detection stays quiet
+                act.due = None
+                act.last_update_mono = mono
+                await self._publish(act, "updated", wall, tracks=st.tracks)
+        # a still object with no activity is remembered as parked so a re-detection stays quiet
         for track in st.tracks:
             if (
                 track.event is None
@@ -403,105 +441,146 @@ class EventTracker(BaseModule):
                 and track.label != "motion"
                 and mono - track.first_mono >= self.cfg.stationary_after_s
             ):
-                await self._park(camera_id, st, track, mono)
+                self._park(camera_id, st, track)
         await self._expire_camera(camera_id, st, mono)
 
-    def _consider_best(
-        self, ev: TrackedEvent, track: Track, seq: int, frame: Frame | None, width: int, height: int
-    ) -> None:
-        q = snapshot_quality(track.score, track.box, width, height)
-        if q > ev.best_q and (frame is not None or ev.best_frame is None):
-            ev.best_q, ev.best_frame, ev.best_box, ev.best_seq = q, frame, track.box, seq
+    def _stopped(self, camera_id: str, track: Track, mono: float) -> bool:
+        """A member that leaves its activity as parked: still since it was first seen, or, for
+        a label that is no alert anywhere (a car), stopped where it is for the same time."""
+        if track.label == "motion":
+            return False
+        limit = self.cfg.stationary_after_s
+        if not track.moved:
+            return mono - track.first_mono >= limit
+        cam = self.cams.get(camera_id)
+        labels = (
+            cam.alert_labels
+            if cam is not None and cam.alert_labels is not None
+            else self.cfg.alert_labels
+        )
+        return track.label not in labels and mono - track.still_mono >= limit
 
-    async def _open(
+    def _alert_label(
+        self, camera_id: str, label: str, foot: tuple[float, float], zones: tuple[Zone, ...]
+    ) -> bool:
+        """Whether ``label`` standing at ``foot`` makes its activity an alert."""
+        cam = self.cams.get(camera_id)
+        labels = (
+            cam.alert_labels
+            if cam is not None and cam.alert_labels is not None
+            else self.cfg.alert_labels
+        )
+        if label in labels:
+            return True
+        return any(
+            z.mode == "include" and label in z.alert_labels and z.contains(foot) for z in zones
+        )
+
+    def _sighting(
         self,
         camera_id: str,
-        st: CameraState,
+        ev: TrackedEvent,
         track: Track,
+        inside: tuple[str, ...],
+        foot: tuple[float, float],
+        zones: tuple[Zone, ...],
         mono: float,
         wall: float,
         seq: int,
-        frame: Frame | None,
-        inside: tuple[str, ...],
-        diag: float,
     ) -> None:
-        resumed = self._resumable(camera_id, st, track, mono, diag)
-        if resumed is not None:
-            # the old track keeps the event too: if it was the same object lost and found it
-            # expires unseen; if the detector catches it again it needs no second alert
-            track.event = resumed
-            resumed.zones.update(inside)
-            resumed.last_box, resumed.last_seen_mono, resumed.last_seen_wall = track.box, mono, wall
-            self._consider_best(resumed, track, seq, frame, st.width, st.height)
-            if resumed.ended_mono is not None:
-                resumed.ended_mono = None
-                st.ended.remove(resumed)
-            self.events_continued += 1
-            resumed.last_update_mono = mono
-            await self._publish(resumed, "updated", wall, tracks=[track])
-            return
-        notice = EventNotice(
-            event_id=new_event_id(track.first_wall),
-            camera_id=camera_id,
-            kind="motion" if track.label == "motion" else "object",
-            phase="started",
-            labels=(track.label,),
-            top_score=track.score,
-            started_at=track.first_wall,
-            updated_at=wall,
-            started_mono=track.first_mono,
-            frame_width=st.width,
-            frame_height=st.height,
-        )
-        ev = TrackedEvent(
-            notice=notice,
+        """A member of ``ev`` seen: it extends the activity and may make it an alert."""
+        ev.zones.update(inside)
+        ev.last_seen_mono = max(ev.last_seen_mono, mono)
+        ev.last_seen_wall = max(ev.last_seen_wall, wall)
+        old = ev.members.get(track.id)
+        ev.members[track.id] = TrackedObject(
+            track_id=track.id,
             label=track.label,
-            last_box=track.box,
-            last_seen_mono=mono,
-            last_seen_wall=wall,
-            last_update_mono=mono,
-            zones=set(inside),
+            score=max(track.score, old.score if old is not None else 0.0),
+            box=track.box,
+            zones=tuple(sorted({*inside, *(old.zones if old is not None else ())})),
         )
-        self._consider_best(ev, track, seq, frame, st.width, st.height)
-        track.event = ev
-        self.events_started += 1
-        await self._publish(ev, "started", wall, tracks=[track])
+        if old is None and ev.due is None:
+            ev.due = "updated"  # a new object: the caption changes
+        if ev.severity != "alert" and self._alert_label(camera_id, track.label, foot, zones):
+            ev.severity = "alert"
+            ev.escalated_seq = seq
+            ev.best_q = -1.0  # the snapshot shows what made it an alert
+            if ev.due is None:
+                ev.due = "updated"
+
+    def _consider_best(
+        self,
+        ev: TrackedEvent,
+        tracks: list[Track],
+        seq: int,
+        frame: Frame | None,
+        width: int,
+        height: int,
+    ) -> None:
+        q = sum(snapshot_quality(t.score, t.box, width, height) for t in tracks)
+        if q > ev.best_q and (frame is not None or ev.best_frame is None):
+            ev.best_q, ev.best_frame, ev.best_seq = q, frame, seq
+            ev.best_objects = tuple(
+                TrackedObject(track_id=t.id, label=t.label, score=t.score, box=t.box)
+                for t in tracks
+            )
+
+    def _join(
+        self, camera_id: str, st: CameraState, track: Track, mono: float, diag: float
+    ) -> None:
+        """A confirmed track joins the camera's open activity, reopens one, or opens one."""
+        act = st.activity
+        if act is None:
+            act = self._resumable(camera_id, st, track, mono, diag)
+            if act is not None:
+                act.ended_mono = None
+                st.ended.remove(act)
+                act.due = "updated"
+                self.events_continued += 1
+        if act is None:
+            notice = EventNotice(
+                event_id=new_event_id(track.first_wall),
+                camera_id=camera_id,
+                kind="motion" if track.label == "motion" else "object",
+                phase="started",
+                labels=(track.label,),
+                top_score=track.score,
+                started_at=track.first_wall,
+                updated_at=track.first_wall,
+                started_mono=track.first_mono,
+                frame_width=st.width,
+                frame_height=st.height,
+            )
+            act = TrackedEvent(
+                notice=notice,
+                last_seen_mono=track.last_seen_mono,
+                last_seen_wall=track.first_wall,
+                last_update_mono=mono,
+            )
+            self.events_started += 1
+        elif act.notice.kind == "motion" and track.label != "motion":
+            act.notice = act.notice.model_copy(update={"kind": "object"})
+        st.activity = act
+        track.event = act
 
     def _resumable(
         self, camera_id: str, st: CameraState, track: Track, mono: float, diag: float
     ) -> TrackedEvent | None:
-        """An event this new track continues: same label, object lost or ended lately, nearby."""
+        """A closed activity this track reopens: one of its label ended lately, nearby."""
         cooldown = self._cooldown(camera_id, track.label)
         reach = self.cfg.reentry_distance * diag
         c = centre(track.first_box)
         best: tuple[float, TrackedEvent] | None = None
-        candidates: list[TrackedEvent] = []
-        for other in st.tracks:
-            ev = other.event
-            if (
-                ev is not None
-                and other is not track
-                and all(
-                    mono - t.last_seen_mono >= self.cfg.lost_after_s
-                    for t in st.tracks
-                    if t.event is ev
-                )
-                and not other.exited(mono, st.width, st.height)  # lost in view, not gone
-            ):
-                candidates.append(ev)
-        candidates.extend(
-            e for e in st.ended if e.ended_mono is not None and mono - e.ended_mono <= cooldown
-        )
-        for ev in candidates:
-            if ev.label != track.label:
+        for ev in st.ended:
+            if ev.ended_mono is None or mono - ev.ended_mono > cooldown:
                 continue
-            lc = centre(ev.last_box)
-            dist = math.hypot(c[0] - lc[0], c[1] - lc[1])
-            if dist <= reach and (best is None or dist < best[0]):
+            dist = ev.near(track.label, c)
+            if dist is not None and dist <= reach and (best is None or dist < best[0]):
                 best = (dist, ev)
         return best[1] if best is not None else None
 
-    async def _park(self, camera_id: str, st: CameraState, track: Track, mono: float) -> None:
+    def _park(self, camera_id: str, st: CameraState, track: Track) -> None:
         track.parked = True
         st.parked.append((track.label, track.box))
         del st.parked[:-32]
@@ -511,10 +590,6 @@ class EventTracker(BaseModule):
             self.log.info(
                 "object_parked", camera=camera_id, label=track.label, event_id=ev.notice.event_id
             )
-            await self._end(st, ev, mono)
-
-    def _tracks_of(self, st: CameraState, ev: TrackedEvent) -> list[Track]:
-        return [t for t in st.tracks if t.event is ev]
 
     # -- ending ------------------------------------------------------------------------------
     async def _expire_loop(self) -> None:
@@ -523,7 +598,7 @@ class EventTracker(BaseModule):
             await self.expire()
 
     async def expire(self) -> None:
-        """End events whose objects are gone, using each camera's clock."""
+        """End tracks whose objects are gone and activities quiet for the gap."""
         for camera_id, st in list(self._cstate.items()):
             await self._expire_camera(camera_id, st, st.now())
 
@@ -546,11 +621,15 @@ class EventTracker(BaseModule):
             if gone < self.cfg.end_after_s:
                 keep.append(t)
                 continue
-            ev = t.event
             t.event = None
-            if ev is not None and not any(o.event is ev for o in st.tracks if o is not t):
-                await self._end(st, ev, now)
         st.tracks = keep
+        act = st.activity
+        if (
+            act is not None
+            and act.due != "started"
+            and now - act.last_seen_mono >= (self.cfg.activity_gap_s)
+        ):
+            await self._end(st, act, now)
         cutoff = max(
             [self.cfg.cooldown_s, *self.cfg.cooldown_by_label.values()]
             + [c.cooldown_s for c in self.cams.values() if c.cooldown_s is not None]
@@ -561,6 +640,10 @@ class EventTracker(BaseModule):
 
     async def _end(self, st: CameraState, ev: TrackedEvent, now: float) -> None:
         ev.ended_mono = now
+        st.activity = None
+        for t in st.tracks:
+            if t.event is ev:
+                t.event = None
         st.ended.append(ev)
         await self._publish(ev, "ended", ev.last_seen_wall, ended_at=ev.last_seen_wall, tracks=[])
 
@@ -573,19 +656,26 @@ class EventTracker(BaseModule):
         tracks: list[Track],
         ended_at: float | None = None,
     ) -> None:
+        alive = {t.id for t in tracks if t.event is ev}
         objects = tuple(
-            TrackedObject(track_id=t.id, label=t.label, score=t.score, box=t.box) for t in tracks
+            o
+            if o.present == (o.track_id in alive)
+            else o.model_copy(update={"present": not o.present})
+            for o in ev.members.values()
         )
-        top = max([ev.notice.top_score, *(t.score for t in tracks)])
+        top = max([ev.notice.top_score, *(o.score for o in objects)])
         ev.notice = ev.notice.model_copy(
             update={
                 "phase": phase,
+                "labels": ev.labels or ev.notice.labels,
                 "top_score": top,
                 "updated_at": max(wall, ev.notice.started_at),
                 "ended_at": ended_at,
                 "zones": tuple(sorted(ev.zones)),
                 "objects": objects,
-                "boxes": (ev.best_box,) if ev.best_box is not None else (),
+                "severity": ev.severity,
+                "frame_objects": ev.best_objects,
+                "boxes": tuple(o.box for o in ev.best_objects),
                 "frame_seq": ev.best_seq,
             }
         )
@@ -594,27 +684,18 @@ class EventTracker(BaseModule):
 
     async def stop(self) -> None:
         await super().stop()
-        # A replay that ends mid-event still closes it, so the index has an end time.
+        # A replay that ends mid-activity still closes it, so the index has an end time.
         for st in self._cstate.values():
-            open_events = {id(t.event): t.event for t in st.tracks if t.event is not None}
-            for t in st.tracks:
-                t.event = None
-            for ev in open_events.values():
-                await self._end(st, ev, st.now())
+            act = st.activity
+            if act is not None and act.due != "started":
+                await self._end(st, act, st.now())
 
     def metrics(self) -> dict[str, float | int | str]:
         return {
             "events_started": self.events_started,
             "events_continued": self.events_continued,
             "tracks_created": self.tracks_created,
-            "open_events": len(
-                {
-                    id(t.event)
-                    for s in self._cstate.values()
-                    for t in s.tracks
-                    if t.event is not None
-                }
-            ),
+            "open_events": sum(1 for s in self._cstate.values() if s.activity is not None),
             "mode": self.mode,
         }
 

@@ -108,7 +108,7 @@ def in_quiet_hours(now_local: dtime, start: dtime | None, end: dtime | None) -> 
 
 @dataclass(frozen=True)
 class AlertInfo:
-    """What a caption says about an event."""
+    """What a caption says about an event (an activity)."""
 
     event_id: str
     camera_id: str
@@ -119,14 +119,34 @@ class AlertInfo:
     zones: tuple[str, ...]
     started_at: float
 
+    #: (label, how many objects of it) in the activity, in order of appearance
+    counts: tuple[tuple[str, int], ...] = ()
+    #: the last moment seen so far (or the end, once it closed); None: the start
+    until: float | None = None
+
+
+_PLURAL = {"person": "people", "bus": "buses", "mouse": "mice", "sheep": "sheep"}
+
+
+def counted(label: str, n: int) -> str:
+    """``1 person``, ``2 people``, ``3 cars``."""
+    return f"{n} {label if n == 1 else _PLURAL.get(label, label + 's')}"
 
 def caption(info: AlertInfo, tz: str | None, status_url: str | None) -> str:
-    when = local_time(info.started_at, tz).strftime("%Y-%m-%d %H:%M:%S")
-    if info.kind == "object" and info.labels:
-        seen = ", ".join(info.labels) + f" ({info.score:.0%})"
+    """``2 people, 1 car · Front door · 14:02-14:03`` (date, zones and link below)."""
+    start = local_time(info.started_at, tz)
+    span = start.strftime("%H:%M")
+    if info.until is not None:
+        end = local_time(info.until, tz).strftime("%H:%M")
+        if end != span:
+            span = f"{span}\u2013{end}"
+    if info.kind == "object" and info.counts:
+        seen = ", ".join(counted(label, n) for label, n in info.counts)
+    elif info.kind == "object" and info.labels:
+        seen = ", ".join(info.labels)
     else:
         seen = "motion"
-    lines = [f"{info.camera_name}: {seen}", when]
+    lines = [f"{seen} \u00b7 {info.camera_name} \u00b7 {span}", start.strftime("%Y-%m-%d")]
     if info.zones:
         lines.append("zone: " + ", ".join(info.zones))
     if status_url:

@@ -5,10 +5,14 @@ or ``SPYONCINO_TELEGRAM__TOKEN``); only chats listed in ``chat_ids`` receive ale
 command, and anything from anyone else is ignored without a reply (logged with the sender id and
 counted), so no stranger can claim the bot or learn that it exists.
 
-Alerts: when an event starts, its snapshot photo with a caption and an inline keyboard (Mute 1 h,
-Snapshot, Disarm); then the GIF (``sendAnimation``) or clip (``sendVideo``) as a reply to that
-photo; text instead of a file over Telegram's limits; silent during quiet hours. Nothing is sent
-while disarmed or muted (``control.state``). Every message goes through the persistent outbox
+Alerts: one per activity (``docs/events.md``), the first moment it is an ``alert``: its snapshot
+photo with a caption (``2 people, 1 car · Front door · 14:02-14:03``) and an inline keyboard
+(Mute 1 h, Snapshot, Disarm). As the activity grows the caption of that photo is edited
+(``editMessageCaption``, through the outbox: a newer edit supersedes one still pending), no new
+message; when it closes the GIF (``sendAnimation``) or clip (``sendVideo``) follows as a reply to
+that photo. Activities that stay ``detection`` are not sent. Text instead of a file over
+Telegram's limits; silent during quiet hours. Nothing is sent while disarmed or muted
+(``control.state``). Every message goes through the persistent outbox
 (``spyoncino.core.outbox``): stored before sending, in order per chat, 429-aware, retried.
 
 Commands travel as ``control.command`` on the bus and are carried out by the modules that own
@@ -21,6 +25,7 @@ import asyncio
 import contextlib
 import importlib
 import time
+from collections import OrderedDict
 from datetime import time as dtime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -226,6 +231,8 @@ class TelegramOutput(TelegramCommands, OutboxChannel[Config]):
         cfg = app.section(self.name or CHANNEL, Config)
         if cfg.token is not None:
             from aiogram.utils.token import TokenValidationError, validate_token
+        #: event id -> the caption last sent or queued for it (edits only when it changes)
+        self._captions: OrderedDict[str, str] = OrderedDict()
 
             try:
                 validate_token(cfg.token.get_secret_value())
@@ -356,6 +363,7 @@ class TelegramOutput(TelegramCommands, OutboxChannel[Config]):
             payload = self._media_payload(art)
         else:
             return
+            self._remember_caption(ev.event_id, cap)
         for chat in self.cfg.chat_ids:
             await outbox.enqueue(
                 recipient=str(chat),
@@ -364,6 +372,7 @@ class TelegramOutput(TelegramCommands, OutboxChannel[Config]):
                 kind=kind,
                 payload=payload,
             )
+            self._remember_caption(ev.event_id, payload["caption"])
 
     def _info(self, ev: EventNotice) -> text.AlertInfo:
         return text.AlertInfo(
@@ -378,7 +387,33 @@ class TelegramOutput(TelegramCommands, OutboxChannel[Config]):
         )
 
     def _media_payload(self, art: MediaArtifact) -> dict[str, Any]:
+    def _remember_caption(self, event_id: str, cap: str) -> None:
+        self._captions[event_id] = cap
+        self._captions.move_to_end(event_id)
+        while len(self._captions) > 512:
+            self._captions.popitem(last=False)
+
+    async def _on_update(self, ev: EventNotice) -> None:
+        """An alerted activity grew or closed: edit its photo's caption when the text changed."""
+        old = self._captions.get(ev.event_id)
+        cap = text.caption(self._info(ev), self.tz, self.cfg.status_page_url)
+        if old is None or old == cap or self.outbox is None:
+            return
+        self._remember_caption(ev.event_id, cap)
+        for chat in self.cfg.chat_ids:
+            await self.outbox.enqueue(
+                recipient=str(chat),
+                event_id=ev.event_id,
+                camera_id=ev.camera_id,
+                kind="caption",
+                payload={"caption": cap},
+                supersede=True,
+            )
+
         return {
+        counts: dict[str, int] = {}
+        for o in sorted(ev.objects, key=lambda o: o.label != "person"):  # people first
+            counts[o.label] = counts.get(o.label, 0) + 1
             "path": art.path,
             "relpath": art.relpath,
             "size_bytes": art.size_bytes,
@@ -388,6 +423,8 @@ class TelegramOutput(TelegramCommands, OutboxChannel[Config]):
             "height": art.height,
             "duration_s": art.duration_s,
             "camera_name": self.names.get(art.camera_id, art.camera_id),
+            counts=tuple(counts.items()),
+            until=ev.ended_at if ev.ended_at is not None else ev.updated_at,
         }
 
     # -- delivery (called by the outbox worker of one chat) -----------------------------------
@@ -506,6 +543,8 @@ class TelegramOutput(TelegramCommands, OutboxChannel[Config]):
                     animation=file,
                     reply_parameters=reply,
                     disable_notification=True,
+        if item.kind == "caption":
+            return await self._edit_caption(bot, chat, item)
                     **dims,
                 )
             else:
@@ -528,3 +567,32 @@ class TelegramOutput(TelegramCommands, OutboxChannel[Config]):
 
     def metrics(self) -> dict[str, float | int | str]:
         return {**self.counts, **super().metrics()}
+    async def _edit_caption(self, bot: Bot, chat: int, item: OutboxItem) -> str | None:
+        """Edit the alert's photo caption (or its text, when it went as text)."""
+        from aiogram.exceptions import TelegramBadRequest
+
+        cap = str(item.payload.get("caption", ""))
+        photo, note = item.related.get("snapshot"), item.related.get("text")
+        try:
+            if photo:
+                await bot.edit_message_caption(
+                    chat_id=chat,
+                    message_id=int(photo),
+                    caption=cap[:1024],
+                    reply_markup=self.keyboard(item.camera_id),
+                )
+                return photo
+            if note:
+                await bot.edit_message_text(
+                    chat_id=chat,
+                    message_id=int(note),
+                    text=f"{cap}\n(no picture: the snapshot was not made)"[:4096],
+                    reply_markup=self.keyboard(item.camera_id),
+                )
+                return note
+        except TelegramBadRequest as e:
+            if "not modified" in e.message:
+                return None  # the same text: nothing to do
+            raise
+        return None  # the alert itself was never delivered: nothing to edit
+

@@ -116,3 +116,42 @@ async def test_manual_snapshot_without_frames_writes_nothing(harness: Harness) -
     await harness.bus.publish(topics.CONTROL.name, cmd)
     await harness.settle()
     assert rec == []
+
+
+async def test_an_activity_snapshot_boxes_every_object_and_is_redone_when_it_alerts(
+    harness: Harness,
+) -> None:
+    from spyoncino.schemas.events import TrackedObject
+
+    _, rec = await start(harness)
+    a, b = Box(x1=100, y1=100, x2=300, y2=500), Box(x1=700, y1=100, x2=900, y2=500)
+    objs = (
+        TrackedObject(track_id=1, label="car", score=0.8, box=a),
+        TrackedObject(track_id=2, label="person", score=0.9, box=b),
+    )
+    frame = make_frame("cam", 5, 0.5, 1280, 720, boxes=(a.as_tuple(), b.as_tuple()))
+    first = notice("started", 5, a, severity="detection").model_copy(
+        update={"frame_objects": objs[:1], "frame": frame}
+    )
+    await harness.bus.publish("event.object.started", first)
+    await harness.settle()
+    assert len([x for x in arts(rec) if x.kind == "snapshot"]) == 1
+    escalated = notice("updated", 9, b, severity="alert").model_copy(
+        update={
+            "frame_objects": objs,
+            "frame": make_frame("cam", 9, 0.9, 1280, 720, boxes=(a.as_tuple(), b.as_tuple())),
+        }
+    )
+    await harness.bus.publish("event.object.updated", escalated)
+    await harness.settle()
+    snaps = [x for x in arts(rec) if x.kind == "snapshot"]
+    assert len(snaps) == 2  # the detection's picture is replaced once it is an alert
+    img = cv2.imread(snaps[-1].path)
+    for box in (a, b):  # both outlines, not only the first object's
+        assert img[300, box.x1, 2] > 200
+        assert img[300, box.x1, 0] < 80
+    # an ordinary update after that does not rewrite it
+    later = escalated.model_copy(update={"frame_seq": 11})
+    await harness.bus.publish("event.object.updated", later)
+    await harness.settle()
+    assert len([x for x in arts(rec) if x.kind == "snapshot"]) == 2

@@ -77,7 +77,10 @@ async def test_one_walker_is_one_event_with_lifecycle(harness: Harness) -> None:
     mod, rec = await tracker(harness, update_every_s=1.0)
     for seq in range(40):
         await feed(harness, seq, [det("person", 0.8, walker(seq))])
-    for seq in range(40, 110):  # 7 s of nothing: the event ends after 5 s
+    for seq in range(40, 99):  # the activity stays open 10 s after the last sighting
+        await feed(harness, seq, [])
+    assert events(rec, "ended") == []
+    for seq in range(99, 150):
         await feed(harness, seq, [])
     await harness.settle()
     assert len(events(rec, "started")) == 1
@@ -89,6 +92,7 @@ async def test_one_walker_is_one_event_with_lifecycle(harness: Harness) -> None:
     assert ended.ended_at == pytest.approx(1_700_000_003.9)
     assert started.frame is not None
     assert started.objects[0].label == "person"
+    assert started.severity == "alert"  # a person, anywhere: the default alert_labels
     assert mod.metrics()["open_events"] == 0
 
 
@@ -145,14 +149,14 @@ async def test_a_still_object_no_motion_touches_is_a_bystander_until_it_moves(
     for seq in range(100, 130):
         box = walker(seq - 100, x0=200, y=60)
         await feed(harness, seq, [det("person", 0.8, box), det("car", 0.7, car)], motion=[box])
-    started = events(rec, "started")
-    assert [e.objects[0].label for e in started] == ["person"]
+    assert [o.label for o in events(rec)[-1].objects] == ["person"]
     for seq in range(130, 140):  # the car drives off: its own motion
         x = 420 + (seq - 129) * 25
         box = (x, 40, x + 120, 110)
         await feed(harness, seq, [det("car", 0.7, box)], motion=[box])
     await harness.settle()
-    assert [e.objects[0].label for e in events(rec, "started")] == ["person", "car"]
+    assert len(events(rec, "started")) == 1  # the same activity, which the car joins
+    assert [o.label for o in events(rec)[-1].objects] == ["person", "car"]
 
 
 async def test_a_small_parked_car_whose_box_jitters_without_motion_has_not_moved(
@@ -167,7 +171,8 @@ async def test_a_small_parked_car_whose_box_jitters_without_motion_has_not_moved
         box = walker(seq, x0=20, y=200)
         await feed(harness, seq, [det("car", 0.5, car), det("person", 0.8, box)], motion=[box])
     await harness.settle()
-    assert [e.objects[0].label for e in events(rec, "started")] == ["person"]
+    assert len(events(rec, "started")) == 1
+    assert {o.label for e in events(rec) for o in e.objects} == {"person"}
 
 
 async def test_without_motion_boxes_every_newcomer_counts(harness: Harness) -> None:
@@ -203,7 +208,7 @@ async def test_best_snapshot_prefers_big_uncut_confident_boxes(harness: Harness)
     await feed(harness, 1, [det("person", 0.9, (10, 100, 70, 300))])
     await feed(harness, 2, [det("person", 0.5, (20, 100, 60, 180))])  # small and unsure
     await feed(harness, 3, [det("person", 0.9, (30, 100, 90, 300))])
-    for seq in range(4, 70):
+    for seq in range(4, 150):
         await feed(harness, seq, [])
     await harness.settle()
     ended = events(rec, "ended")[0]
@@ -213,29 +218,33 @@ async def test_best_snapshot_prefers_big_uncut_confident_boxes(harness: Harness)
     assert ended.frame.seq == 1
 
 
-async def test_cooldown_continues_the_event_per_camera_and_label(harness: Harness) -> None:
-    _, rec = await tracker(harness, cooldown_s=20.0, warmup_s=0)
+async def test_cooldown_reopens_the_activity_per_camera_and_label(harness: Harness) -> None:
+    _, rec = await tracker(harness, cooldown_s=20.0, warmup_s=0, activity_gap_s=2.0)
     box = (300, 100, 340, 200)
     for seq in range(5):
         await feed(harness, seq, [det("person", 0.9, box)])
-    for seq in range(5, 70):  # gone 6.5 s: ended
+    for seq in range(5, 70):  # gone 6.5 s: closed after 2 s
         await feed(harness, seq, [])
     assert len(events(rec, "ended")) == 1
-    for seq in range(70, 75):  # back at the door 6.5 s later: same event
+    for seq in range(70, 75):  # back at the door 6.5 s later: the same activity again
         await feed(harness, seq, [det("person", 0.9, box)])
-    # a car is another label: its own event
-    for seq in range(75, 80):
-        await feed(harness, seq, [det("car", 0.9, (500, 250, 600, 330))])
     await harness.settle()
     started = events(rec, "started")
-    assert [e.labels for e in started] == [("person",), ("car",)]
+    assert len(started) == 1
     resumed = [e for e in events(rec, "updated") if e.event_id == started[0].event_id]
     assert resumed
     assert resumed[-1].ended_at is None
+    # a car far from the door after the activity closed: another label, its own activity
+    for seq in range(75, 110):
+        await feed(harness, seq, [])
+    for seq in range(110, 115):
+        await feed(harness, seq, [det("car", 0.9, (500, 250, 600, 330))])
+    await harness.settle()
+    assert [e.labels for e in events(rec, "started")] == [("person",), ("car",)]
 
 
 async def test_after_cooldown_a_new_event(harness: Harness) -> None:
-    _, rec = await tracker(harness, cooldown_s=2.0, warmup_s=0)
+    _, rec = await tracker(harness, cooldown_s=2.0, warmup_s=0, activity_gap_s=2.0)
     box = (300, 100, 340, 200)
     for seq in range(5):
         await feed(harness, seq, [det("person", 0.9, box)])
@@ -247,7 +256,7 @@ async def test_after_cooldown_a_new_event(harness: Harness) -> None:
     assert len(events(rec, "started")) == 2
 
 
-async def test_two_people_are_two_events(harness: Harness) -> None:
+async def test_two_people_are_one_activity_with_both_boxed(harness: Harness) -> None:
     _, rec = await tracker(harness)
     for seq in range(30):
         await feed(
@@ -256,7 +265,11 @@ async def test_two_people_are_two_events(harness: Harness) -> None:
             [det("person", 0.8, walker(seq)), det("person", 0.8, walker(seq, x0=560, speed=-12))],
         )
     await harness.settle()
-    assert len(events(rec, "started")) == 2
+    assert len(events(rec, "started")) == 1
+    last = events(rec)[-1]
+    assert [o.label for o in last.objects] == ["person", "person"]
+    assert len(last.frame_objects) == 2  # the snapshot boxes both, not only the first
+    assert len(last.boxes) == 2
 
 
 async def test_labels_filter(harness: Harness) -> None:
@@ -306,7 +319,7 @@ async def test_events_carry_zones_entered(harness: Harness) -> None:
     _, rec = await tracker(harness, cameras=cams)
     for seq in range(45):
         await feed(harness, seq, [det("person", 0.9, walker(seq))])
-    for seq in range(45, 110):
+    for seq in range(45, 160):
         await feed(harness, seq, [])
     await harness.settle()
     assert events(rec, "started")[0].zones == ("drive",)
@@ -331,7 +344,7 @@ async def test_motion_only_events_follow_the_same_lifecycle(harness: Harness) ->
             frame=make_frame("cam", seq, t, W, H),
         )
         await harness.bus.publish(topics.MOTION.name, m)
-    for seq in range(30, 100):
+    for seq in range(30, 150):
         await feed(harness, seq, [])  # detections are ignored in motion mode; clock from motion
         m = MotionEvent(
             camera_id="cam",
@@ -408,9 +421,9 @@ def test_point_in_rectangle_polygon_matches_bounds(
         assert not point_in_polygon((px, py), rect)
 
 
-async def test_two_people_walking_together_keep_their_own_events(harness: Harness) -> None:
-    """A detector that misses one of a pair now and then must not hand that person's event to
-    the other: each event stays with its own person, and each ends once."""
+async def test_two_people_walking_together_keep_their_own_tracks(harness: Harness) -> None:
+    """A detector that misses one of a pair now and then must not hand that person's track to
+    the other: the pair is one activity (one alert) of two objects, which ends once."""
     _, rec = await tracker(harness, update_every_s=0.1)
     for seq in range(40):
         dets = []
@@ -419,13 +432,81 @@ async def test_two_people_walking_together_keep_their_own_events(harness: Harnes
         if seq >= 4 and seq % 3 != 0:  # and the second one, who joins a moment later
             dets.append(det("person", 0.8, walker(seq, x0=70, speed=6, y=210)))
         await feed(harness, seq, dets)
-    for seq in range(40, 110):
+    for seq in range(40, 160):
         await feed(harness, seq, [])
+    await harness.settle()
+    assert len(events(rec, "started")) == 1
+    assert len(events(rec, "ended")) == 1
+    ended = events(rec, "ended")[0]
+    assert len(ended.objects) == 2
+    for obj in ended.objects:  # each track kept its own person: the two stay apart
+        assert not obj.present
+    ys = sorted(o.box.y1 for o in ended.objects)
+    assert ys == [150, 210]
+
+
+async def test_activity_gap_joins_people_seconds_apart_and_splits_after_it(
+    harness: Harness,
+) -> None:
+    _, rec = await tracker(harness, activity_gap_s=10.0, warmup_s=0)
+
+    async def walk(start: int) -> None:
+        for i in range(20):
+            await feed(harness, start + i, [det("person", 0.8, walker(i))])
+
+    await walk(0)
+    for seq in range(20, 70):  # 5 s later, someone else: the same activity
+        await feed(harness, seq, [])
+    await walk(70)
+    for seq in range(90, 250):  # 16 s later: a new one
+        await feed(harness, seq, [])
+    await walk(250)
     await harness.settle()
     started = events(rec, "started")
     assert len(started) == 2
-    for ev in started:
-        notices = [e for e in events(rec) if e.event_id == ev.event_id]
-        tracks = {o.track_id for e in notices for o in e.objects}
-        assert len(tracks) == 1, f"event {ev.event_id} moved between people: tracks {tracks}"
-        assert sum(e.phase == "ended" for e in notices) == 1
+    first_end = next(e for e in events(rec, "ended") if e.event_id == started[0].event_id)
+    assert len(first_end.objects) == 2
+    assert first_end.ended_at == pytest.approx(1_700_000_008.9)
+
+
+DRIVEWAY = {
+    "name": "driveway",
+    "polygon": [[0.5, 0.0], [1.0, 0.0], [1.0, 1.0], [0.5, 1.0]],
+    "alert_labels": ["car"],
+}
+
+
+async def test_severity_car_alerts_only_in_a_zone_asking_for_it(harness: Harness) -> None:
+    street = {"name": "street", "polygon": [[0.0, 0.0], [0.5, 0.0], [0.5, 1.0], [0.0, 1.0]]}
+    cams = {"cam": {"source": "x.mp4", "tracker": {"zones": [street, DRIVEWAY]}}}
+    _, rec = await tracker(harness, cameras=cams, warmup_s=0, update_every_s=0.1)
+    for seq in range(10):  # a car passing in the street: a detection
+        x = 20 + seq * 10
+        await feed(harness, seq, [det("car", 0.9, (x, 200, x + 100, 260))])
+    assert {e.severity for e in events(rec)} == {"detection"}
+    assert events(rec, "started")[0].zones == ("street",)
+    for seq in range(10, 20):  # it turns into the driveway: an alert, said at once
+        x = 200 + (seq - 10) * 20
+        await feed(harness, seq, [det("car", 0.9, (x, 200, x + 100, 260))])
+    await harness.settle()
+    escalated = [e for e in events(rec) if e.severity == "alert"]
+    assert escalated
+    assert escalated[0].phase == "updated"
+    assert escalated[0].frame_objects[0].label == "car"
+    assert escalated[0].frame_seq >= 13  # the frame it entered the driveway, not the first
+    assert len(events(rec, "started")) == 1
+
+
+async def test_a_person_makes_a_detection_activity_an_alert(harness: Harness) -> None:
+    _, rec = await tracker(harness, warmup_s=0)
+    for seq in range(10):
+        x = 20 + seq * 10
+        await feed(harness, seq, [det("car", 0.9, (x, 200, x + 100, 260))])
+    assert [e.severity for e in events(rec)] == ["detection"]
+    for seq in range(10, 14):
+        await feed(harness, seq, [det("person", 0.8, walker(seq, x0=400, speed=0))])
+    await harness.settle()
+    last = events(rec)[-1]
+    assert last.severity == "alert"
+    assert last.labels == ("car", "person")
+    assert len(events(rec, "started")) == 1

@@ -203,7 +203,7 @@ async def test_snapshot_photo_goes_to_every_chat_with_a_caption(
         assert call.file("photo").data == sent_bytes
         caption = call.params["caption"]
         assert "Front door" in caption
-        assert "person (87%)" in caption
+        assert caption.startswith("person \u00b7 Front door \u00b7 ")
         assert "driveway" in caption
     await h.bus.drain()
     assert len(h.statuses("queued")) == 2
@@ -345,7 +345,7 @@ async def test_files_over_the_limits_arrive_as_text(
     first = await botapi.wait_for("sendMessage")
     second = await botapi.wait_for("sendMessage", count=2)
     assert botapi.calls_to("sendPhoto") == []
-    assert "Front door: person (87%)" in first.params["text"]
+    assert "person \u00b7 Front door \u00b7 " in first.params["text"]
     assert "photo not sent" in first.params["text"]
     assert "over the" in first.params["text"]
     assert "GIF of Front door not sent" in second.params["text"]
@@ -402,7 +402,7 @@ async def test_alerts_wait_out_an_outage_and_arrive_once_in_order(
     photos = botapi.calls_to("sendPhoto")
     assert len(photos) == 6
     order = [h.module.names[e.camera_id] for e in events]
-    assert [p.params["caption"].split(":")[0] for p in photos] == order
+    assert [p.params["caption"].split(" \u00b7 ")[1] for p in photos] == order
     await h.bus.drain()
     assert [n.event_id for n in h.statuses("sent")] == [e.event_id for e in events]
 
@@ -567,11 +567,11 @@ async def test_mute_silences_one_camera_for_the_duration(
     await asyncio.sleep(0.3)
     photos = botapi.calls_to("sendPhoto")
     assert len(photos) == 1
-    assert photos[0].params["caption"].startswith("garden")
+    assert photos[0].params["caption"].startswith("person \u00b7 garden")
     await asyncio.sleep(2.0)
     await h.event("front_door")  # alerts resume after the mute
     last = await botapi.wait_for("sendPhoto", count=2)
-    assert last.params["caption"].startswith("Front door")
+    assert last.params["caption"].startswith("person \u00b7 Front door")
     botapi.push_message(111, 111, "/mute soon")
     assert "not a duration" in await reply_to(botapi, 111, "duration")
     botapi.push_message(111, 111, "/mute 1h")
@@ -853,7 +853,7 @@ async def test_an_event_without_a_snapshot_is_still_alerted_as_text(
     )
     await h.bus.publish(topics.EVENT.at(kind="object", phase="started"), ev)
     msg = await botapi.wait_for("sendMessage", timeout=5)
-    assert msg.params["text"].startswith("garden: person (70%)")
+    assert msg.params["text"].startswith("person \u00b7 garden \u00b7 ")
     assert "no picture" in msg.params["text"]
     assert msg.json("reply_markup")["inline_keyboard"][0][2]["text"] == "Disarm"
     await h.media(ev, "gif", b"GIF89a" + b"\x00" * 100)
@@ -865,3 +865,108 @@ async def test_groups_get_the_group_rate(harness: MakeHarness, botapi: BotApiEmu
     h = await harness(**cfg(botapi, group_per_minute=20, commands=False))
     assert h.module._rate("-222") == (0.0, 20)
     assert h.module._rate("111") == (0.0, 0)
+
+
+async def test_one_photo_per_activity_whose_caption_is_edited_as_it_grows(
+    harness: MakeHarness, botapi: BotApiEmulator
+) -> None:
+    """A detection (a car in the street) is not pushed; once a person makes the activity an
+    alert its photo goes, once; the second person and the end edit that photo's caption
+    (editMessageCaption, never a second photo) and the clip follows as a reply."""
+    from spyoncino.schemas.events import TrackedObject
+    from spyoncino.schemas.frames import Box
+
+    h = await harness(**cfg(botapi, chat_ids=[111], followup="clip"))
+    t0 = time.time() - 120.0
+    box = Box(x1=10, y1=10, x2=50, y2=90)
+    car = TrackedObject(track_id=1, label="car", score=0.8, box=box)
+    p1 = TrackedObject(track_id=2, label="person", score=0.9, box=box)
+    p2 = TrackedObject(track_id=3, label="person", score=0.7, box=box)
+    base = EventNotice(
+        event_id="act-1",
+        camera_id="front_door",
+        kind="object",
+        phase="started",
+        labels=("car",),
+        top_score=0.8,
+        started_at=t0,
+        updated_at=t0,
+        objects=(car,),
+        severity="detection",
+    )
+
+    async def notice(phase: str, **kw: Any) -> EventNotice:
+        ev = base.model_copy(update={"phase": phase, **kw})
+        await h.bus.publish(topics.EVENT.at(kind="object", phase=phase), ev)
+        return ev
+
+    ev = await notice("started")
+    data = make_jpeg()
+
+    async def snapshot() -> None:
+        path = h.root / "front_door" / "act-1.jpg"
+        digest = atomic_write_bytes(path, data)
+        art = MediaArtifact(
+            event_id="act-1",
+            camera_id="front_door",
+            kind="snapshot",
+            path=str(path),
+            relpath="front_door/act-1.jpg",
+            size_bytes=len(data),
+            sha256=digest,
+            mime="image/jpeg",
+            created_at=time.time(),
+        )
+        await h.bus.publish(topics.ARTIFACT.at(artifact="snapshot"), art)
+
+    await snapshot()
+    await h.bus.drain()
+    assert botapi.calls_to("sendPhoto") == []  # a detection: stored, not pushed
+    # a person: an alert now, and its snapshot (the writer redoes it at that moment)
+    await notice("updated", severity="alert", objects=(car, p1), updated_at=t0 + 5)
+    await snapshot()
+    photo = await botapi.wait_for("sendPhoto")
+    assert photo.params["caption"].startswith("1 person, 1 car \u00b7 Front door \u00b7 ")
+    # a second person 70 s later: the caption is edited, no second photo
+    await notice("updated", severity="alert", objects=(car, p1, p2), updated_at=t0 + 75)
+    edit = await botapi.wait_for("editMessageCaption")
+    assert edit.params["message_id"] == str(photo.result["message_id"])
+    assert edit.params["caption"].startswith("2 people, 1 car \u00b7 Front door \u00b7 ")
+    assert "\u2013" in edit.params["caption"].splitlines()[0]  # a span of minutes now
+    ended = await notice(
+        "ended", severity="alert", objects=(car, p1, p2), updated_at=t0 + 80, ended_at=t0 + 80
+    )
+    await h.media(ended, "clip", b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 64)
+    video = await botapi.wait_for("sendVideo")
+    assert video.json("reply_parameters")["message_id"] == photo.result["message_id"]
+    await h.bus.drain()
+    assert len(botapi.calls_to("sendPhoto")) == 1
+    del ev
+
+
+async def test_a_newer_caption_edit_supersedes_a_pending_one(
+    harness: MakeHarness, botapi: BotApiEmulator
+) -> None:
+    h = await harness(**cfg(botapi, chat_ids=[111]))
+    outbox = h.module.outbox
+    assert outbox is not None
+    botapi.fail("hang", "sendPhoto")  # the photo hangs: the edits queue up behind it
+    ev, _art = await h.event()
+    while not botapi.attempts_to("sendPhoto"):  # the photo is on its way, and hangs
+        await asyncio.sleep(0.02)
+    for n in (1, 2, 3):
+        await outbox.enqueue(
+            recipient="111",
+            event_id=ev.event_id,
+            camera_id=ev.camera_id,
+            kind="caption",
+            payload={"caption": f"edit {n}"},
+            supersede=True,
+        )
+    assert outbox.pending("111") == 2  # the photo and the newest edit only
+    assert outbox.stats["superseded"] == 2
+    botapi.clear_faults()
+    edit = await botapi.wait_for("editMessageCaption")
+    assert edit.params["caption"] == "edit 3"
+    await h.bus.drain()
+    assert len(botapi.calls_to("editMessageCaption")) == 1

@@ -61,16 +61,47 @@ def test_caption_links_to_the_status_page() -> None:
     info = text.AlertInfo("ev-1", "door", "Door", "object", ("person", "dog"), 0.5, (), 0.0)
     cap = text.caption(info, "UTC", "http://box.local:8080/")
     assert cap.splitlines() == [
-        "Door: person, dog (50%)",
-        "1970-01-01 00:00:00",
+        "person, dog \u00b7 Door \u00b7 00:00",
+        "1970-01-01",
         "http://box.local:8080/events/ev-1",
     ]
     motion = text.AlertInfo("ev-2", "door", "Door", "motion", (), 0.0, ("porch",), 0.0)
     assert text.caption(motion, "UTC", None).splitlines() == [
-        "Door: motion",
-        "1970-01-01 00:00:00",
+        "motion \u00b7 Door \u00b7 00:00",
+        "1970-01-01",
         "zone: porch",
     ]
+
+
+def test_an_activity_caption_counts_its_objects_and_spans_its_minutes() -> None:
+    info = text.AlertInfo(
+        "ev-3",
+        "door",
+        "front_door",
+        "object",
+        ("person", "car"),
+        0.9,
+        (),
+        50_520.0,  # 14:02
+        counts=(("person", 2), ("car", 1)),
+        until=50_580.0,  # 14:03
+    )
+    assert text.caption(info, "UTC", None).splitlines()[0] == (
+        "2 people, 1 car \u00b7 front_door \u00b7 14:02\u201314:03"
+    )
+    one = text.AlertInfo(
+        "ev-4",
+        "door",
+        "Door",
+        "object",
+        ("person",),
+        0.9,
+        (),
+        50_520.0,
+        counts=(("person", 1),),
+        until=50_530.0,
+    )
+    assert text.caption(one, "UTC", None).splitlines()[0] == "1 person \u00b7 Door \u00b7 14:02"
 
 
 def test_state_text_lists_live_mutes_only() -> None:
