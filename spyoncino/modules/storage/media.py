@@ -13,6 +13,11 @@ Every ``interval_s`` (and once at start) one pass, in the executor:
    ``protect_s``), the floor wins over ``protect_s``: files of ended events go too, oldest
    first. Files of events still open and of the newest event on disk are never removed, so the
    newest event is never refused while older media exist.
+4. **Pending copies**: a file an outbox row still has to send off the box (payload
+   ``hold_local``, the ``s3`` module's copies) is spared by age and by both space rounds
+   above; only when the floor still cannot be held does it go, oldest first. Then it is
+   logged (``retention_removed_before_upload``) and the index records that copy as failed,
+   "lost before upload" (a ``notifications`` row), so the owner can see what never left.
 
 Besides the timer, a pass runs at once (at most every ``URGENT_GAP_S``) when an artifact brings
 free space under the floor and when a writer reports a failed write on ``storage.fault`` (the
@@ -46,9 +51,10 @@ from spyoncino.core.bus import Message
 from spyoncino.core.config import AppConfig
 from spyoncino.core.contracts import BaseModule, ModuleConfig
 from spyoncino.core.files import clean_temp_files, disk_free
-from spyoncino.core.index_db import connect, delete_artifact
+from spyoncino.core.index_db import connect, delete_artifact, insert_notification
 from spyoncino.core.reindex import MediaFile, scan
 from spyoncino.schemas import topics
+from spyoncino.schemas.alerts import AlertNotification
 from spyoncino.schemas.events import EventNotice
 from spyoncino.schemas.media import MediaArtifact, RetentionReport, StorageFault
 
@@ -62,6 +68,40 @@ SPACE_ORDER: dict[str, int] = {
 }
 
 DiskFree = Callable[[Path], tuple[int, int]]
+
+#: what the index says of a copy whose file retention had to remove first
+LOST_BEFORE_UPLOAD = "lost before upload: removed by retention to keep the disk floor"
+
+
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """An outbox row that still has to send a file off the box (``hold_local``)."""
+
+    channel: str
+    event_id: str
+    kind: str
+    recipient: str
+
+
+def held_files(db_path: Path) -> dict[str, _Held]:
+    """relpath -> the pending outbox row holding it; empty when there is no outbox yet."""
+    if not db_path.exists():
+        return {}
+    try:
+        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10.0)
+    except sqlite3.Error:
+        return {}
+    try:
+        rows = conn.execute(
+            "SELECT json_extract(payload, '$.relpath'), channel, event_id, kind, recipient "
+            "FROM outbox WHERE status='pending' AND json_extract(payload, '$.hold_local') = 1"
+        ).fetchall()
+    except sqlite3.Error:  # no outbox table: nothing is held
+        return {}
+    finally:
+        conn.close()
+    return {str(r[0]): _Held(str(r[1]), str(r[2]), str(r[3]), str(r[4])) for r in rows if r[0]}
+
 
 #: least seconds between two passes not run by the timer (a full card of something else must
 #: not turn every artifact into a scan of the media folder)
@@ -134,6 +174,9 @@ class MediaRetention(BaseModule):
         self.urgent_gap_s = URGENT_GAP_S
         #: relpaths removed from disk whose index rows could not be deleted yet
         self._unforgotten: list[str] = []
+        #: copies whose file went before it left the box, to record in the index
+        self._lost: list[AlertNotification] = []
+        self.removed_before_upload = 0
         self.pass_failures = 0
 
     async def configure(self, app: AppConfig) -> None:
@@ -246,6 +289,14 @@ class MediaRetention(BaseModule):
         if entries:
             never.add(max(entries, key=lambda e: e.mtime).media.event_id)
             protected = protected | never
+        # read only when something is to go: an idle pass opens no database (writes nothing)
+        held_cache: list[dict[str, _Held]] = []
+
+        def held() -> dict[str, _Held]:
+            if not held_cache:
+                held_cache.append(held_files(self.db_path))
+            return held_cache[0]
+
         limits = {
             "snapshot": self.cfg.snapshot_days,
             "snapshot_clean": self.cfg.snapshot_days,
@@ -258,7 +309,12 @@ class MediaRetention(BaseModule):
         keep: list[_Entry] = []
         for e in entries:
             expired = now - e.mtime > limits[e.media.kind] * 86400
-            if expired and e.media.event_id not in protected and self._remove(e):
+            if (
+                expired
+                and e.media.event_id not in protected
+                and e.media.relpath not in held()
+                and self._remove(e)
+            ):
                 removed.append(e)
                 reasons.add("age")
                 continue
@@ -266,8 +322,13 @@ class MediaRetention(BaseModule):
         free, total = self.disk_free(self.root)
         target = total * self.cfg.min_free_percent / 100.0
         if free < target:
+            holding = held()
             order = sorted(
-                (e for e in keep if e.media.event_id not in protected),
+                (
+                    e
+                    for e in keep
+                    if e.media.event_id not in protected and e.media.relpath not in holding
+                ),
                 key=lambda e: (SPACE_ORDER[e.media.kind], e.mtime),
             )
             # the floor wins over protect_s: then ended events go too, oldest first
@@ -276,22 +337,31 @@ class MediaRetention(BaseModule):
                 (
                     e
                     for e in keep
-                    if e.media.event_id in protected and e.media.event_id not in never
+                    if e.media.event_id in protected
+                    and e.media.event_id not in never
+                    and e.media.relpath not in holding
                 ),
                 key=lambda e: e.mtime,
             )
-            for e in [*order, *last_resort]:
+            # pending copies go last of all: evidence that never left the box
+            unsent = sorted(
+                (e for e in keep if e.media.relpath in holding and e.media.event_id not in never),
+                key=lambda e: e.mtime,
+            )
+            for e in [*order, *last_resort, *unsent]:
                 if free >= target:
                     break
                 if id(e) not in gone and self._remove(e):
                     removed.append(e)
                     reasons.add("space")
                     free += e.size
+                    if e.media.relpath in holding:
+                        self._lost_before_upload(e, holding[e.media.relpath])
             free, total = self.disk_free(self.root)
         if removed:
             self._prune_folders({e.media.path.parent for e in removed})
         self._unforgotten.extend(e.media.relpath for e in removed)
-        if self._unforgotten:
+        if self._unforgotten or self._lost:
             self._forget()
         by_kind: dict[str, int] = {}
         for e in removed:
@@ -313,6 +383,28 @@ class MediaRetention(BaseModule):
             reason=reason,
         )
 
+    def _lost_before_upload(self, e: _Entry, h: _Held) -> None:
+        self.removed_before_upload += 1
+        self.log.warning(
+            "retention_removed_before_upload",
+            relpath=e.media.relpath,
+            channel=h.channel,
+            event_id=h.event_id,
+            reason="disk floor",
+        )
+        self._lost.append(
+            AlertNotification(
+                channel=h.channel,
+                event_id=h.event_id,
+                camera_id=e.media.camera_id,
+                kind=h.kind,
+                status="failed",
+                recipient=h.recipient,
+                error=LOST_BEFORE_UPLOAD,
+                at=time.time(),
+            )
+        )
+
     def _remove(self, e: _Entry) -> bool:
         try:
             e.media.path.unlink()
@@ -327,14 +419,18 @@ class MediaRetention(BaseModule):
         """Delete the index rows of removed files; kept for the next pass when it cannot."""
         if not self.db_path.exists():
             self._unforgotten.clear()
+            self._lost.clear()
             return
         relpaths = list(self._unforgotten)
+        lost = list(self._lost)
         try:
             conn = connect(self.db_path)
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 for rel in relpaths:
                     delete_artifact(conn, rel)
+                for note in lost:
+                    insert_notification(conn, note)
                 conn.execute("COMMIT")
             finally:
                 if conn.in_transaction:  # a failed COMMIT has rolled back already
@@ -345,6 +441,7 @@ class MediaRetention(BaseModule):
             self.log.warning("retention_forget_failed", files=len(relpaths), error=repr(e))
             return
         del self._unforgotten[: len(relpaths)]
+        del self._lost[: len(lost)]
 
     def _prune_folders(self, folders: set[Path]) -> None:
         for folder in folders:
@@ -383,6 +480,7 @@ class MediaRetention(BaseModule):
             "retention_passes": self.passes,
             "retention_removed_files": self.removed_total,
             "retention_failures": self.pass_failures,
+            "retention_removed_before_upload": self.removed_before_upload,
             # 1 while a pass is running or due at once (tests wait for 0)
             "retention_busy": int(self._running or self._urgent.is_set()),
             "free_percent": report.free_percent if report is not None else -1.0,

@@ -268,3 +268,67 @@ async def test_a_storage_fault_triggers_a_pass_at_once(tmp_path: Path) -> None:
         )
         msg = await rec.wait_for(lambda m: m.payload.removed_files > 0)
         assert msg.payload.reason == "space"
+
+
+def hold(db: Path, relpath: str, event_id: str) -> None:
+    """A pending off-box copy of ``relpath``, as the s3 module queues it."""
+    from spyoncino.core.outbox import OutboxItem, _insert, open_db
+
+    conn = open_db(db)
+    now = time.time()
+    payload = {"relpath": relpath, "hold_local": True, "size": 1}
+    _insert(
+        conn,
+        OutboxItem(
+            0,
+            "s3",
+            "bucket",
+            f"s3:{event_id}",
+            event_id,
+            "cam",
+            "copy:clip",
+            payload,
+            now,
+            next_at=now,
+        ),
+    )
+    conn.close()
+
+
+async def test_pending_copies_are_kept_until_the_floor_forces_them_and_then_marked_lost(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "media"
+    events = [event(i, (10 - i) * 3600, root) for i in range(6)]  # e0 oldest, e5 newest
+    old = event(9, 8 * DAY, root)  # its clip is past clip_days
+    async with BusHarness(storage_root=root) as h:
+        mod = h.build(MediaRetention, {"media": {}}, name="media")
+        await mod.configure(mod.ctx.app)
+        assert isinstance(mod, MediaRetention)
+        for ev in (old, events[0]):
+            hold(mod.db_path, ev["clip"].relative_to(root).as_posix(), ev["clip"].stem)
+        disk = FakeDisk(root, total=10 * MB, other=0)
+        mod.disk_free = disk  # type: ignore[assignment]
+        await mod.start()
+        # by age: the clip still to copy stays, its GIF (not held) and nothing else goes
+        assert old["clip"].exists()
+        # a little pressure: the oldest clip that is not held goes, not e0's
+        disk.other = int(1.2 * MB)
+        await mod.run_pass()
+        assert events[0]["clip"].exists() and old["clip"].exists()
+        assert not events[1]["clip"].exists()
+        assert mod.removed_before_upload == 0
+        # a card nearly full of something else: the floor wins, held clips go last, recorded
+        disk.other = int(9.0 * MB)
+        await mod.run_pass()
+        assert not old["clip"].exists()
+        assert mod.removed_before_upload >= 1
+        assert events[5]["clip"].exists()  # the newest event is always stored
+        await mod.stop()
+    conn = sqlite3.connect(mod.db_path)
+    rows = conn.execute(
+        "SELECT channel, event_id, kind, status, error FROM notifications ORDER BY id"
+    ).fetchall()
+    conn.close()
+    assert rows[0][:4] == ("s3", "e9", "copy:clip", "failed")
+    assert rows[0][4].startswith("lost before upload")

@@ -1,0 +1,92 @@
+"""Multipart progress, kept so that a restart resumes a large clip instead of starting over.
+
+One row per object being uploaded in parts: the upload id the provider gave and the parts it
+confirmed (number -> ETag). The table lives in the event index database, next to the outbox
+rows it belongs to; this module is its only user. After a restart the parts are checked
+against the provider's own list (``ListParts``) before they are trusted.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from spyoncino.core.outbox import open_db
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS s3_multipart (
+    key TEXT PRIMARY KEY,
+    upload_id TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    part_size INTEGER NOT NULL,
+    parts TEXT NOT NULL DEFAULT '{}',
+    started_at REAL NOT NULL
+);
+"""
+
+
+@dataclass
+class Multipart:
+    key: str
+    upload_id: str
+    sha256: str
+    size: int
+    part_size: int
+    started_at: float
+    #: part number -> ETag (quoted, as the provider returns it)
+    parts: dict[int, str] = field(default_factory=dict)
+
+
+class UploadState:
+    """Blocking SQLite access; call it through the outbox's I/O thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.conn: sqlite3.Connection = open_db(path)  # the outbox's file and settings
+        self.conn.executescript(SCHEMA)
+
+    def get(self, key: str) -> Multipart | None:
+        row = self.conn.execute(
+            "SELECT upload_id, sha256, size, part_size, parts, started_at FROM s3_multipart "
+            "WHERE key=?",
+            (key,),
+        ).fetchone()
+        if row is None:
+            return None
+        parts = {int(n): str(e) for n, e in json.loads(row[4]).items()}
+        return Multipart(key, row[0], row[1], int(row[2]), int(row[3]), float(row[5]), parts)
+
+    def put(self, m: Multipart) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO s3_multipart(key, upload_id, sha256, size, part_size, parts, "
+            "started_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                m.key,
+                m.upload_id,
+                m.sha256,
+                m.size,
+                m.part_size,
+                json.dumps({str(n): e for n, e in m.parts.items()}),
+                m.started_at,
+            ),
+        )
+
+    def drop(self, key: str) -> None:
+        self.conn.execute("DELETE FROM s3_multipart WHERE key=?", (key,))
+
+    def in_progress(self) -> int:
+        return int(self.conn.execute("SELECT COUNT(*) FROM s3_multipart").fetchone()[0])
+
+    def pending_rows(self, channel: str) -> list[tuple[str, float, int]]:
+        """(key, created_at, size) of the copies still pending, for the backlog at start."""
+        rows = self.conn.execute(
+            "SELECT key, created_at, json_extract(payload, '$.size') FROM outbox "
+            "WHERE channel=? AND status='pending'",
+            (channel,),
+        ).fetchall()
+        return [(str(k), float(t), int(s or 0)) for k, t, s in rows]
+
+    def close(self) -> None:
+        self.conn.close()
