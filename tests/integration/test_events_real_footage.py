@@ -160,7 +160,7 @@ async def test_people_become_events_with_snapshot_gif_and_clip(vtest: Path, tmp_
     root = tmp_path / "media"
     async with BusHarness(storage_root=root) as h:
         events = h.record("event.object.#")
-        media = h.record("event.*.ready")
+        media = h.record("media.*.ready")
         mods = [h.build(cls, CONFIG, name=name, others=REGISTRY) for name, cls in REGISTRY.items()]
         for m in mods:
             await m.configure(m.ctx.app)
@@ -253,7 +253,7 @@ async def test_full_pipeline_with_the_detector_module_in_real_time(
     root = tmp_path / "media"
     async with BusHarness(storage_root=root) as h:
         events = h.record("event.object.#")
-        clips = h.record("event.clip.ready")
+        clips = h.record("media.clip.ready")
         mods = [h.build(cls, config, name=name, others=registry) for name, cls in registry.items()]
         for m in mods:
             await m.configure(m.ctx.app)

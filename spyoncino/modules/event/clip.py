@@ -25,7 +25,7 @@ what the ring holds is taken from it, and when it holds less the clip records fo
 now until it is that long (bounded by ``max_duration_s``). It goes through the same encoder
 (shared with any open event) and the same crash-safe write.
 
-Publishes ``event.clip.ready`` (``MediaArtifact`` with the clip's duration).
+Publishes ``media.clip.ready`` (``MediaArtifact`` with the clip's duration).
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 * ``event.<kind>.started`` -> ``<event-id>.jpg`` (boxes and labels drawn, kind ``snapshot``),
   ``<event-id>.clean.jpg`` (``snapshot_clean``) and ``<event-id>.thumb.jpg`` (``thumbnail``,
-  about ``thumb_width`` px wide), published on ``event.snapshot.ready``,
-  ``event.snapshot_clean.ready`` and ``event.thumbnail.ready``.
+  about ``thumb_width`` px wide), published on ``media.snapshot.ready``,
+  ``media.snapshot_clean.ready`` and ``media.thumbnail.ready``.
 * ``event.<kind>.ended`` (and ``updated`` when ``replace_on_update``): the tracker sends the
   best frame so far; when it is another frame than the one written, the three files are
   replaced in place (same names, new artifacts). Consumers that alert on

@@ -38,7 +38,7 @@ def notice(event_id: str, phase: str, start_s: float, end_s: float | None = None
 async def recorder(h: Harness, **cfg: Any) -> tuple[ClipRecorder, list[tuple[str, Any]]]:
     data = {"clip": cfg, "cameras": {"cam": {"source": "x.mp4"}}}
     app = h.app({"clip": ClipRecorder}, data)
-    rec = h.record("event.clip.ready")
+    rec = h.record("media.clip.ready")
     return await h.start(ClipRecorder, app), rec
 
 

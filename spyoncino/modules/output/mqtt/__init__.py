@@ -209,7 +209,7 @@ class MqttOutput(BaseModule):
                 self.queue = None
                 raise ModuleNotReady(f"MQTT broker {self.broker}: {e}") from e
             self._failed_starts = 0
-        self.subscribe(topics.EVENT.pattern(), self._on_event, policy="block", maxsize=256)
+        self.subscribe([topics.EVENT, topics.ARTIFACT], self._on_event, policy="block", maxsize=256)
         self.subscribe(topics.CONTROL_STATE.name, self._on_control_state, policy="block")
         self.subscribe(topics.CONFIG_SNAPSHOT.name, self._on_config, policy="block")
         self.subscribe(topics.HEALTH.name, self._on_health, policy="latest")
