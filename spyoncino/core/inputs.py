@@ -49,6 +49,7 @@ import numpy as np
 
 from spyoncino.core.config import AppConfig, CameraBase, redact_text
 from spyoncino.core.contracts import BaseModule, CameraOptions
+from spyoncino.helpers.packets import PacketRing
 from spyoncino.schemas import topics
 from spyoncino.schemas.frames import Frame, Image
 
@@ -321,6 +322,9 @@ class CameraInput(BaseModule):
         self._thread: SourceThread | None = None
         self._stopping = False
         self.topic = topics.FRAME.at(camera=self.camera_id)
+        #: inputs whose source is H.264 keep its packets here (``open`` resets it, ``read``
+        #: appends to it) so clips are remuxed, not encoded; None: frames only
+        self.packets: PacketRing | None = None
         #: no frame for this long -> stalled -> reconnect (subclasses set it from their options)
         self.stall_timeout = 10.0
         #: an ``open`` taking longer than this counts as a failure
@@ -590,6 +594,9 @@ class CameraInput(BaseModule):
             decode = _masked(image, decode, masks)
             image = None
         mono_ts, wall_ts = self.stamp(raw, now)
+        ring = self.packets
+        if ring is not None and raw.pts_s is not None:
+            ring.anchor(raw.pts_s, mono_ts)
         frame = Frame(
             camera_id=self.camera_id,
             seq=self.seq,
@@ -600,6 +607,7 @@ class CameraInput(BaseModule):
             luma=luma,
             _image=image,
             _decode=decode,
+            source_packets=ring,
         )
         self.seq += 1
         self.last_frame_mono = now

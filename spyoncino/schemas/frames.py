@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -35,6 +36,9 @@ class Frame:
     luma: Image
     _image: Image | None = None
     _decode: Callable[[], Image] | None = field(default=None, repr=False)
+    #: the camera's compressed packets of the last seconds (``helpers.packets.PacketRing``)
+    #: when the source is H.264, else None: the clip recorder remuxes them instead of encoding
+    source_packets: Any = field(default=None, repr=False)
 
     @property
     def image(self) -> Image:

@@ -50,6 +50,7 @@ from spyoncino.core.bus import Message
 from spyoncino.core.config import AppConfig
 from spyoncino.core.contracts import BaseModule, ModuleConfig
 from spyoncino.core.files import atomic_move, media_relpath
+from spyoncino.helpers.packets import PacketRing
 from spyoncino.schemas import topics
 from spyoncino.schemas.control import ControlCommand, manual_event_ids
 from spyoncino.schemas.events import EventNotice
@@ -94,6 +95,11 @@ class Config(ModuleConfig):
     keyframe_s: float = Field(
         default=1.0, ge=0.25, le=10.0, description="Keyframe interval: how exactly clips are cut."
     )
+    remux: bool = Field(
+        default=True,
+        description="Where the camera sends H.264 (RTSP, an .mp4 file), cut the clip from its "
+        "own packets (no decode, no encode, full camera resolution) instead of encoding.",
+    )
     resume_grace_s: float = Field(
         default=30.0,
         ge=0.0,
@@ -122,6 +128,11 @@ class _Packet:
     pts: int  # milliseconds of the camera's monotonic clock
     key: bool
     data: bytes
+    dts: int | None = None  # decode order (B-frames of a remuxed source); None: = pts
+
+    @property
+    def decode_ts(self) -> int:
+        return self.pts if self.dts is None else self.dts
 
 
 _serials = itertools.count(1)
@@ -135,6 +146,11 @@ class _Session:
     packets: list[_Packet] = field(default_factory=list)
     last_pts: int = -1
     serial: int = field(default_factory=lambda: next(_serials))
+    #: a remux session: the camera's packet ring, the last packet taken from it, its frame rate
+    source: PacketRing | None = None
+    source_seq: int = 0
+    last_dts: int = -(10**12)
+    rate: float = 0.0
 
 
 @dataclass
@@ -172,6 +188,14 @@ class _Cam:
     done: set[str] = field(default_factory=set)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     budget_warned: bool = False
+    #: the camera's own H.264 packets, when it sends them: clips are remuxed from these
+    source: PacketRing | None = None
+
+    def oldest(self) -> float | None:
+        """Frame-clock time of the oldest picture a clip could start at, None: nothing kept."""
+        if self.source is not None:
+            return self.source.oldest_mono()
+        return self.ring[0][0] if self.ring else None
 
     def now(self) -> float:
         if not self.clock_real:
@@ -226,8 +250,38 @@ def encode_into(session: _Session, i420: Image, mono: float) -> None:
         session.packets.append(_Packet(int(p.pts), bool(p.is_keyframe), bytes(p)))
 
 
+def take_source(session: _Session) -> None:
+    """Move the packets the camera sent since the last call into a remux session.
+
+    Source timestamps become frame-clock milliseconds (so cuts use the events' clock), kept
+    strictly increasing in decode order across a reconnect. A reopened stream of another size
+    cannot continue the same file: the session stops taking packets.
+    """
+    src = session.source
+    assert src is not None
+    _, off, fresh = src.after(session.source_seq)
+    if not fresh:
+        return
+    session.source_seq = fresh[-1].seq
+    if (src.width, src.height) != session.size:
+        return
+    shift = round(off)
+    for p in fresh:
+        dts = max(session.last_dts + 1, p.dts + shift)
+        pts = max(dts, p.pts + shift)
+        session.last_dts = dts
+        session.last_pts = max(session.last_pts, pts)
+        session.packets.append(_Packet(pts, p.key, p.data, dts))
+
+
 def cut(packets: list[_Packet], start_ms: int, end_ms: int) -> list[_Packet]:
-    """Packets from the last keyframe at or before ``start_ms`` up to ``end_ms``."""
+    """Packets from the last keyframe at or before ``start_ms`` up to ``end_ms``.
+
+    With B-frames (a remuxed camera stream) decode order is not display order: the cut ends
+    at the first point in decode order where every picture before it is shown before every
+    picture after it, at or past ``end_ms``, so no picture is missing in the middle and none
+    refers to one left out.
+    """
     first = None
     for i, p in enumerate(packets):
         if p.key and (p.pts <= start_ms or first is None):
@@ -236,14 +290,25 @@ def cut(packets: list[_Packet], start_ms: int, end_ms: int) -> list[_Packet]:
             break
     if first is None:
         return []
-    return [p for p in packets[first:] if p.pts <= end_ms]
+    tail = packets[first:]
+    later_min = [0] * len(tail)  # smallest pts after each position
+    low = 1 << 62
+    for i in range(len(tail) - 1, -1, -1):
+        later_min[i] = low
+        low = min(low, tail[i].pts)
+    shown = -(1 << 62)
+    for i, p in enumerate(tail):
+        shown = max(shown, p.pts)
+        if shown < later_min[i] and (shown >= end_ms or later_min[i] > end_ms):
+            return tail[: i + 1]
+    return tail
 
 
 def mux_mp4(packets: list[_Packet], size: tuple[int, int], fps: float, path: Path) -> float:
     """Write ``packets`` as an MP4 (faststart) at ``path``; returns the duration in seconds."""
     import av
 
-    base = packets[0].pts
+    base = packets[0].decode_ts
     frame_ms = round(1000 / fps)
     with av.open(str(path), "w", format="mp4", options={"movflags": "+faststart"}) as out:
         stream = out.add_mux_stream(
@@ -252,14 +317,15 @@ def mux_mp4(packets: list[_Packet], size: tuple[int, int], fps: float, path: Pat
         stream.time_base = MS
         for i, p in enumerate(packets):
             pkt = av.Packet(p.data)
-            pkt.pts = pkt.dts = p.pts - base
-            nxt = packets[i + 1].pts if i + 1 < len(packets) else p.pts + frame_ms
-            pkt.duration = max(1, nxt - p.pts)
+            pkt.pts, pkt.dts = p.pts - base, p.decode_ts - base
+            dts = p.decode_ts
+            nxt = packets[i + 1].decode_ts if i + 1 < len(packets) else dts + frame_ms
+            pkt.duration = max(1, nxt - dts)
             pkt.time_base = MS
             pkt.is_keyframe = p.key
             pkt.stream = stream
             out.mux(pkt)
-    return (packets[-1].pts - base + frame_ms) / 1000.0
+    return (max(p.pts for p in packets) - min(p.pts for p in packets) + frame_ms) / 1000.0
 
 
 class ClipRecorder(BaseModule):
@@ -280,6 +346,7 @@ class ClipRecorder(BaseModule):
         self.encode_s = 0.0
         self._finalizing = 0
         self.resumed = 0
+        self.clips_remuxed = 0
         self._camera_ids: list[str] = []
 
     async def configure(self, app: AppConfig) -> None:
@@ -312,6 +379,19 @@ class ClipRecorder(BaseModule):
         f = msg.payload
         cam = self._cam(f.camera_id)
         cam.clock, cam.clock_real = max(cam.clock, f.mono_ts), time.monotonic()
+        src = f.source_packets if self.cfg.remux else None
+        if src is not None and src.ready:
+            # the camera's own H.264: nothing to do per frame unless a clip is open
+            if cam.source is not src:
+                self._use_source(cam, src)
+            if cam.session is not None and cam.session.source is not None:
+                take_source(cam.session)
+            elif cam.clips and cam.session is None:
+                self._open_session(cam)
+            await self._finish_due(cam)
+            return
+        if cam.source is not None:
+            cam.source = None  # the source stopped sending H.264 (reconfigured): encode again
         if f.mono_ts - cam.last_sample >= 0.95 / self.cfg.fps and f.has_image:
             cam.last_sample = f.mono_ts
             async with cam.lock:
@@ -351,7 +431,22 @@ class ClipRecorder(BaseModule):
         self.encode_s += time.perf_counter() - t0
         self.frames_encoded += 1
 
+    def _use_source(self, cam: _Cam, src: PacketRing) -> None:
+        cam.source = src
+        src.retain(self.cfg.preroll_s + CONFIRM_MARGIN_S)
+        cam.ring.clear()  # no picture ring for a remuxed camera
+        cam.ring_bytes = 0
+        self.log.info("clip_remux", camera=cam.camera_id, width=src.width, height=src.height)
+
     def _open_session(self, cam: _Cam) -> None:
+        src = cam.source
+        if src is not None:
+            size = (src.width, src.height)
+            cam.session = _Session(
+                codec=None, encoder="copy", size=size, source=src, rate=src.rate or self.cfg.fps
+            )
+            take_source(cam.session)
+            return
         if not cam.ring:
             return
         first = cam.ring[0][1]
@@ -398,19 +493,20 @@ class ClipRecorder(BaseModule):
         cmd = msg.payload
         if cmd.command != "clip":
             return
-        known = [cid for cid, c in self.cams.items() if c.ring]
+        known = [cid for cid, c in self.cams.items() if c.oldest() is not None]
         cams = [cmd.camera_id] if cmd.camera_id else sorted(known)
         want = min(cmd.duration_s or MANUAL_DEFAULT_S, self.cfg.max_duration_s)
         for cid, event_id in manual_event_ids(cmd.request_id, cams):
             cam = self.cams.get(cid)
-            if cam is None or not cam.ring:
+            oldest = cam.oldest() if cam is not None else None
+            if cam is None or oldest is None:
                 self.log.warning("manual_clip_no_frames", camera=cid, source=cmd.source)
                 continue
             if event_id in cam.clips or event_id in cam.done:
                 continue
             now = cam.now()
             # the ring's past first; what it lacks is recorded from now on
-            start = max(cam.ring[0][0], now - want)
+            start = max(oldest, now - want)
             clip = _Clip(event_id, time.time() - (now - start), start, start + want, manual=True)
             cam.clips[event_id] = clip
             self.log.info("manual_clip", camera=cid, event_id=event_id, seconds=want)
@@ -419,6 +515,9 @@ class ClipRecorder(BaseModule):
 
     async def _ensure_session(self, cam: _Cam) -> None:
         if cam.session is None:
+            if cam.source is not None:  # a remux session only copies references: no worker
+                self._open_session(cam)
+                return
             async with cam.lock:
                 if cam.session is None:
                     await self.ctx.executor.run(self._open_session, cam)
@@ -478,7 +577,10 @@ class ClipRecorder(BaseModule):
             if not packets:
                 self.log.warning("clip_empty", event_id=clip.event_id)
                 return
-            artifact = await self.ctx.executor.run(self._write, cam.camera_id, clip, packets, size)
+            rate = session.rate if session is not None and session.rate else self.cfg.fps
+            artifact = await self.ctx.executor.run(
+                self._write, cam.camera_id, clip, packets, size, rate
+            )
         finally:
             self._finalizing -= 1
         await self.bus.publish(topics.ARTIFACT.at(artifact="clip"), artifact)
@@ -498,13 +600,18 @@ class ClipRecorder(BaseModule):
         return clip.prefix + more
 
     def _write(
-        self, camera_id: str, clip: _Clip, packets: list[_Packet], size: tuple[int, int]
+        self,
+        camera_id: str,
+        clip: _Clip,
+        packets: list[_Packet],
+        size: tuple[int, int],
+        rate: float,
     ) -> MediaArtifact:
         rel = media_relpath(camera_id, clip.started_at, clip.event_id, "mp4", self.tz)
         self.scratch.mkdir(parents=True, exist_ok=True)
         tmp = self.scratch / f".{clip.event_id}.{secrets.token_hex(4)}.mp4"
         try:
-            duration = mux_mp4(packets, size, self.cfg.fps, tmp)
+            duration = mux_mp4(packets, size, rate, tmp)
             size_bytes = tmp.stat().st_size
             path = self.root / rel
             digest = atomic_move(tmp, path)
@@ -512,6 +619,7 @@ class ClipRecorder(BaseModule):
             with contextlib.suppress(OSError):
                 tmp.unlink()
         self.clips_written += 1
+        self.clips_remuxed += int(packets[0].dts is not None)
         self.bytes_written += size_bytes
         return MediaArtifact(
             event_id=clip.event_id,
@@ -547,7 +655,12 @@ class ClipRecorder(BaseModule):
             "encoder": self.encoder,
             "clips_written": self.clips_written,
             "clips_resumed": self.resumed,
+            "clips_remuxed": self.clips_remuxed,
+            "cameras_remuxed": sum(c.source is not None for c in self.cams.values()),
             "bytes_written": self.bytes_written,
-            "preroll_bytes": sum(c.ring_bytes for c in self.cams.values()),
+            "preroll_bytes": sum(
+                c.source.nbytes if c.source is not None else c.ring_bytes
+                for c in self.cams.values()
+            ),
             "encode_ms_per_frame": round(1000 * self.encode_s / encoded, 2),
         }

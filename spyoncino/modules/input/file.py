@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -19,6 +20,7 @@ from spyoncino.core.inputs import (
     SourceFatal,
     av_frame_to_raw,
 )
+from spyoncino.helpers.packets import PacketRing
 from spyoncino.helpers.sources import BUILTIN_PREFIX as BUILTIN_PREFIX
 from spyoncino.helpers.sources import resolve as resolve
 from spyoncino.schemas import topics
@@ -110,8 +112,20 @@ class FileInput(CameraInput):
         else:
             self._declared_s = None
         self._pass_offset = self._offset
-        self._frames = self._container.decode(stream)
+        ring = self.packets or PacketRing()
+        self.packets = ring if ring.reset(stream, shift_s=self._offset) else None
+        self._frames = self._decode(self._container, stream, self.packets)
         self._t0_mono = None
+
+    @staticmethod
+    def _decode(container: Any, stream: Any, ring: PacketRing | None) -> Iterator[Any]:
+        """Frames of ``stream``; an H.264 file's packets also go to ``ring`` (for clips)."""
+        if ring is None:
+            yield from container.decode(stream)
+            return
+        for packet in container.demux(stream):
+            ring.append(packet)
+            yield from packet.decode()
 
     def _cut_short(self, why: str) -> None:
         """At the end of a pass: SourceFatal when the file stopped well before its length."""

@@ -31,6 +31,7 @@ from spyoncino.core.inputs import (
     SourceStalled,
     av_frame_to_raw,
 )
+from spyoncino.helpers.packets import PacketRing
 
 SCHEMES = ("rtsp://", "rtsps://")
 
@@ -148,6 +149,7 @@ class RtspInput(CameraInput):
         self._pending: deque[Any] = deque()
         self._last_decoded = 0.0
         self.stream_size = (0, 0)
+        self._time_base = 1 / 90000
 
     @classmethod
     def accepts(cls, source: str) -> bool:
@@ -225,6 +227,9 @@ class RtspInput(CameraInput):
             ctx.options = {"skip_loop_filter": "all"}  # applied when the decoder opens
         self._container = container
         self._packets = container.demux(stream)
+        self._time_base = float(stream.time_base) if stream.time_base else 1 / 90000
+        ring = self.packets or PacketRing()
+        self.packets = ring if ring.reset(stream) else None
         self._pending.clear()
         self._last_decoded = time.monotonic()
         self.log.info(
@@ -252,6 +257,8 @@ class RtspInput(CameraInput):
             except av.FFmpegError as e:
                 reason = explain(e, self.opts.read_timeout_s)
                 raise (SourceStalled if _is_timeout(e) else SourceError)(reason) from None
+            if self.packets is not None:
+                self.packets.append(packet)  # kept compressed: clips are remuxed from these
             try:
                 self._pending.extend(packet.decode())
             except av.FFmpegError:
@@ -266,7 +273,8 @@ class RtspInput(CameraInput):
     def to_raw(self, frame: Any) -> RawFrame:
         """Luma from the Y plane now; BGR only when someone calls ``decode``."""
         self.stream_size = (frame.width, frame.height)
-        return av_frame_to_raw(frame, self.cam.luma_width)
+        pts_s = None if frame.pts is None else frame.pts * self._time_base
+        return av_frame_to_raw(frame, self.cam.luma_width, pts_s=pts_s)
 
     async def wait_before_retry(self, delay: float, error: SourceError) -> None:
         """Back off, but end the wait when the camera's port accepts connections again.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,7 @@ import av
 import numpy as np
 import pytest
 
+from spyoncino.helpers.packets import PacketRing
 from spyoncino.modules.event.clip import ClipRecorder, Config, _Packet, cut, preroll_budget
 from spyoncino.schemas import topics
 from spyoncino.schemas.control import ControlCommand
@@ -313,3 +315,131 @@ async def test_clip_command_during_an_event_shares_its_encoder(harness: Harness)
     assert manual[-1] == 95
     assert probe(clips["ev"].path)[3][-1] == 90
     assert mod.frames_encoded <= 110
+
+
+# -- remux: the camera's own H.264 packets, no encoder --------------------------------------
+def h264_file(path: Path, frames: int, *, gop: int = 20, bframes: int = 2) -> Path:
+    """An MP4 like a camera's recording: H.264 High with B-frames, make_frame's seq drawn in."""
+    from fractions import Fraction
+
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("libx264", rate=FPS)
+        s.width, s.height, s.pix_fmt = 640, 360, "yuv420p"
+        s.codec_context.gop_size = gop
+        s.codec_context.max_b_frames = bframes
+        s.codec_context.options = {"preset": "ultrafast", "bf": str(bframes)}
+        for seq in range(frames):
+            img = make_frame("cam", seq, seq / FPS).image
+            vf = av.VideoFrame.from_ndarray(img, format="bgr24")
+            vf.pts, vf.time_base = seq, Fraction(1, FPS)
+            out.mux(s.encode(vf))
+        out.mux(s.encode(None))
+    return path
+
+
+async def play_source(
+    h: Harness, path: Path, script: dict[int, EventNotice | list[EventNotice]]
+) -> PacketRing:
+    """What the file input does: demux into the ring, publish each decoded frame with it."""
+    ring = PacketRing()
+    topic = topics.FRAME.at(camera="cam")
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        assert ring.reset(stream)
+        tb = float(stream.time_base)
+        for packet in c.demux(stream):
+            ring.append(packet)
+            for vf in packet.decode():
+                seq = round(vf.pts * tb * FPS)
+                ring.anchor(vf.pts * tb, seq / FPS)
+                f = make_frame("cam", seq, seq / FPS)
+                f = dataclasses.replace(f, source_packets=ring)
+                await h.bus.publish(topic, f)
+                await h.bus.wait_idle(topic)
+                todo = script.get(seq, [])
+                for ev in todo if isinstance(todo, list) else [todo]:
+                    await h.bus.publish(f"event.object.{ev.phase}", ev)
+                    await h.bus.wait_idle(f"event.object.{ev.phase}")
+    return ring
+
+
+async def test_h264_source_is_remuxed_with_preroll_and_never_encoded(
+    harness: Harness, tmp_path: Path
+) -> None:
+    src = h264_file(tmp_path / "cam.mp4", 140)
+    mod, rec = await recorder(harness)
+    script: dict[int, Any] = {
+        62: notice("ev1", "started", 6.0),
+        130: notice("ev1", "ended", 6.0, 8.0),
+    }
+    await play_source(harness, src, script)
+    await harness.settle()
+    (art,) = [p for _, p in rec]
+    codec, pix_fmt, duration, seqs = probe(art.path)
+    assert (codec, pix_fmt) == ("h264", "yuv420p")
+    assert moov_before_mdat(art.path)
+    # from the camera's keyframe at or before the pre-roll start (GOP 2 s: 2.0 s)
+    assert seqs[0] == 20
+    # end + post-roll; a B-frame stream is cut in decode order, so the reference pictures
+    # decoded before the last B-frame (up to max_b_frames + 1 later) come along
+    assert 100 <= seqs[-1] <= 103
+    assert seqs == list(range(seqs[0], seqs[-1] + 1))  # every picture, in order, once
+    assert mod.frames_encoded == 0  # no encoder, and no picture was converted for the ring
+    assert mod.preroll_bytes("cam") == 0
+    assert mod.metrics()["clips_remuxed"] == 1
+    assert art.duration_s == pytest.approx(duration, abs=0.15)
+    assert (art.width, art.height) == (640, 360)
+
+
+async def test_remux_takes_no_picture_while_no_event_is_open(
+    harness: Harness, tmp_path: Path
+) -> None:
+    src = h264_file(tmp_path / "cam.mp4", 60)
+    decodes: list[int] = []
+    mod, rec = await recorder(harness)
+    ring = PacketRing()
+    topic = topics.FRAME.at(camera="cam")
+    with av.open(str(src)) as c:
+        stream = c.streams.video[0]
+        ring.reset(stream)
+        tb = float(stream.time_base)
+        for packet in c.demux(stream):
+            ring.append(packet)
+            for vf in packet.decode():
+                seq = round(vf.pts * tb * FPS)
+                ring.anchor(vf.pts * tb, seq / FPS)
+                f = make_frame("cam", seq, seq / FPS, decodes=decodes)
+                await harness.bus.publish(topic, dataclasses.replace(f, source_packets=ring))
+                await harness.bus.wait_idle(topic)
+    assert decodes == []  # no colour decode, no resize, no conversion per frame
+    assert ring.keep_s >= Config().preroll_s  # the recorder asked the ring for its pre-roll
+    # the ring holds the pre-roll plus the GOP it starts in, not the whole stream
+    assert 0 < ring.nbytes < sum(len(p.data) for p in ring.after(0)[2]) + 1
+    oldest = ring.oldest_mono()
+    assert oldest is not None and 6.0 - Config().preroll_s - 3.0 <= oldest <= 6.0 - 3.0
+    assert rec == []
+    assert mod.frames_encoded == 0
+
+
+def test_ring_keeps_from_a_keyframe_and_within_its_budget(tmp_path: Path) -> None:
+    src = h264_file(tmp_path / "cam.mp4", 100, gop=10, bframes=0)
+    ring = PacketRing(keep_s=2.0)
+    with av.open(str(src)) as c:
+        stream = c.streams.video[0]
+        ring.reset(stream)
+        for packet in c.demux(stream):
+            ring.append(packet)
+    ring.anchor(0.0, 100.0)
+    _, off, packets = ring.after(0)
+    assert off == pytest.approx(100_000.0)
+    assert packets[0].key
+    assert 2000 <= packets[-1].pts - packets[0].pts <= 3000  # 2 s + at most one GOP
+    # packets decode on their own from the first (the parameter sets are in front of it)
+    assert packets[0].data.startswith((b"\x00\x00\x00\x01", b"\x00\x00\x01"))
+    small = PacketRing(keep_s=60.0, budget_bytes=sum(len(p.data) for p in packets) // 2)
+    with av.open(str(src)) as c:
+        small.reset(c.streams.video[0])
+        for packet in c.demux(c.streams.video[0]):
+            small.append(packet)
+    assert small.nbytes <= small.budget_bytes
+    assert small.dropped_for_budget > 0

@@ -206,3 +206,34 @@ async def test_colour_decoded_on_other_threads_while_streaming(rtsp_server, came
         await asyncio.sleep(0.01)
     assert seen > 40
     assert h.module.cam_state == "streaming"
+
+
+async def test_packets_are_kept_compressed_and_remux_into_a_playable_clip(
+    rtsp_server, camera_input, tmp_path
+) -> None:
+    import av
+
+    from spyoncino.modules.event.clip import _Session, cut, mux_mp4, take_source
+
+    server = rtsp_server()
+    h = await camera_input(RtspInput, server.url(), "rtsp", options=FAST)
+    await h.wait_frames(45, timeout=30)
+    last = h.frames[-1][1]
+    ring = last.source_packets
+    assert ring is not None and ring.ready
+    assert (ring.width, ring.height) == (768, 576)
+    ring.retain(3.0)
+    await h.wait_frames(len(h.frames) + 40, timeout=30)
+    session = _Session(codec=None, encoder="copy", size=(768, 576), source=ring, rate=10.0)
+    take_source(session)
+    assert session.packets[0].key
+    newest = h.frames[-1][1].mono_ts
+    # packets are on the frames' clock: the newest is within a GOP of the newest frame
+    assert abs(session.last_pts / 1000 - newest) < 1.0
+    packets = cut(session.packets, round((newest - 3.0) * 1000), session.last_pts)
+    out = tmp_path / "clip.mp4"
+    duration = mux_mp4(packets, session.size, session.rate, out)
+    with av.open(str(out)) as c:
+        pictures = sum(1 for _ in c.decode(video=0))
+    assert duration >= 3.0
+    assert pictures == len(packets)  # every packet decoded: the first keyframe carries SPS/PPS
