@@ -391,7 +391,15 @@ def _origin(layers: list[Layer], loc: tuple[str | int, ...]) -> str:
 
 
 def _is_secret_key(key: str) -> bool:
-    return key in {"token", "password", "password_hash", "api_token", "secret", "hmac_secret"}
+    return key in {
+        "token",
+        "password",
+        "password_hash",
+        "api_token",
+        "secret",
+        "hmac_secret",
+        "secret_access_key",
+    }
 
 
 def _models_in(annotation: Any) -> list[type[BaseModel]]:
