@@ -475,10 +475,10 @@ class Outbox:
             "unsaved": 0,
             "store_failures": 0,
             "delivered_unknown": 0,
+            "superseded": 0,
         }
 
     # -- lifecycle ----------------------------------------------------------------------------
-            "superseded": 0,
     async def start(self) -> None:
         self._conn = await self.run_io(open_db, self.db_path)
         now = time.time()
@@ -569,6 +569,7 @@ class Outbox:
         camera_id: str,
         kind: str,
         payload: dict[str, Any],
+        supersede: bool = False,
     ) -> bool:
         """Store one message and wake its recipient's worker; False when it was already stored.
 
@@ -577,14 +578,13 @@ class Outbox:
         marked ``superseded``; each such message is stored under a key of its own.
         """
         now = time.time()
-        supersede: bool = False,
-        item = OutboxItem(
-            id=0,
-            channel=self.channel,
         key = item_key(self.channel, event_id, kind, recipient)
         if supersede:
             key = f"{key}:{time.time_ns()}"
             await self._supersede(recipient, event_id, kind)
+        item = OutboxItem(
+            id=0,
+            channel=self.channel,
             recipient=recipient,
             key=key,
             event_id=event_id,
@@ -626,9 +626,6 @@ class Outbox:
         self._ensure_worker(recipient)
         return True
 
-    def _store_failed(self, what: str, e: Exception, **kw: Any) -> None:
-        self.stats["store_failures"] += 1
-        self.log.error(what, error=str(e) or repr(e), **kw)
     async def _supersede(self, recipient: str, event_id: str, kind: str) -> None:
         rec = self._recipients.get(recipient)
         if rec is None:
@@ -639,6 +636,9 @@ class Outbox:
             await self._record(item, "superseded")
             self.stats["superseded"] += 1
 
+    def _store_failed(self, what: str, e: Exception, **kw: Any) -> None:
+        self.stats["store_failures"] += 1
+        self.log.error(what, error=str(e) or repr(e), **kw)
 
     async def _record(
         self,
@@ -972,11 +972,11 @@ class _Tracked:
     alerted: bool = False
     suppressed: bool = False
     held: list[MediaArtifact] = field(default_factory=list)
+    #: the latest snapshot of an activity that is not (yet) an alert
+    snapshot: MediaArtifact | None = None
 
 
 class AlertGate:
-    #: the latest snapshot of an activity that is not (yet) an alert
-    snapshot: MediaArtifact | None = None
     """Which artifacts become alerts; the same rules for every channel.
 
     An alert is the snapshot of an event (an activity, of a kind in ``kinds``) of severity
@@ -1015,24 +1015,21 @@ class AlertGate:
     def notice(self, ev: EventNotice) -> None:
         tracked = self._events.get(ev.event_id)
         if tracked is not None:
-            tracked.event = ev
-        elif ev.phase == "started" and ev.kind in self.kinds:
-            self._events[ev.event_id] = _Tracked(ev, time.monotonic())
             became_alert = tracked.event.severity != "alert" and ev.severity == "alert"
-            if ev.severity == "alert":
-                self._waiting[ev.event_id] = None
+            tracked.event = ev
             if became_alert and not (tracked.alerted or tracked.suppressed):
                 # it waits for its snapshot from now on, as a new alert would
                 tracked.seen_mono = time.monotonic()
                 self._waiting.pop(ev.event_id, None)
                 self._waiting[ev.event_id] = None
+        elif ev.phase == "started" and ev.kind in self.kinds:
+            self._events[ev.event_id] = _Tracked(ev, time.monotonic())
+            if ev.severity == "alert":
+                self._waiting[ev.event_id] = None
             while len(self._events) > self.keep:
                 gone, _ = self._events.popitem(last=False)
                 self._waiting.pop(gone, None)
 
-    def _decide(self, tracked: _Tracked) -> bool:
-        """Alert (True) or suppress this event now; either way it waits no more."""
-        self._waiting.pop(tracked.event.event_id, None)
     def alerted(self, event_id: str) -> bool:
         """Whether ``event_id`` was alerted (so its updates may edit what was sent)."""
         tracked = self._events.get(event_id)
@@ -1047,6 +1044,9 @@ class AlertGate:
         held, tracked.held = tracked.held, []
         return [*([snap] if snap is not None else []), *held]
 
+    def _decide(self, tracked: _Tracked) -> bool:
+        """Alert (True) or suppress this event now; either way it waits no more."""
+        self._waiting.pop(tracked.event.event_id, None)
         camera = tracked.event.camera_id
         why = self.reason(camera)
         if why is None and self.budget is not None and not self.budget(camera):
@@ -1157,13 +1157,13 @@ class OutboxChannel(BaseModule, Generic[C]):
     @abstractmethod
     async def _deliver(self, item: OutboxItem) -> str | None: ...
 
-    async def open_outbox(self, db_path: Path, *, rate_for: RateFor | None = None) -> Outbox:
-        """Open the outbox and resume what it had pending; ``ModuleNotReady`` when it cannot."""
-        self.outbox = Outbox(
     async def _on_update(self, ev: EventNotice) -> None:
         """A notice of an activity already alerted (it grew, or ended): a channel that can
         edit what it sent (Telegram's caption) does so here; the default sends nothing."""
 
+    async def open_outbox(self, db_path: Path, *, rate_for: RateFor | None = None) -> Outbox:
+        """Open the outbox and resume what it had pending; ``ModuleNotReady`` when it cannot."""
+        self.outbox = Outbox(
             channel=self.channel,
             db_path=db_path,
             bus=self.bus,
@@ -1208,6 +1208,8 @@ class OutboxChannel(BaseModule, Generic[C]):
         p = msg.payload
         if isinstance(p, EventNotice):
             self.gate.notice(p)
+            if self.gate.alerted(p.event_id) and self.outbox is not None:
+                await self._on_update(p)
         elif isinstance(p, MediaArtifact) and self.outbox is not None:
             await self._on_artifact(p)
 
@@ -1236,5 +1238,3 @@ class OutboxChannel(BaseModule, Generic[C]):
         if self.outbox is not None:
             out.update(self.outbox.metrics())
         return out
-            if self.gate.alerted(p.event_id) and self.outbox is not None:
-                await self._on_update(p)

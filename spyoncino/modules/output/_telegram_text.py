@@ -118,7 +118,6 @@ class AlertInfo:
     score: float
     zones: tuple[str, ...]
     started_at: float
-
     #: (label, how many objects of it) in the activity, in order of appearance
     counts: tuple[tuple[str, int], ...] = ()
     #: the last moment seen so far (or the end, once it closed); None: the start
@@ -131,6 +130,7 @@ _PLURAL = {"person": "people", "bus": "buses", "mouse": "mice", "sheep": "sheep"
 def counted(label: str, n: int) -> str:
     """``1 person``, ``2 people``, ``3 cars``."""
     return f"{n} {label if n == 1 else _PLURAL.get(label, label + 's')}"
+
 
 def caption(info: AlertInfo, tz: str | None, status_url: str | None) -> str:
     """``2 people, 1 car · Front door · 14:02-14:03`` (date, zones and link below)."""

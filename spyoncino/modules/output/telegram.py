@@ -223,6 +223,8 @@ class TelegramOutput(TelegramCommands, OutboxChannel[Config]):
         self._handlers: set[asyncio.Task[None]] = set()
         self._started_mono = time.monotonic()
         self.counts: dict[str, int] = {"unauthorized": 0, "commands": 0}
+        #: event id -> the caption last sent or queued for it (edits only when it changes)
+        self._captions: OrderedDict[str, str] = OrderedDict()
         self.clock = time.time
         self._marker = None
 
@@ -231,8 +233,6 @@ class TelegramOutput(TelegramCommands, OutboxChannel[Config]):
         cfg = app.section(self.name or CHANNEL, Config)
         if cfg.token is not None:
             from aiogram.utils.token import TokenValidationError, validate_token
-        #: event id -> the caption last sent or queued for it (edits only when it changes)
-        self._captions: OrderedDict[str, str] = OrderedDict()
 
             try:
                 validate_token(cfg.token.get_secret_value())
@@ -350,6 +350,7 @@ class TelegramOutput(TelegramCommands, OutboxChannel[Config]):
         if art is None:
             self.log.warning("alert_without_snapshot", event_id=ev.event_id, camera=ev.camera_id)
             cap = text.caption(self._info(ev), self.tz, self.cfg.status_page_url)
+            self._remember_caption(ev.event_id, cap)
             payload: dict[str, Any] = {
                 "text": f"{cap}\n(no picture: the snapshot was not made)",
                 "camera_name": self.names.get(ev.camera_id, ev.camera_id),
@@ -358,12 +359,12 @@ class TelegramOutput(TelegramCommands, OutboxChannel[Config]):
         elif art.kind == "snapshot":
             payload = self._media_payload(art)
             payload["caption"] = text.caption(self._info(ev), self.tz, self.cfg.status_page_url)
+            self._remember_caption(ev.event_id, payload["caption"])
             payload["over_budget"] = outbox.take_over_budget(art.camera_id)
         elif self.cfg.followup in (art.kind, "both"):
             payload = self._media_payload(art)
         else:
             return
-            self._remember_caption(ev.event_id, cap)
         for chat in self.cfg.chat_ids:
             await outbox.enqueue(
                 recipient=str(chat),
@@ -372,21 +373,7 @@ class TelegramOutput(TelegramCommands, OutboxChannel[Config]):
                 kind=kind,
                 payload=payload,
             )
-            self._remember_caption(ev.event_id, payload["caption"])
 
-    def _info(self, ev: EventNotice) -> text.AlertInfo:
-        return text.AlertInfo(
-            event_id=ev.event_id,
-            camera_id=ev.camera_id,
-            camera_name=self.names.get(ev.camera_id, ev.camera_id),
-            kind=ev.kind,
-            labels=ev.labels,
-            score=ev.top_score,
-            zones=ev.zones,
-            started_at=ev.started_at,
-        )
-
-    def _media_payload(self, art: MediaArtifact) -> dict[str, Any]:
     def _remember_caption(self, event_id: str, cap: str) -> None:
         self._captions[event_id] = cap
         self._captions.move_to_end(event_id)
@@ -410,10 +397,25 @@ class TelegramOutput(TelegramCommands, OutboxChannel[Config]):
                 supersede=True,
             )
 
-        return {
+    def _info(self, ev: EventNotice) -> text.AlertInfo:
         counts: dict[str, int] = {}
         for o in sorted(ev.objects, key=lambda o: o.label != "person"):  # people first
             counts[o.label] = counts.get(o.label, 0) + 1
+        return text.AlertInfo(
+            event_id=ev.event_id,
+            camera_id=ev.camera_id,
+            camera_name=self.names.get(ev.camera_id, ev.camera_id),
+            kind=ev.kind,
+            labels=ev.labels,
+            score=ev.top_score,
+            zones=ev.zones,
+            started_at=ev.started_at,
+            counts=tuple(counts.items()),
+            until=ev.ended_at if ev.ended_at is not None else ev.updated_at,
+        )
+
+    def _media_payload(self, art: MediaArtifact) -> dict[str, Any]:
+        return {
             "path": art.path,
             "relpath": art.relpath,
             "size_bytes": art.size_bytes,
@@ -423,8 +425,6 @@ class TelegramOutput(TelegramCommands, OutboxChannel[Config]):
             "height": art.height,
             "duration_s": art.duration_s,
             "camera_name": self.names.get(art.camera_id, art.camera_id),
-            counts=tuple(counts.items()),
-            until=ev.ended_at if ev.ended_at is not None else ev.updated_at,
         }
 
     # -- delivery (called by the outbox worker of one chat) -----------------------------------
@@ -514,6 +514,8 @@ class TelegramOutput(TelegramCommands, OutboxChannel[Config]):
                     disable_notification=silent,
                 )
             return str(sent.message_id)
+        if item.kind == "caption":
+            return await self._edit_caption(bot, chat, item)
         if item.kind in ("gif", "clip"):
             reply_to = item.related.get("snapshot") or item.related.get("text")
             reply = (
@@ -543,8 +545,6 @@ class TelegramOutput(TelegramCommands, OutboxChannel[Config]):
                     animation=file,
                     reply_parameters=reply,
                     disable_notification=True,
-        if item.kind == "caption":
-            return await self._edit_caption(bot, chat, item)
                     **dims,
                 )
             else:
@@ -565,8 +565,6 @@ class TelegramOutput(TelegramCommands, OutboxChannel[Config]):
         )
         return str(sent.message_id)
 
-    def metrics(self) -> dict[str, float | int | str]:
-        return {**self.counts, **super().metrics()}
     async def _edit_caption(self, bot: Bot, chat: int, item: OutboxItem) -> str | None:
         """Edit the alert's photo caption (or its text, when it went as text)."""
         from aiogram.exceptions import TelegramBadRequest
@@ -596,3 +594,5 @@ class TelegramOutput(TelegramCommands, OutboxChannel[Config]):
             raise
         return None  # the alert itself was never delivered: nothing to edit
 
+    def metrics(self) -> dict[str, float | int | str]:
+        return {**self.counts, **super().metrics()}

@@ -415,7 +415,6 @@ def setup(found: list[Any], can_write: bool, configured: int = 0) -> str:
         '<button type="submit" id="setup-save">Save and start</button></form>'
         '<p id="setup-result" role="status"></p>'
         '<img id="setup-frame" alt="test frame" hidden>'
-        '<p>Alerts on your phone: <a href="/settings/telegram">set up Telegram</a>.</p>'
         '<script src="/static/setup.js" defer></script>'
     )
 
