@@ -21,7 +21,7 @@ from pydantic import Field
 
 from spyoncino.core.bus import Message
 from spyoncino.core.config import AppConfig
-from spyoncino.core.contracts import BaseModule, ModuleConfig
+from spyoncino.core.contracts import BaseModule, ModuleConfig, ModuleContext
 from spyoncino.core.files import atomic_write_bytes
 from spyoncino.schemas import topics
 from spyoncino.schemas.control import MAX_MUTE_S, ControlCommand, ControlState
@@ -44,11 +44,11 @@ def _sane(until: float, now: float) -> bool:
     return math.isfinite(until) and until <= now + MAX_MUTE_S + 60.0
 
 
-class ArmingState(BaseModule):
+class ArmingState(BaseModule[Config]):
     category: ClassVar[Any] = "event"
     Config: ClassVar[type[ModuleConfig]] = Config
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: ModuleContext) -> None:
         super().__init__(ctx)
         self.cfg = Config()
         self.path = Path("state.json")

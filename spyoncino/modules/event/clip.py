@@ -48,7 +48,7 @@ from pydantic import Field
 
 from spyoncino.core.bus import Message
 from spyoncino.core.config import AppConfig
-from spyoncino.core.contracts import BaseModule, ModuleConfig
+from spyoncino.core.contracts import BaseModule, ModuleConfig, ModuleContext
 from spyoncino.core.files import atomic_move, media_relpath
 from spyoncino.helpers.packets import PacketRing
 from spyoncino.schemas import topics
@@ -328,11 +328,11 @@ def mux_mp4(packets: list[_Packet], size: tuple[int, int], fps: float, path: Pat
     return (max(p.pts for p in packets) - min(p.pts for p in packets) + frame_ms) / 1000.0
 
 
-class ClipRecorder(BaseModule):
+class ClipRecorder(BaseModule[Config]):
     category: ClassVar[Any] = "event"
     Config: ClassVar[type[ModuleConfig]] = Config
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: ModuleContext) -> None:
         super().__init__(ctx)
         self.cfg = Config()
         self.root = Path(".")

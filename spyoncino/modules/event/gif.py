@@ -28,7 +28,7 @@ from pydantic import Field
 
 from spyoncino.core.bus import Message
 from spyoncino.core.config import AppConfig
-from spyoncino.core.contracts import BaseModule, ModuleConfig
+from spyoncino.core.contracts import BaseModule, ModuleConfig, ModuleContext
 from spyoncino.core.files import atomic_move, media_relpath
 from spyoncino.helpers import spool
 from spyoncino.schemas import topics
@@ -146,11 +146,11 @@ def pick_evenly(n_have: int, n_want: int) -> list[int]:
     return [round(i * (n_have - 1) / (n_want - 1)) for i in range(n_want)]
 
 
-class GifMaker(BaseModule):
+class GifMaker(BaseModule[Config]):
     category: ClassVar[Any] = "event"
     Config: ClassVar[type[ModuleConfig]] = Config
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: ModuleContext) -> None:
         super().__init__(ctx)
         self.cfg = Config()
         self.root = Path(".")

@@ -30,7 +30,7 @@ from pydantic import Field
 
 from spyoncino.core.bus import Message
 from spyoncino.core.config import AppConfig
-from spyoncino.core.contracts import BaseModule, ModuleConfig
+from spyoncino.core.contracts import BaseModule, ModuleConfig, ModuleContext
 from spyoncino.core.files import atomic_write_bytes, media_relpath
 from spyoncino.schemas import topics
 from spyoncino.schemas.control import ControlCommand, manual_event_ids
@@ -120,11 +120,11 @@ def render_set(
 _EXT: dict[str, str] = {"snapshot": "jpg", "snapshot_clean": "clean.jpg", "thumbnail": "thumb.jpg"}
 
 
-class SnapshotWriter(BaseModule):
+class SnapshotWriter(BaseModule[Config]):
     category: ClassVar[Any] = "event"
     Config: ClassVar[type[ModuleConfig]] = Config
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: ModuleContext) -> None:
         super().__init__(ctx)
         self.cfg = Config()
         self.root = Path(".")

@@ -51,7 +51,7 @@ from pydantic import Field, field_validator
 
 from spyoncino.core.bus import Message
 from spyoncino.core.config import AppConfig
-from spyoncino.core.contracts import BaseModule, CameraOptions, ModuleConfig
+from spyoncino.core.contracts import BaseModule, CameraOptions, ModuleConfig, ModuleContext
 from spyoncino.modules.event._tracking import (
     CameraState,
     Track,
@@ -197,7 +197,7 @@ class Camera(CameraOptions):
         return value
 
 
-class EventTracker(BaseModule):
+class EventTracker(BaseModule[Config]):
     category: ClassVar[Any] = "event"
     Config: ClassVar[type[ModuleConfig]] = Config
     Camera: ClassVar[type[CameraOptions] | None] = Camera
@@ -207,7 +207,7 @@ class EventTracker(BaseModule):
     #: stops before the GIF and clip makers, so the events it closes at stop reach them
     stop_rank: ClassVar[int] = 1
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: ModuleContext) -> None:
         super().__init__(ctx)
         self.cfg = Config()
         self.detector_enabled = False

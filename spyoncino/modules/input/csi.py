@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from spyoncino.core.config import AppConfig
-from spyoncino.core.contracts import CameraOptions, ModuleConfig, ModuleConfigError
+from spyoncino.core.contracts import CameraOptions, ModuleConfig, ModuleConfigError, ModuleContext
 from spyoncino.core.inputs import CameraInput, RawFrame, SourceError, shrink_luma
 
 SOURCE = re.compile(r"^csi://(\d+)\Z")
@@ -122,7 +122,7 @@ class CsiInput(CameraInput):
     Config: ClassVar[type[ModuleConfig]] = Config
     Camera: ClassVar[type[CameraOptions] | None] = CsiCamera
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: ModuleContext) -> None:
         super().__init__(ctx)
         self.opts = CsiCamera()
         self.backend: Backend | None = None

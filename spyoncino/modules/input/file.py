@@ -11,7 +11,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from spyoncino.core.config import AppConfig
-from spyoncino.core.contracts import CameraOptions, ModuleConfig, ModuleConfigError
+from spyoncino.core.contracts import CameraOptions, ModuleConfig, ModuleConfigError, ModuleContext
 from spyoncino.core.inputs import (
     CameraInput,
     RawFrame,
@@ -51,7 +51,7 @@ class FileInput(CameraInput):
     Camera: ClassVar[type[CameraOptions] | None] = FileCamera
     finite: ClassVar[bool] = True
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: ModuleContext) -> None:
         super().__init__(ctx)
         self.opts = FileCamera()
         self._container: Any = None

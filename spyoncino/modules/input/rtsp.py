@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from pydantic import Field
 
 from spyoncino.core.config import AppConfig, redact_url
-from spyoncino.core.contracts import CameraOptions, ModuleConfig, ModuleConfigError
+from spyoncino.core.contracts import CameraOptions, ModuleConfig, ModuleConfigError, ModuleContext
 from spyoncino.core.inputs import (
     CameraInput,
     RawFrame,
@@ -140,7 +140,7 @@ class RtspInput(CameraInput):
     Config: ClassVar[type[ModuleConfig]] = Config
     Camera: ClassVar[type[CameraOptions] | None] = RtspCamera
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: ModuleContext) -> None:
         super().__init__(ctx)
         self.opts = RtspCamera()
         self.settings = Config()

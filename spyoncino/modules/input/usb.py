@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from spyoncino.core.config import AppConfig
-from spyoncino.core.contracts import CameraOptions, ModuleConfig, ModuleConfigError
+from spyoncino.core.contracts import CameraOptions, ModuleConfig, ModuleConfigError, ModuleContext
 from spyoncino.core.inputs import CameraInput, RawFrame, SourceError
 
 PREFIXES = ("/dev/video", "/dev/v4l/")
@@ -146,7 +146,7 @@ class UsbInput(CameraInput):
     # a replugged camera should be back within seconds, and probing a path costs nothing
     backoff_cap: ClassVar[float] = 5.0
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: ModuleContext) -> None:
         super().__init__(ctx)
         self.opts = UsbCamera()
         self.device: V4L2Camera | None = None

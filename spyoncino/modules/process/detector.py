@@ -27,7 +27,13 @@ from typing import Any, ClassVar
 
 from spyoncino.core.bus import Message
 from spyoncino.core.config import AppConfig
-from spyoncino.core.contracts import BaseModule, CameraOptions, ModuleConfig, ModuleConfigError
+from spyoncino.core.contracts import (
+    BaseModule,
+    CameraOptions,
+    ModuleConfig,
+    ModuleConfigError,
+    ModuleContext,
+)
 from spyoncino.modules.process._detector_config import Config as Config
 from spyoncino.modules.process._detector_config import DetectorCamera as DetectorCamera
 from spyoncino.modules.process._models import bundled_model_path as bundled_model_path
@@ -63,14 +69,14 @@ class _Job:
     motion: tuple[Box, ...]
 
 
-class ObjectDetector(BaseModule):
+class ObjectDetector(BaseModule[Config]):
     """Confirms motion with an object detector; publishes ``process.object.detected``."""
 
     category: ClassVar[Any] = "process"
     Config: ClassVar[type[ModuleConfig]] = Config
     Camera: ClassVar[type[CameraOptions] | None] = DetectorCamera
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: ModuleContext) -> None:
         super().__init__(ctx)
         self.cfg = Config()
         self._model: Any = None

@@ -32,7 +32,7 @@ from pydantic import Field, field_validator
 
 from spyoncino.core.bus import Message
 from spyoncino.core.config import AppConfig
-from spyoncino.core.contracts import BaseModule, CameraOptions, ModuleConfig
+from spyoncino.core.contracts import BaseModule, CameraOptions, ModuleConfig, ModuleContext
 from spyoncino.schemas import topics
 from spyoncino.schemas.detections import MotionEvent
 from spyoncino.schemas.frames import Box, Frame
@@ -241,12 +241,12 @@ class _CameraCount:
         return (len(self.recent) - 1) / span if span > 0 else 0.0
 
 
-class MotionDetector(BaseModule):
+class MotionDetector(BaseModule[Config]):
     category: ClassVar[Any] = "process"
     Config: ClassVar[type[ModuleConfig]] = Config
     Camera: ClassVar[type[CameraOptions] | None] = MotionCamera
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: ModuleContext) -> None:
         super().__init__(ctx)
         self.cfg = Config()
         self.cams: dict[str, MotionCamera] = {}

@@ -36,7 +36,7 @@ from pydantic import Field
 from spyoncino.core.bus import Message
 from spyoncino.core.config import AppConfig
 from spyoncino.core.contracts import BaseModule as _Base
-from spyoncino.core.contracts import ModuleConfig, ModuleNotReady
+from spyoncino.core.contracts import ModuleConfig, ModuleContext, ModuleNotReady
 from spyoncino.core.index_db import (
     SCHEMA,
     SCHEMA_VERSION,
@@ -68,13 +68,13 @@ class Config(ModuleConfig):
     )
 
 
-class EventIndex(_Base):
+class EventIndex(_Base[Config]):
     """Keeps the SQLite index in step with events, artifacts and notification outcomes."""
 
     category: ClassVar[Any] = "storage"
     Config: ClassVar[type[ModuleConfig]] = Config
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: ModuleContext) -> None:
         super().__init__(ctx)
         self.cfg = Config()
         self.db_path: Path | None = None

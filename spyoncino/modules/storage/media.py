@@ -49,7 +49,7 @@ from pydantic import Field
 
 from spyoncino.core.bus import Message
 from spyoncino.core.config import AppConfig
-from spyoncino.core.contracts import BaseModule, ModuleConfig
+from spyoncino.core.contracts import BaseModule, ModuleConfig, ModuleContext
 from spyoncino.core.files import clean_temp_files, disk_free
 from spyoncino.core.index_db import connect, delete_artifact, insert_notification
 from spyoncino.core.reindex import MediaFile, scan
@@ -149,11 +149,11 @@ def _proc_write_bytes() -> int | None:
     return None
 
 
-class MediaRetention(BaseModule):
+class MediaRetention(BaseModule[Config]):
     category: ClassVar[Any] = "storage"
     Config: ClassVar[type[ModuleConfig]] = Config
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: ModuleContext) -> None:
         super().__init__(ctx)
         self.cfg = Config()
         self.root = Path(".")

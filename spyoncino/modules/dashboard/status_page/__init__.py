@@ -26,7 +26,13 @@ from pydantic import Field, SecretStr, field_validator
 from spyoncino import __version__
 from spyoncino.core.bus import Message
 from spyoncino.core.config import AppConfig, dump_config
-from spyoncino.core.contracts import BaseModule, ModuleConfig, ModuleConfigError, ModuleNotReady
+from spyoncino.core.contracts import (
+    BaseModule,
+    ModuleConfig,
+    ModuleConfigError,
+    ModuleContext,
+    ModuleNotReady,
+)
 from spyoncino.schemas import topics
 from spyoncino.schemas.alerts import AlertNotification
 from spyoncino.schemas.control import (
@@ -192,14 +198,14 @@ class CameraView:
     last_frame_age_s: float | None
 
 
-class StatusPage(BaseModule):
+class StatusPage(BaseModule[Config]):
     """Serves the status page, the control API, /metrics and the health probes."""
 
     category: ClassVar[Any] = "dashboard"
     Config: ClassVar[type[ModuleConfig]] = Config
     follows_cameras: ClassVar[bool] = True  # frame subscriptions follow in configure
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: ModuleContext) -> None:
         super().__init__(ctx)
         self.cfg = Config()
         self.app_cfg: AppConfig = ctx.app

@@ -33,7 +33,13 @@ from typing import Any, ClassVar
 from spyoncino import __version__
 from spyoncino.core.bus import Message
 from spyoncino.core.config import AppConfig
-from spyoncino.core.contracts import BaseModule, ModuleConfig, ModuleConfigError, ModuleNotReady
+from spyoncino.core.contracts import (
+    BaseModule,
+    ModuleConfig,
+    ModuleConfigError,
+    ModuleContext,
+    ModuleNotReady,
+)
 from spyoncino.core.files import disk_free
 from spyoncino.schemas import topics
 from spyoncino.schemas.control import ConfigSnapshot, ConfigUpdate, ControlState
@@ -52,7 +58,7 @@ DEFAULT_LABELS = ("person", "car", "cat", "dog")
 _STARTED = time.monotonic()
 
 
-class MqttOutput(BaseModule):
+class MqttOutput(BaseModule[Config]):
     category: ClassVar[Any] = "output"
     Config: ClassVar[type[ModuleConfig]] = Config
     follows_cameras: ClassVar[bool] = True  # subscriptions are per box; discovery follows
@@ -62,7 +68,7 @@ class MqttOutput(BaseModule):
         section = cls.name or "mqtt"
         return setting_problems(app.section(section, Config), section)
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: ModuleContext) -> None:
         super().__init__(ctx)
         self.cfg = Config()
         self.app_cfg: AppConfig | None = None
