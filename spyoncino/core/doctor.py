@@ -62,7 +62,7 @@ def _libcamera_lines() -> list[str]:
     except ImportError:
         return [
             "libcamera: picamera2 not installed (Pi camera modules need "
-            "`sudo apt install python3-picamera2` or `pip install spyoncino[pi]`)"
+            "`sudo apt install python3-picamera2` and a venv with --system-site-packages)"
         ]
     except Exception as e:  # e.g. apt's simplejpeg built for numpy 1 under pip's numpy 2
         return [

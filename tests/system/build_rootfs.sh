@@ -4,7 +4,8 @@
 #   1. a minimal Debian bookworm x86-64 root filesystem with systemd, python3, ansible-core
 #      (mmdebstrap, about 30 s; rebuilt only when the package list below changes);
 #   2. the project's wheel, built from the working tree (pip wheel --no-deps);
-#   3. a wheelhouse with every dependency of that wheel, so the container installs offline
+#   3. a wheelhouse with every dependency of that wheel and of the role's default extras
+#      (mqtt), so the container installs offline
 #      (rebuilt only when the wheel's dependencies change; pip's own cache makes it quick).
 #
 # The Ansible role then installs the wheel inside the booted container exactly as on a board.
@@ -63,7 +64,8 @@ import sys, zipfile
 z = zipfile.ZipFile(sys.argv[1])
 meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
 lines = z.read(meta).decode().splitlines()
-print("\n".join(sorted(l for l in lines if l.startswith("Requires-Dist:") and "extra ==" not in l)))
+print("\n".join(sorted(l for l in lines if l.startswith("Requires-Dist:")
+                       and ("extra ==" not in l or 'extra == "mqtt"' in l))))
 PY
 )
 dkey=$(printf '%s' "$deps" | sha256sum | cut -c1-12)
@@ -72,7 +74,8 @@ if [ ! -f "$wheelhouse/.complete" ]; then
   log "filling $wheelhouse"
   rm -rf "$wheelhouse"
   # pip wheel, not pip download: sdnotify is published as an sdist only
-  "$python" -m pip wheel -q -w "$wheelhouse" "$wheel" >&2
+  # with the extras the role installs by default (spyoncino_pip_extras: [mqtt])
+  "$python" -m pip wheel -q -w "$wheelhouse" "$wheel[mqtt]" >&2
   rm -f "$wheelhouse"/spyoncino-*.whl
   touch "$wheelhouse/.complete"
   for old in "$cache"/wheelhouse-*; do

@@ -26,8 +26,8 @@ from spyoncino.core.inputs import CameraInput, RawFrame, SourceError, shrink_lum
 SOURCE = re.compile(r"^csi://(\d+)\Z")
 INSTALL_HINT = (
     "the CSI camera input needs picamera2 and libcamera: on Raspberry Pi OS "
-    "`sudo apt install python3-picamera2` (then create the venv with --system-site-packages), "
-    "or `pip install spyoncino[pi]` where libcamera's Python bindings are installed"
+    "`sudo apt install python3-picamera2`, then create the venv with --system-site-packages "
+    "and install with -c spyoncino/data/constraints/picamera2.txt (docs/install.md)"
 )
 
 _EXPOSURE = {"normal": "Normal", "short": "Short", "long": "Long"}
