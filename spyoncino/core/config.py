@@ -622,8 +622,11 @@ class ConfigService:
     def attach_overlay(self, path: Path) -> None:
         """Load the changes saved at ``path`` as the layer above the config file."""
         self.overlay_path = path
+        saved_secrets = secrets_overlay_path(path)
         try:
             data = _load_yaml(path, str(path)) if path.is_file() else {}
+            if saved_secrets.is_file():
+                data = deep_merge(data, _load_yaml(saved_secrets, str(saved_secrets)))
             if not data:
                 return
             layers = [*self.layers]
@@ -661,7 +664,7 @@ class ConfigService:
         warnings: tuple[str, ...] = ()
         if self.overlay_path is not None:
             try:
-                await asyncio.to_thread(save_overlay, self.overlay_path, overrides)
+                await asyncio.to_thread(save_overlays, self.overlay_path, overrides)
             except OSError as e:
                 # applied but not saved: say so rather than pretend it will survive a restart
                 warnings = (f"applied but not saved ({e.strerror or e}): lost at restart",)
@@ -672,18 +675,58 @@ class ConfigService:
 
 
 OVERLAY_NAME = "config.overlay.yaml"
+#: the secrets among the saved changes (a bot token typed on the status page), owner-only
+SECRETS_OVERLAY_NAME = "secrets.overlay.yaml"
 
 
-def save_overlay(path: Path, data: Mapping[str, Any]) -> None:
+def secrets_overlay_path(overlay: Path) -> Path:
+    return overlay.with_name(SECRETS_OVERLAY_NAME)
+
+
+def split_secrets(data: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``data`` as (everything but the secrets, the secrets alone), the same nesting."""
+    plain: dict[str, Any] = {}
+    secret: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            p, s = split_secrets(value)
+            if p or not s:
+                plain[key] = p
+            if s:
+                secret[key] = s
+        elif _is_secret_key(str(key)) and value not in (None, ""):
+            secret[key] = value
+        else:
+            plain[key] = value
+    return plain, secret
+
+
+def save_overlays(path: Path, data: Mapping[str, Any]) -> None:
+    """The saved changes at ``path`` and their secrets beside it (mode 0600), both atomic.
+
+    The status page's Telegram form sends the bot token through ``config.update`` like any
+    change; it is kept out of the overlay (0640, shown by ``check-config --show``) and in
+    ``secrets.overlay.yaml``, readable by the service's user only."""
+    plain, secret = split_secrets(data)
+    spath = secrets_overlay_path(path)
+    if secret or spath.exists():
+        save_overlay(spath, secret, mode=0o600, what="Secrets")
+    save_overlay(path, plain)
+
+
+def save_overlay(
+    path: Path, data: Mapping[str, Any], *, mode: int = 0o640, what: str = "Changes"
+) -> None:
     """Write the saved changes atomically: temp + fsync + rename; the previous kept as .bak."""
     path.parent.mkdir(parents=True, exist_ok=True)
     text = (
-        "# Changes made on the status page, from Telegram or the API, applied above config.yaml.\n"
+        f"# {what} made on the status page, from Telegram or the API, applied above "
+        "config.yaml.\n"
         "# Written by spyoncino; delete this file to go back to config.yaml alone.\n"
         + yaml.safe_dump(dict(data), sort_keys=True)
     )
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)

@@ -53,6 +53,22 @@ async def test_an_accepted_change_is_there_after_a_restart(tmp_path: Path) -> No
     assert (tmp_path / "config.overlay.yaml.bak").is_file()
 
 
+async def test_a_secret_among_the_changes_is_saved_apart_owner_only(tmp_path: Path) -> None:
+    token = "123456:SECRET-token_abcdef"
+    changes = {"telegram": {"token": token, "chat_ids": [42]}, "motion": {"threshold": 40}}
+    assert (await load(tmp_path).apply_changes(changes, accept)).ok
+    overlay = tmp_path / "config.overlay.yaml"
+    secrets = tmp_path / "secrets.overlay.yaml"
+    assert token not in overlay.read_text()  # check-config --show prints this layer
+    assert yaml.safe_load(overlay.read_text())["telegram"] == {"chat_ids": [42]}
+    assert yaml.safe_load(secrets.read_text()) == {"telegram": {"token": token}}
+    assert secrets.stat().st_mode & 0o777 == 0o600
+    again = load(tmp_path)
+    assert again.current.telegram.token.get_secret_value() == token  # type: ignore[attr-defined]
+    assert again.current.telegram.chat_ids == [42]  # type: ignore[attr-defined]
+    assert again.current.motion.threshold == 40  # type: ignore[attr-defined]
+
+
 async def test_a_refused_change_is_not_saved(tmp_path: Path) -> None:
     service = load(tmp_path)
     result = await service.apply_changes({"motion": {"threshold": 42}}, refuse)

@@ -222,6 +222,8 @@ class TelegramOutput(TelegramCommands, OutboxChannel[Config]):
         self._state_waiters: list[asyncio.Future[ControlState]] = []
         self._handlers: set[asyncio.Task[None]] = set()
         self._started_mono = time.monotonic()
+        #: started without a token or chats: a change that brings both starts the bot (_inert)
+        self._inert = False
         self.counts: dict[str, int] = {"unauthorized": 0, "commands": 0}
         #: event id -> the caption last sent or queued for it (edits only when it changes)
         self._captions: OrderedDict[str, str] = OrderedDict()
@@ -256,9 +258,13 @@ class TelegramOutput(TelegramCommands, OutboxChannel[Config]):
         self.storage_root = app.storage.root
         if self.bot is not None:
             self.adopt_settings()
+        elif self._inert and self.cfg.token is not None and self.cfg.chat_ids:
+            # a token and chats given at run time (the status page's Telegram form): _inert
+            await self.start()
 
     async def start(self) -> None:
         self._started_mono = time.monotonic()
+        self._inert = True  # until both a token and chats are configured
         if self.cfg.token is None:
             self.log.info("telegram_disabled", reason="no token configured")
             self.set_state("ok", "disabled: no token")
@@ -267,6 +273,7 @@ class TelegramOutput(TelegramCommands, OutboxChannel[Config]):
             self.log.warning("telegram_disabled", reason="chat_ids is empty: nobody to alert")
             self.set_state("degraded", "no chat_ids: nobody to alert")
             return
+        self._inert = False
         # aiogram builds hundreds of pydantic models on import (~3 s here, more on a Pi): keep
         # that off the event loop
         await self.ctx.executor.run(importlib.import_module, "aiogram")

@@ -50,6 +50,7 @@ ROUTES = [
     "/setup",
     "/setup/frame.jpg",
     "/api/cameras/{seg}/zones",
+    "/settings/telegram",
 ]
 NASTY = ["..", "%2e%2e", "%00", "cam", "x" * 300, "%ff%fe", "a/b", "🙂", "\\", "-1", "1e308"]
 QUERY_KEYS = ["day", "before", "limit", "camera", "label", "next"]

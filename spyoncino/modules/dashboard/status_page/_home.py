@@ -6,6 +6,7 @@ saved overlay and survive a restart); nothing here writes a config file itself.
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from datetime import date, datetime, timedelta
@@ -20,6 +21,7 @@ from spyoncino.core.config import CAMERA_ID, redact_url
 from spyoncino.schemas.control import ConfigSnapshot
 
 from . import _pages as pages
+from . import _settings
 from ._store import EventQuery
 
 if TYPE_CHECKING:
@@ -110,7 +112,13 @@ async def setup_page(request: web.Request) -> web.Response:
     w = _web()
     p = w._page(request)
     found = await p.ctx.executor.run(_found)
-    body = pages.setup(found, w._can_write(request), len(p.camera_ids()))
+    body = pages.setup(
+        found,
+        w._can_write(request),
+        len(p.camera_ids()),
+        csrf=w._csrf(request),
+        message=_settings.message_html(_settings.take_flash(request), "setup-result"),
+    )
     return w._html(request, "setup", "Add a camera", body)  # type: ignore[no-any-return]
 
 
@@ -164,18 +172,38 @@ async def setup_frame(request: web.Request) -> web.Response:
 
 
 async def api_add_camera(request: web.Request) -> web.StreamResponse:
-    """Write the camera through ``config.update``; the orchestrator starts its pipeline."""
+    """Write the camera through ``config.update``; the orchestrator starts its pipeline.
+
+    A ``fetch()`` client (``setup.js``) gets JSON; a plain form POST (no JavaScript) gets a
+    303 back to ``/setup``, which then says what happened."""
     w = _web()
     body = await w._body(request)
-    source = _source(body)
-    cid = body.get("camera_id") or "cam1"
-    if not isinstance(cid, str) or not CAMERA_ID.match(cid):
-        raise web.HTTPBadRequest(text="camera_id: lowercase letters, digits, '_' or '-'")
+    human = w._is_form(request) and not _settings.wants_json(request)
+    try:
+        source = _source(body)
+        cid = body.get("camera_id") or "cam1"
+        if not isinstance(cid, str) or not CAMERA_ID.match(cid):
+            raise web.HTTPBadRequest(text="camera_id: lowercase letters, digits, '_' or '-'")
+    except web.HTTPBadRequest as e:
+        if not human:
+            raise
+        _settings.flash(request, False, f"Not saved: {e.text}")
+        raise web.HTTPSeeOther("/setup") from None
     cam: dict[str, Any] = {"source": source}
     name = body.get("name")
     if isinstance(name, str) and name.strip():
         cam["name"] = name.strip()[:60]
-    return await _verdict(request, {"cameras": {cid: cam}})
+    answer = await _verdict(request, {"cameras": {cid: cam}})
+    if not human:
+        return answer
+    verdict = json.loads(answer.text or "{}")
+    if verdict.get("ok"):
+        _settings.flash(request, True, f"Saved: camera {cid} is starting.")
+    else:
+        errors = "; ".join(f"{e['key']}: {e['error']}" for e in verdict.get("errors") or [])
+        why = errors or verdict.get("reason") or verdict.get("error") or "refused"
+        _settings.flash(request, False, f"Not saved: {why}")
+    raise web.HTTPSeeOther("/setup")
 
 
 # -- timeline -------------------------------------------------------------------------------------
@@ -231,6 +259,7 @@ def add_routes(r: UrlDispatcher) -> None:
     r.add_get("/setup/frame.jpg", setup_frame)
     r.add_post("/api/setup/probe", api_probe)
     r.add_post("/api/setup/camera", api_add_camera)
+    _settings.add_routes(r)  # the Telegram form
 
 
 __all__ = ["add_routes", "camera_zones"]

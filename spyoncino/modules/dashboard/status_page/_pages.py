@@ -381,8 +381,18 @@ def zones(
 
 
 # -- first run -----------------------------------------------------------------------------------
-def setup(found: list[Any], can_write: bool, configured: int = 0) -> str:
-    """The first-run page: what this box can see, or a source typed in; probed, then saved."""
+def setup(
+    found: list[Any],
+    can_write: bool,
+    configured: int = 0,
+    *,
+    csrf: str = "",
+    message: str = '<p id="setup-result" role="status"></p>',
+) -> str:
+    """The first-run page: what this box can see, or a source typed in; probed, then saved.
+
+    The form posts without JavaScript too (its CSRF token is a hidden field); ``message`` is
+    the result paragraph, filled after such a post's redirect."""
     items = "".join(
         f'<li><button type="button" class="pick" data-source="{esc(c.source)}" '
         f'data-name="{esc(c.name)}">{esc(c.label)}</button> <code>{esc(c.source)}</code></li>'
@@ -406,6 +416,7 @@ def setup(found: list[Any], can_write: bool, configured: int = 0) -> str:
         "path of a video file, test it, then save.</p>"
         f"<h2>Found on this box</h2>{listed}"
         '<form id="setup-form" class="setup" method="post" action="/api/setup/camera">'
+        f'<input type="hidden" name="csrf_token" value="{esc(csrf)}">'
         '<label>Source <input id="setup-source" name="source" required '
         'placeholder="rtsp://user:pass@192.168.1.20/stream or /path/to/video.mp4"></label>'
         '<label>Camera id <input id="setup-id" name="camera_id" value="cam1" required '
@@ -413,8 +424,9 @@ def setup(found: list[Any], can_write: bool, configured: int = 0) -> str:
         '<label>Name <input id="setup-name" name="name" placeholder="Front door"></label>'
         '<button type="button" id="setup-test">Test</button> '
         '<button type="submit" id="setup-save">Save and start</button></form>'
-        '<p id="setup-result" role="status"></p>'
+        f"{message}"
         '<img id="setup-frame" alt="test frame" hidden>'
+        '<p>Alerts on your phone: <a href="/settings/telegram">set up Telegram</a>.</p>'
         '<script src="/static/setup.js" defer></script>'
     )
 
