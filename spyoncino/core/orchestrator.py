@@ -154,6 +154,9 @@ class Orchestrator:
         self.slots: list[Slot] = []
         self.summary = RunSummary()
         self._stop = asyncio.Event()
+        #: a camera was added while running (first-run page, API): the run no longer ends
+        #: when the file sources do, the owner is using the box
+        self.cameras_added_live = False
         self._health_task: asyncio.Task[None] | None = None
         self._retry_base = retry_base
         self._retry_cap = retry_cap
@@ -357,7 +360,7 @@ class Orchestrator:
 
     def inputs_finished(self) -> bool:
         inputs = [s for s in self.slots if s.cls.per_camera and s.state != "quarantined"]
-        if not inputs:
+        if not inputs or self.cameras_added_live:
             return False
         # a finite source (a file) that failed for good will not deliver more either
         return all(
@@ -546,6 +549,8 @@ class Orchestrator:
             raise ModuleConfigError(f"{failing.instance} refused the change: {e}") from e
         if replanned:
             await self._replan(new, added, removed, restart, fresh)
+            if any(s.cls.per_camera for s in added):
+                self.cameras_added_live = True
         return [s.instance for s in [*changed, *restart, *added, *removed]]
 
     async def _replan(
