@@ -81,6 +81,7 @@ from spyoncino.schemas import topics
 from spyoncino.schemas.alerts import AlertNotification
 from spyoncino.schemas.control import ControlState
 from spyoncino.schemas.events import EventNotice
+from spyoncino.schemas.health import CAMERA_HEALTH, CameraHealthNotice
 from spyoncino.schemas.media import MediaArtifact
 
 R = TypeVar("R")
@@ -89,7 +90,9 @@ R = TypeVar("R")
 ALL_CAMERAS = "*"
 
 #: Kinds that are alerts in their own right (others are follow-ups of an alert).
-PRIMARY_KINDS = frozenset({"snapshot", "text"})
+PRIMARY_KINDS = frozenset({"snapshot", "text", "health_alert", "health_recovered"})
+#: camera-health notices: alerts, but never folded into a summary of the camera's events
+HEALTH_KINDS = frozenset({"health_alert", "health_recovered"})
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -905,7 +908,7 @@ class Outbox:
         limit = self.settings.coalesce_after
         if limit <= 0:
             return
-        primaries = [i for i in rec.queue if i.primary]
+        primaries = [i for i in rec.queue if i.primary and i.kind not in HEALTH_KINDS]
         if len(primaries) < limit:
             return
         by_camera: dict[str, list[OutboxItem]] = {}
@@ -1177,7 +1180,35 @@ class OutboxChannel(BaseModule, Generic[C]):
             await self.outbox.start()
         except Exception as e:
             raise ModuleNotReady(f"cannot open the outbox in {db_path}: {e}") from e
+        # camera-health notices are alerts of their own: no snapshot to wait for, no gate
+        self.subscribe(CAMERA_HEALTH.pattern(), self._on_camera_health, policy="block", maxsize=64)
         return self.outbox
+
+    async def _enqueue_health(self, notice: CameraHealthNotice) -> None:
+        """What a camera-health alert or recovery becomes in this channel's outbox (kind
+        ``health_alert`` / ``health_recovered``). Channels override it; the default sends
+        nothing, so a third party's channel is unaffected."""
+        return
+
+    def health_muted(self, camera_id: str) -> bool:
+        """Camera-health notices follow mutes (the owner asked for quiet) but not disarming:
+        a covered camera matters most when nobody watches it."""
+        if not self.gate.respect_state:
+            return False
+        now = time.time()
+        return any(self.gate.state.muted_until.get(k, 0.0) > now for k in (camera_id, ALL_CAMERAS))
+
+    async def _on_camera_health(self, msg: Message[CameraHealthNotice]) -> None:
+        notice = msg.payload
+        if self.outbox is None or not getattr(self.cfg, "health_alerts", True):
+            return
+        if self.health_muted(notice.camera_id):
+            self.log.info("health_alert_muted", camera=notice.camera_id, phase=notice.phase)
+            return
+        try:
+            await self._enqueue_health(notice)
+        except Exception as e:  # the channel must live on
+            self.log.error("health_alert_failed", notice_id=notice.notice_id, error=repr(e))
 
     def listen(self) -> None:
         """Follow ``control.state`` and ``event.#``, and alert overdue events as text."""

@@ -13,6 +13,7 @@ from spyoncino.schemas.control import (
 from spyoncino.schemas.detections import Detection, DetectionEvent, MotionEvent
 from spyoncino.schemas.events import EventNotice, TrackedObject
 from spyoncino.schemas.frames import Box, Frame
+from spyoncino.schemas.health import CameraHealthNotice
 from spyoncino.schemas.media import MediaArtifact, RetentionReport, StorageFault, StoredEvent
 from spyoncino.schemas.status import BusStatus, HealthReport, ModuleHealth
 
@@ -26,6 +27,7 @@ PAYLOADS = (
     RetentionReport,
     StorageFault,
     AlertNotification,
+    CameraHealthNotice,
     ConfigUpdate,
     ConfigSnapshot,
     ConfigRejected,
@@ -40,6 +42,7 @@ __all__ = [
     "AlertNotification",
     "Box",
     "BusStatus",
+    "CameraHealthNotice",
     "ConfigRejected",
     "ConfigSnapshot",
     "ConfigUpdate",

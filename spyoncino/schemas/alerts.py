@@ -15,7 +15,10 @@ class AlertNotification(Payload):
     channel: str
     event_id: str
     camera_id: str
-    kind: str = Field(description="what was sent: snapshot, gif, clip, text, summary")
+    kind: str = Field(
+        description="what was sent: snapshot, gif, clip, text, summary, health_alert, "
+        "health_recovered"
+    )
     status: Literal["queued", "sent", "failed"]
     recipient: str = Field(description="chat id, URL host or address; never a secret")
     attempt: int = Field(default=1, ge=1)

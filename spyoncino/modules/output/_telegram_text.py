@@ -17,6 +17,7 @@ from typing import Any
 from spyoncino.core.files import local_time
 from spyoncino.helpers.system import cpu_temperature as cpu_temperature
 from spyoncino.schemas.control import MAX_MUTE_S, ControlState
+from spyoncino.schemas.health import CameraHealthNotice
 from spyoncino.schemas.status import HealthReport, ModuleHealth
 
 ALL_CAMERAS = "*"
@@ -295,3 +296,10 @@ def disk_free(path: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return usage.free, usage.total
+
+
+def health_notice_text(notice: CameraHealthNotice, tz: str | None) -> str:
+    """A camera-health alert or recovery as a plain message: what, on which camera, when."""
+    when = local_time(notice.at, tz).strftime("%Y-%m-%d %H:%M:%S")
+    head = "Camera alert" if notice.phase == "alert" else "Camera recovered"
+    return f"{head}: {notice.message}\n{when}"

@@ -29,6 +29,7 @@ from spyoncino.core.outbox import (
     TransientError,
 )
 from spyoncino.schemas.events import EventNotice
+from spyoncino.schemas.health import CameraHealthNotice
 from spyoncino.schemas.media import MediaArtifact
 
 CHANNEL = "email"
@@ -71,6 +72,11 @@ class Config(ModuleConfig):
         ge=1024,
         le=50 * 1024 * 1024,
         description="Larger snapshots are not attached (the message says so).",
+    )
+    health_alerts: bool = Field(
+        default=True,
+        description="Send camera-health alerts and recoveries (stream lost, covered, frozen, "
+        "moved); they follow mutes, not disarming.",
     )
     timeout_s: float = Field(default=30.0, ge=1.0, le=300.0, description="SMTP timeout.")
     outbox: OutboxSettings = Field(
@@ -156,6 +162,25 @@ class EmailOutput(OutboxChannel[Config]):
                 payload=payload,
             )
 
+    async def _enqueue_health(self, notice: CameraHealthNotice) -> None:
+        assert self.outbox is not None
+        when = local_time(notice.at, self.tz).strftime("%Y-%m-%d %H:%M:%S")
+        what = "camera problem" if notice.phase == "alert" else "camera recovered"
+        payload = {
+            "subject": f"[spyoncino] {notice.camera_name}: {what} at {when}",
+            "body": f"{notice.message}\n{when}\n",
+            "path": None,
+            "camera_name": notice.camera_name,
+        }
+        for rcpt in self.cfg.recipients:
+            await self.outbox.enqueue(
+                recipient=rcpt,
+                event_id=notice.notice_id,
+                camera_id=notice.camera_id,
+                kind=f"health_{notice.phase}",
+                payload=payload,
+            )
+
     async def message(self, item: OutboxItem) -> EmailMessage:
         p = item.payload
         msg = EmailMessage()
@@ -173,7 +198,8 @@ class EmailOutput(OutboxChannel[Config]):
         path = Path(str(p["path"])) if p.get("path") else None
         data: bytes | None = None
         if path is None:
-            body += "\n(no picture: the snapshot was not made)\n"
+            if not item.kind.startswith("health_"):  # a camera-health notice has no picture
+                body += "\n(no picture: the snapshot was not made)\n"
         else:
             data, body = await self._attachment(path, body, run)
         msg.set_content(body)

@@ -53,6 +53,7 @@ from spyoncino.modules.output._telegram_commands import TelegramCommands
 from spyoncino.schemas import topics
 from spyoncino.schemas.control import ControlState
 from spyoncino.schemas.events import EventNotice
+from spyoncino.schemas.health import CameraHealthNotice
 from spyoncino.schemas.media import MediaArtifact
 from spyoncino.schemas.status import HealthReport
 
@@ -111,6 +112,11 @@ class Config(ModuleConfig):
         default=None,
         pattern=r"^https?://",
         description="Base URL of the status page; captions then link to the event.",
+    )
+    health_alerts: bool = Field(
+        default=True,
+        description="Send camera-health alerts and recoveries (stream lost, covered, frozen, "
+        "moved); they follow mutes, not disarming.",
     )
     quiet_hours_start: dtime | None = Field(
         default=None, description="Local time (HH:MM) from which alerts arrive silently."
@@ -420,6 +426,22 @@ class TelegramOutput(TelegramCommands, OutboxChannel[Config]):
             counts=tuple(counts.items()),
             until=ev.ended_at if ev.ended_at is not None else ev.updated_at,
         )
+
+    async def _enqueue_health(self, notice: CameraHealthNotice) -> None:
+        assert self.outbox is not None
+        payload = {
+            "text": text.health_notice_text(notice, self.tz),
+            "camera_name": notice.camera_name,
+            "keyboard": False,
+        }
+        for chat in self.cfg.chat_ids:
+            await self.outbox.enqueue(
+                recipient=str(chat),
+                event_id=notice.notice_id,
+                camera_id=notice.camera_id,
+                kind=f"health_{notice.phase}",
+                payload=payload,
+            )
 
     def _media_payload(self, art: MediaArtifact) -> dict[str, Any]:
         return {

@@ -32,6 +32,7 @@ from spyoncino.core.outbox import (
     TransientError,
 )
 from spyoncino.schemas.events import EventNotice
+from spyoncino.schemas.health import CameraHealthNotice
 from spyoncino.schemas.media import MediaArtifact
 
 CHANNEL = "webhook"
@@ -72,6 +73,11 @@ class Config(ModuleConfig):
     )
     respect_arming: bool = Field(
         default=True, description="Stay quiet while disarmed or muted, like Telegram."
+    )
+    health_alerts: bool = Field(
+        default=True,
+        description="Send camera-health alerts and recoveries (stream lost, covered, frozen, "
+        "moved); they follow mutes, not disarming.",
     )
     timeout_s: float = Field(default=10.0, ge=0.5, le=120.0, description="Request timeout.")
     outbox: OutboxSettings = Field(
@@ -152,6 +158,28 @@ class WebhookOutput(OutboxChannel[Config]):
             kind=art.kind if art is not None else "text",
             payload=self.document(ev, art),
         )
+
+    async def _enqueue_health(self, notice: CameraHealthNotice) -> None:
+        assert self.outbox is not None
+        assert self.cfg.url is not None
+        await self.outbox.enqueue(
+            recipient=recipient_of(self.cfg.url),
+            event_id=notice.notice_id,
+            camera_id=notice.camera_id,
+            kind=f"health_{notice.phase}",
+            payload=self.health_document(notice),
+        )
+
+    @staticmethod
+    def health_document(notice: CameraHealthNotice) -> dict[str, Any]:
+        """The JSON body of a camera-health alert (``spyoncino.camera_health``) or recovery
+        (``spyoncino.camera_recovered``)."""
+        return {
+            "type": "spyoncino.camera_health"
+            if notice.phase == "alert"
+            else "spyoncino.camera_recovered",
+            "health": notice.model_dump(mode="json"),
+        }
 
     async def stop(self) -> None:
         await super().stop()

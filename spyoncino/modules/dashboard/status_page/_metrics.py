@@ -75,6 +75,7 @@ class _ReportCollector(Collector):
             )
         yield from self._cameras(r.health)
         yield from self._modules(r.health)
+        yield from self._camera_health(r.health)
         yield from self._bus(r.bus)
         if r.disk_free is not None:
             yield GaugeMetricFamily(
@@ -194,6 +195,23 @@ class _ReportCollector(Collector):
                     outbox.add_metric([m.module], v)
                     break
         yield from (state, restarts, outbox)
+
+    def _camera_health(self, health: HealthReport | None) -> Iterator[Metric]:
+        """The camera-health module reports ``camera_health.<camera>.<condition>`` as 0/1."""
+        gauge = GaugeMetricFamily(
+            "spyoncino_camera_health",
+            "1 while a camera-health condition (stream_lost, black, frozen, scene_change) "
+            "is raised.",
+            labels=["camera", "condition"],
+        )
+        for m in health.modules if health else ():
+            for key in m.metrics:
+                parts = key.split(".")
+                if len(parts) == 3 and parts[0] == "camera_health":
+                    v = _num(m, key)
+                    if v is not None:
+                        gauge.add_metric([parts[1], parts[2]], v)
+        yield gauge
 
     def _bus(self, bus: BusStatus | None) -> Iterator[Metric]:
         labels = ["subscriber", "pattern"]

@@ -44,6 +44,7 @@ from spyoncino.core.files import disk_free
 from spyoncino.schemas import topics
 from spyoncino.schemas.control import ConfigSnapshot, ConfigUpdate, ControlState
 from spyoncino.schemas.events import EventNotice
+from spyoncino.schemas.health import CAMERA_HEALTH, CameraHealthNotice
 from spyoncino.schemas.media import MediaArtifact
 from spyoncino.schemas.status import HealthReport
 
@@ -84,6 +85,8 @@ class MqttOutput(BaseModule[Config]):
         #: open events per camera (event id -> its latest notice), for motion and counts
         self._active: dict[str, dict[str, EventNotice]] = {}
         self._published_states: dict[str, bytes] = {}
+        #: camera-health conditions raised now, per camera
+        self._health_active: dict[str, set[str]] = {}
         self._snap_relpath: dict[str, str] = {}
         self._armed: bool | None = None
         self._muted_until: dict[str, float] = {}
@@ -99,6 +102,7 @@ class MqttOutput(BaseModule[Config]):
             "reconnects": 0,
             "connect_failures": 0,
             "discovery_published": 0,
+            "health_notices": 0,
         }
 
     # -- config --------------------------------------------------------------------------------
@@ -222,6 +226,7 @@ class MqttOutput(BaseModule[Config]):
         self._client, self.connected = client, client is not None
         self.spawn(self._run(client), "connection")
         self.spawn(self._device_loop(), "device-state")
+        self.subscribe(CAMERA_HEALTH.pattern(), self._on_camera_health, policy="block")
         if client is not None:
             self.set_state("ok", f"connected to {self.broker}")
         else:
@@ -509,6 +514,27 @@ class MqttOutput(BaseModule[Config]):
             fps = round(float(fps), 1) if isinstance(fps, int | float) else 0.0
             doc = {"schema_version": SCHEMA_VERSION, "state": state, "fps": fps}
             self._put_state(self.layout.camera(cid, "state"), json.dumps(doc))
+
+    async def _on_camera_health(self, msg: Message[CameraHealthNotice]) -> None:
+        """A camera-health alert or recovery: one message on ``<camera>/health`` (QoS 1, not
+        retained) and the camera's conditions now, retained, on ``<camera>/problem``."""
+        n = msg.payload
+        if self.queue is None:
+            return
+        doc = {"schema_version": SCHEMA_VERSION, **n.model_dump(mode="json")}
+        self.queue.event(self.layout.camera(n.camera_id, "health"), json.dumps(doc).encode())
+        active = self._health_active.setdefault(n.camera_id, set())
+        if n.phase == "alert":
+            active.add(n.condition)
+        else:
+            active.discard(n.condition)
+        state = {
+            "schema_version": SCHEMA_VERSION,
+            "problem": bool(active),
+            "conditions": sorted(active),
+        }
+        self._put_state(self.layout.camera(n.camera_id, "problem"), json.dumps(state))
+        self.stats["health_notices"] += 1
 
     async def _device_loop(self) -> None:
         while True:

@@ -1,0 +1,601 @@
+"""Camera health: tell the owner when a camera stops being a camera.
+
+Four conditions per camera, each raised once when it has lasted its threshold and cleared once
+when it is over (``health.<camera>.alert`` / ``health.<camera>.recovered``, which every channel
+sends):
+
+* ``stream_lost``  no frame for ``lost_after_s`` (default 30 s) while the input is not
+  ``ended`` (a file that finished is not lost). Measured on the module's clock, since no frame
+  arrives to carry one;
+* ``black``        the picture is black or uniform (lens covered, infrared failed, pointed at
+  a wall): almost no spread of grey levels, or nothing brighter than deep shadow;
+* ``frozen``       consecutive samples are identical or nearly (fewer than ``frozen_changed``
+  of the pixels differ by more than 2 grey levels) while frames keep coming;
+* ``scene_change`` the camera was moved or turned: over most of the picture the structure
+  differs from a slowly kept reference. The motion stage re-learns its background at once
+  when most of the frame changes (that is how it ignores a light switch), so it would absorb
+  a camera move in one frame; this reference is the module's own.
+
+Cheap by construction: every frame costs one clock read and a comparison; at most
+``sample_fps`` frames a second (default 1) are analysed, on the small luma plane the input
+already made (no colour decode), in the worker pool. The structure test works on a 64x48
+thumbnail cut into 8x8-pixel cells and compares each cell with its reference by normalised
+correlation, which does not care about brightness or contrast (a light switch, the day/night
+switch, a cloud): only where things *are* counts. Cells without texture (sky, a wall) do not
+vote. Frame conditions are timed on the frames' own clock (``mono_ts``), so a replay at any
+speed gives the same result as live.
+
+A moved camera that stays moved becomes the new reference after ``scene_accept_s`` (the
+owner turned it on purpose, or must be told only once): the condition clears with the reason
+"new view accepted".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+from pydantic import Field
+
+from spyoncino.core.bus import Message
+from spyoncino.core.config import AppConfig
+from spyoncino.core.contracts import BaseModule, CameraOptions, ModuleConfig
+from spyoncino.schemas import topics
+from spyoncino.schemas.frames import Frame
+from spyoncino.schemas.health import (
+    CAMERA_HEALTH,
+    CONDITIONS,
+    CameraHealthNotice,
+    HealthCondition,
+    HealthPhase,
+)
+from spyoncino.schemas.status import HealthReport
+
+Grey = npt.NDArray[np.uint8]
+
+#: the structure thumbnail: 8 x 6 cells of 8 x 8 pixels
+THUMB_W, THUMB_H, CELL = 64, 48, 8
+#: a cell whose grey levels spread less than this (on the thumbnail) has no structure to vote
+TEXTURE_STD = 3.0
+#: a textured cell correlating less than this with its reference has changed
+CELL_NCC = 0.5
+#: good this long before a condition not yet raised starts counting from zero again
+GRACE_S = 2.5
+#: grey-level step that counts as a changed pixel in the frozen test
+FROZEN_STEP = 2
+
+
+class Config(ModuleConfig):
+    type: Literal["health"] = "health"
+    sample_fps: float = Field(
+        default=1.0, gt=0.0, le=5.0, description="Frames analysed per second and camera."
+    )
+    lost_after_s: float = Field(
+        default=30.0, ge=1.0, le=86400.0, description="No frame this long: stream lost."
+    )
+    black_after_s: float = Field(
+        default=30.0, ge=1.0, le=86400.0, description="Black or uniform this long: alert."
+    )
+    frozen_after_s: float = Field(
+        default=60.0,
+        ge=1.0,
+        le=86400.0,
+        description="Identical frames this long: alert (longer than the camera's key-frame "
+        "interval, which refreshes a still picture).",
+    )
+    scene_after_s: float = Field(
+        default=60.0, ge=1.0, le=86400.0, description="View unlike its reference this long."
+    )
+    scene_accept_s: float = Field(
+        default=600.0,
+        ge=1.0,
+        le=604800.0,
+        description="A changed view that stays this long becomes the reference (the alert "
+        "clears as 'new view accepted').",
+    )
+    recover_after_s: float = Field(
+        default=5.0, ge=0.0, le=3600.0, description="Good this long before 'recovered'."
+    )
+    black_std: float = Field(
+        default=4.0, ge=0.0, le=64.0, description="Grey-level spread under which it is uniform."
+    )
+    black_level: int = Field(
+        default=20,
+        ge=0,
+        le=255,
+        description="Brightest grey (99th percentile) under which the picture is black.",
+    )
+    frozen_changed: float = Field(
+        default=0.002,
+        ge=0.0,
+        le=0.5,
+        description="Share of pixels changed between samples under which they are identical.",
+    )
+    scene_changed: float = Field(
+        default=0.6,
+        gt=0.0,
+        le=1.0,
+        description="Share of textured cells unlike the reference that means a moved camera.",
+    )
+    reference_refresh_s: float = Field(
+        default=300.0,
+        ge=1.0,
+        le=86400.0,
+        description="While the view matches, the reference is renewed this often (follows "
+        "slow changes: a parked car, the season).",
+    )
+    conditions: tuple[HealthCondition, ...] = Field(
+        default=CONDITIONS, description="Conditions that raise alerts."
+    )
+
+
+class HealthCamera(CameraOptions):
+    enabled: bool = Field(default=True, description="Watch this camera's health.")
+    lost_after_s: float | None = Field(
+        default=None, ge=1.0, le=86400.0, description="Overrides health.lost_after_s."
+    )
+    black_after_s: float | None = Field(
+        default=None, ge=1.0, le=86400.0, description="Overrides health.black_after_s."
+    )
+    frozen_after_s: float | None = Field(
+        default=None, ge=1.0, le=86400.0, description="Overrides health.frozen_after_s."
+    )
+    scene_after_s: float | None = Field(
+        default=None, ge=1.0, le=86400.0, description="Overrides health.scene_after_s."
+    )
+    scene_accept_s: float | None = Field(
+        default=None, ge=1.0, le=604800.0, description="Overrides health.scene_accept_s."
+    )
+    conditions: tuple[HealthCondition, ...] | None = Field(
+        default=None, description="Overrides health.conditions (e.g. no 'frozen' on a PTZ)."
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """One camera's thresholds: the camera's overrides over the module's."""
+
+    lost_after_s: float
+    black_after_s: float
+    frozen_after_s: float
+    scene_after_s: float
+    scene_accept_s: float
+    recover_after_s: float
+    conditions: frozenset[str]
+
+    @classmethod
+    def of(cls, cfg: Config, cam: HealthCamera) -> Limits:
+        def pick(name: str) -> float:
+            own = getattr(cam, name)
+            return float(own if own is not None else getattr(cfg, name))
+
+        return cls(
+            lost_after_s=pick("lost_after_s"),
+            black_after_s=pick("black_after_s"),
+            frozen_after_s=pick("frozen_after_s"),
+            scene_after_s=pick("scene_after_s"),
+            scene_accept_s=pick("scene_accept_s"),
+            recover_after_s=cfg.recover_after_s,
+            conditions=frozenset(cam.conditions if cam.conditions is not None else cfg.conditions),
+        )
+
+    def after(self, condition: str) -> float:
+        return {
+            "stream_lost": self.lost_after_s,
+            "black": self.black_after_s,
+            "frozen": self.frozen_after_s,
+            "scene_change": self.scene_after_s,
+        }[condition]
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """What one analysed frame showed."""
+
+    black: bool
+    frozen: bool | None  # None: nothing to compare with yet
+    scene_share: float | None  # share of textured cells unlike the reference; None: no vote
+    mean: float
+    spread: float
+    p99: float
+    changed: float
+
+
+def _cells(thumb: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.float32], npt.NDArray[Any]]:
+    """(each cell's pixels, zero-mean and unit-norm, one row per cell; each cell's spread)."""
+    rows, cols = THUMB_H // CELL, THUMB_W // CELL
+    c = thumb.reshape(rows, CELL, cols, CELL).transpose(0, 2, 1, 3).reshape(rows * cols, -1)
+    c = c - c.mean(axis=1, keepdims=True)
+    std = c.std(axis=1)
+    norm = np.linalg.norm(c, axis=1, keepdims=True)
+    return (c / np.maximum(norm, 1e-6)).astype(np.float32), std
+
+
+class Analyser:
+    """The picture tests of one camera. Pure numpy/OpenCV, no bus: benchmarked on its own."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.prev: Grey | None = None
+        self.ref: tuple[npt.NDArray[np.float32], npt.NDArray[Any]] | None = None
+        self.ref_at: float = 0.0
+        self.samples = 0
+
+    def reset(self) -> None:
+        """After an outage: the next picture is compared with nothing, not a stale one."""
+        self.prev = None
+
+    def thumb(self, luma: Grey) -> npt.NDArray[np.float32]:
+        small = cv2.resize(luma, (THUMB_W, THUMB_H), interpolation=cv2.INTER_AREA)
+        return np.asarray(small, np.float32)
+
+    def analyse(self, luma: Grey, t: float) -> Sample:
+        self.samples += 1
+        cfg = self.cfg
+        thumb = self.thumb(luma)
+        mean = float(thumb.mean())
+        spread = float(thumb.std())
+        p99 = float(np.percentile(thumb, 99))
+        black = spread < cfg.black_std or p99 < cfg.black_level
+        frozen: bool | None = None
+        changed = 1.0
+        prev = self.prev
+        if prev is not None and prev.shape == luma.shape:
+            diff = cv2.absdiff(luma, prev)
+            _, moved = cv2.threshold(diff, FROZEN_STEP, 255, cv2.THRESH_BINARY)
+            changed = cv2.countNonZero(moved) / moved.size
+            frozen = changed < cfg.frozen_changed
+        self.prev = luma
+        share: float | None = None
+        if not black:
+            cells, std = _cells(thumb)
+            if self.ref is None:
+                self.ref, self.ref_at = (cells, std), t
+            else:
+                share = self._unlike(cells, std)
+        return Sample(black, frozen, share, mean, spread, p99, changed)
+
+    def _unlike(self, cells: npt.NDArray[np.float32], std: npt.NDArray[Any]) -> float | None:
+        assert self.ref is not None
+        ref_cells, ref_std = self.ref
+        voters = ref_std >= TEXTURE_STD
+        n = int(voters.sum())
+        if n < 4:
+            return None  # a reference without structure (fog, night without light) cannot judge
+        ncc = (cells * ref_cells).sum(axis=1)
+        # a textured cell gone flat (turned to a wall) has changed as well
+        unlike = voters & ((ncc < CELL_NCC) | (std < TEXTURE_STD / 2))
+        return float(unlike.sum()) / n
+
+    def renew_reference(self, luma: Grey, t: float) -> None:
+        cells, std = _cells(self.thumb(luma))
+        self.ref, self.ref_at = (cells, std), t
+
+
+@dataclass
+class Condition:
+    """One condition of one camera: raised after ``after`` s bad, cleared after ``recover`` s
+    good. ``update`` returns the phase to announce, if any."""
+
+    name: HealthCondition
+    active: bool = False
+    bad_since: float | None = None
+    bad_since_wall: float = 0.0
+    good_since: float | None = None
+    raised_at: float = 0.0
+    notice_id: str = ""
+
+    def update(
+        self, bad: bool, t: float, wall: float, after: float, recover: float
+    ) -> HealthPhase | None:
+        if bad:
+            self.good_since = None
+            if self.bad_since is None:
+                self.bad_since, self.bad_since_wall = t, wall
+            if not self.active and t - self.bad_since >= after:
+                self.active, self.raised_at = True, t
+                return "alert"
+            return None
+        if not self.active:
+            # a lone good sample (a key frame refreshing a frozen picture) does not restart
+            # the count: only GRACE_S of good ones do
+            if self.good_since is None:
+                self.good_since = t
+            if t - self.good_since >= GRACE_S:
+                self.bad_since, self.good_since = None, None
+            return None
+        if self.good_since is None:
+            self.good_since = t
+        if t - self.good_since >= recover:
+            return self.clear()
+        return None
+
+    def clear(self) -> HealthPhase | None:
+        was = self.active
+        self.active, self.bad_since, self.good_since = False, None, None
+        return "recovered" if was else None
+
+
+@dataclass
+class Watch:
+    """Everything the module keeps about one camera."""
+
+    camera_id: str
+    name: str
+    limits: Limits
+    analyser: Analyser
+    started: float
+    last_frame: float | None = None
+    next_sample: float = float("-inf")
+    input_state: str | None = None
+    conditions: dict[str, Condition] = field(
+        default_factory=lambda: {c: Condition(c) for c in CONDITIONS}
+    )
+
+
+_WHAT = {
+    "stream_lost": "no picture (stream lost)",
+    "black": "the picture is black or uniform (lens covered, or night vision failed?)",
+    "frozen": "the picture is frozen (identical frames)",
+    "scene_change": "the view changed (camera moved or turned?)",
+}
+_OVER = {
+    "stream_lost": "the picture is back",
+    "black": "the picture is normal again",
+    "frozen": "the picture moves again",
+    "scene_change": "the view is back to normal",
+}
+
+
+def _span(seconds: float) -> str:
+    s = round(seconds)
+    if s < 120:
+        return f"{s} s"
+    if s < 7200:
+        return f"{s // 60} min"
+    return f"{s // 3600} h {s % 3600 // 60} min"
+
+
+class CameraHealth(BaseModule):
+    category: ClassVar[Any] = "process"
+    Config: ClassVar[type[ModuleConfig]] = Config
+    Camera: ClassVar[type[CameraOptions] | None] = HealthCamera
+
+    def __init__(self, ctx: Any) -> None:
+        super().__init__(ctx)
+        self.cfg = Config()
+        #: monotonic clock for the stream-lost timer (tests inject a fast one)
+        self.clock: Callable[[], float] = ctx.extras.get("clock", time.monotonic)
+        self.tick_s: float = float(ctx.extras.get("health_tick_s", 1.0))
+        self.watches: dict[str, Watch] = {}
+        self.alerts = 0
+        self.recoveries = 0
+        self.busy_s = 0.0
+        self._cams: dict[str, tuple[str, Limits]] = {}
+
+    async def configure(self, app: AppConfig) -> None:
+        cfg = app.section(self.name or "health", Config)
+        names = app.camera_names()
+        cams: dict[str, tuple[str, Limits]] = {}
+        for cid, cam in app.cameras.items():
+            opts = cam.options(self.name or "health", HealthCamera)
+            if cam.enabled and opts.enabled:
+                cams[cid] = (names[cid], Limits.of(cfg, opts))
+        self.cfg, self._cams = cfg, cams
+        for cid, w in list(self.watches.items()):
+            if cid not in cams:
+                del self.watches[cid]
+                continue
+            w.name, w.limits = cams[cid]
+            w.analyser.cfg = cfg
+
+    async def start(self) -> None:
+        now = self.clock()
+        for cid, (name, limits) in self._cams.items():
+            self.watches[cid] = Watch(cid, name, limits, Analyser(self.cfg), started=now)
+            # latest-wins, one slot per camera: a frame costs a clock read, never a queue
+            self.subscribe(topics.FRAME.at(camera=cid), self._on_frame, policy="latest", maxsize=1)
+        self.subscribe(topics.HEALTH.name, self._on_health, policy="latest")
+        self.spawn(self._watch_streams(), "streams")
+        self._update_state()
+
+    # -- frames ---------------------------------------------------------------------------------
+    async def _on_frame(self, msg: Message[Frame]) -> None:
+        frame = msg.payload
+        w = self.watches.get(frame.camera_id)
+        if w is None:
+            return
+        now = self.clock()
+        gap = now - w.last_frame if w.last_frame is not None else 0.0
+        w.last_frame = now
+        lost = w.conditions["stream_lost"]
+        if lost.active or lost.bad_since is not None:
+            await self._stream_update(w, now)
+        if gap > max(5.0, 3.0 / self.cfg.sample_fps):
+            w.analyser.reset()  # a reconnect: compare with what comes now
+            w.next_sample = float("-inf")
+        t = frame.mono_ts
+        if t < w.next_sample - 2.0 / self.cfg.sample_fps:
+            w.next_sample = float("-inf")  # the source's clock restarted (a file looped)
+        if t < w.next_sample:
+            return
+        w.next_sample = t + 1.0 / self.cfg.sample_fps
+        t0 = time.perf_counter()
+        sample = await self.ctx.executor.run(w.analyser.analyse, frame.luma, t)
+        self.busy_s += time.perf_counter() - t0
+        await self._judge(w, sample, frame, t)
+
+    async def _judge(self, w: Watch, s: Sample, frame: Frame, t: float) -> None:
+        lim = w.limits
+        wall = frame.wall_ts
+        measures = {
+            "mean": round(s.mean, 1),
+            "spread": round(s.spread, 2),
+            "p99": round(s.p99, 1),
+            "changed": round(s.changed, 5),
+        }
+        # a black picture is frozen and unlike its reference as well: say the cause only
+        verdicts: dict[HealthCondition, bool | None] = {
+            "black": s.black,
+            "frozen": None if s.frozen is None else (s.frozen and not s.black),
+            "scene_change": None
+            if s.black
+            else (None if s.scene_share is None else s.scene_share >= self.cfg.scene_changed),
+        }
+        if s.scene_share is not None:
+            measures["scene_share"] = round(s.scene_share, 3)
+        for name, bad in verdicts.items():
+            cond = w.conditions[name]
+            if name not in lim.conditions:
+                bad = False
+            if bad is None:
+                continue
+            phase = cond.update(bad, t, wall, lim.after(name), lim.recover_after_s)
+            reason = _OVER[name]
+            if name == "scene_change":
+                phase, reason = self._scene_reference(w, cond, phase, reason, frame, t)
+            if phase is not None:
+                await self._announce(w, cond, phase, t, wall, measures, reason)
+
+    def _scene_reference(
+        self,
+        w: Watch,
+        cond: Condition,
+        phase: HealthPhase | None,
+        reason: str,
+        frame: Frame,
+        t: float,
+    ) -> tuple[HealthPhase | None, str]:
+        a = w.analyser
+        if cond.active and phase is None and t - cond.raised_at >= w.limits.scene_accept_s:
+            # moved for good: the new view is the reference from now on
+            a.renew_reference(frame.luma, t)
+            return cond.clear(), "the new view is accepted as the reference"
+        if (
+            not cond.active
+            and cond.bad_since is None
+            and t - a.ref_at >= (self.cfg.reference_refresh_s)
+        ):
+            a.renew_reference(frame.luma, t)
+        return phase, reason
+
+    # -- stream state ---------------------------------------------------------------------------
+    async def _on_health(self, msg: Message[HealthReport]) -> None:
+        for m in msg.payload.modules:
+            cid = m.metrics.get("camera")
+            state = m.metrics.get("camera_state")
+            if isinstance(cid, str) and isinstance(state, str) and cid in self.watches:
+                self.watches[cid].input_state = state
+
+    async def _watch_streams(self) -> None:
+        while True:
+            now = self.clock()
+            for w in list(self.watches.values()):
+                await self._stream_update(w, now)
+            await asyncio.sleep(self.tick_s)
+
+    async def _stream_update(self, w: Watch, now: float) -> None:
+        cond = w.conditions["stream_lost"]
+        last = w.last_frame if w.last_frame is not None else w.started
+        silent = now - last
+        # a finite source that ended is done, not lost; a frame within a couple of seconds
+        # is a stream (the input's own stall timeout decides when to reconnect)
+        bad = (
+            w.input_state != "ended"
+            and "stream_lost" in w.limits.conditions
+            and silent >= min(2.0, w.limits.lost_after_s)
+        )
+        wall = time.time()
+        if bad and cond.bad_since is None:
+            # it began with the last frame, not when this tick noticed
+            cond.bad_since, cond.bad_since_wall = last, wall - silent
+        phase = cond.update(bad, now, wall, w.limits.lost_after_s, w.limits.recover_after_s)
+        if phase is not None:
+            state = w.input_state or "no frame yet"
+            await self._announce(w, cond, phase, now, wall, {}, _OVER["stream_lost"], state)
+
+    # -- notices --------------------------------------------------------------------------------
+    async def _announce(
+        self,
+        w: Watch,
+        cond: Condition,
+        phase: HealthPhase,
+        t: float,
+        wall: float,
+        measures: dict[str, float],
+        reason: str,
+        state: str | None = None,
+    ) -> None:
+        name = cond.name
+        if phase == "alert":
+            cond.notice_id = f"health-{w.camera_id}-{name}-{int(cond.bad_since_wall)}"
+            lasted = t - (cond.bad_since if cond.bad_since is not None else t)
+            message = f"{w.name}: {_WHAT[name]} for {_span(lasted)}."
+            if name == "stream_lost" and state:
+                message = f"{w.name}: {_WHAT[name]} for {_span(lasted)} (camera {state})."
+            self.alerts += 1
+            self.log.warning(
+                "camera_health_alert", camera=w.camera_id, condition=name, lasted_s=round(lasted)
+            )
+        else:
+            lasted = max(0.0, t - cond.raised_at) + w.limits.after(name)
+            message = f"{w.name}: {reason} (after {_span(lasted)})."
+            self.recoveries += 1
+            self.log.info(
+                "camera_health_recovered", camera=w.camera_id, condition=name, reason=reason
+            )
+        notice = CameraHealthNotice(
+            notice_id=cond.notice_id or f"health-{w.camera_id}-{name}-{int(wall)}",
+            camera_id=w.camera_id,
+            camera_name=w.name,
+            condition=name,
+            phase=phase,
+            since=cond.bad_since_wall or wall,
+            at=wall,
+            duration_s=round(max(0.0, lasted), 1),
+            message=message[:300],
+            reason=reason if phase == "recovered" else "",
+            measures=measures,
+        )
+        self._update_state()
+        await self.bus.publish(CAMERA_HEALTH.at(camera=w.camera_id, phase=phase), notice)
+
+    # -- health ---------------------------------------------------------------------------------
+    def problems(self) -> list[tuple[str, str]]:
+        """(camera, condition) of every condition raised now."""
+        return [
+            (cid, name)
+            for cid, w in self.watches.items()
+            for name, c in w.conditions.items()
+            if c.active
+        ]
+
+    def _update_state(self) -> None:
+        active = self.problems()
+        if active:
+            self.set_state(
+                "degraded",
+                "; ".join(f"{self.watches[c].name}: {n.replace('_', ' ')}" for c, n in active),
+            )
+        else:
+            self.set_state("ok", f"watching {len(self.watches)} camera(s)")
+
+    def metrics(self) -> dict[str, float | int | str]:
+        samples = sum(w.analyser.samples for w in self.watches.values())
+        out: dict[str, float | int | str] = {
+            "alerts": self.alerts,
+            "recoveries": self.recoveries,
+            "samples": samples,
+            "ms_per_sample": round(1000 * self.busy_s / samples, 3) if samples else 0.0,
+        }
+        for cid, w in self.watches.items():
+            for name, c in w.conditions.items():
+                # camera_health.<camera>.<condition>: the status page's Prometheus gauge
+                out[f"camera_health.{cid}.{name}"] = int(c.active)
+        return out

@@ -1,0 +1,295 @@
+"""Camera-health alerts end to end: the health module, the four channels and real peers on
+loopback (Bot API emulator, mosquitto, an HTTP receiver, an SMTP server), and a real RTSP
+server that is stopped for 60 s.
+
+The RTSP test runs the health module on a clock 15 times faster than the wall (an outage of
+4 s is 60 s to it, the 30 s threshold 2 s): the camera input, its reconnection and the
+channels run in real time, the thresholds are the defaults.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from email import message_from_bytes
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from aiohttp import web
+
+from spyoncino.modules.input.rtsp import RtspInput
+from spyoncino.modules.output.email import EmailOutput
+from spyoncino.modules.output.mqtt import MqttOutput
+from spyoncino.modules.output.telegram import TelegramOutput
+from spyoncino.modules.output.webhook import WebhookOutput
+from spyoncino.modules.process.camera_health import CameraHealth
+from spyoncino.schemas import topics
+from spyoncino.schemas.frames import Frame
+from spyoncino.schemas.health import CAMERA_HEALTH, CameraHealthNotice
+from spyoncino.schemas.status import HealthReport
+from spyoncino.testing import BusHarness
+from tests.modules.input.conftest import RtspServer, clip, gst_rtsp  # noqa: F401
+from tests.support.botapi import BotApiEmulator, botapi, free_port  # noqa: F401
+from tests.support.health_replays import lumas, replay
+from tests.support.mqtt_broker import Broker, Watcher
+
+TOKEN = "123456:TEST-token_abc"
+CHAT = 111
+FAST_OUTBOX = {"min_interval_s": 0.0, "backoff_initial_s": 0.1, "backoff_max_s": 0.5}
+SPEED = 15.0
+
+
+class Accelerated:
+    """A monotonic clock that runs at wall speed until ``speed_up``, then ``speed`` times
+    faster (without a jump)."""
+
+    def __init__(self) -> None:
+        self.origin = time.monotonic()
+        self.at = self.origin
+        self.speed = 1.0
+
+    def __call__(self) -> float:
+        return self.at + (time.monotonic() - self.origin) * self.speed
+
+    def speed_up(self, speed: float) -> None:
+        self.at, self.origin, self.speed = self(), time.monotonic(), speed
+
+
+class Receiver:
+    """A webhook endpoint that keeps every JSON body."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        self.runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.bodies.append(json.loads(await request.read()))
+        return web.Response(status=204)
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/hook", self.handle)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}/hook"
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.messages: list[bytes] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.messages.append(envelope.content)
+        return "250 OK"
+
+
+@pytest_asyncio.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    r = Receiver()
+    await r.start()
+    yield r
+    if r.runner is not None:
+        await r.runner.cleanup()
+
+
+@pytest.fixture
+def smtp() -> Any:
+    from aiosmtpd.controller import Controller
+
+    inbox = Inbox()
+    port = free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    yield inbox, port
+    controller.stop()
+
+
+async def until(cond: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_covered_lens_reaches_telegram_mqtt_webhook_and_email(
+    tmp_path: Path,
+    botapi: BotApiEmulator,  # noqa: F811
+    broker: Broker,
+    receiver: Receiver,
+    smtp: Any,
+) -> None:
+    inbox, smtp_port = smtp
+    watch = Watcher(broker, ["spyoncino/#"])
+    await watch.start()
+    data = {
+        "storage": {"root": str(tmp_path)},
+        "cameras": {"cam": {"source": "cam.mp4", "name": "Front door"}},
+        "telegram": {
+            "token": TOKEN,
+            "chat_ids": [CHAT],
+            "api_base_url": botapi.base_url,
+            "commands": False,
+            "outbox": FAST_OUTBOX,
+        },
+        "mqtt": {"host": broker.host, "port": broker.port, "device_id": "box1"},
+        "webhook": {"url": receiver.url, "outbox": FAST_OUTBOX},
+        "email": {
+            "host": "127.0.0.1",
+            "port": smtp_port,
+            "security": "none",
+            "recipients": ["owner@example.org"],
+            "outbox": FAST_OUTBOX,
+        },
+    }
+    registry = {
+        "health": CameraHealth,
+        "telegram": TelegramOutput,
+        "mqtt": MqttOutput,
+        "webhook": WebhookOutput,
+        "email": EmailOutput,
+    }
+    try:
+        async with BusHarness() as h:
+            mods = [
+                h.build(cls, data, name=name, others=registry) for name, cls in registry.items()
+            ]
+            for m in mods:
+                await m.configure(m.ctx.app)
+            for m in reversed(mods):  # consumers first, as the orchestrator starts them
+                await m.start()
+            frame_topic = topics.FRAME.at(camera="cam")
+            t0 = time.time() - 100
+            for i, (t, luma) in enumerate(lumas(replay("black"))):
+                hgt, w = luma.shape
+                f = Frame("cam", i, 10.0 + t, t0 + t, w, hgt, luma)
+                await h.bus.publish(frame_topic, f)
+                await h.bus.wait_idle(frame_topic)
+
+            # Telegram: one alert and one recovery, plain text
+            await botapi.wait_for("sendMessage", count=2, timeout=20)
+            texts = [c.params["text"] for c in botapi.calls_to("sendMessage")]
+            assert len(texts) == 2, texts
+            assert texts[0].startswith("Camera alert: Front door: the picture is black")
+            assert texts[1].startswith("Camera recovered: Front door: the picture is normal")
+            # MQTT: two notices on <camera>/health and the retained problem state
+            health_topic = "spyoncino/box1/cam/health"
+            await watch.wait_for(lambda m: m.topic == health_topic and "recovered" in m.text)
+            docs = [m.json() for m in watch.on(health_topic)]
+            assert [(d["condition"], d["phase"]) for d in docs] == [
+                ("black", "alert"),
+                ("black", "recovered"),
+            ]
+            problem = [m.json() for m in watch.on("spyoncino/box1/cam/problem")]
+            assert problem[-1]["problem"] is False
+            assert any(p["problem"] and p["conditions"] == ["black"] for p in problem)
+            # webhook: one document each
+            await until(lambda: len(receiver.bodies) >= 2)
+            assert [b["type"] for b in receiver.bodies] == [
+                "spyoncino.camera_health",
+                "spyoncino.camera_recovered",
+            ]
+            assert receiver.bodies[0]["health"]["camera_id"] == "cam"
+            # email: two messages, no "no picture" line
+            await until(lambda: len(inbox.messages) >= 2)
+            mails = [message_from_bytes(raw) for raw in inbox.messages]
+            assert "camera problem" in mails[0]["Subject"]
+            assert "camera recovered" in mails[1]["Subject"]
+            body = mails[0].get_payload(decode=True).decode()
+            assert "black" in body and "no picture" not in body
+            await asyncio.sleep(0.5)  # nothing more follows
+            assert len(botapi.calls_to("sendMessage")) == 2
+            assert len(receiver.bodies) == 2 and len(inbox.messages) == 2
+    finally:
+        await watch.stop()
+
+
+async def test_rtsp_server_stopped_for_60_s_gives_one_alert_and_one_recovery(
+    tmp_path: Path,
+    botapi: BotApiEmulator,  # noqa: F811
+    gst_rtsp: None,  # noqa: F811
+) -> None:
+    server = RtspServer(clip=clip())
+    server.start()
+    fast = Accelerated()
+
+    data = {
+        "storage": {"root": str(tmp_path)},
+        "cameras": {
+            "cam": {
+                "source": server.url(),
+                "name": "Gate",
+                "rtsp": {"open_timeout_s": 5.0, "read_timeout_s": 2.0, "stall_timeout_s": 2.0},
+            }
+        },
+        "telegram": {
+            "token": TOKEN,
+            "chat_ids": [CHAT],
+            "api_base_url": botapi.base_url,
+            "commands": False,
+            "outbox": FAST_OUTBOX,
+        },
+    }
+    registry = {"health": CameraHealth, "telegram": TelegramOutput, "rtsp": RtspInput}
+    try:
+        async with BusHarness() as h:
+            rec = h.record(CAMERA_HEALTH.pattern())
+            health = h.build(CameraHealth, data, name="health", others=registry)
+            tg = h.build(TelegramOutput, data, name="telegram", others=registry)
+            cam = h.build(RtspInput, data, name="rtsp", camera_id="cam", others=registry)
+            assert isinstance(health, CameraHealth)
+            health.clock = fast
+            health.tick_s = 0.02
+            for m in (health, tg, cam):
+                await m.configure(m.ctx.app)
+            await tg.start()
+            await health.start()
+            await cam.start()
+
+            async def report_health() -> None:  # what the orchestrator does every few s
+                while True:
+                    await h.bus.publish(
+                        topics.HEALTH.name,
+                        HealthReport(overall="ok", modules=(cam.health(),), at=time.time()),
+                    )
+                    await asyncio.sleep(0.2)
+
+            reporter = asyncio.get_running_loop().create_task(report_health())
+            try:
+                await until(lambda: health.watches["cam"].last_frame is not None, timeout=30)
+                fast.speed_up(SPEED)  # streaming: from now on the module's minutes are short
+                await asyncio.sleep(0.5)
+                assert rec.messages == []
+
+                server.kill()
+                killed = fast()
+                await asyncio.sleep(60 / SPEED)  # 60 s on the module's clock
+                server.start()  # same port
+                msg = await rec.wait_for(lambda m: m.payload.phase == "recovered", timeout=30)
+                back = msg.payload
+            finally:
+                reporter.cancel()
+            notices = [p for p in rec.payloads if isinstance(p, CameraHealthNotice)]
+            assert [(n.condition, n.phase) for n in notices] == [
+                ("stream_lost", "alert"),
+                ("stream_lost", "recovered"),
+            ]
+            alert = notices[0]
+            # raised 30 s (module clock) after the last frame, which came just before the kill
+            assert 29.0 <= alert.duration_s <= 33.0, alert
+            assert "Gate: no picture (stream lost) for 30 s" in alert.message
+            assert back.duration_s >= 60 - 2, back  # the outage, as the module's clock saw it
+            assert fast() - killed >= 60
+            await botapi.wait_for("sendMessage", count=2, timeout=10)
+            texts = [c.params["text"] for c in botapi.calls_to("sendMessage")]
+            assert texts[0].startswith("Camera alert: Gate: no picture")
+            assert texts[1].startswith("Camera recovered: Gate: the picture is back")
+    finally:
+        server.kill()
