@@ -28,6 +28,7 @@ KINDS: tuple[tuple[str, str, str], ...] = (
     (".thumb.jpg", "thumbnail", "image/jpeg"),
     (".jpg", "snapshot", "image/jpeg"),
     (".gif", "gif", "image/gif"),
+    (".anim.mp4", "gif", "video/mp4"),  # the gif module's MP4 animation (gif.format: mp4)
     (".mp4", "clip", "video/mp4"),
 )
 

@@ -87,3 +87,15 @@ def test_event_start_comes_from_the_id(tmp_path: Path) -> None:
     reindex(tmp_path, db)
     (started,) = sqlite3.connect(db).execute("SELECT started_at FROM events").fetchone()
     assert started == time.mktime(time.strptime("20260102T101010", "%Y%m%dT%H%M%S"))
+
+
+def test_an_mp4_animation_is_the_gif_artifact_not_a_second_clip(tmp_path: Path) -> None:
+    folder = tmp_path / "cam" / "2026-12-01"
+    folder.mkdir(parents=True)
+    anim, clip = folder / "ev1.anim.mp4", folder / "ev1.mp4"
+    for p in (anim, clip):
+        p.write_bytes(b"x")
+    got_anim, got_clip = classify(tmp_path, anim), classify(tmp_path, clip)
+    assert got_anim is not None and got_clip is not None
+    assert (got_anim.kind, got_anim.mime, got_anim.event_id) == ("gif", "video/mp4", "ev1")
+    assert (got_clip.kind, got_clip.event_id) == ("clip", "ev1")

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import itertools
 import os
+from pathlib import Path
 from typing import Any
 
 import av
+import pytest
 
 from spyoncino.modules.event.gif import GifMaker, pick_evenly
 from spyoncino.schemas import topics
@@ -61,8 +63,35 @@ def test_pick_evenly() -> None:
     assert pick_evenly(100, 5) == [0, 25, 50, 74, 99]
 
 
+async def test_animation_is_a_small_silent_h264_mp4_spanning_the_event(
+    harness: Harness,
+) -> None:
+    mod, rec = await maker(harness)
+    await run(harness, start=20, end=120, total=140, width=1280, height=720)
+    (art,) = [p for _, p in rec]
+    assert art.kind == "gif"  # what Telegram sends with sendAnimation
+    assert art.mime == "video/mp4"
+    assert art.relpath.endswith("/ev.anim.mp4")  # never the clip's <event>.mp4
+    with av.open(art.path) as c:
+        assert not c.streams.audio
+        video = c.streams.video[0]
+        assert (video.codec_context.name, video.codec_context.pix_fmt) == ("h264", "yuv420p")
+    data = Path(art.path).read_bytes()
+    assert 0 <= data.find(b"moov") < data.find(b"mdat")  # faststart: plays while loading
+    width, rate, seqs = read_gif(art.path)
+    assert width == 480
+    assert rate == 5.0
+    assert seqs[0] <= 22
+    assert seqs[-1] >= 118
+    steps = [b - a for a, b in itertools.pairwise(seqs)]
+    assert max(steps) - min(steps) <= 2  # evenly spaced
+    assert art.duration_s == len(seqs) / 5
+    assert art.size_bytes < 600_000  # a GIF of the same frames is several MB
+    assert mod.gifs_written == 1
+
+
 async def test_gif_is_small_narrow_and_spans_the_event(harness: Harness) -> None:
-    _, rec = await maker(harness)
+    _, rec = await maker(harness, format="gif")
     await run(harness, start=20, end=120, total=140, width=1280, height=720)
     (art,) = [p for _, p in rec]
     assert art.mime == "image/gif"
@@ -97,8 +126,9 @@ async def test_long_event_is_covered_in_bounded_memory(harness: Harness) -> None
     assert seqs[-1] >= 560
 
 
-async def test_busy_footage_is_shrunk_below_the_size_cap(harness: Harness) -> None:
-    _, rec = await maker(harness, max_bytes=300_000)
+@pytest.mark.parametrize("fmt", ["gif", "mp4"])
+async def test_busy_footage_is_shrunk_below_the_size_cap(harness: Harness, fmt: str) -> None:
+    _, rec = await maker(harness, max_bytes=300_000, format=fmt)
     await run(harness, start=0, end=99, total=100, noise=True)
     (art,) = [p for _, p in rec]
     assert art.size_bytes <= 300_000

@@ -252,7 +252,13 @@ def event(row: EventRow, tz: str | None) -> str:
             f'<figure><img id="snapshot" alt="snapshot" src="{esc(a["snapshot"]["url"])}">'
             "<figcaption>Snapshot</figcaption></figure>"
         )
-    if "gif" in a:
+    if "gif" in a and str(a["gif"]["url"]).endswith(".mp4"):  # gif.format mp4: an animation
+        media.append(
+            '<figure><video id="gif" autoplay loop muted playsinline '
+            f'src="{esc(a["gif"]["url"])}"></video>'
+            "<figcaption>Animation</figcaption></figure>"
+        )
+    elif "gif" in a:
         media.append(
             f'<figure><img id="gif" alt="animation" src="{esc(a["gif"]["url"])}">'
             "<figcaption>GIF</figcaption></figure>"
