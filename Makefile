@@ -72,10 +72,22 @@ schema: $(STAMP)
 docs: $(STAMP)
 	$(PY) -m spyoncino.docgen > docs/configuration.md
 
-## dist: the wheel a board installs (no package index needed), into dist/
+## dist: the wheel a board installs, its dependencies (dist/wheelhouse) and the release lock
+## inside the wheel (spyoncino/data/constraints/release.txt: every dependency with its sha256,
+## which the updater installs with pip --require-hashes; docs/updates.md). Needs the index
+## (PyPI or PIP_INDEX_URL / PIP_FIND_LINKS). DIST_WHEELHOUSES adds other platforms' wheelhouses
+## to the lock, e.g. DIST_WHEELHOUSES=dist/wheelhouse-arm64@aarch64-cp311
+DIST_EXTRAS ?= mqtt
+DIST_WHEELHOUSES ?=
+LOCK := spyoncino/data/constraints/release.txt
 dist: $(BASE)
-	rm -f dist/spyoncino-*.whl
+	rm -rf dist/spyoncino-*.whl dist/wheelhouse $(LOCK)
+	$(PY) -m pip wheel --quiet --no-build-isolation -w dist/wheelhouse '.[$(DIST_EXTRAS)]'
+	rm -f dist/wheelhouse/spyoncino-*.whl
+	$(PY) -m spyoncino.updater lock --extras '$(DIST_EXTRAS)' --out $(LOCK) \
+	  --wheelhouse dist/wheelhouse $(foreach w,$(DIST_WHEELHOUSES),--wheelhouse $(w))
 	$(PY) -m pip wheel --quiet --no-deps --no-build-isolation -w dist .
+	rm -f $(LOCK) build/lib/$(LOCK)
 	@ls dist/spyoncino-*.whl
 
 clean:

@@ -33,6 +33,7 @@ import hashlib
 import html.parser
 import json
 import os
+import platform
 import pwd
 import re
 import shutil
@@ -219,6 +220,99 @@ def choose(releases: Sequence[Release], version: str | None, pre: bool = False) 
         return next((r for r in releases if version_key(r.version) == want), None)
     pool = [r for r in releases if pre or not is_prerelease(r.version)]
     return max(pool, key=lambda r: version_key(r.version), default=None)
+
+
+# -- the release lock ------------------------------------------------------------------------
+LOCK_MAGIC = "# spyoncino-lock 1"
+
+
+@dataclass(frozen=True)
+class Lock:
+    """``spyoncino/data/constraints/release.txt`` when ``make dist`` wrote it: every dependency
+    pinned with the sha256 of each file it may be installed from, and what it covers."""
+
+    extras: frozenset[str]
+    #: ``<machine>-cp<major><minor>`` of the wheelhouses it was made from (``x86_64-cp311``)
+    platforms: frozenset[str]
+    #: requirement lines, ``name==version [; marker] --hash=sha256:... ...``
+    lines: tuple[str, ...]
+
+    def pins(self) -> str:
+        """The same pins without hashes (constraints for a platform the lock does not cover)."""
+        return "".join(line.split(" --hash=")[0].split(" ; ")[0] + "\n" for line in self.lines)
+
+
+def platform_tag() -> str:
+    """This interpreter's ``<machine>-cp<major><minor>`` (the slots are built with it)."""
+    return f"{platform.machine()}-cp{sys.version_info[0]}{sys.version_info[1]}"
+
+
+def parse_lock(text: str) -> Lock | None:
+    """The lock in ``text``; None when it is plain pins (a release before locks, or a test's)."""
+    if not text.startswith(LOCK_MAGIC):
+        return None
+    extras: frozenset[str] = frozenset()
+    platforms: frozenset[str] = frozenset()
+    lines: list[str] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("# lock-extras:"):
+            extras = frozenset(line.split(":", 1)[1].split())
+        elif line.startswith("# lock-platforms:"):
+            platforms = frozenset(line.split(":", 1)[1].split())
+        elif line and not line.startswith("#"):
+            if "--hash=sha256:" not in line:
+                return None
+            lines.append(line)
+    return Lock(extras, platforms, tuple(lines))
+
+
+def _marker(tag: str) -> str:
+    machine, _, py = tag.partition("-cp")
+    return f'(platform_machine == "{machine}" and python_version == "{py[0]}.{py[1:]}")'
+
+
+def make_lock(wheelhouses: Sequence[tuple[Path, str]], extras: Sequence[str] = ()) -> str:
+    """The lock of the dependency set in ``wheelhouses`` (folder, platform tag each: what
+    ``pip wheel`` made there for that platform). A package every wheelhouse has is pinned
+    plainly; one only some have (a platform marker in a dependency) gets a marker for them.
+    Different versions of one package in two wheelhouses are refused: a lock pins one."""
+    found: dict[str, tuple[str, dict[str, set[str]]]] = {}
+    tags = [tag for _folder, tag in wheelhouses]
+    for folder, tag in wheelhouses:
+        for f in sorted(folder.iterdir()):
+            if f.suffix != ".whl" and not f.name.endswith(".tar.gz"):
+                continue
+            stem = f.name[: -len(".tar.gz")] if f.name.endswith(".tar.gz") else f.name
+            if f.suffix == ".whl":
+                name, version = stem.split("-")[:2]
+            else:
+                name, _, version = stem.rpartition("-")
+            name = normalize(name)
+            if name == normalize(PACKAGE):
+                continue
+            have = found.setdefault(name, (version, {}))
+            if have[0] != version:
+                raise ValueError(
+                    f"{name}: {have[0]} in one wheelhouse, {version} in {folder}: "
+                    "build every wheelhouse from the same pins"
+                )
+            have[1].setdefault(tag, set()).add(sha256_file(f))
+    out = [
+        LOCK_MAGIC,
+        "# Every dependency of this release with the sha256 of each file it may come from",
+        "# (written by `make dist`; the updater installs with pip --require-hashes from it).",
+        f"# lock-extras: {' '.join(sorted(set(extras)))}",
+        f"# lock-platforms: {' '.join(sorted(set(tags)))}",
+    ]
+    for name in sorted(found):
+        version, by_tag = found[name]
+        line = f"{name}=={version}"
+        if set(by_tag) != set(tags):
+            line += " ; " + " or ".join(_marker(t) for t in sorted(by_tag))
+        digests = sorted({h for hs in by_tag.values() for h in hs})
+        out.append(line + "".join(f" --hash=sha256:{h}" for h in digests))
+    return "\n".join(out) + "\n"
 
 
 def sha256_file(path: Path) -> str:
@@ -664,15 +758,26 @@ class Updater:
         rc, out = self.host.run([*venv, str(path)], timeout=300)
         if rc != 0:
             raise UpdateError(EXIT_BUILD_FAILED, f"python -m venv failed ({rc}): {out[-2000:]}")
-        spec = str(wheel)
-        if self.settings.extras:
-            spec += "[" + ",".join(sorted(self.settings.extras)) + "]"
+        extras = "[" + ",".join(sorted(self.settings.extras)) + "]" if self.settings.extras else ""
         pip = [str(path / "bin" / "python"), "-m", "pip", "install", "--no-input"]
         pip += ["--disable-pip-version-check", "--progress-bar", "off"]
-        for constraints in self._constraints(wheel, version):
-            pip += ["--constraint", str(constraints)]
-        pip += self.pip_index_args()
-        rc, out = self.host.run([*pip, spec], timeout=1800)
+        lock, why = self._lock(wheel)
+        if lock is not None:
+            # every file pip installs must have a sha256 the release's lock lists (the wheel's
+            # own is the one verified above); a dependency missing from it is refused
+            reqs = self.paths.state / "constraints" / f"{version}-install.txt"
+            line = f"{PACKAGE}{extras} @ {wheel.resolve().as_uri()} --hash=sha256:{sha256}"
+            write_atomic(reqs, ("\n".join([line, *lock.lines]) + "\n").encode())
+            pip += ["--require-hashes", "--requirement", str(reqs), *self.pip_index_args()]
+            info["hashes"] = "release lock (--require-hashes)"
+            args = pip
+        else:
+            for constraints in self._constraints(wheel, version):
+                pip += ["--constraint", str(constraints)]
+            info["hashes"] = f"index ({why})"
+            args = [*pip, *self.pip_index_args(), str(wheel) + extras]
+        log(f"dependencies verified by: {info['hashes']}")
+        rc, out = self.host.run(args, timeout=1800)
         if rc != 0:
             info["status"] = "failed"
             self.save()
@@ -697,6 +802,29 @@ class Updater:
             args.append("--no-index")
         return args
 
+    def _read_member(self, wheel: Path, name: str) -> str | None:
+        try:
+            with zipfile.ZipFile(wheel) as z:
+                return z.read(f"{PACKAGE}/data/constraints/{name}").decode("utf-8", "replace")
+        except (OSError, KeyError, zipfile.BadZipFile):
+            return None
+
+    def _lock(self, wheel: Path) -> tuple[Lock | None, str]:
+        """The release's lock when it covers this box, else None and why not."""
+        if self.settings.system_site_packages:
+            return None, "a venv that sees apt's packages takes constraints/picamera2.txt"
+        text = self._read_member(wheel, "release.txt")
+        lock = parse_lock(text) if text is not None else None
+        if lock is None:
+            return None, "the release ships no lock with hashes"
+        if platform_tag() not in lock.platforms:
+            covers = ", ".join(sorted(lock.platforms))
+            return None, f"its lock covers {covers}, not {platform_tag()}"
+        missing = set(self.settings.extras) - lock.extras
+        if missing:
+            return None, f"its lock does not cover the extras {', '.join(sorted(missing))}"
+        return lock, ""
+
     def _constraints(self, wheel: Path, version: str) -> list[Path]:
         """The constraints file the release ships (``spyoncino/data/constraints/`` in the
         wheel): ``release.txt``, the versions it was tested with; or, for a venv that sees
@@ -710,8 +838,12 @@ class Updater:
                 for name in names:
                     member = f"{PACKAGE}/data/constraints/{name}"
                     if member in present:
+                        data = z.read(member)
+                        lock = parse_lock(data.decode("utf-8", "replace"))
+                        if lock is not None:  # pins only: the hashes are for other platforms
+                            data = lock.pins().encode()
                         dest = self.paths.state / "constraints" / f"{version}-{name}"
-                        write_atomic(dest, z.read(member))
+                        write_atomic(dest, data)
                         out.append(dest)
         except (OSError, zipfile.BadZipFile):
             return []
@@ -1149,7 +1281,7 @@ def read_request(path: Path) -> dict[str, Any]:
 
 
 # -- command line -----------------------------------------------------------------------------
-COMMANDS = ("update", "status", "rollback", "boot-check", "install", "request")
+COMMANDS = ("update", "status", "rollback", "boot-check", "install", "request", "lock")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1203,6 +1335,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("rollback", help="switch to the other slot (if it was good) and restart")
     sub.add_parser("boot-check", help="at boot: go back to the last good slot if needed")
     sub.add_parser("request", help="serve the request file the service wrote (the .path unit)")
+    q = sub.add_parser("lock", help="write a release lock from wheelhouses (make dist runs it)")
+    q.add_argument(
+        "--wheelhouse",
+        action="append",
+        required=True,
+        metavar="DIR[@PLATFORM]",
+        help="a folder pip wheel filled; PLATFORM like aarch64-cp311 (default: this one)",
+    )
+    q.add_argument("--extras", default="", help="comma-separated extras it was resolved with")
+    q.add_argument("--out", required=True, help="the lock file to write")
     return p
 
 
@@ -1254,6 +1396,19 @@ def _dispatch(args: argparse.Namespace, paths: Paths, settings: Settings) -> int
             print(json.dumps(status, sort_keys=True))
         else:
             _print_status(status)
+        return EXIT_OK
+    if cmd == "lock":
+        houses = []
+        for spec in args.wheelhouse:
+            folder, _, tag = spec.partition("@")
+            houses.append((Path(folder), tag or platform_tag()))
+        extras = [e for e in args.extras.split(",") if e]
+        try:
+            text = make_lock(houses, extras)
+        except (OSError, ValueError) as e:
+            raise UpdateError(EXIT_USAGE, f"cannot write the lock: {e}") from e
+        write_atomic(Path(args.out), text.encode())
+        log(f"{args.out}: {len(parse_lock(text).lines)} packages")  # type: ignore[union-attr]
         return EXIT_OK
     if cmd == "update" and args.check:
         return _emit(args, _report_check(Updater(paths, settings).check(**_source_kwargs(args))))

@@ -12,6 +12,7 @@ import http.server
 import json
 import os
 import shutil
+import sys
 import threading
 import zipfile
 from collections.abc import Callable, Sequence
@@ -81,7 +82,11 @@ class FakeHost(up.Host):
             if self.pip_rc:
                 return self.pip_rc, "ERROR: No matching distribution found for numpy"
             slot = Path(argv[0]).parents[1]
-            wheel = Path(argv[-1].split("[")[0])
+            if "--requirement" in argv:  # the release lock: the wheel is its first line
+                first = Path(argv[argv.index("--requirement") + 1]).read_text().splitlines()[0]
+                wheel = Path(first.split(" @ file://")[1].split(" ")[0])
+            else:
+                wheel = Path(argv[-1].split("[")[0])
             version = wheel.name.split("-")[1]
             (slot / "bin" / "spyoncino").write_text(version)
             pkg = slot / "lib" / "python3.11" / "site-packages" / "spyoncino"
@@ -348,6 +353,126 @@ def test_a_venv_seeing_apt_packages_gets_the_picamera2_constraints(
     pip = next(c for c in u.host.calls if c[1:4] == ["-m", "pip", "install"])  # type: ignore[attr-defined]
     files = [Path(pip[i + 1]).name for i, a in enumerate(pip) if a == "--constraint"]
     assert files == ["0.1.0-picamera2.txt"]  # not the lock resolved without apt's numpy
+
+
+# -- the release lock (make dist) and --require-hashes ----------------------------------------
+def fake_file(folder: Path, name: str, data: bytes = b"") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_bytes(data or name.encode())
+    return folder / name
+
+
+def test_a_lock_pins_every_file_and_marks_what_only_some_platforms_need(tmp_path: Path) -> None:
+    x86, arm = tmp_path / "x86", tmp_path / "arm"
+    fake_file(x86, "Py_YAML-6.0-py3-none-any.whl")
+    fake_file(arm, "Py_YAML-6.0-py3-none-any.whl")
+    a = fake_file(x86, "numpy-2.0-cp311-cp311-manylinux_2_28_x86_64.whl")
+    b = fake_file(arm, "numpy-2.0-cp311-cp311-manylinux_2_28_aarch64.whl")
+    c = fake_file(x86, "ai_edge_litert-2.3.0-cp311-cp311-manylinux_2_27_x86_64.whl")
+    fake_file(x86, "sdnotify-0.3.2.tar.gz")
+    fake_file(x86, "spyoncino-0.1.0-py3-none-any.whl")  # the release itself is never in it
+    text = up.make_lock([(x86, "x86_64-cp311"), (arm, "aarch64-cp311")], ["mqtt"])
+    lock = up.parse_lock(text)
+    assert lock is not None
+    assert lock.extras == {"mqtt"} and lock.platforms == {"x86_64-cp311", "aarch64-cp311"}
+    by_name = {line.split("==")[0]: line for line in lock.lines}
+    assert sorted(by_name) == ["ai-edge-litert", "numpy", "py-yaml", "sdnotify"]
+    assert by_name["numpy"] == "numpy==2.0" + "".join(
+        f" --hash=sha256:{h}" for h in sorted([sha(a), sha(b)])
+    )
+    assert by_name["ai-edge-litert"] == (
+        'ai-edge-litert==2.3.0 ; (platform_machine == "x86_64" and python_version == "3.11")'
+        f" --hash=sha256:{sha(c)}"
+    )
+    assert by_name["py-yaml"].count("--hash") == 1  # the same file in both
+    assert lock.pins().splitlines()[1] == "numpy==2.0"
+    # one package, two versions: not a lock
+    fake_file(arm, "numpy-2.1-cp311-cp311-manylinux_2_28_aarch64.whl")
+    with pytest.raises(ValueError, match=r"numpy: 2\.0 in one wheelhouse, 2\.1"):
+        up.make_lock([(x86, "x86_64-cp311"), (arm, "aarch64-cp311")])
+    assert up.parse_lock("numpy==2.0\n") is None  # plain pins: a release before locks
+
+
+def test_a_release_with_a_lock_for_this_box_installs_with_require_hashes(
+    box: Callable[..., Updater], tmp_path: Path
+) -> None:
+    dep = fake_file(tmp_path / "wh", "numpy-2.0-py3-none-any.whl")
+    lock = up.make_lock([(tmp_path / "wh", up.platform_tag())], ["mqtt"])
+    u = box(extras=["mqtt"])
+    wheel = make_wheel(tmp_path / "l", "0.1.0", lock)
+    assert u.install("0.1.0", pin=False, start=False, wheel=str(wheel)).code == 0
+    pip = next(c for c in u.host.calls if c[1:4] == ["-m", "pip", "install"])  # type: ignore[attr-defined]
+    assert "--require-hashes" in pip and "--constraint" not in pip
+    reqs = Path(pip[pip.index("--requirement") + 1]).read_text().splitlines()
+    spec = f"spyoncino[mqtt] @ {wheel.resolve().as_uri()} --hash=sha256:{sha(wheel)}"
+    assert reqs == [spec, f"numpy==2.0 --hash=sha256:{sha(dep)}"]
+    assert u.slot_info("a")["hashes"] == "release lock (--require-hashes)"
+
+
+@pytest.mark.parametrize(
+    ("lock_for", "extras", "why"),
+    [
+        ("riscv64-cp399", [], "its lock covers riscv64-cp399, not "),
+        (None, ["email"], "its lock does not cover the extras email"),
+    ],
+)
+def test_a_lock_that_does_not_cover_the_box_falls_back_to_the_index_hashes(
+    box: Callable[..., Updater], tmp_path: Path, lock_for: str | None, extras: list[str], why: str
+) -> None:
+    fake_file(tmp_path / "wh", "numpy-2.0-py3-none-any.whl")
+    lock = up.make_lock([(tmp_path / "wh", lock_for or up.platform_tag())], ["mqtt"])
+    u = box(extras=extras)
+    wheel = make_wheel(tmp_path / "l", "0.1.0", lock)
+    assert u.install("0.1.0", pin=False, start=False, wheel=str(wheel)).code == 0
+    pip = next(c for c in u.host.calls if c[1:4] == ["-m", "pip", "install"])  # type: ignore[attr-defined]
+    assert "--require-hashes" not in pip
+    # the pins still hold, without the hashes of files this box cannot use
+    assert Path(pip[pip.index("--constraint") + 1]).read_text() == "numpy==2.0\n"
+    assert u.slot_info("a")["hashes"].startswith(f"index ({why}")
+
+
+def real_wheel(folder: Path, name: str, version: str, requires: Sequence[str] = ()) -> Path:
+    """A minimal wheel pip installs (dist-info with METADATA, WHEEL, RECORD)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}-{version}-py3-none-any.whl"
+    info = f"{name}-{version}.dist-info"
+    meta = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n" + "".join(
+        f"Requires-Dist: {r}\n" for r in requires
+    )
+    files = {
+        f"{name}/__init__.py": f'__version__ = "{version}"\n',
+        f"{info}/METADATA": meta,
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+        "Tag: py3-none-any\n",
+    }
+    record = "".join(f"{n},,\n" for n in files) + f"{info}/RECORD,,\n"
+    with zipfile.ZipFile(path, "w") as z:
+        for n, text in files.items():
+            z.writestr(n, text)
+        z.writestr(f"{info}/RECORD", record)
+    return path
+
+
+def test_pip_refuses_a_dependency_whose_file_is_not_the_one_locked(tmp_path: Path) -> None:
+    """Real venv, real pip, offline: the lock make dist writes is what pip checks."""
+    wh = tmp_path / "wheelhouse"
+    real_wheel(wh, "tinydep", "1.0")
+    lock = up.make_lock([(wh, up.platform_tag())])
+    release = real_wheel(tmp_path / "rel", "spyoncino", "0.1.0", ["tinydep==1.0"])
+    with zipfile.ZipFile(release, "a") as z:
+        z.writestr("spyoncino/data/constraints/release.txt", lock)
+    paths = Paths(tmp_path / "opt", tmp_path / "state", tmp_path / "ex")
+    settings = Settings(python=sys.executable, find_links=[str(wh)], no_index=True)
+    u = Updater(paths, settings)
+    u.build("a", release, "0.1.0", sha(release))
+    assert u.slot_info("a")["hashes"] == "release lock (--require-hashes)"
+    assert list(paths.slot("a").glob("lib/python3*/site-packages/tinydep/__init__.py"))
+    # the same version of the dependency, another file (a compromised index or folder)
+    (wh / "tinydep-1.0-py3-none-any.whl").unlink()
+    real_wheel(wh, "tinydep", "1.0", ["six"])
+    with pytest.raises(UpdateError, match="DO NOT MATCH THE HASHES") as e:
+        u.build("b", release, "0.1.0", sha(release))
+    assert e.value.code == up.EXIT_BUILD_FAILED
 
 
 def test_already_up_to_date_and_no_such_version_are_said_plainly(
