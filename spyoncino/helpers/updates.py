@@ -40,16 +40,24 @@ def valid_version(text: str) -> bool:
     return len(text) <= 32 and VERSION.match(text) is not None
 
 
+class RequestPending(Exception):
+    """An update request still waits for the updater; a check must not replace it."""
+
+
 def write_request(folder: Path, action: Action, version: str | None = None) -> float:
     """Ask the updater for ``action`` (crash-safe write); returns the request's time stamp.
 
     Only an action and a version: which index or wheel to install from is the box's own
-    setting, never the (less trusted) service's.
+    setting, never the (less trusted) service's. There is one request file: an update replaces
+    whatever waits, a check never replaces a waiting update (``RequestPending``).
     """
     if action not in ("update", "check"):
         raise ValueError(f"not an update action: {action!r}")
     if version is not None and not valid_version(version):
         raise ValueError(f"not a version: {version[:40]!r}")
+    waiting = _read(folder / REQUEST)
+    if action == "check" and waiting is not None and waiting.get("action") == "update":
+        raise RequestPending(pending_words(waiting))
     at = round(time.time(), 3)
     req: dict[str, Any] = {"action": action, "at": at}
     if version is not None:
@@ -64,6 +72,13 @@ def _read(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def pending_words(req: dict[str, Any]) -> str:
+    """``an update to 0.2.0 was asked for and waits for the updater``."""
+    v = req.get("version")
+    to = f" to {v}" if isinstance(v, str) and valid_version(v) else ""
+    return f"an update{to} was asked for and waits for the updater"
 
 
 @dataclass(frozen=True)

@@ -100,7 +100,16 @@ class TelegramUpdates(BaseModule):
             body = f"Running {__version__}. Update to {target}?"
             await self._reply(chat_id, body, reply_to, self._confirm(target))
             return
-        check = await self._fresh_check(folder, files)
+        try:
+            check = await self._fresh_check(folder, files)
+        except up.RequestPending as e:
+            await self._reply(
+                chat_id,
+                f"Running {__version__}: {e} (the updater is busy, or spyoncino-update.path is "
+                "not running); its result comes here.",
+                reply_to,
+            )
+            return
         if check is None:
             last = files.check
             when = ""
@@ -111,7 +120,8 @@ class TelegramUpdates(BaseModule):
             await self._reply(
                 chat_id,
                 f"Running {__version__}. The updater did not answer within "
-                f"{self.cfg.update_wait_s:.0f} s (is spyoncino-update.path enabled?).{when}",
+                f"{self.cfg.update_wait_s:.0f} s (busy with an update, or "
+                f"spyoncino-update.path is not running).{when}",
                 reply_to,
             )
             return

@@ -82,6 +82,12 @@ async def test_the_update_button_needs_a_login_and_the_csrf_token(
     assert "An update was asked for and waits for the updater." in answer
     assert "An update was asked for" in await health(r)  # still there on the next visit
 
+    # a check never replaces the update still waiting for the updater
+    async with r.http.post(r.url("/update"), data={"action": "check", "csrf_token": csrf}) as resp:
+        assert resp.status == 409
+        assert "an update to 0.2.0 was asked for" in unescape(await resp.text())
+    assert json.loads(request.read_text())["action"] == "update"
+
     # Check for updates
     request.unlink()
     async with r.http.post(r.url("/update"), data={"action": "check", "csrf_token": csrf}) as resp:

@@ -218,6 +218,23 @@ async def test_the_updater_not_answering_is_said_plainly(
     said = await reply_to(botapi, ADMIN, "did not answer")
     assert "spyoncino-update.path" in said
     assert json.loads(root.paths.request.read_text())["action"] == "check"
+    # an update waiting for the busy updater is never replaced by a check
+    offer = await harness_offer(botapi, NEXT)
+    botapi.push_callback(ADMIN, ADMIN, f"u:{NEXT}", message_id=offer)
+    await reply_to(botapi, ADMIN, "requested")
+    botapi.push_message(ADMIN, ADMIN, "/update")
+    said = await reply_to(botapi, ADMIN, "waits for the updater")
+    assert f"an update to {NEXT} was asked for and waits for the updater" in said
+    assert json.loads(root.paths.request.read_text())["action"] == "update"
+
+
+async def harness_offer(botapi: BotApiEmulator, version: str) -> int:
+    """``/update <version>`` from the admin; the id of the answer carrying the buttons."""
+    botapi.push_message(ADMIN, ADMIN, f"/update {version}")
+    offer = await botapi.wait_for(
+        "sendMessage", predicate=lambda c: f"Update to {version}?" in c.params.get("text", "")
+    )
+    return int(offer.result["message_id"])
 
 
 async def test_daily_check_tells_each_new_version_once(
