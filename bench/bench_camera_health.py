@@ -37,7 +37,7 @@ from spyoncino.modules.process.camera_health import Analyser, CameraHealth, Conf
 from spyoncino.modules.process.motion import MotionDetector
 from spyoncino.schemas import topics
 from spyoncino.schemas.frames import Frame
-from spyoncino.schemas.health import CAMERA_HEALTH, CameraHealthNotice
+from spyoncino.schemas.health import CameraHealthNotice
 from tests.support.health_replays import FPS, MAKERS, lumas, replay
 
 T0 = 1_750_000_000.0
@@ -68,7 +68,7 @@ async def replay_run(
     async def rec(msg: Message[CameraHealthNotice]) -> None:
         got.append(msg.payload)
 
-    bus.subscribe(CAMERA_HEALTH.pattern(), rec, module="bench")
+    bus.subscribe(topics.CAMERA_HEALTH.pattern(), rec, module="bench")
     (mod,) = build(["health"], bus, executor, health)
     clock = [0.0]
     mod.clock = lambda: clock[0]

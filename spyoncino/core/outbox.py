@@ -81,7 +81,7 @@ from spyoncino.schemas import topics
 from spyoncino.schemas.alerts import AlertNotification
 from spyoncino.schemas.control import ControlState
 from spyoncino.schemas.events import EventNotice
-from spyoncino.schemas.health import CAMERA_HEALTH, CameraHealthNotice
+from spyoncino.schemas.health import CameraHealthNotice
 from spyoncino.schemas.media import MediaArtifact
 
 R = TypeVar("R")
@@ -1181,7 +1181,7 @@ class OutboxChannel(BaseModule, Generic[C]):
         except Exception as e:
             raise ModuleNotReady(f"cannot open the outbox in {db_path}: {e}") from e
         # camera-health notices are alerts of their own: no snapshot to wait for, no gate
-        self.subscribe(CAMERA_HEALTH.pattern(), self._on_camera_health, policy="block", maxsize=64)
+        self.subscribe(topics.CAMERA_HEALTH, self._on_camera_health, policy="block", maxsize=64)
         return self.outbox
 
     async def _enqueue_health(self, notice: CameraHealthNotice) -> None:

@@ -7,7 +7,6 @@ from typing import Literal
 from pydantic import Field
 
 from spyoncino.schemas.base import Payload
-from spyoncino.schemas.topics import Topic
 
 #: what can be wrong with a camera, in the order a problem hides the ones after it (a lost
 #: stream has no picture to judge; a black picture is also frozen and unlike its reference)
@@ -17,9 +16,9 @@ HealthPhase = Literal["alert", "recovered"]
 
 
 class CameraHealthNotice(Payload):
-    """Published on ``health.<camera>.<phase>``: once when a condition has lasted its
-    threshold (``alert``), once when it is over (``recovered``). Both carry the same
-    ``notice_id``."""
+    """Published on ``health.<camera>.<phase>`` (``topics.CAMERA_HEALTH``): once when a
+    condition has lasted its threshold (``alert``), once when it is over (``recovered``). Both
+    carry the same ``notice_id``."""
 
     notice_id: str = Field(description="health-<camera>-<condition>-<start>, shared by both")
     camera_id: str
@@ -38,6 +37,3 @@ class CameraHealthNotice(Payload):
     measures: dict[str, float] = Field(
         default_factory=dict, description="what was measured (mean, spread, changed share)"
     )
-
-
-CAMERA_HEALTH = Topic("health.{camera}.{phase}", CameraHealthNotice)

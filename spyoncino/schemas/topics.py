@@ -20,6 +20,7 @@ from spyoncino.schemas.control import (
 from spyoncino.schemas.detections import DetectionEvent, MotionEvent
 from spyoncino.schemas.events import EventNotice
 from spyoncino.schemas.frames import Frame
+from spyoncino.schemas.health import CameraHealthNotice
 from spyoncino.schemas.media import MediaArtifact, RetentionReport, StorageFault, StoredEvent
 from spyoncino.schemas.status import BusStatus, HealthReport
 
@@ -100,6 +101,7 @@ CONFIG_SNAPSHOT = Topic("config.snapshot", ConfigSnapshot)
 CONFIG_REJECTED = Topic("config.rejected", ConfigRejected)
 CONTROL = Topic("control.command", ControlCommand)
 CONTROL_STATE = Topic("control.state", ControlState)
+CAMERA_HEALTH = Topic("health.{camera}.{phase}", CameraHealthNotice)
 
 #: every topic family above, for checks and docs (``family_of``)
 ALL: tuple[Topic[Any], ...] = (
@@ -119,6 +121,7 @@ ALL: tuple[Topic[Any], ...] = (
     CONFIG_REJECTED,
     CONTROL,
     CONTROL_STATE,
+    CAMERA_HEALTH,
 )
 
 

@@ -29,7 +29,7 @@ from spyoncino.modules.output.webhook import WebhookOutput
 from spyoncino.modules.process.camera_health import CameraHealth
 from spyoncino.schemas import topics
 from spyoncino.schemas.frames import Frame
-from spyoncino.schemas.health import CAMERA_HEALTH, CameraHealthNotice
+from spyoncino.schemas.health import CameraHealthNotice
 from spyoncino.schemas.status import HealthReport
 from spyoncino.testing import BusHarness
 from tests.modules.input.conftest import RtspServer, clip, gst_rtsp  # noqa: F401
@@ -240,7 +240,7 @@ async def test_rtsp_server_stopped_for_60_s_gives_one_alert_and_one_recovery(
     registry = {"health": CameraHealth, "telegram": TelegramOutput, "rtsp": RtspInput}
     try:
         async with BusHarness() as h:
-            rec = h.record(CAMERA_HEALTH.pattern())
+            rec = h.record(topics.CAMERA_HEALTH.pattern())
             health = h.build(CameraHealth, data, name="health", others=registry)
             tg = h.build(TelegramOutput, data, name="telegram", others=registry)
             cam = h.build(RtspInput, data, name="rtsp", camera_id="cam", others=registry)

@@ -47,7 +47,6 @@ from spyoncino.modules.process._health_analysis import Analyser, Condition, Samp
 from spyoncino.schemas import topics
 from spyoncino.schemas.frames import Frame
 from spyoncino.schemas.health import (
-    CAMERA_HEALTH,
     CONDITIONS,
     CameraHealthNotice,
     HealthCondition,
@@ -423,7 +422,7 @@ class CameraHealth(BaseModule):
             measures=measures,
         )
         self._update_state()
-        await self.bus.publish(CAMERA_HEALTH.at(camera=w.camera_id, phase=phase), notice)
+        await self.bus.publish(topics.CAMERA_HEALTH.at(camera=w.camera_id, phase=phase), notice)
 
     # -- health ---------------------------------------------------------------------------------
     def problems(self) -> list[tuple[str, str]]:

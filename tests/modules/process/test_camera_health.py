@@ -18,7 +18,7 @@ from spyoncino.modules.dashboard.status_page._metrics import Metrics, Reports
 from spyoncino.modules.process.camera_health import CameraHealth, Condition
 from spyoncino.schemas import topics
 from spyoncino.schemas.frames import Frame
-from spyoncino.schemas.health import CAMERA_HEALTH, CameraHealthNotice
+from spyoncino.schemas.health import CameraHealthNotice
 from spyoncino.schemas.status import HealthReport, ModuleHealth
 from spyoncino.testing import BusHarness, Recorder
 from tests.support.health_replays import NUISANCES, lumas, replay
@@ -53,7 +53,7 @@ class Run:
         topic = topics.FRAME.at(camera=camera)
         await self.h.bus.publish(topic, f)
         await self.h.bus.wait_idle(topic)
-        await self.h.bus.wait_idle(CAMERA_HEALTH.pattern())
+        await self.h.bus.wait_idle(topics.CAMERA_HEALTH.pattern())
 
     async def replay(self, name: str) -> None:
         for t, luma in lumas(replay(name)):
@@ -70,7 +70,7 @@ async def run() -> AsyncIterator[MakeRun]:
 
         async def make(section: dict[str, Any] | None = None, **camera: Any) -> Run:
             clock = FakeClock()
-            rec = h.record(CAMERA_HEALTH.pattern())
+            rec = h.record(topics.CAMERA_HEALTH.pattern())
             cam: dict[str, Any] = {"source": "cam.mp4", "name": "Front door"}
             if camera:
                 cam["health"] = camera

@@ -44,7 +44,7 @@ from spyoncino.core.files import disk_free
 from spyoncino.schemas import topics
 from spyoncino.schemas.control import ConfigSnapshot, ConfigUpdate, ControlState
 from spyoncino.schemas.events import EventNotice
-from spyoncino.schemas.health import CAMERA_HEALTH, CameraHealthNotice
+from spyoncino.schemas.health import CameraHealthNotice
 from spyoncino.schemas.media import MediaArtifact
 from spyoncino.schemas.status import HealthReport
 
@@ -226,7 +226,7 @@ class MqttOutput(BaseModule[Config]):
         self._client, self.connected = client, client is not None
         self.spawn(self._run(client), "connection")
         self.spawn(self._device_loop(), "device-state")
-        self.subscribe(CAMERA_HEALTH.pattern(), self._on_camera_health, policy="block")
+        self.subscribe(topics.CAMERA_HEALTH.pattern(), self._on_camera_health, policy="block")
         if client is not None:
             self.set_state("ok", f"connected to {self.broker}")
         else:
