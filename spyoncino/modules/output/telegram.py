@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import time
 from collections import OrderedDict
 from datetime import time as dtime
@@ -48,6 +47,7 @@ from spyoncino.core.outbox import (
     TransientError,
 )
 from spyoncino.helpers.updates import DEFAULT_DIR as UPDATE_DIR
+from spyoncino.modules.output import _aiogram
 from spyoncino.modules.output import _telegram_text as text
 from spyoncino.modules.output._telegram_commands import TelegramCommands
 from spyoncino.schemas import topics
@@ -280,9 +280,9 @@ class TelegramOutput(TelegramCommands, OutboxChannel[Config]):
             self.set_state("degraded", "no chat_ids: nobody to alert")
             return
         self._inert = False
-        # aiogram builds hundreds of pydantic models on import (~3 s here, more on a Pi): keep
-        # that off the event loop
-        await self.ctx.executor.run(importlib.import_module, "aiogram")
+        # aiogram builds hundreds of pydantic models on import (~3 s and 128 MB here): import
+        # it off the event loop, with its models built on first use (_aiogram.py)
+        await self.ctx.executor.run(_aiogram.load)
         from aiogram import Bot
         from aiogram.client.session.aiohttp import AiohttpSession
         from aiogram.client.telegram import TelegramAPIServer
