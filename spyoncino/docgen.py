@@ -95,7 +95,7 @@ def _table(model: type[BaseModel], prefix: str) -> list[str]:
 
 
 def render() -> str:
-    registry = discover()
+    registry = discover(distribution="spyoncino")  # our reference, whatever else is installed
     app_model = build_app_model(registry)
     out = [HEADER]
     out.append("## `cameras.<id>`\n")

@@ -23,6 +23,9 @@ VTEST = SHARED / "media" / "vtest.mp4"
 # for its topic, naming the topic; the service itself runs without the check.
 os.environ.setdefault("SPYONCINO_CHECK_PAYLOADS", "1")
 
+# the module contract suite (tests/contracts) is the plugin third parties load too
+pytest_plugins = ["spyoncino.testing"]
+
 
 @pytest.fixture
 def vtest() -> Path:

@@ -17,5 +17,6 @@ def test_configuration_reference_is_current() -> None:
 def test_every_registered_module_has_a_doc_page() -> None:
     from spyoncino.core.orchestrator import discover
 
-    missing = [n for n in discover() if not (REPO / "docs" / "modules" / f"{n}.md").is_file()]
+    ours = discover(distribution="spyoncino")  # a third party's module documents itself
+    missing = [n for n in ours if not (REPO / "docs" / "modules" / f"{n}.md").is_file()]
     assert missing == []

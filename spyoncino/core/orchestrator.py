@@ -44,10 +44,18 @@ ENTRY_POINT_GROUP = "spyoncino.modules"
 _log = structlog.get_logger("spyoncino.orchestrator")
 
 
-def discover(group: str = ENTRY_POINT_GROUP) -> dict[str, type[BaseModule]]:
-    """Load every module class registered under ``group``; broken ones are logged and skipped."""
+def discover(
+    group: str = ENTRY_POINT_GROUP, *, distribution: str | None = None
+) -> dict[str, type[BaseModule]]:
+    """Load every module class registered under ``group``; broken ones are logged and skipped.
+
+    ``distribution``: only the modules that package registers (``"spyoncino"``: ours, for our
+    own docs, so a third-party module installed next to us changes none of them).
+    """
     found: dict[str, type[BaseModule]] = {}
     for ep in entry_points(group=group):
+        if distribution is not None and (ep.dist is None or ep.dist.name != distribution):
+            continue
         try:
             cls = ep.load()
         except Exception as exc:

@@ -1,5 +1,6 @@
 """Helpers for testing modules, ours and third parties': a bus harness, a synthetic camera and
-the contract checks every registered module must pass.
+the contract every registered module must pass, as a pytest plugin (``pytest -p
+spyoncino.testing``; see ``spyoncino.testing.contract`` and ``docs/modules/contract.md``).
 
 Example::
 
@@ -210,3 +211,25 @@ def contract_problems(name: str, cls: type[BaseModule]) -> list[str]:
             if not f.description:
                 problems.append(f"{name}: Camera.{fname} has no description")
     return problems
+
+
+# the contract suite and its pytest hook: loading this module as a plugin registers the hook
+from spyoncino.testing.contract import (  # noqa: E402  (needs the harness above)
+    ContractCase,
+    ModuleContract,
+    pytest_generate_tests,
+    registered_cases,
+    run_debug,
+)
+
+__all__ = [
+    "BusHarness",
+    "ContractCase",
+    "ModuleContract",
+    "Recorder",
+    "contract_problems",
+    "pytest_generate_tests",
+    "registered_cases",
+    "run_debug",
+    "synthetic_frames",
+]
