@@ -2,8 +2,9 @@
 
 Each release is the working tree with ``__version__`` patched and, for the broken ones, one
 more patch: 0.1.2 crashes at start, 0.1.3 never becomes ready, 0.1.4 fails its selftest,
-0.2.0 migrates the database schema. Every wheel carries ``spyoncino/data/constraints/release.txt``
-pinning the wheelhouse's versions (what ``make dist`` ships). Cached by the tree's content.
+0.2.0 migrates the database schema. Every wheel carries ``spyoncino/data/constraints/release.txt``,
+the lock of the wheelhouse with every file's sha256 (what ``make dist`` ships). Cached by the
+tree's content.
 """
 
 from __future__ import annotations
@@ -91,12 +92,16 @@ def _sources() -> tuple[list[str], str]:
     return names, h.hexdigest()[:12]
 
 
+#: the container's platform (Debian Bookworm x86-64: Python 3.11) and the role's default extras
+PLATFORM, EXTRAS = "x86_64-cp311", ["mqtt"]
+
+
 def constraints(wheelhouse: Path) -> str:
-    lines = []
-    for w in sorted(wheelhouse.glob("*.whl")):
-        name, version = w.name.split("-")[:2]
-        lines.append(f"{re.sub(r'[-_.]+', '-', name).lower()}=={version}")
-    return "\n".join(lines) + "\n"
+    """What ``make dist`` ships: the lock of the wheelhouse (every file's sha256), so the box
+    installs each release with ``pip --require-hashes``."""
+    from spyoncino.updater import make_lock
+
+    return make_lock([(wheelhouse, PLATFORM)], EXTRAS)
 
 
 def build(cache: Path, wheelhouse: Path) -> tuple[Path, float]:

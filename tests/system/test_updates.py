@@ -213,6 +213,8 @@ def test_first_install_is_a_good_slot(box: Box) -> None:
     status = box.status()
     assert (status["current"], status["version"]) == ("a", "0.1.0"), status
     assert status["slots"]["a"]["good"] is True  # type: ignore[index]
+    # the release's lock covers the container: every dependency was checked against it
+    assert status["slots"]["a"]["hashes"] == "release lock (--require-hashes)", status  # type: ignore[index]
     assert box.run("readlink", "/opt/spyoncino/current").stdout.strip() == "slots/a"
     assert box.run("readlink", "/opt/spyoncino/venv").stdout.strip() == "current"
     assert box.api_version() == "0.1.0"
@@ -274,6 +276,7 @@ def test_good_update_asked_for_by_the_service(box: Box) -> None:
     assert box.api_version() == "0.1.1"
     status = box.status()
     assert (status["current"], status["version"]) == ("b", "0.1.1")
+    assert status["slots"]["b"]["hashes"] == "release lock (--require-hashes)"  # type: ignore[index]
     assert "passed probation" in box.journal("spyoncino-update")
     assert box.run("test", "-e", "/var/lib/spyoncino/update/request.json").returncode != 0
     assert events <= box.events() and media <= box.media()
