@@ -32,8 +32,29 @@ _log = structlog.get_logger().bind(module="db_schema")
 #: version 1: the schema before versions were recorded (user_version 0 means 1)
 BASE_VERSION = 1
 Migration = Callable[[sqlite3.Connection], None]
-#: version -> what turns version-1 into it; a release with a new schema adds one entry
-MIGRATIONS: dict[int, Migration] = {}
+
+
+def _activities(conn: sqlite3.Connection) -> None:
+    """Version 2: an event is an activity; its severity and its objects (JSON) are kept."""
+    cols = {r[1] for r in conn.execute("PRAGMA table_info(events)")}
+    if not cols:  # the outbox opened a new file first: the index's tables, then the columns
+        from spyoncino.core.index_db import SCHEMA as INDEX_SCHEMA
+
+        for statement in INDEX_SCHEMA.split(";"):  # executescript would commit the migration
+            if statement.strip():
+                conn.execute(statement)
+    if "severity" not in cols:
+        conn.execute("ALTER TABLE events ADD COLUMN severity TEXT NOT NULL DEFAULT 'alert'")
+    if "objects" not in cols:
+        conn.execute("ALTER TABLE events ADD COLUMN objects TEXT NOT NULL DEFAULT '[]'")
+    conn.execute(
+        "CREATE INDEX IF NOT EXISTS events_severity_started ON events(severity, started_at)"
+    )
+
+
+#: version -> what turns version-1 into it; a release with a new schema adds one entry. Each
+#: is idempotent: a database rebuilt after a rollback runs them on the base tables again.
+MIGRATIONS: dict[int, Migration] = {2: _activities}
 
 
 def current_version() -> int:
@@ -75,6 +96,19 @@ def _backup(conn: sqlite3.Connection, dest: Path) -> None:
     os.replace(tmp, dest)
 
 
+def _empty(conn: sqlite3.Connection) -> bool:
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")} & {
+        "events",
+        "outbox",
+        "artifacts",
+        "notifications",
+    }
+    return all(
+        conn.execute(f'SELECT 1 FROM "{t}" LIMIT 1').fetchone() is None  # noqa: S608
+        for t in tables
+    )
+
+
 def ensure_schema(conn: sqlite3.Connection, db: Path, media_root: Path | None = None) -> str:
     """Bring the open database to this code's schema; what was done ("ok", "migrated",
     "restored", "rebuilt") for the caller's log."""
@@ -86,7 +120,8 @@ def ensure_schema(conn: sqlite3.Connection, db: Path, media_root: Path | None = 
                 _set_version(conn, want)
             return "ok"
         if have < want:
-            _backup(conn, backup_path(db, have))
+            if not _empty(conn):  # a new file has nothing to keep
+                _backup(conn, backup_path(db, have))
             for version in range(have + 1, want + 1):
                 conn.execute("BEGIN IMMEDIATE")
                 try:
@@ -131,6 +166,8 @@ def _downgrade(conn: sqlite3.Connection, db: Path, have: int, want: int, media: 
     from spyoncino.core.outbox import SCHEMA as OUTBOX_SCHEMA
 
     conn.executescript(INDEX_SCHEMA + OUTBOX_SCHEMA)
+    for version in range(BASE_VERSION + 1, want + 1):
+        MIGRATIONS[version](conn)  # the base tables, brought to this code's schema
     added = _reindex(conn, media)
     _log.warning(
         "db_schema_rolled_back",

@@ -5,10 +5,12 @@ transactions, never the file's integrity. The media folder is the source of trut
 the index makes them searchable and ``spyoncino.core.reindex`` rebuilds it from the folder.
 Lives in ``core`` so that the rebuild (a CLI command) does not import a module.
 
-Schema (version 1, also read by the status page):
+Schema (version 2, also read by the status page; ``core.db_schema`` migrates older files):
 
 * ``events(id PK, camera_id, kind, labels JSON, top_score, zones JSON, started_at, updated_at,
-  ended_at, phase)``
+  ended_at, phase, severity, objects JSON)``: one row per activity; ``severity`` is ``alert``
+  or ``detection``, ``objects`` its objects (``[{track_id, label, score, zones}]``). The two
+  columns are added by migration 2, also to a new file (the ``CREATE TABLE`` stays version 1).
 * ``artifacts(event_id, kind, relpath, size_bytes, sha256, mime, created_at, duration_s, width,
   height, PRIMARY KEY(event_id, kind))``
 * ``notifications(id PK, event_id, channel, kind, status, recipient, attempt, error, at)``
@@ -26,7 +28,7 @@ from spyoncino.schemas.alerts import AlertNotification
 from spyoncino.schemas.events import EventNotice
 from spyoncino.schemas.media import MediaArtifact
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
@@ -87,14 +89,28 @@ def connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def objects_json(e: EventNotice) -> str:
+    return json.dumps(
+        [
+            {
+                "track_id": o.track_id,
+                "label": o.label,
+                "score": round(o.score, 3),
+                "zones": list(o.zones),
+            }
+            for o in e.objects
+        ]
+    )
+
+
 def upsert_event(conn: sqlite3.Connection, e: EventNotice) -> None:
     conn.execute(
         """INSERT INTO events(id, camera_id, kind, labels, top_score, zones, started_at,
-                              updated_at, ended_at, phase)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                              updated_at, ended_at, phase, severity, objects)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
            ON CONFLICT(id) DO UPDATE SET labels=excluded.labels, top_score=excluded.top_score,
                zones=excluded.zones, updated_at=excluded.updated_at, ended_at=excluded.ended_at,
-               phase=excluded.phase""",
+               phase=excluded.phase, severity=excluded.severity, objects=excluded.objects""",
         (
             e.event_id,
             e.camera_id,
@@ -106,6 +122,8 @@ def upsert_event(conn: sqlite3.Connection, e: EventNotice) -> None:
             e.updated_at,
             e.ended_at,
             e.phase,
+            e.severity,
+            objects_json(e),
         ),
     )
 

@@ -56,6 +56,11 @@ def user_version(db: Path) -> int:
         conn.close()
 
 
+#: this code's schema version, and the one of a hypothetical next release
+NOW = db_schema.current_version()
+NEXT = NOW + 1
+
+
 def add_note_column(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE events ADD COLUMN note TEXT")
 
@@ -63,7 +68,7 @@ def add_note_column(conn: sqlite3.Connection) -> None:
 def test_a_new_database_records_its_version(tmp_path: Path) -> None:
     db = tmp_path / "events.sqlite3"
     connect(db).close()
-    assert user_version(db) == db_schema.current_version() == 1
+    assert user_version(db) == db_schema.current_version()
     assert not list(tmp_path.glob("*.bak"))
 
 
@@ -71,7 +76,7 @@ def test_index_and_outbox_share_one_version(tmp_path: Path) -> None:
     db = tmp_path / "events.sqlite3"
     open_db(db).close()
     connect(db).close()
-    assert user_version(db) == 1
+    assert user_version(db) == db_schema.current_version()
 
 
 def test_migration_takes_a_consistent_backup_first(
@@ -81,13 +86,13 @@ def test_migration_takes_a_consistent_backup_first(
     conn = connect(db)
     record(tmp_path, conn, "20260102T100000-before", 1.0)
     conn.close()
-    monkeypatch.setitem(db_schema.MIGRATIONS, 2, add_note_column)
+    monkeypatch.setitem(db_schema.MIGRATIONS, NEXT, add_note_column)
     conn = connect(db)
     cols = {r[1] for r in conn.execute("PRAGMA table_info(events)")}
     conn.close()
-    assert "note" in cols and user_version(db) == 2
-    bak = db_schema.backup_path(db, 1)
-    assert ids(bak) == {"20260102T100000-before"} and user_version(bak) == 1
+    assert "note" in cols and user_version(db) == NEXT
+    bak = db_schema.backup_path(db, NOW)
+    assert ids(bak) == {"20260102T100000-before"} and user_version(bak) == NOW
     connect(db).close()  # already migrated: nothing more happens
     assert list(tmp_path.glob("*.bak")) == [bak]
 
@@ -102,10 +107,10 @@ def test_a_failed_migration_leaves_the_old_schema(
         conn.execute("ALTER TABLE events ADD COLUMN half TEXT")
         raise RuntimeError("migration bug")
 
-    monkeypatch.setitem(db_schema.MIGRATIONS, 2, broken)
+    monkeypatch.setitem(db_schema.MIGRATIONS, NEXT, broken)
     with pytest.raises(RuntimeError, match="migration bug"):
         connect(db)
-    assert user_version(db) == 1
+    assert user_version(db) == NOW
     conn = sqlite3.connect(db)
     assert "half" not in {r[1] for r in conn.execute("PRAGMA table_info(events)")}
     conn.close()
@@ -119,18 +124,18 @@ def test_rollback_restores_the_backup_and_reindexes_what_came_after(
     record(tmp_path, conn, "20260102T100000-before", 1.0)
     conn.close()
     with monkeypatch.context() as m:  # version N+1: migrates, records more
-        m.setitem(db_schema.MIGRATIONS, 2, add_note_column)
+        m.setitem(db_schema.MIGRATIONS, NEXT, add_note_column)
         conn = connect(db)
         record(tmp_path, conn, "20260102T110000-after", 2.0)
         conn.execute("UPDATE events SET note = 'new' WHERE id LIKE '%after'")
         conn.close()
         outbox = open_db(db)
         outbox.close()
-    assert user_version(db) == 2
+    assert user_version(db) == NEXT
     conn = connect(db)  # back on N: the file is newer than the code
     rows = dict(conn.execute("SELECT id, labels FROM events").fetchall())
     conn.close()
-    assert user_version(db) == 1
+    assert user_version(db) == NOW
     assert set(rows) == {"20260102T100000-before", "20260102T110000-after"}
     assert rows["20260102T100000-before"] == '["person"]'  # the full row, from the backup
     assert (tmp_path / "cam" / "2026-01-02" / "20260102T110000-after.jpg").read_bytes() == b"jpeg"
@@ -144,7 +149,30 @@ def test_rollback_without_a_backup_rebuilds_from_the_media(tmp_path: Path) -> No
     conn.close()
     connect(db).close()
     assert ids(db) == {"20260102T100000-one"}
-    assert user_version(db) == 1
+    assert user_version(db) == NOW
     aside = db.with_name("events.sqlite3.schema7.newer")
     assert user_version(aside) == 7  # kept, in case the newer version comes back
     open_db(db).close()  # the outbox table is there again too
+
+
+def test_a_version_1_index_gets_severity_and_objects_its_events_kept_as_alerts(
+    tmp_path: Path,
+) -> None:
+    from spyoncino.core.index_db import SCHEMA
+
+    db = tmp_path / "events.sqlite3"
+    old = sqlite3.connect(db)  # a file written by version 1
+    old.executescript(SCHEMA)
+    old.execute(
+        "INSERT INTO events(id, camera_id, kind, started_at, updated_at, phase) "
+        "VALUES ('20260102T100000-old', 'cam', 'object', 1, 1, 'ended')"
+    )
+    old.execute("PRAGMA user_version = 1")
+    old.commit()
+    old.close()
+    conn = connect(db)
+    rows = conn.execute("SELECT id, severity, objects FROM events").fetchall()
+    conn.close()
+    assert rows == [("20260102T100000-old", "alert", "[]")]
+    assert user_version(db) == NOW >= 2
+    assert user_version(db_schema.backup_path(db, 1)) == 1  # taken before the migration

@@ -200,14 +200,11 @@ class TelegramCommands(TelegramUpdates):
         if cmd == "health":
             return text.health_text(self.health_report)
         if cmd == "events":
-            n = 5
-            if args:
-                try:
-                    n = max(1, min(50, int(args[0])))
-                except ValueError:
-                    return "Usage: /events [n]"
-            rows = await self.ctx.executor.run(text.read_events, self.db_path, n)
-            return text.events_text(rows, self.names, self.tz)
+            flt = text.parse_events_args(args, self.names, time.time(), self.tz)
+            if isinstance(flt, str):
+                return flt
+            rows = await self.ctx.executor.run(text.read_events, self.db_path, flt.limit, flt)
+            return text.events_text(rows, self.names, self.tz, flt != text.EventFilter(flt.limit))
         if cmd in ("arm", "disarm"):
             state = await self._command_state(cast("CommandName", cmd), None, None, chat_id)
             if state is None:

@@ -27,7 +27,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("status", "Armed state, cameras, last events, disk"),
     ("snapshot", "Photo now: /snapshot [camera]"),
     ("clip", "Short video now: /clip [camera] [seconds]"),
-    ("events", "Last events: /events [n]"),
+    ("events", "Last events: /events [n] [alerts|detections] [camera] [label] [zone:z] [2h]"),
     ("arm", "Alert on events"),
     ("disarm", "Stop alerts (events are still recorded)"),
     ("mute", "Silence alerts: /mute <duration> [camera]"),
@@ -41,7 +41,8 @@ HELP = """Spyoncino commands:
 /status - armed state, cameras, last events, disk free
 /snapshot [camera] - a photo now (every camera when none is named)
 /clip [camera] [seconds] - a short video now
-/events [n] - the last n events (default 5)
+/events [n] [alerts|detections] [camera] [label] [zone:name] [2h|today] - the last n events
+  (default 5), only those matching what is given
 /arm - alert on events
 /disarm - stop alerts; events are still recorded
 /mute <duration> [camera] - e.g. /mute 30m, /mute 2h front_door
@@ -235,21 +236,80 @@ def health_text(health: HealthReport | None) -> str:
 def event_line(row: Mapping[str, Any], names: Mapping[str, str], tz: str | None) -> str:
     cam = names.get(str(row["camera_id"]), str(row["camera_id"]))
     when = local_time(float(row["started_at"]), tz).strftime("%m-%d %H:%M:%S")
-    labels = ", ".join(row.get("labels") or []) or str(row.get("kind", "event"))
+    counts: dict[str, int] = {}
+    for o in sorted(row.get("objects") or [], key=lambda o: o.get("label") != "person"):
+        counts[str(o.get("label"))] = counts.get(str(o.get("label")), 0) + 1
+    if counts:
+        labels = ", ".join(counted(label, n) for label, n in counts.items())
+    else:
+        labels = ", ".join(row.get("labels") or []) or str(row.get("kind", "event"))
     score = float(row.get("top_score") or 0.0)
     score_text = f" {score:.0%}" if score > 0 else ""
-    return f"- {when} {cam}: {labels}{score_text}"
+    detection = " (detection)" if row.get("severity") == "detection" else ""
+    return f"- {when} {cam}: {labels}{score_text}{detection}"
 
 
-def events_text(rows: list[dict[str, Any]], names: Mapping[str, str], tz: str | None) -> str:
+@dataclass(frozen=True)
+class EventFilter:
+    """What ``/events`` was asked for."""
+
+    limit: int = 5
+    severity: str | None = None
+    camera: str | None = None
+    label: str | None = None
+    zone: str | None = None
+    since: float | None = None
+
+
+_SINCE = re.compile(r"^(\d{1,4})([hd])$")
+
+
+def parse_events_args(
+    args: Iterable[str], names: Mapping[str, str], now: float, tz: str | None
+) -> EventFilter | str:
+    """``/events 10 alerts front_door person zone:porch 2h`` -> a filter, or what is wrong."""
+    out: dict[str, Any] = {}
+    by_name = {n.lower(): cid for cid, n in names.items()} | {c.lower(): c for c in names}
+    for raw in args:
+        word = raw.strip()
+        low = word.lower()
+        if word.isdigit():
+            out["limit"] = max(1, min(50, int(word)))
+        elif low in ("alert", "alerts"):
+            out["severity"] = "alert"
+        elif low in ("detection", "detections"):
+            out["severity"] = "detection"
+        elif low in by_name:
+            out["camera"] = by_name[low]
+        elif low.startswith("zone:") and len(word) > 5:
+            out["zone"] = word[5:]
+        elif low == "today":
+            midnight = local_time(now, tz).replace(hour=0, minute=0, second=0, microsecond=0)
+            out["since"] = midnight.timestamp()
+        elif m := _SINCE.match(low):
+            out["since"] = now - int(m.group(1)) * (3600 if m.group(2) == "h" else 86400)
+        elif re.fullmatch(r"[a-z][a-z _-]{0,30}", low):
+            out["label"] = low
+        else:
+            return (
+                f"Not understood: {quoted(word)}. Usage: /events [n] [alerts|detections] "
+                "[camera] [label] [zone:name] [2h|today]"
+            )
+    return EventFilter(**out)
+
+
+def events_text(
+    rows: list[dict[str, Any]], names: Mapping[str, str], tz: str | None, filtered: bool = False
+) -> str:
     if not rows:
-        return "No events recorded yet."
+        return "No events match." if filtered else "No events recorded yet."
     return "\n".join([f"Last {len(rows)} events:", *(event_line(r, names, tz) for r in rows)])
 
 
 # -- blocking helpers (run them in the executor) ------------------------------------------------
-def read_events(db_path: Path, limit: int) -> list[dict[str, Any]]:
-    """The newest ``limit`` events from the index, opened read-only (never creates it)."""
+def read_events(db_path: Path, limit: int, flt: EventFilter | None = None) -> list[dict[str, Any]]:
+    """The newest ``limit`` events (activities) from the index that match ``flt``, opened
+    read-only (never creates it)."""
     import json
 
     if not db_path.exists():
@@ -259,11 +319,28 @@ def read_events(db_path: Path, limit: int) -> list[dict[str, Any]]:
         conn = sqlite3.connect(uri, uri=True, timeout=5.0)
     except sqlite3.Error:
         return []
+    where: list[str] = []
+    args: list[Any] = []
+    if flt is not None:
+        for column, value in (("severity", flt.severity), ("camera_id", flt.camera)):
+            if value:
+                where.append(f"{column} = ?")
+                args.append(value)
+        for column, value in (("labels", flt.label), ("zones", flt.zone)):
+            if value:
+                # column is one of the two fixed names above, the value a bound parameter
+                sub = f"SELECT 1 FROM json_each(events.{column}) WHERE value = ?"  # noqa: S608
+                where.append(f"EXISTS ({sub})")
+                args.append(value)
+        if flt.since is not None:
+            where.append("started_at >= ?")
+            args.append(flt.since)
+    clause = " WHERE " + " AND ".join(where) if where else ""  # fixed fragments only
     try:
         rows = conn.execute(
-            "SELECT id, camera_id, kind, labels, top_score, started_at FROM events "
-            "ORDER BY started_at DESC LIMIT ?",
-            (limit,),
+            "SELECT id, camera_id, kind, labels, top_score, started_at, severity, objects "  # noqa: S608
+            f"FROM events{clause} ORDER BY started_at DESC LIMIT ?",
+            (*args, limit),
         ).fetchall()
     except sqlite3.Error:
         return []
@@ -272,8 +349,10 @@ def read_events(db_path: Path, limit: int) -> list[dict[str, Any]]:
     out = []
     for r in rows:
         labels: list[str] = []
+        objects: list[dict[str, Any]] = []
         with contextlib.suppress(ValueError, TypeError):
             labels = [str(x) for x in json.loads(r[3])]
+            objects = [o for o in json.loads(r[7]) if isinstance(o, dict)]
         out.append(
             {
                 "id": r[0],
@@ -282,6 +361,8 @@ def read_events(db_path: Path, limit: int) -> list[dict[str, Any]]:
                 "labels": labels,
                 "top_score": r[4],
                 "started_at": r[5],
+                "severity": r[6],
+                "objects": objects,
             }
         )
     return out

@@ -908,3 +908,46 @@ async def test_ready_fails_when_the_only_camera_is_quarantined(
         r.url("/api/status"), headers={"Authorization": f"Bearer {TOKEN}"}
     ) as resp:
         assert (await resp.json())["cameras"][0]["state"] == "quarantined"
+
+
+async def test_activities_with_their_objects_filter_by_severity_zone_and_time(
+    start_page: Any, tmp_path: Path
+) -> None:
+    from spyoncino.schemas.events import TrackedObject
+    from spyoncino.schemas.frames import Box
+
+    root = tmp_path / "root"
+    r: Running = await start_page(modules=("status_page", "arming", "index"), cameras=LOOPING_CAM)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    box = Box(x1=1, y1=1, x2=20, y2=40)
+    people = tuple(
+        TrackedObject(track_id=i, label="person", score=0.8, box=box, zones=("porch",))
+        for i in (1, 2)
+    )
+    car = TrackedObject(track_id=3, label="car", score=0.7, box=box)
+    alert = _notice("act-alert", "ended", objects=(*people, car), zones=("porch",))
+    quiet = _notice("act-car", "ended", objects=(car,), severity="detection")
+    for ev in (alert, quiet):
+        await r.orch.bus.publish("event.object.ended", ev)
+    await r.wait(lambda: (root / "events.sqlite3").exists())
+
+    async def ids(query: str) -> list[str]:
+        async with r.http.get(r.url(f"/api/events?{query}"), headers=auth) as resp:
+            assert resp.status == 200, await resp.text()
+            return sorted(e["id"] for e in (await resp.json())["events"])
+
+    assert await ids("severity=alert") == ["act-alert"]
+    assert await ids("severity=detection") == ["act-car"]
+    assert await ids("zone=porch") == ["act-alert"]
+    assert await ids(f"after={time.time() + 60}") == []
+    async with r.http.get(r.url("/api/events?severity=loud"), headers=auth) as resp:
+        assert resp.status == 400
+    async with r.http.get(r.url("/api/events/act-alert"), headers=auth) as resp:
+        doc = await resp.json()
+    assert doc["severity"] == "alert"
+    assert [o["label"] for o in doc["objects"]] == ["person", "person", "car"]
+    async with r.http.get(r.url("/events?severity=alert"), headers=auth) as resp:
+        page = await resp.text()
+    assert "2 people, 1 car" in page and "act-car" not in page
+    async with r.http.get(r.url("/events/act-alert"), headers=auth) as resp:
+        assert "2 people, 1 car" in await resp.text()

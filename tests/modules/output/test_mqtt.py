@@ -516,3 +516,26 @@ async def test_a_camera_added_and_one_removed_while_running(
         assert not [t for t in configs if "/yard_" in t]
         assert not check_discovery(configs, "homeassistant", "spyoncino/box1")
         assert held["spyoncino/box1/gate/motion"].text == "OFF"
+
+
+async def test_an_activity_counts_only_its_objects_still_in_view(
+    tmp_path: Path, broker: Broker, watch: Watcher
+) -> None:
+    async with BusHarness(storage_root=tmp_path) as h:
+        await start_mqtt(h, broker)
+        base = "spyoncino/box1"
+        await watch.wait_topic(f"{base}/yard/detect", "ON")
+        mark = len(watch.messages)
+        box = Box(x1=0, y1=0, x2=10, y2=10)
+        gone = TrackedObject(track_id=1, label="person", score=0.9, box=box, present=False)
+        here = TrackedObject(track_id=2, label="person", score=0.8, box=box)
+        car = TrackedObject(track_id=3, label="car", score=0.7, box=box)
+        ev = notice("a1", "updated").model_copy(
+            update={"objects": (gone, here, car), "severity": "detection"}
+        )
+        await pub(h, ev)
+        await watch.wait_topic(f"{base}/front/person", "1", start=mark)
+        doc = next(m.json() for m in watch.since(mark) if m.topic == f"{base}/events")
+        assert doc["severity"] == "detection"
+        assert doc["counts"] == {"person": 2, "car": 1}
+        assert doc["objects"] == 3

@@ -145,3 +145,69 @@ def test_any_mute_duration_is_bounded_or_refused(raw: str) -> None:
         assert text.format_duration(seconds)
         return
     assert len(error) < 260  # the reply quotes the input: never a whole 400-digit one
+
+
+def test_events_command_filters_activities_by_severity_camera_label_zone_and_time(
+    tmp_path: Path,
+) -> None:
+    from spyoncino.core.index_db import connect, upsert_event
+    from spyoncino.schemas.events import EventNotice, TrackedObject
+    from spyoncino.schemas.frames import Box
+
+    box = Box(x1=1, y1=1, x2=9, y2=9)
+    person = TrackedObject(track_id=1, label="person", score=0.9, box=box)
+    car = TrackedObject(track_id=2, label="car", score=0.8, box=box)
+    now = time.time()
+    db = tmp_path / "events.sqlite3"
+    conn = connect(db)
+    for event_id, cam, objs, severity, zones, age in (
+        (
+            "a1",
+            "door",
+            (person, person.model_copy(update={"track_id": 3}), car),
+            "alert",
+            ("porch",),
+            60,
+        ),
+        ("d1", "door", (car,), "detection", (), 120),
+        ("a2", "yard", (person,), "alert", (), 3 * 3600),
+    ):
+        upsert_event(
+            conn,
+            EventNotice(
+                event_id=event_id,
+                camera_id=cam,
+                kind="object",
+                phase="ended",
+                labels=tuple(dict.fromkeys(o.label for o in objs)),
+                top_score=0.9,
+                started_at=now - age,
+                updated_at=now - age,
+                objects=objs,
+                severity=severity,  # type: ignore[arg-type]
+                zones=zones,
+            ),
+        )
+    conn.close()
+    names = {"door": "Front door", "yard": "Yard"}
+
+    def ids(*args: str) -> list[str]:
+        flt = text.parse_events_args(args, names, now, "UTC")
+        assert isinstance(flt, text.EventFilter), flt
+        return [r["id"] for r in text.read_events(db, flt.limit, flt)]
+
+    assert ids() == ["a1", "d1", "a2"]
+    assert ids("alerts") == ["a1", "a2"]
+    assert ids("detections") == ["d1"]
+    assert ids("front", "door") == []  # "front" alone is a label, not half a name
+    assert ids("door") == ["a1", "d1"]
+    assert ids("yard") == ["a2"]
+    assert ids("car") == ["a1", "d1"]
+    assert ids("zone:porch") == ["a1"]
+    assert ids("1h") == ["a1", "d1"]
+    assert ids("1") == ["a1"]
+    assert isinstance(text.parse_events_args(["%%"], names, now, None), str)
+    rows = text.read_events(db, 5)
+    lines = text.events_text(rows, names, "UTC").splitlines()
+    assert lines[1].endswith("Front door: 2 people, 1 car 90%")
+    assert lines[2].endswith("Front door: 1 car 90% (detection)")

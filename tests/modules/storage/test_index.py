@@ -172,3 +172,33 @@ async def test_start_closes_events_a_crash_left_open_and_indexes_orphan_media(
         assert idx.metrics()["recovered_events"] == 2
         assert idx.metrics()["reindexed_rows"] == 2  # the event and its snapshot
         conn.close()
+
+
+async def test_an_activity_is_indexed_with_its_severity_and_objects(tmp_path: Path) -> None:
+    from spyoncino.schemas.events import TrackedObject
+    from spyoncino.schemas.frames import Box
+
+    box = Box(x1=1, y1=1, x2=20, y2=40)
+    objs = (
+        TrackedObject(track_id=1, label="car", score=0.7, box=box, zones=("street",)),
+        TrackedObject(track_id=2, label="person", score=0.91234, box=box),
+    )
+    async with BusHarness(storage_root=tmp_path) as h:
+        idx = h.build(EventIndex, {"index": {"flush_interval": 60}}, name="index")
+        await idx.configure(idx.ctx.app)
+        await idx.start()
+        await h.bus.publish("event.object.started", notice("started", severity="detection"))
+        await h.bus.publish(
+            "event.object.ended",
+            notice("ended", severity="alert", objects=objs, ended_at=110.0),
+        )
+        await h.bus.drain(timeout=2)
+        await idx.flush()
+        await idx.stop()
+    conn = sqlite3.connect(tmp_path / "events.sqlite3")
+    severity, objects = conn.execute("SELECT severity, objects FROM events").fetchone()
+    assert severity == "alert"
+    assert objects == (
+        '[{"track_id": 1, "label": "car", "score": 0.7, "zones": ["street"]}, '
+        '{"track_id": 2, "label": "person", "score": 0.912, "zones": []}]'
+    )

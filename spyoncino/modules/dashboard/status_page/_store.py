@@ -45,6 +45,27 @@ class EventRow:
     phase: str
     zones: list[str] = field(default_factory=list)
     artifacts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    severity: str = "alert"
+    #: the activity's objects: [{track_id, label, score, zones}]
+    objects: list[dict[str, Any]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """``2 people, 1 car`` (the labels, or the kind, when the objects are not known)."""
+        if not self.objects:
+            return ", ".join(self.labels) or self.kind
+        plural = {"person": "people", "bus": "buses"}
+        return ", ".join(
+            f"{n} {label if n == 1 else plural.get(label, label + 's')}"
+            for label, n in self.counts().items()
+        )
+
+    def counts(self) -> dict[str, int]:
+        """How many objects of each label the activity had (people first)."""
+        out: dict[str, int] = {}
+        for o in sorted(self.objects, key=lambda o: o.get("label") != "person"):
+            label = str(o.get("label", ""))
+            out[label] = out.get(label, 0) + 1
+        return out
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -58,12 +79,26 @@ class EventRow:
             "updated_at": self.updated_at,
             "ended_at": self.ended_at,
             "phase": self.phase,
+            "severity": self.severity,
+            "objects": self.objects,
             "artifacts": self.artifacts,
         }
 
 
 def _artifact_dict(relpath: str, mime: str, size: int, duration: float | None) -> dict[str, Any]:
     return {"url": "/media/" + relpath, "mime": mime, "size_bytes": size, "duration_s": duration}
+
+
+def _objects(e: EventNotice) -> list[dict[str, Any]]:
+    return [
+        {
+            "track_id": o.track_id,
+            "label": o.label,
+            "score": round(o.score, 3),
+            "zones": list(o.zones),
+        }
+        for o in e.objects
+    ]
 
 
 class LiveEvents:
@@ -87,6 +122,8 @@ class LiveEvents:
                 ended_at=e.ended_at,
                 phase=e.phase,
                 zones=list(e.zones),
+                severity=e.severity,
+                objects=_objects(e),
             )
             self._rows[e.event_id] = row
             while len(self._rows) > self.capacity:
@@ -98,6 +135,8 @@ class LiveEvents:
             row.ended_at = e.ended_at
             row.phase = e.phase
             row.zones = list(e.zones)
+            row.severity = e.severity
+            row.objects = _objects(e)
         return row
 
     def on_artifact(self, a: MediaArtifact) -> EventRow | None:
@@ -127,6 +166,9 @@ class EventQuery:
     label: str | None = None
     day: str | None = None  # YYYY-MM-DD, local time
     before: float | None = None
+    after: float | None = None  # started at or after (a Unix time)
+    severity: str | None = None  # alert | detection
+    zone: str | None = None
     limit: int = 50
     tz: str | None = None  # runtime.timezone: the zone media folders and captions use
 
@@ -148,13 +190,22 @@ class EventQuery:
             return False
         if self.label and self.label not in row.labels:
             return False
+        if self.severity and row.severity != self.severity:
+            return False
+        if self.zone and self.zone not in row.zones:
+            return False
         if self.before is not None and row.started_at >= self.before:
+            return False
+        if self.after is not None and row.started_at < self.after:
             return False
         bounds = self.day_bounds()
         return not (bounds and not bounds[0] <= row.started_at < bounds[1])
 
 
-_COLUMNS = "id, camera_id, kind, labels, top_score, zones, started_at, updated_at, ended_at, phase"
+_COLUMNS = (
+    "id, camera_id, kind, labels, top_score, zones, started_at, updated_at, ended_at, phase, "
+    "severity, objects"
+)
 
 
 def _connect_ro(db: Path) -> sqlite3.Connection | None:
@@ -169,8 +220,9 @@ def _row(r: sqlite3.Row) -> EventRow:
     try:
         labels = [str(x) for x in json.loads(r["labels"] or "[]")]
         zones = [str(x) for x in json.loads(r["zones"] or "[]")]
+        objects = [o for o in json.loads(r["objects"] or "[]") if isinstance(o, dict)]
     except ValueError:
-        labels, zones = [], []
+        labels, zones, objects = [], [], []
     return EventRow(
         id=r["id"],
         camera_id=r["camera_id"],
@@ -182,6 +234,8 @@ def _row(r: sqlite3.Row) -> EventRow:
         ended_at=None if r["ended_at"] is None else float(r["ended_at"]),
         phase=r["phase"],
         zones=zones,
+        severity=str(r["severity"] or "alert"),
+        objects=objects,
     )
 
 
@@ -211,6 +265,15 @@ def query_index(db: Path, q: EventQuery) -> list[EventRow]:
     if q.label:
         where.append("EXISTS (SELECT 1 FROM json_each(events.labels) WHERE value = ?)")
         args.append(q.label)
+    if q.severity:
+        where.append("severity = ?")
+        args.append(q.severity)
+    if q.zone:
+        where.append("EXISTS (SELECT 1 FROM json_each(events.zones) WHERE value = ?)")
+        args.append(q.zone)
+    if q.after is not None:
+        where.append("started_at >= ?")
+        args.append(q.after)
     bounds = q.day_bounds()
     if bounds:
         where.append("started_at >= ? AND started_at < ?")
@@ -244,8 +307,7 @@ def get_event(db: Path, event_id: str) -> EventRow | None:
             return None
         try:
             r = conn.execute(
-                "SELECT id, camera_id, kind, labels, top_score, zones, started_at, updated_at, "
-                "ended_at, phase FROM events WHERE id = ?",
+                f"SELECT {_COLUMNS} FROM events WHERE id = ?",  # noqa: S608
                 (event_id,),
             ).fetchone()
             if r is None:

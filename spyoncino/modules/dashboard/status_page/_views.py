@@ -186,11 +186,13 @@ def _thumb(row: EventRow) -> str:
 
 
 def _event_li(row: EventRow, tz: str | None) -> str:
-    labels = ", ".join(row.labels) or row.kind
+    sev = esc(row.severity)
     return (
-        f'<li data-event="{esc(row.id)}"><a href="/events/{esc(row.id)}">{_thumb(row)}'
-        f'<span class="cam">{esc(row.camera_id)}</span> <b>{esc(labels)}</b> '
+        f'<li data-event="{esc(row.id)}" data-severity="{sev}">'
+        f'<a href="/events/{esc(row.id)}">{_thumb(row)}'
+        f'<span class="cam">{esc(row.camera_id)}</span> <b>{esc(row.summary())}</b> '
         f"<time>{esc(when(row.started_at, tz))}</time> "
+        f'<span class="severity severity-{sev}">{sev}</span> '
         f'<span class="phase">{esc(row.phase)}</span></a></li>'
     )
 
@@ -226,13 +228,23 @@ def events(
         '<form method="get" action="/events" class="filters">'
         f'<label>Camera <select name="camera">{options(cameras, q.camera)}</select></label>'
         f'<label>Label <select name="label">{options(labels, q.label)}</select></label>'
+        '<label>Severity <select name="severity">'
+        f"{options(['alert', 'detection'], q.severity)}</select></label>"
+        f'<label>Zone <input name="zone" size="10" value="{esc(q.zone or "")}"></label>'
         f'<label>Day <input type="date" name="day" value="{esc(q.day or "")}"></label>'
         '<button type="submit">Filter</button></form>'
     )
     items = "".join(_event_li(r, tz) for r in rows) or ""
     more = ""
     if len(rows) >= q.limit and rows:
-        params = {k: v for k, v in (("camera", q.camera), ("label", q.label), ("day", q.day)) if v}
+        given = (
+            ("camera", q.camera),
+            ("label", q.label),
+            ("severity", q.severity),
+            ("zone", q.zone),
+            ("day", q.day),
+        )
+        params = {k: v for k, v in given if v}
         params["before"] = repr(rows[-1].started_at)
         more = f'<p><a href="/events?{esc(urlencode(params))}">Older events</a></p>'
     live = json.dumps({"camera": q.camera or "", "label": q.label or "", "day": q.day or ""})
@@ -272,6 +284,8 @@ def event(row: EventRow, tz: str | None) -> str:
     facts = [
         ("Camera", row.camera_id),
         ("Kind", row.kind),
+        ("Severity", row.severity),
+        ("Objects", row.summary() if row.objects else "-"),
         ("Labels", ", ".join(row.labels) or "-"),
         ("Top score", f"{row.top_score:.2f}"),
         ("Zones", ", ".join(row.zones) or "-"),

@@ -317,14 +317,21 @@ def _query(request: web.Request) -> EventQuery:
             raise web.HTTPBadRequest(text=f"day must be within {MIN_YEAR}-{MAX_YEAR}")
     try:
         before = float(q["before"]) if q.get("before") else None
+        after = float(q["after"]) if q.get("after") else None
         limit = min(200, max(1, int(q.get("limit", "50"))))
     except ValueError as e:
-        raise web.HTTPBadRequest(text="before and limit must be numbers") from e
-    if before is not None and not math.isfinite(before):
-        raise web.HTTPBadRequest(text="before must be a finite number (a Unix time)")
+        raise web.HTTPBadRequest(text="before, after and limit must be numbers") from e
+    if any(t is not None and not math.isfinite(t) for t in (before, after)):
+        raise web.HTTPBadRequest(text="before and after must be finite numbers (Unix times)")
+    severity = q.get("severity") or None
+    if severity not in (None, "alert", "detection"):
+        raise web.HTTPBadRequest(text="severity must be alert or detection")
     return EventQuery(
         camera=q.get("camera") or None,
         label=q.get("label") or None,
+        severity=severity,
+        zone=q.get("zone") or None,
+        after=after,
         day=day,
         before=before,
         limit=limit,

@@ -421,6 +421,7 @@ class MqttOutput(BaseModule[Config]):
             self.queue.state(topic, payload)
 
     def event_document(self, ev: EventNotice) -> dict[str, Any]:
+        """The JSON of ``<prefix>/events``: one per notice of an activity."""
         doc: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
             "type": ev.phase,
@@ -432,6 +433,9 @@ class MqttOutput(BaseModule[Config]):
             "score": round(ev.top_score, 3),
             "zones": list(ev.zones),
             "objects": len(ev.objects),
+            # an event is an activity: its severity and how many objects of each label
+            "severity": ev.severity,
+            "counts": _counts(ev),
             "started_at": ev.started_at,
             "updated_at": ev.updated_at,
             "ended_at": ev.ended_at,
@@ -468,7 +472,8 @@ class MqttOutput(BaseModule[Config]):
         for label in self.labels[cid]:
             n = 0
             for e in active:
-                seen = sum(1 for o in e.objects if o.label == label)
+                # in view now: an activity also lists the objects that have left
+                seen = sum(1 for o in e.objects if o.label == label and o.present)
                 n += seen if seen or e.objects else int(label in e.labels)
             self._put_state(self.layout.label_topic(cid, label), str(n))
         # motion last: whoever sees it change sees the counts that go with it
@@ -585,3 +590,10 @@ class MqttOutput(BaseModule[Config]):
 
 
 __all__ = ["Config", "MqttOutput"]
+
+
+def _counts(ev: EventNotice) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for o in ev.objects:
+        out[o.label] = out.get(o.label, 0) + 1
+    return out
