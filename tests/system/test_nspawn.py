@@ -56,6 +56,9 @@ class Box(nspawn.Container):
     has_status_page: bool = False
     first_run_s: float = 0.0
     legacy: bool = False
+    #: ``ansible-playbook --check`` before the first real run, and whether it left a slot
+    dry_run: subprocess.CompletedProcess[str] | None = None
+    dry_run_made_a_slot: bool = False
 
 
 def _legacy_role(dest: Path) -> Path | None:
@@ -142,6 +145,8 @@ def container(
             old = box.playbook(ansible="/srv/ansible-legacy")
             assert old.returncode == 0, nspawn.playbook_failure(old)
             box.legacy = True
+        box.dry_run = box.playbook("--check")
+        box.dry_run_made_a_slot = box.run("test", "-e", "/opt/spyoncino/current").returncode == 0
         t0 = time.monotonic()
         first = box.playbook()
         box.first_run_s = time.monotonic() - t0
@@ -221,6 +226,40 @@ def _restarted_by_watchdog(container: Box, before: int, t_fault: float) -> float
     assert "Watchdog timeout" in journal, journal[-3000:]
     assert "Failed with result 'watchdog'" in journal, journal[-3000:]
     return time.monotonic() - t_fault
+
+
+def _dry_run_report(out: subprocess.CompletedProcess[str]) -> str:
+    m = re.search(r'"msg": "(check mode: [^"]*)"', out.stdout)
+    assert m, out.stdout[-4000:]
+    return m.group(1)
+
+
+def test_check_mode_before_the_install_probes_for_real_and_installs_nothing(
+    container: Box,
+) -> None:
+    out = container.dry_run
+    assert out is not None
+    assert out.returncode == 0, nspawn.playbook_failure(out)
+    # the apt probe ran (it used to be skipped, so --check decided from nothing)
+    probe = re.search(
+        r"TASK \[spyoncino : Find out whether apt offers picamera2[^\n]*\n(\w+)", out.stdout
+    )
+    assert probe and probe.group(1) == "ok", out.stdout[-4000:]
+    report = _dry_run_report(out)
+    # Debian has no python3-picamera2: the dry run says so and why
+    assert "picamera2 from apt: no (apt-cache show python3-picamera2: " in report, report
+    assert "No packages found" in report or "Unable to locate" in report, report
+    assert "with extras [mqtt]" in report, report
+    assert not container.dry_run_made_a_slot  # nothing was installed
+
+
+def test_check_mode_on_the_installed_box_reports_no_change(container: Box) -> None:
+    out = container.playbook("--check")
+    assert out.returncode == 0, nspawn.playbook_failure(out)
+    recap = re.search(r"changed=(\d+)", out.stdout.split("PLAY RECAP", 1)[-1])
+    assert recap and recap.group(1) == "0", out.stdout[-3000:]
+    report = _dry_run_report(out)
+    assert "running: generic-x86 profile" in report, report
 
 
 def test_blocked_event_loop_ends_in_a_watchdog_restart(container: Box) -> None:
