@@ -239,7 +239,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         print("config: INVALID")
         for err in e.errors:
             print(f"  - {err}")
-    from spyoncino.core.profiles import profile_report
+    from spyoncino.platform.profiles import profile_report
 
     override = app.runtime.hardware_profile if app is not None else None
     for line in profile_report(override=override):

@@ -537,7 +537,7 @@ def with_profile_layer(model: type[AppConfig], layers: list[Layer]) -> list[Laye
     The profile is the one ``runtime.hardware_profile`` names (any layer may set it) or the
     one detected from the device tree. Only sections the installed modules have are set.
     """
-    from spyoncino.core.profiles import BUNDLED_MODEL_FILE, ProfileError, detect_profile
+    from spyoncino.platform.profiles import BUNDLED_MODEL_FILE, ProfileError, detect_profile
 
     merged: dict[str, Any] = {}
     for layer in layers:

@@ -10,7 +10,7 @@ from spyoncino.helpers.system import cpu_temperature as cpu_temperature
 
 def device_model(hardware_profile: str) -> str:
     """Blocking (reads the device tree): the board's model, else the profile's name."""
-    from spyoncino.core.profiles import ProfileError, detect_profile, read_model
+    from spyoncino.platform.profiles import ProfileError, detect_profile, read_model
 
     model = read_model(Path("/proc/device-tree/model"))
     if model:

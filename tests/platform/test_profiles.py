@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from spyoncino.core.profiles import (
+from spyoncino.platform.profiles import (
     ProfileError,
     detect_profile,
     load_profiles,
@@ -51,9 +51,9 @@ def test_every_packaged_profile_loads_and_is_complete() -> None:
 
 
 def test_every_profile_names_a_model_that_ships() -> None:
-    from spyoncino.core.profiles import BUNDLED_MODEL_FILE
     from spyoncino.modules.process._detector_config import BUNDLED_MODEL
     from spyoncino.modules.process._models import resolve_model_path
+    from spyoncino.platform.profiles import BUNDLED_MODEL_FILE
 
     assert BUNDLED_MODEL_FILE == BUNDLED_MODEL
     for name, profile in load_profiles().items():
@@ -135,7 +135,7 @@ def test_json_cli_is_what_ansible_reads(tmp_path: Path, capsys: pytest.CaptureFi
     assert data["service"]["memory_max"] == "50%"
     assert main(["--profile", "nope"]) == 2
     out = subprocess.run(
-        [sys.executable, "-m", "spyoncino.core.profiles", "--profile", "pi-4"],
+        [sys.executable, "-m", "spyoncino.platform.profiles", "--profile", "pi-4"],
         capture_output=True,
         text=True,
         check=True,

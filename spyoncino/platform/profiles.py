@@ -5,7 +5,7 @@ repository's ``hardware/profiles`` points there). One is chosen at start from
 ``/proc/device-tree/model`` (every Raspberry Pi and Jetson has it), from the CPU architecture
 when there is no device tree (PCs), or by name / path when the configuration says so.
 
-``python -m spyoncino.core.profiles --json`` prints the choice; the Ansible role uses it to
+``python -m spyoncino.platform.profiles --json`` prints the choice; the Ansible role uses it to
 put the profile's ``MemoryMax=`` into the unit, so the board is detected by one piece of code.
 """
 
@@ -215,7 +215,7 @@ def _as_json(profile: Profile, reason: str) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m spyoncino.core.profiles", description="Show the hardware profile."
+        prog="python -m spyoncino.platform.profiles", description="Show the hardware profile."
     )
     parser.add_argument("--profile", default=None, help="name or YAML path (default: detect)")
     parser.add_argument("--model-file", type=Path, default=DEVICE_TREE_MODEL)
