@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 from spyoncino import __version__
 from spyoncino.core.contracts import BaseModule
-from spyoncino.core.files import atomic_write_bytes
 from spyoncino.helpers import updates as up
+from spyoncino.helpers.files import atomic_write_bytes
 
 if TYPE_CHECKING:
     from aiogram import Bot
@@ -128,7 +128,9 @@ class TelegramUpdates(BaseModule):
         outcome = check.get("outcome")
         newer = up.UpdateFiles(None, check, None).newer()
         if newer is not None:
-            await self._remember(announced=newer)  # the daily check need not tell it again
+            assert self._marker is not None
+            if self._marker.get("announced") != newer:  # the daily check need not tell it again
+                await self._remember(announced=newer)
             body = f"Running {__version__}. Spyoncino {newer} is available."
             await self._reply(chat_id, body, reply_to, self._confirm(newer))
         elif outcome == "up_to_date":

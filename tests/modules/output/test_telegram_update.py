@@ -255,6 +255,24 @@ async def test_daily_check_tells_each_new_version_once(
     assert len([c for c in botapi.sent(ADMIN) if "is available" in c.params["text"]]) == 1
 
 
+async def test_a_version_seen_with_update_is_not_told_again_by_the_daily_check(
+    harness: MakeHarness, botapi: BotApiEmulator, root: RootUpdater
+) -> None:
+    now = [time.time()]
+    # checked an hour ago (kept across restarts in telegram.json): no check at start
+    (root.paths.exchange / "telegram.json").write_text(json.dumps({"checked_at": now[0] - 3600}))
+    h = await harness(**ucfg(botapi, root, update_check_daily=True, chat_ids=[ADMIN]))
+    h.module.clock = lambda: now[0]
+    await asyncio.sleep(0.3)
+    assert root.served == []
+    botapi.push_message(ADMIN, ADMIN, "/update")
+    await reply_to(botapi, ADMIN, f"Spyoncino {NEXT} is available.")
+    now[0] += updates_day()
+    await until(lambda: len(root.served) == 2)  # /update's check, then the daily one
+    await asyncio.sleep(0.3)
+    assert [c for c in botapi.sent(ADMIN) if "/update to install" in c.params["text"]] == []
+
+
 async def test_daily_check_is_off_by_default(
     harness: MakeHarness, botapi: BotApiEmulator, root: RootUpdater
 ) -> None:
@@ -269,7 +287,7 @@ async def test_daily_check_is_off_by_default(
 def updates_day() -> float:
     from spyoncino.modules.output._telegram_update import DAY_S
 
-    return DAY_S + 1
+    return DAY_S + 60
 
 
 def test_results_are_worded_plainly() -> None:
