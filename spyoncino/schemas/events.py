@@ -52,3 +52,5 @@ class EventNotice(Payload):
     frame_width: int = 0
     frame_height: int = 0
     frame: FrameRef = Field(default=None, exclude=True, repr=False)
+    #: on ``ended``: ``(track_id, Frame, Box)`` of each object's best sighting, for its crop
+    crops: FrameRef = Field(default=None, exclude=True, repr=False)

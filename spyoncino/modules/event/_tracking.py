@@ -129,6 +129,8 @@ class TrackedEvent:
     due: Literal["started", "updated"] | None = "started"
     #: the best frame was taken at the moment it became an alert: the snapshot shows why
     escalated_seq: int | None = None
+    #: track id -> (quality, frame, box) of that object's best sighting (its crop)
+    crops: dict[int, tuple[float, Frame, Box]] = field(default_factory=dict)
 
     @property
     def labels(self) -> tuple[str, ...]:

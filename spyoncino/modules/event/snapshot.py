@@ -11,7 +11,9 @@
   a better picture of the same event.
 * An activity's snapshot boxes every object on its best frame, each labelled with its label
   and score (``frame_objects``). When a ``detection`` becomes an ``alert`` the files are
-  replaced at once with the frame that made it one, so the alert's photo shows why.
+  replaced at once with the frame that made it one, so the alert's photo shows why. When it
+  ends, its thumbnail becomes the row of its objects' best crops (``crops``: each object's
+  best sighting, up to 8, best score first, ``crop_height`` px high, label and score below).
 * ``control.command`` ``snapshot``: writes the newest frame of the camera (every camera when
   none is named) as ``manual-<request id or time>.jpg`` and publishes it on
   ``event.snapshot.ready``. The newest frame per camera is kept by reference only (a
@@ -48,6 +50,12 @@ class Config(ModuleConfig):
     )
     clean_copy: bool = Field(default=True, description="Also keep a copy without boxes.")
     thumb_width: int = Field(default=320, ge=64, le=960, description="Thumbnail width in pixels.")
+    crop_height: int = Field(
+        default=120,
+        ge=32,
+        le=480,
+        description="Height in pixels of each object's crop in an activity's final thumbnail.",
+    )
     replace_on_update: bool = Field(
         default=False,
         description="Replace the snapshot on updates too (more writes); always on the event's end.",
@@ -117,6 +125,41 @@ def render_set(
     return out
 
 
+def render_crops(
+    crops: list[tuple[Image, Box, str]], height: int, quality: int
+) -> tuple[bytes, int, int]:
+    """Each object's crop (its box and a little around it) scaled to ``height``, side by side,
+    its label and score written under it; returns JPEG bytes, width, height."""
+    tiles = []
+    for image, box, label in crops:
+        ih, iw = image.shape[:2]
+        mx, my = round(box.width * 0.15), round(box.height * 0.1)
+        x1, y1 = max(0, box.x1 - mx), max(0, box.y1 - my)
+        x2, y2 = min(iw, box.x2 + mx), min(ih, box.y2 + my)
+        if x2 <= x1 or y2 <= y1:
+            continue
+        part = image[y1:y2, x1:x2]
+        w = max(1, round(part.shape[1] * height / part.shape[0]))
+        tile = cv2.resize(part, (min(w, 2 * height), height), interpolation=cv2.INTER_AREA)
+        tile = cv2.copyMakeBorder(tile, 0, 18, 0, 4, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+        if label:
+            cv2.putText(
+                tile,
+                label,
+                (2, height + 13),
+                cv2.FONT_HERSHEY_SIMPLEX,
+                0.4,
+                (255, 255, 255),
+                1,
+                cv2.LINE_AA,
+            )
+        tiles.append(tile)
+    if not tiles:
+        raise ValueError("no crop inside its frame")
+    strip = cast("Image", np.hstack(tiles))
+    return _encode(strip, quality), strip.shape[1], strip.shape[0]
+
+
 _EXT: dict[str, str] = {"snapshot": "jpg", "snapshot_clean": "clean.jpg", "thumbnail": "thumb.jpg"}
 
 
@@ -166,6 +209,7 @@ class SnapshotWriter(BaseModule[Config]):
             # the moment an activity becomes an alert its picture shows why (the photo sent)
             replace = ev.phase == "ended" or self.cfg.replace_on_update or escalated
             if done is None or done == ev.frame_seq or not replace:
+                await self._crops(ev)
                 return
         frame = ev.frame
         if frame is None or not frame.has_image:
@@ -186,6 +230,42 @@ class SnapshotWriter(BaseModule[Config]):
             self.replaced += 1
         for a in artifacts:
             await self.bus.publish(topics.ARTIFACT.at(artifact=a.kind), a)
+        await self._crops(ev)
+
+    async def _crops(self, ev: EventNotice) -> None:
+        """At the end of an activity its thumbnail becomes the row of its objects' best crops."""
+        if ev.phase != "ended" or not ev.crops:
+            return
+        self._pending += 1
+        try:
+            art = await self.ctx.executor.run(self._write_crops, ev)
+        finally:
+            self._pending -= 1
+        if art is not None:
+            await self.bus.publish(topics.ARTIFACT.at(artifact=art.kind), art)
+
+    def _write_crops(self, ev: EventNotice) -> MediaArtifact | None:
+        objects = {o.track_id: o for o in ev.objects}
+        crops = []
+        for track_id, frame, box in ev.crops:
+            o = objects.get(track_id)
+            if o is None or frame is None or not frame.has_image:
+                continue
+            label = f"{o.label} {o.score:.0%}" if o.label != "motion" else ""
+            crops.append((o.score, frame.image, box, label))
+        if not crops:
+            return None
+        crops.sort(key=lambda c: -c[0])
+        try:
+            data, w, h = render_crops(
+                [(img, box, label) for _s, img, box, label in crops[:8]],
+                self.cfg.crop_height,
+                min(self.cfg.quality, 80),
+            )
+        except ValueError:  # every box outside its frame: the thumbnail stays as it is
+            return None
+        rel = media_relpath(ev.camera_id, ev.started_at, ev.event_id, _EXT["thumbnail"], self.tz)
+        return self._store(ev.event_id, ev.camera_id, "thumbnail", rel, data, w, h)
 
     def _write(self, ev: EventNotice, frame: Frame) -> list[MediaArtifact]:
         if ev.frame_objects:  # every object of the activity on that frame, with its score

@@ -518,7 +518,12 @@ class EventTracker(BaseModule[Config]):
         width: int,
         height: int,
     ) -> None:
-        q = sum(snapshot_quality(t.score, t.box, width, height) for t in tracks)
+        qs = [snapshot_quality(t.score, t.box, width, height) for t in tracks]
+        if frame is not None:
+            for t, qt in zip(tracks, qs, strict=True):
+                if qt > ev.crops.get(t.id, (-1.0,))[0]:
+                    ev.crops[t.id] = (qt, frame, t.box)
+        q = sum(qs)
         if q > ev.best_q and (frame is not None or ev.best_frame is None):
             ev.best_q, ev.best_frame, ev.best_seq = q, frame, seq
             ev.best_objects = tuple(
@@ -679,7 +684,10 @@ class EventTracker(BaseModule[Config]):
                 "frame_seq": ev.best_seq,
             }
         )
-        payload = ev.notice.model_copy(update={"frame": ev.best_frame})
+        update: dict[str, Any] = {"frame": ev.best_frame}
+        if phase == "ended":
+            update["crops"] = tuple((tid, f, b) for tid, (_q, f, b) in ev.crops.items())
+        payload = ev.notice.model_copy(update=update)
         await self.bus.publish(topics.EVENT.at(kind=ev.notice.kind, phase=phase), payload)
 
     async def stop(self) -> None:

@@ -155,3 +155,32 @@ async def test_an_activity_snapshot_boxes_every_object_and_is_redone_when_it_ale
     await harness.bus.publish("event.object.updated", later)
     await harness.settle()
     assert len([x for x in arts(rec) if x.kind == "snapshot"]) == 2
+
+
+async def test_an_ended_activity_gets_its_objects_best_crops_as_thumbnail(
+    harness: Harness,
+) -> None:
+    from spyoncino.schemas.events import TrackedObject
+
+    _, rec = await start(harness)
+    a, b = Box(x1=100, y1=100, x2=300, y2=500), Box(x1=700, y1=200, x2=800, y2=400)
+    objs = (
+        TrackedObject(track_id=1, label="person", score=0.9, box=a),
+        TrackedObject(track_id=2, label="person", score=0.6, box=b),
+    )
+    f1 = make_frame("cam", 3, 0.3, 1280, 720, boxes=(a.as_tuple(),))
+    f2 = make_frame("cam", 7, 0.7, 1280, 720, boxes=(b.as_tuple(),))
+    await harness.bus.publish("event.object.started", notice("started", 3, a))
+    await harness.settle()
+    ended = notice("ended", 3, a).model_copy(
+        update={"objects": objs, "crops": ((1, f1, a), (2, f2, b))}
+    )
+    await harness.bus.publish("event.object.ended", ended)
+    await harness.settle()
+    thumbs = [x for x in arts(rec) if x.kind == "thumbnail"]
+    assert len(thumbs) == 2  # the started one, then the crops at the end
+    img = cv2.imread(thumbs[-1].path)
+    assert img.shape[0] == 120 + 18  # crop_height plus the label band
+    # two tiles side by side, each about as wide as its box at that height (+ margins)
+    assert 2 * 60 < img.shape[1] < 2 * 2 * 120 + 8
+    assert Path(thumbs[-1].path).name.endswith(".thumb.jpg")
