@@ -130,11 +130,11 @@ _HEADLINES = {
 def result_words(res: dict[str, Any]) -> str:
     """One plain sentence for an update result, e.g. for Telegram."""
     outcome = str(res.get("outcome", ""))
-    message = str(res.get("message", ""))[:600]
+    message = str(res.get("message", ""))[:600].rstrip(". ")
     if res.get("exit_code") == EXIT_NO_SUCH_VERSION:
         head = "No such version"
     else:
         head = _HEADLINES.get(outcome, "Update failed" if res.get("exit_code") else "Update")
     running = res.get("running")
     tail = f" Running {running}." if isinstance(running, str) and running else ""
-    return f"{head}: {message}.{tail}".replace("..", ".")
+    return f"{head}: {message}.{tail}"

@@ -298,3 +298,7 @@ def test_results_are_worded_plainly() -> None:
     assert words({"outcome": "error", "exit_code": 4, "message": "index x is unreachable"}) == (
         "Update failed: index x is unreachable."
     )
+    # the updater's own full stop is not doubled, an ellipsis inside is kept
+    assert words({"outcome": "pinned", "message": "0.1.0 is pinned... by Ansible."}) == (
+        "Update refused: 0.1.0 is pinned... by Ansible."
+    )
