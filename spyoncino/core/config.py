@@ -45,6 +45,8 @@ if TYPE_CHECKING:
     from spyoncino.core.contracts import BaseModule
 
 ENV_PREFIX = "SPYONCINO_"
+#: variables with the prefix that steer the program, not its configuration
+NOT_CONFIG_ENV = frozenset({"SPYONCINO_SECRETS_FILE", "SPYONCINO_CHECK_PAYLOADS"})
 SYSTEM_CONFIG = Path("/etc/spyoncino/config.yaml")
 SYSTEM_SECRETS = Path("/etc/spyoncino/secrets.yaml")
 REDACTED = "***"
@@ -308,7 +310,7 @@ def _env_layer(environ: Mapping[str, str], dotenv: Path | None) -> dict[str, Any
     values.update(environ)
     out: dict[str, Any] = {}
     for key, raw in values.items():
-        if not key.startswith(ENV_PREFIX) or key == "SPYONCINO_SECRETS_FILE":
+        if not key.startswith(ENV_PREFIX) or key in NOT_CONFIG_ENV:
             continue
         parts = [p.lower() for p in key[len(ENV_PREFIX) :].split("__") if p]
         if not parts:

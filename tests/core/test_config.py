@@ -126,6 +126,15 @@ def test_env_can_add_a_camera(tmp_path: Path) -> None:
     assert set(app.cameras) == {"sample", "garage"}
 
 
+def test_the_programs_own_knobs_in_the_environment_are_not_config(tmp_path: Path) -> None:
+    # SPYONCINO_CHECK_PAYLOADS=1 (the bus's run-time payload check) once failed every start
+    # with "check_payloads: unknown key"
+    (tmp_path / "s.yaml").write_text("{}\n")
+    env = {"SPYONCINO_CHECK_PAYLOADS": "1", "SPYONCINO_SECRETS_FILE": str(tmp_path / "s.yaml")}
+    app = load(tmp_path, None, env).current
+    assert set(app.cameras) == {"sample"}
+
+
 def test_bad_yaml_names_file_and_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as exc:
         load(tmp_path, "cameras:\n  a: {source: x\n")
