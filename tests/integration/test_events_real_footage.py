@@ -161,6 +161,7 @@ async def test_people_become_events_with_snapshot_gif_and_clip(vtest: Path, tmp_
     async with BusHarness(storage_root=root) as h:
         events = h.record("event.object.#")
         media = h.record("media.*.ready")
+        found = h.record(topics.OBJECTS.name)
         mods = [h.build(cls, CONFIG, name=name, others=REGISTRY) for name, cls in REGISTRY.items()]
         for m in mods:
             await m.configure(m.ctx.app)
@@ -203,6 +204,8 @@ async def test_people_become_events_with_snapshot_gif_and_clip(vtest: Path, tmp_
     updates = [e for e in notices if e.phase == "updated"]
     assert len(updates) <= 10 * len(people)
     assert set(ended) == set(ids)
+    # one alert per activity however many people: pairs are never two
+    assert len([e for e in ended.values() if e.severity == "alert"]) == len(started)
 
     arts: list[MediaArtifact] = media.payloads
     by_event: dict[str, dict[str, MediaArtifact]] = {}
@@ -223,6 +226,17 @@ async def test_people_become_events_with_snapshot_gif_and_clip(vtest: Path, tmp_
         # first frame ~pre-roll before the start (keyframes every second: up to 1 s more)
         lead = duration - event_s - 2.0  # post-roll is 2 s
         assert PREROLL - 0.3 <= lead <= PREROLL + 1.3, (e.event_id, lead)
+
+    # no person missing from the clips: every moment the detector saw someone lies within
+    # the span of one activity's clip (its start minus the pre-roll to its end plus post-roll)
+    spans = [
+        (e.started_at - PREROLL, (ended[e.event_id].ended_at or 0) + 2.0)
+        for e in started
+        if "clip" in by_event.get(e.event_id, {})
+    ]
+    seen = [d.wall_ts for d in found.payloads if d.detections]
+    assert seen
+    assert all(any(a <= t <= b for a, b in spans) for t in seen), (spans, seen)
 
     # the index knows every event and every file, and only files that exist
     conn = sqlite3.connect(root / "events.sqlite3")

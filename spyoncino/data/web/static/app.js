@@ -53,9 +53,26 @@
     }
   }
 
+  // "2 people, 1 car": an activity's objects counted by label, people first
+  function summary(ev) {
+    var objs = ev.objects || [];
+    if (!objs.length) { return (ev.labels || []).join(", ") || ev.kind; }
+    var counts = {}, order = [];
+    objs.forEach(function (o) {
+      if (!(o.label in counts)) { counts[o.label] = 0; order.push(o.label); }
+      counts[o.label] += 1;
+    });
+    order.sort(function (a, b) { return (a !== "person") - (b !== "person"); });
+    return order.map(function (l) {
+      var n = counts[l];
+      return n + " " + (n === 1 ? l : (l === "person" ? "people" : l === "bus" ? "buses" : l + "s"));
+    }).join(", ");
+  }
+
   function eventItem(ev) {
     var li = el("li");
     li.dataset.event = ev.id;
+    li.dataset.severity = ev.severity || "alert";
     var a = el("a");
     a.href = "/events/" + encodeURIComponent(ev.id);
     var art = (ev.artifacts || {}).thumbnail || (ev.artifacts || {}).snapshot;
@@ -69,9 +86,12 @@
     }
     a.appendChild(el("span", "cam", ev.camera_id));
     a.appendChild(document.createTextNode(" "));
-    a.appendChild(el("b", "", (ev.labels || []).join(", ") || ev.kind));
+    a.appendChild(el("b", "", summary(ev)));
     a.appendChild(document.createTextNode(" "));
     a.appendChild(el("time", "", when(ev.started_at)));
+    a.appendChild(document.createTextNode(" "));
+    var sev = ev.severity || "alert";
+    a.appendChild(el("span", "severity severity-" + sev, sev));
     a.appendChild(document.createTextNode(" "));
     a.appendChild(el("span", "phase", ev.phase));
     li.appendChild(a);
@@ -83,6 +103,8 @@
     try { f = JSON.parse(list.dataset.filter || "{}"); } catch (e) { f = {}; }
     if (f.camera && ev.camera_id !== f.camera) { return false; }
     if (f.label && (ev.labels || []).indexOf(f.label) < 0) { return false; }
+    if (f.severity && (ev.severity || "alert") !== f.severity) { return false; }
+    if (f.zone && (ev.zones || []).indexOf(f.zone) < 0) { return false; }
     if (f.day && when(ev.started_at).slice(0, 10) !== f.day) { return false; }
     return true;
   }
@@ -100,7 +122,7 @@
     var card = document.querySelector('article.camera[data-camera="' + CSS.escape(ev.camera_id) + '"] .last-event');
     if (card) {
       card.textContent = "";
-      var a = el("a", "", ((ev.labels || []).join(", ") || ev.kind) + " · " + when(ev.started_at));
+      var a = el("a", "", summary(ev) + " · " + when(ev.started_at));
       a.href = "/events/" + encodeURIComponent(ev.id);
       card.appendChild(a);
     }

@@ -247,7 +247,15 @@ def events(
         params = {k: v for k, v in given if v}
         params["before"] = repr(rows[-1].started_at)
         more = f'<p><a href="/events?{esc(urlencode(params))}">Older events</a></p>'
-    live = json.dumps({"camera": q.camera or "", "label": q.label or "", "day": q.day or ""})
+    live = json.dumps(
+        {
+            "camera": q.camera or "",
+            "label": q.label or "",
+            "severity": q.severity or "",
+            "zone": q.zone or "",
+            "day": q.day or "",
+        }
+    )
     return (
         f"<h1>Events</h1>{form}"
         f'<ul id="events" class="events-list" data-filter=\'{esc(live)}\'>{items}</ul>'

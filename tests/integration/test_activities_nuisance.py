@@ -1,0 +1,99 @@
+"""The bundled nuisance replay (``bench/bench_detector.py``: a swaying branch, a bird, a cloud's
+shadow and a plastic bag over the sample clip's empty street, 15 s each) through the real
+motion stage, the packaged default detector (motion-gated crops, as shipped) and the tracker:
+no activity may reach ``alert``, so nothing would be pushed. Detections are allowed (they are
+stored, not sent), and counted in the output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from spyoncino.core.bus import Bus, Message
+from spyoncino.core.config import Layer, build_app_model, validate
+from spyoncino.core.contracts import BoundedExecutor, ModuleContext
+from spyoncino.modules.event.tracker import EventTracker
+from spyoncino.modules.process.detector import ObjectDetector
+from spyoncino.modules.process.motion import MotionDetector
+from spyoncino.schemas import topics
+from spyoncino.schemas.events import EventNotice
+from spyoncino.schemas.frames import Frame
+
+REPO = Path(__file__).resolve().parents[2]
+SAMPLE = REPO / "spyoncino" / "data" / "sample.mp4"
+FPS = 10.0
+
+
+def nuisance_frames() -> tuple[list[Any], list[str]]:
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        bench = importlib.import_module("bench_detector")
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    frames, names = bench.build_nuisances(SAMPLE)
+    return [(img, bench.luma_of(img)) for img in frames], names
+
+
+@pytest.mark.slow
+async def test_no_activity_of_the_nuisance_replay_becomes_an_alert() -> None:
+    replay, names = await asyncio.to_thread(nuisance_frames)
+    registry: dict[str, Any] = {
+        "motion": MotionDetector,
+        "detector": ObjectDetector,
+        "tracker": EventTracker,
+    }
+    for name, cls in registry.items():
+        cls.name = name
+    raw = {
+        "cameras": {"cam": {"source": "cam.mp4", "detector": {"max_fps": 5.0}}},
+        "detector": {"trigger": "motion", "crop": True},
+    }
+    app = validate(build_app_model(registry), [Layer("test", raw)])
+    bus = Bus(status_interval=0)
+    executor = BoundedExecutor(workers=2)
+    notices: list[EventNotice] = []
+
+    async def on_event(msg: Message[Any]) -> None:
+        notices.append(msg.payload)
+
+    bus.subscribe("event.#", on_event, policy="block", maxsize=1000, module="test")
+    mods: list[Any] = []
+    try:
+        for name, cls in registry.items():
+            m = cls(ModuleContext(bus=bus, executor=executor, app=app, instance=name))
+            await m.configure(app)
+            await m.start()
+            mods.append(m)
+        stages = (topics.FRAME.at(camera="cam"), topics.MOTION.name, topics.OBJECTS.name)
+        clock0 = time.monotonic()
+        for i, (img, luma) in enumerate(replay):
+            h, w = img.shape[:2]
+            frame = Frame("cam", i, clock0 + i / FPS, time.time(), w, h, luma, _image=img)
+            await bus.publish(topics.FRAME.at(camera="cam"), frame)
+            await bus.wait_idle(*stages)
+            while any(m.pending() for m in mods if hasattr(m, "pending")):
+                await asyncio.sleep(0.001)
+                await bus.wait_idle(*stages)
+        await bus.drain(timeout=10.0)
+        for m in reversed(mods):
+            await m.stop()
+            mods.remove(m)
+        await bus.drain(timeout=10.0)
+    finally:
+        for m in mods:
+            await m.stop()
+        await bus.close()
+        executor.shutdown()
+    last = {n.event_id: n for n in notices}
+    print(
+        f"nuisances {names}: {len(last)} activities,",
+        [(n.severity, n.labels, len(n.objects)) for n in last.values()],
+    )
+    assert [n for n in notices if n.severity == "alert"] == []
