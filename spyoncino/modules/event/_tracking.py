@@ -204,6 +204,8 @@ class CameraState:
     parked: list[tuple[str, Box]] = field(default_factory=list)
     ended: list[TrackedEvent] = field(default_factory=list)
     activity: TrackedEvent | None = None
+    #: (mono, wall) when the last activity was closed for its length: the next one starts there
+    split: tuple[float, float] | None = None
 
     def now(self) -> float:
         return self.clock + (time.monotonic() - self.clock_real)

@@ -93,6 +93,13 @@ class Config(ModuleConfig):
         le=3600.0,
         description="An activity closes this long after the last sighting of its objects.",
     )
+    activity_max_s: float = Field(
+        default=120.0,
+        ge=5.0,
+        le=86400.0,
+        description="A longer activity is closed and the objects still in view open the next "
+        "one at once (keep it at or below clip.max_duration_s, so every moment is in a clip).",
+    )
     alert_labels: tuple[str, ...] = Field(
         default=("person", "motion"),
         description="Labels that make an activity an alert anywhere; other labels alert only "
@@ -544,23 +551,26 @@ class EventTracker(BaseModule[Config]):
                 act.due = "updated"
                 self.events_continued += 1
         if act is None:
+            start_mono, start_wall = track.first_mono, track.first_wall
+            if st.split is not None and st.split[0] > start_mono:
+                start_mono, start_wall = st.split  # it goes on from the one closed for length
             notice = EventNotice(
-                event_id=new_event_id(track.first_wall),
+                event_id=new_event_id(start_wall),
                 camera_id=camera_id,
                 kind="motion" if track.label == "motion" else "object",
                 phase="started",
                 labels=(track.label,),
                 top_score=track.score,
-                started_at=track.first_wall,
-                updated_at=track.first_wall,
-                started_mono=track.first_mono,
+                started_at=start_wall,
+                updated_at=start_wall,
+                started_mono=start_mono,
                 frame_width=st.width,
                 frame_height=st.height,
             )
             act = TrackedEvent(
                 notice=notice,
                 last_seen_mono=track.last_seen_mono,
-                last_seen_wall=track.first_wall,
+                last_seen_wall=start_wall,
                 last_update_mono=mono,
             )
             self.events_started += 1
@@ -635,6 +645,14 @@ class EventTracker(BaseModule[Config]):
             and now - act.last_seen_mono >= (self.cfg.activity_gap_s)
         ):
             await self._end(st, act, now)
+        elif (
+            act is not None
+            and act.due != "started"
+            and now - act.notice.started_mono >= self.cfg.activity_max_s
+        ):
+            # too long for one clip: closed here, and whoever is still in view opens the next
+            st.split = (now, act.last_seen_wall + max(0.0, now - act.last_seen_mono))
+            await self._end(st, act, now, resumable=False)
         cutoff = max(
             [self.cfg.cooldown_s, *self.cfg.cooldown_by_label.values()]
             + [c.cooldown_s for c in self.cams.values() if c.cooldown_s is not None]
@@ -643,13 +661,16 @@ class EventTracker(BaseModule[Config]):
             e for e in st.ended if e.ended_mono is not None and now - e.ended_mono <= cutoff
         ]
 
-    async def _end(self, st: CameraState, ev: TrackedEvent, now: float) -> None:
+    async def _end(
+        self, st: CameraState, ev: TrackedEvent, now: float, *, resumable: bool = True
+    ) -> None:
         ev.ended_mono = now
         st.activity = None
         for t in st.tracks:
             if t.event is ev:
                 t.event = None
-        st.ended.append(ev)
+        if resumable:
+            st.ended.append(ev)
         await self._publish(ev, "ended", ev.last_seen_wall, ended_at=ev.last_seen_wall, tracks=[])
 
     async def _publish(

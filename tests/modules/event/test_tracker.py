@@ -510,3 +510,26 @@ async def test_a_person_makes_a_detection_activity_an_alert(harness: Harness) ->
     assert last.severity == "alert"
     assert last.labels == ("car", "person")
     assert len(events(rec, "started")) == 1
+
+
+async def test_a_long_activity_is_closed_at_its_maximum_and_goes_on_in_the_next(
+    harness: Harness,
+) -> None:
+    _, rec = await tracker(harness, activity_max_s=10.0, warmup_s=0)
+    for seq in range(250):  # 25 s of someone pacing up and down in front of the door
+        x = 100 + abs((seq % 40) - 20) * 10
+        await feed(harness, seq, [det("person", 0.8, (x, 150, x + 40, 250))])
+    for seq in range(250, 400):
+        await feed(harness, seq, [])
+    await harness.settle()
+    started, ended = events(rec, "started"), events(rec, "ended")
+    assert len(started) == 3
+    assert [e.event_id for e in ended] == [e.event_id for e in started]
+    assert started[0].started_at == pytest.approx(1_700_000_000.0)
+    for prev, nxt in zip(ended, started[1:], strict=False):
+        # back to back: the next one starts where the last was closed, nothing in between
+        assert prev.ended_at is not None
+        assert 0.0 <= nxt.started_at - prev.ended_at <= 0.2
+        assert nxt.started_at - prev.started_at == pytest.approx(10.0, abs=0.2)
+    assert {e.severity for e in ended} == {"alert"}
+    assert ended[-1].ended_at == pytest.approx(1_700_000_024.9)
