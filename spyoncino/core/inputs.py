@@ -166,6 +166,8 @@ def av_frame_to_raw(frame: Any, luma_width: int, pts_s: float | None = None) -> 
     on the camera thread.
     """
     w, h = frame.width, frame.height
+    if frame.format.name == "nv12" and not (w % 2 or h % 2):
+        return _nv12_to_raw(frame, luma_width, pts_s)
     if frame.format.name not in _I420_FORMATS or w % 2 or h % 2:
         image = frame.to_ndarray(format="bgr24")
         return RawFrame(width=w, height=h, image=image, pts_s=pts_s)
@@ -186,6 +188,22 @@ def av_frame_to_raw(frame: Any, luma_width: int, pts_s: float | None = None) -> 
             cv2.LUT(i420[:h], _Y_TO_VIDEO, dst=i420[:h])
             cv2.LUT(i420[h:], _C_TO_VIDEO, dst=i420[h:])
         return cast("Image", cv2.cvtColor(i420, cv2.COLOR_YUV2BGR_I420))
+
+    return RawFrame(width=w, height=h, luma=luma, decode=decode, pts_s=pts_s)
+
+
+def _nv12_to_raw(frame: Any, luma_width: int, pts_s: float | None) -> RawFrame:
+    """NV12 (what hardware decoders hand over: NVDEC, some V4L2 M2M drivers): luma from
+    plane 0 at once, BGR from both planes on demand, like the I420 path."""
+    w, h = frame.width, frame.height
+    y, uv = (np.frombuffer(p, dtype=np.uint8).reshape(p.height, p.line_size) for p in frame.planes)
+    luma = shrink_luma(y[:, :w], luma_width)
+
+    def decode() -> Image:
+        nv12 = np.empty((h * 3 // 2, w), dtype=np.uint8)
+        nv12[:h] = y[:, :w]
+        nv12[h:] = uv[: h // 2, :w]
+        return cast("Image", cv2.cvtColor(nv12, cv2.COLOR_YUV2BGR_NV12))
 
     return RawFrame(width=w, height=h, luma=luma, decode=decode, pts_s=pts_s)
 

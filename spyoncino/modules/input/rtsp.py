@@ -52,6 +52,14 @@ class Config(ModuleConfig):
         default="AUTO",
         description="FFmpeg decoder threading when threads > 1: SLICE, FRAME or AUTO (both).",
     )
+    hw_decoder: Literal["off", "auto", "h264_v4l2m2m", "h264_cuvid"] = Field(
+        default="off",
+        description=(
+            "Hardware H.264 decoding: h264_v4l2m2m (Raspberry Pi 4's decoder), h264_cuvid "
+            "(NVDEC: Jetson, NVIDIA GPUs), auto (the first that opens). Falls back to the "
+            "software decoder when it does not open or fails on a packet. Not measured here."
+        ),
+    )
 
 
 class RtspCamera(CameraOptions):
@@ -150,6 +158,8 @@ class RtspInput(CameraInput):
         self._last_decoded = 0.0
         self.stream_size = (0, 0)
         self._time_base = 1 / 90000
+        self._decoder: Any = None
+        self.decoder_name = ""
 
     @classmethod
     def accepts(cls, source: str) -> bool:
@@ -225,6 +235,7 @@ class RtspInput(CameraInput):
         ctx.thread_type = self.settings.thread_type
         if opts.fast_decode:
             ctx.options = {"skip_loop_filter": "all"}  # applied when the decoder opens
+        self._decoder = self._open_hw_decoder(stream) if ctx.name == "h264" else None
         self._container = container
         self._packets = container.demux(stream)
         self._time_base = float(stream.time_base) if stream.time_base else 1 / 90000
@@ -240,6 +251,7 @@ class RtspInput(CameraInput):
             width=ctx.width,
             height=ctx.height,
             transport=opts.transport,
+            decoder=self.decoder_name,
             decoder_threads=threads,
             fast_decode=opts.fast_decode,
         )
@@ -260,7 +272,10 @@ class RtspInput(CameraInput):
             if self.packets is not None:
                 self.packets.append(packet)  # kept compressed: clips are remuxed from these
             try:
-                self._pending.extend(packet.decode())
+                if self._decoder is not None:
+                    self._pending.extend(self._hw_decode(packet))
+                else:
+                    self._pending.extend(packet.decode())
             except av.FFmpegError:
                 # a damaged packet (lost UDP data): skip it, the next keyframe repairs the picture
                 self.decode_errors += 1
@@ -269,6 +284,47 @@ class RtspInput(CameraInput):
         frame = self._pending.popleft()
         self._last_decoded = time.monotonic()
         return self.to_raw(frame)
+
+    #: hardware decoders ``auto`` tries, in order
+    HW_DECODERS: ClassVar[tuple[str, ...]] = ("h264_v4l2m2m", "h264_cuvid")
+
+    def _open_hw_decoder(self, stream: Any) -> Any:
+        """A hardware decoder for ``stream`` when configured and it opens, else None (the
+        stream's own software decoder). FFmpeg builds list these decoders whether or not the
+        board has the hardware, so only opening one tells."""
+        import av
+
+        want = self.settings.hw_decoder
+        self.decoder_name = stream.codec_context.name
+        if want == "off":
+            return None
+        for name in self.HW_DECODERS if want == "auto" else (want,):
+            try:
+                dec: Any = av.CodecContext.create(name, "r")
+                src = stream.codec_context
+                dec.extradata = src.extradata
+                dec.width, dec.height = src.width, src.height
+                dec.open()
+            except Exception as e:  # not built in, no device, refused by the driver
+                self.log.info("hw_decoder_unavailable", decoder=name, error=type(e).__name__)
+                continue
+            self.decoder_name = name
+            return dec
+        self.log.warning("hw_decoder_fallback", wanted=want, decoder=self.decoder_name)
+        return None
+
+    def _hw_decode(self, packet: Any) -> list[Any]:
+        """Decode on the hardware decoder; its first failure switches to software for good
+        (until the next open): the software decoder starts at the next keyframe."""
+        import av
+
+        try:
+            return list(self._decoder.decode(packet))
+        except av.FFmpegError as e:
+            self.log.warning("hw_decoder_failed", decoder=self.decoder_name, error=type(e).__name__)
+            self._decoder = None
+            self.decoder_name = f"h264 (software; {self.decoder_name} failed)"
+            return []
 
     def to_raw(self, frame: Any) -> RawFrame:
         """Luma from the Y plane now; BGR only when someone calls ``decode``."""
@@ -308,6 +364,7 @@ class RtspInput(CameraInput):
     def close(self) -> None:
         container, self._container = self._container, None
         self._packets = None
+        self._decoder = None
         self._pending.clear()
         if container is not None:
             container.close()
@@ -317,6 +374,8 @@ class RtspInput(CameraInput):
         out["transport"] = self.opts.transport
         out["stream"] = "detect" if self.opts.detect_url else "main"
         out["decode_errors"] = self.decode_errors
+        if self.decoder_name:
+            out["decoder"] = self.decoder_name
         if self.stream_size[0]:
             out["resolution"] = f"{self.stream_size[0]}x{self.stream_size[1]}"
         return out

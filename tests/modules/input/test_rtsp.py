@@ -237,3 +237,32 @@ async def test_packets_are_kept_compressed_and_remux_into_a_playable_clip(
         pictures = sum(1 for _ in c.decode(video=0))
     assert duration >= 3.0
     assert pictures == len(packets)  # every packet decoded: the first keyframe carries SPS/PPS
+
+
+async def test_a_hardware_decoder_the_box_lacks_falls_back_to_software(
+    rtsp_server, camera_input
+) -> None:
+    # FFmpeg lists h264_v4l2m2m everywhere; without the Pi's decoder device it cannot open
+    server = rtsp_server()
+    h = await camera_input(
+        RtspInput, server.url(), "rtsp", options=FAST, section={"hw_decoder": "h264_v4l2m2m"}
+    )
+    await h.wait_frames(5, timeout=30)
+    assert h.module.metrics()["decoder"] == "h264"
+    assert h.frames[-1][1].image.shape == (576, 768, 3)
+
+
+def test_nv12_frames_give_the_same_luma_and_colour_as_i420() -> None:
+    import av
+    import numpy as np
+
+    from spyoncino.core.inputs import av_frame_to_raw
+    from tests.modules.input.conftest import clip
+
+    with av.open(str(clip())) as c:
+        frame = next(c.decode(video=0))
+    i420 = av_frame_to_raw(frame, 320)
+    nv12 = av_frame_to_raw(frame.reformat(format="nv12"), 320)
+    assert np.array_equal(nv12.luma, i420.luma)
+    diff = np.abs(nv12.decode().astype(int) - i420.decode().astype(int))
+    assert diff.mean() < 1.0  # the same picture; only chroma interpolation differs
