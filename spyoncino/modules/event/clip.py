@@ -380,8 +380,12 @@ class ClipRecorder(BaseModule[Config]):
         cam = self._cam(f.camera_id)
         cam.clock, cam.clock_real = max(cam.clock, f.mono_ts), time.monotonic()
         src = f.source_packets if self.cfg.remux else None
-        if src is not None and src.ready:
-            # the camera's own H.264: nothing to do per frame unless a clip is open
+        if src is not None:
+            # the camera's own H.264: nothing to do per frame unless a clip is open (a ring
+            # not ready yet, just reopened, waits for its first keyframe and frame)
+            if not src.ready:
+                await self._finish_due(cam)
+                return
             if cam.source is not src:
                 self._use_source(cam, src)
             if cam.session is not None and cam.session.source is not None:
@@ -421,7 +425,8 @@ class ClipRecorder(BaseModule[Config]):
                 )
             cam.ring_bytes -= cam.ring.popleft()[1].nbytes
         if cam.session is not None:
-            self._encode(cam.session, i420, f.mono_ts)
+            if cam.session.codec is not None:  # not a remux session whose source went away
+                self._encode(cam.session, i420, f.mono_ts)
         elif cam.clips:
             self._open_session(cam)  # an event started before this camera's first frame
 
