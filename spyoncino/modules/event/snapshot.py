@@ -141,7 +141,9 @@ def render_crops(
         part = image[y1:y2, x1:x2]
         w = max(1, round(part.shape[1] * height / part.shape[0]))
         tile = cv2.resize(part, (min(w, 2 * height), height), interpolation=cv2.INTER_AREA)
-        tile = cv2.copyMakeBorder(tile, 0, 18, 0, 4, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+        text_w = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.4, 1)[0][0] if label else 0
+        right = max(4, text_w + 6 - tile.shape[1])  # the label fits under its own crop
+        tile = cv2.copyMakeBorder(tile, 0, 18, 0, right, cv2.BORDER_CONSTANT, value=(0, 0, 0))
         if label:
             cv2.putText(
                 tile,
