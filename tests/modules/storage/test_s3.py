@@ -15,7 +15,7 @@ import pytest_asyncio
 
 from spyoncino.core.bus import Bus, Message
 from spyoncino.core.contracts import BoundedExecutor
-from spyoncino.core.files import atomic_write_bytes, media_relpath
+from spyoncino.helpers.files import atomic_write_bytes, media_relpath
 from spyoncino.modules.storage.s3 import S3Copy
 from spyoncino.modules.storage.s3._budget import ThrottledBody, TokenBucket
 from spyoncino.modules.storage.s3._client import multipart_etag
@@ -169,6 +169,23 @@ async def test_what_is_copied_follows_the_alert_rules_and_the_kinds(env: Any) ->
     await until(lambda: len(sent(env)) == 1)
     await env.bus.drain()
     assert sent(env) == [("loud", "copy:clip")]
+
+
+async def test_a_snapshot_replaced_at_the_event_end_replaces_its_copy(env: Any) -> None:
+    await env.make(copy_kinds=["snapshot"])
+    _ev, first = await publish_event(env.bus, env.root, "ev-1")
+    await until(lambda: len(sent(env)) == 1)
+    better = b"a better picture"
+    digest = atomic_write_bytes(Path(first.path), better)
+    art = first.model_copy(update={"sha256": digest, "size_bytes": len(better)})
+    await env.bus.publish(topics.ARTIFACT.at(artifact="snapshot"), art)
+    await env.bus.publish(topics.ARTIFACT.at(artifact="snapshot"), art)  # replayed: once
+    await until(lambda: len(sent(env)) == 2)
+    got = await objects(env.moto.url, env.bucket)
+    assert list(got) == [f"box/{first.relpath}"]
+    assert got[f"box/{first.relpath}"]["body"] == better
+    await env.bus.drain()
+    assert len(sent(env)) == 2
 
 
 async def test_endpoint_down_mid_stream_then_back_copies_everything_once_in_order(

@@ -43,6 +43,7 @@ import math
 import re
 import socket
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -58,7 +59,6 @@ from spyoncino.core.outbox import (
     RetryAfter,
     ServerError,
     TransientError,
-    item_key,
 )
 from spyoncino.schemas import topics
 from spyoncino.schemas.alerts import AlertNotification
@@ -141,8 +141,10 @@ class S3Copy(OutboxChannel[Config]):
         self.problem: str | None = None
         #: the copy that waits for the endpoint: made due at once when it is back
         self._parked: OutboxItem | None = None
-        #: outbox key -> (queued at, bytes) of the copies not done yet
-        self.backlog: dict[str, tuple[float, int]] = {}
+        #: (event id, outbox kind) -> (queued at, bytes) of the copies not done yet
+        self.backlog: dict[tuple[str, str], tuple[float, int]] = {}
+        #: relpath -> sha256 last queued: a replayed artifact is not queued twice
+        self._queued: OrderedDict[str, str] = OrderedDict()
         self.stats: dict[str, int] = {
             "uploaded_objects": 0,
             "uploaded_bytes": 0,
@@ -203,8 +205,10 @@ class S3Copy(OutboxChannel[Config]):
         assert self.db_path is not None
         outbox = await self.open_outbox(self.db_path)
         self._uploads = await outbox.run_io(UploadState, self.db_path)
-        for key, created, size in await outbox.run_io(self._uploads.pending_rows, CHANNEL):
-            self.backlog[key] = (created, size)
+        for event_id, kind, created, size in await outbox.run_io(
+            self._uploads.pending_rows, CHANNEL
+        ):
+            self.backlog[(event_id, kind)] = (created, size)
         self.gate = AlertGate(
             self.cfg.alert_kinds,
             frozenset(self.cfg.copy_kinds) - {"snapshot"},
@@ -290,10 +294,22 @@ class S3Copy(OutboxChannel[Config]):
             delay = 0.5 if ok else min(self.cfg.probe_interval_s, delay * 2)
 
     # -- queueing ------------------------------------------------------------------------------
+    async def _on_artifact(self, art: MediaArtifact) -> None:
+        if art.kind == "snapshot" and self.gate.alerted(art.event_id):
+            # a better picture of an event already copied (the writer replaces the file in
+            # place at the event's end): it replaces the copy, under the same key
+            ev = self.gate.event(art.event_id)
+            if ev is not None:
+                await self._enqueue(ev, art)
+            return
+        await super()._on_artifact(art)
+
     async def _enqueue(self, ev: EventNotice, art: MediaArtifact | None) -> None:
         if art is None or art.kind not in self.cfg.copy_kinds:
             return  # no copy without a file (the text alert of an event without a snapshot)
         assert self.outbox is not None
+        if self._queued.get(art.relpath) == art.sha256:
+            return  # the same file announced again (a replayed message)
         kind = f"copy:{art.kind}"  # not an alert kind: copies keep strict queue order
         payload = {
             "key": object_key(self.prefix, art),
@@ -305,21 +321,27 @@ class S3Copy(OutboxChannel[Config]):
             # retention keeps the file while this row is pending (storage/media.py)
             "hold_local": True,
         }
+        # a newer file of the same event and kind replaces a copy still pending (and follows
+        # one already made, overwriting the same key)
         stored = await self.outbox.enqueue(
             recipient=RECIPIENT,
             event_id=art.event_id,
             camera_id=art.camera_id,
             kind=kind,
             payload=payload,
+            supersede=True,
         )
         if stored:
-            key = item_key(CHANNEL, art.event_id, kind, RECIPIENT)
-            self.backlog[key] = (time.time(), art.size_bytes)
+            self.backlog[(art.event_id, kind)] = (time.time(), art.size_bytes)
+            self._queued[art.relpath] = art.sha256
+            self._queued.move_to_end(art.relpath)
+            while len(self._queued) > 4096:
+                self._queued.popitem(last=False)
 
     async def _on_notify(self, msg: Message[AlertNotification]) -> None:
         n = msg.payload
         if n.status in ("sent", "failed"):
-            self.backlog.pop(item_key(CHANNEL, n.event_id, n.kind, RECIPIENT), None)
+            self.backlog.pop((n.event_id, n.kind), None)
 
     # -- delivery ------------------------------------------------------------------------------
     async def _deliver(self, item: OutboxItem) -> str | None:
@@ -360,7 +382,7 @@ class S3Copy(OutboxChannel[Config]):
             raise problem.error from e
         self.stats["uploaded_objects"] += 1
         self.stats["uploaded_bytes"] += int(p["size"])
-        self.log.info("s3_uploaded", key=p["key"], bytes=p["size"])
+        self.log.info("s3_uploaded", key=p["key"], bytes=p["size"], sha256=p["sha256"])
         return etag
 
     def _object_args(self, p: dict[str, Any], sha256: str) -> dict[str, Any]:

@@ -79,14 +79,14 @@ class UploadState:
     def in_progress(self) -> int:
         return int(self.conn.execute("SELECT COUNT(*) FROM s3_multipart").fetchone()[0])
 
-    def pending_rows(self, channel: str) -> list[tuple[str, float, int]]:
-        """(key, created_at, size) of the copies still pending, for the backlog at start."""
+    def pending_rows(self, channel: str) -> list[tuple[str, str, float, int]]:
+        """(event id, kind, created_at, size) of the copies still pending, for the backlog."""
         rows = self.conn.execute(
-            "SELECT key, created_at, json_extract(payload, '$.size') FROM outbox "
+            "SELECT event_id, kind, created_at, json_extract(payload, '$.size') FROM outbox "
             "WHERE channel=? AND status='pending'",
             (channel,),
         ).fetchall()
-        return [(str(k), float(t), int(s or 0)) for k, t, s in rows]
+        return [(str(e), str(k), float(t), int(s or 0)) for e, k, t, s in rows]
 
     def close(self) -> None:
         self.conn.close()
