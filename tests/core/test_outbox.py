@@ -465,3 +465,28 @@ async def test_an_unreadable_success_answer_is_not_sent_again(env: dict[str, Any
     await until(lambda: len(ch.delivered) == 1)
     assert [a[0].split(":")[1] for a in ch.attempts] == ["e1", "e2"]  # e1 once, no re-upload
     assert box.stats["delivered_unknown"] == 1
+
+
+def test_gate_pushes_nothing_of_a_detection_and_its_photo_once_it_becomes_an_alert() -> None:
+    from spyoncino.core.outbox import AlertGate
+
+    gate = AlertGate()
+    det = _notice("a1").model_copy(update={"severity": "detection"})
+    gate.notice(det)
+    t0 = time.monotonic()
+    assert gate.artifact(_artifact("a1", "snapshot")) == []  # a detection: kept, not sent
+    assert gate.artifact(_artifact("a1", "gif")) == []
+    assert gate.overdue(5.0, t0 + 60.0) == []  # and never overdue
+    assert not gate.alerted("a1")
+    # a person joins: an alert now; the snapshot made at that moment is its photo
+    gate.notice(det.model_copy(update={"phase": "updated", "severity": "alert"}))
+    out = gate.artifact(_artifact("a1", "snapshot"))
+    assert [a.kind for _e, a in out] == ["snapshot", "gif"]
+    assert gate.alerted("a1")
+    # had that snapshot not come, the one kept from before goes when it is overdue
+    gate.notice(_notice("a2").model_copy(update={"severity": "detection"}))
+    gate.artifact(_artifact("a2", "snapshot"))
+    gate.notice(_notice("a2").model_copy(update={"phase": "updated", "severity": "alert"}))
+    (due,) = gate.overdue(5.0, time.monotonic() + 6.0)
+    assert due.event_id == "a2"
+    assert [a.kind for a in gate.take_held("a2")] == ["snapshot"]
