@@ -23,7 +23,7 @@ import sqlite3
 from pathlib import Path
 
 from spyoncino.core.db_schema import ensure_schema
-from spyoncino.core.files import private_file
+from spyoncino.helpers.files import private_file
 from spyoncino.schemas.alerts import AlertNotification
 from spyoncino.schemas.events import EventNotice
 from spyoncino.schemas.media import MediaArtifact

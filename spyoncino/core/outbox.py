@@ -76,7 +76,7 @@ from spyoncino.core.contracts import (
     ModuleNotReady,
 )
 from spyoncino.core.db_schema import ensure_schema
-from spyoncino.core.files import private_file
+from spyoncino.helpers.files import private_file
 from spyoncino.schemas import topics
 from spyoncino.schemas.alerts import AlertNotification
 from spyoncino.schemas.control import ControlState

@@ -16,8 +16,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from spyoncino.core.files import TEMP_SUFFIX, sha256_file
 from spyoncino.core.index_db import connect
+from spyoncino.helpers.files import TEMP_SUFFIX, sha256_file
 
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}\Z")
 _STAMP = re.compile(r"^(\d{8}T\d{6})")

@@ -15,7 +15,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from spyoncino.core.files import atomic_write_bytes
+from spyoncino.helpers.files import atomic_write_bytes
 
 SUFFIX = ".job"
 _MAGIC = b"SPYJOB1\n"

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from spyoncino.core.files import atomic_write_bytes
+from spyoncino.helpers.files import atomic_write_bytes
 
 DEFAULT_DIR = Path("/var/lib/spyoncino/update")
 REQUEST = "request.json"

@@ -14,7 +14,7 @@ import numpy as np
 from spyoncino.core.bus import Bus
 from spyoncino.core.config import build_app_model
 from spyoncino.core.contracts import BaseModule, BoundedExecutor, ModuleContext
-from spyoncino.core.files import atomic_write_bytes
+from spyoncino.helpers.files import atomic_write_bytes
 from spyoncino.schemas import topics
 from spyoncino.schemas.events import EventNotice
 from spyoncino.schemas.media import MediaArtifact

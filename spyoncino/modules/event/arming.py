@@ -22,7 +22,7 @@ from pydantic import Field
 from spyoncino.core.bus import Message
 from spyoncino.core.config import AppConfig
 from spyoncino.core.contracts import BaseModule, ModuleConfig, ModuleContext
-from spyoncino.core.files import atomic_write_bytes
+from spyoncino.helpers.files import atomic_write_bytes
 from spyoncino.schemas import topics
 from spyoncino.schemas.control import MAX_MUTE_S, ControlCommand, ControlState
 

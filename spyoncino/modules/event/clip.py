@@ -17,7 +17,7 @@ in memory. Events that overlap on a camera share that one encoding: each event's
 from the packets, from the last keyframe at or before ``start - preroll_s`` to
 ``end + postroll_s``, and muxed (no re-encode) into an MP4 with ``movflags=+faststart`` so
 phones and Telegram play it inline. The file is assembled in ``storage.scratch`` (which can
-be a tmpfs) and moved into place crash-safely (``spyoncino.core.files.atomic_move``).
+be a tmpfs) and moved into place crash-safely (``spyoncino.helpers.files.atomic_move``).
 
 **On request.** A ``control.command`` ``clip`` (Telegram's ``/clip [camera] [seconds]``) gets
 the last ``duration_s`` seconds (default 10) of that camera, as event ``manual-<request id>``:
@@ -49,7 +49,7 @@ from pydantic import Field
 from spyoncino.core.bus import Message
 from spyoncino.core.config import AppConfig
 from spyoncino.core.contracts import BaseModule, ModuleConfig, ModuleContext
-from spyoncino.core.files import atomic_move, media_relpath
+from spyoncino.helpers.files import atomic_move, media_relpath
 from spyoncino.helpers.packets import PacketRing
 from spyoncino.schemas import topics
 from spyoncino.schemas.control import ControlCommand, manual_event_ids

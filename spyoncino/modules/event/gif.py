@@ -29,8 +29,8 @@ from pydantic import Field
 from spyoncino.core.bus import Message
 from spyoncino.core.config import AppConfig
 from spyoncino.core.contracts import BaseModule, ModuleConfig, ModuleContext
-from spyoncino.core.files import atomic_move, media_relpath
 from spyoncino.helpers import spool
+from spyoncino.helpers.files import atomic_move, media_relpath
 from spyoncino.schemas import topics
 from spyoncino.schemas.events import EventNotice
 from spyoncino.schemas.frames import Frame, Image

@@ -33,7 +33,7 @@ from pydantic import Field
 from spyoncino.core.bus import Message
 from spyoncino.core.config import AppConfig
 from spyoncino.core.contracts import BaseModule, ModuleConfig, ModuleContext
-from spyoncino.core.files import atomic_write_bytes, media_relpath
+from spyoncino.helpers.files import atomic_write_bytes, media_relpath
 from spyoncino.schemas import topics
 from spyoncino.schemas.control import ControlCommand, manual_event_ids
 from spyoncino.schemas.events import EventNotice

@@ -14,7 +14,7 @@ from datetime import time as dtime
 from pathlib import Path
 from typing import Any
 
-from spyoncino.core.files import local_time
+from spyoncino.helpers.files import local_time
 from spyoncino.helpers.system import cpu_temperature as cpu_temperature
 from spyoncino.schemas.control import MAX_MUTE_S, ControlState
 from spyoncino.schemas.health import CameraHealthNotice

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from spyoncino import __version__
 from spyoncino.core.contracts import BaseModule
 from spyoncino.helpers import updates as up
-from spyoncino.core.files import atomic_write_bytes
+from spyoncino.helpers.files import atomic_write_bytes
 
 if TYPE_CHECKING:
     from aiogram import Bot

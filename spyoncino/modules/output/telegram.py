@@ -34,7 +34,6 @@ from pydantic import Field, SecretStr
 from spyoncino.core.bus import Message
 from spyoncino.core.config import AppConfig
 from spyoncino.core.contracts import ModuleConfig, ModuleConfigError
-from spyoncino.core.files import local_time
 from spyoncino.core.outbox import (
     AlertGate,
     DeliveredUnknown,
@@ -46,6 +45,7 @@ from spyoncino.core.outbox import (
     ServerError,
     TransientError,
 )
+from spyoncino.helpers.files import local_time
 from spyoncino.helpers.updates import DEFAULT_DIR as UPDATE_DIR
 from spyoncino.modules.output import _aiogram
 from spyoncino.modules.output import _telegram_text as text

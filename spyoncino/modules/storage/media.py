@@ -29,7 +29,7 @@ removed, so an idle box writes nothing). A ``RetentionReport`` is published on
 ``storage.retention`` after every pass. Health metrics report the media bytes written in the
 last hour and the process's own disk writes per hour (``/proc/self/io``).
 
-Free space is read through ``self.disk_free`` (``spyoncino.core.files.disk_free`` unless
+Free space is read through ``self.disk_free`` (``spyoncino.helpers.files.disk_free`` unless
 ``ctx.extras["disk_free"]`` provides another), the one OS boundary tests replace.
 """
 
@@ -50,9 +50,9 @@ from pydantic import Field
 from spyoncino.core.bus import Message
 from spyoncino.core.config import AppConfig
 from spyoncino.core.contracts import BaseModule, ModuleConfig, ModuleContext
-from spyoncino.core.files import clean_temp_files, disk_free
 from spyoncino.core.index_db import connect, delete_artifact, insert_notification
 from spyoncino.core.reindex import MediaFile, scan
+from spyoncino.helpers.files import clean_temp_files, disk_free
 from spyoncino.schemas import topics
 from spyoncino.schemas.alerts import AlertNotification
 from spyoncino.schemas.events import EventNotice

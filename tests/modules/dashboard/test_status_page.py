@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from spyoncino.core.files import atomic_write_bytes, sha256_file
+from spyoncino.helpers.files import atomic_write_bytes, sha256_file
 from spyoncino.modules.dashboard.status_page import Config, hash_password, verify_password
 from spyoncino.modules.dashboard.status_page._auth import LoginLimiter
 from spyoncino.modules.dashboard.status_page._metrics import Metrics, Reports

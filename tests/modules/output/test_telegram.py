@@ -16,7 +16,7 @@ import pytest_asyncio
 from spyoncino.core.bus import Bus, Message
 from spyoncino.core.config import build_app_model
 from spyoncino.core.contracts import BoundedExecutor, ModuleConfigError, ModuleContext
-from spyoncino.core.files import atomic_write_bytes
+from spyoncino.helpers.files import atomic_write_bytes
 from spyoncino.modules.event.arming import ArmingState
 from spyoncino.modules.event.clip import ClipRecorder
 from spyoncino.modules.event.snapshot import SnapshotWriter

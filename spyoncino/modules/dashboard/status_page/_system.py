@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from spyoncino.core.files import disk_free
+from spyoncino.helpers.files import disk_free
 from spyoncino.helpers.system import cpu_temperature as cpu_temperature
 
 #: ``vcgencmd get_throttled`` bits (Raspberry Pi firmware documentation).

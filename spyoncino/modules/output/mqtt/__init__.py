@@ -40,7 +40,7 @@ from spyoncino.core.contracts import (
     ModuleContext,
     ModuleNotReady,
 )
-from spyoncino.core.files import disk_free
+from spyoncino.helpers.files import disk_free
 from spyoncino.schemas import topics
 from spyoncino.schemas.control import ConfigSnapshot, ConfigUpdate, ControlState
 from spyoncino.schemas.events import EventNotice
