@@ -245,7 +245,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     for line in profile_report(override=override):
         print(line)
     if app is not None:
-        from spyoncino.core.doctor import inputs_report
+        from spyoncino.helpers.doctor import inputs_report
 
         for line in inputs_report(app):
             print(line)

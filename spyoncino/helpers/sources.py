@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from spyoncino.core.config import redact_url
-from spyoncino.core.doctor import check_tcp
+from spyoncino.helpers.doctor import check_tcp
 
 #: a file shipped in the package: ``spyoncino:sample.mp4``
 BUILTIN_PREFIX = "spyoncino:"

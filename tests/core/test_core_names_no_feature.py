@@ -31,11 +31,6 @@ KNOWN: set[str] = {
     "config.py reads .motion",
     "config.py reads .detector",
     "config.py names category 'input'",
-    # doctor.py: a command, goes to cli/doctor.py once cli.py is a package
-    "doctor.py names 'rtsp'",
-    "doctor.py names 'rtsp://'",
-    "doctor.py names 'csi://'",
-    "doctor.py names 'file://'",
     # orchestrator.py: tests ``category == "process"`` for the lockstep replay's pending work
     "orchestrator.py names category 'process'",
     # outbox.py: the alert channels' delivery and gate, goes to helpers/outbox/

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from spyoncino.core.config import build_app_model
-from spyoncino.core.doctor import format_summary, inputs_report, parse_formats
+from spyoncino.helpers.doctor import format_summary, inputs_report, parse_formats
 from spyoncino.modules.input.rtsp import RtspInput
 
 V4L2_FORMATS = """\
