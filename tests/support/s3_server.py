@@ -97,6 +97,8 @@ class Proxy:
         self._server: asyncio.Server | None = None
         self._conns: set[asyncio.StreamWriter] = set()
         self.connections = 0
+        #: bytes forwarded from the clients to the server (what an upload budget meters)
+        self.bytes_up = 0
 
     @property
     def url(self) -> str:
@@ -126,9 +128,11 @@ class Proxy:
             return
         self._conns.update({writer, up_writer})
 
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, up: bool) -> None:
             try:
                 while data := await src.read(65536):
+                    if up:
+                        self.bytes_up += len(data)
                     dst.write(data)
                     await dst.drain()
             except (OSError, asyncio.IncompleteReadError):
@@ -137,7 +141,7 @@ class Proxy:
                 with contextlib.suppress(Exception):
                     dst.close()
 
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
         self._conns.difference_update({writer, up_writer})
 
 

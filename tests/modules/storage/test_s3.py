@@ -308,3 +308,32 @@ async def test_max_kbps_holds_over_a_real_upload(env: Any) -> None:
     assert rate <= 50_000 * 1.10, rate
     assert rate >= 50_000 * 0.5, rate  # the budget, not something else, paced it
     assert m.stats["uploaded_bytes"] == clip.size_bytes
+
+
+def test_the_backlog_and_uploads_reach_prometheus() -> None:
+    from spyoncino.modules.dashboard.status_page._metrics import Metrics, Reports
+    from spyoncino.schemas.status import HealthReport, ModuleHealth
+
+    s3 = ModuleHealth(
+        module="s3",
+        state="degraded",
+        detail="s3.endpoint_url: cannot reach http://nas:9000: EndpointConnectionError",
+        metrics={
+            "offbox_backlog": 3,
+            "offbox_backlog_bytes": 1_600_000,
+            "offbox_oldest_age_s": 42.5,
+            "offbox_ready": 0,
+            "offbox_uploaded_bytes": 9_000_000,
+            "offbox_uploaded_objects": 12,
+            "offbox_upload_failures": 2,
+            "offbox_lost_before_upload": 0,
+        },
+    )
+    reports = Reports(health=HealthReport(overall="degraded", modules=(s3,), at=time.time()))
+    text = Metrics(lambda: reports, "9.9").render().decode()
+    assert 'spyoncino_offbox_backlog{module="s3"} 3.0' in text
+    assert 'spyoncino_offbox_backlog_bytes{module="s3"} 1.6e+06' in text
+    assert 'spyoncino_offbox_oldest_age_seconds{module="s3"} 42.5' in text
+    assert 'spyoncino_offbox_ready{module="s3"} 0.0' in text
+    assert 'spyoncino_offbox_uploaded_bytes_total{module="s3"} 9e+06' in text
+    assert 'spyoncino_offbox_upload_failures_total{module="s3"} 2.0' in text

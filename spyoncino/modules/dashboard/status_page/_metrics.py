@@ -195,6 +195,40 @@ class _ReportCollector(Collector):
                     outbox.add_metric([m.module], v)
                     break
         yield from (state, restarts, outbox)
+        yield from self._offbox(health)
+
+    def _offbox(self, health: HealthReport | None) -> Iterator[Metric]:
+        """Off-box copies (the s3 module reports ``offbox_*``): backlog, bytes, failures."""
+        gauges = {
+            "offbox_backlog": ("spyoncino_offbox_backlog", "Copies waiting to leave the box."),
+            "offbox_backlog_bytes": ("spyoncino_offbox_backlog_bytes", "Bytes of those copies."),
+            "offbox_oldest_age_s": (
+                "spyoncino_offbox_oldest_age_seconds",
+                "Age of the oldest copy waiting.",
+            ),
+            "offbox_ready": ("spyoncino_offbox_ready", "1 while the storage endpoint works."),
+        }
+        counters = {
+            "offbox_uploaded_bytes": ("spyoncino_offbox_uploaded_bytes", "Bytes copied off."),
+            "offbox_uploaded_objects": ("spyoncino_offbox_uploaded_objects", "Objects copied."),
+            "offbox_upload_failures": ("spyoncino_offbox_upload_failures", "Failed uploads."),
+            "offbox_lost_before_upload": (
+                "spyoncino_offbox_lost_before_upload",
+                "Copies whose file was gone before it left the box.",
+            ),
+        }
+        families: list[tuple[str, GaugeMetricFamily | CounterMetricFamily]] = [
+            (k, GaugeMetricFamily(n, h, labels=["module"])) for k, (n, h) in gauges.items()
+        ]
+        families += [
+            (k, CounterMetricFamily(n, h, labels=["module"])) for k, (n, h) in counters.items()
+        ]
+        for m in health.modules if health else ():
+            for key, family in families:
+                v = _num(m, key)
+                if v is not None:
+                    family.add_metric([m.module], v)
+        yield from (f for _, f in families)
 
     def _camera_health(self, health: HealthReport | None) -> Iterator[Metric]:
         """The camera-health module reports ``camera_health.<camera>.<condition>`` as 0/1."""
