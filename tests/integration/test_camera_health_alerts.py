@@ -127,7 +127,7 @@ async def test_a_covered_lens_reaches_telegram_mqtt_webhook_and_email(
     smtp: Any,
 ) -> None:
     inbox, smtp_port = smtp
-    watch = Watcher(broker, ["spyoncino/#"])
+    watch = Watcher(broker, ["spyoncino/#", "homeassistant/#"])
     await watch.start()
     data = {
         "storage": {"root": str(tmp_path)},
@@ -190,6 +190,9 @@ async def test_a_covered_lens_reaches_telegram_mqtt_webhook_and_email(
             problem = [m.json() for m in watch.on("spyoncino/box1/cam/problem")]
             assert problem[-1]["problem"] is False
             assert any(p["problem"] and p["conditions"] == ["black"] for p in problem)
+            # Home Assistant sees it as the camera's "problem" binary sensor
+            disc = watch.on("homeassistant/binary_sensor/box1/cam_problem/config")
+            assert disc and disc[-1].json()["device_class"] == "problem"
             # webhook: one document each
             await until(lambda: len(receiver.bodies) >= 2)
             assert [b["type"] for b in receiver.bodies] == [

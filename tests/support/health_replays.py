@@ -14,6 +14,7 @@ Faults (each must raise one alert and one recovery):
 Nuisances (must raise nothing): ``light_switch`` (the room light goes off and on: half the
 brightness for 80 s), ``day_night`` (the camera switches to infrared night mode for 80 s:
 grey, flatter, darker, noisier), ``dusk`` (a slow fade to a quarter of the light and back),
+``night`` (20 s to an eighth of the light with the sensor's noise tripled, then 90 s of it),
 ``clouds`` (brightness wandering by a third and large soft shadows drifting over the scene).
 """
 
@@ -33,7 +34,7 @@ FPS = 5
 SIZE = (384, 288)
 VERSION = 1
 
-NUISANCES = ("light_switch", "day_night", "dusk", "clouds")
+NUISANCES = ("light_switch", "day_night", "dusk", "night", "clouds")
 
 Img = np.ndarray
 
@@ -107,6 +108,13 @@ def _dusk(base: list[Img], rng: np.random.Generator) -> Iterator[Img]:
         yield _noisy(_scaled(img, gain), rng, 2.0)
 
 
+def _night(base: list[Img], rng: np.random.Generator) -> Iterator[Img]:
+    for i, img in enumerate(_footage(base, 110)):
+        t = i / FPS
+        gain = 1.0 - 0.88 * min(1.0, t / 20.0)  # 20 s to an eighth of the light, then night
+        yield _noisy(_scaled(img, gain), rng, 2.0 + 4.0 * min(1.0, t / 20.0))  # sensor gain
+
+
 def _clouds(base: list[Img], rng: np.random.Generator) -> Iterator[Img]:
     w, h = SIZE
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -126,6 +134,7 @@ MAKERS: dict[str, Callable[[list[Img], np.random.Generator], Iterator[Img]]] = {
     "light_switch": _light_switch,
     "day_night": _day_night,
     "dusk": _dusk,
+    "night": _night,
     "clouds": _clouds,
 }
 

@@ -207,7 +207,9 @@ def status_text(
         fps = mh.metrics.get("fps")
         fps_text = f", {float(fps):.1f} fps" if isinstance(fps, (int, float)) else ""
         detail = f" ({mh.detail})" if mh.detail and mh.state != "ok" else ""
-        lines.append(f"- {name}: {mh.state}{fps_text}{detail}")
+        problems = camera_problems(health, cid)
+        problem_text = f"; problem: {', '.join(problems)}" if problems else ""
+        lines.append(f"- {name}: {mh.state}{fps_text}{detail}{problem_text}")
     rows = list(events)
     lines.append("")
     lines.append("Last events:" if rows else "Last events: none")
@@ -377,6 +379,18 @@ def disk_free(path: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return usage.free, usage.total
+
+
+def camera_problems(health: HealthReport | None, camera_id: str) -> list[str]:
+    """The camera-health conditions raised now for ``camera_id`` (the health module reports
+    ``camera_health.<camera>.<condition>`` = 1), in words."""
+    out: list[str] = []
+    for m in health.modules if health else ():
+        for key, value in m.metrics.items():
+            parts = key.split(".")
+            if len(parts) == 3 and parts[:2] == ["camera_health", camera_id] and value == 1:
+                out.append(parts[2].replace("_", " "))
+    return out
 
 
 def health_notice_text(notice: CameraHealthNotice, tz: str | None) -> str:

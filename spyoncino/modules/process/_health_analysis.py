@@ -19,6 +19,8 @@ Grey = npt.NDArray[np.uint8]
 
 #: the structure thumbnail: 8 x 6 cells of 8 x 8 pixels
 THUMB_W, THUMB_H, CELL = 64, 48, 8
+#: the thumbnail's spread once normalised (a typical daylight scene's)
+NORM_SPREAD = 40.0
 #: a cell whose grey levels spread less than this (on the thumbnail) has no structure to vote
 TEXTURE_STD = 3.0
 #: a textured cell correlating less than this with its reference has changed
@@ -43,7 +45,13 @@ class Sample:
 
 
 def _cells(thumb: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.float32], npt.NDArray[Any]]:
-    """(each cell's pixels, zero-mean and unit-norm, one row per cell; each cell's spread)."""
+    """(each cell's pixels, zero-mean and unit-norm, one row per cell; each cell's spread).
+
+    The spread is measured after scaling the whole thumbnail to a spread of NORM_SPREAD, so a
+    picture that got darker or flatter everywhere (dusk, a light switched off) keeps its
+    textured cells textured: only a cell that lost its structure *relative to the rest* has
+    gone flat."""
+    thumb = (thumb - thumb.mean()) * (NORM_SPREAD / max(float(thumb.std()), 1.0))
     rows, cols = THUMB_H // CELL, THUMB_W // CELL
     c = thumb.reshape(rows, CELL, cols, CELL).transpose(0, 2, 1, 3).reshape(rows * cols, -1)
     c = c - c.mean(axis=1, keepdims=True)

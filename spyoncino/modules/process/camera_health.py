@@ -16,9 +16,11 @@ sends):
   when most of the frame changes (that is how it ignores a light switch), so it would absorb
   a camera move in one frame; this reference is the module's own.
 
-Cheap by construction: every frame costs one clock read and a comparison; at most
-``sample_fps`` frames a second (default 1) are analysed, on the small luma plane the input
-already made (no colour decode), in the worker pool. The structure test works on a 64x48
+Cheap by construction: at most ``sample_fps`` frames a second (default 1) are analysed, on
+the small luma plane the input already made (no colour decode), in the worker pool. Between
+samples of a live camera the handler rests, so the frames in between only swap the one in
+its latest-wins slot (about 1 µs each); a replay's frames are each looked at (a clock read
+and a comparison) so that its timing stays the video's. The structure test works on a 64x48
 thumbnail cut into 8x8-pixel cells and compares each cell with its reference by normalised
 correlation, which does not care about brightness or contrast (a light switch, the day/night
 switch, a cloud): only where things *are* counts. Cells without texture (sky, a wall) do not
@@ -192,10 +194,15 @@ class Watch:
     last_frame: float | None = None
     next_sample: float = float("-inf")
     input_state: str | None = None
+    #: the last analysed frame arrived just now (a live camera, not a replay)
+    fresh: bool = False
     conditions: dict[str, Condition] = field(
         default_factory=lambda: {c: Condition(c) for c in CONDITIONS}
     )
 
+
+#: wake this long before the next sample is due, so the frame due is the one examined
+REST_MARGIN_S = 0.05
 
 _WHAT = {
     "stream_lost": "no picture (stream lost)",
@@ -279,15 +286,25 @@ class CameraHealth(BaseModule):
             w.analyser.reset()  # a reconnect: compare with what comes now
             w.next_sample = float("-inf")
         t = frame.mono_ts
+        # A live camera (its frames stamped on arrival, this one and the one before) lets the
+        # handler rest until the next sample is due: frames published meanwhile only replace
+        # the one in this subscription's latest-wins slot, so they cost the bus a slot swap
+        # instead of waking this handler. A replay (frames on the video's clock, ahead of or
+        # behind the wall) is never made to wait, nor is a stream that is (perhaps) lost:
+        # then every frame counts towards "back".
+        fresh = 0.0 <= time.monotonic() - t < 0.5
+        rest = fresh and w.fresh and lost.bad_since is None and not lost.active
+        w.fresh = fresh
         if t < w.next_sample - 2.0 / self.cfg.sample_fps:
             w.next_sample = float("-inf")  # the source's clock restarted (a file looped)
-        if t < w.next_sample:
-            return
-        w.next_sample = t + 1.0 / self.cfg.sample_fps
-        t0 = time.perf_counter()
-        sample = await self.ctx.executor.run(w.analyser.analyse, frame.luma, t)
-        self.busy_s += time.perf_counter() - t0
-        await self._judge(w, sample, frame, t)
+        if t >= w.next_sample:
+            w.next_sample = t + 1.0 / self.cfg.sample_fps
+            t0 = time.perf_counter()
+            sample = await self.ctx.executor.run(w.analyser.analyse, frame.luma, t)
+            self.busy_s += time.perf_counter() - t0
+            await self._judge(w, sample, frame, t)
+        if rest:
+            await asyncio.sleep(max(0.0, w.next_sample - t - REST_MARGIN_S))
 
     async def _judge(self, w: Watch, s: Sample, frame: Frame, t: float) -> None:
         lim = w.limits
@@ -362,12 +379,13 @@ class CameraHealth(BaseModule):
         cond = w.conditions["stream_lost"]
         last = w.last_frame if w.last_frame is not None else w.started
         silent = now - last
-        # a finite source that ended is done, not lost; a frame within a couple of seconds
-        # is a stream (the input's own stall timeout decides when to reconnect)
+        # a finite source that ended is done, not lost; a frame within two sample intervals
+        # (at least 2 s: the handler rests up to one interval between a live camera's
+        # samples) is a stream; the input's own stall timeout decides when to reconnect
         bad = (
             w.input_state != "ended"
             and "stream_lost" in w.limits.conditions
-            and silent >= min(2.0, w.limits.lost_after_s)
+            and silent >= min(max(2.0, 2.0 / self.cfg.sample_fps), w.limits.lost_after_s)
         )
         wall = time.time()
         if bad and cond.bad_since is None:

@@ -240,3 +240,62 @@ def test_cache_dir_is_ignored() -> None:
     repo = Path(__file__).resolve().parents[3]
     assert CACHE.is_relative_to(repo / ".cache")
     assert ".cache/" in (repo / ".gitignore").read_text()
+
+
+async def test_a_live_camera_wakes_the_module_once_per_sample_not_per_frame(run: MakeRun) -> None:
+    r = await run()
+    luma = np.random.default_rng(2).integers(0, 255, (180, 320), dtype=np.uint8)
+    topic = topics.FRAME.at(camera="cam")
+    published = 60
+    for i in range(published):  # a live 30 fps camera: stamped on arrival
+        now = time.monotonic()
+        await r.h.bus.publish(topic, Frame("cam", i, now, time.time(), 640, 360, luma))
+        await asyncio.sleep(1 / 30)
+    stats = [
+        s for s in r.h.bus.status().subscriptions if s.module == "health" and "frame" in s.pattern
+    ]
+    assert stats and stats[0].delivered + stats[0].dropped + stats[0].depth >= published - 1
+    # about one frame a second reaches the handler; the others only swap the slot
+    assert stats[0].delivered <= published // 4, stats[0]
+    assert r.module.watches["cam"].analyser.samples >= 2
+
+
+def test_telegram_status_names_the_camera_problem_and_the_notice_is_plain_text() -> None:
+    from spyoncino.modules.output import _telegram_text as text
+    from spyoncino.schemas.control import ControlState
+
+    cam = ModuleHealth(
+        module="rtsp:cam", state="ok", metrics={"camera": "cam", "camera_state": "streaming"}
+    )
+    health = ModuleHealth(
+        module="health",
+        state="degraded",
+        metrics={"camera_health.cam.black": 1, "camera_health.cam.frozen": 0},
+    )
+    report = HealthReport(overall="degraded", modules=(cam, health), at=time.time())
+    out = text.status_text(
+        state=ControlState(armed=True),
+        health=report,
+        names={"cam": "Front door"},
+        events=[],
+        disk=None,
+        uptime_s=10,
+        temperature_c=None,
+        now=time.time(),
+        tz="UTC",
+    )
+    assert "- Front door: ok; problem: black" in out
+    notice = CameraHealthNotice(
+        notice_id="health-cam-black-1",
+        camera_id="cam",
+        camera_name="Front door",
+        condition="black",
+        phase="alert",
+        since=T0,
+        at=T0 + 30,
+        duration_s=30,
+        message="Front door: the picture is black or uniform for 30 s.",
+    )
+    assert text.health_notice_text(notice, "UTC") == (
+        "Camera alert: Front door: the picture is black or uniform for 30 s.\n2025-06-15 15:07:10"
+    )

@@ -87,6 +87,8 @@ class MqttOutput(BaseModule[Config]):
         self._published_states: dict[str, bytes] = {}
         #: camera-health conditions raised now, per camera
         self._health_active: dict[str, set[str]] = {}
+        #: the off-box copy backlog (s3 module) from the latest health report, for the state
+        self._offbox: dict[str, Any] | None = None
         self._snap_relpath: dict[str, str] = {}
         self._armed: bool | None = None
         self._muted_until: dict[str, float] = {}
@@ -163,6 +165,7 @@ class MqttOutput(BaseModule[Config]):
         self._put_state(self.layout.camera(cid, "motion"), OFF)
         for label in self.labels[cid]:
             self._put_state(self.layout.label_topic(cid, label), "0")
+        self._put_health_state(cid)
         self._put_state(self.layout.camera(cid, "detect"), ON if self.detect[cid] else OFF)
 
     def _public_url(self) -> str | None:
@@ -510,6 +513,25 @@ class MqttOutput(BaseModule[Config]):
             self._put_state(self.layout.camera(cid, "detect"), ON if enabled else OFF)
 
     async def _on_health(self, msg: Message[HealthReport]) -> None:
+        offbox = next(
+            (
+                {
+                    "backlog": m.metrics.get("offbox_backlog"),
+                    "backlog_bytes": m.metrics.get("offbox_backlog_bytes"),
+                    "oldest_age_s": m.metrics.get("offbox_oldest_age_s"),
+                    "ready": bool(m.metrics.get("offbox_ready")),
+                }
+                for m in msg.payload.modules
+                if "offbox_backlog" in m.metrics
+            ),
+            None,
+        )
+        moved = (self._offbox or {}).get("backlog") != (offbox or {}).get("backlog") or (
+            self._offbox or {}
+        ).get("ready") != (offbox or {}).get("ready")
+        self._offbox = offbox
+        if moved and self.queue is not None:  # the backlog grew, shrank or stalled: say so
+            await self._publish_device_state()
         for mod in msg.payload.modules:
             cid = mod.metrics.get("camera")
             if not isinstance(cid, str) or cid not in self.cameras:
@@ -533,13 +555,17 @@ class MqttOutput(BaseModule[Config]):
             active.add(n.condition)
         else:
             active.discard(n.condition)
+        self._put_health_state(n.camera_id)
+        self.stats["health_notices"] += 1
+
+    def _put_health_state(self, cid: str) -> None:
+        active = self._health_active.get(cid, set())
         state = {
             "schema_version": SCHEMA_VERSION,
             "problem": bool(active),
             "conditions": sorted(active),
         }
-        self._put_state(self.layout.camera(n.camera_id, "problem"), json.dumps(state))
-        self.stats["health_notices"] += 1
+        self._put_state(self.layout.camera(cid, "problem"), json.dumps(state))
 
     async def _device_loop(self) -> None:
         while True:

@@ -215,6 +215,18 @@ def discovery_configs(
                 state_class="measurement",
                 icon="mdi:counter",
             )
+        add(  # camera health: stream lost, black, frozen or moved (docs/modules/health.md)
+            "binary_sensor",
+            f"{cid}_problem",
+            f"{name} problem",
+            state_topic=layout.camera(cid, "problem"),
+            value_template="{{ 'ON' if value_json.problem else 'OFF' }}",
+            json_attributes_topic=layout.camera(cid, "problem"),
+            payload_on=ON,
+            payload_off=OFF,
+            device_class="problem",
+            entity_category="diagnostic",
+        )
         add(
             "sensor",
             f"{cid}_fps",
