@@ -142,8 +142,9 @@ def build(cache: Path, wheelhouse: Path) -> tuple[Path, float]:
                 check=True,
                 capture_output=True,
             )
+    # another run, started from another tree a moment ago, may still be serving its releases
     for old in cache.glob("releases-*"):
-        if old != out:
+        if old != out and time.time() - old.stat().st_mtime > 2 * 3600:
             shutil.rmtree(old, ignore_errors=True)
     (out / ".complete").touch()
     return out, time.monotonic() - t0
