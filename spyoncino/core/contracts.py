@@ -154,9 +154,14 @@ class BaseModule(ABC, Generic[ConfigT]):
         self.stop_deadline: float | None = None
 
     def config_of(self, app: AppConfig) -> ConfigT:
-        """This module's own section of ``app`` (the one under its entry-point name)."""
-        section = self.name or type(self).__name__.lower()
-        return cast("ConfigT", app.section(section, type(self).Config))
+        """This module's own section of ``app``: the one under its entry-point name (before
+        registration, the name its ``Config.type`` declares)."""
+        model = type(self).Config
+        section = self.name
+        if not section:
+            field = model.model_fields.get("type")
+            section = str(field.default) if field is not None else type(self).__name__.lower()
+        return cast("ConfigT", app.section(section, model))
 
     @property
     def config(self) -> ConfigT:

@@ -50,3 +50,15 @@ async def test_a_bare_module_still_sees_a_plain_module_config() -> None:
     async with BusHarness() as h:
         module = h.build(Bare, {}, name="bare")
         assert isinstance(module.config, ModuleConfig)
+
+
+async def test_before_registration_the_section_is_the_one_config_type_names() -> None:
+    from spyoncino.core.contracts import ModuleContext
+
+    class Unregistered(Counter):
+        name = ""
+
+    async with BusHarness() as h:
+        app = h.app_config({"counter": Counter}, {"counter": {"step": 4}})
+        module = Unregistered(ModuleContext(bus=h.bus, executor=h.executor, app=app, instance="c"))
+        assert module.config.step == 4

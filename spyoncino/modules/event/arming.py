@@ -57,7 +57,7 @@ class ArmingState(BaseModule[Config]):
         self.commands = 0
 
     async def configure(self, app: AppConfig) -> None:
-        self.cfg = app.section(self.name or "arming", Config)
+        self.cfg = self.config_of(app)
         self.path = app.storage.root / "state.json"
 
     async def start(self) -> None:

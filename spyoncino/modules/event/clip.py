@@ -350,7 +350,7 @@ class ClipRecorder(BaseModule[Config]):
         self._camera_ids: list[str] = []
 
     async def configure(self, app: AppConfig) -> None:
-        self.cfg = app.section(self.name or "clip", Config)
+        self.cfg = self.config_of(app)
         self.root = app.storage.root
         self.scratch = app.storage.scratch_dir
         self.tz = app.runtime.timezone

@@ -204,7 +204,7 @@ class GifMaker(BaseModule[Config]):
         self._camera_ids: list[str] = []
 
     async def configure(self, app: AppConfig) -> None:
-        self.cfg = app.section(self.name or "gif", Config)
+        self.cfg = self.config_of(app)
         self.root = app.storage.root
         self.scratch = app.storage.scratch_dir
         self.tz = app.runtime.timezone

@@ -184,7 +184,7 @@ class SnapshotWriter(BaseModule[Config]):
         self._latest: dict[str, Frame] = {}
 
     async def configure(self, app: AppConfig) -> None:
-        self.cfg = app.section(self.name or "snapshot", Config)
+        self.cfg = self.config_of(app)
         self.root = app.storage.root
         self.tz = app.runtime.timezone
 

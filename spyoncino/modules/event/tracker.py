@@ -225,7 +225,7 @@ class EventTracker(BaseModule[Config]):
         self.tracks_created = 0
 
     async def configure(self, app: AppConfig) -> None:
-        self.cfg = app.section(self.name or "tracker", Config)
+        self.cfg = self.config_of(app)
         det = getattr(app, "detector", None)
         self.detector_enabled = bool(getattr(det, "enabled", False))
         self.cams = {

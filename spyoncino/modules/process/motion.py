@@ -258,7 +258,7 @@ class MotionDetector(BaseModule[Config]):
         self._camera_ids: list[str] = []
 
     async def configure(self, app: AppConfig) -> None:
-        self.cfg = app.section(self.name or "motion", Config)
+        self.cfg = self.config_of(app)
         self.cams = {
             cid: cam.options(self.name or "motion", MotionCamera)
             for cid, cam in app.cameras.items()

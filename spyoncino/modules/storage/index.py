@@ -95,7 +95,7 @@ class EventIndex(_Base[Config]):
         self._fault_at = 0.0
 
     async def configure(self, app: AppConfig) -> None:
-        self.cfg = app.section(self.name or "index", Config)
+        self.cfg = self.config_of(app)
         self.db_path = app.storage.db_path
         self.root = app.storage.root
 

@@ -180,7 +180,7 @@ class MediaRetention(BaseModule[Config]):
         self.pass_failures = 0
 
     async def configure(self, app: AppConfig) -> None:
-        self.cfg = app.section(self.name or "media", Config)
+        self.cfg = self.config_of(app)
         self.root = app.storage.root
         self.scratch = app.storage.scratch_dir
         self.db_path = app.storage.db_path

@@ -244,7 +244,7 @@ class StatusPage(BaseModule[Config]):
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def check(self, app: AppConfig) -> None:
-        cfg = app.section(self.name or "status_page", Config)
+        cfg = self.config_of(app)
         if self._runner is not None and cfg.listen != self.cfg.listen:
             raise ModuleConfigError(
                 f"status_page.listen: changing it from {self.cfg.listen!r} to {cfg.listen!r} "
@@ -253,7 +253,7 @@ class StatusPage(BaseModule[Config]):
 
     async def configure(self, app: AppConfig) -> None:
         await self.check(app)  # refuses before anything is adopted
-        cfg = app.section(self.name or "status_page", Config)
+        cfg = self.config_of(app)
         if cfg.password_hash != self.cfg.password_hash:
             self.sessions.clear()  # a new password logs everybody out
         self.cfg = cfg

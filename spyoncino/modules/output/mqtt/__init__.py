@@ -107,7 +107,7 @@ class MqttOutput(BaseModule[Config]):
 
     # -- config --------------------------------------------------------------------------------
     async def check(self, app: AppConfig) -> None:
-        cfg = app.section(self.name or "mqtt", Config)
+        cfg = self.config_of(app)
         old = self.cfg
         if self.queue is not None and cfg.model_dump(
             exclude={"state_interval_s", "max_command_bytes", "snapshot_max_bytes"}
@@ -119,7 +119,7 @@ class MqttOutput(BaseModule[Config]):
     async def configure(self, app: AppConfig) -> None:
         await self.check(app)
         before = self._announcement()
-        self.cfg = app.section(self.name or "mqtt", Config)
+        self.cfg = self.config_of(app)
         self.app_cfg = app
         self.cameras = app.camera_names(enabled_only=True)
         self.labels, self.detect = {}, {}
