@@ -27,6 +27,8 @@ TEXTURE_STD = 3.0
 CELL_NCC = 0.5
 #: good this long before a condition not yet raised starts counting from zero again
 GRACE_S = 2.5
+#: samples that must match a new reference before it can judge a view changed
+CONFIRM_SAMPLES = 10
 #: grey-level step that counts as a changed pixel in the frozen test
 FROZEN_STEP = 2
 
@@ -68,6 +70,9 @@ class Analyser:
         self.prev: Grey | None = None
         self.ref: tuple[npt.NDArray[np.float32], npt.NDArray[Any]] | None = None
         self.ref_at: float = 0.0
+        #: samples that matched the reference since it was taken; until CONFIRM_SAMPLES did,
+        #: a picture unlike it replaces it (it was taken while a truck stood in front, say)
+        self.ref_matches = 0
         self.samples = 0
 
     def reset(self) -> None:
@@ -99,9 +104,15 @@ class Analyser:
         if not black:
             cells, std = _cells(thumb)
             if self.ref is None:
-                self.ref, self.ref_at = (cells, std), t
+                self.ref, self.ref_at, self.ref_matches = (cells, std), t, 0
             else:
                 share = self._unlike(cells, std)
+                if share is not None and self.ref_matches < CONFIRM_SAMPLES:
+                    if share >= cfg.scene_changed:
+                        self.ref, self.ref_at, self.ref_matches = (cells, std), t, 0
+                        share = None  # an unconfirmed reference judges nothing
+                    else:
+                        self.ref_matches += 1
         return Sample(black, frozen, share, mean, spread, p99, changed)
 
     def _unlike(self, cells: npt.NDArray[np.float32], std: npt.NDArray[Any]) -> float | None:
@@ -118,7 +129,8 @@ class Analyser:
 
     def renew_reference(self, luma: Grey, t: float) -> None:
         cells, std = _cells(self.thumb(luma))
-        self.ref, self.ref_at = (cells, std), t
+        # taken from a view that matched, or that lasted scene_accept_s: confirmed already
+        self.ref, self.ref_at, self.ref_matches = (cells, std), t, CONFIRM_SAMPLES
 
 
 @dataclass

@@ -192,6 +192,8 @@ class Watch:
     analyser: Analyser
     started: float
     last_frame: float | None = None
+    #: the last frame's own timestamp
+    last_mono: float | None = None
     next_sample: float = float("-inf")
     input_state: str | None = None
     #: the last analysed frame arrived just now (a live camera, not a replay)
@@ -277,15 +279,15 @@ class CameraHealth(BaseModule):
         if w is None:
             return
         now = self.clock()
-        gap = now - w.last_frame if w.last_frame is not None else 0.0
         w.last_frame = now
         lost = w.conditions["stream_lost"]
         if lost.active or lost.bad_since is not None:
             await self._stream_update(w, now)
-        if gap > max(5.0, 3.0 / self.cfg.sample_fps):
+        t = frame.mono_ts
+        if w.last_mono is not None and t - w.last_mono > max(5.0, 3.0 / self.cfg.sample_fps):
             w.analyser.reset()  # a reconnect: compare with what comes now
             w.next_sample = float("-inf")
-        t = frame.mono_ts
+        w.last_mono = t
         # A live camera (its frames stamped on arrival, this one and the one before) lets the
         # handler rest until the next sample is due: frames published meanwhile only replace
         # the one in this subscription's latest-wins slot, so they cost the bus a slot swap

@@ -299,3 +299,17 @@ def test_telegram_status_names_the_camera_problem_and_the_notice_is_plain_text()
     assert text.health_notice_text(notice, "UTC") == (
         "Camera alert: Front door: the picture is black or uniform for 30 s.\n2025-06-15 15:07:10"
     )
+
+
+async def test_a_reference_taken_behind_an_obstacle_is_replaced_not_alerted(run: MakeRun) -> None:
+    r = await run(scene_after_s=10)
+    shifted = [luma for _, luma in lumas(replay("shifted"))]
+    t = 0.0
+    for luma in shifted[40 * 5 : 42 * 5]:  # the first 2 s: another view (a truck in front)
+        await r.frame(luma, t)
+        t += 0.2
+    for luma in shifted[: 28 * 5]:  # then the real view, for 28 s
+        await r.frame(luma, t)
+        t += 0.2
+    assert r.notices() == []
+    assert r.module.watches["cam"].analyser.ref_matches >= 10
