@@ -296,3 +296,57 @@ async def test_rtsp_server_stopped_for_60_s_gives_one_alert_and_one_recovery(
             assert texts[1].startswith("Camera recovered: Gate: the picture is back")
     finally:
         server.kill()
+
+
+async def test_health_alerts_follow_mutes_but_not_disarming(
+    tmp_path: Path,
+    botapi: BotApiEmulator,  # noqa: F811
+) -> None:
+    from spyoncino.schemas.control import ControlState
+
+    data = {
+        "storage": {"root": str(tmp_path)},
+        "cameras": {"cam": {"source": "cam.mp4", "name": "Front door"}},
+        "telegram": {
+            "token": TOKEN,
+            "chat_ids": [CHAT],
+            "api_base_url": botapi.base_url,
+            "commands": False,
+            "outbox": FAST_OUTBOX,
+        },
+    }
+    async with BusHarness() as h:
+        tg = h.build(TelegramOutput, data, name="telegram")
+        await tg.configure(tg.ctx.app)
+        await tg.start()
+
+        async def notice(n: int) -> None:
+            now = time.time()
+            await h.bus.publish(
+                topics.CAMERA_HEALTH.at(camera="cam", phase="alert"),
+                CameraHealthNotice(
+                    notice_id=f"health-cam-black-{n}",
+                    camera_id="cam",
+                    camera_name="Front door",
+                    condition="black",
+                    phase="alert",
+                    since=now - 30,
+                    at=now,
+                    duration_s=30,
+                    message=f"Front door: the picture is black or uniform for 30 s ({n}).",
+                ),
+            )
+            await h.bus.drain()
+
+        await h.bus.publish(topics.CONTROL_STATE.name, ControlState(armed=False))
+        await notice(1)  # disarmed: still sent
+        await botapi.wait_for("sendMessage", count=1, timeout=10)
+        muted = ControlState(armed=True, muted_until={"cam": time.time() + 3600})
+        await h.bus.publish(topics.CONTROL_STATE.name, muted)
+        await notice(2)  # that camera muted: not sent
+        await h.bus.publish(topics.CONTROL_STATE.name, ControlState(armed=True))
+        await notice(3)
+        await botapi.wait_for("sendMessage", count=2, timeout=10)
+        texts = [c.params["text"] for c in botapi.calls_to("sendMessage")]
+        assert ["(1)" in texts[0], "(3)" in texts[1]] == [True, True], texts
+        assert len(texts) == 2
