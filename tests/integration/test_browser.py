@@ -94,7 +94,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     }
     if "tracker" in registered:
         # short events, no merging: several events start while the page is open
-        config["tracker"] = {"end_after_s": 1.5, "cooldown_s": 0.0}
+        config["tracker"] = {
+            "end_after_s": 1.5,
+            "cooldown_s": 0.0,
+            # activities: short ones, split every 5 s, so several start while the page is open
+            "activity_gap_s": 1.5,
+            "activity_max_s": 5.0,
+        }
     if "clip" in registered:
         config["clip"] = {"preroll_s": 1.0, "postroll_s": 1.0}
     cfg_path = tmp / "config.yaml"

@@ -68,7 +68,13 @@ class Box:
             },
         }
         if "tracker" in registered:
-            config["tracker"] = {"end_after_s": 1.5, "cooldown_s": 0.0}
+            config["tracker"] = {
+                "end_after_s": 1.5,
+                "cooldown_s": 0.0,
+                # activities: short ones, split every 5 s, so several start while the page is open
+                "activity_gap_s": 1.5,
+                "activity_max_s": 5.0,
+            }
         if "clip" in registered:
             config["clip"] = {"preroll_s": 1.0, "postroll_s": 1.0}
         self.config = tmp / "config.yaml"
