@@ -337,3 +337,41 @@ def test_the_backlog_and_uploads_reach_prometheus() -> None:
     assert 'spyoncino_offbox_ready{module="s3"} 0.0' in text
     assert 'spyoncino_offbox_uploaded_bytes_total{module="s3"} 9e+06' in text
     assert 'spyoncino_offbox_upload_failures_total{module="s3"} 2.0' in text
+
+
+async def test_the_backlog_is_in_the_mqtt_device_state(tmp_path: Path, broker: Any) -> None:
+    from spyoncino.modules.output.mqtt import MqttOutput
+    from spyoncino.schemas.status import HealthReport, ModuleHealth
+    from spyoncino.testing import BusHarness
+    from tests.support.mqtt_broker import Watcher
+
+    watch = Watcher(broker, ["spyoncino/#"])
+    await watch.start()
+    async with BusHarness(storage_root=tmp_path) as h:
+        section = {"host": broker.host, "port": broker.port, "device_id": "box1"}
+        mod = h.build(
+            MqttOutput,
+            {"cameras": {"front": {"source": "rtsp://cam/front"}}, "mqtt": section},
+            name="mqtt",
+        )
+        await mod.configure(mod.ctx.app)
+        await mod.start()
+        s3 = ModuleHealth(
+            module="s3",
+            state="degraded",
+            metrics={"offbox_backlog": 2, "offbox_backlog_bytes": 1_700_000, "offbox_ready": 0},
+        )
+        await h.bus.publish(
+            topics.HEALTH.name, HealthReport(overall="degraded", modules=(s3,), at=time.time())
+        )
+        got = await watch.wait_for(
+            lambda m: m.topic == "spyoncino/box1/state" and "offbox" in m.json()
+        )
+        assert got.json()["offbox"] == {
+            "backlog": 2,
+            "backlog_bytes": 1_700_000,
+            "oldest_age_s": None,
+            "ready": False,
+        }
+        await mod.stop()
+    await watch.stop()

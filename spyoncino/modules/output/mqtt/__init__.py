@@ -87,6 +87,8 @@ class MqttOutput(BaseModule[Config]):
         self._published_states: dict[str, bytes] = {}
         #: camera-health conditions raised now, per camera
         self._health_active: dict[str, set[str]] = {}
+        #: the off-box copy backlog (s3 module) from the latest health report, for the state
+        self._offbox: dict[str, Any] | None = None
         self._snap_relpath: dict[str, str] = {}
         self._armed: bool | None = None
         self._muted_until: dict[str, float] = {}
@@ -511,6 +513,25 @@ class MqttOutput(BaseModule[Config]):
             self._put_state(self.layout.camera(cid, "detect"), ON if enabled else OFF)
 
     async def _on_health(self, msg: Message[HealthReport]) -> None:
+        offbox = next(
+            (
+                {
+                    "backlog": m.metrics.get("offbox_backlog"),
+                    "backlog_bytes": m.metrics.get("offbox_backlog_bytes"),
+                    "oldest_age_s": m.metrics.get("offbox_oldest_age_s"),
+                    "ready": bool(m.metrics.get("offbox_ready")),
+                }
+                for m in msg.payload.modules
+                if "offbox_backlog" in m.metrics
+            ),
+            None,
+        )
+        moved = (self._offbox or {}).get("backlog") != (offbox or {}).get("backlog") or (
+            self._offbox or {}
+        ).get("ready") != (offbox or {}).get("ready")
+        self._offbox = offbox
+        if moved and self.queue is not None:  # the backlog grew, shrank or stalled: say so
+            await self._publish_device_state()
         for mod in msg.payload.modules:
             cid = mod.metrics.get("camera")
             if not isinstance(cid, str) or cid not in self.cameras:
@@ -567,6 +588,8 @@ class MqttOutput(BaseModule[Config]):
             "uptime_s": round(time.monotonic() - _STARTED, 1),
             "cameras": sorted(self.cameras),
         }
+        if self._offbox is not None:  # copies to S3-compatible storage (the s3 module)
+            doc["offbox"] = self._offbox
         self._put_state(self.layout.state, json.dumps(doc))
 
     @staticmethod
