@@ -375,3 +375,17 @@ async def test_the_backlog_is_in_the_mqtt_device_state(tmp_path: Path, broker: A
         }
         await mod.stop()
     await watch.stop()
+
+
+async def test_storage_class_and_server_side_encryption_reach_the_object(env: Any) -> None:
+    from tests.support.s3_server import s3_client
+
+    await env.make(storage_class="STANDARD_IA", server_side_encryption="AES256")
+    _ev, snap = await publish_event(env.bus, env.root, "ev-1")
+    clip = await publish_clip(env.bus, env.root, "ev-1", 3 * PART_MIN)  # in parts
+    await until(lambda: len(sent(env)) == 2)
+    async with s3_client(env.moto.url) as c:
+        for art in (snap, clip):
+            head = await c.head_object(Bucket=env.bucket, Key=f"box/{art.relpath}")
+            assert head["StorageClass"] == "STANDARD_IA"
+            assert head["ServerSideEncryption"] == "AES256"
