@@ -61,8 +61,58 @@ def _install_lazy_rebuild() -> None:
     BaseModel.model_rebuild = classmethod(model_rebuild)  # type: ignore[assignment,method-assign]
 
 
-def load() -> Any:
-    """``import aiogram`` (blocking: run it in a worker), models built on first use."""
+#: what the Telegram module sends and reads: built in the worker right after the import, so
+#: no validator is built on the event loop at the first alert (a Pi takes ~0.5 s for these)
+SENDING = (
+    "methods.SendPhoto",
+    "methods.SendMessage",
+    "methods.SendVideo",
+    "methods.SendAnimation",
+    "methods.EditMessageCaption",
+    "methods.EditMessageText",
+    "methods.EditMessageReplyMarkup",
+    "methods.GetMe",
+    "types.Message",
+    "types.User",
+    "types.InlineKeyboardMarkup",
+    "types.InlineKeyboardButton",
+    "types.ReplyParameters",
+    "types.BufferedInputFile",
+)
+#: and with commands on: getUpdates' Update refers to nearly every type aiogram has, so this
+#: one costs most of what an eager import would
+POLLING = (
+    "methods.GetUpdates",
+    "methods.DeleteWebhook",
+    "methods.SetMyCommands",
+    "methods.AnswerCallbackQuery",
+    "types.Update",
+    "types.CallbackQuery",
+    "types.BotCommand",
+)
+
+
+def warm(names: tuple[str, ...]) -> None:
+    """Build the validators of ``names`` (``"types.Message"``) now (blocking: a worker)."""
+    import aiogram
+
+    for name in names:
+        package, _, cls_name = name.partition(".")
+        cls = getattr(importlib.import_module(f"aiogram.{package}"), cls_name, None)
+        if cls is not None and hasattr(cls, "model_rebuild"):
+            cls.model_rebuild(force=True)
+    del aiogram
+
+
+def load(*warm_names: str) -> Any:
+    """``import aiogram`` (blocking: run it in a worker), models built on first use except
+    ``warm_names``, built here."""
+    module = _load()
+    warm(warm_names)
+    return module
+
+
+def _load() -> Any:
     global _installed
     with _lock:
         if "aiogram" in sys.modules or EAGER:

@@ -235,21 +235,22 @@ class TelegramOutput(TelegramCommands, OutboxChannel[Config]):
         self._captions: OrderedDict[str, str] = OrderedDict()
         self.clock = time.time
         self._marker = None
+        self._bot_ready = asyncio.Event()
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def check(self, app: AppConfig) -> None:
         cfg = app.section(self.name or CHANNEL, Config)
-        if cfg.token is not None:
-            from aiogram.utils.token import TokenValidationError, validate_token
-
-            try:
-                validate_token(cfg.token.get_secret_value())
-            except TokenValidationError as e:
+        # aiogram's own check, without importing aiogram on the event loop at configure time
+        # (its import is what start() moves to a worker): <digits>:<secret>, no whitespace
+        token = cfg.token.get_secret_value() if cfg.token is not None else None
+        if token is not None:
+            left, sep, right = token.partition(":")
+            if any(c.isspace() for c in token) or not sep or not left.isdigit() or not right:
                 # never echo the token itself
                 raise ModuleConfigError(
                     "telegram.token: not a bot token (expected <digits>:<secret> from BotFather)"
-                ) from e
-        if self.bot is not None:
+                )
+        if self._live():
             # running: what the bot session was built from cannot change in place
             for key in ("token", "api_base_url", "commands", "request_timeout_s"):
                 if getattr(self.cfg, key) != getattr(cfg, key):
@@ -262,7 +263,7 @@ class TelegramOutput(TelegramCommands, OutboxChannel[Config]):
         self.names = app.camera_names(enabled_only=True)
         self.db_path = app.storage.db_path
         self.storage_root = app.storage.root
-        if self.bot is not None:
+        if self._live():
             self.adopt_settings()
         elif self._inert and self.cfg.token is not None and self.cfg.chat_ids:
             # a token and chats given at run time (the status page's Telegram form): _inert
@@ -280,27 +281,41 @@ class TelegramOutput(TelegramCommands, OutboxChannel[Config]):
             self.set_state("degraded", "no chat_ids: nobody to alert")
             return
         self._inert = False
-        # aiogram builds hundreds of pydantic models on import (~3 s and 128 MB here): import
-        # it off the event loop, with its models built on first use (_aiogram.py)
-        await self.ctx.executor.run(_aiogram.load)
-        from aiogram import Bot
-        from aiogram.client.session.aiohttp import AiohttpSession
-        from aiogram.client.telegram import TelegramAPIServer
-
-        session = _session_class(AiohttpSession)(
-            api=TelegramAPIServer.from_base(self.cfg.api_base_url)
-        )
-        session.timeout = self.cfg.request_timeout_s
-        self.bot = Bot(token=self.cfg.token.get_secret_value(), session=session)
+        self._bot_ready = asyncio.Event()
+        # alerts are taken (and kept in the outbox) from now on; the bot itself is built in
+        # the background, so the modules started after this one (cameras) do not wait for it
         outbox = await self.open_outbox(self.db_path, rate_for=self._rate)
         self.gate = AlertGate(self.cfg.alert_kinds, budget=outbox.admit)
         self.gate.state = self.state
         self.listen()
         self.subscribe(topics.HEALTH.name, self._on_health, policy="latest")
+        self.spawn(self._connect(), "connect")
+        self.set_state("ok", f"{len(self.cfg.chat_ids)} chat(s)")
+
+    def _live(self) -> bool:
+        """Started with a token and chats (its bot may still be being built)."""
+        return not self._inert and getattr(self, "outbox", None) is not None
+
+    async def _connect(self) -> None:
+        """Import aiogram and build the bot, then start polling; deliveries wait for it."""
+        # aiogram builds hundreds of pydantic models on import (~3 s and 128 MB here): import
+        # it off the event loop, with its models built on first use (_aiogram.py)
+        warm = _aiogram.SENDING + (_aiogram.POLLING if self.cfg.commands else ())
+        await self.ctx.executor.run(_aiogram.load, *warm)
+        from aiogram import Bot
+        from aiogram.client.session.aiohttp import AiohttpSession
+        from aiogram.client.telegram import TelegramAPIServer
+
+        assert self.cfg.token is not None
+        session = _session_class(AiohttpSession)(
+            api=TelegramAPIServer.from_base(self.cfg.api_base_url)
+        )
+        session.timeout = self.cfg.request_timeout_s
+        self.bot = Bot(token=self.cfg.token.get_secret_value(), session=session)
+        self._bot_ready.set()
         if self.cfg.commands:
             self.spawn(self._poll(), "poll")
         self.spawn(self._watch_updates(), "updates")
-        self.set_state("ok", f"{len(self.cfg.chat_ids)} chat(s)")
         self.log.info("telegram_started", chats=len(self.cfg.chat_ids), commands=self.cfg.commands)
 
     async def stop(self) -> None:
@@ -483,6 +498,9 @@ class TelegramOutput(TelegramCommands, OutboxChannel[Config]):
             return f"file unavailable ({e.strerror or type(e).__name__})"
 
     async def _deliver(self, item: OutboxItem) -> str | None:
+        # built in the background by start(); nothing of aiogram is imported on the event
+        # loop before its import in the worker has finished
+        await self._bot_ready.wait()
         from aiogram.exceptions import (
             ClientDecodeError,
             TelegramAPIError,

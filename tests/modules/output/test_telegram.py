@@ -135,7 +135,7 @@ async def harness(tmp_path: Path) -> AsyncIterator[MakeHarness]:
     executor = BoundedExecutor(workers=2)
     made: list[Harness] = []
 
-    async def make(arming: bool = False, **section: Any) -> Harness:
+    async def make(arming: bool = False, wait_bot: bool = True, **section: Any) -> Harness:
         model = build_app_model({"telegram": TelegramOutput, "arming": ArmingState})
         app = model.model_validate(
             {
@@ -155,6 +155,8 @@ async def harness(tmp_path: Path) -> AsyncIterator[MakeHarness]:
         bus.subscribe(topics.NOTIFY.pattern(), h.collect, module="test")
         await module.start()
         made.append(h)
+        if wait_bot and module._live():  # the bot is built in the background (aiogram import)
+            await asyncio.wait_for(module._bot_ready.wait(), timeout=60)
         if arming:
             actx = ModuleContext(bus=bus, executor=executor, app=app, instance="arming")
             h.arming = ArmingState(actx)
@@ -970,3 +972,31 @@ async def test_a_newer_caption_edit_supersedes_a_pending_one(
     assert edit.params["caption"] == "edit 3"
     await h.bus.drain()
     assert len(botapi.calls_to("editMessageCaption")) == 1
+
+
+async def test_start_does_not_wait_for_aiogram_and_early_alerts_wait_in_the_outbox(
+    harness: MakeHarness, botapi: BotApiEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from spyoncino.modules.output import _aiogram
+
+    release = threading.Event()
+    real_load = _aiogram.load
+
+    def slow_load(*names: str) -> Any:
+        release.wait(30)  # a Pi importing aiogram
+        return real_load(*names)
+
+    monkeypatch.setattr(_aiogram, "load", slow_load)
+    h = await harness(wait_bot=False, **cfg(botapi, chat_ids=[111], commands=False))
+    # start() has returned (the cameras, started after outputs, are not held up) ...
+    assert h.module.health().state == "ok"
+    assert h.module.bot is None
+    _ev, art = await h.event()  # ... and an alert raised meanwhile is kept
+    await h.bus.drain()
+    assert len(h.statuses("queued")) == 1
+    assert botapi.calls_to("sendPhoto") == []
+    release.set()
+    call = await botapi.wait_for("sendPhoto", count=1, timeout=30)
+    assert call.file("photo").data == Path(art.path).read_bytes()
