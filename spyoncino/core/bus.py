@@ -203,6 +203,9 @@ class Subscription:
             finally:
                 self.handling = False
             self.delivered += 1
+            # not kept alive through this local while the next one is awaited: a frame's
+            # decoded picture is megabytes, and every idle subscription would pin its last
+            del msg
 
     def wake(self) -> None:
         for fut in (self._item, self._space):

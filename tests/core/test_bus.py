@@ -390,3 +390,27 @@ def test_event_and_media_namespaces_do_not_overlap() -> None:
 
 def _holes(t: topics.Topic[Any]) -> list[str]:
     return [s[1:-1] for s in t.template.split(".") if s.startswith("{")]
+
+
+async def test_an_idle_subscription_does_not_keep_its_last_message_alive() -> None:
+    """Each idle frame subscription pinned its last frame (and its decoded picture)."""
+    import gc
+    import weakref
+
+    class Payload:
+        pass
+
+    bus = Bus(status_interval=0)
+
+    async def handler(msg: Message[Any]) -> None:
+        pass
+
+    bus.subscribe("frames", handler, policy="latest", maxsize=1, module="m")
+    payload = Payload()
+    gone = weakref.ref(payload)
+    await bus.publish("frames", payload)
+    assert await bus.drain(timeout=2)
+    del payload
+    gc.collect()
+    assert gone() is None
+    await bus.close()

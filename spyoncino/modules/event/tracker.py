@@ -69,6 +69,9 @@ from spyoncino.schemas.detections import DetectionEvent, MotionEvent
 from spyoncino.schemas.events import EventNotice, TrackedObject
 from spyoncino.schemas.frames import Box, Frame
 
+#: objects of one activity whose best crops (each with its frame) are kept for the thumbnail
+MAX_CROPS = 8
+
 
 class Config(ModuleConfig):
     type: Literal["tracker"] = "tracker"
@@ -530,6 +533,10 @@ class EventTracker(BaseModule[Config]):
             for t, qt in zip(tracks, qs, strict=True):
                 if qt > ev.crops.get(t.id, (-1.0,))[0]:
                     ev.crops[t.id] = (qt, frame, t.box)
+            # a crop holds its whole frame (~4 MB at 720p once decoded) until the activity
+            # ends: keep the best MAX_CROPS (what the thumbnail row shows), not one per object
+            while len(ev.crops) > MAX_CROPS:
+                del ev.crops[min(ev.crops, key=lambda tid: ev.crops[tid][0])]
         q = sum(qs)
         if q > ev.best_q and (frame is not None or ev.best_frame is None):
             ev.best_q, ev.best_frame, ev.best_seq = q, frame, seq

@@ -10,7 +10,13 @@ from hypothesis import strategies as st
 
 from spyoncino.core.config import ConfigService, Layer
 from spyoncino.core.orchestrator import Orchestrator
-from spyoncino.modules.event.tracker import EventTracker, Zone, point_in_polygon, zone_check
+from spyoncino.modules.event.tracker import (
+    MAX_CROPS,
+    EventTracker,
+    Zone,
+    point_in_polygon,
+    zone_check,
+)
 from spyoncino.schemas import topics
 from spyoncino.schemas.control import ConfigUpdate
 from spyoncino.schemas.detections import Detection, DetectionEvent, MotionEvent
@@ -533,3 +539,36 @@ async def test_a_long_activity_is_closed_at_its_maximum_and_goes_on_in_the_next(
         assert nxt.started_at - prev.started_at == pytest.approx(10.0, abs=0.2)
     assert {e.severity for e in ended} == {"alert"}
     assert ended[-1].ended_at == pytest.approx(1_700_000_024.9)
+
+
+async def test_a_long_activity_keeps_a_bounded_number_of_frames_for_its_crops(
+    harness: Harness,
+) -> None:
+    """Each object of an activity kept its best whole frame (4 MB at 720p once decoded) until
+    the activity ended: a street with people all day grew the service by ~1 MB/s a camera."""
+    mod, rec = await tracker(harness, activity_gap_s=10.0, warmup_s=0)
+    seq = 0
+    for person in range(14):  # one after the other, all in one activity
+        for i in range(20):
+            await feed(harness, seq, [det("person", 0.6 + person / 50, walker(i, speed=30))])
+            seq += 1
+        for _ in range(30):
+            await feed(harness, seq, [])
+            seq += 1
+        frames = {id(f) for ev in _open_activities(mod) for _q, f, _b in ev.crops.values()}
+        assert len(frames) <= MAX_CROPS
+    for _ in range(160):
+        await feed(harness, seq, [])
+        seq += 1
+    await harness.settle()
+    (ended,) = [e for e in events(rec, "ended")]
+    assert len(ended.objects) == 14
+    assert ended.crops is not None and len(ended.crops) == MAX_CROPS
+    # the ones kept are the best pictures: here the most confident, the last people
+    kept = {tid for tid, _f, _b in ended.crops}
+    best = sorted(ended.objects, key=lambda o: -o.score)[:MAX_CROPS]
+    assert kept == {o.track_id for o in best}
+
+
+def _open_activities(mod: EventTracker) -> list[Any]:
+    return [s.activity for s in mod._cstate.values() if s.activity is not None]
