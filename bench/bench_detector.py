@@ -2,14 +2,22 @@
 
 1. Every shared model (``../shared/models``) and the bundled one, on every runtime installed
    here (LiteRT, tflite_runtime, ONNX Runtime), 2 threads, on frame 100 of the footage:
-   median ms of bare ``invoke()`` and of our pre- and post-processing (target: pre + post
-   <= 10 % of invoke).
+   median ms of bare ``invoke()`` and of our pre- and post-processing, **plus the colour
+   conversion the detector makes the input do** (the decoder's I420 planes -> the BGR image,
+   ``core.inputs.av_frame_to_raw``'s decode, at the footage's size: a frame nobody looks at
+   in colour never pays it, the detector's frames do). Target: pre + colour + post <= 10 % of
+   invoke; the share without the colour is reported beside it.
 2. int8 vs fp32 person model: speed and agreement.
-3. Motion gating: a replay where people are present a third of the time (vtest frames between
-   quiet stretches of the clip's own background with sensor noise), played at 10 fps through
-   the real bus, the real motion module and the real detector (max 5 inferences/s):
-   detector CPU with gating (motion-triggered, cropped) vs without (every frame, full frame).
-   Target: >= 2.5x less detector CPU, no person event missed.
+3. Motion gating, on three replays: **vtest** as it is (people in view nearly all the time:
+   the worst case for gating), the **arrivals** replay of the alert-latency bench (people
+   walking in after stretches of empty background: a street camera's day), and the older
+   **synthetic** one (vtest frames between quiet stretches, people a third of the time).
+   Each is played in real time (10 fps) through the real bus, the real motion module and the
+   real detector (max 5 inferences/s): detector CPU with gating (motion-triggered, cropped)
+   vs without (every frame, full frame), minus a motion-only run, 3 rounds interleaved.
+   Target: >= 2.5x less detector CPU, no person event missed -- reported for each replay;
+   only the arrivals figure describes a camera that is mostly empty. ``--synthetic`` adds
+   the older synthetic replay (vtest frames between quiet stretches).
 4. False alarms of enlarged crops (``max_zoom``): 60 s of the clip's empty background with a
    swaying branch, a bird, a cloud's shadow and a plastic bag, through the same pipeline with
    ``max_zoom`` 1 and 2: frames where a person is reported (target: none).
@@ -21,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import itertools
 import os
 import statistics
 import sys
@@ -51,7 +60,7 @@ MODELS = next(
 THREADS = 2
 WARMUP, RUNS = 5, 40
 FPS, DETECT_FPS = 10.0, 5.0
-REPEAT = 2
+REPEAT = 3
 
 
 def frames(path: Path, first: int, last: int) -> list[np.ndarray]:
@@ -85,6 +94,24 @@ def backends_for(path: Path) -> list[str]:
     return out
 
 
+def colour_ms(clip: Path, index: int = 100, runs: int = 40) -> float:
+    """CPU ms to make the BGR image from a decoded frame's I420 planes, as the input does."""
+    from spyoncino.core.inputs import av_frame_to_raw
+
+    with av.open(str(clip)) as c:
+        f = next(itertools.islice(c.decode(video=0), index, None))
+        times = []
+        for _ in range(runs):
+            raw = av_frame_to_raw(f, 320)
+            t0 = time.process_time()
+            raw.decode()
+            times.append(time.process_time() - t0)
+    return 1000 * statistics.median(times)
+
+
+COLOUR_MS = 0.0  # set in main() from colour_ms()
+
+
 def time_model(path: Path, backend: str, image: np.ndarray) -> dict[str, Any]:
     model = Model(
         open_backend(path, backend=backend, num_threads=THREADS),  # type: ignore[arg-type]
@@ -107,6 +134,8 @@ def time_model(path: Path, backend: str, image: np.ndarray) -> dict[str, Any]:
         "pre_ms_p50": round(pre, 3),
         "post_ms_p50": round(post, 3),
         "pre_post_share_of_invoke": round((pre + post) / inv, 4),
+        "colour_ms": round(COLOUR_MS, 3),
+        "pre_colour_post_share_of_invoke": round((pre + post + COLOUR_MS) / inv, 4),
         "detections_at_0_5": len(dets),
         "persons_at_0_5": sum(d.label == "person" for d in dets),
     }
@@ -124,7 +153,7 @@ def model_table(image: np.ndarray) -> list[dict[str, Any]]:
             print(
                 f"{row['model']:45s} {row['backend']:10s} invoke {row['invoke_ms_p50']:7.2f} ms"
                 f"  pre {row['pre_ms_p50']:.3f}  post {row['post_ms_p50']:.3f}"
-                f"  share {100 * row['pre_post_share_of_invoke']:.1f} %",
+                f"  share {100 * row['pre_colour_post_share_of_invoke']:.1f} % with colour",
                 flush=True,
             )
             rows.append(row)
@@ -228,9 +257,13 @@ def nuisances(clip: Path) -> dict[str, Any]:
 
 
 async def replay_run(
-    replay: list[np.ndarray], mode: str, detector: dict[str, Any] | None = None
+    replay: Any, mode: str, detector: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """mode: motion (baseline, no detector), gated, ungated; ``detector``: extra settings."""
+    """mode: motion (baseline, no detector), gated, ungated; ``detector``: extra settings.
+
+    ``replay``: a list of BGR frames, or a path to a video decoded on the fly; played in real
+    time at 10 fps (the detector's "no newer frame for an interval" rule runs on the wall
+    clock, so a faster replay would infer other frames)."""
     from spyoncino.modules.process.motion import MotionDetector
 
     registry: dict[str, Any] = {"motion": MotionDetector, "detector": ObjectDetector}
@@ -263,18 +296,20 @@ async def replay_run(
         persons[ev.seq] = sum(d.label == "person" for d in ev.detections)
 
     bus.subscribe(topics.OBJECTS.name, on_objects, policy="block", maxsize=1000, module="bench")
-    lumas = [luma_of(img) for img in replay]
-    h, w = replay[0].shape[:2]
+    source = video_frames(replay) if isinstance(replay, Path) else iter(replay)
+    stages = (topics.FRAME.at(camera="cam"), topics.MOTION.name, topics.OBJECTS.name)
     cpu0 = time.process_time()
     t0 = time.monotonic()
-    for i, img in enumerate(replay):
+    for i, img in enumerate(source):
         due = t0 + i / FPS
         delay = due - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
-        frame = Frame("cam", i, time.monotonic(), time.time(), w, h, lumas[i], _image=img)
+        h, w = img.shape[:2]
+        frame = Frame("cam", i, time.monotonic(), time.time(), w, h, luma_of(img), _image=img)
         await bus.publish(topics.FRAME.at(camera="cam"), frame)
     await asyncio.sleep(0.5)
+    await bus.wait_idle(*stages)
     await bus.drain(timeout=5.0)
     cpu = time.process_time() - cpu0
     wall = time.monotonic() - t0
@@ -295,11 +330,48 @@ async def replay_run(
     return out
 
 
+def video_frames(path: Path) -> Any:
+    with av.open(str(path)) as c:
+        for f in c.decode(video=0):
+            yield f.to_ndarray(format="bgr24")
+
+
+def replays(clip: Path, tmp: Path) -> dict[str, tuple[Any, list[tuple[int, int]], int]]:
+    """name -> (frames or a video path, segments with people, frame count)."""
+    from bench_alert_latency import STRETCH, build_arrivals
+
+    synthetic, segments = build_replay(clip)
+    with av.open(str(clip)) as c:
+        n_clip = sum(1 for _ in c.decode(video=0))
+    arrivals = tmp / "arrivals.mp4"
+    starts = build_arrivals(clip, arrivals, stretches=4, quiet=100)
+    n_arr = sum(1 for _ in video_frames(arrivals))
+    out: dict[str, tuple[Any, list[tuple[int, int]], int]] = {
+        "vtest": (clip, [(0, n_clip)], n_clip),
+        "arrivals": (arrivals, [(a, a + STRETCH) for a in starts], n_arr),
+    }
+    if "--synthetic" in sys.argv:
+        out["synthetic"] = (synthetic, segments, len(synthetic))
+    return out
+
+
 def gating(clip: Path) -> dict[str, Any]:
-    replay, segments = build_replay(clip)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        sets = replays(clip, Path(tmp))
+        out: dict[str, Any] = {
+            name: gating_one(replay, segments, n) for name, (replay, segments, n) in sets.items()
+        }
+    out["detector_cpu_cut"] = out["arrivals"]["detector_cpu_cut"]
+    out["no_person_event_missed"] = all(out[k]["no_person_event_missed"] for k in sets)
+    return out
+
+
+def gating_one(replay: Any, segments: list[tuple[int, int]], n_frames: int) -> dict[str, Any]:
     people_frames = sum(b - a for a, b in segments)
     # Other work on the machine moves CPU time per inference by +-15 %: play the replay
-    # REPEAT times per mode, interleaved, and add the CPU times up.
+    # REPEAT times per mode, interleaved, and average the CPU times.
     runs: dict[str, dict[str, Any]] = {}
     cpu: dict[str, list[float]] = {"motion": [], "gated": [], "ungated": []}
     for _ in range(REPEAT):
@@ -317,10 +389,10 @@ def gating(clip: Path) -> dict[str, Any]:
 
     result: dict[str, Any] = {
         "replay": {
-            "frames": len(replay),
+            "frames": n_frames,
             "fps": FPS,
             "detect_max_fps": DETECT_FPS,
-            "people_share": round(people_frames / len(replay), 3),
+            "people_share": round(people_frames / n_frames, 3),
             "segments_with_people": segments,
         },
         "motion_only_cpu_s": round(base, 3),
@@ -355,15 +427,17 @@ def gating(clip: Path) -> dict[str, Any]:
 
 
 def main() -> None:
+    global COLOUR_MS
     clip = footage()
     image = frames(clip, 100, 100)[0]
+    COLOUR_MS = colour_ms(clip)
     table = model_table(image)
     by = {(r["model"], r["backend"]): r for r in table}
     int8 = by.get(("person_ssdlite_mobilenet_v2_int8.tflite", "litert"))
     fp32 = by.get(("person_ssdlite_mobilenet_v2_fp32.tflite", "litert"))
     gate = gating(clip)
     false_alarms = nuisances(clip)
-    share_max = max(r["pre_post_share_of_invoke"] for r in table)
+    share_max = max(r["pre_colour_post_share_of_invoke"] for r in table)
     write_result(
         "detector",
         {
@@ -380,10 +454,15 @@ def main() -> None:
             "gating": gate,
             "nuisances": false_alarms,
             "targets": {
-                "pre_post_share_of_invoke_max": share_max,
+                "pre_colour_post_share_of_invoke_max": share_max,
+                "pre_post_share_of_invoke_max_without_colour": max(
+                    r["pre_post_share_of_invoke"] for r in table
+                ),
                 "pre_post_share_target": 0.10,
                 "pre_post_share_met": share_max <= 0.10,
-                "gating_cut": gate["detector_cpu_cut"],
+                "gating_cut_arrivals": gate["detector_cpu_cut"],
+                "gating_cut_vtest": gate["vtest"]["detector_cpu_cut"],
+                "gating_cut_synthetic": gate.get("synthetic", {}).get("detector_cpu_cut"),
                 "gating_cut_target": 2.5,
                 "gating_cut_met": gate["detector_cpu_cut"] >= 2.5,
                 "no_person_event_missed": gate["no_person_event_missed"],

@@ -34,7 +34,8 @@ SPEED = 4.0
 CHAT = 111
 MAGIC = {
     "snapshot": lambda b: b[:3] == b"\xff\xd8\xff",
-    "gif": lambda b: b[:6] in (b"GIF87a", b"GIF89a"),
+    # the animation is a silent MP4 by default (gif.format: mp4), a GIF with format: gif
+    "gif": lambda b: b[:6] in (b"GIF87a", b"GIF89a") or b[4:8] == b"ftyp",
     "clip": lambda b: b[4:8] == b"ftyp",
 }
 KIND_METHOD = {"snapshot": "sendPhoto", "gif": "sendAnimation", "clip": "sendVideo"}
