@@ -19,6 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from spyoncino.core.db_schema import current_version
 from tests.system.nspawn import REPO
 
 CRASH = '    raise SystemExit("release 0.1.2 crashes at start")\n'
@@ -31,10 +32,10 @@ def _release_check(ctx: Context) -> str:
 
 CHECKS.append(("release", _release_check))
 """
-MIGRATION = (
-    "MIGRATIONS: dict[int, Migration] = "
-    '{2: lambda c: c.execute("ALTER TABLE events ADD COLUMN note TEXT")}\n'
-)
+#: the schema version release 0.2.0 migrates to: one past the checkout's own
+NEXT_SCHEMA = current_version() + 1
+MIGRATION = f'    {NEXT_SCHEMA}: lambda c: c.execute("ALTER TABLE events ADD COLUMN note TEXT"),\n'
+
 RUN = "def cmd_run(args: argparse.Namespace) -> int:\n"
 
 #: version -> what is broken about it
@@ -66,7 +67,19 @@ def _patch(src: Path, version: str) -> None:
     elif version == "0.2.0":
         db = src / "spyoncino" / "core" / "db_schema.py"
         text = db.read_text()
-        db.write_text(text.replace("MIGRATIONS: dict[int, Migration] = {}\n", MIGRATION))
+        patched, n = re.subn(
+            r"(MIGRATIONS: dict\[int, Migration\] = \{)([^}]*)\}",
+            lambda m: (
+                m.group(1)
+                + "\n"
+                + (m.group(2) + ",\n" if m.group(2).strip() else "")
+                + MIGRATION
+                + "}"
+            ),
+            text,
+        )
+        assert n == 1, "release 0.2.0: MIGRATIONS not found in db_schema.py"
+        db.write_text(patched)
 
 
 def _sources() -> tuple[list[str], str]:
