@@ -67,6 +67,8 @@ class TelegramUpdates(BaseModule):
     clock: Callable[[], float]
     #: what was told already (``telegram.json``); None until first read
     _marker: dict[str, Any] | None
+    #: /update checks in flight: their answer is theirs to show, not the daily check's to tell
+    _checking: int = 0
 
     async def _reply(
         self,
@@ -100,6 +102,15 @@ class TelegramUpdates(BaseModule):
             body = f"Running {__version__}. Update to {target}?"
             await self._reply(chat_id, body, reply_to, self._confirm(target))
             return
+        self._checking += 1
+        try:
+            await self._check_and_answer(folder, files, chat_id, reply_to)
+        finally:
+            self._checking -= 1
+
+    async def _check_and_answer(
+        self, folder: Path, files: up.UpdateFiles, chat_id: int, reply_to: int | None
+    ) -> None:
         try:
             check = await self._fresh_check(folder, files)
         except up.RequestPending as e:
@@ -244,6 +255,7 @@ class TelegramUpdates(BaseModule):
         assert self._marker is not None
         newer = files.newer()
         fresh = newer is not None and newer not in (__version__, self._marker.get("announced"))
+        fresh = fresh and not self._checking
         told = f"Spyoncino {newer} is available (running {__version__}); /update to install."
         if fresh and await self._tell(told):
             await self._remember(announced=newer)
