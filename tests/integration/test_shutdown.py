@@ -95,7 +95,7 @@ async def test_stop_with_a_gif_backlog_and_open_events_loses_no_gif_or_clip(
     gif = _module(orch, "gif")
     clip = _module(orch, "clip")
     # every camera streams before the events start
-    await _until(lambda: all(len(c.ring) >= 3 for c in clip.cams.values()) and len(clip.cams) == 4)
+    await _until(lambda: len(clip.cams) == 4 and all(c.clock > 0 for c in clip.cams.values()))
     started_at, mono = time.time(), time.monotonic()
     ids = {cid: [f"20260101T000000-{cid}{i}" for i in range(EVENTS_PER_CAMERA)] for cid in CAMERAS}
     with structlog.testing.capture_logs() as logs:
@@ -119,7 +119,7 @@ async def test_stop_with_a_gif_backlog_and_open_events_loses_no_gif_or_clip(
                 )
 
             await _until(every_gif_has_frames)
-            await _until(lambda: all(c.session is not None for c in clip.cams.values()))
+            await _until(lambda: all(len(c.clips) == EVENTS_PER_CAMERA for c in clip.cams.values()))
             # half of them end (a backlog of builds), the rest are still open at the signal
             for cid, eids in ids.items():
                 for eid in eids[: EVENTS_PER_CAMERA // 2]:
