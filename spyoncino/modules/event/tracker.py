@@ -73,6 +73,34 @@ from spyoncino.schemas.frames import Box, Frame
 MAX_CROPS = 8
 
 
+def crop_of(frame: Frame, box: Box) -> tuple[Frame, Box]:
+    """What a crop needs of ``frame``: a small frame holding the box and the margin the
+    thumbnail shows around it, and the box in it; the whole frame when it is not decoded yet
+    (decoding is not for the event loop; the snapshot writer decodes it in a worker)."""
+    image = frame._image
+    if image is None:
+        return frame, box
+    ih, iw = image.shape[:2]
+    mx, my = round(box.width * 0.15) + 1, round(box.height * 0.1) + 1
+    x1, y1 = max(0, box.x1 - mx), max(0, box.y1 - my)
+    x2, y2 = min(iw, box.x2 + mx), min(ih, box.y2 + my)
+    if x2 <= x1 or y2 <= y1:
+        return frame, box
+    part = image[y1:y2, x1:x2].copy()  # a copy, not a view: the frame can go
+    small = Frame(
+        camera_id=frame.camera_id,
+        seq=frame.seq,
+        mono_ts=frame.mono_ts,
+        wall_ts=frame.wall_ts,
+        width=x2 - x1,
+        height=y2 - y1,
+        luma=part[:1, :1, 0] if part.ndim == 3 else part[:1, :1],
+        _image=part,
+    )
+    moved = Box(x1=box.x1 - x1, y1=box.y1 - y1, x2=box.x2 - x1, y2=box.y2 - y1)
+    return small, moved
+
+
 class Config(ModuleConfig):
     type: Literal["tracker"] = "tracker"
     source: Literal["auto", "motion", "objects"] = Field(
@@ -532,7 +560,7 @@ class EventTracker(BaseModule[Config]):
         if frame is not None:
             for t, qt in zip(tracks, qs, strict=True):
                 if qt > ev.crops.get(t.id, (-1.0,))[0]:
-                    ev.crops[t.id] = (qt, frame, t.box)
+                    ev.crops[t.id] = (qt, *crop_of(frame, t.box))
             # a crop holds its whole frame (~4 MB at 720p once decoded) until the activity
             # ends: keep the best MAX_CROPS (what the thumbnail row shows), not one per object
             while len(ev.crops) > MAX_CROPS:

@@ -572,3 +572,25 @@ async def test_a_long_activity_keeps_a_bounded_number_of_frames_for_its_crops(
 
 def _open_activities(mod: EventTracker) -> list[Any]:
     return [s.activity for s in mod._cstate.values() if s.activity is not None]
+
+
+def test_a_crop_of_a_decoded_frame_keeps_only_its_pixels_and_draws_the_same_thumbnail() -> None:
+    import numpy as np
+
+    from spyoncino.modules.event.snapshot import render_crops
+    from spyoncino.modules.event.tracker import crop_of
+
+    frame = make_frame("cam", 1, 0.1, 1280, 720, boxes=((600, 200, 680, 420),))
+    image = frame.image  # decoded, as the detector leaves it
+    box = Box(x1=600, y1=200, x2=680, y2=420)
+    small, moved = crop_of(frame, box)
+    assert small.image.base is None and small.image.nbytes < image.nbytes / 20
+    assert np.array_equal(
+        small.image[moved.y1 : moved.y2, moved.x1 : moved.x2], image[200:420, 600:680]
+    )
+    assert render_crops([(image, box, "person 80%")], 160, 80) == render_crops(
+        [(small.image, moved, "person 80%")], 160, 80
+    )
+    # not decoded yet: the frame itself (decoding is not for the event loop)
+    lazy = make_frame("cam", 2, 0.2)
+    assert crop_of(lazy, box) == (lazy, box)
