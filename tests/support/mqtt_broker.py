@@ -253,6 +253,7 @@ REQUIRED = {
     "sensor": ("state_topic",),
     "switch": ("command_topic",),
     "button": ("command_topic",),
+    "update": ("state_topic",),
 }
 
 

@@ -126,7 +126,7 @@ async def test_discovery_is_retained_and_valid_for_home_assistant(
         configs = configs_of(held)
         assert not check_discovery(configs, "homeassistant", "spyoncino/box1")
         comps = {t.split("/")[1] for t in configs}
-        assert comps == {"camera", "binary_sensor", "sensor", "switch", "button"}
+        assert comps == {"camera", "binary_sensor", "sensor", "switch", "button", "update"}
         # per camera: snapshot camera, motion, per-label occupancy and count, fps, detect, button
         for cam in CAMERAS:
             assert f"homeassistant/camera/box1/{cam}_snapshot/config" in configs

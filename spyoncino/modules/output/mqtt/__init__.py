@@ -40,6 +40,7 @@ from spyoncino.core.contracts import (
     ModuleContext,
     ModuleNotReady,
 )
+from spyoncino.helpers import updates
 from spyoncino.helpers.files import disk_free
 from spyoncino.schemas import topics
 from spyoncino.schemas.control import ConfigSnapshot, ConfigUpdate, ControlState
@@ -575,6 +576,7 @@ class MqttOutput(BaseModule[Config]):
     async def _publish_device_state(self) -> None:
         root = self.app_cfg.storage.root if self.app_cfg is not None else Path(".")
         temp, (free, total) = await self.ctx.executor.run(self._facts, root)
+        latest = await self.ctx.executor.run(_latest_version, self.cfg.update_dir)
         now = time.time()
         doc = {
             "schema_version": SCHEMA_VERSION,
@@ -582,6 +584,7 @@ class MqttOutput(BaseModule[Config]):
             "muted": any(v > now for v in self._muted_until.values()),
             "muted_until": {k: v for k, v in self._muted_until.items() if v > now},
             "version": __version__,
+            "latest_version": latest,
             "cpu_temp_c": temp,
             "disk_free_bytes": free,
             "disk_total_bytes": total,
@@ -618,6 +621,13 @@ class MqttOutput(BaseModule[Config]):
 
 
 __all__ = ["Config", "MqttOutput"]
+
+
+def _latest_version(folder: Path) -> str:
+    """Blocking: the newer version the updater's last check found, else the running one."""
+    files = updates.read_files(folder)
+    newer = files.newer() if files is not None else None
+    return newer or __version__
 
 
 def _counts(ev: EventNotice) -> dict[str, int]:

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from spyoncino.core.contracts import ModuleConfig
+from spyoncino.helpers.updates import DEFAULT_DIR as UPDATE_DIR
 
 _TOPIC_PREFIX = r"^[^#+\s]+(/[^#+\s]+)*$"
 
@@ -104,6 +105,11 @@ class Config(ModuleConfig):
     )
     state_interval_s: float = Field(
         default=60.0, ge=1.0, le=3600.0, description="Seconds between device state reports."
+    )
+    update_dir: Path = Field(
+        default=UPDATE_DIR,
+        description="The over-the-air updater's exchange folder: its last check (check.json) "
+        "gives the update entity's latest version.",
     )
     snapshot_max_bytes: int = Field(
         default=2_000_000,

@@ -183,6 +183,16 @@ def discovery_configs(
         unit_of_measurement="s",
         entity_category="diagnostic",
     )
+    add(  # the over-the-air updater's last check (docs/updates.md); installing is /update's
+        "update",
+        "update",
+        "Spyoncino",
+        state_topic=layout.state,
+        value_template="{{ {'installed_version': value_json.version, "
+        "'latest_version': value_json.latest_version} | to_json }}",
+        device_class="firmware",
+        entity_category="diagnostic",
+    )
     for cid, name in cameras.items():
         add("camera", f"{cid}_snapshot", f"{name} snapshot", topic=layout.camera(cid, "snapshot"))
         add(
