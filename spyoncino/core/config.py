@@ -401,6 +401,7 @@ def _is_secret_key(key: str) -> bool:
         "secret",
         "hmac_secret",
         "secret_access_key",
+        "encryption_key",
     }
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+import structlog
 import yaml
 
 from tests.integration.test_mqtt_replay import Box
@@ -343,6 +344,8 @@ async def test_wrong_credentials_are_named_nothing_is_lost_and_config_update_res
         snapshots.append(msg.payload)
 
     orch.bus.subscribe(topics.CONFIG_SNAPSHOT.name, on_snapshot, module="test")
+    logs = structlog.testing.capture_logs()
+    errors = logs.__enter__()
     await orch.start()
     try:
         s3 = next(s.module for s in orch.slots if s.instance == "s3")
@@ -375,9 +378,16 @@ async def test_wrong_credentials_are_named_nothing_is_lost_and_config_update_res
         )
         await until(lambda: [s for s, _ in copies(db).values()] == ["sent"], 60, "copy sent")
         assert health().state == "ok"
-        assert s3.metrics()["offbox_backlog"] == 0
+        await until(lambda: s3.metrics()["offbox_backlog"] == 0, 10, "backlog empty")
+        # no error but the two refusals: the client swap cut no request short
+        problems = [e for e in errors if e.get("event") == "s3_not_ready"]
+        assert [p["problem"].split(":")[0] for p in problems] == [
+            "s3.secret_access_key",
+            "s3.access_key_id",
+        ]
     finally:
         await orch.stop()
+        logs.__exit__(None, None, None)
     async with s3_client(moto_auth.url, key_id, secret) as c:
         head = await c.head_object(Bucket=BUCKET, Key=f"box/{art.relpath}")
         assert head["Metadata"]["sha256"] == art.sha256

@@ -389,3 +389,37 @@ async def test_storage_class_and_server_side_encryption_reach_the_object(env: An
             head = await c.head_object(Bucket=env.bucket, Key=f"box/{art.relpath}")
             assert head["StorageClass"] == "STANDARD_IA"
             assert head["ServerSideEncryption"] == "AES256"
+
+
+async def test_client_side_encryption_the_provider_sees_only_ciphertext(env: Any) -> None:
+    import base64
+
+    from spyoncino.modules.storage.s3._crypto import decrypt, encrypt, load_key
+
+    key_text = base64.b64encode(b"k" * 32).decode()
+    m = await env.make(encryption_key=key_text)
+    assert m.key is not None
+    _ev, snap = await publish_event(env.bus, env.root, "ev-1")
+    clip = await publish_clip(env.bus, env.root, "ev-1", 3 * PART_MIN)  # in parts
+    await until(lambda: len(sent(env)) == 2)
+    got = await objects(env.moto.url, env.bucket)
+    for art in (snap, clip):
+        obj = got[f"box/{art.relpath}"]
+        plain = Path(art.path).read_bytes()
+        assert plain not in obj["body"] and obj["body"].startswith(b"SPYC1")
+        assert decrypt(load_key(key_text), obj["body"]) == plain
+        assert obj["sha256"] == art.sha256  # of the file: what a restore checks
+    # the same file encrypts to the same bytes: a resumed upload matches its earlier parts
+    data = Path(clip.path).read_bytes()
+    key = load_key(key_text)
+    assert encrypt(key, data, clip.sha256) == encrypt(key, data, clip.sha256)
+    assert encrypt(key, data, clip.sha256) == got[f"box/{clip.relpath}"]["body"]
+
+
+def test_a_bad_encryption_key_is_named() -> None:
+    from spyoncino.modules.storage.s3._config import Config, setting_problems
+
+    cfg = Config(bucket="evidence", encryption_key="c2hvcnQ=")  # type: ignore[arg-type]
+    assert setting_problems(cfg, "s3") == [
+        "s3.encryption_key: 5 bytes; AES-256 needs 32 (openssl rand -base64 32)"
+    ]

@@ -24,6 +24,8 @@ never uploaded again. On top of the outbox:
   the object is read back (``HeadObject``): size, ETag (MD5, or the MD5 of the parts' MD5s)
   and the sha256 stored as metadata must match, or the copy is retried;
 * ``max_kbps`` meters every byte through one token bucket (``_budget``);
+* with ``encryption_key`` the box encrypts each file (AES-256-GCM, ``_crypto``) before it
+  leaves, deterministically so that resumed parts still match;
 * a bucket that does not exist, a key or secret the endpoint refuses, an endpoint that cannot
   be reached: the module reports ``degraded`` with a sentence naming the key, keeps queueing,
   probes the endpoint with capped backoff and resumes at once when a probe (or a
@@ -69,6 +71,7 @@ from spyoncino.schemas.status import ModuleHealth
 from ._budget import ThrottledBody, TokenBucket
 from ._client import classify, error_code, make_client, md5_b64, md5_hex, multipart_etag
 from ._config import Config, setting_problems
+from ._crypto import OVERHEAD, SCHEME, encrypt, load_key
 from ._state import Multipart, UploadState
 
 CHANNEL = "s3"
@@ -133,12 +136,16 @@ class S3Copy(OutboxChannel[Config]):
         self.db_path: Path | None = None
         self.prefix = ""
         self.budget: TokenBucket | None = None
+        #: the client-side encryption key (``encryption_key``), None: copies as they are
+        self.key: bytes | None = None
         self._client_cm: Any = None
         self._client: Any = None
         self._uploads: UploadState | None = None
         self._ready = asyncio.Event()
         self._kick = asyncio.Event()
         self.problem: str | None = None
+        #: bumped when endpoint or keys change: a verdict on the old settings is stale
+        self._generation = 0
         #: the copy that waits for the endpoint: made due at once when it is back
         self._parked: OutboxItem | None = None
         #: (event id, outbox kind) -> (queued at, bytes) of the copies not done yet
@@ -173,6 +180,8 @@ class S3Copy(OutboxChannel[Config]):
         self.db_path = app.storage.db_path
         device = self.cfg.device_id or default_device_id()
         self.prefix = self.cfg.prefix if self.cfg.prefix is not None else f"{device}/"
+        secret = self.cfg.encryption_key
+        self.key = load_key(secret.get_secret_value()) if secret is not None else None
         if self.budget is None or self.budget.rate != self.cfg.max_kbps * 125:
             self.budget = TokenBucket(self.cfg.max_kbps * 125.0) if self.cfg.max_kbps else None
         if self.outbox is None:
@@ -185,8 +194,13 @@ class S3Copy(OutboxChannel[Config]):
         if any(getattr(old, k) != getattr(self.cfg, k) for k in _CONNECTION_KEYS) or (
             old.bucket != self.cfg.bucket
         ):
-            await self._close_client()
+            # the old client may be in the middle of a request (a probe, an upload): it is
+            # closed once that can have ended, not under its feet
+            old_cm = self._client_cm
+            self._generation += 1
             await self._open_client()
+            if old_cm is not None:
+                self.spawn(self._close_later(old_cm, self.cfg.timeout_s), "close-old-client")
             self.log.info("s3_settings_changed", bucket=self.cfg.bucket)
             self._not_ready("settings changed: checking the endpoint", quiet=True)
 
@@ -202,6 +216,14 @@ class S3Copy(OutboxChannel[Config]):
             raise ModuleConfigError(
                 f"{self.section}: the aiobotocore library is missing (pip install 'spyoncino[s3]')"
             ) from e
+        if self.key is not None:
+            try:
+                import cryptography  # noqa: F401
+            except ImportError as e:
+                raise ModuleConfigError(
+                    f"{self.section}.encryption_key: the cryptography library is missing "
+                    "(pip install 'spyoncino[s3]')"
+                ) from e
         assert self.db_path is not None
         outbox = await self.open_outbox(self.db_path)
         self._uploads = await outbox.run_io(UploadState, self.db_path)
@@ -232,6 +254,14 @@ class S3Copy(OutboxChannel[Config]):
         self._client_cm = make_client(self.cfg)
         self._client = await self._client_cm.__aenter__()
 
+    @staticmethod
+    async def _close_later(cm: Any, delay: float) -> None:
+        try:
+            await asyncio.sleep(delay)
+        finally:
+            with contextlib.suppress(Exception):
+                await cm.__aexit__(None, None, None)
+
     async def _close_client(self) -> None:
         cm, self._client_cm, self._client = self._client_cm, None, None
         if cm is not None:
@@ -260,12 +290,15 @@ class S3Copy(OutboxChannel[Config]):
 
     async def _probe(self) -> bool:
         """One check of endpoint, bucket and keys (``ListObjectsV2`` of one key)."""
+        generation = self._generation
         try:
             await asyncio.wait_for(
                 self._client.list_objects_v2(Bucket=self.cfg.bucket, MaxKeys=1, Prefix=self.prefix),
                 self.cfg.timeout_s,
             )
         except Exception as e:
+            if generation != self._generation:
+                return False  # about settings replaced meanwhile: the next probe tells
             if error_code(e) == "AccessDenied":
                 # a write-only key (the safer policy) may not list: uploads will tell
                 self._now_ready()
@@ -273,6 +306,8 @@ class S3Copy(OutboxChannel[Config]):
             self.stats["probe_failures"] += 1
             problem = classify(e, self.cfg, self.section).owner
             self._not_ready(problem or f"{self.section}: {type(e).__name__}: {e}"[:300])
+            return False
+        if generation != self._generation:
             return False
         self._now_ready()
         return True
@@ -358,16 +393,22 @@ class S3Copy(OutboxChannel[Config]):
             except TimeoutError:
                 self._parked = item
                 raise TransientError(self.problem or "endpoint not ready") from None
+        generation = self._generation
         try:
-            if await self._already_there(p):
+            key = self.key
+            if await self._already_there(p, key is not None):
                 self.stats["already_there"] += 1
                 return "exists"
-            size = int(p["size"])
-            if size >= self.cfg.multipart_threshold_bytes:
-                etag = await self._multipart(p, path, deadline)
+            source: Path | bytes = path
+            if key is not None:  # the whole file, encrypted, is what goes up
+                data = await self._load(p, path)
+                source = await self.ctx.executor.run(encrypt, key, data, str(p["sha256"]))
+            stored = int(p["size"]) + (OVERHEAD if key is not None else 0)
+            if stored >= self.cfg.multipart_threshold_bytes:
+                etag = await self._multipart(p, source, stored, deadline)
             else:
-                etag = await self._put(p, path)
-            await self._verify(p, etag)
+                etag = await self._put(p, source)
+            await self._verify(p, etag, key is not None)
         except (RetryAfter, PermanentError):
             raise
         except DeliveryError:
@@ -377,20 +418,25 @@ class S3Copy(OutboxChannel[Config]):
             self.stats["upload_failures"] += 1
             problem = classify(e, self.cfg, self.section)
             if problem.owner is not None:
-                self._not_ready(problem.owner)
-                self._parked = item
+                if generation == self._generation:  # not a verdict on replaced settings
+                    self._not_ready(problem.owner)
+                self._parked = item  # due at once when the endpoint is ready
             raise problem.error from e
         self.stats["uploaded_objects"] += 1
         self.stats["uploaded_bytes"] += int(p["size"])
+        self.backlog.pop((item.event_id, item.kind), None)
         self.log.info("s3_uploaded", key=p["key"], bytes=p["size"], sha256=p["sha256"])
         return etag
 
-    def _object_args(self, p: dict[str, Any], sha256: str) -> dict[str, Any]:
+    def _object_args(self, p: dict[str, Any], encrypted: bool) -> dict[str, Any]:
+        meta = {"sha256": str(p["sha256"])}  # of the file, encrypted or not
+        if encrypted:
+            meta["encryption"] = SCHEME
         args: dict[str, Any] = {
             "Bucket": self.cfg.bucket,
             "Key": p["key"],
-            "ContentType": p["mime"],
-            "Metadata": {"sha256": sha256},
+            "ContentType": "application/octet-stream" if encrypted else p["mime"],
+            "Metadata": meta,
         }
         if self.cfg.storage_class:
             args["StorageClass"] = self.cfg.storage_class
@@ -409,37 +455,48 @@ class S3Copy(OutboxChannel[Config]):
             raise
         return head
 
-    async def _already_there(self, p: dict[str, Any]) -> bool:
+    async def _already_there(self, p: dict[str, Any], encrypted: bool) -> bool:
         head = await self._head(str(p["key"]))
+        if head is None:
+            return False
+        meta = head.get("Metadata", {})
+        stored = int(p["size"]) + (OVERHEAD if encrypted else 0)
         return (
-            head is not None
-            and int(head.get("ContentLength", -1)) == int(p["size"])
-            and head.get("Metadata", {}).get("sha256") == p["sha256"]
+            int(head.get("ContentLength", -1)) == stored
+            and meta.get("sha256") == p["sha256"]
+            and (meta.get("encryption") == SCHEME) == encrypted
         )
 
-    async def _put(self, p: dict[str, Any], path: Path) -> str:
+    async def _load(self, p: dict[str, Any], path: Path) -> bytes:
         data = await self.ctx.executor.run(path.read_bytes)
         sha = await self.ctx.executor.run(_sha256, data)
         if sha != p["sha256"] or len(data) != int(p["size"]):
             # not what was announced: copy what the card holds, and say so
             self.log.warning("s3_local_file_changed", key=p["key"], announced=p["sha256"])
             p["sha256"], p["size"] = sha, len(data)
+        return data
+
+    async def _put(self, p: dict[str, Any], source: Path | bytes) -> str:
+        data = source if isinstance(source, bytes) else await self._load(p, source)
         body = ThrottledBody(data, self.budget)
         try:
             await self._client.put_object(
                 Body=body,
                 ContentLength=len(data),
                 ContentMD5=md5_b64(data),
-                **self._object_args(p, sha),
+                **self._object_args(p, isinstance(source, bytes)),
             )
         finally:
             body.cancelled.set()
         return md5_hex(data)
 
-    async def _multipart(self, p: dict[str, Any], path: Path, deadline: float) -> str:
+    async def _multipart(
+        self, p: dict[str, Any], source: Path | bytes, size: int, deadline: float
+    ) -> str:
+        """Upload ``size`` bytes of ``source`` (the file, or its encrypted bytes) in parts."""
         assert self.outbox is not None
         assert self._uploads is not None
-        key, size, sha = str(p["key"]), int(p["size"]), str(p["sha256"])
+        key, sha = str(p["key"]), str(p["sha256"])
         state = self._uploads
         run_io = self.outbox.run_io
         mp = await run_io(state.get, key)
@@ -462,7 +519,8 @@ class S3Copy(OutboxChannel[Config]):
                     "s3_multipart_resumed", key=key, parts_done=len(mp.parts), upload=mp.upload_id
                 )
         if mp is None:
-            out = await self._client.create_multipart_upload(**self._object_args(p, sha))
+            args = self._object_args(p, isinstance(source, bytes))
+            out = await self._client.create_multipart_upload(**args)
             mp = Multipart(
                 key, str(out["UploadId"]), sha, size, self.cfg.part_size_bytes, time.time()
             )
@@ -471,9 +529,11 @@ class S3Copy(OutboxChannel[Config]):
         md5s: list[bytes] = []
         sent_now = 0
         for n in range(1, count + 1):
-            chunk = await self.ctx.executor.run(
-                _read_range, path, (n - 1) * mp.part_size, mp.part_size
-            )
+            offset = (n - 1) * mp.part_size
+            if isinstance(source, bytes):
+                chunk = source[offset : offset + mp.part_size]
+            else:
+                chunk = await self.ctx.executor.run(_read_range, source, offset, mp.part_size)
             digest = hashlib.md5(chunk).digest()  # noqa: S324 (the part's ETag)
             md5s.append(digest)
             if mp.parts.get(n, "").strip('"') == digest.hex():
@@ -495,7 +555,7 @@ class S3Copy(OutboxChannel[Config]):
             finally:
                 body.cancelled.set()
             etag = str(out["ETag"])
-            if etag.strip('"') != digest.hex() and not self.cfg.server_side_encryption:
+            if etag.strip('"') != digest.hex() and self.cfg.server_side_encryption != "aws:kms":
                 raise ServerError(f"part {n} of {key}: ETag {etag} is not its MD5")
             mp.parts[n] = etag
             sent_now += 1
@@ -530,14 +590,15 @@ class S3Copy(OutboxChannel[Config]):
                 Bucket=self.cfg.bucket, Key=mp.key, UploadId=mp.upload_id
             )
 
-    async def _verify(self, p: dict[str, Any], etag: str) -> None:
+    async def _verify(self, p: dict[str, Any], etag: str, encrypted: bool) -> None:
         head = await self._head(str(p["key"]))
+        stored = int(p["size"]) + (OVERHEAD if encrypted else 0)
         problems = []
         if head is None:
             problems.append("the object is not there")
         else:
-            if int(head.get("ContentLength", -1)) != int(p["size"]):
-                problems.append(f"size {head.get('ContentLength')} != {p['size']}")
+            if int(head.get("ContentLength", -1)) != stored:
+                problems.append(f"size {head.get('ContentLength')} != {stored}")
             if head.get("Metadata", {}).get("sha256") != p["sha256"]:
                 problems.append("sha256 metadata differs")
             # with SSE-KMS the ETag is no MD5: the Content-MD5 checks on the way in remain

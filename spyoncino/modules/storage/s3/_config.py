@@ -102,6 +102,12 @@ class Config(ModuleConfig):
     sse_kms_key_id: str | None = Field(
         default=None, max_length=2048, description="KMS key for server_side_encryption aws:kms."
     )
+    encryption_key: SecretStr | None = Field(
+        default=None,
+        description="Encrypt copies on the box (AES-256-GCM) with this key: 32 bytes, base64 "
+        "(openssl rand -base64 32), in the secrets file. Keep a copy off the box too: without "
+        "it the copies cannot be read.",
+    )
     multipart_threshold_bytes: int = Field(
         default=16 * MiB,
         ge=64 * 1024,
@@ -144,6 +150,13 @@ def setting_problems(cfg: Config, section: str) -> list[str]:
         out.append(f"{section}.access_key_id and {section}.secret_access_key go together")
     if cfg.sse_kms_key_id is not None and cfg.server_side_encryption != "aws:kms":
         out.append(f"{section}.sse_kms_key_id: set without server_side_encryption: aws:kms")
+    if cfg.encryption_key is not None:
+        from ._crypto import load_key
+
+        try:
+            load_key(cfg.encryption_key.get_secret_value())
+        except ValueError as e:
+            out.append(f"{section}.encryption_key: {e}")
     if cfg.part_size_bytes > cfg.multipart_threshold_bytes:
         out.append(f"{section}.part_size_bytes: larger than multipart_threshold_bytes")
     return out
