@@ -423,3 +423,20 @@ def test_a_bad_encryption_key_is_named() -> None:
     assert setting_problems(cfg, "s3") == [
         "s3.encryption_key: 5 bytes; AES-256 needs 32 (openssl rand -base64 32)"
     ]
+
+
+async def test_the_event_row_is_copied_as_json_when_the_event_ends(env: Any) -> None:
+    import json
+
+    await env.make(copy_kinds=["snapshot", "event"])
+    ev, _snap = await publish_event(env.bus, env.root, "ev-1")
+    ended = ev.model_copy(update={"phase": "ended", "ended_at": ev.started_at + 12.5})
+    await env.bus.publish(topics.EVENT.at(kind="object", phase="ended"), ended)
+    await until(lambda: len(sent(env)) == 2)
+    assert sent(env) == [("ev-1", "copy:snapshot"), ("ev-1", "copy:event")]
+    got = await objects(env.moto.url, env.bucket)
+    day = media_relpath("front_door", ev.started_at, "ev-1", "json")
+    doc = json.loads(got[f"box/{day}"]["body"])
+    assert doc["event_id"] == "ev-1" and doc["phase"] == "ended"
+    assert doc["labels"] == ["person"] and doc["ended_at"] == ev.started_at + 12.5
+    assert hashlib.sha256(got[f"box/{day}"]["body"]).hexdigest() == got[f"box/{day}"]["sha256"]

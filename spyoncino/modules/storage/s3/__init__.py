@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import math
 import re
 import socket
@@ -62,6 +63,7 @@ from spyoncino.core.outbox import (
     ServerError,
     TransientError,
 )
+from spyoncino.helpers.files import media_relpath
 from spyoncino.schemas import topics
 from spyoncino.schemas.alerts import AlertNotification
 from spyoncino.schemas.events import EventNotice
@@ -134,6 +136,7 @@ class S3Copy(OutboxChannel[Config]):
         self.section = self.name or CHANNEL
         self.root = Path(".")
         self.db_path: Path | None = None
+        self.tz: str | None = None
         self.prefix = ""
         self.budget: TokenBucket | None = None
         #: the client-side encryption key (``encryption_key``), None: copies as they are
@@ -178,6 +181,7 @@ class S3Copy(OutboxChannel[Config]):
         self.cfg = app.section(self.section, Config)
         self.root = app.storage.root
         self.db_path = app.storage.db_path
+        self.tz = app.runtime.timezone
         device = self.cfg.device_id or default_device_id()
         self.prefix = self.cfg.prefix if self.cfg.prefix is not None else f"{device}/"
         secret = self.cfg.encryption_key
@@ -373,6 +377,38 @@ class S3Copy(OutboxChannel[Config]):
             while len(self._queued) > 4096:
                 self._queued.popitem(last=False)
 
+    async def _on_update(self, ev: EventNotice) -> None:
+        """An alerted event ended: its index row, as JSON, when ``event`` is copied."""
+        if ev.phase != "ended" or "event" not in self.cfg.copy_kinds:
+            return
+        assert self.outbox is not None
+        text = json.dumps(ev.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        data = text.encode()
+        rel = media_relpath(ev.camera_id, ev.started_at, ev.event_id, "json", self.tz)
+        sha = _sha256(data)
+        if self._queued.get(rel) == sha:
+            return
+        payload = {
+            "key": f"{self.prefix}{rel}",
+            "relpath": rel,
+            "size": len(data),
+            "sha256": sha,
+            "mime": "application/json",
+            "kind": "event",
+            "inline": text,  # no file on the card: the document travels in the outbox row
+        }
+        stored = await self.outbox.enqueue(
+            recipient=RECIPIENT,
+            event_id=ev.event_id,
+            camera_id=ev.camera_id,
+            kind="copy:event",
+            payload=payload,
+            supersede=True,  # an activity that resumes and ends again: its newest row
+        )
+        if stored:
+            self.backlog[(ev.event_id, "copy:event")] = (time.time(), len(data))
+            self._queued[rel] = sha
+
     async def _on_notify(self, msg: Message[AlertNotification]) -> None:
         n = msg.payload
         if n.status in ("sent", "failed"):
@@ -383,7 +419,8 @@ class S3Copy(OutboxChannel[Config]):
         p = item.payload
         path = self.root / str(p["relpath"])
         deadline = time.monotonic() + self.cfg.outbox.attempt_timeout_s * SLICE
-        if not await self.ctx.executor.run(path.is_file):
+        inline = p.get("inline")
+        if inline is None and not await self.ctx.executor.run(path.is_file):
             self.stats["lost_before_upload"] += 1
             self.log.error("s3_lost_before_upload", key=p["key"], relpath=p["relpath"])
             raise PermanentError(LOST)
@@ -399,9 +436,9 @@ class S3Copy(OutboxChannel[Config]):
             if await self._already_there(p, key is not None):
                 self.stats["already_there"] += 1
                 return "exists"
-            source: Path | bytes = path
+            source: Path | bytes = path if inline is None else str(inline).encode()
             if key is not None:  # the whole file, encrypted, is what goes up
-                data = await self._load(p, path)
+                data = source if isinstance(source, bytes) else await self._load(p, path)
                 source = await self.ctx.executor.run(encrypt, key, data, str(p["sha256"]))
             stored = int(p["size"]) + (OVERHEAD if key is not None else 0)
             if stored >= self.cfg.multipart_threshold_bytes:
@@ -478,13 +515,14 @@ class S3Copy(OutboxChannel[Config]):
 
     async def _put(self, p: dict[str, Any], source: Path | bytes) -> str:
         data = source if isinstance(source, bytes) else await self._load(p, source)
+        encrypted = self.key is not None
         body = ThrottledBody(data, self.budget)
         try:
             await self._client.put_object(
                 Body=body,
                 ContentLength=len(data),
                 ContentMD5=md5_b64(data),
-                **self._object_args(p, isinstance(source, bytes)),
+                **self._object_args(p, encrypted),
             )
         finally:
             body.cancelled.set()
@@ -519,7 +557,7 @@ class S3Copy(OutboxChannel[Config]):
                     "s3_multipart_resumed", key=key, parts_done=len(mp.parts), upload=mp.upload_id
                 )
         if mp is None:
-            args = self._object_args(p, isinstance(source, bytes))
+            args = self._object_args(p, self.key is not None)
             out = await self._client.create_multipart_upload(**args)
             mp = Multipart(
                 key, str(out["UploadId"]), sha, size, self.cfg.part_size_bytes, time.time()

@@ -11,7 +11,8 @@ from spyoncino.core.outbox import OutboxSettings
 
 MiB = 1024 * 1024
 
-CopyKind = Literal["snapshot", "snapshot_clean", "thumbnail", "gif", "clip"]
+#: artifact kinds, and ``event``: the event's index row as JSON, copied when the event ends
+CopyKind = Literal["snapshot", "snapshot_clean", "thumbnail", "gif", "clip", "event"]
 
 
 def _outbox_defaults() -> OutboxSettings:
@@ -72,7 +73,8 @@ class Config(ModuleConfig):
     copy_kinds: tuple[CopyKind, ...] = Field(
         default=("snapshot", "clip"),
         min_length=1,
-        description="Artifacts copied off the box.",
+        description="What is copied off the box: artifact kinds, and 'event' (the event's "
+        "index row as JSON, <event>.json next to its media, when it ends).",
     )
     select: Literal["alerted", "all"] = Field(
         default="alerted",
