@@ -7,7 +7,7 @@
 * ``event.<kind>.ended`` (and ``updated`` when ``replace_on_update``): the tracker sends the
   best frame so far; when it is another frame than the one written, the three files are
   replaced in place (same names, new artifacts). Consumers that alert on
-  ``event.snapshot.ready`` should alert on the first one per event and treat later ones as
+  ``media.snapshot.ready`` should alert on the first one per event and treat later ones as
   a better picture of the same event.
 * An activity's snapshot boxes every object on its best frame, each labelled with its label
   and score (``frame_objects``). When a ``detection`` becomes an ``alert`` the files are
@@ -16,7 +16,7 @@
   best sighting, up to 8, best score first, ``crop_height`` px high, label and score below).
 * ``control.command`` ``snapshot``: writes the newest frame of the camera (every camera when
   none is named) as ``manual-<request id or time>.jpg`` and publishes it on
-  ``event.snapshot.ready``. The newest frame per camera is kept by reference only (a
+  ``media.snapshot.ready``. The newest frame per camera is kept by reference only (a
   latest-wins subscription), so this costs nothing until a snapshot is asked for.
 """
 
