@@ -459,6 +459,9 @@ class Outbox:
         self._camera_windows: dict[str, _Window] = {}
         self._camera_over: dict[str, int] = {}
         self._closing = False
+        #: sends under way; ``close`` lets them finish (bounded) rather than cancel them
+        self._sending = 0
+        self._no_sends = asyncio.Event()
         self._janitor: asyncio.Task[None] | None = None
         #: items the database refused (disk full), by key, with their outcome so far
         self._unsaved: dict[str, tuple[OutboxItem, str, str | None, str | None]] = {}
@@ -506,8 +509,16 @@ class Outbox:
             except sqlite3.Error as e:
                 self.log.warning("outbox_prune_failed", error=repr(e))
 
-    async def close(self) -> None:
+    async def close(self, grace_s: float = 5.0) -> None:
+        """Stop the workers. A send under way gets up to ``grace_s`` to finish and be
+        recorded: cancelled after the server took the message, it would stay pending and go
+        again after the restart (the one double-send window, docs/modules/telegram.md)."""
         self._closing = True
+        if self._sending and grace_s > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._no_sends.wait(), grace_s)
+            if self._sending:
+                self.log.warning("outbox_send_cut_at_stop", sends=self._sending, grace_s=grace_s)
         tasks = [r.task for r in self._recipients.values() if r.task is not None]
         if self._janitor is not None:
             tasks.append(self._janitor)
@@ -731,7 +742,14 @@ class Outbox:
                     # not rec.wake: a new item behind this one must not cut the wait short
                     await asyncio.sleep(min(delay, 5.0))
                     continue
-                await self._attempt(rid, rec, item, head)
+                self._sending += 1
+                self._no_sends.clear()
+                try:
+                    await self._attempt(rid, rec, item, head)
+                finally:
+                    self._sending -= 1
+                    if not self._sending:
+                        self._no_sends.set()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a bug or a database error: never kill the worker
@@ -1230,7 +1248,10 @@ class OutboxChannel(BaseModule, Generic[C]):
         await super().stop()
         outbox, self.outbox = self.outbox, None
         if outbox is not None:
-            await outbox.close()
+            grace = 5.0
+            if self.stop_deadline is not None:  # what the shutdown budget leaves this stage
+                grace = max(0.0, self.stop_deadline - asyncio.get_running_loop().time() - 0.5)
+            await outbox.close(grace)
 
     async def _on_state(self, msg: Message[ControlState]) -> None:
         self.gate.state = msg.payload

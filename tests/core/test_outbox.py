@@ -490,3 +490,31 @@ def test_gate_pushes_nothing_of_a_detection_and_its_photo_once_it_becomes_an_ale
     (due,) = gate.overdue(5.0, time.monotonic() + 6.0)
     assert due.event_id == "a2"
     assert [a.kind for a in gate.take_held("a2")] == ["snapshot"]
+
+
+async def test_a_stop_lets_a_send_in_flight_finish_and_records_it(env: dict[str, Any]) -> None:
+    """A stop cancelled the send in flight: when the server had already taken the message,
+    the row stayed pending and the restart sent it a second time."""
+    taken = asyncio.Event()
+    answer = asyncio.Event()
+
+    class SlowServer(FakeChannel):
+        async def __call__(self, item: OutboxItem) -> str | None:
+            taken.set()  # the server has the upload; its answer is on the way
+            await answer.wait()
+            return await super().__call__(item)
+
+    ch = SlowServer()
+    box = env["make"](ch)
+    await box.start()
+    await put(box, "e0")
+    await taken.wait()
+    closing = asyncio.ensure_future(box.close())
+    await asyncio.sleep(0)  # close has begun
+    answer.set()
+    await closing
+    assert len(ch.delivered) == 1
+    conn = sqlite3.connect(env["db"])
+    rows = dict(conn.execute("SELECT status, COUNT(*) FROM outbox GROUP BY status").fetchall())
+    conn.close()
+    assert rows == {"sent": 1}  # the next start has nothing to send again
