@@ -21,9 +21,15 @@ async def _assert_real_time(camera_input, clip: Path) -> None:
     stamps = [f.wall_ts for _, f in h.frames[:FRAMES]]
     gaps_ms = [(b - a) * 1000 for a, b in itertools.pairwise(stamps)]
     assert 98 <= statistics.median(gaps_ms) <= 102, gaps_ms
-    assert all(90 <= g <= 110 for g in gaps_ms), [round(g, 1) for g in gaps_ms]
+    # each frame at its due time (the first's + 0.1 s a frame): never early, nearly all within
+    # 10 ms. Not all: on a loaded machine the process is sometimes descheduled (a 121 ms gap,
+    # then 80 ms as the next frame keeps its due time), which is the scheduler's, not the pacing's
+    late_ms = [(s - stamps[0] - i * 0.1) * 1000 for i, s in enumerate(stamps)]
+    shown = " ".join(f"{x:.0f}" for x in late_ms)
+    assert min(late_ms) > -10, shown
+    assert sum(abs(x) <= 10 for x in late_ms) >= 0.9 * len(late_ms), shown
     span = stamps[-1] - stamps[0]
-    assert abs(span - (FRAMES - 1) * 0.1) < 0.05  # no drift over the run
+    assert abs(span - (FRAMES - 1) * 0.1) < 0.05  # no drift over the run: frames keep due times
     first = h.frames[0][1]
     assert (first.width, first.height) == (768, 576)
     assert first.luma.shape == (240, 320)
