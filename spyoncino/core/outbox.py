@@ -1034,6 +1034,9 @@ class AlertGate:
         self._waiting: OrderedDict[str, None] = OrderedDict()
 
     def notice(self, ev: EventNotice) -> None:
+        if ev.frame is not None or ev.crops is not None:
+            # kept for up to ``keep`` events: the text, not the frames (megabytes each)
+            ev = ev.model_copy(update={"frame": None, "crops": None})
         tracked = self._events.get(ev.event_id)
         if tracked is not None:
             became_alert = tracked.event.severity != "alert" and ev.severity == "alert"

@@ -518,3 +518,28 @@ async def test_a_stop_lets_a_send_in_flight_finish_and_records_it(env: dict[str,
     rows = dict(conn.execute("SELECT status, COUNT(*) FROM outbox GROUP BY status").fetchall())
     conn.close()
     assert rows == {"sent": 1}  # the next start has nothing to send again
+
+
+def test_the_gate_keeps_an_events_text_not_its_frames() -> None:
+    """The gate remembers its last 512 events; each notice carried the activity's best frame
+    and the frames of its crops (megabytes each at 720p), so every activity grew the service."""
+    import gc
+    import weakref
+
+    import numpy as np
+
+    from spyoncino.core.outbox import AlertGate
+    from spyoncino.schemas.frames import Frame
+
+    pixels = np.zeros((48, 64), np.uint8)
+    gone = weakref.ref(pixels)
+    frame = Frame("c", 1, 0.0, 0.0, 64, 48, pixels)
+    gate = AlertGate(("object",))
+    started = _notice("e1").model_copy(update={"frame": frame})
+    ended = started.model_copy(update={"phase": "ended", "crops": ((1, frame, None),)})
+    gate.notice(started)
+    gate.notice(ended)
+    del frame, pixels, started, ended
+    gc.collect()
+    assert gone() is None
+    assert gate.alerted("e1") is False  # it still knows the event
