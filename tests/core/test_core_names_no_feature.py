@@ -31,6 +31,9 @@ KNOWN: set[str] = {
     "config.py reads .motion",
     "config.py reads .detector",
     "config.py names category 'input'",
+    # profiles.py: the old name of platform/profiles.py, for roles older than the move that
+    # run `python -m spyoncino.core.profiles`; goes when no supported role calls it
+    "profiles.py imports spyoncino.platform.profiles",
     # orchestrator.py: tests ``category == "process"`` for the lockstep replay's pending work
     "orchestrator.py names category 'process'",
     # outbox.py: the alert channels' delivery and gate, goes to helpers/outbox/
