@@ -23,6 +23,26 @@ def footage() -> Path:
     return VTEST if VTEST is not None else SAMPLE
 
 
+def service_env() -> dict[str, str]:
+    """The environment for a ``spyoncino run`` a benchmark starts: this checkout's code, and no
+    ``SPYONCINO_*`` variable of ours (the config layer reads those as settings)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPYONCINO_")}
+    env["PYTHONPATH"] = str(REPO)
+    return env
+
+
+def rss_mb(pid: int) -> float | None:
+    """A process's resident memory (``VmRSS``) in MB; None once it is gone or a zombie."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return None
+
+
 def write_result(name: str, data: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"{name}.json"

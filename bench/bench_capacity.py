@@ -17,7 +17,6 @@ heavy jobs (2 cores): rounds are repeated and reported with their spread.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import signal
 import statistics
@@ -32,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import footage, write_result
-from bench_idle import proc_cpu, proc_rss_mb
+from _common import footage, rss_mb, service_env, write_result
+from bench_idle import proc_cpu
 from bench_rtsp import free_port
 
 LOSSES = ("queue_full", "decode_error", "motion_busy")
@@ -94,7 +93,7 @@ def run(cameras: int, source: Path, warm: float, window: float) -> dict[str, Any
             f"cameras:\n{cams}storage:\n  root: {tmp}/store\n"
             f"status_page:\n  listen: 127.0.0.1:{port}\n  mdns: false\nlog:\n  level: warning\n"
         )
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SPYONCINO_")}
+        env = service_env()
         proc = subprocess.Popen(
             [sys.executable, "-m", "spyoncino", "run", "--config", str(cfg), "--forever"],
             env=env,
@@ -108,7 +107,7 @@ def run(cameras: int, source: Path, warm: float, window: float) -> dict[str, Any
             m0, c0, t0 = scrape(port), proc_cpu(proc.pid), time.monotonic()
             time.sleep(window)
             m1, c1, t1 = scrape(port), proc_cpu(proc.pid), time.monotonic()
-            rss = proc_rss_mb(proc.pid)
+            rss = rss_mb(proc.pid) or 0.0
         finally:
             proc.send_signal(signal.SIGTERM)
             try:

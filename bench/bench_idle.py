@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, footage, write_result
+from _common import REPO, footage, rss_mb, service_env, write_result
 from bench_rtsp import free_port, rtsp_server_missing, start_server
 
 PROFILES = {"640x360@5": (640, 360, 5), "1280x720@10": (1280, 720, 10)}
@@ -81,13 +81,6 @@ def proc_cpu(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks
-
-
-def proc_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 # -- workers (own process) ---------------------------------------------------------------------
@@ -139,7 +132,7 @@ def run_app(url: str, warm: float, window: float, extra: str) -> dict[str, Any]:
             f"status_page:\n  listen: 127.0.0.1:{free_port()}\n"
             "log:\n  level: warning\n" + extra
         )
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SPYONCINO_")}
+        env = service_env()
         proc = subprocess.Popen(
             [sys.executable, "-m", "spyoncino", "run", "--config", str(cfg)],
             env=env,
@@ -153,7 +146,7 @@ def run_app(url: str, warm: float, window: float, extra: str) -> dict[str, Any]:
             c0, t0 = proc_cpu(proc.pid), time.monotonic()
             time.sleep(window)
             c1, t1 = proc_cpu(proc.pid), time.monotonic()
-            rss = proc_rss_mb(proc.pid)
+            rss = rss_mb(proc.pid) or 0.0
         finally:
             proc.send_signal(signal.SIGTERM)
             try:

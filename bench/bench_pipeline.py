@@ -17,7 +17,6 @@ is shared with other jobs: medians and every run.
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import statistics
 import subprocess
@@ -30,7 +29,7 @@ from typing import Any
 import av
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SAMPLE, footage, write_result
+from _common import SAMPLE, footage, service_env, write_result
 
 
 def duration_s(path: Path) -> float:
@@ -67,7 +66,7 @@ def run(clip: Path, pace: str, extra: str = "") -> dict[str, Any]:
             f"storage:\n  root: {tmp}/store\nlog:\n  level: warning\n"
             "status_page:\n  listen: 127.0.0.1:0\n  mdns: false\n" + extra
         )
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SPYONCINO_")}
+        env = service_env()
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.monotonic()
         subprocess.run(

@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import collections
 import contextlib
-import os
 import re
 import statistics
 import subprocess
@@ -44,7 +43,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import REPO, footage, write_result
+from _common import REPO, footage, rss_mb, service_env, write_result
 
 from tests.support.botapi import BotApiEmulator
 
@@ -79,15 +78,6 @@ def footage_720p() -> Path:
             dst.mux(p)
     tmp.replace(out)
     return out
-
-
-def rss_mb(pid: int) -> float | None:
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    m = re.search(r"^VmRSS:\s+(\d+) kB", text, re.M)
-    return int(m.group(1)) / 1024 if m else None
 
 
 def smaps_by_mapping(pid: int, top: int = 15) -> dict[str, float]:
@@ -145,8 +135,7 @@ async def measure(cameras: int, duration_s: float, source: Path) -> dict[str, An
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         cfg = write_config(tmp, cameras, source, emu)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SPYONCINO_")}
-        env["PYTHONPATH"] = str(REPO)
+        env = service_env()
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",

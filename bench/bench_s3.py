@@ -27,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import REPO, SAMPLE, write_result
+from bench._common import SAMPLE, service_env, write_result
 
 BUDGET_KBPS = 1000
 WINDOW_S = 60.0
@@ -134,8 +134,7 @@ async def sizes(tmp: Path, moto_url: str) -> dict[str, Any]:
         "log": {"format": "json", "level": "warning"},
     }
     (tmp / "config.yaml").write_text(yaml.safe_dump(cfg))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SPYONCINO_")}
-    env["PYTHONPATH"] = str(REPO)
+    env = service_env()
     t0 = time.monotonic()
     subprocess.run(
         [sys.executable, "-m", "spyoncino", "run", "--config", str(tmp / "config.yaml")],

@@ -39,8 +39,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from _common import REPO, SAMPLE, write_result
-from bench_idle import proc_cpu, proc_rss_mb
+from _common import REPO, SAMPLE, rss_mb, service_env, write_result
+from bench_idle import proc_cpu
 
 from tests.support.botapi import BotApiEmulator
 
@@ -105,8 +105,7 @@ async def launch(kind: str, emu: BotApiEmulator) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         cfg = write_config(tmp, None if kind == "no_telegram" else emu)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SPYONCINO_")}
-        env["PYTHONPATH"] = str(REPO)
+        env = service_env()
         if kind == "telegram_eager":
             site = tmp / "site"
             site.mkdir()
@@ -143,7 +142,7 @@ async def launch(kind: str, emu: BotApiEmulator) -> dict[str, Any]:
                             marks[event] = (time.monotonic() - t0, proc_cpu(proc.pid))
             drain = asyncio.create_task(proc.stdout.read())  # keep the pipe from filling
             await asyncio.sleep(8.0)
-            rss = proc_rss_mb(proc.pid)
+            rss = rss_mb(proc.pid) or 0.0
         finally:
             with contextlib.suppress(ProcessLookupError):
                 proc.terminate()
