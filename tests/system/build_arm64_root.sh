@@ -24,20 +24,8 @@ grep -qs enabled /proc/sys/fs/binfmt_misc/qemu-aarch64 \
   || { log "no qemu-aarch64 binfmt handler: apt-get install qemu-user-static binfmt-support"; exit 3; }
 mkdir -p "$cache"
 
-key=$(printf '%s %s arm64 v1' "$suite" "$packages" | sha256sum | cut -c1-12)
-rootfs=$cache/rootfs-$key
-if [ ! -x "$rootfs/usr/bin/python3" ]; then
-  log "building $rootfs with mmdebstrap (arm64, through qemu-user)"
-  start=$(date +%s)
-  rm -rf "$rootfs.tmp"
-  mmdebstrap --architectures=arm64 --variant=minbase --include="$packages" \
-    "$suite" "$rootfs.tmp" >&2
-  mv "$rootfs.tmp" "$rootfs"
-  for old in "$cache"/rootfs-*; do
-    [ "$old" = "$rootfs" ] || rm -rf "$old"
-  done
-  log "rootfs built in $(( $(date +%s) - start )) s ($(du -sh "$rootfs" | cut -f1))"
-else
-  log "rootfs cached: $rootfs"
-fi
+# shellcheck source=tests/system/cached_root.sh
+. "$here/cached_root.sh"
+cached_root "$cache" "$suite $packages arm64 v1" usr/bin/python3 \
+  --architectures=arm64 --variant=minbase --include="$packages" "$suite"
 echo "ROOTFS=$rootfs"

@@ -33,25 +33,14 @@ done
 mkdir -p "$cache"
 
 # -- 1. root filesystem ---------------------------------------------------------------------
-key=$(printf '%s %s v1' "$suite" "$packages" | sha256sum | cut -c1-12)
-rootfs=$cache/rootfs-$key
-if [ ! -x "$rootfs/usr/lib/systemd/systemd" ]; then
-  log "building $rootfs with mmdebstrap"
-  start=$(date +%s)
-  rm -rf "$rootfs.tmp"
-  # apt's timers would reach for the network at boot; nothing in the test needs them.
-  mmdebstrap --variant=minbase --include="$packages" \
-    --customize-hook='chroot "$1" systemctl mask apt-daily.timer apt-daily-upgrade.timer' \
-    --customize-hook='echo spyoncino-test > "$1/etc/hostname"' \
-    "$suite" "$rootfs.tmp" >&2
-  mv "$rootfs.tmp" "$rootfs"
-  for old in "$cache"/rootfs-*; do
-    [ "$old" = "$rootfs" ] || rm -rf "$old"
-  done
-  log "rootfs built in $(( $(date +%s) - start )) s ($(du -sh "$rootfs" | cut -f1))"
-else
-  log "rootfs cached: $rootfs"
-fi
+# apt's timers would reach for the network at boot; nothing in the test needs them.
+# shellcheck source=tests/system/cached_root.sh
+. "$here/cached_root.sh"
+cached_root "$cache" "$suite $packages v1" usr/lib/systemd/systemd \
+  --variant=minbase --include="$packages" \
+  --customize-hook='chroot "$1" systemctl mask apt-daily.timer apt-daily-upgrade.timer' \
+  --customize-hook='echo spyoncino-test > "$1/etc/hostname"' \
+  "$suite"
 
 # -- 2. the wheel, from the files git knows about (tracked or new, not ignored) ---------------
 # the same script the image build uses, so the two install the same wheel
