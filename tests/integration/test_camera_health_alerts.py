@@ -33,6 +33,7 @@ from spyoncino.schemas.health import CameraHealthNotice
 from spyoncino.schemas.status import HealthReport
 from spyoncino.testing import BusHarness
 from tests.modules.input.conftest import RtspServer, clip, gst_rtsp  # noqa: F401
+from tests.support.alerts import until
 from tests.support.botapi import BotApiEmulator, botapi, free_port  # noqa: F401
 from tests.support.health_replays import lumas, replay
 from tests.support.mqtt_broker import Broker, Watcher
@@ -112,13 +113,6 @@ def smtp() -> Any:
     controller.stop()
 
 
-async def until(cond: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
-
-
 async def test_a_covered_lens_reaches_telegram_mqtt_webhook_and_email(
     tmp_path: Path,
     botapi: BotApiEmulator,  # noqa: F811
@@ -194,14 +188,14 @@ async def test_a_covered_lens_reaches_telegram_mqtt_webhook_and_email(
             disc = watch.on("homeassistant/binary_sensor/box1/cam_problem/config")
             assert disc and disc[-1].json()["device_class"] == "problem"
             # webhook: one document each
-            await until(lambda: len(receiver.bodies) >= 2)
+            await until(lambda: len(receiver.bodies) >= 2, timeout=10.0)
             assert [b["type"] for b in receiver.bodies] == [
                 "spyoncino.camera_health",
                 "spyoncino.camera_recovered",
             ]
             assert receiver.bodies[0]["health"]["camera_id"] == "cam"
             # email: two messages, no "no picture" line
-            await until(lambda: len(inbox.messages) >= 2)
+            await until(lambda: len(inbox.messages) >= 2, timeout=10.0)
             mails = [message_from_bytes(raw) for raw in inbox.messages]
             assert "camera problem" in mails[0]["Subject"]
             assert "camera recovered" in mails[1]["Subject"]
