@@ -186,12 +186,7 @@ class TelegramCommands(TelegramUpdates):
         self, cmd: str, args: list[str], chat_id: int, user_id: int | None
     ) -> str | None:
         """Carry out one command from an allowlisted chat; returns the reply text."""
-        if (
-            self.cfg.admin_ids
-            and user_id not in self.cfg.admin_ids
-            and cmd in MUTATING
-            and cmd not in self.cfg.member_commands
-        ):
+        if not self._admin(user_id) and cmd in MUTATING and cmd not in self.cfg.member_commands:
             return f"Only an admin may /{cmd}."
         if cmd in ("help", "start"):
             return text.HELP
