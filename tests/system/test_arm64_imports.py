@@ -29,6 +29,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.system.test_pi_constraints import CONSTRAINTS, PI
+
 pytestmark = [
     pytest.mark.system,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chroot, mount namespaces)"),
@@ -40,20 +42,7 @@ pytestmark = [
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / ".cache" / "arm64"
-CONSTRAINTS = REPO / "spyoncino" / "data" / "constraints" / "picamera2.txt"
 CPUINFO = REPO / "image" / "files" / "cpuinfo-arm64"
-PI = [
-    "--only-binary=:all:",
-    "--python-version",
-    "3.11",
-    "--implementation",
-    "cp",
-    "--abi",
-    "cp311",
-    # every tag Bookworm's glibc 2.36 runs (PyAV >= 17 is manylinux_2_28 only)
-    *[a for n in range(36, 16, -1) for a in ("--platform", f"manylinux_2_{n}_aarch64")],
-    *("--platform", "manylinux2014_aarch64"),
-]
 CHECK = """
 import json, sys
 from pathlib import Path

@@ -21,12 +21,15 @@ pytestmark = pytest.mark.system
 
 REPO = Path(__file__).resolve().parents[2]
 CONSTRAINTS = REPO / "spyoncino" / "data" / "constraints" / "picamera2.txt"
+#: pip's target for a Pi on Bookworm (64-bit); test_arm64_imports downloads with it too
 PI = [
     "--only-binary=:all:",
     "--python-version",
     "3.11",
     "--implementation",
     "cp",
+    "--abi",
+    "cp311",
     # every tag Bookworm's glibc 2.36 runs: PyAV >= 17 is published for manylinux_2_28 only
     *[a for n in range(36, 16, -1) for a in ("--platform", f"manylinux_2_{n}_aarch64")],
     *("--platform", "manylinux2014_aarch64"),
