@@ -274,7 +274,7 @@ def cmd_storage(args: argparse.Namespace) -> int:
         _print_config_errors(e)
         return EXIT_CONFIG
     storage = service.current.storage
-    reindex = getattr(import_module("spyoncino.core.reindex"), "reindex", None)
+    reindex = getattr(import_module("spyoncino.modules.storage.index.reindex"), "reindex", None)
     if reindex is None:  # pragma: no cover - shipped with the package
         print("reindex is not available", file=sys.stderr)
         return 1

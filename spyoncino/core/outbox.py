@@ -75,7 +75,6 @@ from spyoncino.core.contracts import (
     ModuleContext,
     ModuleNotReady,
 )
-from spyoncino.core.db_schema import ensure_schema
 from spyoncino.helpers.files import private_file
 from spyoncino.schemas import topics
 from spyoncino.schemas.alerts import AlertNotification
@@ -245,7 +244,8 @@ def open_db(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA busy_timeout=10000")
     conn.executescript(SCHEMA)
-    ensure_schema(conn, path)  # the same file as the index: one user_version for both
+    # the same file as the index, whose schema owner (storage/index) versions and migrates it:
+    # the index starts before any output, so the file is migrated when the outbox opens it
     return conn
 
 

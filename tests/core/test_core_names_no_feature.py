@@ -47,12 +47,6 @@ KNOWN: set[str] = {
     # inputs.py: the camera base, goes to helpers/camera.py
     "inputs.py imports spyoncino.helpers.packets",
     "inputs.py names category 'input'",
-    # index_db.py / reindex.py: the event index, goes to modules/storage/index/ (its owner)
-    "index_db.py imports spyoncino.helpers.files",
-    "reindex.py imports spyoncino.helpers.files",
-    "reindex.py names 'snapshot'",
-    "reindex.py names 'gif'",
-    "reindex.py names 'clip'",
 }
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from spyoncino.core.index_db import connect
 from spyoncino.core.outbox import open_db
 from spyoncino.helpers.files import atomic_move, atomic_write_bytes
+from spyoncino.modules.storage.index.db import connect
 
 
 @pytest.fixture

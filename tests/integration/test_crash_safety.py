@@ -19,8 +19,9 @@ from pathlib import Path
 
 import av
 
-from spyoncino.core.reindex import reindex, scan
 from spyoncino.helpers.files import clean_temp_files
+from spyoncino.helpers.media_layout import scan
+from spyoncino.modules.storage.index.reindex import reindex
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -29,7 +30,7 @@ import sys, time, secrets
 from pathlib import Path
 import numpy as np
 from spyoncino.helpers.files import atomic_move, media_relpath
-from spyoncino.core.index_db import connect, upsert_artifact, upsert_event
+from spyoncino.modules.storage.index.db import connect, upsert_artifact, upsert_event
 from spyoncino.modules.event.clip import Config, _Session, cut, encode_into, mux_mp4, open_encoder
 from spyoncino.schemas.events import EventNotice
 from spyoncino.schemas.media import MediaArtifact

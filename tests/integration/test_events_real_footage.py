@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 
 from spyoncino.core.inputs import RawFrame, av_frame_to_raw
-from spyoncino.core.reindex import scan
+from spyoncino.helpers.media_layout import scan
 from spyoncino.modules.event.clip import ClipRecorder
 from spyoncino.modules.event.gif import GifMaker
 from spyoncino.modules.event.snapshot import SnapshotWriter

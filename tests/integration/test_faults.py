@@ -20,7 +20,7 @@ import pytest
 
 from spyoncino.core.config import ConfigService, Layer, build_app_model
 from spyoncino.core.orchestrator import Orchestrator, discover
-from spyoncino.core.reindex import scan
+from spyoncino.helpers.media_layout import scan
 from spyoncino.schemas.events import EventNotice
 from tests.support.botapi import BotApiEmulator, botapi
 from tests.support.tmpfs import fill, small_tmpfs

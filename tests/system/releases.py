@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from spyoncino.core.db_schema import current_version
+from spyoncino.modules.storage.index.schema import current_version
 from tests.system.nspawn import REPO
 
 CRASH = '    raise SystemExit("release 0.1.2 crashes at start")\n'
@@ -65,7 +65,7 @@ def _patch(src: Path, version: str) -> None:
         st = src / "spyoncino" / "selftest.py"
         st.write_text(st.read_text() + SELFTEST_FAILS)
     elif version == "0.2.0":
-        db = src / "spyoncino" / "core" / "db_schema.py"
+        db = src / "spyoncino" / "modules" / "storage" / "index" / "schema.py"
         text = db.read_text()
         patched, n = re.subn(
             r"(MIGRATIONS: dict\[int, Migration\] = \{)([^}]*)\}",
@@ -78,7 +78,7 @@ def _patch(src: Path, version: str) -> None:
             ),
             text,
         )
-        assert n == 1, "release 0.2.0: MIGRATIONS not found in db_schema.py"
+        assert n == 1, "release 0.2.0: MIGRATIONS not found in storage/index/schema.py"
         db.write_text(patched)
 
 

@@ -50,9 +50,9 @@ from pydantic import Field
 from spyoncino.core.bus import Message
 from spyoncino.core.config import AppConfig
 from spyoncino.core.contracts import BaseModule, ModuleConfig, ModuleContext
-from spyoncino.core.index_db import connect, delete_artifact, insert_notification
-from spyoncino.core.reindex import MediaFile, scan
 from spyoncino.helpers.files import clean_temp_files, disk_free
+from spyoncino.helpers.media_layout import MediaFile, scan
+from spyoncino.modules.storage.index.db import connect, delete_artifact, insert_notification
 from spyoncino.schemas import topics
 from spyoncino.schemas.alerts import AlertNotification
 from spyoncino.schemas.events import EventNotice

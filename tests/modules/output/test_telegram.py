@@ -21,8 +21,8 @@ from spyoncino.modules.event.arming import ArmingState
 from spyoncino.modules.event.clip import ClipRecorder
 from spyoncino.modules.event.snapshot import SnapshotWriter
 from spyoncino.modules.output.telegram import TelegramOutput
-from spyoncino.modules.storage.index import connect as index_connect
-from spyoncino.modules.storage.index import upsert_event
+from spyoncino.modules.storage.index.db import connect as index_connect
+from spyoncino.modules.storage.index.db import upsert_event
 from spyoncino.schemas import topics
 from spyoncino.schemas.alerts import AlertNotification
 from spyoncino.schemas.control import ControlCommand, ControlState

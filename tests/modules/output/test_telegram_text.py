@@ -150,7 +150,7 @@ def test_any_mute_duration_is_bounded_or_refused(raw: str) -> None:
 def test_events_command_filters_activities_by_severity_camera_label_zone_and_time(
     tmp_path: Path,
 ) -> None:
-    from spyoncino.core.index_db import connect, upsert_event
+    from spyoncino.modules.storage.index.db import connect, upsert_event
     from spyoncino.schemas.events import EventNotice, TrackedObject
     from spyoncino.schemas.frames import Box
 

@@ -143,7 +143,7 @@ async def test_start_closes_events_a_crash_left_open_and_indexes_orphan_media(
     tmp_path: Path,
 ) -> None:
     """After SIGKILLs, events stayed 'started' forever and alerted files were not indexed."""
-    from spyoncino.core.index_db import connect, upsert_event
+    from spyoncino.modules.storage.index.db import connect, upsert_event
 
     db = tmp_path / "events.sqlite3"
     conn = connect(db)

@@ -9,8 +9,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from spyoncino.core.index_db import connect
-from spyoncino.core.reindex import reindex
+from spyoncino.modules.storage.index.db import connect
+from spyoncino.modules.storage.index.reindex import reindex
 from spyoncino.modules.storage.media import MediaRetention
 from spyoncino.schemas.events import EventNotice
 from spyoncino.schemas.media import MediaArtifact, RetentionReport, StorageFault

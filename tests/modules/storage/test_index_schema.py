@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from spyoncino.core import db_schema
-from spyoncino.core.index_db import connect, upsert_event
 from spyoncino.core.outbox import open_db
+from spyoncino.modules.storage.index import schema as db_schema
+from spyoncino.modules.storage.index.db import connect, upsert_event
 from spyoncino.schemas.events import EventNotice
 
 
@@ -158,7 +158,7 @@ def test_rollback_without_a_backup_rebuilds_from_the_media(tmp_path: Path) -> No
 def test_a_version_1_index_gets_severity_and_objects_its_events_kept_as_alerts(
     tmp_path: Path,
 ) -> None:
-    from spyoncino.core.index_db import SCHEMA
+    from spyoncino.modules.storage.index.db import SCHEMA
 
     db = tmp_path / "events.sqlite3"
     old = sqlite3.connect(db)  # a file written by version 1

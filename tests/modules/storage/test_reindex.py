@@ -6,8 +6,9 @@ import sqlite3
 import time
 from pathlib import Path
 
-from spyoncino.core.index_db import connect, upsert_event
-from spyoncino.core.reindex import classify, reindex, scan
+from spyoncino.helpers.media_layout import classify, scan
+from spyoncino.modules.storage.index.db import connect, upsert_event
+from spyoncino.modules.storage.index.reindex import reindex
 from spyoncino.schemas.events import EventNotice
 
 

@@ -18,8 +18,9 @@ cut) left behind: events still ``started``/``updated`` are closed, ended at thei
 ``spyoncino storage reindex`` would (``recovered_events``, ``reindexed_rows`` in the metrics).
 A reconciliation that fails is logged and does not keep the index from starting.
 
-The schema and the row helpers live in ``spyoncino.core.index_db`` so that the rebuild
-(``spyoncino.core.reindex``) shares them without importing a module.
+The package is the index's only owner: ``db`` (the tables and the row helpers), ``schema``
+(versions, migrations, their backups), ``reindex`` (the rebuild from the media folder, also
+``spyoncino storage reindex``) and this module.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from spyoncino.core.bus import Message
 from spyoncino.core.config import AppConfig
 from spyoncino.core.contracts import BaseModule as _Base
 from spyoncino.core.contracts import ModuleConfig, ModuleContext, ModuleNotReady
-from spyoncino.core.index_db import (
+from spyoncino.modules.storage.index.db import (
     SCHEMA,
     SCHEMA_VERSION,
     connect,
@@ -45,7 +46,7 @@ from spyoncino.core.index_db import (
     upsert_artifact,
     upsert_event,
 )
-from spyoncino.core.reindex import reindex_into
+from spyoncino.modules.storage.index.reindex import reindex_into
 from spyoncino.schemas import topics
 from spyoncino.schemas.alerts import AlertNotification
 from spyoncino.schemas.events import EventNotice

@@ -2,9 +2,9 @@
 
 The folder is the source of truth: ``<root>/<camera>/<YYYY-MM-DD>/<event-id>[.<variant>].<ext>``.
 Rows for files that exist but are not indexed (the index lost its last transactions in a power
-cut, or was deleted) are added; rows whose file is gone are removed. Temp files (``.*.part``)
-and the scratch folder are skipped. Existing rows are kept as they are, since they carry more
-than a file name can tell (labels, zones, scores).
+cut, or was deleted) are added; rows whose file is gone are removed. What counts as a media
+file is the folder's layout (``spyoncino.helpers.media_layout``). Existing rows are kept as
+they are, since they carry more than a file name can tell (labels, zones, scores).
 """
 
 from __future__ import annotations
@@ -13,73 +13,13 @@ import contextlib
 import re
 import sqlite3
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from spyoncino.core.index_db import connect
-from spyoncino.helpers.files import TEMP_SUFFIX, sha256_file
+from spyoncino.helpers.files import sha256_file
+from spyoncino.helpers.media_layout import MediaFile, scan
+from spyoncino.modules.storage.index.db import connect
 
-_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}\Z")
 _STAMP = re.compile(r"^(\d{8}T\d{6})")
-
-#: file name ending -> (artifact kind, mime). Longest endings first.
-KINDS: tuple[tuple[str, str, str], ...] = (
-    (".clean.jpg", "snapshot_clean", "image/jpeg"),
-    (".thumb.jpg", "thumbnail", "image/jpeg"),
-    (".jpg", "snapshot", "image/jpeg"),
-    (".gif", "gif", "image/gif"),
-    (".anim.mp4", "gif", "video/mp4"),  # the gif module's MP4 animation (gif.format: mp4)
-    (".mp4", "clip", "video/mp4"),
-)
-
-
-@dataclass(frozen=True, slots=True)
-class MediaFile:
-    """One finished media file found under the storage root."""
-
-    path: Path
-    relpath: str
-    camera_id: str
-    event_id: str
-    kind: str
-    mime: str
-
-
-def classify(root: Path, path: Path) -> MediaFile | None:
-    """What ``path`` is, from its name and place; None for anything that is not our media."""
-    try:
-        rel = path.relative_to(root)
-    except ValueError:
-        return None
-    parts = rel.parts
-    if len(parts) != 3 or not _DAY.match(parts[1]):
-        return None
-    name = parts[2]
-    if name.startswith(".") or name.endswith(TEMP_SUFFIX):
-        return None
-    for ending, kind, mime in KINDS:
-        if name.endswith(ending) and len(name) > len(ending):
-            return MediaFile(path, rel.as_posix(), parts[0], name[: -len(ending)], kind, mime)
-    return None
-
-
-def scan(root: Path) -> list[MediaFile]:
-    """Every finished media file under ``root`` (hidden folders such as scratch skipped)."""
-    out: list[MediaFile] = []
-    if not root.is_dir():
-        return out
-    for cam in sorted(root.iterdir()):
-        if not cam.is_dir() or cam.name.startswith("."):
-            continue
-        for day in sorted(cam.iterdir()):
-            if not day.is_dir() or not _DAY.match(day.name):
-                continue
-            for f in sorted(day.iterdir()):
-                if f.is_file():
-                    m = classify(root, f)
-                    if m is not None:
-                        out.append(m)
-    return out
 
 
 def _started_at(event_id: str, fallback: float) -> float:
@@ -187,4 +127,4 @@ def _reindex(conn: sqlite3.Connection, root: Path) -> int:
     return added
 
 
-__all__ = ["KINDS", "MediaFile", "classify", "reindex", "reindex_into", "scan"]
+__all__ = ["reindex", "reindex_into"]

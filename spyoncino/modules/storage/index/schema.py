@@ -1,19 +1,19 @@
 """Schema versions of the event database (index + outbox), migrations and their backups.
 
-The database file carries ``PRAGMA user_version``. Opening it (``index_db.connect``, the
-outbox's ``open_db``) calls :func:`ensure_schema`:
+The database file carries ``PRAGMA user_version``. Opening it (``db.connect``) calls
+:func:`ensure_schema`; the outbox's table in the same file follows this version (the index
+starts before any output, so it has migrated the file before the outbox opens it):
 
 * older than this code: a consistent copy is taken first with SQLite's backup API into
   ``<db>.schema<N>.bak`` (N = the version it had), then the migrations run forward, each in
   one transaction, and ``user_version`` is raised;
 * newer than this code (an update was rolled back to a version that does not know the new
   schema): the newest backup taken at this code's version is restored, and the events
-  recorded since are re-indexed from the media folder (``spyoncino.core.reindex``). With no
+  recorded since are re-indexed from the media folder (``reindex``, this package). With no
   such backup the newer file is kept aside as ``<db>.schema<N>.newer`` and the index is
   rebuilt from the media folder alone.
 
-Media files are never touched. A file lock serialises the two openers (index and outbox) of
-the same file at start.
+Media files are never touched. A file lock serialises two openers of the same file at start.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def _activities(conn: sqlite3.Connection) -> None:
     """Version 2: an event is an activity; its severity and its objects (JSON) are kept."""
     cols = {r[1] for r in conn.execute("PRAGMA table_info(events)")}
     if not cols:  # the outbox opened a new file first: the index's tables, then the columns
-        from spyoncino.core.index_db import SCHEMA as INDEX_SCHEMA
+        from spyoncino.modules.storage.index.db import SCHEMA as INDEX_SCHEMA
 
         for statement in INDEX_SCHEMA.split(";"):  # executescript would commit the migration
             if statement.strip():
@@ -137,7 +137,7 @@ def ensure_schema(conn: sqlite3.Connection, db: Path, media_root: Path | None = 
 
 
 def _downgrade(conn: sqlite3.Connection, db: Path, have: int, want: int, media: Path) -> str:
-    from spyoncino.core.reindex import _reindex
+    from spyoncino.modules.storage.index.reindex import _reindex
 
     bak = backup_path(db, want)
     if bak.is_file():
@@ -162,8 +162,8 @@ def _downgrade(conn: sqlite3.Connection, db: Path, have: int, want: int, media: 
     _set_version(conn, want)
     # after a rebuild no table is left: create the index's and the outbox's again (both are
     # IF NOT EXISTS, so a restored file is left as it is)
-    from spyoncino.core.index_db import SCHEMA as INDEX_SCHEMA
     from spyoncino.core.outbox import SCHEMA as OUTBOX_SCHEMA
+    from spyoncino.modules.storage.index.db import SCHEMA as INDEX_SCHEMA
 
     conn.executescript(INDEX_SCHEMA + OUTBOX_SCHEMA)
     for version in range(BASE_VERSION + 1, want + 1):

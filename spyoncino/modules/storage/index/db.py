@@ -2,10 +2,10 @@
 
 SQLite in WAL mode with ``synchronous=NORMAL``: a power cut loses at most the last
 transactions, never the file's integrity. The media folder is the source of truth for files;
-the index makes them searchable and ``spyoncino.core.reindex`` rebuilds it from the folder.
-Lives in ``core`` so that the rebuild (a CLI command) does not import a module.
+the index makes them searchable and ``reindex`` (this package) rebuilds it from the folder.
+The index module is the only writer of these tables.
 
-Schema (version 2, also read by the status page; ``core.db_schema`` migrates older files):
+Schema (version 2, also read by the status page; ``schema`` (this package) migrates older files):
 
 * ``events(id PK, camera_id, kind, labels JSON, top_score, zones JSON, started_at, updated_at,
   ended_at, phase, severity, objects JSON)``: one row per activity; ``severity`` is ``alert``
@@ -22,8 +22,8 @@ import json
 import sqlite3
 from pathlib import Path
 
-from spyoncino.core.db_schema import ensure_schema
 from spyoncino.helpers.files import private_file
+from spyoncino.modules.storage.index.schema import ensure_schema
 from spyoncino.schemas.alerts import AlertNotification
 from spyoncino.schemas.events import EventNotice
 from spyoncino.schemas.media import MediaArtifact
