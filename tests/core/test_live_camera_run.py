@@ -4,21 +4,19 @@ while it runs (the first-run page, the API) keeps it running: the owner just add
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from spyoncino.core.config import ConfigService, Layer, build_app_model
 from spyoncino.core.orchestrator import Orchestrator, discover
 from spyoncino.schemas.control import ConfigUpdate
+from tests.support.wait import until as wait_until
 
 SAMPLE = Path(__file__).resolve().parents[2] / "spyoncino" / "data" / "sample.mp4"
 
 
-async def until(cond: Callable[[], Any], timeout: float = 60.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not cond():
-            await asyncio.sleep(0.02)
+until = partial(wait_until, timeout=60.0)
 
 
 def _orchestrator(tmp_path: Path, cameras: dict[str, Any]) -> tuple[Orchestrator, list[bool]]:

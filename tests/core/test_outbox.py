@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from spyoncino.core.outbox import (
     TransientError,
 )
 from spyoncino.schemas.alerts import AlertNotification
+from tests.support.wait import until
 
 FAST = {"min_interval_s": 0.0, "backoff_initial_s": 0.05, "backoff_max_s": 0.2}
 
@@ -80,14 +81,6 @@ async def env(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
         await b.close()
     await bus.close()
     executor.shutdown()
-
-
-async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met")
-        await asyncio.sleep(0.01)
 
 
 async def put(

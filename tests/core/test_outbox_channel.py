@@ -19,8 +19,9 @@ from spyoncino.schemas import topics
 from spyoncino.schemas.control import ControlState
 from spyoncino.schemas.events import EventNotice
 from spyoncino.schemas.media import MediaArtifact
-from tests.support.alerts import publish_event, publish_started, until
+from tests.support.alerts import publish_event, publish_started
 from tests.support.tmpfs import fill, small_tmpfs
+from tests.support.wait import until
 
 
 class RecorderConfig(ModuleConfig):

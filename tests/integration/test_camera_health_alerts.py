@@ -33,10 +33,10 @@ from spyoncino.schemas.health import CameraHealthNotice
 from spyoncino.schemas.status import HealthReport
 from spyoncino.testing import BusHarness
 from tests.modules.input.conftest import RtspServer, clip, gst_rtsp  # noqa: F401
-from tests.support.alerts import until
 from tests.support.botapi import BotApiEmulator, botapi, free_port  # noqa: F401
 from tests.support.health_replays import lumas, replay
 from tests.support.mqtt_broker import Broker, Watcher
+from tests.support.wait import until
 
 TOKEN = "123456:TEST-token_abc"
 CHAT = 111

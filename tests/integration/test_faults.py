@@ -12,6 +12,7 @@ import sqlite3
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from spyoncino.helpers.media_layout import scan
 from spyoncino.schemas.events import EventNotice
 from tests.support.botapi import BotApiEmulator, botapi
 from tests.support.tmpfs import fill, small_tmpfs
+from tests.support.wait import until as wait_until
 
 __all__ = ["botapi"]  # the Bot API emulator fixture
 API_TOKEN = "fault-test-token-0123456789"
@@ -48,16 +50,7 @@ def notice(eid: str, camera: str = "cam", **kw: Any) -> EventNotice:
     return EventNotice.model_validate(base)
 
 
-async def until(cond: Callable[[], Any], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
+until = partial(wait_until, timeout=20.0)
 
 
 @pytest.fixture

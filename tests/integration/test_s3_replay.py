@@ -10,14 +10,13 @@ log lines, database rows or bucket contents, each with a timeout; nothing sleeps
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import signal
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ from tests.support.s3_server import (
     s3_client,
     uploads_in_progress,
 )
+from tests.support.wait import until
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "spyoncino" / "data" / "sample.mp4"
@@ -55,18 +55,6 @@ async def proxy(moto: Moto, request: pytest.FixtureRequest) -> AsyncIterator[Pro
     await p.up()
     yield p
     await p.down()
-
-
-async def until(cond: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
-        await asyncio.sleep(0.1)
 
 
 def write_config(tmp: Path, url: str, bucket: str, s3: dict[str, Any] | None = None) -> Path:

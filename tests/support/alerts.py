@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -107,11 +105,3 @@ async def start_module(
     await module.configure(app)
     await module.start()
     return module
-
-
-async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Wait until ``cond()`` holds; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met"
-        await asyncio.sleep(0.01)

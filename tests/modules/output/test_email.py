@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from spyoncino.core.contracts import BoundedExecutor
 from spyoncino.modules.output.email import EmailOutput
 from tests.support.alerts import publish_event, start_module
 from tests.support.botapi import free_port
+from tests.support.wait import until
 
 FAST = {"min_interval_s": 0.0, "backoff_initial_s": 0.05, "backoff_max_s": 0.3}
 
@@ -60,13 +60,6 @@ async def env(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
         await m.stop()
     await bus.close()
     executor.shutdown()
-
-
-async def until(cond: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met"
-        await asyncio.sleep(0.02)
 
 
 async def test_the_snapshot_arrives_attached(env: dict[str, Any], smtp: tuple[Inbox, int]) -> None:

@@ -32,6 +32,7 @@ from spyoncino.schemas.media import MediaArtifact
 from spyoncino.schemas.status import HealthReport, ModuleHealth
 from tests.support.alerts import start_module
 from tests.support.botapi import BotApiEmulator
+from tests.support.wait import until
 
 TOKEN = "123456:TEST-token_abc"
 CHATS = [111, -222]
@@ -737,14 +738,6 @@ async def test_status_health_events_and_help_replies(
 
     botapi.push_message(111, 111, "/frobnicate")
     assert "/help" in await reply_to(botapi, 111, "Unknown command")
-
-
-async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met")
-        await asyncio.sleep(0.02)
 
 
 def grey_frame(seq: int, grey: int, mono: float) -> Frame:

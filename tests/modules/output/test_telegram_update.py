@@ -21,8 +21,9 @@ import pytest
 from spyoncino import __version__
 from spyoncino import updater as up
 from spyoncino.helpers import updates
-from tests.modules.output.test_telegram import MakeHarness, cfg, harness, reply_to, until
+from tests.modules.output.test_telegram import MakeHarness, cfg, harness, reply_to
 from tests.support.botapi import BotApiEmulator
+from tests.support.wait import until
 from tests.test_updater import FakeHost, installed, make_index, make_wheel
 
 __all__ = ["harness"]

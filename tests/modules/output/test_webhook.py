@@ -21,6 +21,7 @@ from spyoncino.schemas import topics
 from spyoncino.schemas.alerts import AlertNotification
 from spyoncino.schemas.control import ControlState
 from tests.support.alerts import publish_event, start_module
+from tests.support.wait import until
 
 SECRET = "s3cret-hmac-key"
 FAST = {"min_interval_s": 0.0, "backoff_initial_s": 0.05, "backoff_max_s": 0.2}
@@ -91,13 +92,6 @@ async def env(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
     await receiver.stop()
     await bus.close()
     executor.shutdown()
-
-
-async def until(cond: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met"
-        await asyncio.sleep(0.01)
 
 
 async def test_alerts_are_posted_signed_with_event_and_artifact(env: dict[str, Any]) -> None:

@@ -1,9 +1,7 @@
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from spyoncino.modules.storage.index import EventIndex
@@ -12,13 +10,7 @@ from spyoncino.schemas.events import EventNotice
 from spyoncino.schemas.media import MediaArtifact
 from spyoncino.testing import BusHarness
 from tests.support.tmpfs import fill, small_tmpfs
-
-
-async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
+from tests.support.wait import until
 
 
 def notice(phase: str, **kw: object) -> EventNotice:

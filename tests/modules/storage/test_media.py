@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sqlite3
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from spyoncino.modules.storage.index.db import connect
@@ -16,16 +14,10 @@ from spyoncino.schemas.events import EventNotice
 from spyoncino.schemas.media import MediaArtifact, RetentionReport, StorageFault
 from spyoncino.testing import BusHarness
 from tests.support.tmpfs import small_tmpfs
+from tests.support.wait import until
 
 DAY = 86400.0
 MB = 1_000_000
-
-
-async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 def put(root: Path, cam: str, event: str, suffix: str, size: int, age_s: float) -> Path:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 import time
 from collections.abc import AsyncIterator, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from tests.support.s3_server import (
     objects,
     uploads_in_progress,
 )
+from tests.support.wait import until as wait_until
 
 FAST = {"backoff_initial_s": 0.05, "backoff_max_s": 0.3, "attempt_timeout_s": 30.0}
 BUCKET = "evidence"
@@ -44,11 +45,7 @@ def moto() -> Iterator[Moto]:
         yield m
 
 
-async def until(cond: Any, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met"
-        await asyncio.sleep(0.02)
+until = partial(wait_until, timeout=20.0)
 
 
 @pytest_asyncio.fixture
