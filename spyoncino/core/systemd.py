@@ -235,6 +235,8 @@ class SystemdNotifier:
         self._unsubs: list[Callable[[], None]] = []
         self._withheld_reason = ""
         self.pings_sent = 0
+        #: ping decisions after READY that sent nothing (a test waits on these, not on time)
+        self.pings_withheld = 0
 
     # -- public --------------------------------------------------------------------------------
     @property
@@ -477,7 +479,9 @@ class SystemdNotifier:
             if self._withheld_reason:
                 _log.warning("watchdog_resumed", was=self._withheld_reason)
                 self._withheld_reason = ""
-        elif reason and reason != self._withheld_reason:
+        elif self._ready_sent:
+            self.pings_withheld += 1
+        if not ok and reason and reason != self._withheld_reason:
             # logged once per distinct reason, so a hang leaves one clear line in the journal
             self._withheld_reason = reason
             _log.error("watchdog_withheld", reason=reason, interval_s=self.interval)

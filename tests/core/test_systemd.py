@@ -24,6 +24,7 @@ from spyoncino.core.contracts import BaseModule
 from spyoncino.core.inputs import CameraInput, RawFrame, SourceError
 from spyoncino.core.orchestrator import Orchestrator
 from spyoncino.core.systemd import SystemdNotifier, camera_liveness, watchdog_usec
+from tests.support.wait import until
 
 LUMA = np.zeros((48, 64), dtype=np.uint8)
 
@@ -63,13 +64,19 @@ class NotifySocket:
         ]
 
     async def wait_for(self, line: str, timeout: float = 5.0) -> float:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = self.times(line)
-            if found:
-                return found[0]
-            await asyncio.sleep(0.02)
-        raise AssertionError(f"{line!r} not received in {timeout}s; got {self.messages!r}")
+        # polled: the reader thread records messages, it fires no event on the loop
+        found = await until(lambda: self.times(line), timeout, f"{line!r} in {self.messages!r}")
+        return float(found[0])
+
+    async def pings_after(self, t: float, count: int, timeout: float = 10.0) -> list[float]:
+        """Wait for ``count`` WATCHDOG=1 pings after monotonic time ``t``; return them all."""
+        return list(
+            await until(
+                lambda: len(p := [x for x in self.times("WATCHDOG=1") if x > t]) >= count and p,
+                timeout,
+                f"{count} pings after {t}: {self.messages!r}",
+            )
+        )
 
     def close(self) -> None:
         self._halt.set()
@@ -215,6 +222,14 @@ def gaps(times: list[float]) -> list[float]:
 
 
 # -- tests ---------------------------------------------------------------------------------------
+async def withheld(notifier: SystemdNotifier, count: int = 2) -> None:
+    """Wait until the watchdog thread has decided ``count`` more times not to ping: the
+    window a test judges spans ping opportunities, whatever the machine's load."""
+    first = notifier.pings_withheld
+    # polled: the watchdog thread counts its decisions, it fires no event on the loop
+    await until(lambda: notifier.pings_withheld >= first + count, 10.0, "pings withheld")
+
+
 async def test_ready_status_and_pings_at_most_half_the_interval(
     notify_socket: NotifySocket,
 ) -> None:
@@ -223,9 +238,8 @@ async def test_ready_status_and_pings_at_most_half_the_interval(
     notifier = SystemdNotifier(orch, environ=env(notify_socket, interval), status_interval=0.2)
     async with running(orch, notifier):
         ready_at = await notify_socket.wait_for("READY=1")
-        await asyncio.sleep(3.2)
-        pings = [t for t in notify_socket.times("WATCHDOG=1") if t >= ready_at]
-        assert len(pings) >= 5, notify_socket.messages
+        pings = await notify_socket.pings_after(ready_at, 5)
+        await notify_socket.wait_for("STATUS=3 cameras streaming, 0 events today")
         # the first ping comes within half the interval of READY, then at most half apart
         assert pings[0] - ready_at <= interval / 2
         assert max(gaps(pings)) <= interval / 2, gaps(pings)
@@ -243,7 +257,7 @@ async def test_pings_stop_while_the_event_loop_is_blocked_and_resume(
         blocked_at = time.monotonic()
         time.sleep(2.5)  # the fault under test: a blocking call on the loop
         unblocked_at = time.monotonic()
-        await asyncio.sleep(1.0)
+        await notify_socket.pings_after(unblocked_at, 1)
         pings = notify_socket.times("WATCHDOG=1")
         during = [t for t in pings if blocked_at + interval <= t <= unblocked_at]
         assert during == [], f"pings while the loop was blocked: {during}"
@@ -265,13 +279,13 @@ async def test_pings_stop_when_a_camera_frame_loop_hangs(notify_socket: NotifySo
         orch, environ=env(notify_socket, interval), frame_deadline=frame_deadline
     )
     async with running(orch, notifier):
-        await notify_socket.wait_for("WATCHDOG=1")
-        await asyncio.sleep(0.3)
+        ready_at = await notify_socket.wait_for("READY=1")
+        await notify_socket.pings_after(ready_at, 2)
         HangInput.hang.set()
-        while not HangInput.hung_at:
-            await asyncio.sleep(0.01)
+        await until(lambda: HangInput.hung_at, what="the read hung")
         hung_at = HangInput.hung_at[0]
-        await asyncio.sleep(frame_deadline + 2 * interval)
+        await until(lambda: any("gate" in p for p in notifier.problems()), what="gate judged")
+        await withheld(notifier)
         pings = notify_socket.times("WATCHDOG=1")
         late = [t for t in pings if t > hung_at + frame_deadline + interval]
         assert late == [], f"pings went on after the frame loop hung: {late}"
@@ -291,11 +305,10 @@ async def test_pings_continue_while_a_camera_is_only_reconnecting(
     )
     async with running(orch, notifier):
         ready_at = await notify_socket.wait_for("READY=1")
-        await asyncio.sleep(3.0)
         garage = next(s for s in orch.slots if s.camera_id == "garage")
-        assert garage.module.reconnects >= 3
-        pings = [t for t in notify_socket.times("WATCHDOG=1") if t >= ready_at]
-        assert len(pings) >= 4
+        # polled: the reconnect count is the input's own state
+        await until(lambda: garage.module.reconnects >= 3, 10.0, "three reconnects")
+        pings = await notify_socket.pings_after(ready_at, 4)
         assert max(gaps(pings)) <= interval / 2
         assert notifier.problems() == ()
         assert any("garage reconnecting" in s for s in notify_socket.statuses())
@@ -311,12 +324,14 @@ async def test_pings_stop_when_a_camera_driver_keeps_hanging_in_open(
     async with running(orch, notifier):
         await notify_socket.wait_for("READY=1")
         cellar = next(s for s in orch.slots if s.camera_id == "cellar")
-        deadline = time.monotonic() + 10
-        while cellar.module.metrics()["camera_state"] != "wedged":
-            assert time.monotonic() < deadline, cellar.module.metrics()
-            await asyncio.sleep(0.02)
+        await until(
+            lambda: cellar.module.metrics()["camera_state"] == "wedged", 10.0, "cellar wedged"
+        )
         wedged_at = time.monotonic()
-        await asyncio.sleep(2 * interval)
+        await until(lambda: any("cellar" in p for p in notifier.problems()), what="judged")
+        await withheld(notifier)
+        # polled: the count of abandoned open() threads is the input's own state
+        await until(lambda: cellar.module.metrics()["threads_abandoned"] >= 3, 10.0, "3 threads")
         late = [t for t in notify_socket.times("WATCHDOG=1") if t > wedged_at + interval]
         assert late == [], f"pings went on for a wedged camera: {late}"
         assert any(
@@ -337,7 +352,8 @@ async def test_pings_stop_when_every_executor_worker_is_wedged(notify_socket: No
         await notify_socket.wait_for("WATCHDOG=1")
         wedge = asyncio.ensure_future(orch.executor.run(release.wait, 30))
         wedged_at = time.monotonic()
-        await asyncio.sleep(0.5 + 2 * interval)
+        await until(lambda: any("executor" in p for p in notifier.problems()), what="judged")
+        await withheld(notifier)
         late = [t for t in notify_socket.times("WATCHDOG=1") if t > wedged_at + 0.5 + interval]
         assert late == []
         assert any("executor" in p for p in notifier.problems())
@@ -384,12 +400,7 @@ async def test_events_and_armed_state_reach_the_status_line(notify_socket: Notif
                     updated_at=now,
                 ),
             )
-        deadline = time.monotonic() + 3
-        while time.monotonic() < deadline:
-            if "1 camera streaming, armed, 2 events today" in notify_socket.statuses():
-                break
-            await asyncio.sleep(0.05)
-        assert "1 camera streaming, armed, 2 events today" in notify_socket.statuses()
+        await notify_socket.wait_for("STATUS=1 camera streaming, armed, 2 events today")
         # no watchdog configured: READY and STATUS only
         assert notify_socket.times("WATCHDOG=1") == []
 
