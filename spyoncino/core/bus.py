@@ -43,6 +43,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 import structlog
 
+from spyoncino.core.clock import SYSTEM_CLOCK, Clock
 from spyoncino.schemas.status import BusStatus, SubscriptionStats, TopicStats
 from spyoncino.schemas.topics import BUS_STATUS, families_of
 from spyoncino.schemas.topics import Topic as Topic
@@ -119,6 +120,8 @@ class Subscription:
     _item: asyncio.Future[None] | None = None
     _space: asyncio.Future[None] | None = None
     closed: bool = False
+    #: the bus's clock: a message's lag is the time between its publish and its delivery
+    clock: Clock = SYSTEM_CLOCK
 
     def offer(self, msg: Message[Any]) -> bool:
         """Enqueue without waiting; False when a ``block`` queue is full."""
@@ -181,7 +184,7 @@ class Subscription:
                 self.dropped += 1 + len(self.queue)
                 self.queue.clear()
                 return
-            lag = (time.monotonic() - msg.published_mono) * 1000.0
+            lag = (self.clock.monotonic() - msg.published_mono) * 1000.0
             self.lag_ms_last = lag
             if lag > self.lag_ms_max:
                 self.lag_ms_max = lag
@@ -223,7 +226,10 @@ class Bus:
         default_maxsize: int = 64,
         high_watermark: float = 0.8,
         check_payloads: bool | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        #: what publish stamps and lag is measured on (a test hands in a FakeClock)
+        self.clock = clock
         if check_payloads is None:
             check_payloads = sys.flags.dev_mode or os.environ.get("SPYONCINO_CHECK_PAYLOADS") == "1"
         #: raise on a payload whose type is not its topic's (debug and tests; off in service)
@@ -279,6 +285,7 @@ class Bus:
             maxsize=size,
             module=module,
             high_watermark=max(1, int(size * self._high_watermark)),
+            clock=self.clock,
         )
         sub.task = asyncio.get_running_loop().create_task(
             sub.run(self._count_error), name=f"bus:{module}:{pattern}"
@@ -336,7 +343,7 @@ class Bus:
         subs = self._routes(topic)
         if not subs:
             return
-        msg = Message(topic, payload, time.monotonic())
+        msg = Message(topic, payload, self.clock.monotonic())
         # Everyone with room gets it now; only then wait for the full ``block`` queues, so a
         # stuck subscriber holds back the publisher (nothing lost) but never the others.
         full = [sub for sub in subs if not sub.offer(msg)]
@@ -351,7 +358,7 @@ class Bus:
         if self.check_payloads:
             self._check(topic, payload)
         self._published[topic] = self._published.get(topic, 0) + 1
-        msg = Message(topic, payload, time.monotonic())
+        msg = Message(topic, payload, self.clock.monotonic())
         refused = 0
         for sub in self._routes(topic):
             if not sub.offer(msg):

@@ -11,6 +11,8 @@ from spyoncino.core.bus import Bus, Message, Topic, match, validate_pattern
 from spyoncino.schemas import topics
 from spyoncino.schemas.frames import Frame
 from spyoncino.schemas.status import BusStatus
+from spyoncino.testing.clock import FakeClock
+from tests.support.wait import Log, until
 
 
 @pytest.mark.parametrize(
@@ -118,7 +120,7 @@ async def test_order_is_kept_per_subscription() -> None:
 
 async def test_latest_policy_keeps_newest_under_slow_subscriber() -> None:
     bus = Bus(status_interval=0)
-    seen: list[int] = []
+    seen: Log[int] = Log()
     release = asyncio.Event()
 
     async def slow(msg: Message[int]) -> None:
@@ -127,7 +129,7 @@ async def test_latest_policy_keeps_newest_under_slow_subscriber() -> None:
 
     bus.subscribe("frames", slow, policy="latest", maxsize=1, module="slow")
     await bus.publish("frames", 0)
-    await asyncio.sleep(0.01)  # the handler is now busy with 0
+    await seen.wait_for(1)  # the handler is now busy with 0
     for i in range(1, 50):
         await bus.publish("frames", i)  # never blocks the publisher
     release.set()
@@ -142,21 +144,28 @@ async def test_latest_policy_keeps_newest_under_slow_subscriber() -> None:
 async def test_block_policy_slows_publisher_and_loses_nothing() -> None:
     bus = Bus(status_interval=0)
     seen: list[int] = []
+    release = asyncio.Event()
+    published: list[int] = []
 
     async def slow(msg: Message[int]) -> None:
-        await asyncio.sleep(0.002)
+        await release.wait()
         seen.append(msg.payload)
 
+    async def publisher() -> None:
+        for i in range(20):
+            await bus.publish("events", i)
+            published.append(i)
+
     bus.subscribe("events", slow, policy="block", maxsize=2)
-    loop = asyncio.get_running_loop()
-    t0 = loop.time()
-    for i in range(20):
-        await bus.publish("events", i)
-    publish_time = loop.time() - t0
+    task = asyncio.create_task(publisher())
+    # polled: a full queue fires no event; the handler holds 0, the queue 1 and 2
+    await until(lambda: bus.status().subscriptions[0].depth == 2, what="queue full")
+    assert published == [0, 1, 2]  # the publisher waits for room for 3: it is slowed...
+    assert not task.done()
+    release.set()
+    await task
     assert await bus.drain(timeout=5)
-    assert seen == list(range(20))
-    # the publisher had to wait for at least 17 of the 20 handler runs
-    assert publish_time >= 17 * 0.002
+    assert seen == list(range(20))  # ...and nothing is lost
     assert bus.status().subscriptions[0].dropped == 0
     await bus.close()
 
@@ -165,14 +174,16 @@ async def test_drop_oldest_keeps_a_bounded_history() -> None:
     bus = Bus(status_interval=0)
     seen: list[int] = []
     gate = asyncio.Event()
+    busy = asyncio.Event()
 
     async def handler(msg: Message[int]) -> None:
+        busy.set()
         await gate.wait()
         seen.append(msg.payload)
 
     bus.subscribe("t", handler, policy="drop_oldest", maxsize=3)
     await bus.publish("t", 0)
-    await asyncio.sleep(0.01)
+    await busy.wait()  # the handler holds 0
     for i in range(1, 10):
         await bus.publish("t", i)
     gate.set()
@@ -211,7 +222,7 @@ async def test_raising_handler_does_not_affect_publisher_or_others() -> None:
 
 async def test_telemetry_matches_what_happened() -> None:
     bus = Bus(status_interval=0.05, default_maxsize=8, high_watermark=0.5)
-    reports: list[BusStatus] = []
+    reports: Log[BusStatus] = Log()
     gate = asyncio.Event()
 
     async def collect(msg: Message[BusStatus]) -> None:
@@ -226,9 +237,7 @@ async def test_telemetry_matches_what_happened() -> None:
         for i in range(6):
             await bus.publish("work.item", i)
     bus.start_telemetry()
-    await asyncio.sleep(0.15)
-    assert reports, "no status.bus report was published"
-    last = reports[-1]
+    last = (await reports.wait_for(1))[-1]
     topic = next(t for t in last.topics if t.topic == "work.item")
     assert topic.published == 6
     worker = next(s for s in last.subscriptions if s.module == "worker")
@@ -243,19 +252,25 @@ async def test_telemetry_matches_what_happened() -> None:
 
 
 async def test_lag_is_measured() -> None:
-    bus = Bus(status_interval=0)
+    clock = FakeClock()
+    bus = Bus(status_interval=0, clock=clock)
     gate = asyncio.Event()
+    busy = asyncio.Event()
 
     async def handler(msg: Message[int]) -> None:
+        busy.set()
         await gate.wait()
 
     bus.subscribe("t", handler)
     await bus.publish("t", 1)
     await bus.publish("t", 2)
-    await asyncio.sleep(0.05)
+    await busy.wait()  # 1 is delivered at once; 2 waits in the queue
+    clock.advance(0.05)
     gate.set()
     await bus.drain(timeout=2)
-    assert bus.status().subscriptions[0].lag_ms_max >= 40
+    stats = bus.status().subscriptions[0]
+    assert stats.lag_ms_max == pytest.approx(50.0)
+    assert stats.lag_ms == pytest.approx(50.0)
     await bus.close()
 
 
@@ -282,12 +297,15 @@ async def test_publish_nowait_counts_refusals() -> None:
     bus = Bus(status_interval=0)
     gate = asyncio.Event()
 
+    busy = asyncio.Event()
+
     async def h(msg: Message[int]) -> None:
+        busy.set()
         await gate.wait()
 
     bus.subscribe("t", h, policy="block", maxsize=1)
     assert bus.publish_nowait("t", 1) == 0
-    await asyncio.sleep(0.01)
+    await busy.wait()  # the handler holds 1: the queue is empty again
     assert bus.publish_nowait("t", 2) == 0
     assert bus.publish_nowait("t", 3) == 1
     gate.set()
@@ -300,8 +318,10 @@ async def test_a_full_block_queue_delays_only_its_own_subscriber() -> None:
     release = asyncio.Event()
     fast_got: list[int] = []
     fast_saw_3 = asyncio.Event()
+    slow_busy = asyncio.Event()
 
     async def slow(msg: Message[int]) -> None:
+        slow_busy.set()
         await release.wait()
 
     async def fast(msg: Message[int]) -> None:
@@ -312,7 +332,7 @@ async def test_a_full_block_queue_delays_only_its_own_subscriber() -> None:
     bus.subscribe("t", slow, policy="block", maxsize=1, module="slow")  # routed first
     bus.subscribe("t", fast, policy="block", maxsize=8, module="fast")
     await bus.publish("t", 1)  # slow takes it into its handler and sticks there
-    await asyncio.sleep(0)
+    await slow_busy.wait()
     await bus.publish("t", 2)  # fills slow's queue
     publisher = asyncio.create_task(bus.publish("t", 3))  # must wait for slow...
     await asyncio.wait_for(fast_saw_3.wait(), 2)  # ...but fast has it already
