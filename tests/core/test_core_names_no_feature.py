@@ -36,14 +36,6 @@ KNOWN: set[str] = {
     "profiles.py imports spyoncino.platform.profiles",
     # orchestrator.py: tests ``category == "process"`` for the lockstep replay's pending work
     "orchestrator.py names category 'process'",
-    # outbox.py: the alert channels' delivery and gate, goes to helpers/outbox/
-    "outbox.py imports spyoncino.helpers.files",
-    "outbox.py names 'snapshot'",
-    "outbox.py names 'motion'",
-    "outbox.py names 'gif'",
-    "outbox.py names 'clip'",
-    "outbox.py reads .snapshot",
-    "outbox.py names category 'output'",
     # inputs.py: the camera base, goes to helpers/camera.py
     "inputs.py imports spyoncino.helpers.packets",
     "inputs.py names category 'input'",

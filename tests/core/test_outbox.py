@@ -14,7 +14,7 @@ import pytest_asyncio
 
 from spyoncino.core.bus import Bus, Message
 from spyoncino.core.contracts import BoundedExecutor
-from spyoncino.core.outbox import (
+from spyoncino.helpers.outbox import (
     DeliveredUnknown,
     Outbox,
     OutboxItem,
@@ -333,7 +333,7 @@ def _artifact(event_id: str, kind: str) -> Any:
 
 
 def test_gate_orders_follow_ups_after_the_photo_and_respects_state() -> None:
-    from spyoncino.core.outbox import AlertGate
+    from spyoncino.helpers.outbox import AlertGate
     from spyoncino.schemas.control import ControlState
 
     gate = AlertGate()
@@ -352,7 +352,7 @@ def test_gate_orders_follow_ups_after_the_photo_and_respects_state() -> None:
 
 
 def test_gate_hands_out_events_whose_snapshot_never_came_once() -> None:
-    from spyoncino.core.outbox import AlertGate
+    from spyoncino.helpers.outbox import AlertGate
 
     gate = AlertGate()
     gate.notice(_notice("e1"))
@@ -461,7 +461,7 @@ async def test_an_unreadable_success_answer_is_not_sent_again(env: dict[str, Any
 
 
 def test_gate_pushes_nothing_of_a_detection_and_its_photo_once_it_becomes_an_alert() -> None:
-    from spyoncino.core.outbox import AlertGate
+    from spyoncino.helpers.outbox import AlertGate
 
     gate = AlertGate()
     det = _notice("a1").model_copy(update={"severity": "detection"})
@@ -521,7 +521,7 @@ def test_the_gate_keeps_an_events_text_not_its_frames() -> None:
 
     import numpy as np
 
-    from spyoncino.core.outbox import AlertGate
+    from spyoncino.helpers.outbox import AlertGate
     from spyoncino.schemas.frames import Frame
 
     pixels = np.zeros((48, 64), np.uint8)

@@ -14,7 +14,7 @@ from pydantic import Field
 from spyoncino.core.bus import Bus
 from spyoncino.core.config import AppConfig, build_app_model
 from spyoncino.core.contracts import BoundedExecutor, ModuleConfig, ModuleContext, ModuleNotReady
-from spyoncino.core.outbox import AlertGate, OutboxChannel, OutboxItem, OutboxSettings
+from spyoncino.helpers.outbox import AlertGate, OutboxChannel, OutboxItem, OutboxSettings
 from spyoncino.schemas import topics
 from spyoncino.schemas.control import ControlState
 from spyoncino.schemas.events import EventNotice

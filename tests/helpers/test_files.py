@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from spyoncino.core.outbox import open_db
 from spyoncino.helpers.files import atomic_move, atomic_write_bytes
+from spyoncino.helpers.outbox import open_db
 from spyoncino.modules.storage.index.db import connect
 
 

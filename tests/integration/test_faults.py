@@ -277,7 +277,7 @@ async def test_twenty_sigkills_then_a_normal_start_leave_nothing_open_unindexed_
     finally:
         await final.kill(signal.SIGTERM)
     assert queued, "no alert was queued during the kills"
-    # no file sent twice, but for the one window no chat API can close (see core/outbox.py):
+    # no file sent twice, but for the one window no chat API can close (see helpers/outbox/):
     # killed after the server took the message and before "sent" was committed
     first: dict[tuple[str, str], float] = {}
     twice: Counter[tuple[str, str]] = Counter()

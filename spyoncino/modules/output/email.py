@@ -19,7 +19,8 @@ from pydantic import Field, SecretStr
 
 from spyoncino.core.config import AppConfig
 from spyoncino.core.contracts import ModuleConfig, ModuleConfigError
-from spyoncino.core.outbox import (
+from spyoncino.helpers.files import local_time
+from spyoncino.helpers.outbox import (
     AlertGate,
     OutboxChannel,
     OutboxItem,
@@ -27,7 +28,6 @@ from spyoncino.core.outbox import (
     PermanentError,
     TransientError,
 )
-from spyoncino.helpers.files import local_time
 from spyoncino.schemas.events import EventNotice
 from spyoncino.schemas.health import CameraHealthNotice
 from spyoncino.schemas.media import MediaArtifact

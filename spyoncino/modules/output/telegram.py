@@ -13,7 +13,7 @@ message; when it closes the GIF (``sendAnimation``) or clip (``sendVideo``) foll
 that photo. Activities that stay ``detection`` are not sent. Text instead of a file over
 Telegram's limits; silent during quiet hours. Nothing is sent while disarmed or muted
 (``control.state``). Every message goes through the persistent outbox
-(``spyoncino.core.outbox``): stored before sending, in order per chat, 429-aware, retried.
+(``spyoncino.helpers.outbox``): stored before sending, in order per chat, 429-aware, retried.
 
 Commands travel as ``control.command`` on the bus and are carried out by the modules that own
 the state (arming, snapshot/clip writers); this module only asks and reports the answer.
@@ -34,7 +34,8 @@ from pydantic import Field, SecretStr
 from spyoncino.core.bus import Message
 from spyoncino.core.config import AppConfig
 from spyoncino.core.contracts import ModuleConfig, ModuleConfigError
-from spyoncino.core.outbox import (
+from spyoncino.helpers.files import local_time
+from spyoncino.helpers.outbox import (
     AlertGate,
     DeliveredUnknown,
     OutboxChannel,
@@ -45,7 +46,6 @@ from spyoncino.core.outbox import (
     ServerError,
     TransientError,
 )
-from spyoncino.helpers.files import local_time
 from spyoncino.helpers.updates import DEFAULT_DIR as UPDATE_DIR
 from spyoncino.modules.output import _aiogram
 from spyoncino.modules.output import _telegram_text as text

@@ -21,7 +21,7 @@ from pydantic import Field, SecretStr
 
 from spyoncino.core.config import AppConfig
 from spyoncino.core.contracts import ModuleConfig, ModuleConfigError
-from spyoncino.core.outbox import (
+from spyoncino.helpers.outbox import (
     AlertGate,
     OutboxChannel,
     OutboxItem,

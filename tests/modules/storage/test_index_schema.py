@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from spyoncino.core.outbox import open_db
+from spyoncino.helpers.outbox import open_db
 from spyoncino.modules.storage.index import schema as db_schema
 from spyoncino.modules.storage.index.db import connect, upsert_event
 from spyoncino.schemas.events import EventNotice

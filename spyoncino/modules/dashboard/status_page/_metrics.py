@@ -189,7 +189,7 @@ class _ReportCollector(Collector):
             for s in _HEALTH_STATES:
                 state.add_metric([m.module, s], 1.0 if m.state == s else 0.0)
             restarts.add_metric([m.module], float(m.restarts))
-            for key in ("outbox_pending", "outbox_depth"):  # core.outbox reports the first
+            for key in ("outbox_pending", "outbox_depth"):  # helpers/outbox reports the first
                 v = _num(m, key)
                 if v is not None:
                     outbox.add_metric([m.module], v)

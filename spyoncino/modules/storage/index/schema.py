@@ -162,7 +162,7 @@ def _downgrade(conn: sqlite3.Connection, db: Path, have: int, want: int, media: 
     _set_version(conn, want)
     # after a rebuild no table is left: create the index's and the outbox's again (both are
     # IF NOT EXISTS, so a restored file is left as it is)
-    from spyoncino.core.outbox import SCHEMA as OUTBOX_SCHEMA
+    from spyoncino.helpers.outbox import SCHEMA as OUTBOX_SCHEMA
     from spyoncino.modules.storage.index.db import SCHEMA as INDEX_SCHEMA
 
     conn.executescript(INDEX_SCHEMA + OUTBOX_SCHEMA)

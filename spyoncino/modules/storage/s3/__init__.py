@@ -8,7 +8,7 @@ rules as the alert channels (``AlertGate``): ``alerted`` copies the events that 
 (of ``alert_kinds``, armed, not muted), ``all`` every event of ``alert_kinds``. When
 activities (#18) land, they become one more ``select`` value; the rest does not change.
 
-Delivery goes through the persistent outbox (``spyoncino.core.outbox``): a copy is stored in
+Delivery goes through the persistent outbox (``spyoncino.helpers.outbox``): a copy is stored in
 SQLite before anything is sent, copies go one at a time in the order they were queued, are
 retried with backoff across restarts and outages for up to 30 days, and a row marked sent is
 never uploaded again. On top of the outbox:
@@ -53,7 +53,8 @@ from typing import Any, ClassVar
 from spyoncino.core.bus import Message
 from spyoncino.core.config import AppConfig
 from spyoncino.core.contracts import Category, ModuleConfig, ModuleConfigError
-from spyoncino.core.outbox import (
+from spyoncino.helpers.files import media_relpath
+from spyoncino.helpers.outbox import (
     AlertGate,
     DeliveryError,
     OutboxChannel,
@@ -63,7 +64,6 @@ from spyoncino.core.outbox import (
     ServerError,
     TransientError,
 )
-from spyoncino.helpers.files import media_relpath
 from spyoncino.schemas import topics
 from spyoncino.schemas.alerts import AlertNotification
 from spyoncino.schemas.events import EventNotice

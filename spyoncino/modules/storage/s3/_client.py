@@ -15,7 +15,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from spyoncino.core.outbox import DeliveryError, ServerError, TransientError
+from spyoncino.helpers.outbox import DeliveryError, ServerError, TransientError
 
 from ._config import Config
 

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 
 from spyoncino.core.contracts import ModuleConfig
-from spyoncino.core.outbox import OutboxSettings
+from spyoncino.helpers.outbox import OutboxSettings
 
 MiB = 1024 * 1024
 

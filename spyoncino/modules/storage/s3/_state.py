@@ -13,7 +13,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from spyoncino.core.outbox import open_db
+from spyoncino.helpers.outbox import open_db
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS s3_multipart (
