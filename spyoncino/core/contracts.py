@@ -19,6 +19,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field
 from typing_extensions import TypeVar as DefaultTypeVar  # PEP 696 defaults on 3.11
 
+from spyoncino.core.clock import Clock, SystemClock
 from spyoncino.schemas.status import HealthState, ModuleHealth
 
 if TYPE_CHECKING:
@@ -110,6 +111,8 @@ class ModuleContext:
     extras: dict[str, Any] = field(default_factory=dict)
     #: per-frame work queued in the processing stage (lockstep replay waits for 0)
     pipeline_pending: Callable[[], int] = field(default=lambda: 0)
+    #: the time the module reads and sleeps on (a test hands in a ``FakeClock``)
+    clock: Clock = field(default_factory=SystemClock)
 
 
 class BaseModule(ABC, Generic[ConfigT]):

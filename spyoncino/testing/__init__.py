@@ -26,6 +26,7 @@ from typing import Any, Literal, get_args, get_origin
 import numpy as np
 
 from spyoncino.core.bus import Bus, Message
+from spyoncino.core.clock import SYSTEM_CLOCK, Clock
 from spyoncino.core.config import AppConfig, Layer, build_app_model, validate
 from spyoncino.core.contracts import BaseModule, BoundedExecutor, ModuleConfig, ModuleContext
 from spyoncino.schemas.frames import Frame
@@ -72,7 +73,11 @@ class Recorder:
 class BusHarness:
     """A real bus and executor for module tests; closes everything on exit."""
 
-    def __init__(self, storage_root: Path | None = None, **bus_kwargs: Any) -> None:
+    def __init__(
+        self, storage_root: Path | None = None, *, clock: Clock | None = None, **bus_kwargs: Any
+    ) -> None:
+        #: every module built here reads and sleeps on this (pass a ``FakeClock`` to drive it)
+        self.clock = clock if clock is not None else SYSTEM_CLOCK
         bus_kwargs.setdefault("status_interval", 0)
         # a payload of the wrong type for its topic fails the test at the publish
         bus_kwargs.setdefault("check_payloads", True)
@@ -129,7 +134,12 @@ class BusHarness:
         app = self.app_config(registry, data)
         instance = f"{reg_name}:{camera_id}" if camera_id else reg_name
         ctx = ModuleContext(
-            bus=self.bus, executor=self.executor, app=app, instance=instance, camera_id=camera_id
+            bus=self.bus,
+            executor=self.executor,
+            app=app,
+            instance=instance,
+            camera_id=camera_id,
+            clock=self.clock,
         )
         module = cls(ctx)
         self.modules.append(module)
@@ -214,6 +224,7 @@ def contract_problems(name: str, cls: type[BaseModule]) -> list[str]:
 
 
 # the contract suite and its pytest hook: loading this module as a plugin registers the hook
+from spyoncino.testing.clock import FakeClock  # noqa: E402
 from spyoncino.testing.contract import (  # noqa: E402  (needs the harness above)
     ContractCase,
     ModuleContract,
@@ -225,6 +236,7 @@ from spyoncino.testing.contract import (  # noqa: E402  (needs the harness above
 __all__ = [
     "BusHarness",
     "ContractCase",
+    "FakeClock",
     "ModuleContract",
     "Recorder",
     "contract_problems",

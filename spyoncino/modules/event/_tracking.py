@@ -1,7 +1,8 @@
 """The tracker's working parts: zones, tracks, activities and frame-to-frame association.
 
-Kept apart from ``tracker.py`` (the module, its settings and the event lifecycle) so each stays
-readable; nothing here touches the bus.
+Kept apart from ``_tracker_core.py`` (the rules: the event lifecycle) and ``tracker.py`` (the
+module: its settings and the bus) so each stays readable; nothing here touches the bus or reads
+a clock (``new_event_id`` formats the wall time it is given).
 """
 
 from __future__ import annotations
@@ -207,8 +208,10 @@ class CameraState:
     #: (mono, wall) when the last activity was closed for its length: the next one starts there
     split: tuple[float, float] | None = None
 
-    def now(self) -> float:
-        return self.clock + (time.monotonic() - self.clock_real)
+    def now(self, real: float) -> float:
+        """The camera's frame clock at ``real`` (the module's clock): its last frame's time
+        advanced by the time since that frame came."""
+        return self.clock + (real - self.clock_real)
 
 
 def associate(
