@@ -4,7 +4,7 @@
    here (LiteRT, tflite_runtime, ONNX Runtime), 2 threads, on frame 100 of the footage:
    median ms of bare ``invoke()`` and of our pre- and post-processing, **plus the colour
    conversion the detector makes the input do** (the decoder's I420 planes -> the BGR image,
-   ``core.inputs.av_frame_to_raw``'s decode, at the footage's size: a frame nobody looks at
+   ``helpers.camera.av_frame_to_raw``'s decode, at the footage's size: a frame nobody looks at
    in colour never pays it, the detector's frames do). Target: pre + colour + post <= 10 % of
    invoke; the share without the colour is reported beside it.
 2. int8 vs fp32 person model: speed and agreement.
@@ -96,7 +96,7 @@ def backends_for(path: Path) -> list[str]:
 
 def colour_ms(clip: Path, index: int = 100, runs: int = 40) -> float:
     """CPU ms to make the BGR image from a decoded frame's I420 planes, as the input does."""
-    from spyoncino.core.inputs import av_frame_to_raw
+    from spyoncino.helpers.camera import av_frame_to_raw
 
     with av.open(str(clip)) as c:
         f = next(itertools.islice(c.decode(video=0), index, None))

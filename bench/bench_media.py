@@ -34,8 +34,8 @@ from _common import footage, write_result
 from spyoncino.core.bus import Bus
 from spyoncino.core.config import Layer, build_app_model, validate
 from spyoncino.core.contracts import BoundedExecutor, ModuleContext
-from spyoncino.core.inputs import make_luma
 from spyoncino.core.logging import setup_logging
+from spyoncino.helpers.camera import make_luma
 from spyoncino.modules.event.clip import (
     ClipRecorder,
     Config,

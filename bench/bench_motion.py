@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _frigate
 from _common import footage, write_result
 
-from spyoncino.core.inputs import shrink_luma
+from spyoncino.helpers.camera import shrink_luma
 from spyoncino.modules.process.motion import Config, MotionState
 
 

@@ -106,7 +106,7 @@ def luma_costs(clip: Path, n: int = 200) -> dict[str, float]:
     import av
     import numpy as np
 
-    from spyoncino.core.inputs import av_frame_to_raw, make_luma, shrink_luma
+    from spyoncino.helpers.camera import av_frame_to_raw, make_luma, shrink_luma
 
     frames = []
     with av.open(str(clip)) as c:

@@ -36,9 +36,6 @@ KNOWN: set[str] = {
     "profiles.py imports spyoncino.platform.profiles",
     # orchestrator.py: tests ``category == "process"`` for the lockstep replay's pending work
     "orchestrator.py names category 'process'",
-    # inputs.py: the camera base, goes to helpers/camera.py
-    "inputs.py imports spyoncino.helpers.packets",
-    "inputs.py names category 'input'",
 }
 
 

@@ -13,8 +13,8 @@ import numpy as np
 import structlog
 
 from spyoncino.core.contracts import CameraOptions
-from spyoncino.core.inputs import CameraInput, RawFrame, SourceFatal
 from spyoncino.core.systemd import camera_liveness
+from spyoncino.helpers.camera import CameraInput, RawFrame, SourceFatal
 from tests.modules.input.conftest import camera_input  # noqa: F401 - the fixture
 
 

@@ -21,9 +21,9 @@ import pytest
 
 from spyoncino.core.config import ConfigService, Layer, build_app_model
 from spyoncino.core.contracts import BaseModule
-from spyoncino.core.inputs import CameraInput, RawFrame, SourceError
 from spyoncino.core.orchestrator import Orchestrator
 from spyoncino.core.systemd import SystemdNotifier, camera_liveness, watchdog_usec
+from spyoncino.helpers.camera import CameraInput, RawFrame, SourceError
 from tests.support.wait import until
 
 LUMA = np.zeros((48, 64), dtype=np.uint8)

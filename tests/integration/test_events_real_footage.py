@@ -30,7 +30,7 @@ import av
 import numpy as np
 import pytest
 
-from spyoncino.core.inputs import RawFrame, av_frame_to_raw
+from spyoncino.helpers.camera import RawFrame, av_frame_to_raw
 from spyoncino.helpers.media_layout import scan
 from spyoncino.modules.event.clip import ClipRecorder
 from spyoncino.modules.event.gif import GifMaker

@@ -163,7 +163,7 @@ def replay(name: str) -> Path:
 
 def lumas(path: Path, width: int = 320) -> Iterator[tuple[float, np.ndarray]]:
     """(seconds into the replay, the small luma plane an input would publish) per frame."""
-    from spyoncino.core.inputs import shrink_luma
+    from spyoncino.helpers.camera import shrink_luma
 
     with av.open(str(path)) as c:
         for i, f in enumerate(c.decode(video=0)):

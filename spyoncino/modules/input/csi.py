@@ -21,7 +21,7 @@ from pydantic import Field
 
 from spyoncino.core.config import AppConfig
 from spyoncino.core.contracts import CameraOptions, ModuleConfig, ModuleConfigError, ModuleContext
-from spyoncino.core.inputs import CameraInput, RawFrame, SourceError, shrink_luma
+from spyoncino.helpers.camera import CameraInput, RawFrame, SourceError, shrink_luma
 
 SOURCE = re.compile(r"^csi://(\d+)\Z")
 INSTALL_HINT = (

@@ -12,7 +12,7 @@ from pydantic import Field
 
 from spyoncino.core.config import AppConfig
 from spyoncino.core.contracts import CameraOptions, ModuleConfig, ModuleConfigError, ModuleContext
-from spyoncino.core.inputs import (
+from spyoncino.helpers.camera import (
     CameraInput,
     RawFrame,
     SourceEnded,

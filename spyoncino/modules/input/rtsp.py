@@ -24,7 +24,7 @@ from pydantic import Field
 
 from spyoncino.core.config import AppConfig, redact_url
 from spyoncino.core.contracts import CameraOptions, ModuleConfig, ModuleConfigError, ModuleContext
-from spyoncino.core.inputs import (
+from spyoncino.helpers.camera import (
     CameraInput,
     RawFrame,
     SourceError,

@@ -20,7 +20,7 @@ from pydantic import Field
 
 from spyoncino.core.config import AppConfig
 from spyoncino.core.contracts import CameraOptions, ModuleConfig, ModuleConfigError, ModuleContext
-from spyoncino.core.inputs import CameraInput, RawFrame, SourceError
+from spyoncino.helpers.camera import CameraInput, RawFrame, SourceError
 
 PREFIXES = ("/dev/video", "/dev/v4l/")
 #: greyscale decode flags by downscale factor, largest first

@@ -256,7 +256,7 @@ def test_nv12_frames_give_the_same_luma_and_colour_as_i420() -> None:
     import av
     import numpy as np
 
-    from spyoncino.core.inputs import av_frame_to_raw
+    from spyoncino.helpers.camera import av_frame_to_raw
     from tests.modules.input.conftest import clip
 
     with av.open(str(clip())) as c:

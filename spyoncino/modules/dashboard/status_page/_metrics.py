@@ -22,7 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
-from spyoncino.core.inputs import DROP_REASONS
+from spyoncino.helpers.camera import DROP_REASONS
 from spyoncino.schemas.alerts import AlertNotification
 from spyoncino.schemas.detections import DetectionEvent
 from spyoncino.schemas.events import EventNotice
