@@ -13,6 +13,7 @@ import pytest
 import pytest_asyncio
 
 from spyoncino.core.bus import Bus, Message
+from spyoncino.core.clock import SYSTEM_CLOCK, Clock
 from spyoncino.core.contracts import BoundedExecutor
 from spyoncino.helpers.outbox import (
     DeliveredUnknown,
@@ -25,7 +26,8 @@ from spyoncino.helpers.outbox import (
     TransientError,
 )
 from spyoncino.schemas.alerts import AlertNotification
-from tests.support.wait import until
+from spyoncino.testing.clock import FakeClock
+from tests.support.wait import Log, until
 
 FAST = {"min_interval_s": 0.0, "backoff_initial_s": 0.05, "backoff_max_s": 0.2}
 
@@ -33,15 +35,16 @@ FAST = {"min_interval_s": 0.0, "backoff_initial_s": 0.05, "backoff_max_s": 0.2}
 class FakeChannel:
     """A sender that records deliveries and fails on command, like a real server would."""
 
-    def __init__(self) -> None:
-        self.delivered: list[tuple[str, str, str, float]] = []
-        self.attempts: list[tuple[str, float]] = []
+    def __init__(self, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.clock = clock
+        self.delivered: Log[tuple[str, str, str, float]] = Log()
+        self.attempts: Log[tuple[str, float]] = Log()
         self.failures: list[BaseException] = []
         self.down = False
         self.items: list[OutboxItem] = []
 
     async def __call__(self, item: OutboxItem) -> str | None:
-        now = time.monotonic()
+        now = self.clock.monotonic()
         self.attempts.append((item.key, now))
         if self.down:
             raise TransientError("connection refused")
@@ -64,8 +67,9 @@ async def env(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
     bus.subscribe("notify.#", collect, module="test")
     boxes: list[Outbox] = []
 
-    def make(channel: FakeChannel, **settings: Any) -> Outbox:
+    def make(channel: FakeChannel, clock: Clock = SYSTEM_CLOCK, **settings: Any) -> Outbox:
         box = Outbox(
+            clock=clock,
             channel="fake",
             db_path=tmp_path / "events.sqlite3",
             bus=bus,
@@ -111,9 +115,11 @@ async def test_the_same_alert_is_stored_once(env: dict[str, Any]) -> None:
     await box.start()
     assert await put(box, "e1")
     assert not await put(box, "e1")
-    await until(lambda: len(ch.delivered) == 1)
+    await ch.delivered.wait_for(1)
+    # polled: the sent item leaves the queue once its row is marked, which fires no event
+    await until(lambda: box.pending() == 0, what="the sent item recorded")
     assert not await put(box, "e1")  # also after it was sent
-    await asyncio.sleep(0.1)
+    assert box.pending() == 0  # nothing was queued: nothing more can go
     assert len(ch.delivered) == 1
     assert box.stats["duplicates"] == 2
 
@@ -134,18 +140,29 @@ async def test_retry_after_blocks_the_recipient_for_that_long(env: dict[str, Any
 async def test_transient_errors_retry_with_backoff_until_the_server_is_back(
     env: dict[str, Any],
 ) -> None:
-    ch = FakeChannel()
+    clock = FakeClock()
+    ch = FakeChannel(clock)
     ch.down = True
-    box = env["make"](ch)
+    box = env["make"](ch, clock)
     await box.start()
     for i in range(3):
         await put(box, f"e{i}")
-    await asyncio.sleep(0.5)
+    backoffs = []
+    for n in range(1, 6):
+        await ch.attempts.wait_for(n)
+        await clock.sleeping()  # the attempt failed; the worker waits out its backoff
+        assert len(ch.attempts) == n  # backoff, not a busy loop
+        due = clock.next_due()
+        assert due is not None
+        backoffs.append(due)
+        clock.advance(due)
+    # 0.05 s doubling (0.8-1.2 jitter), capped at 0.2 s (FAST)
+    for n, b in enumerate(backoffs):
+        nominal = min(0.2, 0.05 * 2**n)
+        assert 0.8 * nominal - 1e-9 <= b <= 1.2 * nominal + 1e-9, backoffs
     assert ch.delivered == []
-    tries = len(ch.attempts)
-    assert 2 <= tries <= 12  # backoff, not a busy loop
     ch.down = False
-    await until(lambda: len(ch.delivered) == 3)
+    await ch.delivered.wait_for(3)
     assert [d[1] for d in ch.delivered] == ["e0", "e1", "e2"]
 
 
@@ -178,7 +195,7 @@ async def test_pending_items_survive_a_restart_and_sent_ones_are_not_repeated(
     ch.down = True
     for i in range(1, 4):
         await put(box, f"e{i}")
-    await asyncio.sleep(0.1)
+    await ch.attempts.wait_for(1, lambda a: "e1" in a[0])  # the outage is under way
     await box.close()  # like a crash: nothing is flushed on purpose
 
     ch2 = FakeChannel()
@@ -186,12 +203,17 @@ async def test_pending_items_survive_a_restart_and_sent_ones_are_not_repeated(
     await box2.start()
     await until(lambda: len(ch2.delivered) == 3)
     assert [d[1] for d in ch2.delivered] == ["e1", "e2", "e3"]
-    await asyncio.sleep(0.1)
+
+    def rows() -> dict[str, int]:
+        conn = sqlite3.connect(env["db"])
+        found = dict(conn.execute("SELECT status, COUNT(*) FROM outbox GROUP BY status"))
+        conn.close()
+        return found
+
+    # polled: the rows are marked in SQLite after the send, which fires no event
+    await until(lambda: rows() == {"sent": 4}, what="every row marked sent")
+    assert box2.pending() == 0
     assert len(ch2.delivered) == 3
-    conn = sqlite3.connect(env["db"])
-    rows = dict(conn.execute("SELECT status, COUNT(*) FROM outbox GROUP BY status").fetchall())
-    conn.close()
-    assert rows == {"sent": 4}
 
 
 async def test_a_new_alert_does_not_wait_for_an_older_follow_up(env: dict[str, Any]) -> None:
@@ -203,7 +225,7 @@ async def test_a_new_alert_does_not_wait_for_an_older_follow_up(env: dict[str, A
     await put(box, "e1", "gif")
     await put(box, "e1", "clip")
     await put(box, "e2", "snapshot")
-    await asyncio.sleep(0.1)
+    await ch.attempts.wait_for(1)  # the first try failed: the outage is seen
     ch.down = False
     await until(lambda: len(ch.delivered) == 4)
     assert [(d[1], d[2]) for d in ch.delivered] == [
@@ -217,16 +239,17 @@ async def test_a_new_alert_does_not_wait_for_an_older_follow_up(env: dict[str, A
 async def test_alerts_older_than_the_horizon_are_not_sent_after_a_restart(
     env: dict[str, Any],
 ) -> None:
-    ch = FakeChannel()
+    clock = FakeClock()
+    ch = FakeChannel(clock)
     ch.down = True
-    box = env["make"](ch, horizon_s=1.0, backoff_initial_s=5.0)
+    box = env["make"](ch, clock, horizon_s=1.0, backoff_initial_s=5.0)
     await box.start()
     await put(box, "old")
-    await asyncio.sleep(0.1)
+    await ch.attempts.wait_for(1)
     await box.close()
-    await asyncio.sleep(1.1)
-    ch2 = FakeChannel()
-    box2 = env["make"](ch2, horizon_s=1.0)
+    clock.advance(1.1)  # the power is off a little longer than the horizon
+    ch2 = FakeChannel(clock)
+    box2 = env["make"](ch2, clock, horizon_s=1.0)
     await box2.start()
     await until(lambda: box2.stats["failed"] == 1)
     assert ch2.attempts == []
@@ -253,7 +276,7 @@ async def test_far_behind_alerts_fold_into_one_per_camera(env: dict[str, Any]) -
         await put(box, f"a{i}", cam="front")
         await put(box, f"a{i}", "gif", cam="front")
     await put(box, "b0", cam="back")
-    await asyncio.sleep(0.2)
+    await ch.attempts.wait_for(1)  # the outage is seen
     ch.down = False
     await until(lambda: box.pending() == 0)
     delivered = [(d[1], d[2]) for d in ch.delivered]
@@ -266,14 +289,21 @@ async def test_far_behind_alerts_fold_into_one_per_camera(env: dict[str, Any]) -
 
 
 async def test_per_minute_cap_spaces_sends(env: dict[str, Any]) -> None:
-    ch = FakeChannel()
-    box = env["make"](ch, per_minute=2)
+    clock = FakeClock()
+    ch = FakeChannel(clock)
+    box = env["make"](ch, clock, per_minute=2)
     await box.start()
     for i in range(3):
         await put(box, f"e{i}")
-    await until(lambda: len(ch.delivered) == 2)
-    await asyncio.sleep(0.3)
-    assert len(ch.delivered) == 2  # the third waits for the minute window
+    await ch.delivered.wait_for(2)
+    await clock.sleeping()  # the worker waits...
+    assert len(ch.delivered) == 2  # ...the third waits for the minute window
+    clock.advance(59.0)
+    await clock.sleeping()
+    assert len(ch.delivered) == 2  # a second early: still waiting
+    clock.advance(1.0)
+    await ch.delivered.wait_for(3)
+    assert ch.delivered[2][3] - ch.delivered[0][3] == pytest.approx(60.0)
 
 
 def test_camera_budget_counts_what_it_holds_back() -> None:
@@ -374,7 +404,7 @@ async def test_old_delivered_rows_are_pruned_and_pending_ones_kept(env: dict[str
     await until(lambda: len(ch.delivered) == 1)
     ch.down = True
     await put(box, "waiting")
-    await asyncio.sleep(0.1)
+    await ch.attempts.wait_for(1, lambda a: "waiting" in a[0])
     await box.close()
     conn = sqlite3.connect(env["db"])
     conn.execute("UPDATE outbox SET created_at = created_at - 3600")
@@ -413,9 +443,10 @@ async def test_a_poison_item_blocks_the_ones_behind_it_for_one_attempt_at_most(
     assert len(poison_tries) == 1  # b and c went within the poison's first backoff
     # a real outage still keeps the order: nothing overtakes while everything fails
     ch.down = True
+    tried = len(ch.attempts)
     for e in ("d", "e", "f"):
         await put(box, e)
-    await asyncio.sleep(0.3)
+    await ch.attempts.wait_for(tried + 1)  # the head failed: an outage
     ch.down = False
     await until(lambda: len(ch.delivered) == 5, timeout=5)
     assert [d[1] for d in ch.delivered] == ["b", "c", "d", "e", "f"]
@@ -503,7 +534,8 @@ async def test_a_stop_lets_a_send_in_flight_finish_and_records_it(env: dict[str,
     await put(box, "e0")
     await taken.wait()
     closing = asyncio.ensure_future(box.close())
-    await asyncio.sleep(0)  # close has begun
+    # polled: close() fires no event of its own when it begins waiting for the send
+    await until(lambda: box._closing, what="close has begun")
     answer.set()
     await closing
     assert len(ch.delivered) == 1

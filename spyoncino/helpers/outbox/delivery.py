@@ -19,6 +19,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
 from spyoncino.core.bus import Bus
+from spyoncino.core.clock import SYSTEM_CLOCK, Clock
 from spyoncino.core.contracts import (
     BoundedExecutor,
 )
@@ -185,8 +186,11 @@ class Outbox:
         settings: OutboxSettings | None = None,
         rate_for: RateFor | None = None,
         module: str | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.channel = channel
+        #: what backoff, pacing, horizons and the rate windows read and sleep on
+        self.clock = clock
         self.db_path = db_path
         self.bus = bus
         self.executor = executor
@@ -229,7 +233,7 @@ class Outbox:
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
         self._conn = await self.run_io(open_db, self.db_path)
-        now = time.time()
+        now = self.clock.time()
         await self._db(_prune, self.channel, now - self.settings.keep_sent_s)
         pending = await self._db(_load_pending, self.channel)
         for item in pending:
@@ -247,7 +251,7 @@ class Outbox:
         while True:
             await asyncio.sleep(min(6 * 3600.0, self.settings.keep_sent_s / 4))
             try:
-                await self._db(_prune, self.channel, time.time() - self.settings.keep_sent_s)
+                await self._db(_prune, self.channel, self.clock.time() - self.settings.keep_sent_s)
             except sqlite3.Error as e:
                 self.log.warning("outbox_prune_failed", error=repr(e))
 
@@ -304,7 +308,7 @@ class Outbox:
         s = self.settings
         if s.camera_budget <= 0:
             return True
-        t = time.monotonic() if now is None else now
+        t = self.clock.monotonic() if now is None else now
         win = self._camera_windows.setdefault(camera_id, _Window(s.camera_window_s))
         if win.wait(t, s.camera_budget) > 0:
             self._camera_over[camera_id] = self._camera_over.get(camera_id, 0) + 1
@@ -333,7 +337,7 @@ class Outbox:
         recipient (an edit of a caption: only the newest one is worth sending), which are
         marked ``superseded``; each such message is stored under a key of its own.
         """
-        now = time.time()
+        now = self.clock.time()
         key = item_key(self.channel, event_id, kind, recipient)
         if supersede:
             key = f"{key}:{time.time_ns()}"
@@ -462,8 +466,7 @@ class Outbox:
         if seconds <= 0:
             return
         rec.wake.clear()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(rec.wake.wait(), seconds)
+        await self.clock.wait(rec.wake, seconds)
 
     async def _worker(self, rid: str, rec: _Recipient) -> None:
         while not self._closing:
@@ -482,7 +485,7 @@ class Outbox:
                 delay = self._delay(rid, rec, item)
                 if delay > 0:
                     # not rec.wake: a new item behind this one must not cut the wait short
-                    await asyncio.sleep(min(delay, 5.0))
+                    await self.clock.sleep(min(delay, 5.0))
                     continue
                 self._sending += 1
                 self._no_sends.clear()
@@ -510,17 +513,17 @@ class Outbox:
         primaries = [i for i in rec.queue if i.primary]
         line = primaries or list(rec.queue)
         head = line[0]
-        if not rec.may_pass or head.attempts == 0 or head.next_at <= time.time():
+        if not rec.may_pass or head.attempts == 0 or head.next_at <= self.clock.time():
             return head, head
-        now_wall = time.time()
+        now_wall = self.clock.time()
         for i in line[1:]:
             if i.next_at <= now_wall:
                 return i, head
         return head, head
 
     def _delay(self, rid: str, rec: _Recipient, item: OutboxItem) -> float:
-        now_wall = time.time()
-        now = time.monotonic()
+        now_wall = self.clock.time()
+        now = self.clock.monotonic()
         interval, per_minute = (
             self.rate_for(rid)
             if self.rate_for is not None
@@ -538,7 +541,7 @@ class Outbox:
         self, rid: str, rec: _Recipient, item: OutboxItem, head: OutboxItem | None = None
     ) -> None:
         s = self.settings
-        age = time.time() - item.created_at
+        age = self.clock.time() - item.created_at
         if age >= s.horizon_s:  # e.g. found pending at start after a long power cut
             await self._finish(rec, item, "failed", error=f"expired after {age:.0f}s, not sent")
             return
@@ -558,7 +561,7 @@ class Outbox:
                 return
         item.attempts += 1
         probe = head is not None and head is not item
-        now = time.monotonic()
+        now = self.clock.monotonic()
         rec.last_send = now
         rec.minute.add(now)
         error: str
@@ -567,8 +570,8 @@ class Outbox:
             result = await asyncio.wait_for(self.sender(item), s.attempt_timeout_s)
         except RetryAfter as e:
             wait = max(e.seconds, 0.0)
-            rec.blocked_until = time.monotonic() + wait
-            item.next_at = time.time() + wait
+            rec.blocked_until = self.clock.monotonic() + wait
+            item.next_at = self.clock.time() + wait
             self.stats["retries"] += 1
             self.log.warning(
                 "outbox_retry_after", recipient=rid, seconds=wait, attempt=item.attempts
@@ -603,7 +606,7 @@ class Outbox:
             if probe and head is not None:
                 head.suspect = True  # it keeps its backoff; the server is fine
             # the server works: what waits out a backoff of the outage goes now, in order
-            now_wall = time.time()
+            now_wall = self.clock.time()
             for queued in rec.queue:
                 if not queued.suspect and queued.next_at > now_wall:
                     queued.next_at = now_wall
@@ -612,13 +615,13 @@ class Outbox:
         # a head the server answered with an error lets the next item by; an outage (nothing
         # answered, or the item behind failed too) makes the line wait for the head, in order
         rec.may_pass = server_up and not probe
-        age = time.time() - item.created_at
+        age = self.clock.time() - item.created_at
         if age >= s.horizon_s:
             await self._finish(rec, item, "failed", error=f"gave up after {age:.0f}s: {error}")
             return
         backoff = min(s.backoff_max_s, s.backoff_initial_s * 2 ** min(item.attempts - 1, 30))
         backoff *= 0.8 + 0.4 * random.random()
-        item.next_at = time.time() + backoff
+        item.next_at = self.clock.time() + backoff
         if probe and head is not None:  # an outage: it must not overtake the head afterwards
             item.next_at = max(item.next_at, head.next_at)
         self.stats["retries"] += 1
@@ -716,7 +719,7 @@ class Outbox:
                 recipient=item.recipient,
                 attempt=max(1, item.attempts),
                 error=error,
-                at=time.time(),
+                at=self.clock.time(),
             ),
         )
 
