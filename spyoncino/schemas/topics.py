@@ -21,6 +21,16 @@ from spyoncino.schemas.detections import DetectionEvent, MotionEvent
 from spyoncino.schemas.events import EventNotice
 from spyoncino.schemas.frames import Frame
 from spyoncino.schemas.health import CameraHealthNotice
+from spyoncino.schemas.index import (
+    DayCountsQuery,
+    DayCountsReply,
+    EventLookup,
+    EventsPage,
+    EventsQuery,
+    LabelsQuery,
+    LabelsReply,
+    MediaRemoved,
+)
 from spyoncino.schemas.media import MediaArtifact, RetentionReport, StorageFault, StoredEvent
 from spyoncino.schemas.status import BusStatus, HealthReport
 
@@ -102,6 +112,16 @@ CONFIG_REJECTED = Topic("config.rejected", ConfigRejected)
 CONTROL = Topic("control.command", ControlCommand)
 CONTROL_STATE = Topic("control.state", ControlState)
 CAMERA_HEALTH = Topic("health.{camera}.{phase}", CameraHealthNotice)
+#: questions to the event index (its only owner answers; ``spyoncino.helpers.requests``)
+INDEX_EVENTS = Topic("storage.index.events", EventsQuery)
+INDEX_EVENT = Topic("storage.index.event", EventLookup)
+INDEX_EVENTS_REPLY = Topic("storage.index.events.reply", EventsPage)
+INDEX_LABELS = Topic("storage.index.labels", LabelsQuery)
+INDEX_LABELS_REPLY = Topic("storage.index.labels.reply", LabelsReply)
+INDEX_COUNTS = Topic("storage.index.counts", DayCountsQuery)
+INDEX_COUNTS_REPLY = Topic("storage.index.counts.reply", DayCountsReply)
+#: retention removed files: the index forgets their rows
+MEDIA_REMOVED = Topic("storage.media.removed", MediaRemoved)
 
 #: every topic family above, for checks and docs (``family_of``)
 ALL: tuple[Topic[Any], ...] = (
@@ -122,6 +142,14 @@ ALL: tuple[Topic[Any], ...] = (
     CONTROL,
     CONTROL_STATE,
     CAMERA_HEALTH,
+    INDEX_EVENTS,
+    INDEX_EVENT,
+    INDEX_EVENTS_REPLY,
+    INDEX_LABELS,
+    INDEX_LABELS_REPLY,
+    INDEX_COUNTS,
+    INDEX_COUNTS_REPLY,
+    MEDIA_REMOVED,
 )
 
 

@@ -14,10 +14,11 @@ import contextlib
 import secrets
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
-from spyoncino.helpers.files import local_time
 from spyoncino.helpers.outbox import ALL_CAMERAS
+from spyoncino.helpers.files import local_time
+from spyoncino.helpers.requests import Requester, RequestError
 from spyoncino.helpers.updates import valid_version
 from spyoncino.modules.output import _telegram_text as text
 from spyoncino.modules.output._telegram_update import TelegramUpdates
@@ -29,6 +30,8 @@ from spyoncino.schemas.status import HealthReport
 #: commands that change what the box does; only admins (when admin_ids is set) may send them,
 #: unless ``telegram.member_commands`` lists them
 MUTATING = frozenset({"arm", "disarm", "mute", "unmute", "update"})
+#: seconds a command waits for the event index's answer
+INDEX_TIMEOUT_S = 10.0
 
 if TYPE_CHECKING:
     from aiogram import Bot
@@ -46,6 +49,7 @@ class TelegramCommands(TelegramUpdates):
     names: dict[str, str]
     tz: str | None
     db_path: Path
+    index: Requester
     storage_root: Path
     state: ControlState
     health_report: HealthReport | None
@@ -198,7 +202,10 @@ class TelegramCommands(TelegramUpdates):
             flt = text.parse_events_args(args, self.names, time.time(), self.tz)
             if isinstance(flt, str):
                 return flt
-            rows = await self.ctx.executor.run(text.read_events, self.db_path, flt.limit, flt)
+            try:
+                rows = await self._events(flt.limit, flt)
+            except RequestError as e:
+                return f"/events: the event index does not answer ({e})."
             return text.events_text(rows, self.names, self.tz, flt != text.EventFilter(flt.limit))
         if cmd in ("arm", "disarm"):
             state = await self._command_state(cast("CommandName", cmd), None, None, chat_id)
@@ -337,8 +344,23 @@ class TelegramCommands(TelegramUpdates):
                 await self.bot.send_photo(chat_id=chat_id, photo=file, caption=cap)
         return True
 
+    async def _events(
+        self, limit: int, flt: text.EventFilter | None = None
+    ) -> list[dict[str, Any]]:
+        """The newest events matching ``flt``, as storage/index answers."""
+        page = await self.index.ask(
+            topics.INDEX_EVENTS,
+            text.events_request(limit, flt),
+            topics.INDEX_EVENTS_REPLY,
+            timeout=INDEX_TIMEOUT_S,
+        )
+        return text.event_dicts(page)
+
     async def _status_text(self) -> str:
-        rows = await self.ctx.executor.run(text.read_events, self.db_path, 3)
+        try:
+            rows = await self._events(3)
+        except RequestError:  # the rest of the status is worth sending without them
+            rows = []
         disk = await self.ctx.executor.run(text.disk_free, self.storage_root)
         temp = await self.ctx.executor.run(text.cpu_temperature)
         return text.status_text(

@@ -1,13 +1,12 @@
 """What the Telegram bot says: captions, command replies, durations. Pure functions, no I/O
-except the read-only event query, the disk and the CPU temperature (all run in the executor)."""
+except the disk and the CPU temperature (run in the executor); events come from the index's
+answer to ``events_request`` (the bot never opens the index database)."""
 
 from __future__ import annotations
 
-import contextlib
 import math
 import re
 import shutil
-import sqlite3
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import time as dtime
@@ -18,6 +17,7 @@ from spyoncino.helpers.files import local_time
 from spyoncino.helpers.system import cpu_temperature as cpu_temperature
 from spyoncino.schemas.control import MAX_MUTE_S, ControlState
 from spyoncino.schemas.health import CameraHealthNotice
+from spyoncino.schemas.index import EventsPage, EventsQuery
 from spyoncino.schemas.status import HealthReport, ModuleHealth
 
 ALL_CAMERAS = "*"
@@ -309,65 +309,37 @@ def events_text(
 
 
 # -- blocking helpers (run them in the executor) ------------------------------------------------
-def read_events(db_path: Path, limit: int, flt: EventFilter | None = None) -> list[dict[str, Any]]:
-    """The newest ``limit`` events (activities) from the index that match ``flt``, opened
-    read-only (never creates it)."""
-    import json
+def events_request(limit: int, flt: EventFilter | None = None) -> EventsQuery:
+    """What ``/events`` (or ``/status``'s last events) asks the index: the newest ``limit``
+    activities that match ``flt``, without their media."""
+    if flt is None:
+        return EventsQuery(limit=limit, with_artifacts=False)
+    return EventsQuery(
+        limit=limit,
+        severity=flt.severity,
+        camera=flt.camera,
+        label=flt.label,
+        zone=flt.zone,
+        after=flt.since,
+        with_artifacts=False,
+    )
 
-    if not db_path.exists():
-        return []
-    uri = f"file:{db_path}?mode=ro"
-    try:
-        conn = sqlite3.connect(uri, uri=True, timeout=5.0)
-    except sqlite3.Error:
-        return []
-    where: list[str] = []
-    args: list[Any] = []
-    if flt is not None:
-        for column, value in (("severity", flt.severity), ("camera_id", flt.camera)):
-            if value:
-                where.append(f"{column} = ?")
-                args.append(value)
-        for column, value in (("labels", flt.label), ("zones", flt.zone)):
-            if value:
-                # column is one of the two fixed names above, the value a bound parameter
-                sub = f"SELECT 1 FROM json_each(events.{column}) WHERE value = ?"  # noqa: S608
-                where.append(f"EXISTS ({sub})")
-                args.append(value)
-        if flt.since is not None:
-            where.append("started_at >= ?")
-            args.append(flt.since)
-    clause = " WHERE " + " AND ".join(where) if where else ""  # fixed fragments only
-    try:
-        rows = conn.execute(
-            "SELECT id, camera_id, kind, labels, top_score, started_at, severity, objects "  # noqa: S608
-            f"FROM events{clause} ORDER BY started_at DESC LIMIT ?",
-            (*args, limit),
-        ).fetchall()
-    except sqlite3.Error:
-        return []
-    finally:
-        conn.close()
-    out = []
-    for r in rows:
-        labels: list[str] = []
-        objects: list[dict[str, Any]] = []
-        with contextlib.suppress(ValueError, TypeError):
-            labels = [str(x) for x in json.loads(r[3])]
-            objects = [o for o in json.loads(r[7]) if isinstance(o, dict)]
-        out.append(
-            {
-                "id": r[0],
-                "camera_id": r[1],
-                "kind": r[2],
-                "labels": labels,
-                "top_score": r[4],
-                "started_at": r[5],
-                "severity": r[6],
-                "objects": objects,
-            }
-        )
-    return out
+
+def event_dicts(page: EventsPage) -> list[dict[str, Any]]:
+    """The index's answer as the rows ``event_line`` and ``status_text`` format."""
+    return [
+        {
+            "id": r.id,
+            "camera_id": r.camera_id,
+            "kind": r.kind,
+            "labels": list(r.labels),
+            "top_score": r.top_score,
+            "started_at": r.started_at,
+            "severity": r.severity,
+            "objects": list(r.objects),
+        }
+        for r in page.events
+    ]
 
 
 def disk_free(path: Path) -> tuple[int, int] | None:

@@ -46,6 +46,8 @@ from spyoncino.helpers.outbox import (
     ServerError,
     TransientError,
 )
+from spyoncino.helpers.files import local_time
+from spyoncino.helpers.requests import Requester
 from spyoncino.helpers.updates import DEFAULT_DIR as UPDATE_DIR
 from spyoncino.modules.output import _aiogram
 from spyoncino.modules.output import _telegram_text as text
@@ -221,6 +223,8 @@ class TelegramOutput(TelegramCommands, OutboxChannel[Config]):
         self.names: dict[str, str] = {}
         self.db_path = Path("events.sqlite3")
         self.storage_root = Path(".")
+        #: asks storage/index for /events and /status (the bot never opens the index)
+        self.index = Requester(self.bus, ctx.instance)
         self.bot: Bot | None = None
         self.state = ControlState(armed=True)
         self.health_report: HealthReport | None = None
@@ -282,6 +286,7 @@ class TelegramOutput(TelegramCommands, OutboxChannel[Config]):
             return
         self._inert = False
         self._bot_ready = asyncio.Event()
+        self.index = Requester(self.bus, self.ctx.instance)
         # alerts are taken (and kept in the outbox) from now on; the bot itself is built in
         # the background, so the modules started after this one (cameras) do not wait for it
         outbox = await self.open_outbox(self.db_path, rate_for=self._rate)
@@ -326,6 +331,7 @@ class TelegramOutput(TelegramCommands, OutboxChannel[Config]):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         await super().stop()
+        self.index.close()
         bot, self.bot = self.bot, None
         if bot is not None:
             with contextlib.suppress(Exception):

@@ -17,15 +17,17 @@ Every ``interval_s`` (and once at start) one pass, in the executor:
    ``hold_local``, the ``s3`` module's copies) is spared by age and by both space rounds
    above; only when the floor still cannot be held does it go, oldest first. Then it is
    logged (``retention_removed_before_upload``) and the index records that copy as failed,
-   "lost before upload" (a ``notifications`` row), so the owner can see what never left.
+   "lost before upload" (a ``notifications`` row, from ``MediaRemoved.lost``), so the owner
+   can see what never left.
 
 Besides the timer, a pass runs at once (at most every ``URGENT_GAP_S``) when an artifact brings
 free space under the floor and when a writer reports a failed write on ``storage.fault`` (the
-index on a full card). A pass that fails (the index cannot be written either) is logged and
-retried; the files it removed are forgotten by the index at the next pass that can write.
+index on a full card). A pass that fails is logged and retried.
 
-Removed files are also removed from the index (one transaction per pass, none when nothing is
-removed, so an idle box writes nothing). A ``RetentionReport`` is published on
+Removed files leave the index too: retention publishes their paths on ``storage.media.removed``
+(``MediaRemoved``; nothing when nothing was removed, so an idle box writes nothing) and the
+index, the only owner of that database, forgets them in its next batch (and keeps them for a
+later one when it cannot write). A ``RetentionReport`` is published on
 ``storage.retention`` after every pass. Health metrics report the media bytes written in the
 last hour and the process's own disk writes per hour (``/proc/self/io``).
 
@@ -52,10 +54,10 @@ from spyoncino.core.config import AppConfig
 from spyoncino.core.contracts import BaseModule, ModuleConfig, ModuleContext
 from spyoncino.helpers.files import clean_temp_files, disk_free
 from spyoncino.helpers.media_layout import MediaFile, scan
-from spyoncino.modules.storage.index.db import connect, delete_artifact, insert_notification
 from spyoncino.schemas import topics
 from spyoncino.schemas.alerts import AlertNotification
 from spyoncino.schemas.events import EventNotice
+from spyoncino.schemas.index import MediaRemoved
 from spyoncino.schemas.media import MediaArtifact, RetentionReport, StorageFault
 
 #: what goes first when space runs out
@@ -172,9 +174,9 @@ class MediaRetention(BaseModule[Config]):
         self._urgent = asyncio.Event()
         self._last_pass_mono = 0.0
         self.urgent_gap_s = URGENT_GAP_S
-        #: relpaths removed from disk whose index rows could not be deleted yet
+        #: relpaths removed from disk in this pass, for the index to forget
         self._unforgotten: list[str] = []
-        #: copies whose file went before it left the box, to record in the index
+        #: copies whose file went before it left the box, for the index to record
         self._lost: list[AlertNotification] = []
         self.removed_before_upload = 0
         self.pass_failures = 0
@@ -261,6 +263,10 @@ class MediaRetention(BaseModule[Config]):
         finally:
             self._running = False
             self._last_pass_mono = time.monotonic()
+        if self._unforgotten or self._lost:
+            removed, self._unforgotten = tuple(self._unforgotten), []
+            lost, self._lost = tuple(self._lost), []
+            await self.bus.publish(topics.MEDIA_REMOVED, MediaRemoved(relpaths=removed, lost=lost))
         self.passes += 1
         self.removed_total += report.removed_files
         self.last_report = report
@@ -361,8 +367,6 @@ class MediaRetention(BaseModule[Config]):
         if removed:
             self._prune_folders({e.media.path.parent for e in removed})
         self._unforgotten.extend(e.media.relpath for e in removed)
-        if self._unforgotten or self._lost:
-            self._forget()
         by_kind: dict[str, int] = {}
         for e in removed:
             by_kind[e.media.kind] = by_kind.get(e.media.kind, 0) + 1
@@ -414,34 +418,6 @@ class MediaRetention(BaseModule[Config]):
             self.log.warning("retention_unlink_failed", relpath=e.media.relpath, error=repr(exc))
             return False
         return True
-
-    def _forget(self) -> None:
-        """Delete the index rows of removed files; kept for the next pass when it cannot."""
-        if not self.db_path.exists():
-            self._unforgotten.clear()
-            self._lost.clear()
-            return
-        relpaths = list(self._unforgotten)
-        lost = list(self._lost)
-        try:
-            conn = connect(self.db_path)
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                for rel in relpaths:
-                    delete_artifact(conn, rel)
-                for note in lost:
-                    insert_notification(conn, note)
-                conn.execute("COMMIT")
-            finally:
-                if conn.in_transaction:  # a failed COMMIT has rolled back already
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
-                conn.close()
-        except sqlite3.Error as e:
-            self.log.warning("retention_forget_failed", files=len(relpaths), error=repr(e))
-            return
-        del self._unforgotten[: len(relpaths)]
-        del self._lost[: len(lost)]
 
     def _prune_folders(self, folders: set[Path]) -> None:
         for folder in folders:

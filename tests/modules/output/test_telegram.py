@@ -21,6 +21,7 @@ from spyoncino.modules.event.arming import ArmingState
 from spyoncino.modules.event.clip import ClipRecorder
 from spyoncino.modules.event.snapshot import SnapshotWriter
 from spyoncino.modules.output.telegram import TelegramOutput
+from spyoncino.modules.storage.index import EventIndex
 from spyoncino.modules.storage.index.db import connect as index_connect
 from spyoncino.modules.storage.index.db import upsert_event
 from spyoncino.schemas import topics
@@ -714,6 +715,8 @@ async def test_status_health_events_and_help_replies(
             ),
         )
     conn.close()
+    # the bot asks storage/index for the events (it never opens the file itself)
+    index = await start_module(EventIndex, "index", h.bus, h.module.ctx.executor, h.root, {})
     await h.bus.drain()
 
     botapi.push_message(111, 111, "/status")
@@ -738,6 +741,10 @@ async def test_status_health_events_and_help_replies(
 
     botapi.push_message(111, 111, "/frobnicate")
     assert "/help" in await reply_to(botapi, 111, "Unknown command")
+
+    await index.stop()  # no index: /events says so instead of "no events"
+    botapi.push_message(111, 111, "/events")
+    assert "no module answers" in await reply_to(botapi, 111, "/events: the event index")
 
 
 def grey_frame(seq: int, grey: int, mono: float) -> Frame:

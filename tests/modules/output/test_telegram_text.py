@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from spyoncino.modules.output import _telegram_text as text
 from spyoncino.schemas.control import MAX_MUTE_S, ControlState
+from spyoncino.schemas.index import EventsPage
 
 
 @pytest.mark.parametrize(
@@ -114,10 +115,10 @@ def test_state_text_lists_live_mutes_only() -> None:
     assert len(lines) == 3
 
 
-def test_events_of_a_missing_index_are_none(tmp_path: Path) -> None:
-    assert text.read_events(tmp_path / "nope.sqlite3", 5) == []
-    assert not (tmp_path / "nope.sqlite3").exists()
+def test_no_events_recorded_yet() -> None:
+    assert text.event_dicts(EventsPage()) == []
     assert text.events_text([], {}, None) == "No events recorded yet."
+    assert text.events_text([], {}, None, filtered=True) == "No events match."
 
 
 def test_disk_free_of_a_folder_not_made_yet(tmp_path: Path) -> None:
@@ -151,6 +152,7 @@ def test_events_command_filters_activities_by_severity_camera_label_zone_and_tim
     tmp_path: Path,
 ) -> None:
     from spyoncino.modules.storage.index.db import connect, upsert_event
+    from spyoncino.modules.storage.index.queries import connect_ro, list_events
     from spyoncino.schemas.events import EventNotice, TrackedObject
     from spyoncino.schemas.frames import Box
 
@@ -190,11 +192,16 @@ def test_events_command_filters_activities_by_severity_camera_label_zone_and_tim
         )
     conn.close()
     names = {"door": "Front door", "yard": "Yard"}
+    reader = connect_ro(db)  # what storage/index answers the bot's request with
+
+    def read(limit: int, flt: text.EventFilter | None = None) -> list[dict[str, object]]:
+        page = EventsPage(events=list_events(reader, text.events_request(limit, flt)))
+        return text.event_dicts(page)
 
     def ids(*args: str) -> list[str]:
         flt = text.parse_events_args(args, names, now, "UTC")
         assert isinstance(flt, text.EventFilter), flt
-        return [r["id"] for r in text.read_events(db, flt.limit, flt)]
+        return [str(r["id"]) for r in read(flt.limit, flt)]
 
     assert ids() == ["a1", "d1", "a2"]
     assert ids("alerts") == ["a1", "a2"]
@@ -207,7 +214,7 @@ def test_events_command_filters_activities_by_severity_camera_label_zone_and_tim
     assert ids("1h") == ["a1", "d1"]
     assert ids("1") == ["a1"]
     assert isinstance(text.parse_events_args(["%%"], names, now, None), str)
-    rows = text.read_events(db, 5)
+    rows = read(5)
     lines = text.events_text(rows, names, "UTC").splitlines()
     assert lines[1].endswith("Front door: 2 people, 1 car 90%")
     assert lines[2].endswith("Front door: 1 car 90% (detection)")

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import os
-import sqlite3
 import time
 from pathlib import Path
 
 from spyoncino.modules.storage.index.db import connect
-from spyoncino.modules.storage.index.reindex import reindex
 from spyoncino.modules.storage.media import MediaRetention
+from spyoncino.schemas import topics
 from spyoncino.schemas.events import EventNotice
+from spyoncino.schemas.index import MediaRemoved
 from spyoncino.schemas.media import MediaArtifact, RetentionReport, StorageFault
 from spyoncino.testing import BusHarness
 from tests.support.tmpfs import small_tmpfs
@@ -54,15 +54,20 @@ def event(i: int, age_s: float, root: Path) -> dict[str, Path]:
     }
 
 
-async def run(root: Path, disk: FakeDisk | None, **cfg: object) -> tuple[MediaRetention, list]:
+async def run(
+    root: Path, disk: FakeDisk | None, removed: list[MediaRemoved] | None = None, **cfg: object
+) -> tuple[MediaRetention, list]:
     async with BusHarness(storage_root=root) as h:
         rec = h.record("storage.retention")
+        gone = h.record(topics.MEDIA_REMOVED)
         mod = h.build(MediaRetention, {"media": cfg}, name="media")
         if disk is not None:
             mod.disk_free = disk  # type: ignore[attr-defined]
         await mod.configure(mod.ctx.app)
         await mod.start()
         await h.bus.drain()
+        if removed is not None:
+            removed.extend(gone.payloads)
         return mod, rec.payloads  # type: ignore[return-value]
 
 
@@ -159,16 +164,15 @@ async def test_removed_files_leave_the_index_and_leftovers_are_cleaned(tmp_path:
     scratch = root / ".scratch" / ".e9.abcd.mp4"
     scratch.parent.mkdir(parents=True)
     scratch.write_bytes(b"half")
-    db = root / "events.sqlite3"
-    assert reindex(root, db) == 2 + 8
-    await run(root, None)
+    removed: list[MediaRemoved] = []
+    await run(root, None, removed)
     assert not temp.exists()
     assert not scratch.exists()
     assert not any(p.exists() for p in old.values())
-    conn = sqlite3.connect(db)
-    assert conn.execute("SELECT COUNT(*) FROM artifacts WHERE event_id='e1'").fetchone() == (0,)
-    assert conn.execute("SELECT COUNT(*) FROM artifacts WHERE event_id='e2'").fetchone() == (4,)
-    assert conn.execute("SELECT COUNT(*) FROM events WHERE id='e1'").fetchone() == (0,)
+    # the index (its only owner) is told which rows to forget: e1's four files, nothing else
+    (msg,) = removed
+    assert sorted(msg.relpaths) == sorted(p.relative_to(root).as_posix() for p in old.values())
+    assert msg.lost == ()
 
 
 async def test_idle_pass_writes_nothing(tmp_path: Path) -> None:
@@ -294,6 +298,7 @@ async def test_pending_copies_are_kept_until_the_floor_forces_them_and_then_mark
     events = [event(i, (10 - i) * 3600, root) for i in range(6)]  # e0 oldest, e5 newest
     old = event(9, 8 * DAY, root)  # its clip is past clip_days
     async with BusHarness(storage_root=root) as h:
+        gone = h.record(topics.MEDIA_REMOVED)
         mod = h.build(MediaRetention, {"media": {}}, name="media")
         await mod.configure(mod.ctx.app)
         assert isinstance(mod, MediaRetention)
@@ -316,11 +321,10 @@ async def test_pending_copies_are_kept_until_the_floor_forces_them_and_then_mark
         assert not old["clip"].exists()
         assert mod.removed_before_upload >= 1
         assert events[5]["clip"].exists()  # the newest event is always stored
+        await h.bus.drain()
         await mod.stop()
-    conn = sqlite3.connect(mod.db_path)
-    rows = conn.execute(
-        "SELECT channel, event_id, kind, status, error FROM notifications ORDER BY id"
-    ).fetchall()
-    conn.close()
+    rows = [
+        (n.channel, n.event_id, n.kind, n.status, n.error) for m in gone.payloads for n in m.lost
+    ]
     assert rows[0][:4] == ("s3", "e9", "copy:clip", "failed")
     assert rows[0][4].startswith("lost before upload")

@@ -33,6 +33,7 @@ from spyoncino.core.contracts import (
     ModuleContext,
     ModuleNotReady,
 )
+from spyoncino.helpers.requests import Requester
 from spyoncino.schemas import topics
 from spyoncino.schemas.alerts import AlertNotification
 from spyoncino.schemas.control import (
@@ -212,6 +213,8 @@ class StatusPage(BaseModule[Config]):
         self.reports = Reports()
         self.control: ControlState | None = None
         self.live = LiveEvents()
+        #: asks storage/index for events (the page never opens the index itself)
+        self.index = Requester(self.bus, ctx.instance)
         self.frames: dict[str, Frame] = {}
         self.jpegs: dict[tuple[str, int], tuple[int, bytes]] = {}
         self._encoding: dict[tuple[str, int], asyncio.Future[bytes]] = {}
@@ -294,6 +297,7 @@ class StatusPage(BaseModule[Config]):
         if self.password_hash is None:
             await self._ensure_initial_password()
         self._follow_cameras()
+        self.index = Requester(self.bus, self.ctx.instance)
         self.subscribe(topics.HEALTH.name, self._on_health, policy="latest")
         self.subscribe(topics.BUS_STATUS.name, self._on_bus, policy="latest")
         self.subscribe(topics.CONTROL_STATE.name, self._on_state, policy="block")
@@ -339,6 +343,7 @@ class StatusPage(BaseModule[Config]):
         return 0
 
     async def stop(self) -> None:
+        self.index.close()
         for q in list(self.clients):
             with contextlib.suppress(asyncio.QueueFull):
                 q.put_nowait(None)

@@ -1,4 +1,5 @@
-"""Reading events: the SQLite index (read-only, our own SELECTs) plus what the bus said lately.
+"""Reading events: what the index answers (typed requests on the bus) plus what the bus said
+lately. The status page never opens the index database; ``storage/index`` owns it.
 
 The index batches its writes, so an event seen on the bus a second ago may not be in the file
 yet; ``LiveEvents`` keeps the last few hundred so lists and pages are never behind the bus.
@@ -7,8 +8,6 @@ Media paths are resolved strictly inside the storage root.
 
 from __future__ import annotations
 
-import json
-import sqlite3
 import stat
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
@@ -17,7 +16,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from spyoncino.helpers.requests import Requester, RequestError
+from spyoncino.schemas import topics
 from spyoncino.schemas.events import EventNotice
+from spyoncino.schemas.index import EventLookup, EventRecord, EventsQuery, LabelsQuery
 from spyoncino.schemas.media import MediaArtifact
 
 #: What the media route will serve; everything else under the root (index, state) is private.
@@ -202,141 +204,86 @@ class EventQuery:
         return not (bounds and not bounds[0] <= row.started_at < bounds[1])
 
 
-_COLUMNS = (
-    "id, camera_id, kind, labels, top_score, zones, started_at, updated_at, ended_at, phase, "
-    "severity, objects"
-)
+#: seconds a page waits for the index's answer before it shows what the bus said lately
+INDEX_TIMEOUT_S = 5.0
 
 
-def _connect_ro(db: Path) -> sqlite3.Connection | None:
-    if not db.is_file():
-        return None
-    conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=2.0)
-    conn.row_factory = sqlite3.Row
-    return conn
-
-
-def _row(r: sqlite3.Row) -> EventRow:
-    try:
-        labels = [str(x) for x in json.loads(r["labels"] or "[]")]
-        zones = [str(x) for x in json.loads(r["zones"] or "[]")]
-        objects = [o for o in json.loads(r["objects"] or "[]") if isinstance(o, dict)]
-    except ValueError:
-        labels, zones, objects = [], [], []
-    return EventRow(
-        id=r["id"],
-        camera_id=r["camera_id"],
-        kind=r["kind"],
-        labels=labels,
-        top_score=float(r["top_score"] or 0.0),
-        started_at=float(r["started_at"]),
-        updated_at=float(r["updated_at"]),
-        ended_at=None if r["ended_at"] is None else float(r["ended_at"]),
-        phase=r["phase"],
-        zones=zones,
-        severity=str(r["severity"] or "alert"),
-        objects=objects,
-    )
-
-
-def _attach_artifacts(conn: sqlite3.Connection, rows: list[EventRow]) -> None:
-    if not rows:
-        return
-    by_id = {r.id: r for r in rows}
-    marks = ",".join("?" * len(by_id))
-    cur = conn.execute(
-        "SELECT event_id, kind, relpath, mime, size_bytes, duration_s FROM artifacts "  # noqa: S608
-        f"WHERE event_id IN ({marks})",
-        tuple(by_id),
-    )
-    for a in cur:
-        by_id[a["event_id"]].artifacts[a["kind"]] = _artifact_dict(
-            a["relpath"], a["mime"], int(a["size_bytes"]), a["duration_s"]
-        )
-
-
-def query_index(db: Path, q: EventQuery) -> list[EventRow]:
-    """Blocking: run in the executor. Newest first. A missing or busy index gives []."""
-    where: list[str] = []
-    args: list[Any] = []
-    if q.camera:
-        where.append("camera_id = ?")
-        args.append(q.camera)
-    if q.label:
-        where.append("EXISTS (SELECT 1 FROM json_each(events.labels) WHERE value = ?)")
-        args.append(q.label)
-    if q.severity:
-        where.append("severity = ?")
-        args.append(q.severity)
-    if q.zone:
-        where.append("EXISTS (SELECT 1 FROM json_each(events.zones) WHERE value = ?)")
-        args.append(q.zone)
-    if q.after is not None:
-        where.append("started_at >= ?")
-        args.append(q.after)
+def index_request(q: EventQuery) -> EventsQuery:
+    """``q`` as the index's typed request: the day becomes time bounds (in ``q.tz``)."""
+    after, before = q.after, q.before
     bounds = q.day_bounds()
     if bounds:
-        where.append("started_at >= ? AND started_at < ?")
-        args.extend(bounds)
-    if q.before is not None:
-        where.append("started_at < ?")
-        args.append(q.before)
-    # only fixed fragments are joined; every value is a bound parameter
-    clause = " WHERE " + " AND ".join(where) if where else ""
-    sql = f"SELECT {_COLUMNS} FROM events{clause} ORDER BY started_at DESC LIMIT ?"  # noqa: S608
-    args.append(q.limit)
+        after = bounds[0] if after is None else max(after, bounds[0])
+        before = bounds[1] if before is None else min(before, bounds[1])
+    return EventsQuery(
+        camera=q.camera,
+        label=q.label,
+        severity=q.severity,
+        zone=q.zone,
+        after=after,
+        before=before,
+        limit=q.limit,
+    )
+
+
+def from_record(r: EventRecord) -> EventRow:
+    return EventRow(
+        id=r.id,
+        camera_id=r.camera_id,
+        kind=r.kind,
+        labels=list(r.labels),
+        top_score=r.top_score,
+        started_at=r.started_at,
+        updated_at=r.updated_at,
+        ended_at=r.ended_at,
+        phase=r.phase,
+        zones=list(r.zones),
+        severity=r.severity,
+        objects=list(r.objects),
+        artifacts={
+            a.kind: _artifact_dict(a.relpath, a.mime, a.size_bytes, a.duration_s)
+            for a in r.artifacts
+        },
+    )
+
+
+async def query_index(index: Requester, q: EventQuery) -> list[EventRow]:
+    """Newest first, as the index answers; [] when there is no index or it cannot answer
+    (the page then shows what the bus said lately)."""
     try:
-        conn = _connect_ro(db)
-        if conn is None:
-            return []
-        try:
-            rows = [_row(r) for r in conn.execute(sql, args)]
-            _attach_artifacts(conn, rows)
-            return rows
-        finally:
-            conn.close()
-    except sqlite3.Error:
+        page = await index.ask(
+            topics.INDEX_EVENTS,
+            index_request(q),
+            topics.INDEX_EVENTS_REPLY,
+            timeout=INDEX_TIMEOUT_S,
+        )
+    except RequestError:
         return []
+    return [from_record(r) for r in page.events]
 
 
-def get_event(db: Path, event_id: str) -> EventRow | None:
-    """Blocking: run in the executor."""
+async def get_event(index: Requester, event_id: str) -> EventRow | None:
     try:
-        conn = _connect_ro(db)
-        if conn is None:
-            return None
-        try:
-            r = conn.execute(
-                f"SELECT {_COLUMNS} FROM events WHERE id = ?",  # noqa: S608
-                (event_id,),
-            ).fetchone()
-            if r is None:
-                return None
-            row = _row(r)
-            _attach_artifacts(conn, [row])
-            return row
-        finally:
-            conn.close()
-    except sqlite3.Error:
+        page = await index.ask(
+            topics.INDEX_EVENT,
+            EventLookup(event_id=event_id),
+            topics.INDEX_EVENTS_REPLY,
+            timeout=INDEX_TIMEOUT_S,
+        )
+    except RequestError:
         return None
+    return from_record(page.events[0]) if page.events else None
 
 
-def labels_in_index(db: Path) -> list[str]:
-    """Blocking: every label seen, for the filter menu."""
+async def labels_in_index(index: Requester) -> list[str]:
+    """Every label seen, for the filter menu."""
     try:
-        conn = _connect_ro(db)
-        if conn is None:
-            return []
-        try:
-            cur = conn.execute(
-                "SELECT DISTINCT value FROM events, json_each(events.labels) "
-                "ORDER BY value LIMIT 200"
-            )
-            return [str(r[0]) for r in cur]
-        finally:
-            conn.close()
-    except sqlite3.Error:
+        reply = await index.ask(
+            topics.INDEX_LABELS, LabelsQuery(), topics.INDEX_LABELS_REPLY, timeout=INDEX_TIMEOUT_S
+        )
+    except RequestError:
         return []
+    return list(reply.labels)
 
 
 def merge(indexed: list[EventRow], live: list[EventRow], q: EventQuery) -> list[EventRow]:

@@ -340,7 +340,7 @@ def _query(request: web.Request) -> EventQuery:
 
 
 async def _events(p: StatusPage, q: EventQuery) -> list[Any]:
-    indexed = await p.ctx.executor.run(query_index, p.app_cfg.storage.db_path, q)
+    indexed = await query_index(p.index, q)
     return merge(indexed, p.live.rows(), q)
 
 
@@ -348,7 +348,7 @@ async def events_page(request: web.Request) -> web.Response:
     p = _page(request)
     q = _query(request)
     rows = await _events(p, q)
-    labels = await p.ctx.executor.run(labels_in_index, p.app_cfg.storage.db_path)
+    labels = await labels_in_index(p.index)
     labels = sorted(set(labels) | {lb for r in p.live.rows() for lb in r.labels})
     body = views.events(rows, q, p.camera_ids(), labels, p.app_cfg.runtime.timezone)
     return _html(request, "events", "Events", body)
@@ -356,7 +356,7 @@ async def events_page(request: web.Request) -> web.Response:
 
 async def _event(p: StatusPage, event_id: str) -> Any:
     live = p.live.get(event_id)
-    indexed = await p.ctx.executor.run(get_event, p.app_cfg.storage.db_path, event_id)
+    indexed = await get_event(p.index, event_id)
     if indexed is None:
         return live
     if live is None:

@@ -38,10 +38,13 @@ from spyoncino.core.bus import Message
 from spyoncino.core.config import AppConfig
 from spyoncino.core.contracts import BaseModule as _Base
 from spyoncino.core.contracts import ModuleConfig, ModuleContext, ModuleNotReady
+from spyoncino.helpers.requests import answering
+from spyoncino.modules.storage.index import queries
 from spyoncino.modules.storage.index.db import (
     SCHEMA,
     SCHEMA_VERSION,
     connect,
+    delete_artifact,
     insert_notification,
     upsert_artifact,
     upsert_event,
@@ -50,6 +53,16 @@ from spyoncino.modules.storage.index.reindex import reindex_into
 from spyoncino.schemas import topics
 from spyoncino.schemas.alerts import AlertNotification
 from spyoncino.schemas.events import EventNotice
+from spyoncino.schemas.index import (
+    DayCountsQuery,
+    DayCountsReply,
+    EventLookup,
+    EventsPage,
+    EventsQuery,
+    LabelsQuery,
+    LabelsReply,
+    MediaRemoved,
+)
 from spyoncino.schemas.media import MediaArtifact, StorageFault, StoredEvent
 
 #: seconds between two ``storage.fault`` messages while writes keep failing
@@ -81,6 +94,9 @@ class EventIndex(_Base[Config]):
         self.db_path: Path | None = None
         self.root = Path(".")
         self._conn: sqlite3.Connection | None = None
+        #: read-only connection the answers to requests use (WAL: never waits for a write)
+        self._reader: sqlite3.Connection | None = None
+        self._read_lock = threading.Lock()
         self._pending: list[tuple[str, Any]] = []
         #: rows of a failed write, written first next time (only touched under _db_lock)
         self._retry: list[tuple[str, Any]] = []
@@ -124,6 +140,33 @@ class EventIndex(_Base[Config]):
         self.subscribe("event.*.ended", self._on_event, policy="block")
         self.subscribe(topics.ARTIFACT.pattern(), self._on_artifact, policy="block")
         self.subscribe(topics.NOTIFY.pattern(), self._on_notify, policy="block")
+        self.subscribe(topics.MEDIA_REMOVED.name, self._on_removed, policy="block")
+        try:
+            self._reader = await self.ctx.executor.run(queries.connect_ro, self.db_path)
+        except sqlite3.Error as e:
+            raise ModuleNotReady(f"cannot read index {self.db_path}: {e}") from e
+        # the only owner of the index answers everyone else's questions about it
+        bus = self.bus
+        self.subscribe(
+            topics.INDEX_EVENTS,
+            answering(bus, topics.INDEX_EVENTS_REPLY, self._answer_events),
+            policy="block",
+        )
+        self.subscribe(
+            topics.INDEX_EVENT,
+            answering(bus, topics.INDEX_EVENTS_REPLY, self._answer_event),
+            policy="block",
+        )
+        self.subscribe(
+            topics.INDEX_LABELS,
+            answering(bus, topics.INDEX_LABELS_REPLY, self._answer_labels),
+            policy="block",
+        )
+        self.subscribe(
+            topics.INDEX_COUNTS,
+            answering(bus, topics.INDEX_COUNTS_REPLY, self._answer_counts),
+            policy="block",
+        )
         self.spawn(self._flush_loop(), "flush")
         self.set_state("ok", str(self.db_path))
 
@@ -145,6 +188,32 @@ class EventIndex(_Base[Config]):
 
     async def _on_notify(self, msg: Message[AlertNotification]) -> None:
         self._pending.append(("notify", msg.payload))
+
+    async def _on_removed(self, msg: Message[MediaRemoved]) -> None:
+        # in the same batch as the other rows, in order: an artifact indexed and removed
+        # within one interval is gone after the commit, not indexed again
+        self._pending.extend(("forget", rel) for rel in msg.payload.relpaths)
+        self._pending.extend(("notify", note) for note in msg.payload.lost)
+
+    # -- answers (the read side; SQL in ``queries``) -------------------------------------------
+    def _read(self, fn: Any, *args: Any) -> Any:
+        with self._read_lock:
+            if self._reader is None:
+                raise RuntimeError("the index is stopped")
+            return fn(self._reader, *args)
+
+    async def _answer_events(self, q: EventsQuery) -> EventsPage:
+        return EventsPage(events=await self.ctx.executor.run(self._read, queries.list_events, q))
+
+    async def _answer_event(self, q: EventLookup) -> EventsPage:
+        found = await self.ctx.executor.run(self._read, queries.get_event, q.event_id)
+        return EventsPage(events=() if found is None else (found,))
+
+    async def _answer_labels(self, q: LabelsQuery) -> LabelsReply:
+        return LabelsReply(labels=await self.ctx.executor.run(self._read, queries.labels, q))
+
+    async def _answer_counts(self, q: DayCountsQuery) -> DayCountsReply:
+        return DayCountsReply(counts=await self.ctx.executor.run(self._read, queries.day_counts, q))
 
     async def _flush_loop(self) -> None:
         while True:
@@ -248,6 +317,8 @@ class EventIndex(_Base[Config]):
                     upsert_event(conn, item)
                 elif kind == "artifact":
                     upsert_artifact(conn, item)
+                elif kind == "forget":
+                    delete_artifact(conn, item)
                 else:
                     insert_notification(conn, item)
             conn.execute("COMMIT")
@@ -275,6 +346,10 @@ class EventIndex(_Base[Config]):
             conn, self._conn = self._conn, None
             if conn is not None:
                 conn.close()
+        with self._read_lock:
+            reader, self._reader = self._reader, None
+            if reader is not None:
+                reader.close()
 
     def batched(self) -> int:
         """Rows accepted and not committed yet (pending, failed before, being written)."""
