@@ -117,6 +117,27 @@ class RuntimeConfig(_Section):
     max_start_attempts: int = Field(
         default=5, ge=1, le=100, description="Failed starts before a module is quarantined."
     )
+    malloc_arena_max: int = Field(
+        default=2,
+        ge=0,
+        le=64,
+        description="glibc malloc arenas (M_ARENA_MAX; 0: glibc's default, 8 per core). Each "
+        "thread's own arena keeps what it freed; MALLOC_ARENA_MAX in the environment wins.",
+    )
+    malloc_mmap_threshold_kb: int = Field(
+        default=256,
+        ge=0,
+        le=32768,
+        description="Blocks at least this big (frames, clips) get their own mapping, returned "
+        "when freed (M_MMAP_THRESHOLD; 0: glibc's moving threshold). MALLOC_MMAP_THRESHOLD_ wins.",
+    )
+    malloc_trim_s: float = Field(
+        default=15.0,
+        ge=0.0,
+        le=3600.0,
+        description="Seconds between handing memory freed inside the heaps back to the system "
+        "(malloc_trim, in a worker; 0: never).",
+    )
     timezone: str | None = Field(
         default=None, description="IANA zone for captions and folders; None: the system's."
     )

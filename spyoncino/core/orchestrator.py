@@ -19,6 +19,7 @@ from typing import Any
 
 import structlog
 
+from spyoncino.core import malloc
 from spyoncino.core.bus import Bus, Message
 from spyoncino.core.config import (
     AppConfig,
@@ -166,6 +167,7 @@ class Orchestrator:
         #: when the file sources do, the owner is using the box
         self.cameras_added_live = False
         self._health_task: asyncio.Task[None] | None = None
+        self._trim_task: asyncio.Task[None] | None = None
         self._retry_base = retry_base
         self._retry_cap = retry_cap
         self._unsubs: list[Any] = []
@@ -201,6 +203,14 @@ class Orchestrator:
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
+        runtime = self.config.current.runtime
+        # before any module starts a thread: arenas are made per thread as they first allocate
+        tuned = malloc.tune(
+            arena_max=runtime.malloc_arena_max,
+            mmap_threshold=runtime.malloc_mmap_threshold_kb * 1024,
+        )
+        if tuned:
+            _log.debug("malloc_tuned", **tuned)
         self._watch_summary()
         self.bus.start_telemetry()
         self._unsubs.append(
@@ -221,6 +231,10 @@ class Orchestrator:
         self._health_task = asyncio.get_running_loop().create_task(
             self._health_loop(), name="orchestrator:health"
         )
+        if malloc.available():
+            self._trim_task = asyncio.get_running_loop().create_task(
+                self._trim_loop(), name="orchestrator:malloc-trim"
+            )
         await self.publish_health()
         for hook in self.on_started:
             await hook()
@@ -304,10 +318,11 @@ class Orchestrator:
                 await hook()
             except Exception as e:
                 _log.error("stop_hook_failed", error=repr(e))
-        if self._health_task is not None:
-            self._health_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._health_task
+        for task in (self._health_task, self._trim_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         stages: list[list[Slot]] = []
         for slot in sorted(self.slots, key=lambda s: (-s.order, -s.cls.stop_rank, s.instance)):
             if slot.retry_task is not None:
@@ -466,6 +481,16 @@ class Orchestrator:
         while True:
             await asyncio.sleep(self.config.current.runtime.health_interval)
             await self.publish_health()
+
+    async def _trim_loop(self) -> None:
+        """Hand the heaps' free pages back every ``runtime.malloc_trim_s`` (see core.malloc):
+        a closed activity frees tens of MB (its clip's packets, the decoded animation frames)
+        in the middle of the heaps, which would otherwise stay resident."""
+        while True:
+            every = self.config.current.runtime.malloc_trim_s
+            await asyncio.sleep(every or 60.0)
+            if every:
+                await self.executor.run(malloc.trim)
 
     # -- reconfiguration ---------------------------------------------------------------------
     async def _on_config_update(self, msg: Message[ConfigUpdate]) -> None:
