@@ -72,7 +72,7 @@ schema: $(STAMP)
 
 ## docs: regenerate docs/configuration.md from the config schema
 docs: $(STAMP)
-	$(PY) -m spyoncino.docgen > docs/configuration.md
+	$(PY) -m spyoncino.cli.docgen > docs/configuration.md
 
 ## dist: the wheel a board installs, its dependencies (dist/wheelhouse) and the release lock
 ## inside the wheel (spyoncino/data/constraints/release.txt: every dependency with its sha256,

@@ -220,7 +220,7 @@ def run_setup(
     say: Callable[[str], None] = print,
 ) -> int:
     """The whole dialogue; returns the exit code (0 written and valid, 2 invalid, 130 quit)."""
-    from spyoncino.cli import preflight
+    from spyoncino.cli._common import preflight
     from spyoncino.core.config import ConfigError, ConfigService, build_app_model
     from spyoncino.core.orchestrator import discover
 

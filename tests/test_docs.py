@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from spyoncino.docgen import render
+from spyoncino.cli.docgen import render
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from spyoncino import cli, selftest
+from spyoncino import cli
+from spyoncino.cli import selftest, update
 
 
 def _config(tmp_path: Path, extra: str = "") -> Path:
@@ -62,8 +63,8 @@ def test_spyoncino_update_hands_over_to_the_updater(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     calls: list[list[str]] = []
-    monkeypatch.setattr(cli, "UPDATER", tmp_path / "missing")
-    monkeypatch.setattr(cli.subprocess, "call", lambda argv: calls.append(argv) or 10)
+    monkeypatch.setattr(update, "UPDATER", tmp_path / "missing")
+    monkeypatch.setattr(update.subprocess, "call", lambda argv: calls.append(argv) or 10)
     code = cli.main(["update", "--check", "--version", "0.2.0", "--find-links", "/w", "--pre"])
     assert code == 10
     assert calls[0][1:] == [
@@ -80,7 +81,7 @@ def test_spyoncino_update_hands_over_to_the_updater(
     execs: list[tuple[str, list[str]]] = []
     updater = tmp_path / "spyoncino-update"
     updater.write_text("")
-    monkeypatch.setattr(cli, "UPDATER", updater)
-    monkeypatch.setattr(cli.os, "execv", lambda exe, argv: execs.append((exe, argv)))
+    monkeypatch.setattr(update, "UPDATER", updater)
+    monkeypatch.setattr(update.os, "execv", lambda exe, argv: execs.append((exe, argv)))
     cli.main(["update", "rollback"])
     assert execs == [("/usr/bin/python3", ["/usr/bin/python3", str(updater), "rollback"])]

@@ -185,8 +185,8 @@ def test_each_mistake_fails_the_check_that_names_it(acme: pytest.Pytester) -> No
 def test_installed_next_to_us_it_breaks_none_of_our_doc_tests(pytester: pytest.Pytester) -> None:
     """Our generated config reference and our module pages cover our modules only: the doc
     tests end the same with a third-party module installed as without."""
+    from spyoncino.cli.docgen import render
     from spyoncino.core.orchestrator import discover
-    from spyoncino.docgen import render
 
     docs = str(Path(__file__).resolve().parents[1] / "test_docs.py")
     before = outcomes(pytester.inline_run(docs, "-q", "-p", "no:cacheprovider"))

@@ -158,7 +158,7 @@ def test_doctor_and_models_describe_the_box(tmp_path: Path) -> None:
 
 
 def test_run_summary_counts_only_the_cameras_that_ran(tmp_path: Path) -> None:
-    from spyoncino.cli import format_summary
+    from spyoncino.cli.run import format_summary
     from spyoncino.core.config import ConfigService, build_app_model
     from spyoncino.core.orchestrator import RunSummary, discover
 

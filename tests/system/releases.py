@@ -56,7 +56,8 @@ def _patch(src: Path, version: str) -> None:
     init.write_text(
         re.sub(r'__version__ = "[^"]+"', f'__version__ = "{version}"', init.read_text())
     )
-    cli = src / "spyoncino" / "cli.py"
+    cli = src / "spyoncino" / "cli" / "run.py"
+    assert RUN in cli.read_text(), "cmd_run not found in cli/run.py"
     if version == "0.1.2":
         cli.write_text(cli.read_text().replace(RUN, RUN + CRASH))
     elif version == "0.1.3":

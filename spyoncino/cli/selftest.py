@@ -12,6 +12,7 @@ Nothing here touches the event index or the media: it runs next to the live serv
 
 from __future__ import annotations
 
+import argparse
 import os
 import tempfile
 from collections.abc import Callable
@@ -107,3 +108,9 @@ def run(config: Path | None = None, secrets: Path | None = None) -> int:
             print(f"ok   {name}: {line}", flush=True)
     print("selftest " + ("passed" if not failed else f"failed ({failed} check(s))"), flush=True)
     return 0 if not failed else 1
+
+
+def cmd_selftest(args: argparse.Namespace) -> int:
+    return run(
+        Path(args.config) if args.config else None, Path(args.secrets) if args.secrets else None
+    )
