@@ -24,6 +24,7 @@ from spyoncino.core.orchestrator import Orchestrator
 from spyoncino.schemas.control import ConfigUpdate
 from spyoncino.schemas.events import EventNotice
 from spyoncino.testing import Recorder
+from tests.support.wait import until
 
 LOG: list[str] = []
 
@@ -121,11 +122,8 @@ async def test_not_ready_is_retried_then_runs(tmp_path: Path) -> None:
     orch = Orchestrator(service(registry, {}), registry, retry_base=0.01)
     await orch.start()
     assert orch.health().overall == "degraded"
-    for _ in range(100):
-        if orch.slots[0].state == "running":
-            break
-        await asyncio.sleep(0.01)
-    assert orch.slots[0].state == "running"
+    # polled: a retried start changes the slot's state and fires no event
+    await until(lambda: orch.slots[0].state == "running", what="flaky running")
     assert LOG.count("start flaky") == 1 and "start ok" in LOG
     report = orch.health()
     assert report.overall == "ok"
@@ -141,10 +139,7 @@ async def test_module_that_keeps_failing_is_quarantined_and_others_run() -> None
     data = {"runtime": {"max_start_attempts": 3}}
     orch = Orchestrator(service(registry, data), registry, retry_base=0.01)
     await orch.start()
-    for _ in range(200):
-        if orch.slots[0].state == "quarantined":
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: orch.slots[0].state == "quarantined", what="quarantined")  # slot state
     health = orch.health()
     broken = next(m for m in health.modules if m.module == "broken")
     fine = next(m for m in health.modules if m.module == "fine")
@@ -393,7 +388,8 @@ async def test_an_event_source_stops_first_and_what_it_closes_reaches_its_consum
             await super().start()
 
             async def on(msg: Any) -> None:
-                await asyncio.sleep(0.05)  # a GIF build
+                # a GIF build: work on another thread the handler awaits
+                await asyncio.get_running_loop().run_in_executor(None, sum, range(100_000))
                 got.append(msg.payload.event_id)
 
             self.subscribe("event.#", on)
@@ -414,7 +410,7 @@ async def test_a_slow_stop_leaves_the_later_stages_their_share_of_the_budget() -
     class Slow(make_module("slow_media", "event")):  # type: ignore[misc]
         async def stop(self) -> None:
             deadlines["slow_media"] = self.stop_deadline or 0.0
-            await asyncio.sleep(60)  # a backlog no budget covers
+            await asyncio.Event().wait()  # a backlog no budget covers: it never ends
 
     class Store(make_module("store", "storage")):  # type: ignore[misc]
         async def stop(self) -> None:

@@ -63,6 +63,7 @@ class Log(list[T]):
                     await self._changed.wait()
         except TimeoutError:
             raise AssertionError(
-                f"{count} item(s) not recorded within {timeout} s; have {list(self)!r}"
+                f"{count} item(s) not recorded within {timeout} s; have {len(self)}, "
+                f"the last: {list(self)[-3:]!r}"
             ) from None
         return found

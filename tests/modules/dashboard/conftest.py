@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import re
 from collections.abc import AsyncIterator, Callable
@@ -17,6 +16,7 @@ from spyoncino.core.config import ConfigService, Layer, build_app_model
 from spyoncino.core.contracts import BaseModule
 from spyoncino.core.orchestrator import Orchestrator, discover
 from spyoncino.modules.dashboard.status_page import StatusPage, hash_password
+from tests.support.wait import until
 
 PASSWORD = "correct horse battery"
 TOKEN = "test-token-0123456789abcdef"
@@ -64,16 +64,8 @@ class Running:
         return status, csrf.group(1) if csrf else ""
 
     async def wait(self, cond: Callable[[], Any], timeout: float = 20.0) -> Any:
-        deadline = asyncio.get_running_loop().time() + timeout
-        while True:
-            value = cond()
-            if asyncio.iscoroutine(value):
-                value = await value
-            if value:
-                return value
-            if asyncio.get_running_loop().time() > deadline:
-                raise TimeoutError("condition not met")
-            await asyncio.sleep(0.1)
+        """Poll ``cond`` (page state and HTTP answers fire no event the test can await)."""
+        return await until(cond, timeout, interval=0.1)
 
 
 @pytest.fixture

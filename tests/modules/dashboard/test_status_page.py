@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -115,7 +116,7 @@ async def test_unauthenticated_posts_are_refused_and_change_nothing(start_page: 
     ):
         async with r.http.post(URL(r.base + path, encoded=True), allow_redirects=False) as resp:
             assert resp.status in (401, 403, 404), (path, resp.status)
-    await asyncio.sleep(0.3)
+    assert await r.orch.bus.drain()  # what any of them published has reached the collector
     assert r.commands == []
     assert r.page.control.armed == armed
     assert r.orch.config.version == version
@@ -144,7 +145,7 @@ async def test_session_needs_csrf_token_on_every_post(start_page: Any) -> None:
         assert resp.status == 403
     async with r.http.post(r.url("/api/disarm"), json={}) as resp:
         assert resp.status == 403
-    await asyncio.sleep(0.2)
+    assert await r.orch.bus.drain()  # what any of them published has reached the collector
     assert r.commands == []
     assert r.page.control.armed
     # with it, the form works and redirects back; the JSON call answers with the new state
@@ -416,7 +417,7 @@ async def test_ready_needs_a_camera_that_streams(start_page: Any, tmp_path: Path
     cams = {"cam": {"source": str(broken), "file": {"pace": "realtime", "loop": True}}}
     r: Running = await start_page(cameras=cams)
     await r.wait(lambda: r.page.reports.health is not None)
-    await asyncio.sleep(0.5)
+    await r.wait(lambda: _status_is(r, 503))
     status, body = await _ready(r)
     assert status == 503
     assert body["checks"]["cameras"]["ok"] is False
@@ -608,11 +609,14 @@ async def test_metrics_move_as_the_clip_plays(start_page: Any) -> None:
     mods = ("status_page", "arming", "motion", "detector", "tracker", "snapshot", "index")
     r: Running = await start_page(modules=mods, cameras=LOOPING_CAM)
     await r.wait(lambda: r.page.reports.health is not None and r.page.reports.bus is not None)
-    await asyncio.sleep(1.0)
-    first = await _scrape(r)
-    await asyncio.sleep(2.5)
-    second = await _scrape(r)
     frames = 'spyoncino_camera_frames_total{camera="cam"}'
+
+    async def scrape_when(pred: Callable[[str], bool]) -> str:
+        text = await _scrape(r)
+        return text if pred(text) else ""
+
+    first = await r.wait(lambda: scrape_when(lambda t: _value(t, frames) > 0))
+    second = await r.wait(lambda: scrape_when(lambda t: _value(t, frames) > _value(first, frames)))
     assert _value(second, frames) > _value(first, frames) > 0
     for name in (
         "spyoncino_camera_fps",
@@ -730,7 +734,8 @@ async def test_mdns_advertises_the_page(start_page: Any) -> None:
 
 async def test_mdns_skipped_on_loopback(start_page: Any) -> None:
     r: Running = await start_page(page={"mdns": True})
-    await asyncio.sleep(0.2)
+    mdns = next(t for t in r.page._tasks if t.get_name().endswith(":mdns"))
+    await asyncio.wait_for(mdns, 5)  # the advertiser's task decided and ended
     assert r.page._mdns is None
 
 

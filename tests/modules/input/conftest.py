@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
@@ -21,6 +20,7 @@ from spyoncino.core.config import build_app_model
 from spyoncino.core.contracts import BaseModule, BoundedExecutor, ModuleContext
 from spyoncino.schemas import topics
 from spyoncino.schemas.frames import Frame
+from tests.support.wait import Log, until
 
 REPO = Path(__file__).resolve().parents[3]
 SHARED_CLIP = REPO.parent / "shared" / "media" / "vtest.mp4"
@@ -158,26 +158,26 @@ class Harness:
     module: Any
     bus: Bus
     executor: BoundedExecutor
-    frames: list[tuple[float, Frame]] = field(default_factory=list)
+    frames: Log[tuple[float, Frame]] = field(default_factory=Log)
 
     async def wait_frames(self, n: int, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.frames) < n:
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"got {len(self.frames)} of {n} frames in {timeout}s; "
-                    f"health={self.module.health()!r}"
-                )
-            await asyncio.sleep(0.02)
+        try:
+            await self.frames.wait_for(n, timeout=timeout)
+        except AssertionError:
+            raise AssertionError(
+                f"got {len(self.frames)} of {n} frames in {timeout}s; "
+                f"health={self.module.health()!r}"
+            ) from None
 
     async def wait_state(self, states: tuple[str, ...], timeout: float) -> float:
+        """Seconds until the camera's state is one of ``states`` (polled: module state)."""
         t0 = time.monotonic()
-        while self.module.cam_state not in states:
-            if time.monotonic() - t0 > timeout:
-                raise AssertionError(
-                    f"camera never reached {states} in {timeout}s; health={self.module.health()!r}"
-                )
-            await asyncio.sleep(0.02)
+        await until(
+            lambda: self.module.cam_state in states,
+            timeout,
+            f"camera in {states} (health={self.module.health()!r})",
+            interval=0.02,
+        )
         return time.monotonic() - t0
 
 

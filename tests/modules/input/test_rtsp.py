@@ -10,6 +10,7 @@ import pytest
 import structlog
 
 from spyoncino.modules.input.rtsp import RtspInput
+from tests.support.wait import until
 
 FAST = {"open_timeout_s": 5.0, "read_timeout_s": 2.0, "stall_timeout_s": 4.0}
 
@@ -40,7 +41,8 @@ async def test_frames_arrive_at_full_size_and_native_rate(rtsp_server, camera_in
     steady = [t for t, _ in h.frames[-20:]]
     fps = (len(steady) - 1) / (steady[-1] - steady[0])
     assert 8.5 <= fps <= 11.5, fps
-    await asyncio.sleep(5.2)  # let the burst leave the health figure's 5 s window
+    # let the burst leave the health figure's 5 s window: 5.5 s of frames at the server's pace
+    await h.wait_frames(len(h.frames) + 55, timeout=30)
     m = h.module.metrics()
     assert m["camera_state"] == "streaming"
     assert m["resolution"] == "768x576"
@@ -60,10 +62,11 @@ async def test_server_death_reconnects_without_busy_loop_and_recovers(
     await h.wait_state(("stalled", "reconnecting"), timeout=10)
     assert h.module.health().state == "degraded"
 
-    # waiting for the camera costs (almost) nothing: no busy loop. 12 s is long enough for
-    # the backoff to reach 8 s steps, so the quick return below needs the port probe.
+    # waiting for the camera costs (almost) nothing: no busy loop. After four reconnects the
+    # backoff is at its 4-8 s step, so the quick return below needs the port probe.
     cpu0, wall0 = cpu_seconds(), time.monotonic()
-    await asyncio.sleep(12.0)
+    # polled: the reconnect count is the input's own state
+    await until(lambda: h.module.reconnects >= 4, 40, "four reconnects", interval=0.2)
     cpu_share = (cpu_seconds() - cpu0) / (time.monotonic() - wall0)
     assert cpu_share < 0.02, f"{cpu_share:.1%} CPU while the camera is away"
     assert h.module.cam_state in ("stalled", "reconnecting")
@@ -100,9 +103,7 @@ async def test_wrong_path_reports_404_and_backs_off(rtsp_server, camera_input) -
         )
         h.module.backoff_base = 0.2  # same doubling, shorter test
         await h.module.start()
-        deadline = time.monotonic() + 15
-        while h.module.reconnects < 4 and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        await until(lambda: h.module.reconnects >= 4, 15, "four reconnects")  # module state
     health = h.module.health()
     assert health.state == "degraded"
     assert "404" in (health.last_error or "")
@@ -126,9 +127,7 @@ async def test_wrong_credentials_clear_error_and_no_secret_anywhere(
         )
         wrong.module.backoff_base = 0.2
         await wrong.module.start()
-        deadline = time.monotonic() + 15
-        while wrong.module.reconnects < 2 and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        await until(lambda: wrong.module.reconnects >= 2, 15, "two reconnects")  # module state
         assert "401" in (wrong.module.health().last_error or "")
         assert wrong.module.cam_state == "reconnecting"
         await wrong.module.stop()
@@ -197,13 +196,13 @@ async def test_colour_decoded_on_other_threads_while_streaming(rtsp_server, came
     h = await camera_input(RtspInput, server.url(), "rtsp", options=FAST)
     await h.wait_frames(35, timeout=30)
     seen = 0
-    deadline = time.monotonic() + 4
-    while time.monotonic() < deadline:
+    end = len(h.frames) + 40  # about 4 s of streaming while colour is decoded from threads
+    while len(h.frames) < end:
         frames = [f for _, f in h.frames[-4:]]
         images = await asyncio.gather(*(asyncio.to_thread(lambda f=f: f.image) for f in frames))
         assert all(img.shape == (576, 768, 3) for img in images)
         seen += len(images)
-        await asyncio.sleep(0.01)
+        await h.wait_frames(len(h.frames) + 1, timeout=10)  # the next frame, then again
     assert seen > 40
     assert h.module.cam_state == "streaming"
 

@@ -13,6 +13,7 @@ import pytest
 
 from spyoncino.modules.input import usb
 from spyoncino.modules.input.usb import UsbInput, fourcc_code, fourcc_text
+from tests.support.wait import until
 
 
 class FakeVideoCapture:
@@ -161,7 +162,7 @@ async def test_unplug_degrades_retries_and_recovers_on_replug(
     assert health.state == "degraded"
     assert "unplugged" in (health.last_error or "")
     time.sleep(0)  # nothing else: the loop must keep retrying on its own
-    await _until(lambda: h.module.reconnects >= 2, 10)
+    await until(lambda: h.module.reconnects >= 2, 10)
 
     device.write_bytes(b"")  # plugged back in
     before = len(h.frames)
@@ -177,12 +178,3 @@ async def test_by_id_symlink_opens_the_real_node(fake_v4l2, device, tmp_path, ca
     h = await camera_input(UsbInput, str(link), "usb")
     await h.wait_frames(1, timeout=10)
     assert fake_v4l2["opened"][0].path == str(device.resolve())
-
-
-async def _until(cond: Any, timeout: float) -> None:
-    import asyncio
-
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
