@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import importlib
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from spyoncino.modules.process.motion import MotionDetector
 from spyoncino.schemas import topics
 from spyoncino.schemas.events import EventNotice
 from spyoncino.schemas.frames import Frame
+from spyoncino.testing import FakeClock
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "spyoncino" / "data" / "sample.mp4"
@@ -64,23 +64,26 @@ async def test_no_activity_of_the_nuisance_replay_becomes_an_alert() -> None:
         notices.append(msg.payload)
 
     bus.subscribe("event.#", on_event, policy="block", maxsize=1000, module="test")
+    # the frames' clock: it moves 0.1 s with each frame, as a live 10 fps camera's would, so
+    # the detector paces itself as it does live (5 fps) however slow this machine is
+    clock = FakeClock(mono=0.0)
     mods: list[Any] = []
     try:
         for name, cls in registry.items():
-            m = cls(ModuleContext(bus=bus, executor=executor, app=app, instance=name))
+            ctx = ModuleContext(bus=bus, executor=executor, app=app, instance=name, clock=clock)
+            m = cls(ctx)
             await m.configure(app)
             await m.start()
             mods.append(m)
-        stages = (topics.FRAME.at(camera="cam"), topics.MOTION.name, topics.OBJECTS.name)
-        clock0 = time.monotonic()
+        detector = next(m for m in mods if isinstance(m, ObjectDetector))
         for i, (img, luma) in enumerate(replay):
             h, w = img.shape[:2]
-            frame = Frame("cam", i, clock0 + i / FPS, time.time(), w, h, luma, _image=img)
+            frame = Frame("cam", i, clock.monotonic(), clock.time(), w, h, luma, _image=img)
             await bus.publish(topics.FRAME.at(camera="cam"), frame)
-            await bus.wait_idle(*stages)
-            while any(m.pending() for m in mods if hasattr(m, "pending")):
-                await asyncio.sleep(0.001)
-                await bus.wait_idle(*stages)
+            await bus.wait_idle(topics.FRAME.at(camera="cam"), topics.MOTION.name)
+            await detector.settled()
+            await bus.wait_idle(topics.OBJECTS.name)
+            clock.advance(1 / FPS)
         await bus.drain(timeout=10.0)
         for m in reversed(mods):
             await m.stop()

@@ -1,12 +1,13 @@
 """Real footage: ``vtest.mp4`` replayed through motion, the real person model, the tracker and
 every media writer, on one real bus, with the frames' own clock.
 
-Frames 350-560 are replayed (10 fps). The packaged person model looks at every second frame
-(5 fps, the detector's default rate) from frame 380 to 499; before that the pre-roll ring
-fills, after it the scene is watched for 6 s more so every event ends. The detector
-module's own scheduler paces inference by the wall clock, so this test runs the same model
-through ``load_model`` itself and publishes ``DetectionEvent``s exactly as the module does,
-which keeps the replay deterministic.
+Frames 350-560 are replayed (10 fps) in lockstep on a ``FakeClock`` that moves 0.1 s with
+each frame. The real detector module (the packaged person model) looks from frame 380 to 499,
+paced by its own scheduler (5 fps of the frames' clock, a second look at newcomers); its
+camera is switched on and off live around that window: before it the pre-roll ring fills,
+after it the scene is watched for 6 s more so every event ends. Each frame waits for what it
+set off (bus idle, the detector settled), never for the wall clock, so the replay is the same
+on a loaded machine.
 
 Counted by eye on frames 380-500 (contact sheets of every 10th frame): six different people
 are in the scene in that window -- a man walking left to right on the far left who then
@@ -21,7 +22,6 @@ rule would fold strangers into one event (it is meant for a private yard).
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -36,17 +36,15 @@ from spyoncino.modules.event.clip import ClipRecorder
 from spyoncino.modules.event.gif import GifMaker
 from spyoncino.modules.event.snapshot import SnapshotWriter
 from spyoncino.modules.event.tracker import EventTracker
-from spyoncino.modules.process.detector import Config as DetectorConfig
-from spyoncino.modules.process.detector import load_model
+from spyoncino.modules.process.detector import ObjectDetector
 from spyoncino.modules.process.motion import MotionDetector
 from spyoncino.modules.storage.index import EventIndex
 from spyoncino.modules.storage.media import MediaRetention
 from spyoncino.schemas import topics
-from spyoncino.schemas.detections import Detection, DetectionEvent
 from spyoncino.schemas.events import EventNotice
-from spyoncino.schemas.frames import Box, Frame
+from spyoncino.schemas.frames import Frame
 from spyoncino.schemas.media import MediaArtifact
-from spyoncino.testing import BusHarness
+from spyoncino.testing import BusHarness, FakeClock
 
 PEOPLE_IN_WINDOW = 6
 #: counted by eye on frames 350-560 (every 5th frame to 385, every 10th after): the six above,
@@ -78,6 +76,14 @@ CONFIG = {
     "clip": {"preroll_s": PREROLL, "postroll_s": 2.0},
     "index": {"flush_interval": 0.2},
 }
+REGISTRY_DETECTOR: dict[str, Any] = {**REGISTRY, "detector": ObjectDetector}
+#: the window's detector: the person model on whole frames (no motion crops), kept above 0.5,
+#: paced and second-looking as the module does (5 fps of the frames' clock)
+CONFIG_DETECTOR = {
+    **CONFIG,
+    "detector": {"model": PERSON_MODEL, "crop": False, "min_score": 0.5},
+    "cameras": {"yard": {"source": "vtest.mp4", "detector": {"enabled": False}}},
+}
 
 
 def frames(path: Path) -> Any:
@@ -97,54 +103,33 @@ def make(i: int, raw: RawFrame, mono: float) -> Frame:
     )
 
 
-async def replay(h: BusHarness, vtest: Path) -> None:
-    model = await asyncio.to_thread(load_model, DetectorConfig(model=PERSON_MODEL))
+def window(h: BusHarness, on: bool) -> Any:
+    """The config with the yard's detector on (the window) or off (before and after it)."""
+    cams = {"yard": {"source": "vtest.mp4", "detector": {"enabled": on}}}
+    return h.app_config(REGISTRY_DETECTOR, {**CONFIG_DETECTOR, "cameras": cams})
+
+
+async def replay(h: BusHarness, vtest: Path, clock: FakeClock, detector: Any) -> None:
+    """Frames FIRST..LAST-1 in lockstep, the clock moving 0.1 s with each; the detector module
+    looks only from DETECT_FROM to DETECT_TO (its camera switched on and off live)."""
     frame_topic = topics.FRAME.at(camera="yard")
     for i, raw in frames(vtest):
-        t = i / FPS
-        frame = make(i, raw, t)
-        await h.bus.publish(frame_topic, frame)
-        await h.bus.wait_idle(frame_topic, topics.MOTION.name)
-        if DETECT_FROM <= i < DETECT_TO and i % 2 == 0:
-            img = frame.image
-            res = await asyncio.to_thread(model.run, img, (0, 0, raw.width, raw.height), 0.5)
-            dets = tuple(
-                Detection(
-                    label=d.label,
-                    score=round(d.score, 4),
-                    box=Box(
-                        x1=max(0, round(d.x1)),
-                        y1=max(0, round(d.y1)),
-                        x2=max(round(d.x2), round(d.x1) + 1),
-                        y2=max(round(d.y2), round(d.y1) + 1),
-                    ),
-                )
-                for d in res.detections
-                if d.label == "person" and d.score >= 0.5
-            )
-            if dets:
-                await h.bus.publish(
-                    topics.OBJECTS.name,
-                    DetectionEvent(
-                        camera_id="yard",
-                        seq=i,
-                        mono_ts=t,
-                        wall_ts=T0 + t,
-                        frame_width=raw.width,
-                        frame_height=raw.height,
-                        detections=dets,
-                        backend="litert",
-                        model="person",
-                        inference_ms=res.total_ms,
-                        frame=frame,
-                    ),
-                )
-        await h.bus.wait_idle(
-            topics.OBJECTS.name,
-            "event.object.started",
-            "event.object.updated",
-            "event.object.ended",
-        )
+        if i in (DETECT_FROM, DETECT_TO):
+            await detector.configure(window(h, i == DETECT_FROM))
+        await h.bus.publish(frame_topic, make(i, raw, clock.monotonic()))
+        await settle(h, detector)
+        clock.advance(1 / FPS)
+
+
+EVENT_TOPICS = ("event.object.started", "event.object.updated", "event.object.ended")
+
+
+async def settle(h: BusHarness, detector: Any) -> None:
+    """Everything one frame set off is done: motion ran, the detector inferred what was due
+    (or waits for a later time), the tracker took its finds."""
+    await h.bus.wait_idle(topics.FRAME.pattern(), topics.MOTION.name)
+    await detector.settled()
+    await h.bus.wait_idle(topics.OBJECTS.name, *EVENT_TOPICS)
 
 
 def clip_info(path: str) -> tuple[str, str, float]:
@@ -158,16 +143,21 @@ def clip_info(path: str) -> tuple[str, str, float]:
 @pytest.mark.slow
 async def test_people_become_events_with_snapshot_gif_and_clip(vtest: Path, tmp_path: Path) -> None:
     root = tmp_path / "media"
-    async with BusHarness(storage_root=root) as h:
+    clock = FakeClock(wall=T0, mono=0.0)
+    async with BusHarness(storage_root=root, clock=clock) as h:
         events = h.record("event.object.#")
         media = h.record("media.*.ready")
         found = h.record(topics.OBJECTS.name)
-        mods = [h.build(cls, CONFIG, name=name, others=REGISTRY) for name, cls in REGISTRY.items()]
+        mods = [
+            h.build(cls, CONFIG_DETECTOR, name=name, others=REGISTRY_DETECTOR)
+            for name, cls in REGISTRY_DETECTOR.items()
+        ]
         for m in mods:
             await m.configure(m.ctx.app)
         for m in mods:
             await m.start()
-        await replay(h, vtest)
+        detector = next(m for m in mods if isinstance(m, ObjectDetector))
+        await replay(h, vtest, clock, detector)
         await h.bus.drain(timeout=15)
         for m in reversed(mods):  # the orchestrator's order: producers first
             if not isinstance(m, (EventIndex, MediaRetention)):
@@ -249,23 +239,25 @@ async def test_people_become_events_with_snapshot_gif_and_clip(vtest: Path, tmp_
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model", [PERSON_MODEL, None], ids=["person-model", "default-model"])
-async def test_full_pipeline_with_the_detector_module_in_real_time(
+async def test_full_pipeline_with_the_detector_module_on_the_frames_clock(
     vtest: Path, tmp_path: Path, model: str | None
 ) -> None:
     """The same window through the real detector module (motion-gated, cropped, its own
-    wall-clock pacing), frames published at the footage's real 10 fps; with the person model
-    and with the packaged default (80 classes), whose events must be the people too: the van
-    and the car parked at the top right stay quiet (the tracker's ``still_bystanders``)."""
-    from spyoncino.modules.process.detector import ObjectDetector
-
-    registry = {**REGISTRY, "detector": ObjectDetector}
+    pacing and second looks), on a ``FakeClock`` that moves 0.1 s with each frame, as the
+    footage's 10 fps would; with the person model and with the packaged default (80 classes),
+    whose events must be the people too: the van and the car parked at the top right stay
+    quiet (the tracker's ``still_bystanders``). Every step waits on what the modules did
+    (bus idle, the detector settled), never on the wall clock, so a loaded machine runs the
+    same inferences as an idle one."""
+    registry = REGISTRY_DETECTOR
     config = {
         **CONFIG,
         "tracker": {"source": "auto", "cooldown_s": 0, "activity_gap_s": 5.0},
         "detector": {"model": model},
     }
     root = tmp_path / "media"
-    async with BusHarness(storage_root=root) as h:
+    clock = FakeClock(wall=T0, mono=0.0)
+    async with BusHarness(storage_root=root, clock=clock) as h:
         events = h.record("event.object.#")
         clips = h.record("media.clip.ready")
         mods = [h.build(cls, config, name=name, others=registry) for name, cls in registry.items()]
@@ -273,14 +265,17 @@ async def test_full_pipeline_with_the_detector_module_in_real_time(
             await m.configure(m.ctx.app)
         for m in sorted(mods, key=lambda m: m.category != "storage"):
             await m.start()
+        detector = next(m for m in mods if isinstance(m, ObjectDetector))
+        tracker = next(m for m in mods if isinstance(m, EventTracker))
         frame_topic = topics.FRAME.at(camera="yard")
-        t_start = asyncio.get_running_loop().time()
         for i, raw in frames(vtest):
-            due = t_start + (i - FIRST) / FPS
-            await asyncio.sleep(max(0.0, due - asyncio.get_running_loop().time()))
-            frame = make(i, raw, asyncio.get_running_loop().time())
-            await h.bus.publish(frame_topic, frame)
-        await asyncio.sleep(6.0)  # the last people leave; their events end
+            await h.bus.publish(frame_topic, make(i, raw, clock.monotonic()))
+            await settle(h, detector)
+            clock.advance(1 / FPS)
+        clock.advance(6.0)  # the last people leave; their events end
+        await settle(h, detector)
+        await tracker.expire()
+        await h.bus.wait_idle(*EVENT_TOPICS)
         for m in reversed(mods):
             if not isinstance(m, (EventIndex, MediaRetention)):
                 await m.stop()

@@ -6,7 +6,9 @@ when that region had to be shrunk a lot, optional crops for the motion it did no
 Each region is resized once to the model input and the detections mapped back to full-frame
 pixels. All cameras share one interpreter through one queue that keeps only the newest frame
 per camera and serves cameras in turn, each no faster than its ``max_fps``; a newly found
-object earns its camera an immediate second look.
+object earns its camera an immediate second look. That scheduling is a sans-IO core
+(``_detector_schedule.Schedule``: frames and the clock's time in, the job to run or the time to
+look again out); this module feeds it, waits on ``ctx.clock`` and runs the inferences.
 
 Settings are in ``_detector_config.py``, model loading in ``_models.py``, runtimes (LiteRT,
 tflite_runtime, Coral EdgeTPU, ONNX Runtime) in ``_backends.py`` and output formats
@@ -17,12 +19,9 @@ bundled default is a person-only int8 SSDLite MobileNetV2.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import statistics
-import time
 from collections import Counter, deque
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from spyoncino.core.bus import Message
@@ -36,43 +35,25 @@ from spyoncino.core.contracts import (
 )
 from spyoncino.modules.process._detector_config import Config as Config
 from spyoncino.modules.process._detector_config import DetectorCamera as DetectorCamera
+from spyoncino.modules.process._detector_schedule import Job, Schedule
 from spyoncino.modules.process._models import bundled_model_path as bundled_model_path
 from spyoncino.modules.process._models import describe_models as describe_models
 from spyoncino.modules.process._models import load_model as load_model
 from spyoncino.modules.process._models import resolve_model_path as resolve_model_path
-from spyoncino.modules.process._regions import (
-    box_of,
-    merge_detections,
-    near,
-    plan_regions,
-    within,
-)
+from spyoncino.modules.process._regions import box_of, merge_detections, plan_regions
 from spyoncino.schemas import topics
 from spyoncino.schemas.detections import Detection, DetectionEvent, MotionEvent
 from spyoncino.schemas.frames import Box, Frame
 
-RECENT_S = 1.0  # an object seen this recently (frame time) is not new to the detector
-STILL_RESET_S = 1.0  # motion that starts again after this long without any is looked at anew
-SAME_PLACE = 0.1  # an idle camera's motion box may reach this share past the empty looks' boxes
-
-
 # -- the module --------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class _Job:
-    camera_id: str
-    frame: Frame
-    seq: int
-    mono_ts: float
-    wall_ts: float
-    width: int
-    height: int
-    motion: tuple[Box, ...]
+_Job = Job  # the name it had before the schedule was its own core
 
 
 class ObjectDetector(BaseModule[Config]):
     """Confirms motion with an object detector; publishes ``process.object.detected``."""
 
     category: ClassVar[Any] = "process"
+    frame_stage: ClassVar[bool] = True
     Config: ClassVar[type[ModuleConfig]] = Config
     Camera: ClassVar[type[CameraOptions] | None] = DetectorCamera
 
@@ -83,35 +64,44 @@ class ObjectDetector(BaseModule[Config]):
         self._model_key: tuple[Any, ...] | None = None
         self._model_name = ""
         self._cams: dict[str, DetectorCamera] = {}
-        self._pending: dict[str, _Job] = {}
-        self._order: deque[str] = deque()
-        self._last_ts: dict[str, float] = {}  # frame time of each camera's last inference
-        self._arrived: dict[str, float] = {}  # when each pending job arrived (monotonic)
-        # per camera: empty inferences in a row, and the motion they were run for
-        self._empty_streak: Counter[str] = Counter()
-        self._empty_motion: dict[str, tuple[Box, ...]] = {}
-        self._last_motion: dict[str, float] = {}
+        #: which frame runs when, with no I/O: fed here, asked by the worker
+        self.schedule = Schedule(self.cfg)
+        self._clock = ctx.clock
         self._wake: asyncio.Event | None = None
+        # the worker's wait: whether it waits, until when (None: for a frame), and an event
+        # set each time it starts waiting (``settled`` waits on it)
+        self._waiting = False
+        self._wait_until: float | None = None
+        self._entered = asyncio.Event()
         # telemetry
         self.inferences = 0
         self.busy = False  # an inference is in flight
         self.published = 0
         self.errors = 0
-        self.superseded = 0
-        self.skipped_no_motion = 0
         self.skipped_no_image = 0
-        self.max_queue_depth = 0
         self.regions_inferred = 0
         # per camera: what the main region found at the last inference (job pixels)
         self._explained: dict[str, tuple[Box, ...]] = {}
-        # per camera: what the last inference kept, and cameras owed a quick second look
-        self._found: dict[str, list[tuple[float, tuple[Box, ...]]]] = {}
-        self._recheck: set[str] = set()
-        self.rechecks = 0
         self.camera_inferences: Counter[str] = Counter()
         self.label_counts: Counter[str] = Counter()
         self._ms: deque[float] = deque(maxlen=500)
         self._crop_share: deque[float] = deque(maxlen=500)
+
+    @property
+    def superseded(self) -> int:
+        return self.schedule.superseded
+
+    @property
+    def skipped_no_motion(self) -> int:
+        return self.schedule.skipped_no_motion
+
+    @property
+    def max_queue_depth(self) -> int:
+        return self.schedule.max_queue_depth
+
+    @property
+    def rechecks(self) -> int:
+        return self.schedule.rechecks
 
     @property
     def _section(self) -> str:
@@ -175,6 +165,7 @@ class ObjectDetector(BaseModule[Config]):
                 )
         self.cfg = cfg
         self._cams = cams
+        self.schedule.configure(cfg, cams)
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -200,27 +191,17 @@ class ObjectDetector(BaseModule[Config]):
 
     # -- input -------------------------------------------------------------------------------
     def _camera(self, cid: str) -> DetectorCamera:
-        cam = self._cams.get(cid)
-        return cam if cam is not None else DetectorCamera()
+        return self.schedule.camera(cid)
 
     async def _on_motion(self, msg: Message[MotionEvent]) -> None:
         ev = msg.payload
-        if not ev.boxes:
-            self.skipped_no_motion += 1
+        if not self.schedule.motion(ev.camera_id, ev.mono_ts, bool(ev.boxes)):
             return
-        if not self._camera(ev.camera_id).enabled:
-            return
-        last = self._last_motion.get(ev.camera_id)
-        self._last_motion[ev.camera_id] = ev.mono_ts
-        if last is None or not 0.0 <= ev.mono_ts - last < STILL_RESET_S:
-            # the scene was still: whatever moves now is not the swaying that went idle before
-            self._empty_streak[ev.camera_id] = 0
-            self._empty_motion.pop(ev.camera_id, None)
         if not isinstance(ev.frame, Frame) or not ev.frame.has_image:
             self.skipped_no_image += 1  # e.g. a motion event that came over MQTT
             return
         self._enqueue(
-            _Job(
+            Job(
                 ev.camera_id,
                 ev.frame,
                 ev.seq,
@@ -236,103 +217,47 @@ class ObjectDetector(BaseModule[Config]):
         f = msg.payload
         if not self._camera(f.camera_id).enabled or not f.has_image:
             return
-        self._enqueue(_Job(f.camera_id, f, f.seq, f.mono_ts, f.wall_ts, f.width, f.height, ()))
+        self._enqueue(Job(f.camera_id, f, f.seq, f.mono_ts, f.wall_ts, f.width, f.height, ()))
 
-    def _enqueue(self, job: _Job) -> None:
-        if job.camera_id in self._pending:
-            self.superseded += 1  # latest wins: an older frame of this camera is dropped
-        else:
-            if job.camera_id not in self._order:
-                self._order.append(job.camera_id)
-        self._pending[job.camera_id] = job
-        self._arrived[job.camera_id] = time.monotonic()
-        self.max_queue_depth = max(self.max_queue_depth, len(self._pending))
+    def _enqueue(self, job: Job) -> None:
+        self.schedule.offer(job, self._clock.monotonic())
         if self._wake is not None:
             self._wake.set()
 
-    async def _next_job(self) -> _Job:
-        """The next camera in turn whose newest frame is due.
+    async def settled(self) -> None:
+        """Return once the worker waits with nothing due at the clock's time now: every frame
+        offered so far is inferred (and published) or waits for a later time. A lockstep
+        replay on a ``FakeClock`` waits on this between frames instead of sleeping."""
+        while True:
+            wake = self._wake is not None and self._wake.is_set()
+            until = self._wait_until
+            if (
+                self._waiting
+                and not wake
+                and (until is None or until > self._clock.monotonic() + 1e-9)
+            ):
+                return
+            self._entered.clear()
+            await self._entered.wait()
 
-        The rate cap runs on the frames' own clock (``mono_ts``): live that is the capture
-        time, and a replay at any speed infers the same frames. A frame that is not due yet
-        is inferred anyway when no newer one came for a whole interval (motion stopped).
-        """
+    async def _next_job(self) -> Job:
+        """The next job the schedule gives, waiting on the clock for one to fall due."""
         assert self._wake is not None
         while True:
-            now = time.monotonic()
-            earliest: float | None = None
-            for _ in range(len(self._order)):
-                cid = self._order[0]
-                self._order.rotate(-1)  # round robin: the camera served goes to the back
-                job = self._pending.get(cid)
-                if job is None:
-                    continue
-                interval = self._interval(job)
-                last = self._last_ts.get(cid)
-                elapsed = None if last is None else job.mono_ts - last
-                # 2 ms of slack: 10 fps frames are 0.1 s apart give or take rounding
-                due = elapsed is None or elapsed < 0 or elapsed >= interval - 0.002
-                early = not due and cid in self._recheck and last is not None
-                if due or early or now - self._arrived.get(cid, now) >= interval:
-                    # something new was just found: look again at once, in place of the
-                    # next regular inference (the cadence resumes after it), so a newcomer
-                    # costs no extra CPU
-                    stamp = job.mono_ts
-                    if early and last is not None:
-                        stamp = last + interval
-                    self._last_ts[cid] = stamp
-                    self._recheck.discard(cid)
-                    return self._pending.pop(cid)
-                wake_at = self._arrived.get(cid, now) + interval
-                earliest = wake_at if earliest is None else min(earliest, wake_at)
+            now = self._clock.monotonic()
+            step = self.schedule.next(now)
+            if isinstance(step, Job):
+                return step
             self._wake.clear()
-            timeout = None if earliest is None else max(0.0, earliest - now)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=timeout)
-
-    def _interval(self, job: _Job) -> float:
-        """Seconds between inferences of this job's camera: 1/max_fps, or 1/idle_fps while
-        motion in the same places keeps finding nothing. Any motion box that reaches beyond
-        the boxes the empty inferences looked at, by more than a tenth of their size (a person
-        walking in beside the swaying hedge, or growing into view at the frame's edge), is
-        new."""
-        cam = self._camera(job.camera_id)
-        fast = 1.0 / cam.max_fps
-        if self.cfg.trigger != "motion" or self._empty_streak[job.camera_id] < self.cfg.idle_after:
-            return fast
-        empty = self._empty_motion.get(job.camera_id, ())
-        new = [b for b in job.motion if not any(within(b, e, SAME_PLACE) for e in empty)]
-        if not job.motion or new:
-            return fast  # motion somewhere new: look at once
-        return max(fast, 1.0 / self.cfg.idle_fps)
-
-    def _note_result(self, job: _Job, found: bool) -> None:
-        if found:
-            self._empty_streak[job.camera_id] = 0
-            self._empty_motion.pop(job.camera_id, None)
-            return
-        self._empty_streak[job.camera_id] += 1
-        if job.motion:
-            before = self._empty_motion.get(job.camera_id, ())
-            self._empty_motion[job.camera_id] = (*before, *job.motion)[-32:]
-
-    def _note_new(self, job: _Job, dets: list[Detection]) -> None:
-        """An object none of the camera's inferences of the last second had is confirmed
-        sooner when the next frame is inferred at once rather than after the fps interval:
-        the tracker needs a second sighting before it alerts. That look takes the place of
-        the next regular inference, so it costs nothing extra; someone the detector merely
-        missed last time is not a newcomer."""
-        recent = [
-            (ts, boxes)
-            for ts, boxes in self._found.get(job.camera_id, [])
-            if 0.0 <= job.mono_ts - ts <= RECENT_S
-        ]
-        seen = [b for _, boxes in recent for b in boxes]
-        if self.cfg.recheck_new and any(not any(near(b, d.box) for b in seen) for d in dets):
-            self._recheck.add(job.camera_id)
-            self.rechecks += 1
-        recent.append((job.mono_ts, tuple(d.box for d in dets)))
-        self._found[job.camera_id] = recent
+            self._waiting, self._wait_until = True, step
+            self._entered.set()
+            try:
+                if step is None:
+                    await self._wake.wait()
+                else:
+                    await self._clock.wait(self._wake, max(0.0, step - now))
+            finally:
+                self._waiting = False
 
     # -- inference ---------------------------------------------------------------------------
     async def _worker(self) -> None:
@@ -363,8 +288,7 @@ class ObjectDetector(BaseModule[Config]):
             area = sum((x2 - x1) * (y2 - y1) for x1, y1, x2, y2 in regions)
             self._crop_share.append(area / max(1, job.width * job.height))
             dets = self._keep(job, raw)
-            self._note_new(job, dets)
-            self._note_result(job, bool(dets))
+            self.schedule.done(job, dets)
             if not dets:
                 continue
             for d in dets:
@@ -389,7 +313,7 @@ class ObjectDetector(BaseModule[Config]):
             self.published += 1
 
     def _infer(
-        self, model: Any, job: _Job, explained: tuple[Box, ...], turn: int
+        self, model: Any, job: Job, explained: tuple[Box, ...], turn: int
     ) -> tuple[list[Any], tuple[Box, ...], float, list[tuple[int, int, int, int]]]:
         """Blocking: decode the colour image, plan the regions, infer each, merge.
 
@@ -437,7 +361,7 @@ class ObjectDetector(BaseModule[Config]):
         scores = [self.cfg.min_score, *self.cfg.label_scores.values()]
         return min(scores)
 
-    def _keep(self, job: _Job, raw: Sequence[Any]) -> list[Detection]:
+    def _keep(self, job: Job, raw: Sequence[Any]) -> list[Detection]:
         cam = self._camera(job.camera_id)
         allowed = set(cam.labels)
         floor = cam.min_score or 0.0
@@ -456,7 +380,7 @@ class ObjectDetector(BaseModule[Config]):
 
     @property
     def queue_depth(self) -> int:
-        return len(self._pending)
+        return self.schedule.depth
 
     def metrics(self) -> dict[str, float | int | str]:
         ms = list(self._ms)
@@ -467,7 +391,7 @@ class ObjectDetector(BaseModule[Config]):
             "superseded": self.superseded,
             "skipped_no_motion": self.skipped_no_motion,
             "skipped_no_image": self.skipped_no_image,
-            "idle_cameras": sum(n >= self.cfg.idle_after for n in self._empty_streak.values()),
+            "idle_cameras": self.schedule.idle_cameras,
             "queue_depth": self.queue_depth,
             "max_queue_depth": self.max_queue_depth,
             "rechecks": self.rechecks,

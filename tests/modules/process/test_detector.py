@@ -6,7 +6,6 @@ that use the longer vtest clip skip with a reason when it is absent.
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import sys
 import time
@@ -33,6 +32,7 @@ from spyoncino.modules.process.detector import (
 from spyoncino.schemas import topics
 from spyoncino.schemas.detections import DetectionEvent, MotionEvent
 from spyoncino.schemas.frames import Box, Frame
+from spyoncino.testing import FakeClock
 
 from .tiny_models import Const, constant_model
 
@@ -101,6 +101,9 @@ def app_config(
 
 class Rig:
     def __init__(self) -> None:
+        #: the detector's clock: its waits for a frame to fall due pass only when a test (or
+        #: ``settle``) moves it on
+        self.clock = FakeClock(mono=0.0)
         self.bus = Bus(status_interval=0)
         self.executor = BoundedExecutor(workers=2)
         self.events: list[DetectionEvent] = []
@@ -113,7 +116,9 @@ class Rig:
         model: str | None = PERSON_MODEL,
     ) -> ObjectDetector:
         app = app_config(data, cams, model)
-        ctx = ModuleContext(bus=self.bus, executor=self.executor, app=app, instance="detector")
+        ctx = ModuleContext(
+            bus=self.bus, executor=self.executor, app=app, instance="detector", clock=self.clock
+        )
         det = ObjectDetector(ctx)
         await det.configure(app)
         await det.start()
@@ -137,16 +142,26 @@ async def rig() -> AsyncIterator[Rig]:
         r.executor.shutdown()
 
 
-async def settle(det: ObjectDetector, bus: Bus, timeout: float = 10.0) -> None:
-    """Wait until the detector has nothing pending and nothing in flight."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        await bus.drain(timeout=1.0)
-        before = det.inferences
-        await asyncio.sleep(0.15)
-        if det.queue_depth == 0 and det.inferences == before and bus.idle():
+async def step(det: ObjectDetector, bus: Bus) -> None:
+    """What the last motion set off is done: the detector inferred what was due now (or waits
+    for a later time) and its finds were delivered."""
+    await bus.wait_idle(topics.MOTION.name, topics.FRAME.pattern())
+    await det.settled()
+    await bus.wait_idle(topics.OBJECTS.name)
+
+
+async def settle(det: ObjectDetector, bus: Bus) -> None:
+    """Until the detector has nothing pending and nothing in flight: its clock is moved on to
+    each time a pending frame falls due by waiting (no newer one came)."""
+    clock = det.ctx.clock
+    assert isinstance(clock, FakeClock)
+    while True:
+        await step(det, bus)
+        due = clock.next_due()
+        if det.queue_depth == 0 or due is None:
+            assert det.queue_depth == 0, "a frame is pending and the detector waits for none"
             return
-    raise AssertionError("detector did not settle")
+        clock.advance(due)
 
 
 def count_runs(det: ObjectDetector) -> list[tuple[int, int, int, int] | None]:
@@ -375,13 +390,14 @@ async def test_two_cameras_share_one_bounded_queue(rig: Rig, sample: dict[int, n
         cams=("a", "b"),
     )
     box = [(560, 140, 640, 250)]
-    for _ in range(3):
+    for r in range(3):
         for i in range(80, 111):
             for cam in ("a", "b"):
-                f = make_frame(cam, i, sample[i])
+                f = make_frame(cam, i, sample[i], mono=10.0 * r + i / 10)
                 await rig.bus.publish(topics.MOTION.name, motion(f, box))
                 assert det.queue_depth <= 2
-            await asyncio.sleep(0.003)
+            # both offered; the worker may be inferring one while the next pair comes
+            await rig.bus.wait_idle(topics.MOTION.name)
     await settle(det, rig.bus)
     assert det.max_queue_depth <= 2
     assert det.superseded > 0  # latest wins: a backlog was never kept
@@ -399,15 +415,14 @@ async def test_fps_cap_per_camera(rig: Rig, sample: dict[int, np.ndarray]) -> No
             "cameras": {"front": {"source": "front.mp4", "detector": {"max_fps": 2}}},
         }
     )
-    t0 = time.monotonic()
-    i = 80
-    while time.monotonic() - t0 < 1.2:
-        f = make_frame("front", i, sample[80 + i % 30])
+    for i in range(80, 140):  # 1.2 s of frames 20 ms apart
+        f = make_frame("front", i, sample[80 + i % 30], mono=rig.clock.monotonic())
         await rig.bus.publish(topics.MOTION.name, motion(f, [(560, 140, 640, 250)]))
-        i += 1
-        await asyncio.sleep(0.02)
+        await step(det, rig.bus)
+        rig.clock.advance(0.02)
     await settle(det, rig.bus)
-    assert 2 <= det.inferences <= 4  # 2 per second, plus the newest frame served at the end
+    # 2 per second (at 0, 0.5 and 1.0 s), plus the newest frame served at the end
+    assert det.inferences == 4
 
 
 async def test_label_allow_list_and_per_label_scores(
@@ -493,17 +508,15 @@ async def test_motion_that_finds_nothing_drops_to_idle_fps(
         }
     )
     empty = np.full_like(sample[100], 90)  # motion in an empty scene: a shadow, a tree
-    t0 = time.monotonic()
-    i = 0
-    while time.monotonic() - t0 < 1.0:
-        await rig.bus.publish(
-            topics.MOTION.name, motion(make_frame("front", i, empty), [(100, 100, 200, 200)])
-        )
-        i += 1
-        await asyncio.sleep(0.01)
+    for i in range(100):  # 1 s of frames 10 ms apart
+        f = make_frame("front", i, empty, mono=rig.clock.monotonic())
+        await rig.bus.publish(topics.MOTION.name, motion(f, [(100, 100, 200, 200)]))
+        await step(det, rig.bus)
+        rig.clock.advance(0.01)
+    i = 100
     await settle(det, rig.bus)
     idle = det.inferences
-    assert 2 <= idle <= 4  # 2 at full rate, then about 1 per second
+    assert idle == 3  # 2 at full rate, then 1 per second: the last frame, a second later
     assert det.metrics()["idle_cameras"] == 1
     # motion somewhere else is looked at at once, and a find restores the full rate
     await rig.bus.publish(
@@ -566,9 +579,7 @@ async def test_idle_camera_looks_at_once_at_motion_reaching_past_the_idle_boxes(
         before = det.inferences
         f = make_frame("front", i, empty, mono=1000.0 + i / 10)
         await rig.bus.publish(topics.MOTION.name, motion(f, [box]))
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < 1.0 and (det.busy or det.queue_depth or not rig.bus.idle()):
-            await asyncio.sleep(0.005)
+        await step(det, rig.bus)  # the detector's clock stands still: no waiting it out
         return det.inferences > before
 
     assert [await inferred(i, hedge) for i in range(4)] == [True, True, False, False]
@@ -584,11 +595,7 @@ async def replay_fast(rig: Rig, det: ObjectDetector, sample: dict[int, np.ndarra
     for i in range(80, 100):
         f = make_frame("front", i, sample[i], mono=1000.0 + i / 10)
         await rig.bus.publish(topics.MOTION.name, motion(f, [(0, 0, f.width, f.height)]))
-        t0 = time.monotonic()
-        while True:  # let the worker take it if it is due (well before the 0.2 s fallback)
-            await asyncio.sleep(0.002)
-            if not det.busy and (det.queue_depth == 0 or time.monotonic() - t0 > 0.05):
-                break
+        await step(det, rig.bus)  # the worker took it if it is due; its clock stands still
     await settle(det, rig.bus)
     return [e.seq for e in rig.events]
 
