@@ -325,12 +325,15 @@ class BotApiEmulator:
         count: int = 1,
         timeout: float = 5.0,
         predicate: Callable[[Call], bool] | None = None,
+        answered: bool = True,
     ) -> Call:
-        """Wait until ``count`` answered calls of ``method`` (matching ``predicate``) arrived."""
+        """Wait until ``count`` answered calls of ``method`` (matching ``predicate``) arrived;
+        ``answered=False``: calls that arrived, faulted or still hanging ones included."""
         deadline = time.monotonic() + timeout
+        calls = self.calls_to if answered else self.attempts_to
         while True:
             waiter = self._new_call
-            found = [c for c in self.calls_to(method) if predicate is None or predicate(c)]
+            found = [c for c in calls(method) if predicate is None or predicate(c)]
             if len(found) >= count:
                 return found[count - 1]
             left = deadline - time.monotonic()

@@ -65,6 +65,8 @@ class TelegramUpdates(BaseModule):
     bot: Bot | None
     #: wall clock of the daily check (tests replace it)
     clock: Callable[[], float]
+    #: rounds the result watcher has finished (a test waits for rounds, not for time)
+    update_rounds: int = 0
     #: what was told already (``telegram.json``); None until first read
     _marker: dict[str, Any] | None
     #: /update checks in flight: their answer is theirs to show, not the daily check's to tell
@@ -230,6 +232,7 @@ class TelegramUpdates(BaseModule):
                 await self._tell_result(files)
                 if self.cfg.update_check_daily:
                     await self._daily(folder, files)
+            self.update_rounds += 1
             await asyncio.sleep(self.cfg.update_poll_s)
 
     async def _load(self, files: up.UpdateFiles) -> None:

@@ -223,7 +223,7 @@ async def test_without_token_the_module_is_inert(
     assert "no token" in h.module.health().detail
     await h.event()
     await h.bus.drain()
-    await asyncio.sleep(0.1)
+    assert h.module.outbox is None  # nothing can ever be sent
     assert botapi.calls == []
     assert h.notes == []
 
@@ -252,8 +252,7 @@ async def test_snapshot_of_an_unknown_event_is_not_an_alert(
     await h.bus.publish(
         topics.ARTIFACT.at(artifact="snapshot"), art.model_copy(update={"event_id": "unknown"})
     )
-    await h.bus.drain()
-    await asyncio.sleep(0.2)
+    await settled(h)
     assert len(botapi.calls_to("sendPhoto")) == 2
 
 
@@ -279,8 +278,7 @@ async def test_no_alerts_while_disarmed_or_muted(
     await h.bus.drain()
     _ev, last = await h.event("front_door")  # the mute ran out
     await botapi.wait_for("sendPhoto", count=2)
-    await h.bus.drain()
-    await asyncio.sleep(0.1)
+    await settled(h)
     photos = botapi.calls_to("sendPhoto")
     assert len(photos) == 2
     assert "garden" in photos[0].params["caption"]
@@ -399,10 +397,12 @@ async def test_alerts_wait_out_an_outage_and_arrive_once_in_order(
     h = await harness(**cfg(botapi, chat_ids=[111], commands=False))
     await botapi.stop()
     events = [(await h.event("garden" if i % 2 else "front_door"))[0] for i in range(6)]
-    await asyncio.sleep(1.0)  # several failed attempts
+    outbox = h.module.outbox
+    assert outbox is not None
+    await until(lambda: outbox.stats["retries"] >= 3, what="several failed attempts")  # stats
     await botapi.start()
     await botapi.wait_for("sendPhoto", count=6, timeout=10)
-    await asyncio.sleep(0.3)
+    await settled(h)
     photos = botapi.calls_to("sendPhoto")
     assert len(photos) == 6
     order = [h.module.names[e.camera_id] for e in events]
@@ -420,14 +420,16 @@ async def test_pending_alerts_are_sent_after_a_restart(
     await botapi.stop()
     for _ in range(3):
         await h.event()
-    await asyncio.sleep(0.3)
+    outbox = h.module.outbox
+    assert outbox is not None
+    # polled (the outbox's own counters): all three queued and tried against the outage
+    await until(lambda: outbox.pending() == 3 and outbox.stats["retries"] >= 1, what="tried")
     await h.module.stop()  # the box goes down with three alerts pending
     await botapi.start()
-    await asyncio.sleep(0.2)
-    assert len(botapi.calls_to("sendPhoto")) == 1
+    assert len(botapi.calls_to("sendPhoto")) == 1  # (a stopped module that sent would show below)
     h2 = await harness(**cfg(botapi, chat_ids=[111], commands=False))
     await botapi.wait_for("sendPhoto", count=4)
-    await asyncio.sleep(0.3)
+    await settled(h2)
     captions = [c.params["caption"] for c in botapi.calls_to("sendPhoto")]
     assert len(captions) == 4
     assert h2.module.outbox is not None
@@ -442,10 +444,12 @@ async def test_far_behind_alerts_fold_into_a_summary(
     await botapi.stop()
     for _ in range(12):
         await h.event()
-    await asyncio.sleep(0.3)
+    outbox = h.module.outbox
+    assert outbox is not None
+    await until(lambda: outbox.stats["retries"] >= 1, what="the outage seen")  # its counters
     await botapi.start()
     await botapi.wait_for("sendPhoto")
-    await asyncio.sleep(1.0)
+    await settled(h)
     photos = botapi.calls_to("sendPhoto")
     summaries = [p for p in photos if "while offline" in p.params["caption"]]
     assert len(summaries) == 1
@@ -456,6 +460,18 @@ async def test_far_behind_alerts_fold_into_a_summary(
 
 
 # -- commands -------------------------------------------------------------------------------------
+async def settled(h: Harness) -> None:
+    """Wait until what was published is handled, every update answered and the outbox has
+    nothing left to send: an alert not sent by then is never sent. Polled: the outbox's queue
+    empties as each row is recorded, and handled updates fire no event."""
+    assert await h.bus.drain()
+    await until(lambda: not getattr(h.module, "_handlers", ()), what="updates handled")
+    outbox = h.module.outbox
+    if outbox is not None:
+        await until(lambda: outbox.pending() == 0, what="nothing left in the outbox")
+    assert await h.bus.drain()
+
+
 async def reply_to(botapi: BotApiEmulator, chat: int, needle: str, timeout: float = 5.0) -> str:
     call = await botapi.wait_for(
         "sendMessage",
@@ -528,7 +544,7 @@ async def test_strangers_are_ignored_and_counted(
     botapi.push_message(999, 999, "/start")
     botapi.push_callback(999, 999, "d", message_id=1)
     await until(lambda: h.module.counts["unauthorized"] == 3)
-    await asyncio.sleep(0.3)
+    await settled(h)
     assert h.arming.armed
     assert botapi.sent() == []
     assert botapi.calls_to("answerCallbackQuery") == []
@@ -548,8 +564,7 @@ async def test_arm_disarm_and_admins(harness: MakeHarness, botapi: BotApiEmulato
     assert "Disarmed" in await reply_to(botapi, 111, "Disarmed")
     assert not h.arming.armed
     await h.event()
-    await h.bus.drain()
-    await asyncio.sleep(0.2)
+    await settled(h)
     assert botapi.calls_to("sendPhoto") == []
     botapi.push_message(111, 111, "/arm@another_bot")  # not for us
     botapi.push_message(111, 111, "/arm@spyoncino_test_bot")
@@ -568,7 +583,7 @@ async def test_mute_silences_one_camera_for_the_duration(
     await h.event("front_door")
     await h.event("garden")
     await botapi.wait_for("sendPhoto")
-    await asyncio.sleep(0.3)
+    await settled(h)
     photos = botapi.calls_to("sendPhoto")
     assert len(photos) == 1
     assert photos[0].params["caption"].startswith("person \u00b7 garden")
@@ -830,7 +845,7 @@ async def test_a_flapping_camera_cannot_flood(harness: MakeHarness, botapi: BotA
         await h.event("front_door")
     await h.event("garden")  # another camera has its own budget
     await botapi.wait_for("sendPhoto", count=3)
-    await asyncio.sleep(0.3)
+    await settled(h)
     assert len(botapi.calls_to("sendPhoto")) == 3
     await asyncio.sleep(1.0)  # the window moves on
     await h.event("front_door")
@@ -954,8 +969,7 @@ async def test_a_newer_caption_edit_supersedes_a_pending_one(
     assert outbox is not None
     botapi.fail("hang", "sendPhoto")  # the photo hangs: the edits queue up behind it
     ev, _art = await h.event()
-    while not botapi.attempts_to("sendPhoto"):  # the photo is on its way, and hangs
-        await asyncio.sleep(0.02)
+    await botapi.wait_for("sendPhoto", answered=False)  # the photo is on its way, and hangs
     for n in (1, 2, 3):
         await outbox.enqueue(
             recipient="111",

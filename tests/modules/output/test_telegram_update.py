@@ -21,7 +21,14 @@ import pytest
 from spyoncino import __version__
 from spyoncino import updater as up
 from spyoncino.helpers import updates
-from tests.modules.output.test_telegram import MakeHarness, cfg, harness, reply_to
+from tests.modules.output.test_telegram import (
+    Harness,
+    MakeHarness,
+    cfg,
+    harness,
+    reply_to,
+    settled,
+)
 from tests.support.botapi import BotApiEmulator
 from tests.support.wait import until
 from tests.test_updater import FakeHost, installed, make_index, make_wheel
@@ -56,9 +63,9 @@ class RootUpdater:
 
     async def run(self) -> None:
         while True:
-            if self.paths.request.exists() and not self.paused:
-                await asyncio.to_thread(self.serve_once)
-            await asyncio.sleep(0.02)
+            # polled, like the real root service's path unit: a file appearing fires no event
+            await until(lambda: self.paths.request.exists() and not self.paused, 1e9, interval=0.02)
+            await asyncio.to_thread(self.serve_once)
 
 
 @pytest.fixture
@@ -89,10 +96,17 @@ def buttons(call: Any) -> list[tuple[str, str]]:
     return [(b["text"], b["callback_data"]) for row in rows for b in row]
 
 
+async def rounds(h: Harness, n: int = 3) -> None:
+    """Wait until the module's result watcher has looked ``n`` more times: what it has not
+    told (or asked) by then it will not. Polled: its round counter fires no event."""
+    first = h.module.update_rounds
+    await until(lambda: h.module.update_rounds >= first + n, what=f"{n} watcher rounds")
+
+
 async def test_update_checks_offers_the_newer_version_and_the_result_comes_back(
     harness: MakeHarness, botapi: BotApiEmulator, root: RootUpdater
 ) -> None:
-    await harness(**ucfg(botapi, root))
+    h = await harness(**ucfg(botapi, root))
     botapi.push_message(ADMIN, ADMIN, "/update")
     offer = await botapi.wait_for(
         "sendMessage", predicate=lambda c: "is available" in c.params.get("text", "")
@@ -113,7 +127,7 @@ async def test_update_checks_offers_the_newer_version_and_the_result_comes_back(
     assert root.served[-1]["action"] == "update" and root.served[-1]["version"] == NEXT
     assert root.updater().active_version() == NEXT
     # told once
-    await asyncio.sleep(0.3)
+    await rounds(h)
     assert len([c for c in botapi.sent(ADMIN) if "Updated" in c.params["text"]]) == 1
 
 
@@ -133,10 +147,10 @@ async def test_a_release_that_fails_probation_is_told_as_rolled_back(
     assert told.endswith(f"Running {__version__}.")
     await h.module.stop()
     # a fresh module (the service restarted) does not tell it again
-    await harness(**ucfg(botapi, root))
+    h2 = await harness(**ucfg(botapi, root))
     botapi.push_message(ADMIN, ADMIN, "/help")
     await reply_to(botapi, ADMIN, "Spyoncino commands")
-    await asyncio.sleep(0.3)
+    await rounds(h2)
     assert len([c for c in botapi.sent(ADMIN) if "rolled back" in c.params["text"]]) == 1
 
 
@@ -189,7 +203,7 @@ async def test_up_to_date_no_such_version_cancel_and_bad_arguments(
 async def test_members_are_refused_and_forged_buttons_do_nothing(
     harness: MakeHarness, botapi: BotApiEmulator, root: RootUpdater
 ) -> None:
-    await harness(**ucfg(botapi, root))
+    h = await harness(**ucfg(botapi, root))
     botapi.push_message(-222, MEMBER, "/update")  # allowlisted group, not an admin
     assert await reply_to(botapi, -222, "admin") == "Only an admin may /update."
     botapi.push_callback(-222, MEMBER, f"u:{NEXT}", message_id=1)  # the admin's button, pressed
@@ -198,7 +212,7 @@ async def test_members_are_refused_and_forged_buttons_do_nothing(
     for forged in ("u:1;rm -rf /", "u:", "u:1.0:extra", f"u:{'9' * 40}"):
         botapi.push_callback(ADMIN, ADMIN, forged, message_id=1)
     await until(lambda: len(botapi.calls_to("answerCallbackQuery")) >= 5)
-    await asyncio.sleep(0.2)
+    await settled(h)  # every button handled
     assert root.served == [] and not root.paths.request.exists()
 
 
@@ -248,11 +262,11 @@ async def test_daily_check_tells_each_new_version_once(
     assert await reply_to(botapi, ADMIN, "is available") == first
     assert [r["action"] for r in root.served] == ["check"]
     # within the day: no second check; a new day: checked again, the same version not retold
-    await asyncio.sleep(0.3)
-    assert len(root.served) == 1
+    await rounds(h)
+    assert len(root.served) == 1 and not root.paths.request.exists()
     now[0] += updates_day()
     await until(lambda: len(root.served) == 2)
-    await asyncio.sleep(0.3)
+    await rounds(h)
     assert len([c for c in botapi.sent(ADMIN) if "is available" in c.params["text"]]) == 1
 
 
@@ -264,14 +278,14 @@ async def test_a_version_seen_with_update_is_not_told_again_by_the_daily_check(
     (root.paths.exchange / "telegram.json").write_text(json.dumps({"checked_at": now[0] - 3600}))
     h = await harness(**ucfg(botapi, root, update_check_daily=True, chat_ids=[ADMIN]))
     h.module.clock = lambda: now[0]
-    await asyncio.sleep(0.3)
-    assert root.served == []
+    await rounds(h)
+    assert root.served == [] and not root.paths.request.exists()
     # the watcher sees the check's answer before /update's own wait does (it did, at random)
     fresh_check = h.module._fresh_check
 
     async def slow_to_notice(*args: Any) -> Any:
         answer = await fresh_check(*args)
-        await asyncio.sleep(0.3)  # six of the watcher's rounds
+        await rounds(h, 6)  # six of the watcher's rounds
         return answer
 
     h.module._fresh_check = slow_to_notice  # type: ignore[method-assign]
@@ -279,7 +293,7 @@ async def test_a_version_seen_with_update_is_not_told_again_by_the_daily_check(
     await reply_to(botapi, ADMIN, f"Spyoncino {NEXT} is available.")
     now[0] += updates_day()
     await until(lambda: len(root.served) == 2)  # /update's check, then the daily one
-    await asyncio.sleep(0.3)
+    await rounds(h)
     assert [c for c in botapi.sent(ADMIN) if "/update to install" in c.params["text"]] == []
 
 
@@ -288,7 +302,7 @@ async def test_daily_check_is_off_by_default(
 ) -> None:
     h = await harness(**ucfg(botapi, root))
     assert h.module.cfg.update_check_daily is False
-    await asyncio.sleep(0.5)
+    await rounds(h, 5)
     assert root.served == [] and botapi.sent() == []
     # and a box where nothing happens writes nothing
     assert sorted(p.name for p in root.paths.exchange.iterdir()) == []
