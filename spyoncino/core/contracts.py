@@ -63,6 +63,14 @@ class ModuleConfig(BaseModel):
 
     enabled: bool = Field(default=True, description="Run this module.")
 
+    @classmethod
+    def profile_defaults(cls, profile: Any) -> dict[str, Any]:
+        """This section's defaults on the board's hardware profile (a
+        ``spyoncino.platform.profiles.Profile``): they form the layer just above the packaged
+        defaults, so the config file, the environment and secrets still override them. A
+        section with nothing to say about the hardware keeps the default, nothing."""
+        return {}
+
 
 #: a module's own config section; a bare ``BaseModule`` subclass has a plain ``ModuleConfig``
 ConfigT = DefaultTypeVar("ConfigT", bound=ModuleConfig, default=ModuleConfig)
@@ -142,6 +150,14 @@ class BaseModule(ABC, Generic[ConfigT]):
     #: within its category, a higher rank stops first: an event source stops (and closes its
     #: events) before the media makers of the same category that consume them
     stop_rank: ClassVar[int] = 0
+    #: a source that ends (a file that does not loop): a replay ends once every input has
+    #: finished, and one of these that failed for good will not deliver more either
+    finite: ClassVar[bool] = False
+    #: a per-frame stage (motion, detection): its ``pending()`` is per-frame work, which a
+    #: lockstep file replay lets finish before it reads the next frame. Work that lasts as
+    #: long as an event (a clip waiting for its post-roll) must not be declared so: it only
+    #: ends when more frames arrive
+    frame_stage: ClassVar[bool] = False
 
     def __init__(self, ctx: ModuleContext) -> None:
         self.ctx = ctx

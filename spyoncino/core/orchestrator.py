@@ -387,8 +387,7 @@ class Orchestrator:
             return False
         # a finite source (a file) that failed for good will not deliver more either
         return all(
-            s.module.is_finished()
-            or (getattr(s.cls, "finite", False) and s.module.health().state == "failed")
+            s.module.is_finished() or (s.cls.finite and s.module.health().state == "failed")
             for s in inputs
         )
 
@@ -430,15 +429,13 @@ class Orchestrator:
         return total
 
     def frame_work_pending(self) -> int:
-        """Per-frame work still queued in the processing stage (motion, detection).
+        """Per-frame work still queued in the modules that declare ``frame_stage``.
 
         Lockstep replay waits for this before the next frame. Event-length work (a clip
         waiting for its post-roll) must not count: it only ends when more frames arrive.
         """
         return sum(
-            s.module.pending()
-            for s in self.slots
-            if s.state == "running" and s.cls.category == "process"
+            s.module.pending() for s in self.slots if s.state == "running" and s.cls.frame_stage
         )
 
     async def drain(self) -> None:

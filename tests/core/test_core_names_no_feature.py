@@ -23,19 +23,14 @@ CATEGORIES = {"storage", "service", "output", "dashboard", "event", "process", "
 VOCABULARY = {"health"}
 
 KNOWN: set[str] = {
-    # config.py: the hardware profile layer writes motion.* and detector.* defaults; goes with
-    # modules contributing their own profile defaults (platform/)
+    # config.py: builds the hardware-profile layer (each module's section gives its defaults,
+    # ModuleConfig.profile_defaults); goes when the loader is handed the layer instead
     "config.py imports spyoncino.platform.profiles",
-    "config.py names 'motion'",
-    "config.py names 'detector'",
-    "config.py reads .motion",
-    "config.py reads .detector",
+    # config.py: err.get("input") is pydantic's error-detail key (the bad value), not the category
     "config.py names category 'input'",
     # profiles.py: the old name of platform/profiles.py, for roles older than the move that
     # run `python -m spyoncino.core.profiles`; goes when no supported role calls it
     "profiles.py imports spyoncino.platform.profiles",
-    # orchestrator.py: tests ``category == "process"`` for the lockstep replay's pending work
-    "orchestrator.py names category 'process'",
 }
 
 

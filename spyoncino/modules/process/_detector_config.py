@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator
 
 from spyoncino.core.contracts import CameraOptions, ModuleConfig
+
+if TYPE_CHECKING:
+    from spyoncino.platform.profiles import Profile
 
 BUILTIN_PREFIX = "spyoncino:"
 #: the default: NanoDet-m 416, 80 COCO classes, full int8 (hardware/models/quantize_nanodet.py)
@@ -18,6 +21,17 @@ COCO_LABELS = "coco80_labels.txt"
 
 class Config(ModuleConfig):
     type: Literal["detector"] = "detector"
+
+    @classmethod
+    def profile_defaults(cls, profile: Profile) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if profile.detector.threads:
+            out["num_threads"] = profile.detector.threads
+        # a lighter model on the small boards; the bundled default stays "unset" elsewhere
+        if not profile.detector.model.endswith(BUNDLED_MODEL):
+            out["model"] = profile.detector.model
+        return out
+
     model: str | None = Field(
         default=None,
         description=(

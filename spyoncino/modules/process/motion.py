@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import cv2
 import numpy as np
@@ -37,6 +37,9 @@ from spyoncino.schemas import topics
 from spyoncino.schemas.detections import MotionEvent
 from spyoncino.schemas.frames import Box, Frame
 
+if TYPE_CHECKING:
+    from spyoncino.platform.profiles import Profile
+
 Polygon = list[tuple[float, float]]
 
 #: share of a camera's recent frames skipped above which the stage reports it degraded
@@ -47,6 +50,11 @@ SKIP_WINDOW = 50
 
 class Config(ModuleConfig):
     type: Literal["motion"] = "motion"
+
+    @classmethod
+    def profile_defaults(cls, profile: Profile) -> dict[str, Any]:
+        return {"width": profile.motion.downscale_width}  # the board's grey-plane width
+
     width: int = Field(
         default=320, ge=64, le=1280, description="Processing width; wider luma is downscaled."
     )
@@ -243,6 +251,7 @@ class _CameraCount:
 
 class MotionDetector(BaseModule[Config]):
     category: ClassVar[Any] = "process"
+    frame_stage: ClassVar[bool] = True
     Config: ClassVar[type[ModuleConfig]] = Config
     Camera: ClassVar[type[CameraOptions] | None] = MotionCamera
 
