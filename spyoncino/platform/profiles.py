@@ -43,6 +43,12 @@ class CameraProfile(_Part):
         description="Low-resolution stream (libcamera lores, YUV) used for motion."
     )
     max_fps: float = Field(gt=0, le=120, description="Frames per second to process.")
+    buffer_mb: float = Field(
+        gt=0,
+        le=1024,
+        description="Memory budget of one camera's buffered video (runtime.camera_buffer_mb): "
+        "its packet ring and its pre-roll pictures are each held within it.",
+    )
 
 
 class MotionProfile(_Part):

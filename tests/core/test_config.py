@@ -302,6 +302,28 @@ def test_hardware_profile_defaults_sit_below_the_users_settings(tmp_path: Path) 
     assert ConfigService.load(MODEL, config_path=mine, environ={}).current.runtime.workers == 3
 
 
+def test_each_camera_gets_its_buffer_budget_from_the_board(tmp_path: Path) -> None:
+    """A Pi Zero 2 W holds 16 MB of video per camera, a PC 64 MB; the owner may set another."""
+    budgets = {}
+    for board in ("pi-zero-2w", "pi-4", "generic-x86"):
+        cfg = write(
+            tmp_path, "config.yaml", f"cameras: {{}}\nruntime:\n  hardware_profile: {board}\n"
+        )
+        budgets[board] = ConfigService.load(MODEL, config_path=cfg, environ={}).current
+    assert {b: a.runtime.camera_buffer_mb for b, a in budgets.items()} == {
+        "pi-zero-2w": 16,
+        "pi-4": 32,
+        "generic-x86": 64,
+    }
+    mine = write(
+        tmp_path, "config.yaml", "runtime:\n  hardware_profile: pi-zero-2w\n  camera_buffer_mb: 8\n"
+    )
+    assert (
+        ConfigService.load(MODEL, config_path=mine, environ={}).current.runtime.camera_buffer_mb
+        == 8
+    )
+
+
 def test_the_profiles_model_is_the_default_below_the_users_choice(tmp_path: Path) -> None:
     """A Pi Zero 2 W gets the lighter person model unless the owner picks one."""
     cfg = write(tmp_path, "config.yaml", "cameras: {}\nruntime:\n  hardware_profile: pi-zero-2w\n")

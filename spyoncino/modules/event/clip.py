@@ -2,9 +2,10 @@
 
 **Pre-roll.** Per camera, a ring buffer keeps the last ``preroll_s`` seconds of frames,
 sampled at ``fps`` and downscaled to ``width`` (never upscaled), as raw I420 planes (1.5 bytes
-per pixel). Its memory is bounded by ``preroll_budget_mb``: the stated budget of a camera is
-``min(preroll_budget_mb, (ceil((preroll_s + 0.5) x fps) + 1) x W x H x 1.5)`` with W x H the
-clip size (the extra half second covers the confirmation delay), e.g. 12.4 MB for the
+per pixel). Its memory is bounded by ``preroll_budget_mb`` and the camera's budget from the
+hardware profile (``runtime.camera_buffer_mb``): the stated budget of a camera is
+``min(preroll_budget_mb, camera_buffer_mb, (ceil((preroll_s + 0.5) x fps) + 1) x W x H x 1.5)``
+with W x H the clip size (the extra half second covers the confirmation delay), e.g. 12.4 MB for the
 defaults (3 s, 10 fps, 640 px wide) on a 16:9 camera and 16.6 MB on a 4:3 one, whatever the
 camera resolution. Frames
 are decoded only at ``fps`` (a 25 fps camera pays for 10 decodes a second), and only frames
@@ -78,7 +79,11 @@ class Config(ModuleConfig):
         default=640, ge=160, le=1920, description="Clip width in pixels (never upscaled)."
     )
     preroll_budget_mb: float = Field(
-        default=24.0, ge=0.5, le=512.0, description="Memory cap of one camera's pre-roll ring (MB)."
+        default=24.0,
+        ge=0.5,
+        le=512.0,
+        description="Memory cap of one camera's pre-roll ring (MB); runtime.camera_buffer_mb "
+        "caps it too.",
     )
     max_duration_s: float = Field(
         default=120.0, ge=5.0, le=3600.0, description="Longest clip; a longer event is cut here."
@@ -116,11 +121,23 @@ def clip_size(cfg: Config, width: int, height: int) -> tuple[int, int]:
     return max(2, w - w % 2), max(2, h - h % 2)
 
 
-def preroll_budget(cfg: Config, width: int, height: int) -> int:
-    """The stated pre-roll memory of one camera, in bytes."""
+def preroll_budget(
+    cfg: Config, width: int, height: int, camera_buffer_mb: float | None = None
+) -> int:
+    """The stated pre-roll memory of one camera, in bytes (within ``runtime.camera_buffer_mb``
+    when given)."""
     w, h = clip_size(cfg, width, height)
     frames = math.ceil((cfg.preroll_s + CONFIRM_MARGIN_S) * cfg.fps) + 1
-    return min(int(cfg.preroll_budget_mb * 1_000_000), frames * w * h * 3 // 2)
+    return min(_cap_bytes(cfg, camera_buffer_mb), frames * w * h * 3 // 2)
+
+
+def _cap_bytes(cfg: Config, camera_buffer_mb: float | None) -> int:
+    cap = (
+        cfg.preroll_budget_mb
+        if camera_buffer_mb is None
+        else min(cfg.preroll_budget_mb, camera_buffer_mb)
+    )
+    return int(cap * 1_000_000)
 
 
 @dataclass(slots=True)
@@ -413,7 +430,7 @@ class ClipRecorder(BaseModule[Config]):
             cam.ring_bytes = 0
         cam.ring.append((f.mono_ts, i420))
         cam.ring_bytes += i420.nbytes
-        budget = int(self.cfg.preroll_budget_mb * 1_000_000)
+        budget = _cap_bytes(self.cfg, self.ctx.app.runtime.camera_buffer_mb)
         horizon = f.mono_ts - self.cfg.preroll_s - CONFIRM_MARGIN_S
         while cam.ring and (cam.ring[0][0] < horizon or cam.ring_bytes > budget):
             if cam.ring[0][0] >= horizon and not cam.budget_warned:
@@ -421,7 +438,7 @@ class ClipRecorder(BaseModule[Config]):
                 self.log.warning(
                     "preroll_budget_short",
                     camera=cam.camera_id,
-                    budget_mb=self.cfg.preroll_budget_mb,
+                    budget_mb=budget / 1_000_000,
                 )
             cam.ring_bytes -= cam.ring.popleft()[1].nbytes
         if cam.session is not None:

@@ -240,6 +240,7 @@ class RtspInput(CameraInput):
         self._packets = container.demux(stream)
         self._time_base = float(stream.time_base) if stream.time_base else 1 / 90000
         ring = self.packets or PacketRing()
+        ring.budget_bytes = int(self.ctx.app.runtime.camera_buffer_mb * 1_000_000)
         self.packets = ring if ring.reset(stream) else None
         self._pending.clear()
         self._last_decoded = time.monotonic()

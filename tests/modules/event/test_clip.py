@@ -181,6 +181,20 @@ async def test_small_budget_caps_the_ring(harness: Harness) -> None:
     assert len(mod.cams["cam"].ring) == 1  # one 1280x720 I420 frame is 1.38 MB
 
 
+async def test_the_cameras_budget_from_the_board_caps_the_preroll(harness: Harness) -> None:
+    # runtime.camera_buffer_mb (16 MB on a Pi Zero 2 W) wins over a larger preroll_budget_mb
+    data = {"clip": {"width": 1280}, "cameras": {"cam": {"source": "x.mp4"}}}
+    data["runtime"] = {"camera_buffer_mb": 3.0}
+    mod = await harness.start(ClipRecorder, harness.app({"clip": ClipRecorder}, data))
+    assert preroll_budget(Config(width=1280), 1280, 720, camera_buffer_mb=3.0) == 3_000_000
+    topic = topics.FRAME.at(camera="cam")
+    for seq in range(60):
+        await harness.bus.publish(topic, make_frame("cam", seq, seq / 10, 1280, 720))
+        await harness.bus.wait_idle(topic)
+        assert mod.preroll_bytes("cam") <= 3_000_000
+    assert len(mod.cams["cam"].ring) == 2  # one 1280x720 I420 frame is 1.38 MB
+
+
 def test_cut_starts_at_a_keyframe() -> None:
     packets = [_Packet(t * 100, t % 10 == 0, b"x") for t in range(50)]
     got = cut(packets, 2500, 3500)

@@ -194,6 +194,7 @@ async def camera_input() -> AsyncIterator[Callable[..., Any]]:
         options: dict[str, Any] | None = None,
         camera: dict[str, Any] | None = None,
         section: dict[str, Any] | None = None,
+        runtime: dict[str, Any] | None = None,
         start: bool = True,
     ) -> Harness:
         cls.name = name
@@ -201,7 +202,9 @@ async def camera_input() -> AsyncIterator[Callable[..., Any]]:
         cam: dict[str, Any] = {"source": source, **(camera or {})}
         if options is not None:
             cam[name] = options
-        app = model.model_validate({"cameras": {"cam": cam}, name: section or {}})
+        app = model.model_validate(
+            {"cameras": {"cam": cam}, name: section or {}, "runtime": runtime or {}}
+        )
         bus = Bus(status_interval=0)
         executor = BoundedExecutor(workers=2)
         ctx = ModuleContext(

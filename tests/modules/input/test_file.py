@@ -92,3 +92,29 @@ async def test_a_replayed_camera_decodes_on_one_thread_like_a_live_one(camera_in
     await h.wait_frames(5, timeout=30)
     ctx = h.module._container.streams.video[0].codec_context
     assert ctx.thread_count == 1
+
+
+async def test_the_packet_ring_never_holds_more_than_the_cameras_budget(camera_input) -> None:
+    # runtime.camera_buffer_mb (from the board's profile) caps what the camera keeps for clips,
+    # however many seconds a reader asks to keep: the oldest GOPs go first
+    budget_mb = 0.15
+    h = await camera_input(
+        FileInput,
+        str(SAMPLE_CLIP),
+        "file",
+        options={"pace": "fast"},
+        runtime={"camera_buffer_mb": budget_mb},
+        start=False,
+    )
+    h.module.open()
+    ring = h.module.packets
+    assert ring is not None
+    ring.retain(3600.0)  # a reader wanting an hour of pre-roll
+    held = []
+    for _ in range(240):
+        h.module.read()
+        held.append(ring.nbytes)
+    assert ring.budget_bytes == int(budget_mb * 1_000_000)
+    assert max(held) <= ring.budget_bytes
+    assert ring.dropped_for_budget > 0
+    h.module.close()
