@@ -567,9 +567,11 @@ def with_profile_layer(model: type[AppConfig], layers: list[Layer]) -> list[Laye
     """Insert the hardware profile's defaults just above the packaged defaults.
 
     The profile is the one ``runtime.hardware_profile`` names (any layer may set it) or the
-    one detected from the device tree. Only sections the installed modules have are set.
+    one detected from the device tree. Each installed module's section contributes its own
+    defaults (``ModuleConfig.profile_defaults``); core names none of them.
     """
-    from spyoncino.platform.profiles import BUNDLED_MODEL_FILE, ProfileError, detect_profile
+    from spyoncino.core.contracts import ModuleConfig
+    from spyoncino.platform.profiles import ProfileError, detect_profile
 
     merged: dict[str, Any] = {}
     for layer in layers:
@@ -579,24 +581,18 @@ def with_profile_layer(model: type[AppConfig], layers: list[Layer]) -> list[Laye
         profile, reason = detect_profile(override=override)
     except ProfileError as e:
         raise ConfigError([f"{_origin(layers, ('runtime', 'hardware_profile'))}: {e}"]) from e
-    fields = model.model_fields
     data: dict[str, Any] = {
         "runtime": {
             "workers": profile.runtime.workers,
             "camera_buffer_mb": profile.camera.buffer_mb,
         }
     }
-    if "motion" in fields:
-        data["motion"] = {"width": profile.motion.downscale_width}
-    if "detector" in fields:
-        detector: dict[str, Any] = {}
-        if profile.detector.threads:
-            detector["num_threads"] = profile.detector.threads
-        # a lighter model on the small boards; the bundled default stays "unset" elsewhere
-        if not profile.detector.model.endswith(BUNDLED_MODEL_FILE):
-            detector["model"] = profile.detector.model
-        if detector:
-            data["detector"] = detector
+    for name, info in model.model_fields.items():  # each module says what the board means
+        section = info.annotation
+        if isinstance(section, type) and issubclass(section, ModuleConfig):
+            defaults = section.profile_defaults(profile)
+            if defaults:
+                data[name] = defaults
     return [layers[0], Layer(f"hardware profile {profile.name} ({reason})", data), *layers[1:]]
 
 
