@@ -60,8 +60,7 @@ class Counter(BaseModule[Config]):
         self.seen += 1
 
     async def _tick(self) -> None:
-        while True:
-            await asyncio.sleep(3600)
+        await asyncio.Event().wait()  # a background task that runs until stopped
 
     def metrics(self) -> dict[str, float | int | str]:
         return {"seen": self.seen // self.every}

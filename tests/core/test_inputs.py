@@ -16,6 +16,7 @@ from spyoncino.core.contracts import CameraOptions
 from spyoncino.core.systemd import camera_liveness
 from spyoncino.helpers.camera import CameraInput, RawFrame, SourceFatal
 from tests.modules.input.conftest import camera_input  # noqa: F401 - the fixture
+from tests.support.wait import until
 
 
 class Scripted(CameraInput):
@@ -76,7 +77,8 @@ async def test_a_fatal_error_fails_the_camera_and_stops_retrying(camera_input) -
     Scripted.script = ["ok", "fatal"]
     h = await camera_input(Scripted, "test://x", "scripted")
     await h.wait_state(("failed",), timeout=5)
-    await asyncio.sleep(0.3)
+    frames = next(t for t in h.module._tasks if t.get_name().endswith(":frames"))
+    await asyncio.wait_for(frames, 5)  # the camera's loop ended: it retries no more
     assert h.module.opened == 1
     assert h.module.health().state == "failed"
     assert h.module.health().last_error == "camera removed for good"
@@ -90,7 +92,8 @@ async def test_frames_arriving_while_the_loop_is_busy_are_dropped_and_counted(
     await h.wait_frames(3, timeout=5)
     # block the event loop for 0.3 s: ~30 frames arrive, one waits, the rest are replaced
     time.sleep(0.3)
-    await asyncio.sleep(0.1)
+    # the next frame comes after every hand-over queued while the loop was blocked
+    await h.wait_frames(len(h.frames) + 1, timeout=5)
     assert h.module.frames_dropped >= 10
     metrics = h.module.metrics()
     assert metrics["frames_dropped"] == h.module.frames_dropped
@@ -160,10 +163,7 @@ async def test_a_driver_hanging_in_open_wedges_the_camera_and_fails_the_watchdog
         assert verdict.reason.endswith("times; restart needed")
         # it keeps retrying (it may recover) and stays wedged meanwhile
         opens = m.opens
-        deadline = time.monotonic() + 5
-        while m.opens == opens and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        assert m.opens > opens
+        await until(lambda: m.opens > opens, what="another open()")  # the input's own count
         assert m.cam_state == "wedged"
     finally:
         m.never.set()
