@@ -381,6 +381,11 @@ class Orchestrator:
     def request_stop(self) -> None:
         self._stop.set()
 
+    @property
+    def stopping(self) -> bool:
+        """A stop was asked for (a signal, ``request_stop``) or is under way."""
+        return self._stop.is_set()
+
     def inputs_finished(self) -> bool:
         inputs = [s for s in self.slots if s.cls.per_camera and s.state != "quarantined"]
         if not inputs or self.cameras_added_live:

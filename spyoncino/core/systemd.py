@@ -100,7 +100,7 @@ def camera_liveness(slots: list[Any], frame_deadline: float) -> list[CameraLiven
             out.append(CameraLiveness(slot.camera_id, state, age, True))
             continue
         deadline = frame_deadline
-        max_fps = getattr(getattr(slot.module, "cam", None), "max_fps", None)
+        max_fps = m.get("max_fps")  # what the input reports, not its private settings
         if isinstance(max_fps, (int, float)) and max_fps > 0:
             deadline = max(deadline, 3.0 / max_fps)  # a deliberately slow camera
         if age is not None and age > deadline:
@@ -411,12 +411,7 @@ class SystemdNotifier:
     def _is_stopping(self) -> bool:
         if self._stopping_sent:
             return True
-        flag = getattr(self.orch, "stopping", None)
-        if isinstance(flag, bool):
-            return flag
-        # Orchestrator without a public ``stopping`` property: its stop event is the truth.
-        event = getattr(self.orch, "_stop", None)
-        return isinstance(event, asyncio.Event) and event.is_set()
+        return getattr(self.orch, "stopping", False) is True
 
     def _check(self, now: float) -> list[str]:
         if self._is_stopping():

@@ -682,6 +682,7 @@ class CameraInput(BaseModule):
             "camera_state": self.cam_state,
             "source": self.describe_source(),
             "fps": round(self.fps, 2),
+            "max_fps": self.cam.max_fps or 0.0,  # 0: no cap; the watchdog allows 3 frame times
             "last_frame_age_s": round(age, 3),
             "frames": self.frames_published,
             # what the source delivered: taken by the loop (incl. capped) or replaced in the slot

@@ -76,3 +76,19 @@ async def test_the_lockstep_replay_waits_for_the_modules_that_declare_frame_stag
         assert orch.frame_work_pending() == 2
     finally:
         await orch.stop()
+
+
+def test_the_watchdog_gives_a_slow_camera_the_frame_time_its_input_reports() -> None:
+    """The watchdog reads the input's metrics (``max_fps``), not the module's private settings."""
+    from types import SimpleNamespace
+
+    from spyoncino.core.systemd import camera_liveness
+
+    def slot(max_fps: float) -> SimpleNamespace:
+        metrics = {"camera_state": "streaming", "last_frame_age_s": 4.0, "max_fps": max_fps}
+        module = SimpleNamespace(metrics=lambda: metrics)
+        return SimpleNamespace(camera_id="cam", state="running", module=module)
+
+    slow, uncapped = camera_liveness([slot(0.5), slot(0.0)], frame_deadline=2.0)
+    assert slow.alive  # one frame every 2 s: 6 s without one is still fine
+    assert not uncapped.alive and "no frame for 4.0s" in uncapped.reason
