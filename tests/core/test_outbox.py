@@ -568,3 +568,46 @@ def test_the_gate_keeps_an_events_text_not_its_frames() -> None:
     gc.collect()
     assert gone() is None
     assert gate.alerted("e1") is False  # it still knows the event
+
+
+async def test_alerts_of_four_cameras_at_once_go_out_in_one_burst_then_are_paced(
+    env: dict[str, Any],
+) -> None:
+    """Issue #20: four cameras alerting together waited 0, 1, 2 and 3 s for their photos
+    (one send a second). A burst of four goes at once; the fifth waits for min_interval_s."""
+    clock = FakeClock()
+    ch = FakeChannel(clock)
+    box = env["make"](ch, clock, min_interval_s=1.0, burst=4)
+    await box.start()
+    for i in range(5):
+        await put(box, f"e{i}", cam=f"c{i}")
+    await ch.delivered.wait_for(4)
+    await clock.sleeping()
+    assert len(ch.delivered) == 4
+    assert {d[3] for d in ch.delivered} == {ch.delivered[0][3]}  # no time passed
+    clock.advance(1.0)
+    await ch.delivered.wait_for(5)
+    assert ch.delivered[4][3] - ch.delivered[0][3] == pytest.approx(1.0)
+
+
+async def test_a_follow_up_leaves_the_last_send_of_the_burst_for_an_alert(
+    env: dict[str, Any],
+) -> None:
+    """A photo right after an animation and a caption edit goes out at once: follow-ups never
+    take the last send of the burst."""
+    clock = FakeClock()
+    ch = FakeChannel(clock)
+    box = env["make"](ch, clock, min_interval_s=1.0, burst=2)
+    await box.start()
+    await put(box, "e0", "snapshot")
+    await ch.delivered.wait_for(1)
+    await put(box, "e0", "gif")
+    await clock.sleeping()
+    assert len(ch.delivered) == 1  # the follow-up waits: one send left is for alerts
+    await put(box, "e1", "snapshot")
+    await ch.delivered.wait_for(2)
+    assert ch.delivered[1][1:3] == ("e1", "snapshot")
+    assert ch.delivered[1][3] == ch.delivered[0][3]  # at once
+    clock.advance(2.0)
+    await ch.delivered.wait_for(3)
+    assert ch.delivered[2][1:3] == ("e0", "gif")

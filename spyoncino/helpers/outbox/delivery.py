@@ -101,7 +101,16 @@ class OutboxSettings(BaseModel):
         default=1.0,
         ge=0.0,
         le=60.0,
-        description="Minimum seconds between two sends to one recipient.",
+        description="Seconds per send to one recipient, on average: sends beyond the burst "
+        "are this far apart.",
+    )
+    burst: int = Field(
+        default=4,
+        ge=1,
+        le=30,
+        description="Sends to one recipient that may go back to back before min_interval_s "
+        "spaces them (Telegram allows short bursts): four cameras' alerts at once all go out "
+        "at once. A follow-up (animation, clip, caption edit) always leaves one for an alert.",
     )
     per_minute: int = Field(
         default=0, ge=0, le=10_000, description="Sends per recipient per minute (0: no cap)."
@@ -164,6 +173,9 @@ class _Recipient:
     queue: deque[OutboxItem] = field(default_factory=deque)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     last_send: float = 0.0
+    #: sends left in the burst at ``tokens_at`` (None: a full burst)
+    tokens: float | None = None
+    tokens_at: float = 0.0
     minute: _Window = field(default_factory=lambda: _Window(60.0))
     blocked_until: float = 0.0
     task: asyncio.Task[None] | None = None
@@ -484,8 +496,13 @@ class Outbox:
                 item, head = self._pick(rec)
                 delay = self._delay(rid, rec, item)
                 if delay > 0:
-                    # not rec.wake: a new item behind this one must not cut the wait short
-                    await self.clock.sleep(min(delay, 5.0))
+                    if item.primary:
+                        # not rec.wake: a new item behind this one must not cut the wait short
+                        await self.clock.sleep(min(delay, 5.0))
+                    else:
+                        # a follow-up waiting for its turn: a new alert wakes the line and,
+                        # the burst's last send being left for it, goes out at once
+                        await self._sleep(rec, min(delay, 5.0))
                     continue
                 self._sending += 1
                 self._no_sends.clear()
@@ -532,10 +549,25 @@ class Outbox:
         waits = [
             item.next_at - now_wall,
             rec.blocked_until - now,
-            rec.last_send + interval - now if rec.last_send else 0.0,
+            self._pacing(rec, item, now, interval),
             rec.minute.wait(now, per_minute),
         ]
         return max(0.0, *waits)
+
+    def _tokens(self, rec: _Recipient, now: float, interval: float) -> float:
+        """Sends left in the recipient's burst at ``now`` (one comes back per ``interval``)."""
+        burst = float(self.settings.burst)
+        if rec.tokens is None or interval <= 0:
+            return burst
+        return min(burst, rec.tokens + (now - rec.tokens_at) / interval)
+
+    def _pacing(self, rec: _Recipient, item: OutboxItem, now: float, interval: float) -> float:
+        """Seconds ``item`` waits for the burst: an alert needs one send left, a follow-up
+        two (it never takes the last one, so an alert right after it goes out at once)."""
+        if interval <= 0:
+            return 0.0
+        need = 1.0 if item.primary else min(2.0, float(self.settings.burst))
+        return max(0.0, (need - self._tokens(rec, now, interval)) * interval)
 
     async def _attempt(
         self, rid: str, rec: _Recipient, item: OutboxItem, head: OutboxItem | None = None
@@ -562,6 +594,8 @@ class Outbox:
         item.attempts += 1
         probe = head is not None and head is not item
         now = self.clock.monotonic()
+        interval = self.rate_for(rid)[0] if self.rate_for is not None else s.min_interval_s
+        rec.tokens, rec.tokens_at = max(0.0, self._tokens(rec, now, interval) - 1.0), now
         rec.last_send = now
         rec.minute.add(now)
         error: str
