@@ -6,6 +6,10 @@ PY     := $(VENV)/bin/python
 BASE   := $(VENV)/.installed-base
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
+# make test runs the suite on TEST_WORKERS processes (pytest-xdist; 0: in make's own process).
+# --dist loadfile keeps each test file on one worker, so a server, broker or browser a module
+# starts once is started once; coverage from every worker is combined into one report.
+TEST_WORKERS ?= 2
 
 .PHONY: demo test lint format bench test-system image test-image schema docs dist clean
 
@@ -30,7 +34,7 @@ demo: $(BASE)
 
 ## test: install and run the test suite with coverage (system tests: make test-system)
 test: $(STAMP)
-	$(PY) -m pytest -rs -m "not system" --cov=spyoncino --cov-report=term --cov-report=json:.coverage.json $(PYTEST_ARGS)
+	$(PY) -m pytest -rs -m "not system" -n $(TEST_WORKERS) --dist loadfile --cov=spyoncino --cov-report=term --cov-report=json:.coverage.json $(PYTEST_ARGS)
 
 ## lint: ruff (lint + format check) and mypy --strict on the package
 lint: $(STAMP)

@@ -145,7 +145,8 @@ def replay(name: str) -> Path:
     if out.is_file():
         return out
     CACHE.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp.mp4")
+    # one temporary file per process: parallel test workers may make the same replay at once
+    tmp = out.with_suffix(f".{os.getpid()}.tmp.mp4")
     rng = np.random.default_rng(sum(map(ord, name)))
     with av.open(str(tmp), "w") as c:
         s = c.add_stream("libx264", rate=FPS)
