@@ -20,6 +20,7 @@ grey, flatter, darker, noisier), ``dusk`` (a slow fade to a quarter of the light
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
