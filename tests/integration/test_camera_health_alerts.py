@@ -10,16 +10,12 @@ channels run in real time, the thresholds are the defaults.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator
 from email import message_from_bytes
 from pathlib import Path
-from typing import Any
 
-import pytest
 import pytest_asyncio
-from aiohttp import web
 
 from spyoncino.modules.input.rtsp import RtspInput
 from spyoncino.modules.output.email import EmailOutput
@@ -33,9 +29,10 @@ from spyoncino.schemas.health import CameraHealthNotice
 from spyoncino.schemas.status import HealthReport
 from spyoncino.testing import BusHarness
 from tests.modules.input.conftest import RtspServer, clip, gst_rtsp  # noqa: F401
-from tests.support.botapi import BotApiEmulator, botapi, free_port  # noqa: F401
+from tests.support.botapi import BotApiEmulator, botapi  # noqa: F401
 from tests.support.health_replays import lumas, replay
 from tests.support.mqtt_broker import Broker, Watcher
+from tests.support.receivers import SmtpInbox, WebhookReceiver, smtp  # noqa: F401 - fixture
 from tests.support.wait import until
 
 TOKEN = "123456:TEST-token_abc"
@@ -60,65 +57,20 @@ class Accelerated:
         self.at, self.origin, self.speed = self(), time.monotonic(), speed
 
 
-class Receiver:
-    """A webhook endpoint that keeps every JSON body."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict[str, Any]] = []
-        self.runner: web.AppRunner | None = None
-        self.url = ""
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.bodies.append(json.loads(await request.read()))
-        return web.Response(status=204)
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/hook", self.handle)
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}/hook"
-
-
-class Inbox:
-    def __init__(self) -> None:
-        self.messages: list[bytes] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.messages.append(envelope.content)
-        return "250 OK"
-
-
 @pytest_asyncio.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    r = Receiver()
+async def receiver() -> AsyncIterator[WebhookReceiver]:
+    r = WebhookReceiver()
     await r.start()
     yield r
-    if r.runner is not None:
-        await r.runner.cleanup()
-
-
-@pytest.fixture
-def smtp() -> Any:
-    from aiosmtpd.controller import Controller
-
-    inbox = Inbox()
-    port = free_port()
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    yield inbox, port
-    controller.stop()
+    await r.stop()
 
 
 async def test_a_covered_lens_reaches_telegram_mqtt_webhook_and_email(
     tmp_path: Path,
     botapi: BotApiEmulator,  # noqa: F811
     broker: Broker,
-    receiver: Receiver,
-    smtp: Any,
+    receiver: WebhookReceiver,
+    smtp: tuple[SmtpInbox, int],  # noqa: F811 - the fixture
 ) -> None:
     inbox, smtp_port = smtp
     watch = Watcher(broker, ["spyoncino/#", "homeassistant/#"])
@@ -188,22 +140,27 @@ async def test_a_covered_lens_reaches_telegram_mqtt_webhook_and_email(
             disc = watch.on("homeassistant/binary_sensor/box1/cam_problem/config")
             assert disc and disc[-1].json()["device_class"] == "problem"
             # webhook: one document each
-            await until(lambda: len(receiver.bodies) >= 2, timeout=10.0)
-            assert [b["type"] for b in receiver.bodies] == [
+            await receiver.received.wait_for(2, timeout=10.0)
+            assert [b["type"] for b in receiver.received] == [
                 "spyoncino.camera_health",
                 "spyoncino.camera_recovered",
             ]
-            assert receiver.bodies[0]["health"]["camera_id"] == "cam"
+            assert receiver.received[0]["health"]["camera_id"] == "cam"
             # email: two messages, no "no picture" line
-            await until(lambda: len(inbox.messages) >= 2, timeout=10.0)
-            mails = [message_from_bytes(raw) for raw in inbox.messages]
+            await inbox.messages.wait_for(2, timeout=10.0)
+            mails = [message_from_bytes(mail.content) for mail in inbox.messages]
             assert "camera problem" in mails[0]["Subject"]
             assert "camera recovered" in mails[1]["Subject"]
             body = mails[0].get_payload(decode=True).decode()
             assert "black" in body and "no picture" not in body
-            await asyncio.sleep(0.5)  # nothing more follows
+            # nothing more follows: every notice made is out of its channel's outbox
+            assert await h.bus.drain()
+            for m in mods:
+                box = getattr(m, "outbox", None)
+                if box is not None:  # polled: the queue empties as each row is recorded
+                    await until(lambda box=box: box.pending() == 0, what=f"{m.name} sent all")
             assert len(botapi.calls_to("sendMessage")) == 2
-            assert len(receiver.bodies) == 2 and len(inbox.messages) == 2
+            assert len(receiver.received) == 2 and len(inbox.messages) == 2
     finally:
         await watch.stop()
 

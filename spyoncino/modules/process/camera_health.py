@@ -240,6 +240,8 @@ class CameraHealth(BaseModule):
         #: monotonic clock for the stream-lost timer (tests inject a fast one)
         self.clock: Callable[[], float] = ctx.extras.get("clock", time.monotonic)
         self.tick_s: float = float(ctx.extras.get("health_tick_s", 1.0))
+        #: rounds of the stream watch done (a test that moves the clock waits for these)
+        self.stream_rounds = 0
         self.watches: dict[str, Watch] = {}
         self.alerts = 0
         self.recoveries = 0
@@ -375,6 +377,7 @@ class CameraHealth(BaseModule):
             now = self.clock()
             for w in list(self.watches.values()):
                 await self._stream_update(w, now)
+            self.stream_rounds += 1
             await asyncio.sleep(self.tick_s)
 
     async def _stream_update(self, w: Watch, now: float) -> None:

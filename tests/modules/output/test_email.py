@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import email
 import email.policy
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,30 +16,10 @@ from spyoncino.core.contracts import BoundedExecutor
 from spyoncino.modules.output.email import EmailOutput
 from tests.support.alerts import publish_event, start_module
 from tests.support.botapi import free_port
+from tests.support.receivers import Mail, SmtpInbox, smtp, smtp_server  # noqa: F401 - fixture
 from tests.support.wait import until
 
 FAST = {"min_interval_s": 0.0, "backoff_initial_s": 0.05, "backoff_max_s": 0.3}
-
-
-class Inbox:
-    def __init__(self) -> None:
-        self.messages: list[tuple[str, list[str], bytes]] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
-        return "250 OK"
-
-
-@pytest.fixture
-def smtp() -> Iterator[tuple[Inbox, int]]:
-    from aiosmtpd.controller import Controller
-
-    inbox = Inbox()
-    port = free_port()
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    yield inbox, port
-    controller.stop()
 
 
 @pytest_asyncio.fixture
@@ -62,7 +41,10 @@ async def env(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
     executor.shutdown()
 
 
-async def test_the_snapshot_arrives_attached(env: dict[str, Any], smtp: tuple[Inbox, int]) -> None:
+async def test_the_snapshot_arrives_attached(
+    env: dict[str, Any],
+    smtp: tuple[SmtpInbox, int],  # noqa: F811 - the fixture
+) -> None:
     inbox, port = smtp
     await env["make"](
         host="127.0.0.1",
@@ -92,22 +74,17 @@ async def test_the_snapshot_arrives_attached(env: dict[str, Any], smtp: tuple[In
 async def test_a_server_that_is_down_gets_the_mail_when_it_is_back(
     env: dict[str, Any],
 ) -> None:
-    from aiosmtpd.controller import Controller
-
     port = free_port()
-    await env["make"](
+    m = await env["make"](
         host="127.0.0.1", port=port, security="none", recipients=["o@example.test"], outbox=FAST
     )
     await publish_event(env["bus"], env["root"], "ev-1")
     await publish_event(env["bus"], env["root"], "ev-2")
-    await asyncio.sleep(0.5)  # connection refused, retried
-    inbox = Inbox()
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        await until(lambda: len(inbox.messages) == 2, timeout=8)
-    finally:
-        controller.stop()
+    assert m.outbox is not None
+    box = m.outbox
+    await until(lambda: box.stats["retries"] >= 2, what="refused and retried")  # its counters
+    with smtp_server(port) as (inbox, _port):
+        await inbox.messages.wait_for(2, timeout=8)
     subjects = [
         email.message_from_bytes(c, policy=email.policy.default)["Subject"]
         for _f, _r, c in inbox.messages
@@ -132,9 +109,9 @@ async def test_a_refused_message_fails_at_once(env: dict[str, Any]) -> None:
 
     from spyoncino.schemas import topics
 
-    class Refusing(Inbox):
+    class Refusing(SmtpInbox):
         async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-            self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), b""))
+            self.messages.append(Mail(envelope.mail_from, list(envelope.rcpt_tos), b""))
             return "554 5.7.1 message refused"
 
     inbox = Refusing()

@@ -2,75 +2,32 @@
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import hmac
-import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest_asyncio
-from aiohttp import web
 
 from spyoncino.core.bus import Bus, Message
 from spyoncino.core.contracts import BoundedExecutor
-from spyoncino.modules.output.webhook import SIGNATURE_HEADER, WebhookOutput, recipient_of
+from spyoncino.modules.output.webhook import WebhookOutput, recipient_of
 from spyoncino.schemas import topics
 from spyoncino.schemas.alerts import AlertNotification
 from spyoncino.schemas.control import ControlState
 from tests.support.alerts import publish_event, start_module
+from tests.support.receivers import WebhookReceiver
 from tests.support.wait import until
 
 SECRET = "s3cret-hmac-key"
 FAST = {"min_interval_s": 0.0, "backoff_initial_s": 0.05, "backoff_max_s": 0.2}
 
 
-class Receiver:
-    """An HTTP endpoint that verifies signatures and can answer errors first."""
-
-    def __init__(self) -> None:
-        self.received: list[dict[str, Any]] = []
-        self.rejected = 0
-        self.answers: list[tuple[int, dict[str, str]]] = []
-        self.times: list[float] = []
-        self.runner: web.AppRunner | None = None
-        self.url = ""
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.times.append(time.monotonic())
-        if self.answers:
-            status, headers = self.answers.pop(0)
-            return web.Response(status=status, headers=headers)
-        body = await request.read()
-        expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(request.headers.get(SIGNATURE_HEADER, ""), expected):
-            self.rejected += 1
-            return web.Response(status=401)
-        self.received.append(json.loads(body))
-        return web.Response(status=204)
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/hook", self.handle)
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}/hook"
-
-    async def stop(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
-
-
 @pytest_asyncio.fixture
 async def env(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
     bus = Bus(status_interval=0)
     executor = BoundedExecutor(2)
-    receiver = Receiver()
+    receiver = WebhookReceiver(SECRET)
     await receiver.start()
     notes: list[AlertNotification] = []
 
@@ -103,8 +60,7 @@ async def test_alerts_are_posted_signed_with_event_and_artifact(env: dict[str, A
         outbox=FAST,
     )
     _ev, art = await publish_event(env["bus"], env["root"], "ev-1")
-    await until(lambda: len(rx.received) == 1)
-    doc = rx.received[0]
+    (doc,) = await rx.received.wait_for(1)
     assert rx.rejected == 0
     assert doc["type"] == "spyoncino.alert"
     assert doc["event"]["id"] == "ev-1"
@@ -134,7 +90,7 @@ async def test_5xx_and_429_are_retried_in_order(env: dict[str, Any]) -> None:
     await env["make"](url=rx.url, secret=SECRET, outbox=FAST)
     await publish_event(env["bus"], env["root"], "ev-1")
     await publish_event(env["bus"], env["root"], "ev-2", camera="garden")
-    await until(lambda: len(rx.received) == 2)
+    await rx.received.wait_for(2)
     assert [d["event"]["id"] for d in rx.received] == ["ev-1", "ev-2"]
     assert rx.times[2] - rx.times[1] >= 1.0  # Retry-After honoured
     # the receiver answered ev-1's 500, so ev-2 was tried meanwhile (and got the 429);
@@ -144,13 +100,13 @@ async def test_5xx_and_429_are_retried_in_order(env: dict[str, Any]) -> None:
 
 async def test_disarmed_means_no_post_unless_configured(env: dict[str, Any]) -> None:
     rx = env["rx"]
-    await env["make"](url=rx.url, secret=SECRET, outbox=FAST)
+    m = await env["make"](url=rx.url, secret=SECRET, outbox=FAST)
     await env["bus"].publish(topics.CONTROL_STATE.name, ControlState(armed=False))
     await env["bus"].drain()
     await publish_event(env["bus"], env["root"], "ev-1")
     await env["bus"].drain()
-    await asyncio.sleep(0.2)
-    assert rx.received == []
+    assert m.outbox is not None and m.outbox.pending() == 0  # nothing queued: nothing goes
+    assert rx.received == [] and rx.times == []
 
 
 async def test_without_url_it_is_inert(env: dict[str, Any]) -> None:
@@ -180,7 +136,7 @@ async def test_an_event_without_a_snapshot_is_posted_without_artifact(
         updated_at=now,
     )
     await env["bus"].publish(topics.EVENT.at(kind="object", phase="started"), ev)
-    await until(lambda: len(rx.received) == 1, timeout=5)
+    await rx.received.wait_for(1)
     assert rx.received[0]["type"] == "spyoncino.alert"
     assert rx.received[0]["artifact"] is None
     assert rx.received[0]["event"]["id"] == "no-pic"

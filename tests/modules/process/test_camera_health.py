@@ -22,6 +22,7 @@ from spyoncino.schemas.health import CameraHealthNotice
 from spyoncino.schemas.status import HealthReport, ModuleHealth
 from spyoncino.testing import BusHarness, Recorder
 from tests.support.health_replays import NUISANCES, lumas, replay
+from tests.support.wait import until
 
 T0 = 1_750_000_000.0  # the replays' wall clock starts here
 
@@ -53,6 +54,14 @@ class Run:
         topic = topics.FRAME.at(camera=camera)
         await self.h.bus.publish(topic, f)
         await self.h.bus.wait_idle(topic)
+        await self.h.bus.wait_idle(topics.CAMERA_HEALTH.pattern())
+
+    async def watched(self) -> None:
+        """Wait until a whole round of the module's stream watch ran after now (so on the
+        clock as it is now) and what it announced was delivered. Polled: the round counter
+        fires no event."""
+        first = self.module.stream_rounds
+        await until(lambda: self.module.stream_rounds >= first + 2, what="a stream-watch round")
         await self.h.bus.wait_idle(topics.CAMERA_HEALTH.pattern())
 
     async def replay(self, name: str) -> None:
@@ -172,7 +181,7 @@ async def test_stream_lost_for_60_s_alerts_after_30_s_and_recovers(run: MakeRun)
     # the source goes silent for 60 s on the module's clock
     while r.clock.t < last + 60:
         r.clock.t += 0.5
-        await asyncio.sleep(0.02)  # the module's ticks (0.01 s) see the clock move
+        await r.watched()  # the module's watch sees the clock move
         if r.clock.t >= last + 31:
             await r.rec.wait_for(lambda m: m.payload.phase == "alert", timeout=5)
     lost = r.notices()
@@ -212,7 +221,7 @@ async def test_a_file_that_ended_is_not_lost(run: MakeRun) -> None:
     await r.h.bus.publish(topics.HEALTH.name, report)
     await r.h.bus.wait_idle(topics.HEALTH.name)
     r.clock.t += 120
-    await asyncio.sleep(0.1)
+    await r.watched()
     assert r.notices() == []
 
 
@@ -250,6 +259,8 @@ async def test_a_live_camera_wakes_the_module_once_per_sample_not_per_frame(run:
     for i in range(published):  # a live 30 fps camera: stamped on arrival
         now = time.monotonic()
         await r.h.bus.publish(topic, Frame("cam", i, now, time.time(), 640, 360, luma))
+        # real time on purpose: the handler judges a live camera's frames fresh and rests
+        # between samples on time.monotonic(), the capture clock, which no fake can stand for
         await asyncio.sleep(1 / 30)
     stats = [
         s for s in r.h.bus.status().subscriptions if s.module == "health" and "frame" in s.pattern
