@@ -5,13 +5,14 @@ PY     := $(VENV)/bin/python
 # the demo needs only the package; tests, lint and benchmarks add the development tools
 BASE   := $(VENV)/.installed-base
 STAMP  := $(VENV)/.installed
+ANSIBLE := $(VENV)/.installed-ansible
 PYTEST_ARGS ?=
 # make test runs the suite on TEST_WORKERS processes (pytest-xdist; 0: in make's own process).
 # --dist loadfile keeps each test file on one worker, so a server, broker or browser a module
 # starts once is started once; coverage from every worker is combined into one report.
 TEST_WORKERS ?= 2
 
-.PHONY: demo test lint format bench test-system image test-image schema docs dist clean
+.PHONY: demo test lint format bench test-system image test-image test-image-boot schema docs dist clean
 
 $(BASE): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is needed")'
@@ -23,6 +24,11 @@ $(BASE): pyproject.toml
 $(STAMP): $(BASE)
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+# the system tests' provisioning tools (Ansible, its linters) on top of the development tools
+$(ANSIBLE): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,ansible]'
+	touch $(ANSIBLE)
 
 ## demo: run the whole pipeline on the bundled sample clip with the embedded defaults
 demo: $(BASE)
@@ -55,8 +61,7 @@ bench: $(STAMP)
 ## with faults; every package extra in a venv; the Pi's constrained venv on arm64 under qemu-user
 ## (about 12 min, plus 1.5 min for arm64 and 1 min for the extras once cached;
 ## SPYONCINO_FAULT_KILLS=30 SPYONCINO_FAULT_POWEROFFS=10 for the full fault counts)
-test-system: $(STAMP)
-	$(PY) -m pip install --quiet -e '.[dev,ansible]'
+test-system: $(ANSIBLE)
 	$(PY) -m pytest -m "not system" tests/system -q $(PYTEST_ARGS)
 	bash tests/system/build_rootfs.sh >/dev/null
 	$(PY) -m pytest -m system tests/system -q $(PYTEST_ARGS)
@@ -68,6 +73,11 @@ image: $(STAMP)
 ## test-image: build the image, boot it in QEMU: first boot, service, events, power cycle, idle writes (root)
 IDLE_S ?= 300
 test-image: image
+	@$(MAKE) --no-print-directory test-image-boot
+
+# test-image's boots alone, on the image the last `make image` left in build/image
+# (.ci/run builds it beside the system tests, then boots it)
+test-image-boot: $(STAMP)
 	SPYONCINO_IMAGE_NO_BUILD=1 SPYONCINO_IMAGE_IDLE_S=$(IDLE_S) $(PY) -m pytest -m image tests/image -q -s $(PYTEST_ARGS)
 
 ## schema: JSON Schemas of config.yaml and every payload into ./schema
