@@ -39,7 +39,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar, overload
 
 import structlog
 
@@ -80,10 +80,15 @@ def validate_pattern(pattern: str) -> None:
         raise ValueError(f"'#' must be the last segment of a pattern: {pattern!r}")
 
 
+#: covariant: a handler of ``Message[A | B]`` may take a ``Message[A]`` (messages are not
+#: changed after publish)
+T_co = TypeVar("T_co", covariant=True)
+
+
 @dataclass(slots=True)
-class Message(Generic[T]):
+class Message(Generic[T_co]):
     topic: str
-    payload: T
+    payload: T_co
     published_mono: float
 
 
@@ -246,6 +251,28 @@ class Bus:
         self._closed = False
 
     # -- subscribe ---------------------------------------------------------------------------
+    @overload
+    def subscribe(
+        self,
+        pattern: Topic[T],
+        handler: Callable[[Message[T]], Awaitable[None]],
+        *,
+        policy: Policy = ...,
+        maxsize: int | None = ...,
+        module: str = ...,
+    ) -> Callable[[], None]: ...
+
+    @overload
+    def subscribe(
+        self,
+        pattern: str | Sequence[str],
+        handler: Callable[[Message[object]], Awaitable[None]],
+        *,
+        policy: Policy = ...,
+        maxsize: int | None = ...,
+        module: str = ...,
+    ) -> Callable[[], None]: ...
+
     def subscribe(
         self,
         pattern: str | Sequence[str],

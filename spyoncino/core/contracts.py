@@ -13,7 +13,17 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, ParamSpec, TypeVar, cast
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    ClassVar,
+    Generic,
+    Literal,
+    ParamSpec,
+    TypeVar,
+    cast,
+    overload,
+)
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
@@ -21,13 +31,15 @@ from typing_extensions import TypeVar as DefaultTypeVar  # PEP 696 defaults on 3
 
 from spyoncino.core.clock import Clock, SystemClock
 from spyoncino.schemas.status import HealthState, ModuleHealth
+from spyoncino.schemas.topics import Topic
 
 if TYPE_CHECKING:
-    from spyoncino.core.bus import Bus
+    from spyoncino.core.bus import Bus, Message, Policy
     from spyoncino.core.config import AppConfig
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 Category = Literal["storage", "output", "dashboard", "event", "process", "input", "service"]
 
@@ -270,6 +282,26 @@ class BaseModule(ABC, Generic[ConfigT]):
         self._detail = detail
         if error is not None:
             self._last_error = error
+
+    @overload
+    def subscribe(
+        self,
+        pattern: Topic[T],
+        handler: Callable[[Message[T]], Awaitable[None]],
+        *,
+        policy: Policy = ...,
+        maxsize: int | None = ...,
+    ) -> None: ...
+
+    @overload
+    def subscribe(
+        self,
+        pattern: str | Sequence[str],
+        handler: Callable[[Message[object]], Awaitable[None]],
+        *,
+        policy: Policy = ...,
+        maxsize: int | None = ...,
+    ) -> None: ...
 
     def subscribe(
         self,

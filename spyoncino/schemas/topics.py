@@ -68,15 +68,16 @@ class Topic(str, Generic[T]):
         """The concrete topic of this family, e.g. ``camera.front.frame``."""
         return Topic(str(self).format(**parts), self.payload, template=self.template)
 
-    def pattern(self, **parts: str) -> str:
-        """The subscription pattern: each placeholder not given in ``parts`` becomes ``*``."""
+    def pattern(self, **parts: str) -> Topic[T]:
+        """The subscription pattern: each placeholder not given in ``parts`` becomes ``*``
+        (still typed: a subscription to it gets this family's payload)."""
         out = []
         for seg in str(self).split("."):
             if seg.startswith("{") and seg.endswith("}"):
                 out.append(parts.get(seg[1:-1], "*"))
             else:
                 out.append(seg)
-        return ".".join(out)
+        return Topic(".".join(out), self.payload, template=self.template)
 
     @property
     def has_placeholders(self) -> bool:

@@ -190,9 +190,9 @@ class MediaRetention(BaseModule[Config]):
     async def start(self) -> None:
         io = _proc_write_bytes()
         self._io_start = (time.monotonic(), io) if io is not None else None
-        self.subscribe("event.*.started", self._on_event, policy="block")
-        self.subscribe("event.*.updated", self._on_event, policy="block")
-        self.subscribe("event.*.ended", self._on_event, policy="block")
+        self.subscribe(topics.EVENT.pattern(phase="started"), self._on_event, policy="block")
+        self.subscribe(topics.EVENT.pattern(phase="updated"), self._on_event, policy="block")
+        self.subscribe(topics.EVENT.pattern(phase="ended"), self._on_event, policy="block")
         self.subscribe(topics.ARTIFACT.pattern(), self._on_artifact, policy="block")
         self.subscribe(topics.STORAGE_FAULT.name, self._on_fault, policy="latest")
         await self.run_pass(startup=True)

@@ -135,9 +135,9 @@ class EventIndex(_Base[Config]):
                     closed_events=self.recovered_events,
                     reindexed_rows=self.reindexed_rows,
                 )
-        self.subscribe("event.*.started", self._on_event, policy="block")
-        self.subscribe("event.*.updated", self._on_event, policy="block")
-        self.subscribe("event.*.ended", self._on_event, policy="block")
+        self.subscribe(topics.EVENT.pattern(phase="started"), self._on_event, policy="block")
+        self.subscribe(topics.EVENT.pattern(phase="updated"), self._on_event, policy="block")
+        self.subscribe(topics.EVENT.pattern(phase="ended"), self._on_event, policy="block")
         self.subscribe(topics.ARTIFACT.pattern(), self._on_artifact, policy="block")
         self.subscribe(topics.NOTIFY.pattern(), self._on_notify, policy="block")
         self.subscribe(topics.MEDIA_REMOVED.name, self._on_removed, policy="block")
