@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from spyoncino.helpers.outbox import ALL_CAMERAS
 from spyoncino.helpers.files import local_time
+from spyoncino.helpers.outbox import ALL_CAMERAS
 from spyoncino.helpers.requests import Requester, RequestError
 from spyoncino.helpers.updates import valid_version
 from spyoncino.modules.output import _telegram_text as text

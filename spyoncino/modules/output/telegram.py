@@ -46,7 +46,6 @@ from spyoncino.helpers.outbox import (
     ServerError,
     TransientError,
 )
-from spyoncino.helpers.files import local_time
 from spyoncino.helpers.requests import Requester
 from spyoncino.helpers.updates import DEFAULT_DIR as UPDATE_DIR
 from spyoncino.modules.output import _aiogram
