@@ -144,13 +144,15 @@ async def sizes(tmp: Path, moto_url: str) -> dict[str, Any]:
         stdout=subprocess.DEVNULL,
     )
     took = time.monotonic() - t0
-    conn = sqlite3.connect(tmp / "var" / "events.sqlite3")
+    conn = sqlite3.connect(tmp / "var" / "outbox.sqlite3")  # the outbox's own file
     copied = [
         json.loads(p)
         for (p,) in conn.execute(
             "SELECT payload FROM outbox WHERE channel='s3' AND status='sent' ORDER BY id"
         )
     ]
+    conn.close()
+    conn = sqlite3.connect(tmp / "var" / "events.sqlite3")
     durations = dict(
         conn.execute("SELECT relpath, duration_s FROM artifacts WHERE kind='clip'").fetchall()
     )

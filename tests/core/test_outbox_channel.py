@@ -141,10 +141,10 @@ async def test_an_outbox_that_cannot_be_opened_is_not_ready(
 ) -> None:
     root = tmp_path / "store"
     if blocker == "database is a folder":
-        (root / "events.sqlite3").mkdir(parents=True)
+        (root / "outbox.sqlite3").mkdir(parents=True)
     else:
         root.write_bytes(b"not a folder")
-    with pytest.raises(ModuleNotReady, match=r"cannot open the outbox in .*events\.sqlite3"):
+    with pytest.raises(ModuleNotReady, match=r"cannot open the outbox in .*outbox\.sqlite3"):
         await env["make"](root=root)
 
 
@@ -164,7 +164,7 @@ async def test_a_full_disk_delays_no_alert_and_kills_no_task(
         # the alert kept in memory reached the database once it could be written
         assert m.outbox is not None
         await until(lambda: m.outbox is not None and m.outbox.stats["unsaved"] == 0)
-        conn = sqlite3.connect(root / "events.sqlite3")
+        conn = sqlite3.connect(root / "outbox.sqlite3")
         try:
             rows = conn.execute("SELECT event_id, status FROM outbox ORDER BY id").fetchall()
         finally:

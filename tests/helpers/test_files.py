@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from spyoncino.helpers.files import atomic_move, atomic_write_bytes
-from spyoncino.helpers.outbox import open_db
+from spyoncino.helpers.outbox import open_db, outbox_path
 from spyoncino.modules.storage.index.db import connect
 
 
@@ -53,5 +53,10 @@ def test_an_index_created_loose_is_tightened(tmp_path: Path, open_umask: None) -
     db = tmp_path / "events.sqlite3"
     connect(db).close()
     os.chmod(db, 0o644)  # as an older version left it
-    open_db(db).close()  # the outbox may open it first
+    connect(db).close()
     assert mode(db) & 0o027 == 0
+    outbox = outbox_path(db)  # the outbox's own file, tightened the same way
+    open_db(outbox).close()
+    os.chmod(outbox, 0o644)
+    open_db(outbox).close()
+    assert mode(outbox) & 0o027 == 0

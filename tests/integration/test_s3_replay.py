@@ -25,6 +25,7 @@ import pytest_asyncio
 import structlog
 import yaml
 
+from spyoncino.helpers.outbox import outbox_path
 from tests.integration.test_mqtt_replay import Box
 from tests.support.s3_server import (
     PART_MIN,
@@ -111,7 +112,7 @@ def copies(db: Path) -> dict[str, tuple[str, str]]:
     snapshot the writer replaced at the event's end is copied again, under the same key)."""
     out = {}
     for payload, status in rows(
-        db,
+        outbox_path(db),
         "SELECT payload, status FROM outbox WHERE channel='s3' AND status!='superseded' "
         "ORDER BY id",
     ):
@@ -226,7 +227,11 @@ async def test_sigkill_during_a_multipart_upload_resumes_and_completes_once(
     try:
         key, parts = await until(
             lambda: next(
-                (r for r in rows(db, "SELECT key, parts FROM s3_multipart") if json.loads(r[1])),
+                (
+                    r
+                    for r in rows(outbox_path(db), "SELECT key, parts FROM s3_multipart")
+                    if json.loads(r[1])
+                ),
                 None,
             ),
             300,

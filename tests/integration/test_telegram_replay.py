@@ -24,6 +24,7 @@ import pytest
 import pytest_asyncio
 import yaml
 
+from spyoncino.helpers.outbox import outbox_path
 from tests.support.botapi import BotApiEmulator, Call
 
 REPO = Path(__file__).resolve().parents[2]
@@ -146,7 +147,8 @@ class Box:
                 await asyncio.wait_for(self._reader, 5)
 
 
-def outbox_rows(db: Path) -> list[dict[str, Any]]:
+def outbox_rows(index_db: Path) -> list[dict[str, Any]]:
+    db = outbox_path(index_db)  # the outbox's own file, beside the index
     if not db.exists():
         return []
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)

@@ -1,7 +1,8 @@
 """The persistent outbox every notification channel delivers through.
 
-An alert is a promise to the owner, so it is written to SQLite (table ``outbox`` in the event
-index database) *before* anything is sent, and marked sent right after the channel confirms.
+An alert is a promise to the owner, so it is written to SQLite (the outbox's own file,
+``outbox.sqlite3`` beside the event index: ``store``) *before* anything is sent, and marked
+sent right after the channel confirms.
 One worker per recipient delivers that recipient's alerts strictly in order, so alerts never
 shuffle after an outage, and a GIF or clip never arrives before the photo it replies to. A new
 alert's photo may overtake an older event's GIF upload: an alert never waits for megabytes of
@@ -68,8 +69,10 @@ from spyoncino.helpers.outbox.store import (
     SCHEMA,
     OutboxItem,
     counts,
+    held_files,
     item_key,
     open_db,
+    outbox_path,
 )
 
 __all__ = [
@@ -92,6 +95,8 @@ __all__ = [
     "ServerError",
     "TransientError",
     "counts",
+    "held_files",
     "item_key",
     "open_db",
+    "outbox_path",
 ]

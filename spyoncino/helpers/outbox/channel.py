@@ -18,7 +18,7 @@ from spyoncino.core.contracts import (
 )
 from spyoncino.helpers.outbox.delivery import Outbox, OutboxSettings, RateFor
 from spyoncino.helpers.outbox.gate import ALL_CAMERAS, AlertGate
-from spyoncino.helpers.outbox.store import OutboxItem
+from spyoncino.helpers.outbox.store import OutboxItem, outbox_path
 from spyoncino.schemas import topics
 from spyoncino.schemas.control import ControlState
 from spyoncino.schemas.events import EventNotice
@@ -73,10 +73,15 @@ class OutboxChannel(BaseModule, Generic[C]):
         edit what it sent (Telegram's caption) does so here; the default sends nothing."""
 
     async def open_outbox(self, db_path: Path, *, rate_for: RateFor | None = None) -> Outbox:
-        """Open the outbox and resume what it had pending; ``ModuleNotReady`` when it cannot."""
+        """Open the outbox and resume what it had pending; ``ModuleNotReady`` when it cannot.
+
+        ``db_path`` is the event index's file (``storage.db_path``): the outbox keeps its own
+        file beside it (``outbox_path``) and adopts the table an older release left in it.
+        """
         self.outbox = Outbox(
             channel=self.channel,
-            db_path=db_path,
+            db_path=outbox_path(db_path),
+            legacy_db=db_path,
             bus=self.bus,
             executor=self.ctx.executor,
             sender=self._deliver,
@@ -87,7 +92,7 @@ class OutboxChannel(BaseModule, Generic[C]):
         try:
             await self.outbox.start()
         except Exception as e:
-            raise ModuleNotReady(f"cannot open the outbox in {db_path}: {e}") from e
+            raise ModuleNotReady(f"cannot open the outbox in {outbox_path(db_path)}: {e}") from e
         # camera-health notices are alerts of their own: no snapshot to wait for, no gate
         self.subscribe(topics.CAMERA_HEALTH, self._on_camera_health, policy="block", maxsize=64)
         return self.outbox

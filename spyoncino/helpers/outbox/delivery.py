@@ -199,11 +199,14 @@ class Outbox:
         rate_for: RateFor | None = None,
         module: str | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        legacy_db: Path | None = None,
     ) -> None:
         self.channel = channel
         #: what backoff, pacing, horizons and the rate windows read and sleep on
         self.clock = clock
         self.db_path = db_path
+        #: the index file an older release kept the outbox table in (adopted at start)
+        self.legacy_db = legacy_db
         self.bus = bus
         self.executor = executor
         self.sender = sender
@@ -244,7 +247,7 @@ class Outbox:
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
-        self._conn = await self.run_io(open_db, self.db_path)
+        self._conn = await self.run_io(open_db, self.db_path, self.legacy_db)
         now = self.clock.time()
         await self._db(_prune, self.channel, now - self.settings.keep_sent_s)
         pending = await self._db(_load_pending, self.channel)

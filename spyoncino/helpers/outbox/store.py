@@ -1,16 +1,46 @@
-"""The outbox's table: its schema, the stored item and the SQL (all run on the outbox's I/O
-thread)."""
+"""The outbox's database: its own file, schema, version and migrations, the stored item and
+the SQL (all run on the outbox's I/O thread).
+
+The outbox keeps its rows in a file of its own, ``outbox.sqlite3`` beside the event index
+(``outbox_path``), with its own ``PRAGMA user_version`` (``SCHEMA_VERSION``) and migrations
+(``MIGRATIONS``): the index's schema owner (``modules/storage/index``) never sees it, and an
+index migration, restore or rebuild cannot touch a pending alert. Every channel (Telegram,
+webhook, email, S3) shares that one file, each its own ``channel`` rows.
+
+Releases before this one kept the ``outbox`` table inside the index file. Opening the outbox
+with ``legacy`` (the index file) adopts that table once: every row is copied into the
+outbox's file in one transaction (ids kept when the new file is empty; otherwise new ids in
+the old order, the idempotency key deciding what is already there), then the old table is
+dropped. A crash between the two steps copies again at the next start and the key keeps it
+from doubling, so a box updated in place keeps its pending alerts and never sends one twice.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 import sqlite3
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from spyoncino.helpers.files import private_file
+
+_log = structlog.get_logger("spyoncino").bind(module="outbox")
+
+#: the outbox file's schema version (``PRAGMA user_version``); the index's is its own
+SCHEMA_VERSION = 1
+#: version -> what turns the version before it into it; a release with a new outbox schema
+#: adds one entry (version 1 is ``SCHEMA`` itself)
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {}
+#: the outbox's file, beside the index
+FILE_NAME = "outbox.sqlite3"
 
 #: Kinds that are alerts in their own right (others are follow-ups of an alert).
 PRIMARY_KINDS = frozenset({"snapshot", "text", "health_alert", "health_recovered"})
@@ -71,17 +101,137 @@ def item_key(channel: str, event_id: str, kind: str, recipient: str) -> str:
     return f"{channel}:{event_id}:{kind}:{recipient}"
 
 
+def outbox_path(index_db: Path) -> Path:
+    """The outbox's own database file, beside the event index ``index_db``."""
+    return index_db.with_name(FILE_NAME)
+
+
 # -- SQLite (runs in the executor) ------------------------------------------------------------
-def open_db(path: Path) -> sqlite3.Connection:
-    private_file(path)  # 0640, as the index makes it: the outbox may open the file first
+#: every column, for the adoption of an older release's table
+_ALL = (
+    "channel, recipient, key, event_id, camera_id, kind, payload, created_at, status, "
+    "attempts, next_at, coalesced, last_error, sent_at, result"
+)
+
+
+@contextlib.contextmanager
+def _locked(db: Path) -> Iterator[None]:
+    """Serialise the channels that open the outbox at the same start (one migration)."""
+    fd = os.open(db.with_name(f".{db.name}.lock"), os.O_RDWR | os.O_CREAT, 0o640)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def open_db(path: Path, legacy: Path | None = None) -> sqlite3.Connection:
+    """Open (create, migrate) the outbox's file; ``legacy``: the index file whose ``outbox``
+    table an older release left, adopted once."""
+    private_file(path)  # 0640, as the index's
     conn = sqlite3.connect(path, timeout=10.0, check_same_thread=False, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA busy_timeout=10000")
-    conn.executescript(SCHEMA)
-    # the same file as the index, whose schema owner (storage/index) versions and migrates it:
-    # the index starts before any output, so the file is migrated when the outbox opens it
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA busy_timeout=10000")
+        with _locked(path):
+            _migrate(conn, path)
+            if legacy is not None and legacy.resolve() != path.resolve():
+                _adopt(conn, path, legacy)
+    except BaseException:
+        conn.close()
+        raise
     return conn
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    have = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    conn.executescript(SCHEMA)  # version 1's tables (IF NOT EXISTS)
+    if have > SCHEMA_VERSION:
+        # a rolled-back release: its columns have defaults, so this code goes on with them
+        _log.warning("outbox_schema_newer", db=str(path), version=have, known=SCHEMA_VERSION)
+        return
+    for version in range(max(have, 1) + 1, SCHEMA_VERSION + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            MIGRATIONS[version](conn)
+            conn.execute(f"PRAGMA user_version = {int(version)}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    if have < SCHEMA_VERSION:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _adopt(conn: sqlite3.Connection, path: Path, legacy: Path) -> None:
+    """Move an older release's ``outbox`` table out of the index file into ``conn``'s."""
+    if not legacy.is_file():
+        return
+    old = sqlite3.connect(legacy, timeout=10.0, isolation_level=None)
+    try:
+        old.execute("PRAGMA busy_timeout=10000")
+        found = old.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='outbox'"
+        ).fetchone()
+        if found is None:
+            return
+        rows = old.execute(f"SELECT id, {_ALL} FROM outbox ORDER BY id").fetchall()  # noqa: S608
+        fresh = conn.execute("SELECT 1 FROM outbox LIMIT 1").fetchone() is None
+        marks = ",".join("?" * (_ALL.count(",") + 1))
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if fresh:  # the first start of this release: the very same rows, ids and all
+                conn.executemany(
+                    f"INSERT OR IGNORE INTO outbox(id, {_ALL}) VALUES (?, {marks})",  # noqa: S608
+                    rows,
+                )
+            else:  # an older release ran again meanwhile: its rows after ours, in its order
+                conn.executemany(
+                    f"INSERT OR IGNORE INTO outbox({_ALL}) VALUES ({marks})",  # noqa: S608
+                    [r[1:] for r in rows],
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        old.execute("DROP TABLE outbox")  # its indexes go with it
+        _log.info(
+            "outbox_moved",
+            rows=len(rows),
+            pending=sum(1 for r in rows if r[9] == "pending"),
+            source=str(legacy),
+            target=str(path),
+        )
+    finally:
+        old.close()
+
+
+def held_files(path: Path, legacy: Path | None = None) -> list[tuple[str, str, str, str, str]]:
+    """(relpath, channel, event id, kind, recipient) of the pending rows that still have to
+    send a file off the box (``hold_local``); read-only, [] without an outbox. ``legacy``: an
+    index file whose table no channel has adopted yet (read too)."""
+    out: list[tuple[str, str, str, str, str]] = []
+    for db in (path, legacy):
+        if db is None or not db.is_file():
+            continue
+        try:
+            conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10.0)
+        except sqlite3.Error:
+            continue
+        try:
+            rows = conn.execute(
+                "SELECT json_extract(payload, '$.relpath'), channel, event_id, kind, recipient "
+                "FROM outbox WHERE status='pending' "
+                "AND json_extract(payload, '$.hold_local') = 1"
+            ).fetchall()
+        except sqlite3.Error:  # no outbox table: nothing is held there
+            rows = []
+        finally:
+            conn.close()
+        out.extend((str(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4])) for r in rows if r[0])
+    return out
 
 
 _COLS = (

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable
@@ -54,6 +53,8 @@ from spyoncino.core.config import AppConfig
 from spyoncino.core.contracts import BaseModule, ModuleConfig, ModuleContext
 from spyoncino.helpers.files import clean_temp_files, disk_free
 from spyoncino.helpers.media_layout import MediaFile, scan
+from spyoncino.helpers.outbox import held_files as outbox_held_files
+from spyoncino.helpers.outbox import outbox_path
 from spyoncino.schemas import topics
 from spyoncino.schemas.alerts import AlertNotification
 from spyoncino.schemas.events import EventNotice
@@ -86,23 +87,11 @@ class _Held:
 
 
 def held_files(db_path: Path) -> dict[str, _Held]:
-    """relpath -> the pending outbox row holding it; empty when there is no outbox yet."""
-    if not db_path.exists():
-        return {}
-    try:
-        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10.0)
-    except sqlite3.Error:
-        return {}
-    try:
-        rows = conn.execute(
-            "SELECT json_extract(payload, '$.relpath'), channel, event_id, kind, recipient "
-            "FROM outbox WHERE status='pending' AND json_extract(payload, '$.hold_local') = 1"
-        ).fetchall()
-    except sqlite3.Error:  # no outbox table: nothing is held
-        return {}
-    finally:
-        conn.close()
-    return {str(r[0]): _Held(str(r[1]), str(r[2]), str(r[3]), str(r[4])) for r in rows if r[0]}
+    """relpath -> the pending outbox row holding it; empty when there is no outbox yet.
+    ``db_path`` is the index's file: the outbox's is beside it (and until a channel adopts
+    an older release's table, that table in the index file holds files too)."""
+    rows = outbox_held_files(outbox_path(db_path), db_path)
+    return {rel: _Held(ch, ev, kind, rcpt) for rel, ch, ev, kind, rcpt in rows}
 
 
 #: least seconds between two passes not run by the timer (a full card of something else must

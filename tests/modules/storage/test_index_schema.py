@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from spyoncino.helpers.outbox import open_db
+from spyoncino.helpers.outbox import open_db, outbox_path
+from spyoncino.helpers.outbox.store import SCHEMA_VERSION as OUTBOX_VERSION
 from spyoncino.modules.storage.index import schema as db_schema
 from spyoncino.modules.storage.index.db import connect, upsert_event
 from spyoncino.schemas.events import EventNotice
@@ -72,11 +73,16 @@ def test_a_new_database_records_its_version(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("*.bak"))
 
 
-def test_index_and_outbox_share_one_version(tmp_path: Path) -> None:
+def test_the_outbox_keeps_its_own_file_and_version(tmp_path: Path) -> None:
     db = tmp_path / "events.sqlite3"
-    open_db(db).close()
+    open_db(outbox_path(db), db).close()
     connect(db).close()
     assert user_version(db) == db_schema.current_version()
+    assert user_version(outbox_path(db)) == OUTBOX_VERSION
+    conn = sqlite3.connect(db)
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    conn.close()
+    assert "outbox" not in tables
 
 
 def test_migration_takes_a_consistent_backup_first(
@@ -129,8 +135,6 @@ def test_rollback_restores_the_backup_and_reindexes_what_came_after(
         record(tmp_path, conn, "20260102T110000-after", 2.0)
         conn.execute("UPDATE events SET note = 'new' WHERE id LIKE '%after'")
         conn.close()
-        outbox = open_db(db)
-        outbox.close()
     assert user_version(db) == NEXT
     conn = connect(db)  # back on N: the file is newer than the code
     rows = dict(conn.execute("SELECT id, labels FROM events").fetchall())
@@ -152,7 +156,6 @@ def test_rollback_without_a_backup_rebuilds_from_the_media(tmp_path: Path) -> No
     assert user_version(db) == NOW
     aside = db.with_name("events.sqlite3.schema7.newer")
     assert user_version(aside) == 7  # kept, in case the newer version comes back
-    open_db(db).close()  # the outbox table is there again too
 
 
 def test_a_version_1_index_gets_severity_and_objects_its_events_kept_as_alerts(

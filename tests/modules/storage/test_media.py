@@ -268,9 +268,9 @@ async def test_a_storage_fault_triggers_a_pass_at_once(tmp_path: Path) -> None:
 
 def hold(db: Path, relpath: str, event_id: str) -> None:
     """A pending off-box copy of ``relpath``, as the s3 module queues it."""
-    from spyoncino.helpers.outbox.store import OutboxItem, _insert, open_db
+    from spyoncino.helpers.outbox.store import OutboxItem, _insert, open_db, outbox_path
 
-    conn = open_db(db)
+    conn = open_db(outbox_path(db))
     now = time.time()
     payload = {"relpath": relpath, "hold_local": True, "size": 1}
     _insert(

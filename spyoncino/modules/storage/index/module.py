@@ -19,8 +19,11 @@ cut) left behind: events still ``started``/``updated`` are closed, ended at thei
 A reconciliation that fails is logged and does not keep the index from starting.
 
 The package is the index's only owner: ``db`` (the tables and the row helpers), ``schema``
-(versions, migrations, their backups), ``reindex`` (the rebuild from the media folder, also
-``spyoncino storage reindex``) and this module.
+(versions, migrations, their backups), ``queries`` (the read side), ``reindex`` (the rebuild
+from the media folder, also ``spyoncino storage reindex``) and this module. Nobody else opens
+the file: the module answers the typed requests of ``spyoncino.schemas.index`` on the bus
+(``storage.index.events``, ``.event``, ``.labels``, ``.counts``) from a read-only connection
+in the executor, and forgets the rows of ``storage.media.removed`` (retention) in its batch.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
-"""Schema versions of the event database (index + outbox), migrations and their backups.
+"""Schema versions of the event index's database, migrations and their backups.
 
 The database file carries ``PRAGMA user_version``. Opening it (``db.connect``) calls
-:func:`ensure_schema`; the outbox's table in the same file follows this version (the index
-starts before any output, so it has migrated the file before the outbox opens it):
+:func:`ensure_schema`. Only the index's tables follow this version: the outbox keeps its own
+file with its own version (``spyoncino.helpers.outbox.store``), and only moves an older
+release's ``outbox`` table out of this file, once:
 
 * older than this code: a consistent copy is taken first with SQLite's backup API into
   ``<db>.schema<N>.bak`` (N = the version it had), then the migrations run forward, each in
@@ -37,7 +38,7 @@ Migration = Callable[[sqlite3.Connection], None]
 def _activities(conn: sqlite3.Connection) -> None:
     """Version 2: an event is an activity; its severity and its objects (JSON) are kept."""
     cols = {r[1] for r in conn.execute("PRAGMA table_info(events)")}
-    if not cols:  # the outbox opened a new file first: the index's tables, then the columns
+    if not cols:  # a file an older release's outbox made first: the tables, then the columns
         from spyoncino.modules.storage.index.db import SCHEMA as INDEX_SCHEMA
 
         for statement in INDEX_SCHEMA.split(";"):  # executescript would commit the migration
@@ -99,7 +100,7 @@ def _backup(conn: sqlite3.Connection, dest: Path) -> None:
 def _empty(conn: sqlite3.Connection) -> bool:
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")} & {
         "events",
-        "outbox",
+        "outbox",  # an older release's outbox table, not adopted yet: worth a backup too
         "artifacts",
         "notifications",
     }
@@ -160,12 +161,11 @@ def _downgrade(conn: sqlite3.Connection, db: Path, have: int, want: int, media: 
             conn.execute(f'DROP TABLE "{name}"')
         what = "rebuilt"
     _set_version(conn, want)
-    # after a rebuild no table is left: create the index's and the outbox's again (both are
-    # IF NOT EXISTS, so a restored file is left as it is)
-    from spyoncino.helpers.outbox import SCHEMA as OUTBOX_SCHEMA
+    # after a rebuild no table is left: create the index's again (IF NOT EXISTS, so a
+    # restored file is left as it is); the outbox is in a file of its own
     from spyoncino.modules.storage.index.db import SCHEMA as INDEX_SCHEMA
 
-    conn.executescript(INDEX_SCHEMA + OUTBOX_SCHEMA)
+    conn.executescript(INDEX_SCHEMA)
     for version in range(BASE_VERSION + 1, want + 1):
         MIGRATIONS[version](conn)  # the base tables, brought to this code's schema
     added = _reindex(conn, media)

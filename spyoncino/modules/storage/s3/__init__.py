@@ -230,7 +230,7 @@ class S3Copy(OutboxChannel[Config]):
                 ) from e
         assert self.db_path is not None
         outbox = await self.open_outbox(self.db_path)
-        self._uploads = await outbox.run_io(UploadState, self.db_path)
+        self._uploads = await outbox.run_io(UploadState, outbox.db_path, self.db_path)
         for event_id, kind, created, size in await outbox.run_io(
             self._uploads.pending_rows, CHANNEL
         ):

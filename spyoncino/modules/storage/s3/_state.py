@@ -1,8 +1,9 @@
 """Multipart progress, kept so that a restart resumes a large clip instead of starting over.
 
 One row per object being uploaded in parts: the upload id the provider gave and the parts it
-confirmed (number -> ETag). The table lives in the event index database, next to the outbox
-rows it belongs to; this module is its only user. After a restart the parts are checked
+confirmed (number -> ETag). The table lives in the outbox's database, next to the outbox
+rows it belongs to; this module is its only user (older releases kept both in the event
+index's file: ``legacy``, whose rows are moved over once). After a restart the parts are checked
 against the provider's own list (``ListParts``) before they are trusted.
 """
 
@@ -43,9 +44,28 @@ class Multipart:
 class UploadState:
     """Blocking SQLite access; call it through the outbox's I/O thread."""
 
-    def __init__(self, path: Path) -> None:
-        self.conn: sqlite3.Connection = open_db(path)  # the outbox's file and settings
+    def __init__(self, path: Path, legacy: Path | None = None) -> None:
+        self.conn: sqlite3.Connection = open_db(path, legacy)  # the outbox's file and settings
         self.conn.executescript(SCHEMA)
+        if legacy is not None and legacy.is_file():
+            self._adopt(legacy)
+
+    def _adopt(self, legacy: Path) -> None:
+        """Uploads in progress an older release recorded in the index file resume here."""
+        old = sqlite3.connect(legacy, timeout=10.0, isolation_level=None)
+        try:
+            if old.execute(
+                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='s3_multipart'"
+            ).fetchone():
+                cols = "key, upload_id, sha256, size, part_size, parts, started_at"
+                rows = old.execute(f"SELECT {cols} FROM s3_multipart").fetchall()  # noqa: S608
+                self.conn.executemany(
+                    f"INSERT OR IGNORE INTO s3_multipart({cols}) VALUES (?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+                    rows,
+                )
+                old.execute("DROP TABLE s3_multipart")
+        finally:
+            old.close()
 
     def get(self, key: str) -> Multipart | None:
         row = self.conn.execute(
