@@ -48,7 +48,7 @@ import cv2
 import numpy as np
 
 from spyoncino.core.config import AppConfig, CameraBase, redact_text
-from spyoncino.core.contracts import BaseModule, CameraOptions
+from spyoncino.core.contracts import BaseModule, CameraOptions, ConfigT, ModuleContext
 from spyoncino.helpers.packets import PacketRing
 from spyoncino.schemas import topics
 from spyoncino.schemas.frames import Frame, Image
@@ -254,7 +254,7 @@ class SourceThread:
 class _Handoff:
     """A one-frame slot between a camera thread (``pump``) and the event loop (``get``)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, owner: CameraInput) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, owner: CameraInput[Any]) -> None:
         self.loop = loop
         self.owner = owner
         self.running = True
@@ -299,8 +299,9 @@ class _Handoff:
         return cast("RawFrame", item)
 
 
-class CameraInput(BaseModule):
-    """Base of every ``camera.<id>.frame`` producer."""
+class CameraInput(BaseModule[ConfigT]):
+    """Base of every ``camera.<id>.frame`` producer; ``CameraInput[Config]`` gives the input
+    its typed section (``self.config``) like any ``BaseModule[Config]``."""
 
     category: ClassVar[Any] = "input"
     per_camera: ClassVar[bool] = True
@@ -313,7 +314,7 @@ class CameraInput(BaseModule):
     #: abandoned threads in a row (no frame in between) that make the camera ``wedged``
     wedged_after: ClassVar[int] = 3
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: ModuleContext) -> None:
         super().__init__(ctx)
         if ctx.camera_id is None:
             raise ValueError("camera inputs need a camera id")

@@ -116,7 +116,7 @@ def i420_to_bgr(buf: Any, width: int, height: int, stride: int) -> Any:
     return cv2.cvtColor(i420, cv2.COLOR_YUV2BGR_I420)
 
 
-class CsiInput(CameraInput):
+class CsiInput(CameraInput[Config]):
     """``csi://N``: the camera on connector N (0 on most boards; 0 or 1 on Pi 5 and CM4)."""
 
     Config: ClassVar[type[ModuleConfig]] = Config

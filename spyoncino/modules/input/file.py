@@ -44,7 +44,7 @@ class FileCamera(CameraOptions):
     speed: float = Field(default=1.0, gt=0.0, le=100.0, description="Realtime speed factor.")
 
 
-class FileInput(CameraInput):
+class FileInput(CameraInput[Config]):
     """Reads a file with PyAV: luma straight from the Y plane, colour decoded only on demand."""
 
     Config: ClassVar[type[ModuleConfig]] = Config

@@ -142,7 +142,7 @@ def _is_timeout(exc: Exception) -> bool:
     return isinstance(exc, (av.error.ExitError, av.error.TimeoutError))
 
 
-class RtspInput(CameraInput):
+class RtspInput(CameraInput[Config]):
     """``rtsp://`` and ``rtsps://`` cameras."""
 
     Config: ClassVar[type[ModuleConfig]] = Config
@@ -189,7 +189,7 @@ class RtspInput(CameraInput):
     async def configure(self, app: AppConfig) -> None:
         await self.check(app)  # a refused source is never adopted, so never opened
         await super().configure(app)
-        self.settings = app.section(self.name or "rtsp", Config)
+        self.settings = self.config_of(app)
         self.opts = self.cam.options(self.name or "rtsp", RtspCamera)
         self.stall_timeout = self.opts.stall_timeout_s
         # FFmpeg enforces the open timeout itself; the base's watchdog is the backstop.

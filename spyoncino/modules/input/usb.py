@@ -138,7 +138,7 @@ def jpeg_frame(buf: Any, width: int, height: int, luma_width: int) -> RawFrame |
     return RawFrame(width=width or w, height=height or h, luma=luma, decode=decode)
 
 
-class UsbInput(CameraInput):
+class UsbInput(CameraInput[Config]):
     """``/dev/video*`` and ``/dev/v4l/by-id/...`` cameras."""
 
     Config: ClassVar[type[ModuleConfig]] = Config
