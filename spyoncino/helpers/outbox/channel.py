@@ -4,7 +4,6 @@ them."""
 from __future__ import annotations
 
 import asyncio
-import time
 from abc import abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
@@ -88,6 +87,7 @@ class OutboxChannel(BaseModule, Generic[C]):
             settings=self.cfg.outbox,
             rate_for=rate_for,
             module=self.ctx.instance,
+            clock=self.ctx.clock,
         )
         try:
             await self.outbox.start()
@@ -108,7 +108,7 @@ class OutboxChannel(BaseModule, Generic[C]):
         a covered camera matters most when nobody watches it."""
         if not self.gate.respect_state:
             return False
-        now = time.time()
+        now = self.ctx.clock.time()
         return any(self.gate.state.muted_until.get(k, 0.0) > now for k in (camera_id, ALL_CAMERAS))
 
     async def _on_camera_health(self, msg: Message[CameraHealthNotice]) -> None:

@@ -7,6 +7,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from spyoncino.core.clock import SYSTEM_CLOCK, Clock
 from spyoncino.schemas.control import ControlState
 from spyoncino.schemas.events import EventNotice
 from spyoncino.schemas.media import MediaArtifact
@@ -50,7 +51,10 @@ class AlertGate:
         respect_state: bool = True,
         budget: Callable[[str], bool] | None = None,
         keep: int = 512,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        #: what a mute's end is judged on
+        self.clock = clock
         self.kinds = frozenset(kinds)
         self.followups = frozenset(followups)
         self.respect_state = respect_state
@@ -136,7 +140,7 @@ class AlertGate:
         """Why no alert goes out for ``camera_id`` now (None: it does)."""
         if not self.respect_state:
             return None
-        t = time.time() if now is None else now
+        t = self.clock.time() if now is None else now
         if not self.state.armed:
             return "disarmed"
         for key in (camera_id, ALL_CAMERAS):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -71,7 +70,7 @@ class ArmingState(BaseModule[Config]):
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
             self.armed = bool(data.get("armed", self.armed))
-            now = time.time()
+            now = self.ctx.clock.time()
             saved = {str(k): float(v) for k, v in dict(data.get("muted_until", {})).items()}
         except FileNotFoundError:
             return
@@ -89,13 +88,13 @@ class ArmingState(BaseModule[Config]):
             self._save()
 
     def _save(self) -> None:
-        now = time.time()
+        now = self.ctx.clock.time()
         mutes = {k: v for k, v in self.muted_until.items() if _sane(v, now)}
         data = json.dumps({"armed": self.armed, "muted_until": mutes}, allow_nan=False).encode()
         atomic_write_bytes(self.path, data)
 
     def state(self) -> ControlState:
-        now = time.time()
+        now = self.ctx.clock.time()
         self.muted_until = {k: v for k, v in self.muted_until.items() if v > now}
         return ControlState(armed=self.armed, muted_until=dict(self.muted_until))
 
@@ -114,7 +113,7 @@ class ArmingState(BaseModule[Config]):
             self.armed = False
         elif cmd.command == "mute":
             seconds = min(cmd.duration_s or self.cfg.default_mute_s, MAX_MUTE_S)
-            self.muted_until[key] = time.time() + seconds
+            self.muted_until[key] = self.ctx.clock.time() + seconds
         else:
             self.muted_until.pop(key, None)
         self.log.info(

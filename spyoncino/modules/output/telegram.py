@@ -289,7 +289,7 @@ class TelegramOutput(TelegramCommands, OutboxChannel[Config]):
         # alerts are taken (and kept in the outbox) from now on; the bot itself is built in
         # the background, so the modules started after this one (cameras) do not wait for it
         outbox = await self.open_outbox(self.db_path, rate_for=self._rate)
-        self.gate = AlertGate(self.cfg.alert_kinds, budget=outbox.admit)
+        self.gate = AlertGate(self.cfg.alert_kinds, budget=outbox.admit, clock=self.ctx.clock)
         self.gate.state = self.state
         self.listen()
         self.subscribe(topics.HEALTH.name, self._on_health, policy="latest")

@@ -14,6 +14,7 @@ import pytest
 import pytest_asyncio
 
 from spyoncino.core.bus import Bus, Message
+from spyoncino.core.clock import Clock, SystemClock
 from spyoncino.core.config import build_app_model
 from spyoncino.core.contracts import BoundedExecutor, ModuleConfigError, ModuleContext
 from spyoncino.helpers.files import atomic_write_bytes
@@ -31,6 +32,7 @@ from spyoncino.schemas.events import EventNotice
 from spyoncino.schemas.frames import Frame
 from spyoncino.schemas.media import MediaArtifact
 from spyoncino.schemas.status import HealthReport, ModuleHealth
+from spyoncino.testing.clock import FakeClock
 from tests.support.alerts import start_module
 from tests.support.botapi import BotApiEmulator
 from tests.support.wait import until
@@ -137,7 +139,9 @@ async def harness(tmp_path: Path) -> AsyncIterator[MakeHarness]:
     executor = BoundedExecutor(workers=2)
     made: list[Harness] = []
 
-    async def make(arming: bool = False, wait_bot: bool = True, **section: Any) -> Harness:
+    async def make(
+        arming: bool = False, wait_bot: bool = True, clock: Clock | None = None, **section: Any
+    ) -> Harness:
         model = build_app_model({"telegram": TelegramOutput, "arming": ArmingState})
         app = model.model_validate(
             {
@@ -149,7 +153,8 @@ async def harness(tmp_path: Path) -> AsyncIterator[MakeHarness]:
                 "telegram": section,
             }
         )
-        ctx = ModuleContext(bus=bus, executor=executor, app=app, instance="telegram")
+        clock = clock or SystemClock()
+        ctx = ModuleContext(bus=bus, executor=executor, app=app, instance="telegram", clock=clock)
         module = TelegramOutput(ctx)
         module.name = "telegram"
         await module.configure(app)
@@ -160,7 +165,9 @@ async def harness(tmp_path: Path) -> AsyncIterator[MakeHarness]:
         if wait_bot and module._live():  # the bot is built in the background (aiogram import)
             await asyncio.wait_for(module._bot_ready.wait(), timeout=60)
         if arming:
-            actx = ModuleContext(bus=bus, executor=executor, app=app, instance="arming")
+            actx = ModuleContext(
+                bus=bus, executor=executor, app=app, instance="arming", clock=clock
+            )
             h.arming = ArmingState(actx)
             h.arming.name = "arming"
             await h.arming.configure(app)
@@ -576,7 +583,8 @@ async def test_arm_disarm_and_admins(harness: MakeHarness, botapi: BotApiEmulato
 async def test_mute_silences_one_camera_for_the_duration(
     harness: MakeHarness, botapi: BotApiEmulator
 ) -> None:
-    h = await harness(arming=True, **cfg(botapi, chat_ids=[111]))
+    clock = FakeClock()  # the mute's end: arming and the gate read this clock
+    h = await harness(arming=True, clock=clock, **cfg(botapi, chat_ids=[111]))
     botapi.push_message(111, 111, "/mute 2s front_door")
     text = await reply_to(botapi, 111, "Muted")
     assert "Muted Front door for 2 s" in text
@@ -587,7 +595,11 @@ async def test_mute_silences_one_camera_for_the_duration(
     photos = botapi.calls_to("sendPhoto")
     assert len(photos) == 1
     assert photos[0].params["caption"].startswith("person \u00b7 garden")
-    await asyncio.sleep(2.0)
+    clock.advance(1.9)
+    await h.event("front_door")  # still muted
+    await settled(h)
+    assert len(botapi.calls_to("sendPhoto")) == 1
+    clock.advance(0.1)
     await h.event("front_door")  # alerts resume after the mute
     last = await botapi.wait_for("sendPhoto", count=2)
     assert last.params["caption"].startswith("person \u00b7 Front door")
@@ -840,14 +852,15 @@ async def test_config_updates_apply_in_place_or_are_refused(
 
 async def test_a_flapping_camera_cannot_flood(harness: MakeHarness, botapi: BotApiEmulator) -> None:
     outbox = dict(FAST_OUTBOX, camera_budget=2, camera_window_s=1.0)
-    h = await harness(**cfg(botapi, chat_ids=[111], commands=False, outbox=outbox))
+    clock = FakeClock()  # the budget's window runs on the outbox's clock
+    h = await harness(clock=clock, **cfg(botapi, chat_ids=[111], commands=False, outbox=outbox))
     for _ in range(5):
         await h.event("front_door")
     await h.event("garden")  # another camera has its own budget
     await botapi.wait_for("sendPhoto", count=3)
     await settled(h)
     assert len(botapi.calls_to("sendPhoto")) == 3
-    await asyncio.sleep(1.0)  # the window moves on
+    clock.advance(1.0)  # the window moves on
     await h.event("front_door")
     last = await botapi.wait_for("sendPhoto", count=4)
     assert "(+3 more on Front door not sent: alert rate limit)" in last.params["caption"]
