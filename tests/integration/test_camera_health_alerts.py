@@ -9,7 +9,6 @@ channels run in real time, the thresholds are the defaults.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from email import message_from_bytes
@@ -38,23 +37,16 @@ from tests.support.wait import until
 TOKEN = "123456:TEST-token_abc"
 CHAT = 111
 FAST_OUTBOX = {"min_interval_s": 0.0, "backoff_initial_s": 0.1, "backoff_max_s": 0.5}
-SPEED = 15.0
 
 
-class Accelerated:
-    """A monotonic clock that runs at wall speed until ``speed_up``, then ``speed`` times
-    faster (without a jump)."""
+class ManualClock:
+    """The health module's monotonic clock, moved by the test."""
 
     def __init__(self) -> None:
-        self.origin = time.monotonic()
-        self.at = self.origin
-        self.speed = 1.0
+        self.t = 1000.0
 
     def __call__(self) -> float:
-        return self.at + (time.monotonic() - self.origin) * self.speed
-
-    def speed_up(self, speed: float) -> None:
-        self.at, self.origin, self.speed = self(), time.monotonic(), speed
+        return self.t
 
 
 @pytest_asyncio.fixture
@@ -172,7 +164,7 @@ async def test_rtsp_server_stopped_for_60_s_gives_one_alert_and_one_recovery(
 ) -> None:
     server = RtspServer(clip=clip())
     server.start()
-    fast = Accelerated()
+    clock = ManualClock()
 
     data = {
         "storage": {"root": str(tmp_path)},
@@ -199,7 +191,7 @@ async def test_rtsp_server_stopped_for_60_s_gives_one_alert_and_one_recovery(
             tg = h.build(TelegramOutput, data, name="telegram", others=registry)
             cam = h.build(RtspInput, data, name="rtsp", camera_id="cam", others=registry)
             assert isinstance(health, CameraHealth)
-            health.clock = fast
+            health.clock = clock
             health.tick_s = 0.02
             for m in (health, tg, cam):
                 await m.configure(m.ctx.app)
@@ -207,29 +199,34 @@ async def test_rtsp_server_stopped_for_60_s_gives_one_alert_and_one_recovery(
             await health.start()
             await cam.start()
 
-            async def report_health() -> None:  # what the orchestrator does every few s
-                while True:
-                    await h.bus.publish(
-                        topics.HEALTH.name,
-                        HealthReport(overall="ok", modules=(cam.health(),), at=time.time()),
-                    )
-                    await asyncio.sleep(0.2)
+            async def step(seconds: float = 0.5) -> None:
+                """``seconds`` pass on the module's clock: the camera's health is reported (what
+                the orchestrator does every few s), then a whole round of the stream watch
+                runs on the new time and what it announced is delivered."""
+                clock.t += seconds
+                report = HealthReport(overall="ok", modules=(cam.health(),), at=time.time())
+                await h.bus.publish(topics.HEALTH.name, report)
+                await h.bus.wait_idle(topics.HEALTH.name)
+                first = health.stream_rounds
+                # polled: the round counter fires no event
+                await until(lambda: health.stream_rounds >= first + 2, what="a watch round")
+                await h.bus.wait_idle(topics.CAMERA_HEALTH.pattern())
 
-            reporter = asyncio.get_running_loop().create_task(report_health())
-            try:
-                await until(lambda: health.watches["cam"].last_frame is not None, timeout=30)
-                fast.speed_up(SPEED)  # streaming: from now on the module's minutes are short
-                await asyncio.sleep(0.5)
-                assert rec.messages == []
+            await until(lambda: health.watches["cam"].last_frame is not None, timeout=30)
+            for _ in range(15):  # 7.5 s of streaming on the module's clock: nothing to say
+                await step()
+            assert rec.messages == []
 
-                server.kill()
-                killed = fast()
-                await asyncio.sleep(60 / SPEED)  # 60 s on the module's clock
-                server.start()  # same port
-                msg = await rec.wait_for(lambda m: m.payload.phase == "recovered", timeout=30)
-                back = msg.payload
-            finally:
-                reporter.cancel()
+            server.kill()
+            killed = clock()
+            while clock() - killed < 60:  # 60 s on the module's clock
+                await step()
+            server.start()  # same port
+            # the input reconnects in real time (its backoff); the module's clock goes on
+            while not [m for m in rec.messages if m.payload.phase == "recovered"]:
+                assert clock() - killed < 60 + 600, "no recovery"
+                await step()
+            back = next(m for m in rec.messages if m.payload.phase == "recovered").payload
             notices = [p for p in rec.payloads if isinstance(p, CameraHealthNotice)]
             assert [(n.condition, n.phase) for n in notices] == [
                 ("stream_lost", "alert"),
@@ -240,7 +237,7 @@ async def test_rtsp_server_stopped_for_60_s_gives_one_alert_and_one_recovery(
             assert 29.0 <= alert.duration_s <= 33.0, alert
             assert "Gate: no picture (stream lost) for 30 s" in alert.message
             assert back.duration_s >= 60 - 2, back  # the outage, as the module's clock saw it
-            assert fast() - killed >= 60
+            assert clock() - killed >= 60
             await botapi.wait_for("sendMessage", count=2, timeout=10)
             texts = [c.params["text"] for c in botapi.calls_to("sendMessage")]
             assert texts[0].startswith("Camera alert: Gate: no picture")

@@ -26,6 +26,7 @@ import yaml
 
 from tests.support.botapi import BotApiEmulator
 from tests.support.mqtt_broker import Broker, Watcher, check_discovery, require_mosquitto, retained
+from tests.support.wait import until
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "spyoncino" / "data" / "sample.mp4"
@@ -100,15 +101,17 @@ class Box:
                 self.lines.append(json.loads(raw))
 
     async def wait_log(self, event: str, timeout: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
+        def logged() -> dict[str, Any] | None:
             for line in self.lines:
                 if line.get("event") == event:
                     return line
             assert self.proc is not None
             assert self.proc.returncode is None, f"box exited before logging {event}"
-            assert time.monotonic() < deadline, f"no {event!r} in the box's log in {timeout}s"
-            await asyncio.sleep(0.05)
+            return None
+
+        # polled: the reader task appends the box's lines; it fires no event
+        found: dict[str, Any] = await until(logged, timeout, f"{event!r} in the box's log")
+        return found
 
     async def wait_exit(self, timeout: float) -> int:
         assert self.proc is not None
@@ -308,10 +311,13 @@ async def test_broker_outage_mid_replay_loses_no_event(
         broker.stop()
         down_wall = time.time()
         await box.wait_log("mqtt_disconnected", 30)
-        deadline = time.monotonic() + 60
-        while not [e for e, at in index_events(tmp_path, "updated_at") if at > down_wall]:
-            assert time.monotonic() < deadline, "no event indexed during the outage"
-            await asyncio.sleep(0.2)  # the index commits every 2 s; this only polls it
+        # polled: the index commits every 2 s to SQLite, which fires no event
+        await until(
+            lambda: [e for e, at in index_events(tmp_path, "updated_at") if at > down_wall],
+            60,
+            "an event indexed during the outage",
+            interval=0.2,
+        )
         mark = len(watch.messages)
         broker.start()
         # live messages only: the watcher's re-subscription also brings the retained copies
@@ -324,15 +330,15 @@ async def test_broker_outage_mid_replay_loses_no_event(
             lambda m: m.topic.endswith("/config") and not m.retain, 30, mark
         )
         assert rediscovered.at >= online.at
+
         # the clip ends; wait until every indexed event has its 'ended' on the broker
-        deadline = time.monotonic() + 120
-        while True:
+        def all_ended() -> list[tuple[str, float]]:
             indexed = index_events(tmp_path)
             ended = {d["event_id"] for d in events_of(watch) if d["type"] == "ended"}
-            if indexed and {e for e, _ in indexed} <= ended:
-                break
-            assert time.monotonic() < deadline, f"events never ended on MQTT: {indexed}"
-            await asyncio.sleep(0.2)
+            return indexed if indexed and {e for e, _ in indexed} <= ended else []
+
+        # polled: the index (SQLite) against what the watcher has seen
+        indexed = await until(all_ended, 120, "every indexed event ended on MQTT", interval=0.2)
         docs = events_of(watch)
         check_event_order(docs)
         check_started_in_order(docs, [e for e, _ in indexed])

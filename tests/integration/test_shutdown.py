@@ -10,10 +10,9 @@ on disk.
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import time
-from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from spyoncino.core.config import ConfigService, Layer, build_app_model
 from spyoncino.core.orchestrator import Orchestrator, discover
 from spyoncino.schemas import topics
 from spyoncino.schemas.events import EventNotice
+from tests.support.wait import until as wait_until
 
 SAMPLE = Path(__file__).resolve().parents[2] / "spyoncino" / "data" / "sample.mp4"
 CAMERAS = ("a", "b", "c", "d")
@@ -50,11 +50,7 @@ def _notice(eid: str, camera: str, phase: str, started_at: float, mono: float) -
     )
 
 
-async def _until(cond: Callable[[], Any], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
+until = partial(wait_until, timeout=60.0)
 
 
 def _orchestrator(root: Path, **runtime: Any) -> Orchestrator:
@@ -95,7 +91,7 @@ async def test_stop_with_a_gif_backlog_and_open_events_loses_no_gif_or_clip(
     gif = _module(orch, "gif")
     clip = _module(orch, "clip")
     # every camera streams before the events start
-    await _until(lambda: len(clip.cams) == 4 and all(c.clock > 0 for c in clip.cams.values()))
+    await until(lambda: len(clip.cams) == 4 and all(c.clock > 0 for c in clip.cams.values()))
     started_at, mono = time.time(), time.monotonic()
     ids = {cid: [f"20260101T000000-{cid}{i}" for i in range(EVENTS_PER_CAMERA)] for cid in CAMERAS}
     with structlog.testing.capture_logs() as logs:
@@ -118,8 +114,8 @@ async def test_stop_with_a_gif_backlog_and_open_events_loses_no_gif_or_clip(
                     for cid in CAMERAS
                 )
 
-            await _until(every_gif_has_frames)
-            await _until(lambda: all(len(c.clips) == EVENTS_PER_CAMERA for c in clip.cams.values()))
+            await until(every_gif_has_frames)
+            await until(lambda: all(len(c.clips) == EVENTS_PER_CAMERA for c in clip.cams.values()))
             # half of them end (a backlog of builds), the rest are still open at the signal
             for cid, eids in ids.items():
                 for eid in eids[: EVENTS_PER_CAMERA // 2]:
@@ -151,7 +147,7 @@ async def test_stop_with_a_gif_backlog_and_open_events_loses_no_gif_or_clip(
     await orch.start()
     try:
         gif = _module(orch, "gif")
-        await _until(lambda: gif.pending() == 0 and len(_indexed(root, "gif")) == len(every))
+        await until(lambda: gif.pending() == 0 and len(_indexed(root, "gif")) == len(every))
     finally:
         await orch.stop()
     gifs = _indexed(root, "gif")
