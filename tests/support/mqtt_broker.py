@@ -175,6 +175,8 @@ class Watcher:
             except aiomqtt.MqttError:
                 self.client = None
                 self._connected.clear()
+                # real time on purpose: a client's pause between connects while the broker
+                # is away (a broken connection to a running broker must not spin)
                 await asyncio.sleep(0.05)
 
     async def stop(self) -> None:

@@ -31,7 +31,7 @@ async def until(
         if value:
             return value
         assert time.monotonic() < deadline, f"{what} not met within {timeout} s"
-        # the polling interval: the one real-time wait left for state that fires no event
+        # real time on purpose: the polling interval, for state that fires no event
         await asyncio.sleep(interval)
 
 
