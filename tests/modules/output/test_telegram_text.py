@@ -195,8 +195,7 @@ def test_events_command_filters_activities_by_severity_camera_label_zone_and_tim
     reader = connect_ro(db)  # what storage/index answers the bot's request with
 
     def read(limit: int, flt: text.EventFilter | None = None) -> list[dict[str, object]]:
-        page = EventsPage(events=list_events(reader, text.events_request(limit, flt)))
-        return text.event_dicts(page)
+        return text.event_dicts(list_events(reader, text.events_request(limit, flt)))
 
     def ids(*args: str) -> list[str]:
         flt = text.parse_events_args(args, names, now, "UTC")

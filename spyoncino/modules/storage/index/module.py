@@ -206,7 +206,8 @@ class EventIndex(_Base[Config]):
             return fn(self._reader, *args)
 
     async def _answer_events(self, q: EventsQuery) -> EventsPage:
-        return EventsPage(events=await self.ctx.executor.run(self._read, queries.list_events, q))
+        page: EventsPage = await self.ctx.executor.run(self._read, queries.list_events, q)
+        return page
 
     async def _answer_event(self, q: EventLookup) -> EventsPage:
         found = await self.ctx.executor.run(self._read, queries.get_event, q.event_id)
