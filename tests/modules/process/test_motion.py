@@ -171,3 +171,35 @@ async def test_a_camera_whose_frames_are_skipped_says_so(tmp_path: Path) -> None
             await h.bus.drain(timeout=5)
         assert module.health().state == "ok"
         assert module.metrics()["cam.cam.fps"] == 10.0
+
+
+async def test_a_small_plane_is_examined_without_a_trip_to_the_worker_pool(
+    tmp_path: Path,
+) -> None:
+    """Idle cost (#20): handing the default 320-wide plane to the pool and back cost more CPU
+    than examining it, on every frame of every camera. Larger planes still go to the pool."""
+    async with BusHarness(storage_root=tmp_path) as h:
+        module = h.build(MotionDetector, {"cameras": {"cam": {"source": "x.mp4"}}}, name="motion")
+        await module.configure(module.ctx.app)
+        await module.start()
+        hops: list[object] = []
+        real_run = module.ctx.executor.run
+
+        async def counting_run(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+            hops.append(fn)
+            return await real_run(fn, *args, **kwargs)
+
+        module.ctx.executor.run = counting_run  # type: ignore[method-assign]
+        small = np.full((180, 320), 100, np.uint8)
+        for seq in range(10):
+            await h.bus.publish(
+                "camera.cam.frame", Frame("cam", seq, 1.0 + seq / 10, 2.0, 640, 360, small)
+            )
+            await h.bus.drain(timeout=5)
+        assert module.metrics()["frames"] == 10
+        assert hops == []
+        big = np.full((720, 1280), 100, np.uint8)
+        await h.bus.publish("camera.cam.frame", Frame("cam", 10, 3.0, 4.0, 1280, 720, big))
+        await h.bus.drain(timeout=5)
+        assert module.metrics()["frames"] == 11
+        assert len(hops) == 1
