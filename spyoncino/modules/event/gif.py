@@ -1,6 +1,8 @@
 """Animated GIFs for the phone: <= 3 MB, <= 480 px wide, about 5 fps, sampled over the event.
 
-While an event is open on a camera, frames are sampled every ``1 / fps`` seconds, shrunk to
+The module takes a camera's frames only while one of its events is open (it subscribes when
+the event starts and lets go when the camera has none open): an idle camera's frames never
+wake it. While an event is open on a camera, frames are sampled every ``1 / fps`` seconds, shrunk to
 ``width`` and kept as small JPEGs (about 20-40 kB each, at most ``buffer_frames`` per event:
 when full, every other frame is dropped and sampling slows down by half, so a long event is
 still covered from start to end in bounded memory). No frame is decoded while no event is
@@ -17,6 +19,7 @@ import asyncio
 import contextlib
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -84,6 +87,8 @@ class _Gif:
 @dataclass
 class _Cam:
     gifs: dict[str, _Gif] = field(default_factory=dict)
+    #: ends the camera's frame subscription (held only while an event is open)
+    unsubscribe: Callable[[], None] | None = None
     recent: dict[str, tuple[_Gif, float]] = field(default_factory=dict)
     done: set[str] = field(default_factory=set)
 
@@ -198,6 +203,7 @@ class GifMaker(BaseModule[Config]):
         self._spooled: dict[str, Path] = {}
         self._spool_backlog = 0
         self.spool_dir = Path(".spool")
+        self._stopping = False
         self.gifs_spooled = 0
         self.gifs_resumed = 0
         self.gifs_dropped = 0
@@ -212,10 +218,11 @@ class GifMaker(BaseModule[Config]):
         self.spool_dir = app.storage.root / ".spool" / (self.name or "gif")
 
     async def start(self) -> None:
+        self._stopping = False
         for phase in ("started", "updated", "ended"):
             self.subscribe(topics.EVENT.pattern(phase=phase), self._on_event, policy="block")
-        for cid in self._camera_ids or ["*"]:
-            self.subscribe(topics.FRAME.at(camera=cid), self._on_frame, policy="latest", maxsize=2)
+        # frames are subscribed per camera only while one of its events is open (_follow):
+        # an idle camera's frames never wake this module
         self.spawn(self._build_spooled(), "spooled")
         self.set_state("ok")
 
@@ -224,6 +231,20 @@ class GifMaker(BaseModule[Config]):
         if cam is None:
             cam = self.cams[camera_id] = _Cam()
         return cam
+
+    def _follow(self, camera_id: str, cam: _Cam) -> None:
+        """Take the camera's frames while it has an open event, and only then."""
+        if cam.gifs and cam.unsubscribe is None and not self._stopping:
+            cam.unsubscribe = self.bus.subscribe(
+                topics.FRAME.at(camera=camera_id),
+                self._on_frame,
+                policy="latest",
+                maxsize=2,
+                module=self.ctx.instance,
+            )
+        elif not cam.gifs and cam.unsubscribe is not None:
+            cam.unsubscribe()
+            cam.unsubscribe = None
 
     async def _on_frame(self, msg: Message[Frame]) -> None:
         f = msg.payload
@@ -270,6 +291,7 @@ class GifMaker(BaseModule[Config]):
             cam.gifs[ev.event_id] = _Gif(ev.event_id, ev.started_at, 1.0 / self.cfg.fps)
         elif ev.phase == "ended" and ev.event_id in cam.gifs:
             await self._finish(ev.camera_id, cam, cam.gifs[ev.event_id])
+        self._follow(ev.camera_id, cam)
 
     def _retire(self, cam: _Cam, event_id: str) -> None:
         cam.done.add(event_id)
@@ -364,7 +386,12 @@ class GifMaker(BaseModule[Config]):
     async def stop(self) -> None:
         """Build the GIFs of the events still open while ``stop_deadline`` allows; spool the
         rest (their sampled frames) for the next start, which builds them first thing."""
+        self._stopping = True
         await super().stop()
+        for cam in self.cams.values():
+            if cam.unsubscribe is not None:
+                cam.unsubscribe()
+                cam.unsubscribe = None
         loop = asyncio.get_running_loop()
         deadline = self.stop_deadline if self.stop_deadline is not None else float("inf")
         jobs = [(cid, cam, g) for cid, cam in self.cams.items() for g in list(cam.gifs.values())]

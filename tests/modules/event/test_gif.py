@@ -144,6 +144,32 @@ async def test_no_decoding_while_no_event_is_open(harness: Harness) -> None:
     assert decodes == []
 
 
+async def test_frames_reach_the_module_only_while_an_event_is_open(harness: Harness) -> None:
+    """Idle cost (#20): a subscription wakes its task for every frame even when the handler
+    returns at once; an idle camera's frames should not reach the animation module at all."""
+    module, rec = await maker(harness)
+    topic = topics.FRAME.at(camera="cam")
+
+    def frame_subs() -> int:
+        return sum(
+            1
+            for s in harness.bus.status().subscriptions
+            if s.module == module.ctx.instance and "frame" in s.pattern
+        )
+
+    assert frame_subs() == 0
+    await harness.bus.publish("event.object.started", notice("started", 0.0))
+    await harness.bus.wait_idle("event.object.started")
+    assert frame_subs() == 1
+    for seq in range(20):
+        await harness.bus.publish(topic, make_frame("cam", seq, seq / 10))
+        await harness.bus.wait_idle(topic)
+    await harness.bus.publish("event.object.ended", notice("ended", 0.0, 1.9))
+    await harness.settle()
+    assert frame_subs() == 0
+    assert len(rec) == 1  # the animation was made from the frames of the open event
+
+
 async def test_resumed_event_gets_its_gif_rebuilt_over_all_of_it(harness: Harness) -> None:
     _, rec = await maker(harness)
     topic = topics.FRAME.at(camera="cam")
