@@ -170,3 +170,21 @@ async def test_a_full_disk_delays_no_alert_and_kills_no_task(
         finally:
             conn.close()
         assert ("while-full", "sent") in rows and ("after", "sent") in rows
+
+
+def test_a_channel_config_without_what_the_base_reads_is_refused_at_definition() -> None:
+    """``OutboxChannel[Config]`` is a ``BaseModule[Config]``; a ``Config`` without what the base
+    reads (here ``outbox``) is refused when the class is defined, not at the first alert."""
+    from spyoncino.core.contracts import BaseModule
+
+    assert issubclass(Recorder, BaseModule)
+
+    class NoOutbox(ModuleConfig):
+        type: Literal["nooutbox"] = "nooutbox"
+        alert_kinds: tuple[str, ...] = ("object",)
+        snapshot_wait_s: float = 1.0
+
+    with pytest.raises(TypeError, match="outbox"):
+
+        class Broken(Recorder):
+            Config: ClassVar[type[ModuleConfig]] = NoOutbox

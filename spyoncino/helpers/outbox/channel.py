@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 from abc import abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar, Generic, Protocol, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar, cast
 
 from spyoncino.core.bus import Message
 from spyoncino.core.contracts import (
     BaseModule,
     Category,
+    ModuleConfig,
     ModuleContext,
     ModuleNotReady,
 )
@@ -38,10 +39,13 @@ class ChannelConfig(Protocol):
     def outbox(self) -> OutboxSettings: ...
 
 
-C = TypeVar("C", bound=ChannelConfig)
+#: the channel's own section (``OutboxChannel[Config]`` is a ``BaseModule[Config]``)
+C = TypeVar("C", bound=ModuleConfig)
+#: what ``ChannelConfig`` lists, checked on every channel's ``Config`` (a field or a property)
+_CHANNEL_FIELDS = ("alert_kinds", "snapshot_wait_s", "outbox")
 
 
-class OutboxChannel(BaseModule, Generic[C]):
+class OutboxChannel(BaseModule[C]):
     """A notification channel module: its ``Outbox``, its ``AlertGate`` and the bus around them.
 
     A channel keeps what is its own: its ``Config`` (set ``self.cfg`` in ``__init__`` and
@@ -49,12 +53,28 @@ class OutboxChannel(BaseModule, Generic[C]):
     None for the text alert of an event whose snapshot never came) and ``_deliver`` (one send,
     raising ``RetryAfter`` / ``TransientError`` / ``PermanentError``). In ``start`` it builds
     its gate after ``open_outbox`` (the gate's budget is the outbox's) and then calls ``listen``.
+    ``OutboxChannel[Config]`` is a ``BaseModule[Config]``: ``self.config`` is its section, and
+    ``self.cfg`` (typed ``Config``) the one it adopted in ``configure``. Its ``Config`` must have
+    what ``ChannelConfig`` lists (``alert_kinds``, ``snapshot_wait_s``, ``outbox``); a channel
+    class whose ``Config`` lacks one is refused when it is defined.
     """
 
     category: ClassVar[Category] = "output"
     #: the ``channel`` of the outbox rows and of ``notify.<channel>.*``
     channel: ClassVar[str] = ""
     cfg: C
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        fields = cls.Config.model_fields
+        missing = [k for k in _CHANNEL_FIELDS if k not in fields and not hasattr(cls.Config, k)]
+        if missing and cls.Config is not ModuleConfig:
+            raise TypeError(f"{cls.__name__}.Config lacks what a channel needs: {missing}")
+
+    @property
+    def _channel(self) -> ChannelConfig:
+        """``cfg`` as what this base reads of it (its fields are checked at class creation)."""
+        return cast("ChannelConfig", self.cfg)
 
     def __init__(self, ctx: ModuleContext) -> None:
         super().__init__(ctx)
@@ -84,7 +104,7 @@ class OutboxChannel(BaseModule, Generic[C]):
             bus=self.bus,
             executor=self.ctx.executor,
             sender=self._deliver,
-            settings=self.cfg.outbox,
+            settings=self._channel.outbox,
             rate_for=rate_for,
             module=self.ctx.instance,
             clock=self.ctx.clock,
@@ -136,8 +156,8 @@ class OutboxChannel(BaseModule, Generic[C]):
     def adopt_settings(self) -> None:
         """A config update while running: delivery settings and alert kinds change in place."""
         if self.outbox is not None:
-            self.outbox.settings = self.cfg.outbox
-        self.gate.kinds = frozenset(self.cfg.alert_kinds)
+            self.outbox.settings = self._channel.outbox
+        self.gate.kinds = frozenset(self._channel.alert_kinds)
 
     async def stop(self) -> None:
         await super().stop()
@@ -168,7 +188,7 @@ class OutboxChannel(BaseModule, Generic[C]):
         retry: list[EventNotice] = []
         while True:
             await asyncio.sleep(1.0)
-            due, retry = [*retry, *self.gate.overdue(self.cfg.snapshot_wait_s)], []
+            due, retry = [*retry, *self.gate.overdue(self._channel.snapshot_wait_s)], []
             for ev in due:
                 try:
                     held = self.gate.take_held(ev.event_id)
