@@ -18,6 +18,10 @@ look again), and reports each inference's result with ``done``. The rules:
 * **Second look**: an object none of the camera's inferences of the last second had earns the
   camera's next frame at once (in place of the next regular inference): the tracker needs a
   second sighting before it alerts.
+* **First in line**: a camera owed a second look, or whose motion just started after a still
+  scene, is served before the round robin of cameras in ongoing motion: an alert never waits
+  for the other cameras' regular inferences (with four busy cameras that wait was up to half a
+  second per step, issue #20). It costs no extra inference, only the order changes.
 """
 
 from __future__ import annotations
@@ -68,6 +72,7 @@ class Schedule:
         # per camera: what the last inferences kept, and cameras owed a quick second look
         self._found: dict[str, list[tuple[float, tuple[Box, ...]]]] = {}
         self._recheck: set[str] = set()
+        self._onset: set[str] = set()  # cameras whose motion started after a still scene
         # telemetry
         self.superseded = 0
         self.max_queue_depth = 0
@@ -103,6 +108,7 @@ class Schedule:
         if last is None or not 0.0 <= mono_ts - last < STILL_RESET_S:
             self._empty_streak[camera_id] = 0
             self._empty_motion.pop(camera_id, None)
+            self._onset.add(camera_id)
         return True
 
     def offer(self, job: Job, now: float) -> None:
@@ -121,9 +127,13 @@ class Schedule:
         """The job to infer now (taken off the queue), else the clock time at which a pending
         frame falls due by waiting (no newer one came), else None (nothing pending)."""
         earliest: float | None = None
-        for _ in range(len(self._order)):
-            cid = self._order[0]
-            self._order.rotate(-1)  # round robin: the camera served goes to the back
+        first = [c for c in self._order if c in self._recheck or c in self._onset]
+        for k in range(len(first) + len(self._order)):
+            if k < len(first):
+                cid = first[k]  # first in line; its place in the round robin is kept
+            else:
+                cid = self._order[0]
+                self._order.rotate(-1)  # round robin: the camera served goes to the back
             job = self._pending.get(cid)
             if job is None:
                 continue
@@ -142,6 +152,7 @@ class Schedule:
                     stamp = last + interval
                 self._last_ts[cid] = stamp
                 self._recheck.discard(cid)
+                self._onset.discard(cid)
                 return self._pending.pop(cid)
             earliest = wake_at if earliest is None else min(earliest, wake_at)
         return earliest

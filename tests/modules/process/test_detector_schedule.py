@@ -147,3 +147,40 @@ def test_frames_without_motion_or_of_a_disabled_camera_are_not_inferred() -> Non
     assert s.skipped_no_motion == 1
     assert not s.motion("off", 0.0, True)
     assert s.motion("cam", 0.1, True)
+
+
+def test_a_camera_owed_a_second_look_goes_before_the_other_busy_cameras() -> None:
+    """Four busy cameras: the one whose last look found someone new is inferred next, not
+    after the three others' regular turns (its alert waits on that second sighting)."""
+    s = Schedule(Config())
+    cams = ("a", "b", "c", "d")
+    for cam in cams:
+        s.offer(job(0.0, cam), now=0.0)
+    served = []
+    for _ in cams:
+        step = s.next(now=0.0)
+        assert isinstance(step, Job)
+        served.append(step.camera_id)
+        s.done(step, person() if step.camera_id == "b" else [])
+    assert served == ["a", "b", "c", "d"]
+    for cam in cams:
+        s.offer(job(0.2, cam), now=0.2)
+    step = s.next(now=0.2)
+    assert isinstance(step, Job) and step.camera_id == "b"
+
+
+def test_motion_starting_on_a_still_camera_goes_before_cameras_in_ongoing_motion() -> None:
+    s = Schedule(Config())
+    for i in range(0, 10):  # a and b have been busy for a second
+        for cam in ("a", "b"):
+            assert s.motion(cam, i / 10, True)
+            s.offer(job(i / 10, cam, motion=()), now=i / 10)
+            if isinstance(step := s.next(now=i / 10), Job):
+                s.done(step, [])
+    assert s.motion("c", 1.0, True)  # someone steps into c's view
+    for cam in ("a", "b", "c"):
+        if cam != "c":
+            assert s.motion(cam, 1.0, True)
+        s.offer(job(1.0, cam, motion=()), now=1.0)
+    step = s.next(now=1.0)
+    assert isinstance(step, Job) and step.camera_id == "c"
