@@ -37,7 +37,6 @@ import contextlib
 import queue
 import random
 import threading
-import time
 from abc import abstractmethod
 from collections import deque
 from collections.abc import Callable
@@ -581,8 +580,8 @@ class CameraInput(BaseModule[ConfigT]):
         self._hung_in.clear()  # the driver works again
         wait = self.pace(raw)
         if wait > 0:
-            await asyncio.sleep(wait)
-        now = time.monotonic()
+            await self.ctx.clock.sleep(wait)
+        now = self.ctx.clock.monotonic()
         cap = self.cam.max_fps
         if cap and now < self._next_allowed:
             self.frames_capped += 1
@@ -593,7 +592,7 @@ class CameraInput(BaseModule[ConfigT]):
 
     def stamp(self, raw: RawFrame, now: float) -> tuple[float, float]:
         """(monotonic, wall) time of a frame: when it arrived, for a live camera."""
-        return now, time.time()
+        return now, self.ctx.clock.time()
 
     async def _publish(self, raw: RawFrame, now: float) -> None:
         luma = raw.luma
@@ -661,7 +660,7 @@ class CameraInput(BaseModule[ConfigT]):
     @property
     def fps(self) -> float:
         """Frames published per second over the last ``fps_window`` seconds (0 once they stop)."""
-        now = time.monotonic()
+        now = self.ctx.clock.monotonic()
         recent = [t for t in self._stamps if now - t <= self.fps_window]
         if len(recent) < 2:
             return 0.0
@@ -677,7 +676,8 @@ class CameraInput(BaseModule[ConfigT]):
         }
 
     def metrics(self) -> dict[str, float | int | str]:
-        age = -1.0 if self.last_frame_mono is None else time.monotonic() - self.last_frame_mono
+        now = self.ctx.clock.monotonic()
+        age = -1.0 if self.last_frame_mono is None else now - self.last_frame_mono
         return {
             "camera": self.camera_id,
             "camera_state": self.cam_state,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -183,7 +182,7 @@ class FileInput(CameraInput[Config]):
     def pace(self, raw: RawFrame) -> float:
         if self.opts.pace != "realtime" or raw.pts_s is None:
             return 0.0
-        now = time.monotonic()
+        now = self.ctx.clock.monotonic()
         if self._t0_mono is None:
             self._t0_mono = now
             self._t0_pts = raw.pts_s
@@ -200,7 +199,7 @@ class FileInput(CameraInput[Config]):
         if self.opts.pace == "realtime" or raw.pts_s is None:
             return super().stamp(raw, now)
         if self._clock0 is None:
-            self._clock0 = (now, time.time(), raw.pts_s)
+            self._clock0 = (now, self.ctx.clock.time(), raw.pts_s)
         mono0, wall0, pts0 = self._clock0
         return mono0 + raw.pts_s - pts0, wall0 + raw.pts_s - pts0
 

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from spyoncino.core.bus import Bus, Message
+from spyoncino.core.clock import Clock
 from spyoncino.core.config import build_app_model
 from spyoncino.core.contracts import BaseModule, BoundedExecutor, ModuleContext
 from spyoncino.schemas import topics
@@ -196,6 +197,7 @@ async def camera_input() -> AsyncIterator[Callable[..., Any]]:
         section: dict[str, Any] | None = None,
         runtime: dict[str, Any] | None = None,
         start: bool = True,
+        clock: Clock | None = None,
     ) -> Harness:
         cls.name = name
         model = build_app_model({name: cls})
@@ -210,6 +212,8 @@ async def camera_input() -> AsyncIterator[Callable[..., Any]]:
         ctx = ModuleContext(
             bus=bus, executor=executor, app=app, instance=f"{name}:cam", camera_id="cam"
         )
+        if clock is not None:
+            ctx.clock = clock
         module = cls(ctx)
         h = Harness(module=module, bus=bus, executor=executor)
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import itertools
-import statistics
 from pathlib import Path
 
 import pytest
 
 from spyoncino.modules.input.file import FileInput
+from spyoncino.testing.clock import FakeClock
 
 from .conftest import SAMPLE_CLIP, SHARED_CLIP
 
@@ -16,20 +16,31 @@ FRAMES = 40  # 4 s of 10 fps footage
 
 
 async def _assert_real_time(camera_input, clip: Path) -> None:
-    h = await camera_input(FileInput, str(clip), "file", options={"pace": "realtime"})
-    await h.wait_frames(FRAMES, timeout=FRAMES * 0.1 + 10)
+    """Each frame is published at its due time (the first's + 0.1 s a frame) on the clock the
+    input is given: never before it, and as soon as the clock reaches it. The clock moves in
+    uneven steps, and frames keep their due times (no drift from late wake-ups)."""
+    clock = FakeClock()
+    h = await camera_input(FileInput, str(clip), "file", options={"pace": "realtime"}, clock=clock)
+    await h.wait_frames(1, timeout=30)
+    t0 = clock.monotonic()
+    steps = itertools.cycle([0.03, 0.05, 0.04, 0.02, 0.06])  # 0.2 s per cycle of five
+    elapsed = 0.0
+    for i in range(1, FRAMES):
+        due = i * 0.1
+        while elapsed + 1e-9 < due:
+            await clock.sleeping()  # the input waits for frame i's due time
+            assert len(h.frames) == i, f"frame {i} published {due - elapsed:.2f} s early"
+            step = next(steps)
+            clock.advance(step)
+            elapsed += step
+        await h.wait_frames(i + 1, timeout=30)
     stamps = [f.wall_ts for _, f in h.frames[:FRAMES]]
-    gaps_ms = [(b - a) * 1000 for a, b in itertools.pairwise(stamps)]
-    assert 98 <= statistics.median(gaps_ms) <= 102, gaps_ms
-    # each frame at its due time (the first's + 0.1 s a frame): never early, nearly all within
-    # 10 ms. Not all: on a loaded machine the process is sometimes descheduled (a 121 ms gap,
-    # then 80 ms as the next frame keeps its due time), which is the scheduler's, not the pacing's
-    late_ms = [(s - stamps[0] - i * 0.1) * 1000 for i, s in enumerate(stamps)]
-    shown = " ".join(f"{x:.0f}" for x in late_ms)
-    assert min(late_ms) > -10, shown
-    assert sum(abs(x) <= 10 for x in late_ms) >= 0.9 * len(late_ms), shown
-    span = stamps[-1] - stamps[0]
-    assert abs(span - (FRAMES - 1) * 0.1) < 0.05  # no drift over the run: frames keep due times
+    monos = [f.mono_ts for _, f in h.frames[:FRAMES]]
+    assert monos[0] == t0
+    # each stamped when the clock had just reached (or passed, by < one step) its due time
+    late_ms = [(m - t0 - i * 0.1) * 1000 for i, m in enumerate(monos)]
+    assert all(-1e-6 <= x < 60 for x in late_ms), late_ms
+    assert stamps[-1] - stamps[0] == pytest.approx(monos[-1] - monos[0], abs=1e-6)
     first = h.frames[0][1]
     assert (first.width, first.height) == (768, 576)
     assert first.luma.shape == (240, 320)
