@@ -30,6 +30,7 @@ from spyoncino.helpers.outbox.store import (
     _fold,
     _insert,
     _insert_late,
+    _insert_superseding,
     _load_pending,
     _mark,
     _primary_folded,
@@ -182,6 +183,9 @@ class _Recipient:
     #: the head's last attempt got an error answer from a server that is up (``ServerError``):
     #: the items behind it may be tried while it waits out its backoff
     may_pass: bool = False
+    #: the item being attempted (picked, sent, its outcome recorded); ``supersede`` flags it
+    #: instead of taking it out of the queue
+    current: OutboxItem | None = None
 
 
 class Outbox:
@@ -350,13 +354,17 @@ class Outbox:
 
         ``supersede``: the message replaces any still pending of the same event, kind and
         recipient (an edit of a caption: only the newest one is worth sending), which are
-        marked ``superseded``; each such message is stored under a key of its own.
+        marked ``superseded`` in the transaction that stores it; each such message is stored
+        under a key of its own. One already on its way is not: it goes on, the new one after
+        it, and it is recorded sent if the server took it (superseded if not, never retried).
         """
         now = self.clock.time()
         key = item_key(self.channel, event_id, kind, recipient)
+        idle: list[OutboxItem] = []
+        busy: list[OutboxItem] = []
         if supersede:
             key = f"{key}:{time.time_ns()}"
-            await self._supersede(recipient, event_id, kind)
+            idle, busy = self._older(recipient, event_id, kind)
         item = OutboxItem(
             id=0,
             channel=self.channel,
@@ -370,10 +378,15 @@ class Outbox:
             next_at=now,
         )
         if item.key in self._unsaved:
+            self._put_back(recipient, idle)
             self.stats["duplicates"] += 1
             return False
         try:
-            row_id = await self._db(_insert, item)
+            if supersede:
+                older = [i.id for i in idle if i.id > 0]
+                row_id = await self._db(_insert_superseding, item, older)
+            else:
+                row_id = await self._db(_insert, item)
         except sqlite3.Error as e:
             # the disk is full: deliver from memory, store when the database takes it again
             self._store_failed("outbox_store_failed", e, event_id=event_id, kind=kind)
@@ -382,12 +395,21 @@ class Outbox:
             self._unsaved[item.key] = (item, "pending", None, None)
             self.stats["unsaved"] = len(self._unsaved)
             row_id = item.id
+            for old in idle:  # not marked by the failed transaction: in memory until it works
+                await self._record(old, "superseded")
         else:
             if row_id is None:
+                self._put_back(recipient, idle)
                 self.stats["duplicates"] += 1
                 return False
+            for old in idle:
+                if old.id < 0:  # never stored: its outcome waits in memory with it
+                    await self._record(old, "superseded")
             await self._catch_up()
         item.id = int(row_id)
+        if supersede:
+            self.stats["superseded"] += len(idle)
+            await self._flag_busy(recipient, busy)
         if not item.primary and (recipient, event_id) in self._folded:
             # a GIF or clip of an alert folded into a summary: it goes with its alert
             await self._record(item, "coalesced")
@@ -401,15 +423,46 @@ class Outbox:
         self._ensure_worker(recipient)
         return True
 
-    async def _supersede(self, recipient: str, event_id: str, kind: str) -> None:
+    def _older(
+        self, recipient: str, event_id: str, kind: str
+    ) -> tuple[list[OutboxItem], list[OutboxItem]]:
+        """The queued items a new one of ``event_id`` and ``kind`` replaces: (those waiting,
+        taken out of the queue at once so that no worker picks one meanwhile; the one being
+        attempted, left to finish)."""
         rec = self._recipients.get(recipient)
         if rec is None:
+            return [], []
+        idle: list[OutboxItem] = []
+        busy: list[OutboxItem] = []
+        for i in rec.queue:
+            if i.event_id == event_id and i.kind == kind:
+                (busy if i is rec.current else idle).append(i)
+        for i in idle:
+            self._drop(rec, i)
+        return idle, busy
+
+    def _put_back(self, recipient: str, items: list[OutboxItem]) -> None:
+        """Items ``_older`` took out, when the new one was not stored after all."""
+        if not items:
             return
-        old = [i for i in rec.queue if i.event_id == event_id and i.kind == kind]
-        for item in old:
-            self._drop(rec, item)
-            await self._record(item, "superseded")
-            self.stats["superseded"] += 1
+        rec = self._recipient(recipient)
+        rec.queue = deque(sorted([*rec.queue, *items], key=lambda i: (i.id < 0, abs(i.id))))
+
+    async def _flag_busy(self, recipient: str, busy: list[OutboxItem]) -> None:
+        """The newer item is stored: an older one still being attempted ends as superseded
+        unless the server takes it; one whose attempt failed meanwhile is superseded now."""
+        rec = self._recipients.get(recipient)
+        for old in busy:
+            old.superseded = True
+            if rec is not None and old is not rec.current and any(q is old for q in rec.queue):
+                await self._superseded(rec, old)
+
+    async def _superseded(
+        self, rec: _Recipient, item: OutboxItem, error: str | None = None
+    ) -> None:
+        await self._record(item, "superseded", error)
+        self._drop(rec, item)
+        self.stats["superseded"] += 1
 
     def _store_failed(self, what: str, e: Exception, **kw: Any) -> None:
         self.stats["store_failures"] += 1
@@ -509,9 +562,11 @@ class Outbox:
                     continue
                 self._sending += 1
                 self._no_sends.clear()
+                rec.current = item
                 try:
                     await self._attempt(rid, rec, item, head)
                 finally:
+                    rec.current = None
                     self._sending -= 1
                     if not self._sending:
                         self._no_sends.set()
@@ -594,6 +649,9 @@ class Outbox:
                 self._drop(rec, item)
                 self.stats["coalesced"] += 1
                 return
+            if item.superseded:  # a newer one came while its alert's results were read
+                await self._superseded(rec, item)
+                return
         item.attempts += 1
         probe = head is not None and head is not item
         now = self.clock.monotonic()
@@ -609,6 +667,9 @@ class Outbox:
             wait = max(e.seconds, 0.0)
             rec.blocked_until = self.clock.monotonic() + wait
             item.next_at = self.clock.time() + wait
+            if item.superseded:  # the newer one goes instead, when the wait is over
+                await self._superseded(rec, item, str(e))
+                return
             self.stats["retries"] += 1
             self.log.warning(
                 "outbox_retry_after", recipient=rid, seconds=wait, attempt=item.attempts
@@ -616,6 +677,9 @@ class Outbox:
             await self._record(item, "pending", str(e))
             return
         except PermanentError as e:
+            if item.superseded:
+                await self._superseded(rec, item, str(e) or repr(e))
+                return
             await self._finish(rec, item, "failed", error=str(e) or repr(e))
             return
         except DeliveredUnknown as e:
@@ -648,6 +712,10 @@ class Outbox:
                 if not queued.suspect and queued.next_at > now_wall:
                     queued.next_at = now_wall
             await self._finish(rec, item, "sent", result=result)
+            return
+        if item.superseded:  # not retried: the newer one behind it is what is left to send
+            rec.may_pass = False
+            await self._superseded(rec, item, error)
             return
         # a head the server answered with an error lets the next item by; an outage (nothing
         # answered, or the item behind failed too) makes the line wait for the head, in order

@@ -91,6 +91,9 @@ class OutboxItem:
     related: dict[str, str] = field(default_factory=dict)
     #: failed while an item behind it went through: the item, not the server, is the trouble
     suspect: bool = False
+    #: a newer message replaced it while it was on its way (``supersede``): delivered, it is
+    #: recorded sent; not delivered, superseded (never retried: the newer one goes after it)
+    superseded: bool = False
 
     @property
     def primary(self) -> bool:
@@ -275,6 +278,26 @@ def _insert(conn: sqlite3.Connection, item: OutboxItem) -> int | None:
         ),
     )
     return cur.lastrowid if cur.rowcount == 1 else None
+
+
+def _insert_superseding(conn: sqlite3.Connection, item: OutboxItem, older: list[int]) -> int | None:
+    """Store ``item`` and mark the pending rows ``older`` (which it replaces) superseded, in
+    one transaction: a crash leaves either the older rows pending or the newer one stored,
+    never the older ones superseded with nothing stored to replace them."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        row_id = _insert(conn, item)
+        if row_id is not None:
+            conn.executemany(
+                "UPDATE outbox SET status='superseded' WHERE id=? AND status='pending'",
+                [(i,) for i in older],
+            )
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return row_id
 
 
 def _insert_late(
