@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -150,27 +151,59 @@ def encode_gif(frames: list[Image], fps: float, colours: int, path: Path) -> Non
             out.mux(p)
 
 
-def encode_mp4(frames: list[Image], fps: float, crf: int, path: Path) -> None:
-    """Write BGR ``frames`` (same size) as a silent H.264 MP4 (yuv420p, faststart) at ``path``.
+def encode_mp4(frames: Iterable[Image], fps: float, crf: int, path: Path) -> int:
+    """Write BGR ``frames`` (same size) as a silent H.264 MP4 (yuv420p, faststart) at ``path``;
+    returns how many. ``frames`` may be a generator: each is taken as the encoder needs it, so
+    an animation never holds all its frames decoded at once.
 
     What Telegram's ``sendAnimation`` wants instead of a GIF (it turns GIFs into such MP4s
     itself): baseline-compatible settings, even dimensions, no audio track.
     """
     import av
 
-    h, w = frames[0].shape[:2]
+    it = iter(frames)
+    first = next(it)
+    h, w = first.shape[:2]
     w2, h2 = w - w % 2, h - h % 2
+    n = 0
     with av.open(str(path), "w", format="mp4", options={"movflags": "+faststart"}) as out:
         stream: Any = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(100))
         stream.width, stream.height, stream.pix_fmt = w2, h2, "yuv420p"
         stream.codec_context.options = {"preset": "veryfast", "crf": str(crf), "bf": "0"}
-        for i, img in enumerate(frames):
+        for i, img in enumerate(itertools.chain((first,), it)):
+            n += 1
             vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(img[:h2, :w2]), format="bgr24")
             vf.pts = i
             for p in stream.encode(vf):
                 out.mux(p)
         for p in stream.encode(None):
             out.mux(p)
+    return n
+
+
+def _size(jpeg: bytes, scale: float) -> tuple[int, int]:
+    """Width and height of a buffered JPEG once scaled."""
+    h, w = _decode(jpeg).shape[:2]
+    if scale < 1.0:
+        return max(2, round(w * scale)), max(2, round(h * scale))
+    return w, h
+
+
+def _decode(jpeg: bytes) -> Image:
+    return cast("Image", cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR))
+
+
+def _decoded(jpegs: list[bytes], scale: float) -> Iterator[Image]:
+    """The buffered JPEGs decoded (and scaled) one at a time, as a consumer takes them."""
+    size: tuple[int, int] | None = None
+    for b in jpegs:
+        img = _decode(b)
+        if scale < 1.0:
+            if size is None:
+                h, w = img.shape[:2]
+                size = (max(2, round(w * scale)), max(2, round(h * scale)))
+            img = cast("Image", cv2.resize(img, size, interpolation=cv2.INTER_AREA))
+        yield img
 
 
 def pick_evenly(n_have: int, n_want: int) -> list[int]:
@@ -334,22 +367,16 @@ class GifMaker(BaseModule[Config]):
         try:
             for attempt in range(6):
                 picked = [gif.frames[i][1] for i in pick_evenly(len(gif.frames), want)]
-                imgs = [
-                    cast("Image", cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR))
-                    for b in picked
-                ]
-                if scale < 1.0:
-                    h, w = imgs[0].shape[:2]
-                    size = (max(2, round(w * scale)), max(2, round(h * scale)))
-                    imgs = [
-                        cast("Image", cv2.resize(i, size, interpolation=cv2.INTER_AREA))
-                        for i in imgs
-                    ]
+                imgs = _decoded(picked, scale)
                 if mp4:
-                    # a bigger-than-allowed MP4 goes again with coarser quantisation
-                    encode_mp4(imgs, self.cfg.fps, self.cfg.crf + 4 * attempt, tmp)
+                    # one frame decoded at a time; a bigger-than-allowed MP4 goes again with
+                    # coarser quantisation
+                    count = encode_mp4(imgs, self.cfg.fps, self.cfg.crf + 4 * attempt, tmp)
                 else:
-                    encode_gif(imgs, self.cfg.fps, self.cfg.colours, tmp)
+                    frames = list(imgs)  # the palette is computed over all of them
+                    count = len(frames)
+                    encode_gif(frames, self.cfg.fps, self.cfg.colours, tmp)
+                    del frames
                 size_bytes = tmp.stat().st_size
                 if size_bytes <= self.cfg.max_bytes:
                     break
@@ -358,7 +385,7 @@ class GifMaker(BaseModule[Config]):
             else:
                 self.log.warning("gif_too_big", event_id=gif.event_id, size_bytes=size_bytes)
                 return None
-            h, w = imgs[0].shape[:2]
+            w, h = _size(picked[0], scale)
             rel = media_relpath(camera_id, gif.started_at, gif.event_id, ext, self.tz)
             path = self.root / rel
             digest = atomic_move(tmp, path)
@@ -378,7 +405,7 @@ class GifMaker(BaseModule[Config]):
             sha256=digest,
             mime="video/mp4" if mp4 else "image/gif",
             created_at=time.time(),
-            duration_s=round(len(imgs) / self.cfg.fps, 3),
+            duration_s=round(count / self.cfg.fps, 3),
             width=w,
             height=h,
         )
