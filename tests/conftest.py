@@ -27,6 +27,15 @@ os.environ.setdefault("SPYONCINO_CHECK_PAYLOADS", "1")
 pytest_plugins = ["spyoncino.testing"]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A ``slow`` test (a long real-footage run, CPU-bound) gets 900 s before the hang guard
+    fails it instead of 300: beside another worker's test on a loaded 2-core machine the
+    nuisance replay took 300 s. A test's own ``timeout`` mark still wins."""
+    for item in items:
+        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(900))
+
+
 @pytest.fixture
 def vtest() -> Path:
     if not VTEST.is_file():
