@@ -16,6 +16,9 @@ class Terminal:
     def __init__(self) -> None:
         self.pid, self.fd = pty.fork()
         if self.pid == 0:  # pragma: no cover - the child becomes the command
+            # as a shell starts a foreground command: Ctrl-C interrupts it even when this test
+            # runs in a background job (which ignores SIGINT, and exec keeps that)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
             os.execv(sys.executable, [sys.executable, "-m", "spyoncino", "hash-password"])  # noqa: S606
         self.seen = ""
 
