@@ -6,6 +6,7 @@ Each test reproduces a failure the box once had and guards it from coming back.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import signal
 import sqlite3
@@ -296,3 +297,27 @@ async def test_twenty_sigkills_then_a_normal_start_leave_nothing_open_unindexed_
     ]
     assert outside_the_window == [], outside_the_window
     assert sum(twice.values()) <= 2, twice
+    # the caption a person sees last is the newest edit of its photo, across the kills: no
+    # edit went after a newer one (a newest edit cut at the stop, still pending, is skipped)
+    rows = outbox_rows(db)
+    photos = {
+        (r["event_id"], r["recipient"]): r["result"]
+        for r in rows
+        if r["kind"] == "snapshot" and r["status"] == "sent"
+    }
+    newest: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        photo = photos.get((r["event_id"], r["recipient"]))
+        if r["kind"] != "caption" or photo is None:
+            continue
+        if photo not in newest or r["id"] > newest[photo]["id"]:
+            newest[photo] = r
+    last = {
+        c.params["message_id"]: c.params["caption"] for c in botapi.calls_to("editMessageCaption")
+    }
+    stale = [
+        (photo, last.get(photo), r["id"])
+        for photo, r in newest.items()
+        if r["status"] == "sent" and last.get(photo) != json.loads(r["payload"])["caption"]
+    ]
+    assert stale == [], stale

@@ -214,6 +214,19 @@ def check_exactly_once_in_order(
         for row, call in zip(sorted(captions, key=lambda r: r["sent_at"]), edits, strict=True):
             assert call.params["message_id"] == photos[(row["event_id"], row["recipient"])]
             assert call.params["caption"] == json.loads(row["payload"])["caption"]
+        # the newest edit of each photo is sent, and sent last: the caption a person sees is
+        # the newest (an older edit may still go before it, if it was on its way)
+        newest: dict[str, dict[str, Any]] = {}
+        for r in rows:
+            photo = photos.get((r["event_id"], r["recipient"]))
+            if r["kind"] != "caption" or r["status"] not in DONE or photo is None:
+                continue
+            if photo not in newest or r["id"] > newest[photo]["id"]:
+                newest[photo] = r
+        last = {c.params["message_id"]: c.params["caption"] for c in edits}
+        for photo, r in newest.items():
+            assert r["status"] == "sent", r
+            assert last.get(photo) == json.loads(r["payload"])["caption"], (photo, r)
     sent = sorted(
         (r for r in rows if r["status"] == "sent" and r["kind"] in KIND_METHOD),
         key=lambda r: r["sent_at"],
