@@ -63,7 +63,7 @@ def _patch(src: Path, version: str) -> None:
     elif version == "0.1.3":
         cli.write_text(cli.read_text().replace(RUN, RUN + NEVER_READY))
     elif version == "0.1.4":
-        st = src / "spyoncino" / "selftest.py"
+        st = src / "spyoncino" / "cli" / "selftest.py"
         st.write_text(st.read_text() + SELFTEST_FAILS)
     elif version == "0.2.0":
         db = src / "spyoncino" / "modules" / "storage" / "index" / "schema.py"

@@ -33,6 +33,9 @@ from tests.system.test_pi_constraints import CONSTRAINTS, PI
 
 pytestmark = [
     pytest.mark.system,
+    # a cold root (mmdebstrap under qemu-user) took over 300 s beside the image build in CI;
+    # each step has its own subprocess timeout, this only stops a hang
+    pytest.mark.timeout(2400),
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chroot, mount namespaces)"),
     pytest.mark.skipif(
         shutil.which("mmdebstrap") is None or shutil.which("unshare") is None,

@@ -39,6 +39,10 @@ from tests.system import nspawn, releases
 
 pytestmark = [
     pytest.mark.system,
+    # the first test also pays for the box fixture (releases built cold, boot, first role run),
+    # which takes minutes on a cold CI machine with the image build beside it; tests that need
+    # longer say so below
+    pytest.mark.timeout(900),
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root for systemd-nspawn"),
     pytest.mark.skipif(
         shutil.which("systemd-nspawn") is None or shutil.which("mmdebstrap") is None,
