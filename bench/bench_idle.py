@@ -10,7 +10,10 @@ What an idle box pays for each camera, measured in the same run, rounds interlea
 * ``app``: ``spyoncino run`` with the packaged default config (motion, detector, tracker,
   snapshots, GIFs, clips, index) and this one camera, status page on a free loopback port;
 * ``app_encode``: the same with ``clip.remux: false``: the clip pre-roll converts every
-  sampled frame to a 640-wide I420 ring (what every release before remux did).
+  sampled frame to a 640-wide I420 ring (what every release before remux did);
+* ``app_before`` (with ``--before PATH``): ``app`` run from an older tree (a ``git archive``
+  of an earlier commit), interleaved with the others, so a change is judged against the
+  code before it under the same load.
 
 The scene: the first frame of the footage, scaled, with a little sensor noise per frame
 (sigma 1.5, below any motion threshold) so the decoder works as it does on a real camera;
@@ -123,7 +126,7 @@ def run_decode(url: str, warm: float, window: float, frigate: bool) -> dict[str,
     raise SystemExit("stream ended before the window")
 
 
-def run_app(url: str, warm: float, window: float, extra: str) -> dict[str, Any]:
+def run_app(url: str, warm: float, window: float, extra: str, tree: Path = REPO) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "config.yaml"
         cfg.write_text(
@@ -133,9 +136,11 @@ def run_app(url: str, warm: float, window: float, extra: str) -> dict[str, Any]:
             "log:\n  level: warning\n" + extra
         )
         env = service_env()
+        env["PYTHONPATH"] = str(tree)
         proc = subprocess.Popen(
             [sys.executable, "-m", "spyoncino", "run", "--config", str(cfg)],
             env=env,
+            cwd=tree,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
@@ -157,9 +162,9 @@ def run_app(url: str, warm: float, window: float, extra: str) -> dict[str, Any]:
         return {"core_pct": round(100 * (c1 - c0) / (t1 - t0), 2), "rss_mb": round(rss, 1)}
 
 
-def worker(kind: str, url: str, warm: float, window: float) -> dict[str, Any]:
+def worker(kind: str, url: str, warm: float, window: float, before: str = "") -> dict[str, Any]:
     argv = [sys.executable, __file__, "--worker", kind, "--url", url]
-    argv += ["--warm", str(warm), "--window", str(window)]
+    argv += ["--warm", str(warm), "--window", str(window), "--before", before]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run(argv, capture_output=True, text=True, env=env, check=False, timeout=900)
     if done.returncode != 0:
@@ -187,16 +192,24 @@ def main() -> int:
     ap.add_argument("--window", type=float, default=30.0)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--profiles", default=",".join(PROFILES))
+    ap.add_argument(
+        "--before",
+        default="",
+        help="a checkout of an older tree (its spyoncino/ package): its app runs as "
+        "'app_before', interleaved with the others, for a fair before/after",
+    )
     args = ap.parse_args()
     if args.worker:
         if args.worker in ("decode", "decode_frigate"):
             res = run_decode(args.url, args.warm, args.window, args.worker == "decode_frigate")
         else:
             extra = "clip:\n  remux: false\n" if args.worker == "app_encode" else ""
-            res = run_app(args.url, args.warm, args.window, extra)
+            tree = Path(args.before) if args.worker == "app_before" else REPO
+            res = run_app(args.url, args.warm, args.window, extra, tree)
         print(json.dumps(res))
         return 0
 
+    load0 = os.getloadavg()
     reason = rtsp_server_missing()
     if reason:
         write_result("idle", {"skipped": reason})
@@ -207,6 +220,8 @@ def main() -> int:
     kinds = ["decode", "app", "app_encode"]
     if not isinstance(frigate, str):
         kinds.insert(1, "decode_frigate")
+    if args.before:
+        kinds.insert(kinds.index("app"), "app_before")
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.profiles.split(","):
@@ -219,7 +234,7 @@ def main() -> int:
             try:
                 for _ in range(args.rounds):  # interleaved: the box's load hits every variant
                     for kind in kinds:
-                        runs[kind].append(worker(kind, url, args.warm, args.window))
+                        runs[kind].append(worker(kind, url, args.warm, args.window, args.before))
             finally:
                 server.kill()
                 server.wait()
@@ -232,6 +247,10 @@ def main() -> int:
             res["app_encode_vs_app"] = round(
                 res["app_encode"]["core_pct_median"] / max(1e-6, app), 2
             )
+            if "app_before" in res:
+                res["app_vs_app_before"] = round(
+                    app / max(1e-6, res["app_before"]["core_pct_median"]), 2
+                )
             results[name] = res
     write_result(
         "idle",
@@ -241,6 +260,11 @@ def main() -> int:
             "window_s": args.window,
             "warm_s": args.warm,
             "rounds": args.rounds,
+            "before": args.before or None,
+            "load_average_1_5_15": {
+                "start": [round(x, 2) for x in load0],
+                "end": [round(x, 2) for x in os.getloadavg()],
+            },
             "frigate": frigate
             if isinstance(frigate, str)
             else "ImprovedMotionDetector from " + os.environ.get(_frigate.ENV, ""),
