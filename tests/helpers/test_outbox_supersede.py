@@ -118,6 +118,7 @@ async def env(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
     for t in tasks:
         t.cancel()
     for b in boxes:
+        b.__dict__.pop("run_io", None)  # a killed box's disk back, so that it can close
         await b.close(grace_s=0)
     await bus.close()
     executor.shutdown()
@@ -256,3 +257,36 @@ async def test_a_crash_while_an_edit_is_on_its_way_sends_the_newer_one_last(
     # whether "1 person" went is unknown after the kill: it may go again, before the newer
     await settled(box2, env["db"], {"1 person": "sent", "2 people": "sent"})
     assert after.captions()[-1:] == ["2 people"]
+
+
+async def test_a_newer_edit_the_disk_refused_does_not_supersede_the_stored_one_before_a_crash(
+    env: dict[str, Any],
+) -> None:
+    """The newer edit could not be stored (the disk is full): it is delivered from memory,
+    and the older edit is not marked superseded on disk until the newer one is stored, so a
+    crash meanwhile still sends the older one after the restart."""
+    clock = FakeClock()
+    server = Server()
+    server.down = True
+    box: Outbox = env["make"](server, clock)
+    await box.start()
+    await photo(box)
+    await edit(box, "1 person")
+    await server.arrived.wait_for(1)  # the photo failed once and waits out its backoff
+    inner = box.run_io
+
+    async def refuse(fn: Any, *args: Any) -> Any:
+        if getattr(fn, "__name__", "").startswith("_insert"):
+            raise sqlite3.OperationalError("database or disk is full")
+        return await inner(fn, *args)
+
+    box.run_io = refuse  # type: ignore[method-assign]
+    await edit(box, "2 people")
+    assert box.stats["store_failures"] == 1
+    SlowDisk(box, lambda fn, args: True).kill()  # SIGKILL right after: nothing more written
+
+    after = Server()
+    box2: Outbox = env["make"](after)
+    await box2.start()
+    await after.applied.wait_for(2)
+    assert after.applied == [("snapshot", ""), ("caption", "1 person")]

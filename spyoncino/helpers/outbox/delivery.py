@@ -395,8 +395,11 @@ class Outbox:
             self._unsaved[item.key] = (item, "pending", None, None)
             self.stats["unsaved"] = len(self._unsaved)
             row_id = item.id
-            for old in idle:  # not marked by the failed transaction: in memory until it works
-                await self._record(old, "superseded")
+            for old in idle:  # marked once the newer one is stored (``_catch_up``), not before
+                if old.id < 0:
+                    self._unsaved[old.key] = (old, "superseded", None, None)
+                else:
+                    self._unmarked[old.id] = (old, "superseded", None, None)
         else:
             if row_id is None:
                 self._put_back(recipient, idle)
@@ -490,16 +493,21 @@ class Outbox:
             await self._catch_up()
 
     async def _catch_up(self) -> None:
-        """Store what the database refused before; stops at the first refusal."""
+        """Store what the database refused before; stops at the first refusal. The items
+        first, then the outcomes: an edit superseded by one the database refused is marked
+        only once that one is stored."""
         try:
-            for row_id, (item, status, error, result) in list(self._unmarked.items()):
-                await self._db(_mark, row_id, status, item.attempts, item.next_at, error, result)
-                del self._unmarked[row_id]
-            for key, (item, status, error, result) in list(self._unsaved.items()):
+            # pending ones first (their order kept), so a crash leaves no edit marked
+            # superseded before the one that replaces it is stored
+            unsaved = sorted(self._unsaved.items(), key=lambda kv: kv[1][1] != "pending")
+            for key, (item, status, error, result) in unsaved:
                 new_id = await self._db(_insert_late, item, status, error, result)
                 del self._unsaved[key]
                 if new_id is not None:
                     item.id = int(new_id)
+            for row_id, (item, status, error, result) in list(self._unmarked.items()):
+                await self._db(_mark, row_id, status, item.attempts, item.next_at, error, result)
+                del self._unmarked[row_id]
         except sqlite3.Error:
             pass  # still refused: the next write tries again
         except RuntimeError:
