@@ -14,6 +14,7 @@ import asyncio
 import heapq
 import itertools
 import time
+from typing import Any
 
 
 class FakeClock:
@@ -54,12 +55,21 @@ class FakeClock:
         if event.is_set():
             return True
         waiter = asyncio.ensure_future(event.wait())
-        timer = asyncio.ensure_future(self.sleep(timeout))
+        # the deadline is taken now, not when a task would first run: a test advancing the
+        # clock in between must not push it later (that wait then never woke)
+        timer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._sleepers, (self._elapsed + max(0.0, timeout), next(self._seq), timer))
+        if self._new_sleeper is not None:
+            self._new_sleeper.set()
         try:
-            await asyncio.wait({waiter, timer}, return_when=asyncio.FIRST_COMPLETED)
+            pending: set[asyncio.Future[Any]] = {waiter, timer}
+            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for t in (waiter, timer):
-                t.cancel()
+            waiter.cancel()
+            if not timer.done():  # woken by the event: forget the deadline
+                timer.cancel()
+                self._sleepers = [x for x in self._sleepers if x[2] is not timer]
+                heapq.heapify(self._sleepers)
         return event.is_set()
 
     # -- what tests do --------------------------------------------------------------------------

@@ -56,6 +56,9 @@ FIRST, DETECT_FROM, DETECT_TO, LAST = 350, 380, 500, 560
 FPS = 10.0
 T0 = 1_760_000_000.0
 PREROLL = 3.0
+#: how long the media writers may take to go idle: returns as soon as they are; only a
+#: bound for a loaded machine
+DRAIN_S = 120.0
 
 REGISTRY: dict[str, Any] = {
     "motion": MotionDetector,
@@ -158,11 +161,11 @@ async def test_people_become_events_with_snapshot_gif_and_clip(vtest: Path, tmp_
             await m.start()
         detector = next(m for m in mods if isinstance(m, ObjectDetector))
         await replay(h, vtest, clock, detector)
-        await h.bus.drain(timeout=15)
+        assert await h.bus.drain(timeout=DRAIN_S)  # idle: every GIF and clip is written
         for m in reversed(mods):  # the orchestrator's order: producers first
             if not isinstance(m, (EventIndex, MediaRetention)):
                 await m.stop()
-        await h.bus.drain(timeout=15)
+        assert await h.bus.drain(timeout=DRAIN_S)  # idle: every GIF and clip is written
         index = next(m for m in mods if isinstance(m, EventIndex))
         await index.flush()
 
@@ -279,7 +282,7 @@ async def test_full_pipeline_with_the_detector_module_on_the_frames_clock(
         for m in reversed(mods):
             if not isinstance(m, (EventIndex, MediaRetention)):
                 await m.stop()
-        await h.bus.drain(timeout=15)
+        assert await h.bus.drain(timeout=DRAIN_S)  # idle: every GIF and clip is written
 
     notices: list[EventNotice] = events.payloads
     started = [e for e in notices if e.phase == "started"]

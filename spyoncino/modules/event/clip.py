@@ -214,10 +214,12 @@ class _Cam:
             return self.source.oldest_mono()
         return self.ring[0][0] if self.ring else None
 
-    def now(self) -> float:
+    def now(self, real: float) -> float:
+        """The frame clock at ``real`` (the module's clock): the last frame's time advanced by
+        the time since it came."""
         if not self.clock_real:
             return self.clock  # no frame yet: time stands still
-        return self.clock + (time.monotonic() - self.clock_real)
+        return self.clock + (real - self.clock_real)
 
 
 def open_encoder(name: str, cfg: Config, size: tuple[int, int]) -> Any:
@@ -395,7 +397,7 @@ class ClipRecorder(BaseModule[Config]):
     async def _on_frame(self, msg: Message[Frame]) -> None:
         f = msg.payload
         cam = self._cam(f.camera_id)
-        cam.clock, cam.clock_real = max(cam.clock, f.mono_ts), time.monotonic()
+        cam.clock, cam.clock_real = max(cam.clock, f.mono_ts), self.ctx.clock.monotonic()
         src = f.source_packets if self.cfg.remux else None
         if src is not None:
             # the camera's own H.264: nothing to do per frame unless a clip is open (a ring
@@ -526,7 +528,7 @@ class ClipRecorder(BaseModule[Config]):
                 continue
             if event_id in cam.clips or event_id in cam.done:
                 continue
-            now = cam.now()
+            now = cam.now(self.ctx.clock.monotonic())
             # the ring's past first; what it lacks is recorded from now on
             start = max(oldest, now - want)
             clip = _Clip(event_id, time.time() - (now - start), start, start + want, manual=True)
@@ -546,12 +548,12 @@ class ClipRecorder(BaseModule[Config]):
 
     async def _tick_loop(self) -> None:
         while True:
-            await asyncio.sleep(0.5)
+            await self.ctx.clock.sleep(0.5)
             for cam in list(self.cams.values()):
                 await self._finish_due(cam)
 
     async def _finish_due(self, cam: _Cam, *, force: bool = False) -> None:
-        now = cam.now()
+        now = cam.now(self.ctx.clock.monotonic())
         for clip in list(cam.clips.values()):
             overlong = now - clip.start_mono >= self.cfg.max_duration_s
             post = 0.0 if clip.manual else self.cfg.postroll_s

@@ -21,7 +21,9 @@ look again), and reports each inference's result with ``done``. The rules:
 * **First in line**: a camera owed a second look, or whose motion just started after a still
   scene, is served before the round robin of cameras in ongoing motion: an alert never waits
   for the other cameras' regular inferences (with four busy cameras that wait was up to half a
-  second per step, issue #20). It costs no extra inference, only the order changes.
+  second per step, issue #20). It costs no extra inference, only the order changes; and at
+  most one such jump is served between two turns of the round robin, so cameras that keep
+  finding newcomers cannot starve the others.
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ class Schedule:
         self._found: dict[str, list[tuple[float, tuple[Box, ...]]]] = {}
         self._recheck: set[str] = set()
         self._onset: set[str] = set()  # cameras whose motion started after a still scene
+        self._jumped = False  # the last job served jumped the line
         # telemetry
         self.superseded = 0
         self.max_queue_depth = 0
@@ -127,7 +130,11 @@ class Schedule:
         """The job to infer now (taken off the queue), else the clock time at which a pending
         frame falls due by waiting (no newer one came), else None (nothing pending)."""
         earliest: float | None = None
-        first = [c for c in self._order if c in self._recheck or c in self._onset]
+        first = (
+            []
+            if self._jumped
+            else [c for c in self._order if c in self._recheck or c in self._onset]
+        )
         for k in range(len(first) + len(self._order)):
             if k < len(first):
                 cid = first[k]  # first in line; its place in the round robin is kept
@@ -153,6 +160,7 @@ class Schedule:
                 self._last_ts[cid] = stamp
                 self._recheck.discard(cid)
                 self._onset.discard(cid)
+                self._jumped = k < len(first)
                 return self._pending.pop(cid)
             earliest = wake_at if earliest is None else min(earliest, wake_at)
         return earliest

@@ -184,3 +184,22 @@ def test_motion_starting_on_a_still_camera_goes_before_cameras_in_ongoing_motion
         s.offer(job(1.0, cam, motion=()), now=1.0)
     step = s.next(now=1.0)
     assert isinstance(step, Job) and step.camera_id == "c"
+
+
+def test_cameras_that_keep_finding_newcomers_do_not_starve_the_others() -> None:
+    """One inference per 0.1 s (the interpreter is the bottleneck), four busy cameras, two of
+    them finding someone new on every look: a jump is served at most once between two turns
+    of the round robin, so the quiet two are still looked at."""
+    s = Schedule(Config())
+    served: list[str] = []
+    for i in range(60):
+        t = i / 10
+        for cam in ("a", "b", "c", "d"):
+            s.offer(job(t, cam, motion=()), now=t)
+        step = s.next(now=t)
+        if isinstance(step, Job):
+            served.append(step.camera_id)
+            newcomer = step.camera_id in ("a", "b")
+            s.done(step, person(20 + 60 * i) if newcomer else [])  # never near the last
+    # without the bound, "a" took all 60 looks: its newcomer every time kept it first in line
+    assert served.count("c") >= 5 and served.count("d") >= 5, served
