@@ -323,12 +323,14 @@ class BotApiEmulator:
         self,
         method: str,
         count: int = 1,
-        timeout: float = 5.0,
+        timeout: float = 30.0,
         predicate: Callable[[Call], bool] | None = None,
         answered: bool = True,
     ) -> Call:
         """Wait until ``count`` answered calls of ``method`` (matching ``predicate``) arrived;
-        ``answered=False``: calls that arrived, faulted or still hanging ones included."""
+        ``answered=False``: calls that arrived, faulted or still hanging ones included.
+        ``timeout`` only bounds a wait that would never end (it returns at the call): 5 s failed
+        a service's first setMyCommands on a loaded 2-core machine beside another test worker."""
         deadline = time.monotonic() + timeout
         calls = self.calls_to if answered else self.attempts_to
         while True:
