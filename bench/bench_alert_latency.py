@@ -133,6 +133,10 @@ class Recorder:
         self.detections: list[tuple[float, str, int]] = []
         self.detected: dict[tuple[str, int], tuple[Box, ...]] = {}
         self.started: list[tuple[EventNotice, int]] = []
+        # stage stamps (time.monotonic of the publish): where the latency goes
+        self.detected_at: dict[tuple[str, int], float] = {}
+        self.started_at: dict[str, float] = {}
+        self.snapshot_at: dict[str, float] = {}
 
     async def frame(self, msg: Message[Any]) -> None:
         f = msg.payload
@@ -147,12 +151,17 @@ class Recorder:
         if d.detections:
             self.detections.append((msg.published_mono, d.camera_id, d.seq))
             self.detected[(d.camera_id, d.seq)] = tuple(x.box for x in d.detections)
+            self.detected_at[(d.camera_id, d.seq)] = msg.published_mono
 
     async def event(self, msg: Message[EventNotice]) -> None:
         cam = msg.payload.camera_id
         before = [seq for t, c, seq in self.detections if c == cam and t <= msg.published_mono]
         confirm = before[-1] if before else msg.payload.frame_seq
         self.started.append((msg.payload, confirm))
+        self.started_at[msg.payload.event_id] = msg.published_mono
+
+    async def snapshot(self, msg: Message[Any]) -> None:
+        self.snapshot_at.setdefault(msg.payload.event_id, msg.published_mono)
 
     def first_sighting(self, ev: EventNotice, confirm: int) -> tuple[int, Box]:
         """The frame of the tracker's first sighting of the event's object, and its box there
@@ -225,6 +234,7 @@ async def replay(clip: Path, cameras: int = 1) -> tuple[Recorder, list[Any], flo
         bus.subscribe("process.motion.detected", rec.motion_ev, policy="block", maxsize=4096)
         bus.subscribe("process.object.detected", rec.detection, policy="block", maxsize=4096)
         bus.subscribe("event.*.started", rec.event, policy="block")
+        bus.subscribe("media.snapshot.ready", rec.snapshot, policy="block", maxsize=4096)
         t0 = time.monotonic()
         await orch.run(install_signals=False)
         wall = time.monotonic() - t0
@@ -349,53 +359,122 @@ def build_arrivals(
     return starts
 
 
-async def arrivals(clip: Path, wipe: int = WIPE, stretch: int = STRETCH) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "arrivals.mp4"
-        starts = build_arrivals(clip, path, wipe, stretch)
-        rec, photos, wall = await replay(path)
+def stage_stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Percentiles of each stage of the measured stretches (ms): onset -> first sighting's
+    frame (motion before the detector sees anyone whole), that frame -> its detection published
+    (detector pacing, queue and inference), detection -> ``event.*.started`` (the tracker's
+    confirmation), started -> ``media.snapshot.ready`` (snapshot encode), snapshot ->
+    ``sendPhoto`` (outbox, Telegram channel, Bot API emulator)."""
+    out: dict[str, Any] = {}
+    for key in STAGES:
+        vals = [r["stages_ms"][key] for r in rows if key in r.get("stages_ms", {})]
+        out[key] = percentiles(vals)
+    return out
+
+
+STAGES = (
+    "onset_to_sighting_frame",
+    "sighting_frame_to_detection",
+    "detection_to_started",
+    "started_to_snapshot",
+    "snapshot_to_sendphoto",
+)
+
+
+def cached_arrivals(clip: Path, wipe: int, stretch: int, stretches: int) -> tuple[Path, list[int]]:
+    """The arrivals replay for these settings, built once into the checkout's ``.cache/``
+    (building 30 stretches is minutes of encoding on a loaded machine; it is deterministic)."""
+    import json
+
+    st = clip.stat()
+    key = f"{clip.name}-{st.st_size}-{int(st.st_mtime)}-{wipe}-{stretch}-{stretches}-{QUIET}"
+    folder = Path(__file__).resolve().parent.parent / ".cache" / "bench_alert_latency"
+    path, meta = folder / f"arrivals-{key}.mp4", folder / f"arrivals-{key}.json"
+    if path.is_file() and meta.is_file():
+        return path, list(json.loads(meta.read_text()))
+    folder.mkdir(parents=True, exist_ok=True)
+    part = path.with_suffix(".part.mp4")
+    starts = build_arrivals(clip, part, wipe, stretch, stretches=stretches)
+    part.rename(path)
+    meta.write_text(json.dumps(starts))
+    return path, starts
+
+
+async def arrivals(
+    clip: Path,
+    wipe: int = WIPE,
+    stretch: int = STRETCH,
+    *,
+    cameras: int = 1,
+    stretches: int = STRETCHES,
+) -> dict[str, Any]:
+    """The arrivals replay on ``cameras`` file cameras at once (all busy at the same moments):
+    ``stretches`` arrivals on each."""
+    path, starts = cached_arrivals(clip, wipe, stretch, stretches)
+    rec, photos, wall = await replay(path, cameras)
     sent = photo_times(photos)
-    cam = "bench0"
     rows: list[dict[str, Any]] = []
     onset_ms: list[float] = []
     any_motion_ms: list[float] = []
-    for start in starts:
-        end = start + stretch
-        alerted = sorted(
-            (sent[ev.event_id], ev, confirm)
-            for ev, confirm in rec.started
-            if ev.event_id in sent
-            and start <= rec.seq_at.get((ev.camera_id, ev.started_mono), -1) < end
-        )
-        first_motion = next((q for q in range(start, end) if rec.motion.get((cam, q))), None)
-        row: dict[str, Any] = {"stretch_first_seq": start, "first_motion_seq": first_motion}
-        if not alerted or first_motion is None:
-            row["missed"] = True
+    for cam in (f"bench{i}" for i in range(cameras)):
+        for start in starts:
+            end = start + stretch
+            alerted = sorted(
+                (sent[ev.event_id], ev, confirm)
+                for ev, confirm in rec.started
+                if ev.event_id in sent
+                and ev.camera_id == cam
+                and start <= rec.seq_at.get((ev.camera_id, ev.started_mono), -1) < end
+            )
+            first_motion = next((q for q in range(start, end) if rec.motion.get((cam, q))), None)
+            row: dict[str, Any] = {
+                "camera": cam,
+                "stretch_first_seq": start,
+                "first_motion_seq": first_motion,
+            }
+            if not alerted or first_motion is None:
+                row["missed"] = True
+                rows.append(row)
+                continue
+            at, ev, confirm = alerted[0]
+            seen, box = rec.first_sighting(ev, confirm)
+            onset = rec.follow_back(cam, seen, box, start)
+            onset_at = rec.frame_at[(cam, onset)]
+            row.update(
+                event_id=ev.event_id,
+                onset_seq=onset,
+                first_sighting_seq=seen,
+                confirm_seq=confirm,
+                onset_ms=round((at - onset_at) * 1000.0, 1),
+                first_motion_ms=round((at - rec.frame_at[(cam, first_motion)]) * 1000.0, 1),
+            )
+            marks = [
+                onset_at,
+                rec.frame_at.get((cam, seen)),
+                rec.detected_at.get((cam, seen)),
+                rec.started_at.get(ev.event_id),
+                rec.snapshot_at.get(ev.event_id),
+                at,
+            ]
+            stages: dict[str, float] = {}
+            for key, t0, t1 in zip(STAGES, marks, marks[1:], strict=False):
+                if t0 is not None and t1 is not None:
+                    stages[key] = round((t1 - t0) * 1000.0, 1)
+            row["stages_ms"] = stages
+            onset_ms.append(row["onset_ms"])
+            any_motion_ms.append(row["first_motion_ms"])
             rows.append(row)
-            continue
-        at, ev, confirm = alerted[0]
-        seen, box = rec.first_sighting(ev, confirm)
-        onset = rec.follow_back(cam, seen, box, start)
-        row.update(
-            event_id=ev.event_id,
-            onset_seq=onset,
-            first_sighting_seq=seen,
-            onset_ms=round((at - rec.frame_at[(cam, onset)]) * 1000.0, 1),
-            first_motion_ms=round((at - rec.frame_at[(cam, first_motion)]) * 1000.0, 1),
-        )
-        onset_ms.append(row["onset_ms"])
-        any_motion_ms.append(row["first_motion_ms"])
-        rows.append(row)
     return {
         "replay": {
-            "stretches": STRETCHES,
+            "cameras": cameras,
+            "stretches": stretches,
             "people_s": stretch / 10,
             "reveal_px_per_frame": wipe,
             "quiet_s": QUIET / 10,
             "wall_s": round(wall, 1),
         },
         "motion_onset_to_sendphoto_ms": {
-            **percentiles(onset_ms, 1000),
+            **percentiles(onset_ms, 1000 if cameras == 1 else 2000),
             "missed": sum(1 for r in rows if r.get("missed")),
         },
         "first_motion_to_sendphoto_ms": {
@@ -403,6 +482,7 @@ async def arrivals(clip: Path, wipe: int = WIPE, stretch: int = STRETCH) -> dict
             "note": "from the stretch's first motion of anyone (someone leaving at the edge, "
             "a far-away walker) to its first alert, whoever that alert is for",
         },
+        "stages_ms": stage_stats([r for r in rows if not r.get("missed")]),
         "per_stretch": rows,
     }
 
@@ -410,29 +490,65 @@ async def arrivals(clip: Path, wipe: int = WIPE, stretch: int = STRETCH) -> dict
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--walking", action="store_true", help="also the walking-pace arrivals")
+    ap.add_argument(
+        "--only",
+        default="vtest,vtest4,arrivals,arrivals4",
+        help="comma-separated parts: vtest, vtest4, arrivals, arrivals4 (default: all)",
+    )
+    ap.add_argument("--out", default="alert_latency", help="result name in bench/results/")
+    ap.add_argument(
+        "--build-only", action="store_true", help="only build (cache) the arrivals replays"
+    )
     args = ap.parse_args()
+    parts = set(args.only.split(","))
     clip = footage()
-    load_before = os.getloadavg()[0]
-    result = asyncio.run(run(clip))
-    result["four_cameras"] = asyncio.run(run(clip, 4))
-    result["arrivals"] = asyncio.run(arrivals(clip))
+    if args.build_only:
+        if "arrivals" in parts:
+            cached_arrivals(clip, WIPE, STRETCH, STRETCHES)
+        if "arrivals4" in parts:
+            cached_arrivals(clip, WIPE, STRETCH, 8)
+        return
+    load_before = os.getloadavg()
+    result: dict[str, Any] = {}
+    if "vtest" in parts:
+        result.update(asyncio.run(run(clip)))
+    if "vtest4" in parts:
+        result["four_cameras"] = asyncio.run(run(clip, 4))
+    if "arrivals" in parts:
+        result["arrivals"] = asyncio.run(arrivals(clip))
+    if "arrivals4" in parts:
+        # four cameras, each replaying the arrivals at once: every onset lands while the three
+        # others are busy too; 8 arrivals each (32 in all)
+        result["arrivals_four_cameras"] = asyncio.run(arrivals(clip, cameras=4, stretches=8))
     if args.walking:
         result["arrivals_walking_pace"] = asyncio.run(arrivals(clip, WALK_WIPE, WALK_STRETCH))
     # other work on the machine shows in the tail: keep the context with the figures
-    result["load_avg_1m"] = {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)}
-    c = result["confirmed_to_sendphoto_ms"]
+    load_after = os.getloadavg()
+    result["load_avg"] = {
+        "before_1m_5m_15m": [round(x, 2) for x in load_before],
+        "after_1m_5m_15m": [round(x, 2) for x in load_after],
+    }
+    passes: dict[str, bool] = {}
+    if "confirmed_to_sendphoto_ms" in result:
+        c = result["confirmed_to_sendphoto_ms"]
+        passes["confirmed_p95_le_300ms"] = bool(c["n"]) and c["p95"] <= 300
     onsets = [
         result[k]["motion_onset_to_sendphoto_ms"]
         for k in ("arrivals", "arrivals_walking_pace")
         if k in result
     ]
-    four = result["four_cameras"]["first_detection_to_sendphoto_ms"]
-    result["pass"] = {
-        "confirmed_p95_le_300ms": bool(c["n"]) and c["p95"] <= 300,
-        "onset_p95_le_1s": all(o["n"] and not o["missed"] and o["p95"] <= 1000 for o in onsets),
-        "four_cameras_first_detection_p95_le_2s": bool(four["n"]) and four["p95"] <= 2000,
-    }
-    write_result("alert_latency", result)
+    if onsets:
+        passes["onset_p95_le_1s"] = all(
+            o["n"] and not o["missed"] and o["p95"] <= 1000 for o in onsets
+        )
+    if "arrivals_four_cameras" in result:
+        o = result["arrivals_four_cameras"]["motion_onset_to_sendphoto_ms"]
+        passes["four_cameras_onset_p95_le_2s"] = bool(o["n"]) and o["p95"] <= 2000
+    if "four_cameras" in result:
+        four = result["four_cameras"]["first_detection_to_sendphoto_ms"]
+        passes["four_cameras_first_detection_p95_le_2s"] = bool(four["n"]) and four["p95"] <= 2000
+    result["pass"] = passes
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":
