@@ -125,8 +125,9 @@ class Subscription:
     _item: asyncio.Future[None] | None = None
     _space: asyncio.Future[None] | None = None
     closed: bool = False
-    #: the bus's clock: a message's lag is the time between its publish and its delivery
-    clock: Clock = SYSTEM_CLOCK
+    #: the bus clock's ``monotonic``: a message's lag is the time between its publish and its
+    #: delivery (the bound function, read once a message without looking the clock up)
+    monotonic: Callable[[], float] = SYSTEM_CLOCK.monotonic
 
     def offer(self, msg: Message[Any]) -> bool:
         """Enqueue without waiting; False when a ``block`` queue is full."""
@@ -189,7 +190,7 @@ class Subscription:
                 self.dropped += 1 + len(self.queue)
                 self.queue.clear()
                 return
-            lag = (self.clock.monotonic() - msg.published_mono) * 1000.0
+            lag = (self.monotonic() - msg.published_mono) * 1000.0
             self.lag_ms_last = lag
             if lag > self.lag_ms_max:
                 self.lag_ms_max = lag
@@ -235,6 +236,7 @@ class Bus:
     ) -> None:
         #: what publish stamps and lag is measured on (a test hands in a FakeClock)
         self.clock = clock
+        self._monotonic = clock.monotonic
         if check_payloads is None:
             check_payloads = sys.flags.dev_mode or os.environ.get("SPYONCINO_CHECK_PAYLOADS") == "1"
         #: raise on a payload whose type is not its topic's (debug and tests; off in service)
@@ -312,7 +314,7 @@ class Bus:
             maxsize=size,
             module=module,
             high_watermark=max(1, int(size * self._high_watermark)),
-            clock=self.clock,
+            monotonic=self._monotonic,
         )
         sub.task = asyncio.get_running_loop().create_task(
             sub.run(self._count_error), name=f"bus:{module}:{pattern}"
@@ -370,12 +372,19 @@ class Bus:
         subs = self._routes(topic)
         if not subs:
             return
-        msg = Message(topic, payload, self.clock.monotonic())
+        msg = Message(topic, payload, self._monotonic())
         # Everyone with room gets it now; only then wait for the full ``block`` queues, so a
         # stuck subscriber holds back the publisher (nothing lost) but never the others.
-        full = [sub for sub in subs if not sub.offer(msg)]
-        for sub in full:
-            await sub.put(msg)
+        # (A loop, not a list: nearly every publish finds no queue full.)
+        full: list[Subscription] | None = None
+        for sub in subs:
+            if not sub.offer(msg):
+                if full is None:
+                    full = []
+                full.append(sub)
+        if full is not None:
+            for sub in full:
+                await sub.put(msg)
 
     def publish_nowait(self, topic: Topic[T], payload: T) -> int:
         """Publish from synchronous code; a full ``block`` queue drops and counts the message.
@@ -385,7 +394,7 @@ class Bus:
         if self.check_payloads:
             self._check(topic, payload)
         self._published[topic] = self._published.get(topic, 0) + 1
-        msg = Message(topic, payload, self.clock.monotonic())
+        msg = Message(topic, payload, self._monotonic())
         refused = 0
         for sub in self._routes(topic):
             if not sub.offer(msg):

@@ -38,11 +38,10 @@ class Clock(Protocol):
 class SystemClock:
     """The real clock: :mod:`time` and the event loop."""
 
-    def time(self) -> float:
-        return time.time()
-
-    def monotonic(self) -> float:
-        return time.monotonic()
+    # the C functions themselves, not methods that call them: the bus reads the clock twice a
+    # message, and a Python-level wrapper made a message cost ~8 % more
+    monotonic = staticmethod(time.monotonic)
+    time = staticmethod(time.time)
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
