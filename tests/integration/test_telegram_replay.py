@@ -15,6 +15,7 @@ import os
 import signal
 import sqlite3
 import sys
+from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,9 @@ class Box:
         self.cwd = cwd
         self.proc: asyncio.subprocess.Process | None = None
         self.lines: list[dict[str, Any]] = []
+        # the last raw lines, JSON or not: a traceback or a message printed before logging is
+        # set up is what tells why a box exited before "started"
+        self.tail: deque[str] = deque(maxlen=60)
         self._reader: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -119,21 +123,37 @@ class Box:
         assert self.proc is not None
         assert self.proc.stdout is not None
         async for raw in self.proc.stdout:
+            self.tail.append(raw.decode("utf-8", "replace").rstrip("\n"))
             with contextlib.suppress(ValueError):
                 self.lines.append(json.loads(raw))
+
+    def output(self) -> str:
+        """The box's last lines of stdout and stderr as it printed them."""
+        return "\n".join(self.tail)
 
     def saw(self, event: str) -> bool:
         return any(line.get("event") == event for line in self.lines)
 
     async def wait_log(self, event: str, timeout: float) -> None:
-        def seen() -> bool:
+        def seen_or_exited() -> bool:
             assert self.proc is not None
-            if self.proc.returncode is not None and not self.saw(event):
-                raise AssertionError(f"box exited ({self.proc.returncode}) before {event}")
-            return self.saw(event)
+            return self.saw(event) or self.proc.returncode is not None
 
         # polled: the reader task appends the box's log lines; it fires no event
-        await until(seen, timeout, f"{event!r} in the log", interval=0.1)
+        try:
+            await until(seen_or_exited, timeout, f"{event!r} in the log", interval=0.1)
+        except AssertionError as e:
+            raise AssertionError(f"{e}; the box's last output:\n{self.output()}") from None
+        assert self.proc is not None
+        if not self.saw(event):
+            if self._reader is not None:  # the pipe may still hold the last lines
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.shield(self._reader), 5)
+            if not self.saw(event):
+                raise AssertionError(
+                    f"box exited ({self.proc.returncode}) before {event}; its last output:\n"
+                    + self.output()
+                )
 
     async def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.proc is not None and self.proc.returncode is None:
