@@ -222,6 +222,14 @@ async def test_twenty_sigkills_then_a_normal_start_leave_nothing_open_unindexed_
         # real time on purpose: SIGKILL lands at a random moment of a running box's life
         # (startup, streaming, events, sends); no event marks "any moment"
         await asyncio.sleep(rng.uniform(1.0, 7.0))
+        # each box starts after the kills before it, as the final one must
+        assert box.proc is not None
+        if box.proc.returncode is not None:
+            await box.kill(signal.SIGKILL)  # reads its output to the end
+            raise AssertionError(
+                f"box {len(kills) + 1} exited ({box.proc.returncode}) before it was killed; "
+                f"its last output:\n{box.output()}"
+            )
         kills.append(time.monotonic())
         await box.kill(signal.SIGKILL)
     assert footage().is_file()
