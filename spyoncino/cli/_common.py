@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable
 from importlib import import_module
 from pathlib import Path
+from typing import Any
 
 from spyoncino.core.config import (
     AppConfig,
@@ -48,7 +49,7 @@ def preflight(registry: dict[str, type[BaseModule]], app: AppConfig) -> list[str
     return problems
 
 
-def optional(module: str, func: str) -> Callable[..., list[str]] | None:
+def optional(module: str, func: str) -> Callable[..., Any] | None:
     try:
         fn = getattr(import_module(module), func)
     except (ImportError, AttributeError):

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from importlib import import_module
 
-from spyoncino.cli._common import EXIT_CONFIG, load, print_config_errors
+from spyoncino.cli._common import EXIT_CONFIG, load, optional, print_config_errors
 from spyoncino.core.config import ConfigError
 
 
@@ -17,7 +16,7 @@ def cmd_storage(args: argparse.Namespace) -> int:
         print_config_errors(e)
         return EXIT_CONFIG
     storage = service.current.storage
-    reindex = getattr(import_module("spyoncino.modules.storage.index.reindex"), "reindex", None)
+    reindex = optional("spyoncino.modules.storage.index.reindex", "reindex")
     if reindex is None:  # pragma: no cover - shipped with the package
         print("reindex is not available", file=sys.stderr)
         return 1

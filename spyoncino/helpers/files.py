@@ -8,12 +8,14 @@ the index rebuild and retention skip (and clean) them.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import secrets
 import shutil
 import stat
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -32,6 +34,18 @@ def media_relpath(
     """``<camera>/<YYYY-MM-DD>/<event-id>.<ext>`` (the day in local time)."""
     day = local_time(wall_ts, tz).strftime("%Y-%m-%d")
     return f"{camera_id}/{day}/{event_id}.{ext.lstrip('.')}"
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``lock_path`` (created 0640): one process at a time runs
+    the block (a schema migration at start); the kernel releases it if the holder dies."""
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o640)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def temp_path_for(path: Path) -> Path:

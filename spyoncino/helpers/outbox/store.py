@@ -17,20 +17,17 @@ from doubling, so a box updated in place keeps its pending alerts and never send
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
-import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from spyoncino.helpers.files import private_file
+from spyoncino.helpers.files import exclusive_lock, private_file
 
 _log = structlog.get_logger("spyoncino").bind(module="outbox")
 
@@ -117,17 +114,6 @@ _ALL = (
 )
 
 
-@contextlib.contextmanager
-def _locked(db: Path) -> Iterator[None]:
-    """Serialise the channels that open the outbox at the same start (one migration)."""
-    fd = os.open(db.with_name(f".{db.name}.lock"), os.O_RDWR | os.O_CREAT, 0o640)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
 def open_db(path: Path, legacy: Path | None = None) -> sqlite3.Connection:
     """Open (create, migrate) the outbox's file; ``legacy``: the index file whose ``outbox``
     table an older release left, adopted once."""
@@ -137,7 +123,8 @@ def open_db(path: Path, legacy: Path | None = None) -> sqlite3.Connection:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA busy_timeout=10000")
-        with _locked(path):
+        # serialise the channels that open the outbox at the same start (one migration)
+        with exclusive_lock(path.with_name(f".{path.name}.lock")):
             _migrate(conn, path)
             if legacy is not None and legacy.resolve() != path.resolve():
                 _adopt(conn, path, legacy)

@@ -19,14 +19,14 @@ Media files are never touched. A file lock serialises two openers of the same fi
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
+
+from spyoncino.helpers.files import exclusive_lock
 
 _log = structlog.get_logger().bind(module="db_schema")
 
@@ -64,16 +64,6 @@ def current_version() -> int:
 
 def backup_path(db: Path, version: int) -> Path:
     return db.with_name(f"{db.name}.schema{version}.bak")
-
-
-@contextlib.contextmanager
-def _locked(db: Path) -> Iterator[None]:
-    fd = os.open(db.with_name(f".{db.name}.schema-lock"), os.O_RDWR | os.O_CREAT, 0o640)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def _version(conn: sqlite3.Connection) -> int:
@@ -114,7 +104,7 @@ def ensure_schema(conn: sqlite3.Connection, db: Path, media_root: Path | None = 
     """Bring the open database to this code's schema; what was done ("ok", "migrated",
     "restored", "rebuilt") for the caller's log."""
     want = current_version()
-    with _locked(db):
+    with exclusive_lock(db.with_name(f".{db.name}.schema-lock")):
         have = _version(conn)
         if have == want:
             if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
