@@ -31,9 +31,10 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 #: the offset between source and frame clock may jump by this much before it is re-learnt
 REANCHOR_S = 1.0
@@ -60,6 +61,46 @@ def _nal_types(data: bytes, limit: int = 8) -> list[int]:
         out.append(data[i + 3] & 0x1F)
         i = data.find(b"\x00\x00\x01", i + 3)
     return out
+
+
+class _Cuttable(Protocol):
+    pts: int
+    key: bool
+
+
+P = TypeVar("P", bound=_Cuttable)
+
+
+def cut_decodable(packets: Sequence[P], start_ms: int, end_ms: int) -> list[P]:
+    """Packets (in decode order) from the last keyframe at or before ``start_ms`` up to
+    ``end_ms`` (display time, milliseconds).
+
+    With B-frames (a remuxed camera stream) decode order is not display order: the cut ends
+    at the first point in decode order where every picture before it is shown before every
+    picture after it, at or past ``end_ms``, so no picture is missing in the middle and none
+    refers to one left out. The clip recorder cuts clips this way, the animation maker its
+    window of a clip.
+    """
+    first = None
+    for i, p in enumerate(packets):
+        if p.key and (p.pts <= start_ms or first is None):
+            first = i
+        if p.pts > start_ms and first is not None:
+            break
+    if first is None:
+        return []
+    tail = list(packets[first:])
+    later_min = [0] * len(tail)  # smallest pts after each position
+    low = 1 << 62
+    for i in range(len(tail) - 1, -1, -1):
+        later_min[i] = low
+        low = min(low, tail[i].pts)
+    shown = -(1 << 62)
+    for i, p in enumerate(tail):
+        shown = max(shown, p.pts)
+        if shown < later_min[i] and (shown >= end_ms or later_min[i] > end_ms):
+            return tail[: i + 1]
+    return tail
 
 
 class PacketRing:

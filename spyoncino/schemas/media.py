@@ -26,6 +26,12 @@ class MediaArtifact(Payload):
     duration_s: float | None = Field(default=None, ge=0.0)
     width: int | None = None
     height: int | None = None
+    event_offset_s: float | None = Field(
+        default=None,
+        ge=0.0,
+        description="a clip: seconds from its first picture to the event's start (the "
+        "pre-roll actually kept, from a keyframe); the animation is cut from there",
+    )
 
 
 class StoredEvent(Payload):

@@ -209,8 +209,10 @@ async def test_people_become_events_with_snapshot_gif_and_clip(vtest: Path, tmp_
         assert {"snapshot", "snapshot_clean", "thumbnail", "gif", "clip"} <= set(kinds), e.event_id
         gif = kinds["gif"]
         assert gif.size_bytes <= 3_000_000
-        assert (gif.width or 0) <= 480
         clip = kinds["clip"]
+        # the animation is a window of the clip, remuxed: its pictures, a few seconds of them
+        assert (gif.width, gif.height) == (clip.width, clip.height)
+        assert 0 < (gif.duration_s or 0) <= min(8.0 + 1.0, clip.duration_s or 0)
         codec, pix_fmt, duration = clip_info(clip.path)
         assert codec == "h264"
         assert pix_fmt == "yuv420p"

@@ -51,7 +51,7 @@ from spyoncino.core.bus import Message
 from spyoncino.core.config import AppConfig
 from spyoncino.core.contracts import BaseModule, ModuleConfig, ModuleContext
 from spyoncino.helpers.files import atomic_move, media_relpath
-from spyoncino.helpers.packets import PacketRing
+from spyoncino.helpers.packets import PacketRing, cut_decodable
 from spyoncino.schemas import topics
 from spyoncino.schemas.control import ControlCommand, manual_event_ids
 from spyoncino.schemas.events import EventNotice
@@ -294,33 +294,9 @@ def take_source(session: _Session) -> None:
 
 
 def cut(packets: list[_Packet], start_ms: int, end_ms: int) -> list[_Packet]:
-    """Packets from the last keyframe at or before ``start_ms`` up to ``end_ms``.
-
-    With B-frames (a remuxed camera stream) decode order is not display order: the cut ends
-    at the first point in decode order where every picture before it is shown before every
-    picture after it, at or past ``end_ms``, so no picture is missing in the middle and none
-    refers to one left out.
-    """
-    first = None
-    for i, p in enumerate(packets):
-        if p.key and (p.pts <= start_ms or first is None):
-            first = i
-        if p.pts > start_ms and first is not None:
-            break
-    if first is None:
-        return []
-    tail = packets[first:]
-    later_min = [0] * len(tail)  # smallest pts after each position
-    low = 1 << 62
-    for i in range(len(tail) - 1, -1, -1):
-        later_min[i] = low
-        low = min(low, tail[i].pts)
-    shown = -(1 << 62)
-    for i, p in enumerate(tail):
-        shown = max(shown, p.pts)
-        if shown < later_min[i] and (shown >= end_ms or later_min[i] > end_ms):
-            return tail[: i + 1]
-    return tail
+    """Packets from the last keyframe at or before ``start_ms`` up to ``end_ms``, decodable
+    (``spyoncino.helpers.packets.cut_decodable``)."""
+    return cut_decodable(packets, start_ms, end_ms)
 
 
 def mux_mp4(packets: list[_Packet], size: tuple[int, int], fps: float, path: Path) -> float:
@@ -636,6 +612,7 @@ class ClipRecorder(BaseModule[Config]):
         tmp = self.scratch / f".{clip.event_id}.{secrets.token_hex(4)}.mp4"
         try:
             duration = mux_mp4(packets, size, rate, tmp)
+            first_ms = min(p.pts for p in packets)
             size_bytes = tmp.stat().st_size
             path = self.root / rel
             digest = atomic_move(tmp, path)
@@ -658,6 +635,7 @@ class ClipRecorder(BaseModule[Config]):
             duration_s=round(duration, 3),
             width=size[0],
             height=size[1],
+            event_offset_s=round(max(0.0, clip.start_mono - first_ms / 1000.0), 3),
         )
 
     async def stop(self) -> None:

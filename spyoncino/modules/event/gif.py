@@ -1,16 +1,32 @@
-"""Animated GIFs for the phone: <= 3 MB, <= 480 px wide, about 5 fps, sampled over the event.
+"""Animations for the phone, cut from the event's clip: a short silent H.264 MP4 (or a GIF).
 
-The module takes a camera's frames only while one of its events is open (it subscribes when
-the event starts and lets go when the camera has none open): an idle camera's frames never
-wake it. While an event is open on a camera, frames are sampled every ``1 / fps`` seconds, shrunk to
-``width`` and kept as small JPEGs (about 20-40 kB each, at most ``buffer_frames`` per event:
-when full, every other frame is dropped and sampling slows down by half, so a long event is
-still covered from start to end in bounded memory). No frame is decoded while no event is
-open. When the event ends, ``max_frames`` frames are picked evenly over its buffer, given one
-shared 128-colour palette (k-means on a pixel sample, mapped through a 32k-entry lookup
-table) and encoded with FFmpeg's GIF encoder at ``fps``; if the result is bigger than
-``max_bytes`` it is rebuilt with fewer, smaller frames. Assembled in ``storage.scratch``, moved
-into place crash-safely, published on ``media.gif.ready``.
+The module does no work while an event is open: it waits for the event's clip
+(``media.clip.ready``, written by ``clip``) and cuts the animation from that file.
+
+**Window.** From the keyframe at or before the event's start in the clip (the clip says where:
+``event_offset_s``; else ``clip.preroll_s`` is taken) for at most ``duration_s`` seconds and
+at most ``max_bytes`` (Telegram's ``sendAnimation`` plays it inline like a GIF; it wants a
+silent MP4 of a few MB).
+
+**Remux first.** When the clip is H.264 4:2:0 (a camera whose own packets the clip remuxed,
+or the clip recorder's own encode) the window's packets are copied into a new MP4
+(``movflags=+faststart``, no audio, no decode, no encode: a few milliseconds) at the clip's
+resolution, cut in decode order so no picture refers to one left out. Otherwise (another
+codec or chroma, ``remux: false``, or a first GOP bigger than ``max_bytes``) the window is
+decoded from the clip, sampled at ``fps``, shrunk to ``width`` (480) and encoded once with
+libx264 (yuv420p, faststart), one frame at a time.
+
+**GIF only on demand.** ``format: gif`` decodes the same window (at most ``max_frames``
+frames at ``fps``, ``width`` wide), builds one 128-colour palette and encodes a GIF once; if
+it is bigger than ``max_bytes`` it is built once more, smaller (nothing here needs a GIF: the
+e-mail sends the snapshot).
+
+One animation per clip: an event the tracker resumes gets its clip rewritten and so its
+animation too (same file, published again). Manual clips (``/clip``) get none. Assembled in
+``storage.scratch``, moved into place crash-safely (``atomic_move``) next to the clip as
+``<event-id>.anim.mp4`` (``.gif``), published on ``media.gif.ready``. At stop, what the
+shutdown deadline leaves unbuilt is spooled (a reference to the clip) and built at the next
+start.
 """
 
 from __future__ import annotations
@@ -20,8 +36,8 @@ import contextlib
 import itertools
 import secrets
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, ClassVar, Literal, cast
@@ -34,64 +50,78 @@ from spyoncino.core.bus import Message
 from spyoncino.core.config import AppConfig
 from spyoncino.core.contracts import BaseModule, ModuleConfig, ModuleContext
 from spyoncino.helpers import spool
-from spyoncino.helpers.files import atomic_move, media_relpath
+from spyoncino.helpers.files import atomic_move
+from spyoncino.helpers.packets import cut_decodable
 from spyoncino.schemas import topics
-from spyoncino.schemas.events import EventNotice
-from spyoncino.schemas.frames import Frame, Image
+from spyoncino.schemas.frames import Image
 from spyoncino.schemas.media import MediaArtifact
 
 
 class Config(ModuleConfig):
     type: Literal["gif"] = "gif"
-    fps: float = Field(default=5.0, ge=1.0, le=15.0, description="GIF frame rate.")
-    width: int = Field(default=480, ge=120, le=480, description="Largest GIF width in pixels.")
-    max_frames: int = Field(default=50, ge=5, le=150, description="Most frames in one GIF.")
-    max_bytes: int = Field(
-        default=3_000_000, ge=100_000, le=10_000_000, description="Largest GIF file size."
+    duration_s: float = Field(
+        default=8.0, ge=1.0, le=60.0, description="Longest animation (seconds of the clip)."
     )
-    buffer_frames: int = Field(
-        default=120, ge=10, le=600, description="Frames buffered per open event (as JPEG)."
+    remux: bool = Field(
+        default=True,
+        description="Copy the window's H.264 packets from the clip (no decode, no encode, "
+        "the clip's resolution); false: always one encode at width.",
+    )
+    fps: float = Field(
+        default=5.0, ge=1.0, le=15.0, description="Frame rate of an encoded animation or GIF."
+    )
+    width: int = Field(
+        default=480, ge=120, le=480, description="Largest encoded animation or GIF width."
+    )
+    max_frames: int = Field(
+        default=50, ge=5, le=150, description="Most frames in an encoded animation or GIF."
+    )
+    max_bytes: int = Field(
+        default=3_000_000, ge=100_000, le=10_000_000, description="Largest animation file."
     )
     colours: int = Field(default=128, ge=16, le=256, description="Palette size (gif only).")
     format: Literal["mp4", "gif"] = Field(
         default="mp4",
         description="mp4: a silent H.264 animation (<event>.anim.mp4; Telegram's "
-        "sendAnimation plays it like a GIF, browsers loop it muted): one libx264 encode, "
-        "about half the CPU of a GIF and a twentieth of its bytes. gif: a real GIF for a consumer "
-        "that needs one.",
+        "sendAnimation plays it like a GIF, browsers loop it muted), cut from the clip. gif: "
+        "a real GIF (decoded from the clip and encoded) for a consumer that needs one.",
     )
-    crf: int = Field(default=30, ge=18, le=45, description="mp4 quality (lower: better, bigger).")
-    resume_grace_s: float = Field(
-        default=30.0,
-        ge=0.0,
-        le=600.0,
-        description="An event resumed this soon after its GIF was written (the tracker's "
-        "cooldown) gets the GIF rebuilt over all of it; keep >= tracker.cooldown_s.",
+    crf: int = Field(
+        default=30, ge=18, le=45, description="Encoded mp4 quality (lower: better, bigger)."
     )
 
 
-#: a generous bound on writing one GIF's frames to the spool at shutdown
-_SPOOL_S = 0.1
+#: a generous bound on writing one job to the spool at shutdown
+_SPOOL_S = 0.05
+#: what a remuxed window may fill of max_bytes (the MP4 boxes and a cut's overshoot take the rest)
+_REMUX_FILL = 0.9
 
 
-@dataclass
-class _Gif:
+@dataclass(frozen=True)
+class _Job:
+    camera_id: str
     event_id: str
-    started_at: float
-    interval: float
-    frames: list[tuple[float, bytes]] = field(default_factory=list)
-    last_sample: float = -1e18
-    first_mono: float | None = None
-    last_mono: float | None = None
+    clip_path: str
+    clip_relpath: str
+    #: seconds from the clip's first picture to the event's start
+    lead_s: float
 
 
-@dataclass
-class _Cam:
-    gifs: dict[str, _Gif] = field(default_factory=dict)
-    #: ends the camera's frame subscription (held only while an event is open)
-    unsubscribe: Callable[[], None] | None = None
-    recent: dict[str, tuple[_Gif, float]] = field(default_factory=dict)
-    done: set[str] = field(default_factory=set)
+@dataclass(frozen=True)
+class _Made:
+    path: Path
+    how: str  # remux, encode, gif
+    duration_s: float
+    width: int
+    height: int
+
+
+@dataclass(slots=True)
+class _Pkt:
+    pts: int  # milliseconds from the clip's start
+    dts: int
+    key: bool
+    packet: Any
 
 
 def _palette(frames: list[Image], colours: int) -> tuple[Image, Image]:
@@ -181,31 +211,6 @@ def encode_mp4(frames: Iterable[Image], fps: float, crf: int, path: Path) -> int
     return n
 
 
-def _size(jpeg: bytes, scale: float) -> tuple[int, int]:
-    """Width and height of a buffered JPEG once scaled."""
-    h, w = _decode(jpeg).shape[:2]
-    if scale < 1.0:
-        return max(2, round(w * scale)), max(2, round(h * scale))
-    return w, h
-
-
-def _decode(jpeg: bytes) -> Image:
-    return cast("Image", cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR))
-
-
-def _decoded(jpegs: list[bytes], scale: float) -> Iterator[Image]:
-    """The buffered JPEGs decoded (and scaled) one at a time, as a consumer takes them."""
-    size: tuple[int, int] | None = None
-    for b in jpegs:
-        img = _decode(b)
-        if scale < 1.0:
-            if size is None:
-                h, w = img.shape[:2]
-                size = (max(2, round(w * scale)), max(2, round(h * scale)))
-            img = cast("Image", cv2.resize(img, size, interpolation=cv2.INTER_AREA))
-        yield img
-
-
 def pick_evenly(n_have: int, n_want: int) -> list[int]:
     """``n_want`` indices spread evenly over ``range(n_have)``, first and last included."""
     if n_have <= n_want:
@@ -215,189 +220,223 @@ def pick_evenly(n_have: int, n_want: int) -> list[int]:
     return [round(i * (n_have - 1) / (n_want - 1)) for i in range(n_want)]
 
 
+def remux_window(
+    src: Path, dst: Path, lead_s: float, duration_s: float, max_bytes: int
+) -> tuple[float, int, int] | None:
+    """Copy the H.264 packets of ``src`` from the keyframe at or before ``lead_s`` for at most
+    ``duration_s`` and about ``max_bytes`` into a silent faststart MP4 at ``dst``; returns
+    (duration, width, height), or None when ``src`` is not H.264 4:2:0 or its first GOP
+    alone is over the size cap."""
+    import av
+
+    with av.open(str(src)) as inp:
+        stream = inp.streams.video[0]
+        ctx = stream.codec_context
+        if ctx.name != "h264" or ctx.pix_fmt not in ("yuv420p", "yuvj420p"):
+            return None
+        tb = float(stream.time_base or Fraction(1, 90000))
+        start_ms, end_ms = round(lead_s * 1000), round((lead_s + duration_s) * 1000)
+        pkts: list[_Pkt] = []
+        for p in inp.demux(stream):
+            if p.pts is None or p.size == 0:
+                continue
+            pts = round(p.pts * tb * 1000)
+            dts = round(p.dts * tb * 1000) if p.dts is not None else pts
+            pkts.append(_Pkt(pts, dts, bool(p.is_keyframe), p))
+            if dts > end_ms + 2000:  # past the window and any reordering around its end
+                break
+        if not pkts:
+            return None
+        base_pts = pkts[0].pts
+        for q in pkts:
+            q.pts -= base_pts
+            q.dts -= base_pts
+        window = cut_decodable(pkts, start_ms, end_ms)
+        budget = int(max_bytes * _REMUX_FILL)
+        total = sum(q.packet.size for q in window)
+        if total > budget:
+            # the longest prefix that fits, then cut again so it stays decodable
+            first_pts, used, stop = window[0].pts, 0, window[0].pts
+            for q in window:
+                used += q.packet.size
+                if used > budget:
+                    break
+                stop = max(stop, q.pts)
+            window = cut_decodable(window, first_pts, stop - 1)
+            if sum(q.packet.size for q in window) > budget or len(window) < 2:
+                return None
+        frame_ms = round(1000 / float(stream.average_rate or 10))
+        with av.open(str(dst), "w", format="mp4", options={"movflags": "+faststart"}) as out:
+            ostream = out.add_stream_from_template(stream)
+            ostream.time_base = Fraction(1, 1000)
+            t0 = window[0].dts
+            for i, q in enumerate(window):
+                pkt = q.packet
+                pkt.pts, pkt.dts = q.pts - t0, q.dts - t0
+                nxt = window[i + 1].dts if i + 1 < len(window) else q.dts + frame_ms
+                pkt.duration = max(1, nxt - q.dts)
+                pkt.time_base = Fraction(1, 1000)
+                pkt.stream = ostream
+                out.mux(pkt)
+        shown = [q.pts for q in window]
+        return (max(shown) - min(shown) + frame_ms) / 1000.0, ctx.width, ctx.height
+
+
+def decode_window(
+    src: Path, lead_s: float, duration_s: float, fps: float, width: int, max_frames: int
+) -> Iterator[Image]:
+    """The clip's pictures from ``lead_s`` for ``duration_s``, one every ``1 / fps`` s (at most
+    ``max_frames``), shrunk to ``width`` (never enlarged), BGR, one at a time."""
+    import av
+
+    with av.open(str(src)) as inp:
+        stream = inp.streams.video[0]
+        stream.thread_type = "AUTO"
+        tb = float(stream.time_base or Fraction(1, 90000))
+        zero = stream.start_time or 0  # the first picture's time: the clip's 0
+        # seek to the keyframe at or before the window (never decode the pre-roll whole)
+        with contextlib.suppress(av.FFmpegError):
+            inp.seek(zero + round(lead_s / tb), stream=stream, backward=True)
+        size: tuple[int, int] | None = None
+        last, n = -1e18, 0
+        for f in inp.decode(stream):
+            t = float((f.pts - zero) * tb) if f.pts is not None else 0.0
+            if t < lead_s - 1e-3:
+                continue
+            if t > lead_s + duration_s or n >= max_frames:
+                break
+            if t - last < 0.95 / fps:
+                continue
+            last = t
+            if size is None:
+                w = min(width, f.width)
+                h = max(2, round(f.height * w / f.width))
+                size = (max(2, w - w % 2), h - h % 2)
+            n += 1
+            img = f.reformat(width=size[0], height=size[1], format="bgr24").to_ndarray()
+            yield cast("Image", img)
+
+
+def _preroll_of(app: AppConfig) -> float:
+    clip = getattr(app, "clip", None)  # the clip recorder's section, when it is registered
+    return float(getattr(clip, "preroll_s", 0.0) or 0.0)
+
+
 class GifMaker(BaseModule[Config]):
     category: ClassVar[Any] = "event"
     Config: ClassVar[type[ModuleConfig]] = Config
+    #: stops after the clip recorder (which writes the clips of the events still open at stop)
+    stop_rank: ClassVar[int] = -1
 
     def __init__(self, ctx: ModuleContext) -> None:
         super().__init__(ctx)
         self.cfg = Config()
         self.root = Path(".")
         self.scratch = Path(".scratch")
-        self.tz: str | None = None
-        self.cams: dict[str, _Cam] = {}
+        self.preroll_s = 0.0
         self.gifs_written = 0
         self.bytes_written = 0
         self.build_s = 0.0
-        self._building = 0
-        # shutdown: GIFs being built, and the spool of those left for the next start
-        self._inflight: dict[str, tuple[str, _Gif]] = {}
-        self._none_inflight = asyncio.Event()
+        self.remuxed = 0
+        self.encoded = 0
+        #: clips waiting for their animation, in arrival order (the newest clip of an event wins)
+        self._jobs: dict[str, _Job] = {}
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._worker: asyncio.Task[None] | None = None
+        self._building: _Job | None = None
         self._spooled: dict[str, Path] = {}
-        self._spool_backlog = 0
         self.spool_dir = Path(".spool")
-        self._stopping = False
         self.gifs_spooled = 0
         self.gifs_resumed = 0
         self.gifs_dropped = 0
-        self._camera_ids: list[str] = []
 
     async def configure(self, app: AppConfig) -> None:
         self.cfg = self.config_of(app)
         self.root = app.storage.root
         self.scratch = app.storage.scratch_dir
-        self.tz = app.runtime.timezone
-        self._camera_ids = [cid for cid, cam in app.cameras.items() if cam.enabled]
+        self.preroll_s = _preroll_of(app)
         self.spool_dir = app.storage.root / ".spool" / (self.name or "gif")
 
     async def start(self) -> None:
-        self._stopping = False
-        for phase in ("started", "updated", "ended"):
-            self.subscribe(topics.EVENT.pattern(phase=phase), self._on_event, policy="block")
-        # frames are subscribed per camera only while one of its events is open (_follow):
-        # an idle camera's frames never wake this module
-        self.spawn(self._build_spooled(), "spooled")
+        self.subscribe(topics.ARTIFACT.at(artifact="clip"), self._on_clip, policy="block")
+        self._worker = asyncio.create_task(self._work(), name=f"{self.ctx.instance}.build")
+        self.spawn(self._load_spool(), "spooled")
         self.set_state("ok")
 
-    def _cam(self, camera_id: str) -> _Cam:
-        cam = self.cams.get(camera_id)
-        if cam is None:
-            cam = self.cams[camera_id] = _Cam()
-        return cam
+    async def _on_clip(self, msg: Message[MediaArtifact]) -> None:
+        art = msg.payload
+        if art.event_id.startswith("manual-"):
+            return  # asked for with /clip: the clip is the answer
+        lead = art.event_offset_s if art.event_offset_s is not None else self.preroll_s
+        self._add(_Job(art.camera_id, art.event_id, art.path, art.relpath, lead))
 
-    def _follow(self, camera_id: str, cam: _Cam) -> None:
-        """Take the camera's frames while it has an open event, and only then."""
-        if cam.gifs and cam.unsubscribe is None and not self._stopping:
-            cam.unsubscribe = self.bus.subscribe(
-                topics.FRAME.at(camera=camera_id),
-                self._on_frame,
-                policy="latest",
-                maxsize=2,
-                module=self.ctx.instance,
-            )
-        elif not cam.gifs and cam.unsubscribe is not None:
-            cam.unsubscribe()
-            cam.unsubscribe = None
+    def _add(self, job: _Job) -> None:
+        self._jobs.pop(job.event_id, None)
+        self._jobs[job.event_id] = job
+        self._idle.clear()
+        self._wake.set()
 
-    async def _on_frame(self, msg: Message[Frame]) -> None:
-        f = msg.payload
-        cam = self.cams.get(f.camera_id)
-        if cam is None or not cam.gifs or not f.has_image:
-            return  # nothing open: no decoding at all
-        due = [g for g in cam.gifs.values() if f.mono_ts - g.last_sample >= 0.95 * g.interval]
-        if not due:
-            return
-        jpeg = await self.ctx.executor.run(self._shrink, f)
-        for g in due:
-            g.last_sample = f.mono_ts
-            g.frames.append((f.mono_ts, jpeg))
-            if g.first_mono is None:
-                g.first_mono = f.mono_ts
-            g.last_mono = f.mono_ts
-            if len(g.frames) > self.cfg.buffer_frames:
-                g.frames = g.frames[::2]
-                g.interval *= 2
+    async def _work(self) -> None:
+        while True:
+            if not self._jobs:
+                self._idle.set()
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            job = next(iter(self._jobs.values()))
+            self._building = job
+            try:
+                await self._make(job)
+            except Exception as e:
+                self.gifs_dropped += 1
+                self.log.error("animation_failed", event_id=job.event_id, error=repr(e))
+            finally:
+                self._building = None
+            if self._jobs.get(job.event_id) is job:
+                del self._jobs[job.event_id]
 
-    def _shrink(self, f: Frame) -> bytes:
-        img = f.image
-        if img.shape[1] > self.cfg.width:
-            size = (self.cfg.width, max(2, round(img.shape[0] * self.cfg.width / img.shape[1])))
-            img = cast("Image", cv2.resize(img, size, interpolation=cv2.INTER_AREA))
-        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])
-        if not ok:
-            raise ValueError("JPEG encoding failed")
-        return np.asarray(buf).tobytes()
-
-    async def _on_event(self, msg: Message[EventNotice]) -> None:
-        ev = msg.payload
-        cam = self._cam(ev.camera_id)
-        now = time.monotonic()
-        for eid, (_g, at) in list(cam.recent.items()):
-            if now - at > self.cfg.resume_grace_s:
-                del cam.recent[eid]  # its frames go with it
-                self._retire(cam, eid)
-        if ev.event_id in cam.done:
-            return
-        if ev.phase != "ended" and ev.event_id in cam.recent:
-            cam.gifs[ev.event_id] = cam.recent.pop(ev.event_id)[0]  # resumed: keep sampling
-        elif ev.phase == "started" and ev.event_id not in cam.gifs:
-            cam.gifs[ev.event_id] = _Gif(ev.event_id, ev.started_at, 1.0 / self.cfg.fps)
-        elif ev.phase == "ended" and ev.event_id in cam.gifs:
-            await self._finish(ev.camera_id, cam, cam.gifs[ev.event_id])
-        self._follow(ev.camera_id, cam)
-
-    def _retire(self, cam: _Cam, event_id: str) -> None:
-        cam.done.add(event_id)
-        if len(cam.done) > 256:
-            cam.done = set(list(cam.done)[-128:])
-
-    async def _finish(self, camera_id: str, cam: _Cam, gif: _Gif, *, final: bool = False) -> None:
-        cam.gifs.pop(gif.event_id, None)
-        if final:
-            self._retire(cam, gif.event_id)
-        else:
-            cam.recent[gif.event_id] = (gif, time.monotonic())
-        if not gif.frames:
-            self.log.warning("gif_without_frames", event_id=gif.event_id, camera=camera_id)
-            return
-        self._building += 1
-        self._inflight[gif.event_id] = (camera_id, gif)
-        self._none_inflight.clear()
-        try:
-            artifact = await self.ctx.executor.run(self._build, camera_id, gif)
-        finally:
-            self._building -= 1
-            self._inflight.pop(gif.event_id, None)
-            if not self._inflight:
-                self._none_inflight.set()
+    async def _make(self, job: _Job) -> None:
+        artifact = await self.ctx.executor.run(self._build, job)
         if artifact is not None:
             await self.bus.publish(topics.ARTIFACT.at(artifact="gif"), artifact)
-        done = self._spooled.pop(gif.event_id, None)
-        if done is not None:  # built after all (or rebuilt from the spool): not again
+        done = self._spooled.pop(job.event_id, None)
+        if done is not None:  # built after all (or from the spool): not again
             await self.ctx.executor.run(spool.discard, done)
 
-    def _build(self, camera_id: str, gif: _Gif) -> MediaArtifact | None:
+    def _build(self, job: _Job) -> MediaArtifact | None:
         t0 = time.perf_counter()
-        want = self.cfg.max_frames
-        scale = 1.0
+        src = Path(job.clip_path)
+        if not src.is_file():
+            self.gifs_dropped += 1
+            self.log.warning("animation_clip_gone", event_id=job.event_id, clip=job.clip_relpath)
+            return None
         self.scratch.mkdir(parents=True, exist_ok=True)
         mp4 = self.cfg.format == "mp4"
         ext = "anim.mp4" if mp4 else "gif"
-        tmp = self.scratch / f".{gif.event_id}.{secrets.token_hex(4)}.{ext}"
+        tmp = self.scratch / f".{job.event_id}.{secrets.token_hex(4)}.{ext}"
         try:
-            for attempt in range(6):
-                picked = [gif.frames[i][1] for i in pick_evenly(len(gif.frames), want)]
-                imgs = _decoded(picked, scale)
-                if mp4:
-                    # one frame decoded at a time; a bigger-than-allowed MP4 goes again with
-                    # coarser quantisation
-                    count = encode_mp4(imgs, self.cfg.fps, self.cfg.crf + 4 * attempt, tmp)
-                else:
-                    frames = list(imgs)  # the palette is computed over all of them
-                    count = len(frames)
-                    encode_gif(frames, self.cfg.fps, self.cfg.colours, tmp)
-                    del frames
-                size_bytes = tmp.stat().st_size
-                if size_bytes <= self.cfg.max_bytes:
-                    break
-                want = max(5, int(want * 0.7))
-                scale *= 0.85
-            else:
-                self.log.warning("gif_too_big", event_id=gif.event_id, size_bytes=size_bytes)
+            made = self._make_file(src, tmp, mp4, job.lead_s)
+            if made is None:
+                self.log.warning("gif_too_big", event_id=job.event_id, max_bytes=self.cfg.max_bytes)
                 return None
-            w, h = _size(picked[0], scale)
-            rel = media_relpath(camera_id, gif.started_at, gif.event_id, ext, self.tz)
+            size_bytes = tmp.stat().st_size
+            stem = job.clip_relpath.rsplit(".", 1)[0]
+            rel = f"{stem}.{ext}"
             path = self.root / rel
             digest = atomic_move(tmp, path)
         finally:
             with contextlib.suppress(OSError):
                 tmp.unlink()
         self.gifs_written += 1
+        self.remuxed += made.how == "remux"
+        self.encoded += made.how != "remux"
         self.bytes_written += size_bytes
         self.build_s += time.perf_counter() - t0
         return MediaArtifact(
-            event_id=gif.event_id,
-            camera_id=camera_id,
+            event_id=job.event_id,
+            camera_id=job.camera_id,
             kind="gif",
             path=str(path.resolve()),
             relpath=rel,
@@ -405,67 +444,99 @@ class GifMaker(BaseModule[Config]):
             sha256=digest,
             mime="video/mp4" if mp4 else "image/gif",
             created_at=time.time(),
-            duration_s=round(count / self.cfg.fps, 3),
-            width=w,
-            height=h,
+            duration_s=round(made.duration_s, 3),
+            width=made.width,
+            height=made.height,
         )
 
+    def _make_file(self, src: Path, tmp: Path, mp4: bool, lead: float) -> _Made | None:
+        cfg = self.cfg
+        if mp4 and cfg.remux:
+            got = remux_window(src, tmp, lead, cfg.duration_s, cfg.max_bytes)
+            if got is not None and tmp.stat().st_size <= cfg.max_bytes:
+                return _Made(tmp, "remux", *got)
+        frames = min(cfg.max_frames, max(1, round(cfg.duration_s * cfg.fps)))
+        if mp4:
+            for attempt in range(2):
+                imgs = decode_window(src, lead, cfg.duration_s, cfg.fps, cfg.width, frames)
+                first = next(imgs, None)
+                if first is None:
+                    return None
+                count = encode_mp4(
+                    itertools.chain((first,), imgs), cfg.fps, cfg.crf + 6 * attempt, tmp
+                )
+                if tmp.stat().st_size <= cfg.max_bytes:
+                    h, w = first.shape[:2]
+                    return _Made(tmp, "encode", count / cfg.fps, w - w % 2, h - h % 2)
+            return None
+        # a GIF: one build, and one smaller one when the first is over the cap
+        pics = list(decode_window(src, lead, cfg.duration_s, cfg.fps, cfg.width, frames))
+        if not pics:
+            return None
+        for attempt in range(2):
+            encode_gif(pics, cfg.fps, cfg.colours, tmp)
+            size = tmp.stat().st_size
+            if size <= cfg.max_bytes:
+                h, w = pics[0].shape[:2]
+                return _Made(tmp, "gif", len(pics) / cfg.fps, w, h)
+            if attempt == 0:
+                # bytes go with frames x pixels: fewer frames and a smaller picture, once
+                shrink = min(0.9, (cfg.max_bytes / size) ** 0.5 * 0.9)
+                keep = pick_evenly(len(pics), max(5, int(len(pics) * shrink)))
+                h, w = pics[0].shape[:2]
+                small = (max(2, round(w * shrink)), max(2, round(h * shrink)))
+                pics = [
+                    cast("Image", cv2.resize(pics[i], small, interpolation=cv2.INTER_AREA))
+                    for i in keep
+                ]
+        return None
+
     async def stop(self) -> None:
-        """Build the GIFs of the events still open while ``stop_deadline`` allows; spool the
-        rest (their sampled frames) for the next start, which builds them first thing."""
-        self._stopping = True
+        """Build the animations of the clips already here while ``stop_deadline`` allows;
+        spool the rest (a reference to their clip) for the next start, which builds them
+        first thing."""
         await super().stop()
-        for cam in self.cams.values():
-            if cam.unsubscribe is not None:
-                cam.unsubscribe()
-                cam.unsubscribe = None
         loop = asyncio.get_running_loop()
         deadline = self.stop_deadline if self.stop_deadline is not None else float("inf")
-        jobs = [(cid, cam, g) for cid, cam in self.cams.items() for g in list(cam.gifs.values())]
-        for cam in self.cams.values():
-            cam.recent.clear()
-        left: list[tuple[str, _Gif]] = []
-        per_build = self.build_s / self.gifs_written if self.gifs_written else 1.0
-        for n, (cid, cam, gif) in enumerate(jobs):
-            spooling = (len(jobs) - n + len(self._inflight)) * _SPOOL_S
-            if left or loop.time() + per_build + spooling > deadline:
-                cam.gifs.pop(gif.event_id, None)
-                self._retire(cam, gif.event_id)
-                left.append((cid, gif))
-                continue
-            await self._finish(cid, cam, gif, final=True)
-        # a build a handler began before the stop: let it end while there is time
-        wait_s = deadline - loop.time() - len(self._inflight) * _SPOOL_S - 0.05
-        if self._inflight and wait_s > 0:
+        wait_s = deadline - loop.time() - (len(self._jobs) + 1) * _SPOOL_S
+        if self._jobs and wait_s > 0:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._none_inflight.wait(), wait_s)
-        left += [job for job in self._inflight.values() if job[1].event_id not in self._spooled]
-        left = [(cid, g) for cid, g in left if g.frames]
+                await asyncio.wait_for(self._idle.wait(), wait_s)
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+            self._worker = None
+        left = [j for j in self._jobs.values() if j.event_id not in self._spooled]
+        self._jobs.clear()
         if left:
             await self._spool(left)
 
-    async def _spool(self, jobs: list[tuple[str, _Gif]]) -> None:
-        def save(camera_id: str, gif: _Gif) -> Path:
-            keep = [gif.frames[i] for i in pick_evenly(len(gif.frames), self.cfg.max_frames)]
-            meta = {
-                "camera_id": camera_id,
-                "event_id": gif.event_id,
-                "started_at": gif.started_at,
-                "interval": gif.interval,
-                "monos": [m for m, _ in keep],
-            }
-            return spool.save(self.spool_dir, gif.event_id, meta, [b for _, b in keep])
-
+    async def _spool(self, jobs: list[_Job]) -> None:
         saved = 0
-        for camera_id, gif in jobs:
+        for job in jobs:
+            meta = {
+                "camera_id": job.camera_id,
+                "event_id": job.event_id,
+                "clip_path": job.clip_path,
+                "clip_relpath": job.clip_relpath,
+                "lead_s": job.lead_s,
+            }
             try:
-                self._spooled[gif.event_id] = await self.ctx.executor.run(save, camera_id, gif)
-                saved += 1
+                path = await self.ctx.executor.run(
+                    spool.save, self.spool_dir, job.event_id, meta, []
+                )
             except (OSError, ValueError, RuntimeError) as e:
                 self.gifs_dropped += 1
                 self.log.error(
-                    "gif_dropped_on_stop", event_id=gif.event_id, camera=camera_id, error=repr(e)
+                    "gif_dropped_on_stop",
+                    event_id=job.event_id,
+                    camera=job.camera_id,
+                    error=repr(e),
                 )
+                continue
+            self._spooled[job.event_id] = path
+            saved += 1
         self.gifs_spooled += saved
         self.log.warning(
             "gifs_spooled_on_stop",
@@ -474,50 +545,38 @@ class GifMaker(BaseModule[Config]):
             folder=str(self.spool_dir),
         )
 
-    async def _build_spooled(self) -> None:
-        """The GIFs the last run could not build before it stopped."""
+    async def _load_spool(self) -> None:
+        """The animations the last run could not build before it stopped."""
         paths = await self.ctx.executor.run(spool.pending, self.spool_dir)
-        self._spool_backlog = len(paths)
         for path in paths:
             try:
-                meta, blobs = await self.ctx.executor.run(spool.load, path)
-                camera_id = str(meta["camera_id"])
-                gif = _Gif(
-                    str(meta["event_id"]), float(meta["started_at"]), float(meta["interval"])
+                meta, _ = await self.ctx.executor.run(spool.load, path)
+                job = _Job(
+                    str(meta["camera_id"]),
+                    str(meta["event_id"]),
+                    str(meta["clip_path"]),
+                    str(meta["clip_relpath"]),
+                    float(meta["lead_s"]),
                 )
-                gif.frames = [(float(m), b) for m, b in zip(meta["monos"], blobs, strict=True)]
             except (OSError, spool.SpoolError, KeyError, TypeError, ValueError) as e:
                 self.gifs_dropped += 1
                 self.log.error("gif_spool_unreadable", file=path.name, error=repr(e))
                 await self.ctx.executor.run(spool.set_aside, path)
-                self._spool_backlog -= 1
                 continue
-            self._spooled[gif.event_id] = path
-            try:
-                await self._finish(camera_id, self._cam(camera_id), gif, final=True)
-            except Exception as e:
-                self.gifs_dropped += 1
-                self._spooled.pop(gif.event_id, None)
-                self.log.error("gif_spool_build_failed", event_id=gif.event_id, error=repr(e))
-                await self.ctx.executor.run(spool.set_aside, path)
-            else:
+            self._spooled[job.event_id] = path
+            if job.event_id not in self._jobs:  # a newer clip of it came already: that one
+                self._add(job)
                 self.gifs_resumed += 1
-                self.log.info("gif_built_from_spool", event_id=gif.event_id, camera=camera_id)
-            finally:
-                self._spool_backlog -= 1
 
     def metrics(self) -> dict[str, float | int | str]:
         return {
-            "pending": sum(len(c.gifs) for c in self.cams.values())
-            + self._building
-            + self._spool_backlog,
+            "pending": len(self._jobs),
             "gifs_spooled": self.gifs_spooled,
             "gifs_resumed": self.gifs_resumed,
             "gifs_dropped": self.gifs_dropped,
             "gifs_written": self.gifs_written,
+            "gifs_remuxed": self.remuxed,
+            "gifs_encoded": self.encoded,
             "bytes_written": self.bytes_written,
-            "buffered_bytes": sum(
-                len(b) for c in self.cams.values() for g in c.gifs.values() for _, b in g.frames
-            ),
             "build_ms_avg": round(1000 * self.build_s / max(1, self.gifs_written), 1),
         }

@@ -1,7 +1,9 @@
-"""GIF maker: small, evenly sampled over the event, bounded memory, no idle decoding."""
+"""Animations cut from the event's clip: a remux of a short window where the clip is H.264,
+one small encode otherwise, a GIF only when asked for; no frame of the camera is touched."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 from pathlib import Path
@@ -10,52 +12,53 @@ from typing import Any
 import av
 import pytest
 
+from spyoncino.modules.event.clip import ClipRecorder
 from spyoncino.modules.event.gif import GifMaker, pick_evenly
 from spyoncino.schemas import topics
-from spyoncino.schemas.events import EventNotice
+from spyoncino.schemas.media import MediaArtifact
+from tests.support.wait import until
 
-from .conftest import Harness, make_frame, read_seq
+from .conftest import Harness, read_seq
+from .test_clip import h264_file, notice, play, play_source
+
+SCRIPT: dict[int, Any] = {
+    62: notice("ev", "started", 6.0),  # pre-roll from 3.0 s
+    130: notice("ev", "ended", 6.0, 8.0),  # the clip ends at 10 s (post-roll 2 s)
+}
 
 
-def notice(phase: str, start_s: float, end_s: float | None = None) -> EventNotice:
-    return EventNotice(
-        event_id="ev",
-        camera_id="cam",
-        kind="object",
-        phase=phase,  # type: ignore[arg-type]
-        labels=("person",),
-        top_score=0.9,
-        started_at=1_700_000_000.0 + start_s,
-        updated_at=1_700_000_000.0 + start_s,
-        ended_at=None if end_s is None else 1_700_000_000.0 + end_s,
-        started_mono=start_s,
+async def makers(
+    h: Harness, clip: dict[str, Any] | None = None, **cfg: Any
+) -> tuple[GifMaker, list[tuple[str, Any]], list[tuple[str, Any]]]:
+    app = h.app(
+        {"clip": ClipRecorder, "gif": GifMaker},
+        {"gif": cfg, "clip": clip or {}, "cameras": {"cam": {"source": "x.mp4"}}},
     )
-
-
-async def maker(h: Harness, **cfg: Any) -> tuple[GifMaker, list[tuple[str, Any]]]:
-    app = h.app({"gif": GifMaker}, {"gif": cfg, "cameras": {"cam": {"source": "x.mp4"}}})
+    clips = h.record("media.clip.ready")
     rec = h.record("media.gif.ready")
-    return await h.start(GifMaker, app), rec
+    await h.start(ClipRecorder, app)
+    return await h.start(GifMaker, app), rec, clips
 
 
-async def run(h: Harness, start: int, end: int, total: int, fps: float = 10, **kw: Any) -> None:
-    topic = topics.FRAME.at(camera="cam")
-    for seq in range(total):
-        if seq == start:
-            await h.bus.publish("event.object.started", notice("started", seq / fps))
-            await h.bus.wait_idle("event.object.started")
-        await h.bus.publish(topic, make_frame("cam", seq, seq / fps, **kw))
-        await h.bus.wait_idle(topic)
-        if seq == end:
-            await h.bus.publish("event.object.ended", notice("ended", start / fps, seq / fps))
+async def drained(h: Harness, mod: GifMaker) -> None:
+    await h.settle()
+    await asyncio.wait_for(mod._idle.wait(), 30)
     await h.settle()
 
 
-def read_gif(path: str) -> tuple[int, float, list[int]]:
+def read_anim(path: str) -> tuple[str, str, int, float, list[int]]:
+    """(codec, pix_fmt, width, duration, the seqs of its pictures) as a player decodes it."""
     with av.open(path) as c:
+        assert not c.streams.audio
         s = c.streams.video[0]
         seqs = [read_seq(f.to_ndarray(format="bgr24")) for f in c.decode(s)]
-        return s.codec_context.width, float(s.average_rate or 0), seqs
+        cc = s.codec_context
+        return cc.name, cc.pix_fmt, cc.width, float(c.duration or 0) / 1e6, seqs
+
+
+def faststart(path: str) -> bool:
+    data = Path(path).read_bytes()
+    return 0 <= data.find(b"moov") < data.find(b"mdat")
 
 
 def test_pick_evenly() -> None:
@@ -63,157 +66,159 @@ def test_pick_evenly() -> None:
     assert pick_evenly(100, 5) == [0, 25, 50, 74, 99]
 
 
-async def test_animation_is_a_small_silent_h264_mp4_spanning_the_event(
-    harness: Harness,
+async def test_camera_h264_clip_becomes_a_remuxed_animation_from_the_event_start(
+    harness: Harness, tmp_path: Path
 ) -> None:
-    mod, rec = await maker(harness)
-    await run(harness, start=20, end=120, total=140, width=1280, height=720)
+    src = h264_file(tmp_path / "cam.mp4", 140)  # B-frames, a keyframe every 2 s
+    mod, rec, clips = await makers(harness, duration_s=3.0)
+    await play_source(harness, src, SCRIPT)
+    await drained(harness, mod)
+    (clip,) = [p for _, p in clips]
     (art,) = [p for _, p in rec]
+    assert isinstance(art, MediaArtifact)
     assert art.kind == "gif"  # what Telegram sends with sendAnimation
     assert art.mime == "video/mp4"
-    assert art.relpath.endswith("/ev.anim.mp4")  # never the clip's <event>.mp4
-    with av.open(art.path) as c:
-        assert not c.streams.audio
-        video = c.streams.video[0]
-        assert (video.codec_context.name, video.codec_context.pix_fmt) == ("h264", "yuv420p")
-    data = Path(art.path).read_bytes()
-    assert 0 <= data.find(b"moov") < data.find(b"mdat")  # faststart: plays while loading
-    width, rate, seqs = read_gif(art.path)
-    assert width == 480
-    assert rate == 5.0
-    assert seqs[0] <= 22
-    assert seqs[-1] >= 118
+    assert art.relpath == clip.relpath.replace(".mp4", ".anim.mp4")
+    codec, pix_fmt, width, duration, seqs = read_anim(art.path)
+    assert (codec, pix_fmt, width) == ("h264", "yuv420p", 640)  # the camera's own pictures
+    assert faststart(art.path)  # plays while it loads
+    # the clip starts at 2.0 s (keyframe before the pre-roll), the event (6.0 s) 4.0 s into
+    # it: the animation starts at the keyframe at or before that, 3 s long, every picture
+    assert seqs[0] == 60
+    assert 90 <= seqs[-1] <= 93
+    assert seqs == list(range(seqs[0], seqs[-1] + 1))
+    assert art.duration_s == pytest.approx(duration, abs=0.15)
+    assert mod.metrics()["gifs_remuxed"] == 1
+    assert os.path.getsize(art.path) == art.size_bytes < clip.size_bytes
+
+
+async def test_the_recorders_own_clip_is_remuxed_too(harness: Harness) -> None:
+    mod, rec, _ = await makers(harness, duration_s=4.0)
+    await play(harness, range(0, 140), SCRIPT, width=1280, height=720)
+    await drained(harness, mod)
+    (art,) = [p for _, p in rec]
+    codec, pix_fmt, width, _, seqs = read_anim(art.path)
+    assert (codec, pix_fmt, width) == ("h264", "yuv420p", 640)  # the clip's size
+    assert 50 <= seqs[0] <= 60  # the clip's keyframe (every 1 s) at or before the start
+    assert seqs[-1] >= seqs[0] + 38
+    assert mod.metrics()["gifs_remuxed"] == 1
+
+
+async def test_without_remux_one_encode_at_480_px(harness: Harness, tmp_path: Path) -> None:
+    src = h264_file(tmp_path / "cam.mp4", 140)
+    mod, rec, _ = await makers(harness, remux=False, duration_s=4.0)
+    await play_source(harness, src, SCRIPT)
+    await drained(harness, mod)
+    (art,) = [p for _, p in rec]
+    codec, pix_fmt, width, _, seqs = read_anim(art.path)
+    assert (codec, pix_fmt, width) == ("h264", "yuv420p", 480)
+    assert faststart(art.path)
+    assert 58 <= seqs[0] <= 62
     steps = [b - a for a, b in itertools.pairwise(seqs)]
-    assert max(steps) - min(steps) <= 2  # evenly spaced
-    assert art.duration_s == len(seqs) / 5
-    assert art.size_bytes < 600_000  # a GIF of the same frames is several MB
-    assert mod.gifs_written == 1
+    assert set(steps) == {2}  # 5 fps of a 10 fps clip
+    assert len(seqs) == 20 and art.duration_s == 4.0
+    assert (art.width, art.height) == (480, 270)
+    assert mod.metrics()["gifs_encoded"] == 1
 
 
-async def test_gif_is_small_narrow_and_spans_the_event(harness: Harness) -> None:
-    _, rec = await maker(harness, format="gif")
-    await run(harness, start=20, end=120, total=140, width=1280, height=720)
+async def test_gif_only_when_asked_for_decoded_from_the_clip(
+    harness: Harness, tmp_path: Path
+) -> None:
+    src = h264_file(tmp_path / "cam.mp4", 140)
+    mod, rec, _ = await makers(harness, format="gif", duration_s=4.0)
+    await play_source(harness, src, SCRIPT)
+    await drained(harness, mod)
     (art,) = [p for _, p in rec]
     assert art.mime == "image/gif"
+    assert art.relpath.endswith("/ev.gif")
+    assert Path(art.path).read_bytes()[:6] == b"GIF89a"
+    with av.open(art.path) as c:
+        seqs = [read_seq(f.to_ndarray(format="bgr24")) for f in c.decode(video=0)]
+        assert c.streams.video[0].codec_context.width == 480
+    assert 58 <= seqs[0] <= 62 and len(seqs) == 20
     assert art.size_bytes <= 3_000_000
-    assert os.path.getsize(art.path) == art.size_bytes
-    width, rate, seqs = read_gif(art.path)
-    assert width == 480
-    assert rate == 5.0
-    assert seqs[0] <= 22
-    assert seqs[-1] >= 118
-    steps = [b - a for a, b in itertools.pairwise(seqs)]
-    assert max(steps) - min(steps) <= 2  # evenly spaced
-    assert art.duration_s == len(seqs) / 5
 
 
-async def test_long_event_is_covered_in_bounded_memory(harness: Harness) -> None:
-    mod, rec = await maker(harness, buffer_frames=20, max_frames=10)
-    peak = 0
-    topic = topics.FRAME.at(camera="cam")
-    await harness.bus.publish("event.object.started", notice("started", 0.0))
-    await harness.bus.wait_idle("event.object.started")
-    for seq in range(600):  # 60 s
-        await harness.bus.publish(topic, make_frame("cam", seq, seq / 10))
-        await harness.bus.wait_idle(topic)
-        peak = max(peak, len(mod.cams["cam"].gifs["ev"].frames))
-    await harness.bus.publish("event.object.ended", notice("ended", 0.0, 59.9))
-    await harness.settle()
-    assert peak <= 21
-    _, _, seqs = read_gif(next(p for _, p in rec).path)
-    assert len(seqs) == 10
-    assert seqs[0] == 0
-    assert seqs[-1] >= 560
-
-
-@pytest.mark.parametrize("fmt", ["gif", "mp4"])
-async def test_busy_footage_is_shrunk_below_the_size_cap(harness: Harness, fmt: str) -> None:
-    _, rec = await maker(harness, max_bytes=300_000, format=fmt)
-    await run(harness, start=0, end=99, total=100, noise=True)
+@pytest.mark.parametrize("remux", [True, False])
+async def test_busy_footage_stays_below_the_size_cap(harness: Harness, remux: bool) -> None:
+    mod, rec, clips = await makers(harness, max_bytes=100_000, remux=remux)
+    await play(harness, range(0, 140), SCRIPT, noise=True)
+    await drained(harness, mod)
+    (clip,) = [p for _, p in clips]
+    assert clip.size_bytes > 300_000  # the window would not fit whole
     (art,) = [p for _, p in rec]
-    assert art.size_bytes <= 300_000
+    assert art.size_bytes <= 100_000
+    _, _, _, _, seqs = read_anim(art.path)
+    assert len(seqs) >= 2 and seqs == sorted(seqs)
 
 
-async def test_no_decoding_while_no_event_is_open(harness: Harness) -> None:
-    decodes: list[int] = []
-    await maker(harness)
-    topic = topics.FRAME.at(camera="cam")
-    for seq in range(50):
-        await harness.bus.publish(topic, make_frame("cam", seq, seq / 10, decodes=decodes))
-        await harness.bus.wait_idle(topic)
-    assert decodes == []
-
-
-async def test_frames_reach_the_module_only_while_an_event_is_open(harness: Harness) -> None:
-    """Idle cost (#20): a subscription wakes its task for every frame even when the handler
-    returns at once; an idle camera's frames should not reach the animation module at all."""
-    module, rec = await maker(harness)
-    topic = topics.FRAME.at(camera="cam")
+async def test_no_frame_reaches_the_animation_module(harness: Harness) -> None:
+    """Idle and busy cost (#20): the animation is cut from the clip; the camera's frames are
+    neither subscribed to nor decoded for it."""
+    mod, rec, _ = await makers(harness)
 
     def frame_subs() -> int:
         return sum(
             1
             for s in harness.bus.status().subscriptions
-            if s.module == module.ctx.instance and "frame" in s.pattern
+            if s.module == mod.ctx.instance and "frame" in s.pattern
         )
 
+    await play(harness, range(0, 70), {62: notice("ev", "started", 6.0)})
     assert frame_subs() == 0
-    await harness.bus.publish("event.object.started", notice("started", 0.0))
-    await harness.bus.wait_idle("event.object.started")
-    assert frame_subs() == 1
-    for seq in range(20):
-        await harness.bus.publish(topic, make_frame("cam", seq, seq / 10))
-        await harness.bus.wait_idle(topic)
-    await harness.bus.publish("event.object.ended", notice("ended", 0.0, 1.9))
-    await harness.settle()
+    await play(harness, range(70, 140), {130: notice("ev", "ended", 6.0, 8.0)})
+    await drained(harness, mod)
     assert frame_subs() == 0
-    assert len(rec) == 1  # the animation was made from the frames of the open event
+    assert len(rec) == 1
 
 
-async def test_resumed_event_gets_its_gif_rebuilt_over_all_of_it(harness: Harness) -> None:
-    _, rec = await maker(harness)
-    topic = topics.FRAME.at(camera="cam")
-    await harness.bus.publish("event.object.started", notice("started", 0.0))
-    for seq in range(120):
-        if seq == 40:
-            await harness.bus.publish("event.object.ended", notice("ended", 0.0, 4.0))
-        if seq == 80:
-            await harness.bus.publish("event.object.updated", notice("updated", 0.0))
-        await harness.bus.wait_idle("event.object.started", "event.object.ended")
-        await harness.bus.publish(topic, make_frame("cam", seq, seq / 10))
-        await harness.bus.wait_idle(topic, "event.object.updated")
-    await harness.bus.publish("event.object.ended", notice("ended", 0.0, 12.0))
-    await harness.settle()
-    first, second = (p for _, p in rec)
-    assert first.path == second.path
-    assert read_gif(first.path)[2][-1] >= 110
-    assert read_gif(first.path)[2][0] == 0
+async def test_a_clip_asked_for_gets_no_animation(harness: Harness) -> None:
+    mod, rec, _ = await makers(harness)
+    art = MediaArtifact(
+        event_id="manual-r1",
+        camera_id="cam",
+        kind="clip",
+        path="/nonexistent.mp4",
+        relpath="cam/2026-01-01/manual-r1.mp4",
+        size_bytes=1,
+        sha256="0" * 64,
+        mime="video/mp4",
+        created_at=0.0,
+    )
+    await harness.bus.publish(topics.ARTIFACT.at(artifact="clip"), art)
+    await drained(harness, mod)
+    assert rec == [] and mod.gifs_dropped == 0
 
 
-async def test_an_animation_is_built_without_holding_all_its_frames_decoded(
-    harness: Harness,
+async def test_stop_without_time_spools_and_the_next_start_builds(
+    harness: Harness, tmp_path: Path
 ) -> None:
-    # a closing activity's 50 frames decoded at once were ~20 MB more at its close (480x270 BGR
-    # is 389 kB a frame); the MP4 animation decodes each JPEG as the encoder takes it
-    import tracemalloc
-
-    mod, _ = await maker(harness, max_frames=50)
-    topic = topics.FRAME.at(camera="cam")
-    await harness.bus.publish("event.object.started", notice("started", 0.0))
-    await harness.bus.wait_idle("event.object.started")
-    for seq in range(120):
-        await harness.bus.publish(topic, make_frame("cam", seq, seq / 10, width=1280, height=720))
-        await harness.bus.wait_idle(topic)
-    gif = mod.cams["cam"].gifs["ev"]
-    assert len(gif.frames) >= 50
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        art = mod._build("cam", gif)
-        peak = tracemalloc.get_traced_memory()[1] - before
-    finally:
-        tracemalloc.stop()
-    assert art is not None and (art.width, art.height) == (480, 270)
-    assert art.duration_s == 10.0  # all 50 frames are in it
-    frame = 480 * 270 * 3
-    assert peak < 8 * frame, f"{peak / frame:.1f} frames' worth held at once"
+    src = h264_file(tmp_path / "cam.mp4", 140)
+    app = harness.app(
+        {"clip": ClipRecorder, "gif": GifMaker}, {"cameras": {"cam": {"source": "x.mp4"}}}
+    )
+    clips = harness.record("media.clip.ready")
+    rec = harness.record("media.gif.ready")
+    await harness.start(ClipRecorder, app)
+    await play_source(harness, src, SCRIPT)
+    await harness.settle()
+    (clip,) = [p for _, p in clips]
+    # the clip reaches the animation maker as the stop comes, with no time left
+    mod = await harness.start(GifMaker, app)
+    await harness.bus.publish(topics.ARTIFACT.at(artifact="clip"), clip)
+    await harness.bus.wait_idle(topics.ARTIFACT.at(artifact="clip"))
+    assert mod.pending() == 1
+    mod.stop_deadline = asyncio.get_running_loop().time()
+    await mod.stop()
+    harness.modules.remove(mod)
+    assert mod.gifs_spooled == 1
+    spool = harness.root / ".spool" / "gif"
+    assert [p.name for p in spool.glob("*.job")] == ["ev.job"]
+    rec.clear()
+    again = await harness.start(GifMaker, app)
+    await until(lambda: bool(rec))
+    await drained(harness, again)
+    (art,) = [p for _, p in rec]
+    assert art.relpath.endswith("/ev.anim.mp4") and Path(art.path).is_file()
+    assert read_anim(art.path)[4][0] == 60  # from the event's start
+    assert not list(spool.glob("*.job"))  # built: not again
