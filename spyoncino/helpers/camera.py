@@ -590,6 +590,12 @@ class CameraInput(BaseModule[ConfigT]):
             self._next_allowed = max(self._next_allowed + 1.0 / cap, now + 0.5 / cap)
         await self._publish(raw, now)
 
+    def clip_packets(self) -> PacketRing | None:
+        """The packet ring clips are cut from, handed on with each frame: the decoded stream's
+        own (``packets``, anchored to the frames) unless the input records another stream
+        (an RTSP camera's main stream beside its decoded sub-stream)."""
+        return self.packets
+
     def stamp(self, raw: RawFrame, now: float) -> tuple[float, float]:
         """(monotonic, wall) time of a frame: when it arrived, for a live camera."""
         return now, self.ctx.clock.time()
@@ -625,7 +631,7 @@ class CameraInput(BaseModule[ConfigT]):
             luma=luma,
             _image=image,
             _decode=decode,
-            source_packets=ring,
+            source_packets=self.clip_packets(),
         )
         self.seq += 1
         self.last_frame_mono = now

@@ -6,7 +6,10 @@ H.264 ``.mp4`` without re-encoding, paced at the file's frame rate by the pipeli
 prints ``READY <port>`` on stdout once it listens.
 
     /usr/bin/python3 tests/support/rtsp_server.py --file clip.mp4 --port 8554 --path /cam \
-        [--user u --password p] [--loop]
+        [--user u --password p] [--mount /sub=small.mp4 ...]
+
+``--mount PATH=FILE`` (repeatable) serves more files on the same port, e.g. a camera's main
+stream and its sub-stream at two resolutions.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--file", required=True, help="H.264 .mp4 to serve")
+    ap.add_argument("--file", default=None, help="H.264 .mp4 to serve at --path")
     ap.add_argument("--port", type=int, default=8554)
     ap.add_argument("--path", default="/cam", help="mount point, e.g. /cam")
     ap.add_argument("--user", default=None, help="require basic auth with this user")
@@ -26,7 +29,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--shared", action="store_true", help="one pipeline for every client (live-camera-like)"
     )
+    ap.add_argument(
+        "--mount", action="append", default=[], help="PATH=FILE: another H.264 .mp4 to serve"
+    )
     args = ap.parse_args(argv)
+    mounts = [(args.path, args.file)] if args.file else []
+    mounts += [tuple(m.split("=", 1)) for m in args.mount]
+    if not mounts:
+        ap.error("nothing to serve: give --file or --mount")
 
     import gi
 
@@ -39,13 +49,16 @@ def main(argv: list[str] | None = None) -> int:
     server.set_address("127.0.0.1")
     server.set_service(str(args.port))
 
-    factory = GstRtspServer.RTSPMediaFactory.new()
-    location = args.file.replace("\\", "\\\\").replace('"', '\\"')
-    factory.set_launch(
-        f'( filesrc location="{location}" ! qtdemux ! h264parse ! rtph264pay name=pay0 pt=96 '
-        "config-interval=1 )"
-    )
-    factory.set_shared(args.shared)
+    factories = []
+    for path, file in mounts:
+        factory = GstRtspServer.RTSPMediaFactory.new()
+        location = file.replace("\\", "\\\\").replace('"', '\\"')
+        factory.set_launch(
+            f'( filesrc location="{location}" ! qtdemux ! h264parse ! rtph264pay name=pay0 '
+            "pt=96 config-interval=1 )"
+        )
+        factory.set_shared(args.shared)
+        factories.append((path, factory))
 
     if args.user is not None:
         auth = GstRtspServer.RTSPAuth.new()
@@ -57,9 +70,11 @@ def main(argv: list[str] | None = None) -> int:
         role = Gst.Structure.new_from_string(
             "user, media.factory.access=(boolean)true, media.factory.construct=(boolean)true"
         )
-        factory.add_role_from_structure(role)
+        for _, factory in factories:
+            factory.add_role_from_structure(role)
 
-    server.get_mount_points().add_factory(args.path, factory)
+    for path, factory in factories:
+        server.get_mount_points().add_factory(path, factory)
     if server.attach(None) == 0:
         print(f"ERROR cannot listen on 127.0.0.1:{args.port}", flush=True)
         return 1

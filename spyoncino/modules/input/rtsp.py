@@ -10,11 +10,21 @@ open and read timeouts enforced by FFmpeg's interrupt callback, exponential back
 jitter (capped at 30 s) between attempts, and a stall watchdog in the base class. The URL's
 credentials never reach a log line, health or the status page: everything shown goes through
 ``redact_url``.
+
+Sub-stream and main stream: with ``rtsp.detect_url`` set, the sub-stream is the one decoded
+(motion, detection, snapshots) and the main stream (``source``) is opened demux-only by a
+``RecordStream`` on a thread of its own: no decoder is ever opened for it, its H.264 packets
+go into the packet ring the clip recorder remuxes, so clips have the main stream's resolution
+for the cost of receiving it. Each stream reconnects on its own; while the main stream is
+down, clips are remuxed from the sub-stream's packets instead (lower resolution, said in
+health as ``clip_stream: detect`` and in the log as ``clip_stream_fallback``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 import time
 from collections import deque
 from typing import Any, ClassVar, Literal
@@ -28,6 +38,7 @@ from spyoncino.helpers.camera import (
     CameraInput,
     RawFrame,
     SourceError,
+    SourceFatal,
     SourceStalled,
     av_frame_to_raw,
 )
@@ -73,8 +84,10 @@ class RtspCamera(CameraOptions):
     detect_url: str | None = Field(
         default=None,
         description=(
-            "Sub-stream URL (e.g. 640x360) decoded for motion and detection. The camera's "
-            "`source` stays the main (record) stream and is not decoded by this input."
+            "Sub-stream URL (e.g. 640x360) decoded for motion, detection and snapshots. The "
+            "camera's `source` is then the main (record) stream: received without decoding, "
+            "its packets are remuxed into clips at full resolution (clips fall back to the "
+            "sub-stream while the main stream is down)."
         ),
     )
     open_timeout_s: float = Field(
@@ -142,6 +155,188 @@ def _is_timeout(exc: Exception) -> bool:
     return isinstance(exc, (av.error.ExitError, av.error.TimeoutError))
 
 
+def open_container(url: str, opts: RtspCamera, shown: str) -> Any:
+    """A PyAV input container on ``url`` with our transport and timeouts (nothing decoded);
+    failures raise log-safe ``SourceError``s naming the stream as ``shown``."""
+    import av
+
+    container_options = {
+        "rtsp_transport": opts.transport,
+        # socket I/O timeout, microseconds (FFmpeg >= 5 calls it 'timeout')
+        "timeout": str(int(opts.read_timeout_s * 1_000_000)),
+        # do not SETUP the audio track: less bandwidth, nothing to demux
+        "allowed_media_types": "video",
+    }
+    if opts.transport == "udp":
+        container_options["max_delay"] = "500000"  # reorder window for late UDP packets
+        container_options["buffer_size"] = str(1 << 20)
+    try:
+        container = av.open(
+            url,
+            container_options=container_options,
+            timeout=(opts.open_timeout_s, opts.read_timeout_s),
+        )
+    except av.FFmpegError as e:
+        reason = explain(e, opts.open_timeout_s)
+        raise (CameraUnreachable if _is_unreachable(e) else SourceError)(
+            f"cannot open {shown}: {reason}"
+        ) from None
+    if not container.streams.video:
+        container.close()
+        raise SourceError(f"{shown} has no video stream")
+    return container
+
+
+RecordState = Literal["connecting", "streaming", "reconnecting", "unsupported", "stopped"]
+
+
+class RecordStream:
+    """A camera's main stream beside its decoded sub-stream: demuxed, never decoded.
+
+    Runs on a daemon thread of its own (a PyAV container stays on one thread), so it
+    connects, stalls and reconnects independently of the sub-stream, with the input's
+    exponential backoff. Its H.264 packets go into ``ring``, anchored to the pipeline's
+    monotonic clock as they arrive (the sub-stream's frames are stamped when they arrive too,
+    so a cut from an event's ``started_mono`` lands on the same moment of both streams, to a
+    frame or so). No decoder is opened: ``decoder_open`` reads PyAV's ``is_open`` of the
+    stream's codec context, which stays False (FFmpeg's stream probing at connect decodes a
+    frame or two in a context of its own, once per connection).
+    """
+
+    def __init__(self, owner: RtspInput) -> None:
+        self.owner = owner
+        self.ring = PacketRing()
+        self.state: RecordState = "connecting"
+        self.packets = 0
+        self.reconnects = 0
+        self.last_error = ""
+        self.size = (0, 0)
+        self.codec = ""
+        self.decoder_open = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._ended: asyncio.Event | None = None
+
+    @property
+    def live(self) -> bool:
+        """Packets flow and are on the frame clock: clips can be cut from ``ring``."""
+        return self.state == "streaming" and self.ring.ready
+
+    def start(self) -> None:
+        """Start receiving (call on the event loop)."""
+        self._stop.clear()
+        self.state = "connecting"
+        loop = asyncio.get_running_loop()
+        ended = self._ended = asyncio.Event()
+
+        def run() -> None:
+            try:
+                self._run()
+            finally:
+                with contextlib.suppress(RuntimeError):  # the loop closed: the app exits
+                    loop.call_soon_threadsafe(ended.set)
+
+        self._thread = threading.Thread(
+            target=run, name=f"spyoncino-rec-{self.owner.camera_id}", daemon=True
+        )
+        self._thread.start()
+
+    async def stop(self, limit: float) -> None:
+        """Ask the thread to end and wait up to ``limit`` seconds (it ends at its next packet,
+        or when its read times out); a thread stuck longer is left behind (a daemon)."""
+        self._stop.set()
+        self._thread, ended = None, self._ended
+        if ended is not None:
+            try:
+                async with asyncio.timeout(limit):
+                    await ended.wait()
+            except TimeoutError:
+                self.owner.log.warning("record_stream_close_timeout", camera=self.owner.camera_id)
+        self.state = "stopped"
+
+    def _run(self) -> None:
+        owner = self.owner
+        attempt = 0
+        while not self._stop.is_set():
+            before = self.packets
+            try:
+                self._receive()
+                return  # asked to stop
+            except SourceFatal as exc:
+                self.state, self.last_error = "unsupported", str(exc)
+                owner.log.warning(
+                    "record_stream_unsupported", camera=owner.camera_id, error=self.last_error
+                )
+                return
+            except SourceError as exc:
+                if self._stop.is_set():
+                    return
+                self.last_error = owner.redact(str(exc))
+            self.state = "reconnecting"
+            attempt = 1 if self.packets > before else attempt + 1
+            self.reconnects += 1
+            delay = owner.backoff_delay(attempt)
+            owner.log.warning(
+                "record_stream_reconnecting",
+                camera=owner.camera_id,
+                source=owner.describe_record(),
+                attempt=attempt,
+                retry_in_s=round(delay, 2),
+                error=self.last_error,
+            )
+            self._stop.wait(delay)
+
+    def _receive(self) -> None:
+        """Open the main stream and put its packets in the ring until asked to stop."""
+        import av
+
+        owner = self.owner
+        container = open_container(owner.cam.source, owner.opts, owner.describe_record())
+        try:
+            stream = container.streams.video[0]
+            ctx = stream.codec_context
+            self.codec, self.size = ctx.name, (ctx.width, ctx.height)
+            ring = self.ring
+            ring.budget_bytes = int(owner.ctx.app.runtime.camera_buffer_mb * 1_000_000)
+            if not ring.reset(stream):
+                raise SourceFatal(
+                    f"the main stream is {ctx.name}, not H.264: clips come from the sub-stream"
+                )
+            tb = float(stream.time_base) if stream.time_base else 1 / 90000
+            clock = owner.ctx.clock
+            owner.log.info(
+                "camera_record_opened",
+                camera=owner.camera_id,
+                source=owner.describe_record(),
+                codec=ctx.name,
+                width=ctx.width,
+                height=ctx.height,
+            )
+            packets = container.demux(stream)
+            while not self._stop.is_set():
+                try:
+                    packet = next(packets)
+                except StopIteration:
+                    raise SourceError("the camera ended the stream") from None
+                except av.FFmpegError as e:
+                    raise SourceError(explain(e, owner.opts.read_timeout_s)) from None
+                if packet.pts is None or packet.size == 0:
+                    continue
+                ring.append(packet)  # compressed, as it came: never decoded
+                ring.anchor(packet.pts * tb, clock.monotonic())
+                self.packets += 1
+                self.decoder_open = self.decoder_open or bool(ctx.is_open)
+                if self.state != "streaming" and ring.ready:
+                    self.state = "streaming"
+                    owner.log.info(
+                        "camera_record_streaming",
+                        camera=owner.camera_id,
+                        source=owner.describe_record(),
+                    )
+        finally:
+            container.close()
+
+
 class RtspInput(CameraInput[Config]):
     """``rtsp://`` and ``rtsps://`` cameras."""
 
@@ -160,6 +355,11 @@ class RtspInput(CameraInput[Config]):
         self._time_base = 1 / 90000
         self._decoder: Any = None
         self.decoder_name = ""
+        #: the main stream, received for clips, when a detect sub-stream is the one decoded
+        self.record: RecordStream | None = None
+        #: which stream the clips of the last frame were cut from: "main" or "detect"
+        self.clip_stream = ""
+        self._health_key: tuple[str, str] = ("", "")
 
     @classmethod
     def accepts(cls, source: str) -> bool:
@@ -172,6 +372,10 @@ class RtspInput(CameraInput[Config]):
 
     def describe_source(self) -> str:
         return redact_url(self.url)
+
+    def describe_record(self) -> str:
+        """The main (record) stream, log-safe."""
+        return redact_url(self.cam.source)
 
     async def check(self, app: AppConfig) -> None:
         cam = app.cameras[self.camera_id]
@@ -194,6 +398,53 @@ class RtspInput(CameraInput[Config]):
         self.stall_timeout = self.opts.stall_timeout_s
         # FFmpeg enforces the open timeout itself; the base's watchdog is the backstop.
         self.open_timeout = self.opts.open_timeout_s + 5.0
+        self.record = RecordStream(self) if self.opts.detect_url else None
+
+    async def start(self) -> None:
+        await super().start()
+        if self.record is not None:
+            self.record.start()
+
+    async def stop(self) -> None:
+        await super().stop()
+        if self.record is not None:
+            await self.record.stop(self.opts.read_timeout_s + self.abandon_after)
+
+    def clip_packets(self) -> PacketRing | None:
+        """The main stream's packets while it streams, else the decoded stream's own.
+
+        Called on the event loop for each frame published. The sub-stream's ring keeps as
+        much as the clip recorder asked of the main one, so a fallback has its pre-roll.
+        """
+        rec = self.record
+        if rec is None:
+            return self.packets
+        ring = rec.ring if rec.live else self.packets
+        if ring is rec.ring and self.packets is not None:
+            self.packets.retain(rec.ring.keep_s)
+        stream = "main" if ring is rec.ring else "detect"
+        if stream != self.clip_stream:
+            if stream == "detect" and ring is not None:
+                self.log.warning(
+                    "clip_stream_fallback",
+                    camera=self.camera_id,
+                    record_state=rec.state,
+                    width=ring.width,
+                    height=ring.height,
+                )
+            elif stream == "main":
+                self.log.info("clip_stream_main", camera=self.camera_id, size=rec.size)
+            self.clip_stream = stream
+        key = (self.cam_state, rec.state)
+        if key != self._health_key:
+            self._health_key = key
+            if self.cam_state == "streaming":
+                if rec.live:
+                    self.set_state("ok", "streaming")
+                else:
+                    detail = f"streaming; main stream {rec.state}: clips from the sub-stream"
+                    self.set_state("degraded", detail, rec.last_error or None)
+        return ring
 
     @staticmethod
     def auto_threads(width: int, height: int) -> int:
@@ -201,33 +452,8 @@ class RtspInput(CameraInput[Config]):
 
     # -- blocking parts, on the camera's thread ------------------------------------------------
     def open(self) -> None:
-        import av
-
         opts = self.opts
-        container_options = {
-            "rtsp_transport": opts.transport,
-            # socket I/O timeout, microseconds (FFmpeg >= 5 calls it 'timeout')
-            "timeout": str(int(opts.read_timeout_s * 1_000_000)),
-            # do not SETUP the audio track: less bandwidth, nothing to demux
-            "allowed_media_types": "video",
-        }
-        if opts.transport == "udp":
-            container_options["max_delay"] = "500000"  # reorder window for late UDP packets
-            container_options["buffer_size"] = str(1 << 20)
-        try:
-            container = av.open(
-                self.url,
-                container_options=container_options,
-                timeout=(opts.open_timeout_s, opts.read_timeout_s),
-            )
-        except av.FFmpegError as e:
-            reason = explain(e, opts.open_timeout_s)
-            raise (CameraUnreachable if _is_unreachable(e) else SourceError)(
-                f"cannot open {self.describe_source()}: {reason}"
-            ) from None
-        if not container.streams.video:
-            container.close()
-            raise SourceError(f"{self.describe_source()} has no video stream")
+        container = open_container(self.url, opts, self.describe_source())
         stream = container.streams.video[0]
         ctx = stream.codec_context
         threads = self.settings.decoder_threads or self.auto_threads(ctx.width, ctx.height)
@@ -374,6 +600,18 @@ class RtspInput(CameraInput[Config]):
         out = super().metrics()
         out["transport"] = self.opts.transport
         out["stream"] = "detect" if self.opts.detect_url else "main"
+        rec = self.record
+        if rec is not None:
+            # the decoded stream is the sub-stream; the main one is only received, for clips
+            out["record_source"] = self.describe_record()
+            out["record_state"] = rec.state
+            out["record_packets"] = rec.packets
+            out["record_reconnects"] = rec.reconnects
+            out["record_decoder_open"] = int(rec.decoder_open)
+            out["record_last_error"] = rec.last_error
+            if rec.size[0]:
+                out["record_resolution"] = f"{rec.size[0]}x{rec.size[1]}"
+            out["clip_stream"] = self.clip_stream or "none"
         out["decode_errors"] = self.decode_errors
         if self.decoder_name:
             out["decoder"] = self.decoder_name

@@ -76,6 +76,8 @@ class RtspServer:
     path: str = "/cam"
     user: str | None = None
     password: str | None = None
+    #: more mount points on the same port: path -> file (a main stream and its sub-stream)
+    mounts: dict[str, Path] = field(default_factory=dict)
     proc: subprocess.Popen[str] | None = None
 
     def url(
@@ -97,6 +99,8 @@ class RtspServer:
         ]
         if self.user is not None:
             argv += ["--user", self.user, "--password", self.password or ""]
+        for path, file in self.mounts.items():
+            argv += ["--mount", f"{path}={file}"]
         self.proc = subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
         )

@@ -265,3 +265,164 @@ def test_nv12_frames_give_the_same_luma_and_colour_as_i420() -> None:
     assert np.array_equal(nv12.luma, i420.luma)
     diff = np.abs(nv12.decode().astype(int) - i420.decode().astype(int))
     assert diff.mean() < 1.0  # the same picture; only chroma interpolation differs
+
+
+# -- detect sub-stream decoded, main stream recorded by remux ---------------------------------
+@pytest.fixture(scope="session")
+def two_streams():
+    """The footage as a camera's 1280x720 main stream and 640x360 sub-stream (cached)."""
+    from tests.modules.input.conftest import clip
+    from tests.support.media import scaled_h264
+
+    return scaled_h264(clip(), 1280, 720), scaled_h264(clip(), 640, 360)
+
+
+def _grey(img, width: int = 160):
+    import cv2
+
+    g = img if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+    return cv2.resize(g, (width, width * g.shape[0] // g.shape[1]), interpolation=cv2.INTER_AREA)
+
+
+async def clip_module(h, tmp_path, **cfg):
+    """A clip recorder on the input's bus, and the list its artifacts land in."""
+    from spyoncino.core.config import build_app_model
+    from spyoncino.core.contracts import ModuleContext
+    from spyoncino.modules.event.clip import ClipRecorder
+    from spyoncino.schemas import topics
+    from tests.support.wait import Log
+
+    ClipRecorder.name = "clip"
+    model = build_app_model({"rtsp": RtspInput, "clip": ClipRecorder})
+    app = model.model_validate(
+        {
+            "cameras": {"cam": {"source": "rtsp://x/y"}},
+            "clip": cfg,
+            "storage": {"root": str(tmp_path)},
+        }
+    )
+    mod = ClipRecorder(ModuleContext(bus=h.bus, executor=h.executor, app=app, instance="clip"))
+    out: Log = Log()
+
+    async def on(msg) -> None:
+        out.append(msg.payload)
+
+    h.bus.subscribe(topics.ARTIFACT.at(artifact="clip"), on, policy="block", module="test")
+    await mod.configure(app)
+    await mod.start()
+    return mod, out
+
+
+async def one_event(h, out, start: float, seconds: float, event_id: str = "ev"):
+    """An event from ``start`` (frame clock) lasting ``seconds`` of frames; its clip."""
+    from spyoncino.schemas.events import EventNotice
+
+    def notice(phase: str, end: float | None = None) -> EventNotice:
+        return EventNotice(
+            event_id=event_id,
+            camera_id="cam",
+            kind="object",
+            phase=phase,  # type: ignore[arg-type]
+            labels=("person",),
+            top_score=0.9,
+            started_at=1_700_000_000.0,
+            updated_at=1_700_000_000.0,
+            ended_at=None if end is None else 1_700_000_000.0 + end,
+            started_mono=start,
+        )
+
+    n = len(out)
+    await h.bus.publish("event.object.started", notice("started"))
+    await h.wait_frames(len(h.frames) + round(seconds * 10), timeout=30)
+    await h.bus.publish("event.object.ended", notice("ended", seconds))
+    return (await out.wait_for(n + 1, timeout=30))[n:]
+
+
+async def test_detect_url_decodes_the_sub_stream_and_clips_remux_the_main_one(
+    rtsp_server, camera_input, two_streams, tmp_path
+) -> None:
+    import av
+    import numpy as np
+
+    main, sub = two_streams
+    server = rtsp_server(mounts={"/main": main, "/sub": sub})
+    h = await camera_input(
+        RtspInput, server.url("/main"), "rtsp", options={**FAST, "detect_url": server.url("/sub")}
+    )
+    clips, out = await clip_module(h, tmp_path, preroll_s=2.0, postroll_s=1.0)
+    await h.wait_frames(30, timeout=30)
+    await until(lambda: h.module.record.live, 20, "main stream received")
+    await h.wait_frames(len(h.frames) + 30, timeout=30)  # 3 s: a pre-roll's worth in the ring
+    start = h.frames[-1][1].mono_ts
+
+    (art,) = await one_event(h, out, start, 2.0)
+    frames = [f for _, f in h.frames]
+
+    # the clip is the main stream, remuxed: its size, no encoder anywhere
+    assert (art.width, art.height) == (1280, 720)
+    assert clips.frames_encoded == 0 and clips.metrics()["clips_remuxed"] == 1
+    with av.open(art.path) as c:
+        pics = [
+            (float(f.pts * f.time_base), f.to_ndarray(format="bgr24")) for f in c.decode(video=0)
+        ]
+    assert pics[0][1].shape == (720, 1280, 3)
+    # pre-roll (2 s, from the keyframe before it: GOP 1 s) + 2 s event + 1 s post-roll
+    assert 4.8 <= art.duration_s <= 6.3, art.duration_s
+    # and on the frames' clock: the clip's pictures are the sub-stream's pictures of the same
+    # moments. Each clip picture is matched to the detect frame that looks most like it; the
+    # implied clip start must be the keyframe at or before start - pre-roll
+    lumas = [(f.mono_ts, _grey(f.luma).astype(np.int16)) for f in frames]
+    starts = []
+    for t, img in pics[::5]:
+        g = _grey(img).astype(np.int16)
+        mono, _ = min(lumas, key=lambda ml: float(np.abs(ml[1] - g).mean()))
+        starts.append(mono - t)
+    clip_start = float(np.median(starts)) - start
+    assert -3.0 - 0.3 <= clip_start <= -2.0 + 0.3, (clip_start, starts)  # measured -2.2
+
+    # the main stream was never decoded; the sub-stream is the one that was
+    m = h.module.metrics()
+    assert m["stream"] == "detect" and m["resolution"] == "640x360"
+    assert m["record_resolution"] == "1280x720" and m["record_state"] == "streaming"
+    assert m["record_decoder_open"] == 0 and int(m["record_packets"]) > 50
+    assert m["clip_stream"] == "main"
+    assert int(m["frames_decoded"]) >= len(frames)
+    assert h.module.health().state == "ok"
+    await clips.stop()
+
+
+async def test_main_stream_down_detection_goes_on_and_clips_fall_back_to_the_sub_stream(
+    rtsp_server, camera_input, two_streams, tmp_path
+) -> None:
+    main, sub = two_streams
+    detect = rtsp_server(mounts={"/sub": sub})
+    record = rtsp_server(mounts={"/main": main})
+    h = await camera_input(
+        RtspInput, record.url("/main"), "rtsp", options={**FAST, "detect_url": detect.url("/sub")}
+    )
+    clips, out = await clip_module(h, tmp_path, preroll_s=1.0, postroll_s=0.5)
+    await h.wait_frames(20, timeout=30)
+    await until(lambda: h.module.clip_stream == "main", 20, "clips from the main stream")
+
+    record.kill()  # the main stream goes away; the sub-stream does not
+    await until(lambda: h.module.record.state == "reconnecting", 20, "main stream lost")
+    await h.wait_frames(len(h.frames) + 25, timeout=30)  # still detecting, pre-roll refilled
+    m = h.module.metrics()
+    assert m["camera_state"] == "streaming" and m["clip_stream"] == "detect"
+    assert m["record_state"] == "reconnecting" and m["record_last_error"]
+    health = h.module.health()
+    assert health.state == "degraded" and "clips from the sub-stream" in health.detail
+    (art,) = await one_event(h, out, h.frames[-1][1].mono_ts, 1.0, "down")
+    assert (art.width, art.height) == (640, 360)  # a clip all the same, at the sub-stream's size
+    assert art.duration_s >= 2.0
+
+    record.start()  # the same port again: the camera is back
+    await until(lambda: h.module.record.live, 40, "main stream back")
+    await h.wait_frames(len(h.frames) + 25, timeout=30)
+    assert h.module.metrics()["clip_stream"] == "main"
+    assert h.module.health().state == "ok"
+    (art,) = await one_event(h, out, h.frames[-1][1].mono_ts, 1.0, "back")
+    assert (art.width, art.height) == (1280, 720)
+    assert int(h.module.metrics()["record_reconnects"]) >= 1
+    assert clips.frames_encoded == 0  # both clips remuxed, neither encoded
+    await clips.stop()
