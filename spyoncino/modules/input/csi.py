@@ -143,16 +143,20 @@ def load_backend() -> Backend:
         raise ModuleConfigError(f"{INSTALL_HINT} ({e})") from e
     backend = Backend(Picamera2=Picamera2, Transform=Transform, controls=controls)
     try:
-        from picamera2.outputs import Output
         from picamera2.platform import Platform, get_platform
 
-        if get_platform() != Platform.VC4:
-            # picamera2.encoders.H264Encoder is libx264 there: never run it on every frame
-            return _without(backend, "this board (PiSP: Pi 5) has no hardware H.264 encoder")
-        if not os.path.exists(ENCODER_DEVICE):
-            return _without(backend, f"no hardware H.264 encoder ({ENCODER_DEVICE} missing)")
+        vc4 = get_platform() == Platform.VC4
+    except ImportError:  # picamera2 from before the Pi 5 ran on VideoCore boards only
+        vc4 = True
+    if not vc4:
+        # picamera2.encoders.H264Encoder is libx264 there: never run it on every frame
+        return _without(backend, "this board (PiSP: Pi 5) has no hardware H.264 encoder")
+    if not os.path.exists(ENCODER_DEVICE):
+        return _without(backend, f"no hardware H.264 encoder ({ENCODER_DEVICE} missing)")
+    try:
         # the V4L2 one by name: picamera2.encoders.H264Encoder is whichever the platform has
         from picamera2.encoders.h264_encoder import H264Encoder
+        from picamera2.outputs import Output
     except ImportError as e:
         return _without(backend, f"picamera2 has no hardware H.264 encoder API ({e})")
     return Backend(Picamera2, Transform, controls, H264Encoder=H264Encoder, Output=Output)

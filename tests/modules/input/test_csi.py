@@ -661,3 +661,60 @@ async def test_an_encoder_gone_silent_falls_back_to_raw_frames(
     assert h.frames[-1][1].source_packets is None
     assert fake_picamera2_hw.instances[0].encoders == set()
     assert "no encoded packet" in str(h.module.metrics()["clip_source_reason"])
+
+
+def picamera2_modules(monkeypatch: pytest.MonkeyPatch, platform: str | None) -> None:
+    """picamera2's and libcamera's module layout, holding the fakes; ``platform``: what
+    picamera2.platform.get_platform() says (VC4: Pi 4 and earlier, PISP: Pi 5), None: a
+    picamera2 from before the Pi 5 (no picamera2.platform)."""
+    import enum
+    import types
+
+    def module(name: str, **attrs: Any) -> types.ModuleType:
+        m = types.ModuleType(name)
+        for k, v in attrs.items():
+            setattr(m, k, v)
+        monkeypatch.setitem(sys.modules, name, m)
+        return m
+
+    module("libcamera", Transform=FakeTransform, controls=FAKE_CONTROLS)
+    module("picamera2", Picamera2=FakePicamera2)
+    module("picamera2.encoders")
+    module("picamera2.encoders.h264_encoder", H264Encoder=FakeH264Encoder)
+    module("picamera2.outputs", Output=FakeOutput)
+    if platform is None:
+        monkeypatch.setitem(sys.modules, "picamera2.platform", None)  # import fails
+    else:
+        kind = enum.Enum("Platform", ["VC4", "PISP"])
+        module("picamera2.platform", Platform=kind, get_platform=lambda: kind[platform])
+
+
+@pytest.mark.parametrize("platform", ["VC4", None])
+def test_a_videocore_board_with_the_codec_device_gets_the_v4l2_encoder(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, platform: str | None
+) -> None:
+    device = tmp_path / "video11"
+    device.touch()
+    monkeypatch.setattr(csi, "ENCODER_DEVICE", str(device))
+    picamera2_modules(monkeypatch, platform)
+    backend = csi.load_backend()
+    assert backend.H264Encoder is FakeH264Encoder  # picamera2.encoders.h264_encoder's, by name
+    assert backend.Output is FakeOutput
+
+    device.unlink()
+    backend = csi.load_backend()
+    assert backend.H264Encoder is None
+    assert "video11 missing" in backend.no_encoder
+
+
+def test_a_pi_5_gets_no_encoder_even_with_a_video11(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    device = tmp_path / "video11"
+    device.touch()
+    monkeypatch.setattr(csi, "ENCODER_DEVICE", str(device))
+    picamera2_modules(monkeypatch, "PISP")
+    backend = csi.load_backend()
+    assert backend.H264Encoder is None  # picamera2's H264Encoder is libx264 on a Pi 5
+    assert "Pi 5" in backend.no_encoder
+    assert backend.Picamera2 is FakePicamera2
