@@ -264,6 +264,7 @@ class FakePicamera2:
         self.outstanding = 0
         self.created: dict[str, Any] = {}
         self.encoders: set[FakeH264Encoder] = set()
+        self.timeout_once = False
         self.frames = 0
         #: sensor time (ns) of each frame number
         self.sensor_ns: dict[int, int] = {}
@@ -319,6 +320,9 @@ class FakePicamera2:
         assert self.started
         assert wait is not None, "a wait without timeout could hang the camera thread"
         time.sleep(1 / 30)
+        if self.timeout_once:  # the sensor delivered nothing within ``wait``
+            self.timeout_once = False
+            raise TimeoutError
         self.frames += 1
         ns = self.SENSOR_EPOCH_NS + time.monotonic_ns()
         self.sensor_ns[self.frames] = ns
@@ -661,6 +665,28 @@ async def test_an_encoder_gone_silent_falls_back_to_raw_frames(
     assert h.frames[-1][1].source_packets is None
     assert fake_picamera2_hw.instances[0].encoders == set()
     assert "no encoded packet" in str(h.module.metrics()["clip_source_reason"])
+
+
+async def test_a_reopened_camera_starts_a_fresh_encoder_into_the_same_ring(
+    fake_picamera2_hw, camera_input, monkeypatch
+) -> None:
+    monkeypatch.setattr(CsiInput, "backoff_base", 0.05)
+    h = await camera_input(CsiInput, "csi://0", "csi", options={"width": 640, "height": 360})
+    await h.wait_frames(3, timeout=10)
+    ring = h.frames[-1][1].source_packets
+    assert ring is not None and ring.ready
+    generation = ring.generation
+    fake_picamera2_hw.instances[0].timeout_once = True
+    await until(lambda: len(fake_picamera2_hw.instances) == 2, 10, "camera reopened")
+    await h.wait_frames(len(h.frames) + 3, timeout=10)
+    assert fake_picamera2_hw.instances[0].encoders == set()  # the old one stopped
+    old, new = FakeH264Encoder.instances
+    assert not old._running and new._running
+    assert h.frames[-1][1].source_packets is ring  # the clip recorder keeps its ring
+    assert ring.generation == generation + 1 and ring.ready
+    _, _, packets = ring.after(0)
+    assert packets[0].key  # the new generation starts at the new encoder's keyframe
+    assert h.module.metrics()["clip_source"] == "hw_encoder"
 
 
 def picamera2_modules(monkeypatch: pytest.MonkeyPatch, platform: str | None) -> None:
