@@ -13,8 +13,16 @@ the ring keeps.
 
 **Encoding.** Nothing is encoded while no event is open. When one starts, one encoder per
 camera (``h264_v4l2m2m`` when the board has it, else ``libx264`` ultrafast/zerolatency, a
-keyframe every ``keyframe_s``) encodes the ring, then every sampled frame, into packets kept
-in memory. Events that overlap on a camera share that one encoding: each event's clip is cut
+keyframe every ``keyframe_s``) encodes the ring, then every sampled frame, into packets.
+
+**Open activities on disk, not in memory.** A session's packets (encoded, or the camera's own
+when remuxing) are appended to a file in ``storage.scratch`` in batches of ``FLUSH_BYTES`` as
+they come, in files of ``SEGMENT_BYTES``; memory keeps one small index entry per packet and
+at most one batch, so a 120 s activity of a 4 Mbit/s camera costs what a 5 s one does
+(``runtime.camera_buffer_mb`` bounds the pre-roll; the rest is on disk). A file is deleted as
+soon as no clip needs any packet in it (CPython frees it with the last reference).
+
+Events that overlap on a camera share that one encoding: each event's clip is cut
 from the packets, from the last keyframe at or before ``start - preroll_s`` to
 ``end + postroll_s``, and muxed (no re-encode) into an MP4 with ``movflags=+faststart`` so
 phones and Telegram play it inline. The file is assembled in ``storage.scratch`` (which can
@@ -35,8 +43,10 @@ import asyncio
 import contextlib
 import itertools
 import math
+import os
 import secrets
 import time
+import weakref
 from collections import deque
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -59,6 +69,13 @@ from spyoncino.schemas.frames import Frame, Image
 from spyoncino.schemas.media import MediaArtifact
 
 MS = Fraction(1, 1000)
+#: an open activity's packets are written to ``storage.scratch`` in batches of this many bytes
+#: (what a camera's clip holds in memory beyond its pre-roll), into files of SEGMENT_BYTES; a
+#: file goes when no clip needs any packet in it
+FLUSH_BYTES = 256_000
+SEGMENT_BYTES = 8_000_000
+SPOOL_PREFIX = ".clip-packets-"
+SPOOL_SUFFIX = ".bin"
 #: the ring keeps this much more than the pre-roll: an event is confirmed a few frames after
 #: the object was first seen, and the pre-roll counts from the first sighting
 CONFIRM_MARGIN_S = 0.5
@@ -140,16 +157,60 @@ def _cap_bytes(cfg: Config, camera_buffer_mb: float | None) -> int:
     return int(cap * 1_000_000)
 
 
+class _Segment:
+    """One append-only file of an open activity's packet bytes in ``storage.scratch``.
+
+    Closed and deleted when the last packet that refers to it goes (CPython frees it then:
+    a trimmed session, a written clip whose event can no longer resume), and at exit.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        self.size = 0
+        weakref.finalize(self, _drop_segment, self.fd, path)
+
+    def append(self, chunk: bytes) -> int:
+        """Write ``chunk`` at the end; returns its offset."""
+        off = self.size
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(self.fd, view) :]
+        self.size += len(chunk)
+        return off
+
+    def read(self, off: int, size: int) -> bytes:
+        return os.pread(self.fd, size, off)
+
+
+def _drop_segment(fd: int, path: Path) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)
+    with contextlib.suppress(OSError):
+        path.unlink()
+
+
 @dataclass(slots=True)
 class _Packet:
     pts: int  # milliseconds of the camera's monotonic clock
     key: bool
-    data: bytes
+    #: the bytes while in memory; None once written to ``seg`` at ``off`` (``size`` bytes)
+    data: bytes | None
     dts: int | None = None  # decode order (B-frames of a remuxed source); None: = pts
+    seg: _Segment | None = None
+    off: int = 0
+    size: int = 0
 
     @property
     def decode_ts(self) -> int:
         return self.pts if self.dts is None else self.dts
+
+    def payload(self) -> bytes:
+        data = self.data
+        if data is not None:
+            return data
+        assert self.seg is not None  # set before data is let go (another thread may read)
+        return self.seg.read(self.off, self.size)
 
 
 _serials = itertools.count(1)
@@ -168,6 +229,46 @@ class _Session:
     source_seq: int = 0
     last_dts: int = -(10**12)
     rate: float = 0.0
+    #: where the packets go as they come (None: kept in memory, as a bench does)
+    spool_dir: Path | None = None
+    segment: _Segment | None = None
+    segments: int = 0
+    #: packets still in memory, not yet written to the segment, and their bytes
+    unwritten: list[_Packet] = field(default_factory=list)
+    unwritten_bytes: int = 0
+    flushing: bool = False
+
+    def add(self, packet: _Packet) -> None:
+        self.packets.append(packet)
+        if self.spool_dir is not None:
+            self.unwritten.append(packet)
+            self.unwritten_bytes += len(packet.data or b"")
+
+    def due(self) -> bool:
+        """Enough is in memory to be written (one write per batch, not per packet)."""
+        return self.unwritten_bytes >= FLUSH_BYTES and not self.flushing
+
+    def take_unwritten(self) -> list[_Packet]:
+        batch, self.unwritten, self.unwritten_bytes = self.unwritten, [], 0
+        return batch
+
+    def write(self, batch: list[_Packet]) -> None:
+        """Append ``batch`` to the segment file (blocking: a worker thread, or the worker the
+        encoder runs on) and let go of its bytes in memory."""
+        if not batch or self.spool_dir is None:
+            return
+        seg = self.segment
+        if seg is None or seg.size >= SEGMENT_BYTES:
+            self.spool_dir.mkdir(parents=True, exist_ok=True)
+            self.segments += 1
+            name = f"{SPOOL_PREFIX}{os.getpid()}-{self.serial}-{self.segments}{SPOOL_SUFFIX}"
+            seg = self.segment = _Segment(self.spool_dir / name)
+        chunks = [p.data or b"" for p in batch]
+        off = seg.append(b"".join(chunks))
+        for p, chunk in zip(batch, chunks, strict=True):
+            p.seg, p.off, p.size = seg, off, len(chunk)
+            p.data = None  # after seg: a reader on another thread finds one or the other
+            off += len(chunk)
 
 
 @dataclass
@@ -266,7 +367,7 @@ def encode_into(session: _Session, i420: Image, mono: float) -> None:
     session.last_pts = pts
     frame.pts, frame.time_base = pts, MS
     for p in session.codec.encode(frame):
-        session.packets.append(_Packet(int(p.pts), bool(p.is_keyframe), bytes(p)))
+        session.add(_Packet(int(p.pts), bool(p.is_keyframe), bytes(p)))
 
 
 def take_source(session: _Session) -> None:
@@ -290,7 +391,7 @@ def take_source(session: _Session) -> None:
         pts = max(dts, p.pts + shift)
         session.last_dts = dts
         session.last_pts = max(session.last_pts, pts)
-        session.packets.append(_Packet(pts, p.key, p.data, dts))
+        session.add(_Packet(pts, p.key, p.data, dts))
 
 
 def cut(packets: list[_Packet], start_ms: int, end_ms: int) -> list[_Packet]:
@@ -311,7 +412,7 @@ def mux_mp4(packets: list[_Packet], size: tuple[int, int], fps: float, path: Pat
         )
         stream.time_base = MS
         for i, p in enumerate(packets):
-            pkt = av.Packet(p.data)
+            pkt = av.Packet(p.payload())
             pkt.pts, pkt.dts = p.pts - base, p.decode_ts - base
             dts = p.decode_ts
             nxt = packets[i + 1].decode_ts if i + 1 < len(packets) else dts + frame_ms
@@ -321,6 +422,15 @@ def mux_mp4(packets: list[_Packet], size: tuple[int, int], fps: float, path: Pat
             pkt.stream = stream
             out.mux(pkt)
     return (max(p.pts for p in packets) - min(p.pts for p in packets) + frame_ms) / 1000.0
+
+
+def _clean_spool(scratch: Path) -> None:
+    """Packet files a crash left behind (a running recorder deletes its own)."""
+    if scratch.is_dir():
+        for p in scratch.glob(f"{SPOOL_PREFIX}*{SPOOL_SUFFIX}"):
+            if not p.name.startswith(f"{SPOOL_PREFIX}{os.getpid()}-"):
+                with contextlib.suppress(OSError):
+                    p.unlink()
 
 
 class ClipRecorder(BaseModule[Config]):
@@ -342,6 +452,7 @@ class ClipRecorder(BaseModule[Config]):
         self._finalizing = 0
         self.resumed = 0
         self.clips_remuxed = 0
+        self.bytes_spooled = 0
         self._camera_ids: list[str] = []
 
     async def configure(self, app: AppConfig) -> None:
@@ -353,6 +464,7 @@ class ClipRecorder(BaseModule[Config]):
 
     async def start(self) -> None:
         self.encoder = await self.ctx.executor.run(probe_encoder, self.cfg)
+        await self.ctx.executor.run(_clean_spool, self.scratch)
         for phase in ("started", "updated", "ended"):
             self.subscribe(topics.EVENT.pattern(phase=phase), self._on_event, policy="block")
         self.subscribe(topics.CONTROL.name, self._on_command, policy="block")
@@ -387,6 +499,8 @@ class ClipRecorder(BaseModule[Config]):
                 take_source(cam.session)
             elif cam.clips and cam.session is None:
                 self._open_session(cam)
+            if cam.session is not None and cam.session.due():
+                await self._write_out(cam.session)
             await self._finish_due(cam)
             return
         if cam.source is not None:
@@ -430,6 +544,25 @@ class ClipRecorder(BaseModule[Config]):
         encode_into(session, i420, mono)
         self.encode_s += time.perf_counter() - t0
         self.frames_encoded += 1
+        if session.due():  # on the encoder's worker already: write here
+            self._write_batch(session, session.take_unwritten())
+
+    async def _write_out(self, session: _Session) -> None:
+        """Write a remux session's packets out (the camera's packets come on the loop)."""
+        session.flushing = True
+        try:
+            await self.ctx.executor.run(self._write_batch, session, session.take_unwritten())
+        finally:
+            session.flushing = False
+
+    def _write_batch(self, session: _Session, batch: list[_Packet]) -> None:
+        try:
+            session.write(batch)
+            self.bytes_spooled += sum(p.size for p in batch)
+        except OSError as e:
+            # the scratch folder refused (full, gone): keep this activity's packets in memory
+            session.spool_dir = None
+            self.log.warning("clip_packets_in_memory", error=repr(e), folder=str(self.scratch))
 
     def _use_source(self, cam: _Cam, src: PacketRing) -> None:
         cam.source = src
@@ -443,7 +576,12 @@ class ClipRecorder(BaseModule[Config]):
         if src is not None:
             size = (src.width, src.height)
             cam.session = _Session(
-                codec=None, encoder="copy", size=size, source=src, rate=src.rate or self.cfg.fps
+                codec=None,
+                encoder="copy",
+                size=size,
+                source=src,
+                rate=src.rate or self.cfg.fps,
+                spool_dir=self.scratch,
             )
             take_source(cam.session)
             return
@@ -459,7 +597,7 @@ class ClipRecorder(BaseModule[Config]):
             self.log.warning("hw_encoder_failed", encoder=self.encoder, error=repr(e))
             self.encoder = "libx264"
             codec = open_encoder(self.encoder, self.cfg, size)
-        cam.session = _Session(codec=codec, encoder=self.encoder, size=size)
+        cam.session = _Session(codec=codec, encoder=self.encoder, size=size, spool_dir=self.scratch)
         for mono, i420 in cam.ring:
             self._encode(cam.session, i420, mono)
 
@@ -645,6 +783,7 @@ class ClipRecorder(BaseModule[Config]):
             await self._finish_due(cam, force=True)
             cam.ring.clear()
             cam.ring_bytes = 0
+            cam.session = None  # its packet files go with it
 
     def preroll_bytes(self, camera_id: str) -> int:
         cam = self.cams.get(camera_id)
@@ -660,6 +799,11 @@ class ClipRecorder(BaseModule[Config]):
             "clips_remuxed": self.clips_remuxed,
             "cameras_remuxed": sum(c.source is not None for c in self.cams.values()),
             "bytes_written": self.bytes_written,
+            "bytes_spooled": self.bytes_spooled,
+            "held_bytes": sum(
+                c.session.unwritten_bytes if c.session is not None else 0
+                for c in self.cams.values()
+            ),
             "preroll_bytes": sum(
                 c.source.nbytes if c.source is not None else c.ring_bytes
                 for c in self.cams.values()

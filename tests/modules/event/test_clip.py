@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -352,7 +353,10 @@ def h264_file(path: Path, frames: int, *, gop: int = 20, bframes: int = 2) -> Pa
 
 
 async def play_source(
-    h: Harness, path: Path, script: dict[int, EventNotice | list[EventNotice]]
+    h: Harness,
+    path: Path,
+    script: dict[int, EventNotice | list[EventNotice]],
+    on_frame: Callable[[int], Awaitable[None]] | None = None,
 ) -> PacketRing:
     """What the file input does: demux into the ring, publish each decoded frame with it."""
     ring = PacketRing()
@@ -374,6 +378,8 @@ async def play_source(
                 for ev in todo if isinstance(todo, list) else [todo]:
                     await h.bus.publish(f"event.object.{ev.phase}", ev)
                     await h.bus.wait_idle(f"event.object.{ev.phase}")
+                if on_frame is not None:
+                    await on_frame(seq)
     return ring
 
 
@@ -457,3 +463,76 @@ def test_ring_keeps_from_a_keyframe_and_within_its_budget(tmp_path: Path) -> Non
             small.append(packet)
     assert small.nbytes <= small.budget_bytes
     assert small.dropped_for_budget > 0
+
+
+def noisy_h264(path: Path, frames: int) -> Path:
+    """A camera's busy H.264 stream at 320x180 (every picture noise: ~30 kB a frame)."""
+    from fractions import Fraction
+
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("libx264", rate=FPS)
+        s.width, s.height, s.pix_fmt = 320, 180, "yuv420p"
+        s.codec_context.gop_size = 20
+        s.codec_context.options = {"preset": "ultrafast", "crf": "18"}
+        for seq in range(frames):
+            img = make_frame("cam", seq, seq / FPS, width=320, height=180, noise=True).image
+            vf = av.VideoFrame.from_ndarray(img, format="bgr24")
+            vf.pts, vf.time_base = seq, Fraction(1, FPS)
+            out.mux(s.encode(vf))
+        out.mux(s.encode(None))
+    return path
+
+
+@pytest.mark.parametrize("source", ["encoded", "remuxed"])
+async def test_a_long_activity_is_recorded_within_the_cameras_budget(
+    harness: Harness, tmp_path: Path, source: str
+) -> None:
+    """#17: an open activity's packets were all kept in memory until it closed (up to
+    max_duration_s: a 4 Mbit/s camera holds ~60 MB for 120 s). They go to a file in
+    storage.scratch as they come; memory stays within runtime.camera_buffer_mb."""
+    import tracemalloc
+
+    budget_mb = 6.0
+    data = {
+        "clip": {"fps": FPS},
+        "cameras": {"cam": {"source": "x.mp4"}},
+        "runtime": {"camera_buffer_mb": budget_mb},
+    }
+    app = harness.app({"clip": ClipRecorder}, data)
+    rec = harness.record("media.clip.ready")
+    src = noisy_h264(tmp_path / "cam.mp4", 700) if source == "remuxed" else None
+    held = 0
+
+    async def measure(seq: int) -> None:
+        nonlocal held
+        if seq == 625:  # the activity's last second, 59 s in
+            held = tracemalloc.get_traced_memory()[0] - before
+
+    tracemalloc.start()
+    try:
+        mod = await harness.start(ClipRecorder, app)
+        before = tracemalloc.get_traced_memory()[0]
+        script: dict[int, Any] = {
+            30: notice("ev", "started", 3.0),
+            630: notice("ev", "ended", 3.0, 62.0),
+        }
+        if src is not None:
+            await play_source(harness, src, script, on_frame=measure)
+        else:
+            for seq in range(0, 700, 5):
+                await play(harness, range(seq, seq + 5), script, width=320, height=180, noise=True)
+                await measure(seq)
+        await harness.settle()
+        spooled = mod.metrics().get("bytes_spooled", 0)
+        await mod.stop()  # nothing can resume now: the packet files go
+        harness.modules.remove(mod)
+    finally:
+        tracemalloc.stop()
+    (art,) = [p for _, p in rec]
+    assert art.size_bytes > 2.5 * budget_mb * 1_000_000  # far more than the budget was recorded
+    assert 0 < held < budget_mb * 1_000_000, f"{held / 1e6:.1f} MB held during the activity"
+    assert spooled > art.size_bytes / 2
+    _, _, _, seqs = probe(art.path)
+    assert seqs[0] <= 1 and seqs[-1] >= 640  # all of it, pre-roll to post-roll
+    assert seqs == list(range(seqs[0], seqs[-1] + 1))
+    assert not list((harness.root / ".scratch").glob("*"))  # the spooled packets are gone
