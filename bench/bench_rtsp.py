@@ -11,6 +11,19 @@ bus) belongs to that reader alone. Counted from the first frame to the last, per
 * the cost of the luma plane alone, both ways, on decoded frames of the same clip.
 
 Target: ours <= 0.8x cv2's CPU for the same frames delivered.
+
+``--part record`` (also run by default; ``bench/results/rtsp_record.json``): a camera with a
+1280x720 main stream and a 640x360 sub-stream (the footage scaled, served on two mounts).
+CPU of the whole reader process per second, over the same 15 s of sub-stream frames:
+
+* ``sub_decoded_main_demuxed``: ``RtspInput`` with ``detect_url`` as the app runs it: the sub-
+  stream decoded, the main stream received demux-only into the clip ring;
+* ``sub_decoded_main_decoded``: the same input plus a second one decoding the main stream
+  (what receiving the main stream costs when it is decoded);
+* ``main_decoded``: one input decoding only the main stream (detection on full resolution,
+  the way to full-resolution clips without a sub-stream);
+* ``sub_only``: one input decoding only the sub-stream, main stream not received (so
+  ``sub_decoded_main_demuxed - sub_only`` is what receiving the main stream costs).
 """
 
 from __future__ import annotations
@@ -72,6 +85,65 @@ async def run_ours(url: str, frames: int, fast: bool) -> dict[str, Any]:
     await bus.close()
     executor.shutdown()
     return {**_summary(marks), "dropped": module.frames_dropped}
+
+
+async def run_pair(kind: str, main: str, sub: str, frames: int) -> dict[str, Any]:
+    """CPU per second of one camera with a main and a sub-stream, read as ``kind`` says."""
+    from spyoncino.core.bus import Bus
+    from spyoncino.core.config import build_app_model
+    from spyoncino.core.contracts import BoundedExecutor, ModuleContext
+    from spyoncino.modules.input.rtsp import RtspInput
+    from spyoncino.schemas import topics
+
+    RtspInput.name = "rtsp"
+    cams: dict[str, Any] = {
+        "sub_decoded_main_demuxed": {"cam": {"source": main, "rtsp": {"detect_url": sub}}},
+        "sub_decoded_main_decoded": {"cam": {"source": sub}, "main": {"source": main}},
+        "main_decoded": {"cam": {"source": main}},
+        "sub_only": {"cam": {"source": sub}},
+    }[kind]
+    app = build_app_model({"rtsp": RtspInput}).model_validate({"cameras": cams})
+    bus = Bus(status_interval=0)
+    executor = BoundedExecutor(workers=2)
+    modules = []
+    for cid in cams:
+        ctx = ModuleContext(
+            bus=bus, executor=executor, app=app, instance=f"rtsp:{cid}", camera_id=cid
+        )
+        modules.append(RtspInput(ctx))
+    marks: list[tuple[float, float]] = []
+    done = asyncio.Event()
+
+    async def consume(msg: Any) -> None:
+        _ = msg.payload.luma  # what motion reads on every frame
+        marks.append((time.monotonic(), cpu()))
+        if len(marks) >= frames:
+            done.set()
+
+    async def other(msg: Any) -> None:
+        _ = msg.payload.luma
+
+    bus.subscribe(topics.FRAME.at(camera="cam"), consume, policy="latest", module="bench")
+    if "main" in cams:
+        bus.subscribe(topics.FRAME.at(camera="main"), other, policy="latest", module="bench")
+    for m in modules:
+        await m.configure(app)
+        await m.start()
+    await asyncio.wait_for(done.wait(), timeout=frames / 10 + 60)
+    metrics = modules[0].metrics()
+    for m in modules:
+        await m.stop()
+    await bus.close()
+    executor.shutdown()
+    steady = marks[30:]
+    return {
+        "core_pct": round(100 * (steady[-1][1] - steady[0][1]) / (steady[-1][0] - steady[0][0]), 2),
+        "frames": len(steady),
+        "resolution": metrics.get("resolution"),
+        "record_resolution": metrics.get("record_resolution"),
+        "record_decoder_open": metrics.get("record_decoder_open"),
+        "record_packets": metrics.get("record_packets"),
+    }
 
 
 def run_cv2(url: str, frames: int) -> dict[str, Any]:
@@ -165,9 +237,16 @@ def rtsp_server_missing() -> str | None:
     return None
 
 
-def start_server(clip: Path, port: int) -> subprocess.Popen[str]:
+def start_server(
+    clip: Path | None, port: int, mounts: dict[str, Path] | None = None
+) -> subprocess.Popen[str]:
+    argv = ["/usr/bin/python3", str(SERVER), "--port", str(port)]
+    if clip is not None:
+        argv += ["--file", str(clip)]
+    for path, file in (mounts or {}).items():
+        argv += ["--mount", f"{path}={file}"]
     proc = subprocess.Popen(
-        ["/usr/bin/python3", str(SERVER), "--file", str(clip), "--port", str(port)],
+        argv,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -190,9 +269,16 @@ NO_SPIN = {
 
 
 def worker(
-    kind: str, url: str, frames: int, cv_threads: int, env_extra: dict[str, str] | None = None
+    kind: str,
+    url: str,
+    frames: int,
+    cv_threads: int,
+    env_extra: dict[str, str] | None = None,
+    sub: str | None = None,
 ) -> dict[str, Any]:
     argv = [sys.executable, __file__, "--worker", kind, "--url", url, "--frames", str(frames)]
+    if sub is not None:
+        argv += ["--sub", sub]
     argv += ["--cv-threads", str(cv_threads)]
     env = {**os.environ, "PYTHONPATH": str(REPO), **(env_extra or {})}
     done = subprocess.run(argv, capture_output=True, text=True, env=env, check=True, timeout=600)
@@ -201,8 +287,10 @@ def worker(
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--worker", choices=["ours", "ours-fast", "cv2"])
+    ap.add_argument("--worker", choices=["ours", "ours-fast", "cv2", *PAIRS])
     ap.add_argument("--url")
+    ap.add_argument("--sub", help="the sub-stream's URL (record workers)")
+    ap.add_argument("--part", choices=["all", "decode", "record"], default="all")
     ap.add_argument("--frames", type=int, default=FRAMES)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument(
@@ -226,10 +314,22 @@ def main() -> int:
     if args.worker == "cv2":
         print(json.dumps(run_cv2(args.url, args.frames)))
         return 0
+    if args.worker in PAIRS:
+        import structlog
+
+        structlog.configure(
+            processors=[lambda *_: ""], logger_factory=structlog.ReturnLoggerFactory()
+        )
+        print(json.dumps(asyncio.run(run_pair(args.worker, args.url, args.sub, args.frames))))
+        return 0
 
     missing = rtsp_server_missing()
     if missing:
         print(f"bench_rtsp skipped: {missing}")
+        return 0
+    if args.part in ("all", "record"):
+        bench_record(args.rounds, args.frames)
+    if args.part == "record":
         return 0
     clip = footage()
     port = free_port()
@@ -290,6 +390,64 @@ def main() -> int:
         },
     )
     return 0
+
+
+PAIRS = ("sub_decoded_main_demuxed", "sub_decoded_main_decoded", "main_decoded", "sub_only")
+
+
+def bench_record(rounds: int, frames: int) -> None:
+    """Main stream demux-only vs decoded, beside a decoded sub-stream (interleaved rounds)."""
+    sys.path.insert(0, str(REPO))
+    from tests.support.media import scaled_h264
+
+    clip = footage()
+    main, sub = scaled_h264(clip, 1280, 720), scaled_h264(clip, 640, 360)
+    port = free_port()
+    server = start_server(None, port, {"/main": main, "/sub": sub})
+    urls = f"rtsp://127.0.0.1:{port}/main", f"rtsp://127.0.0.1:{port}/sub"
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in PAIRS}
+    try:
+        for _ in range(rounds):
+            for kind in PAIRS:
+                runs[kind].append(worker(kind, urls[0], frames, -1, sub=urls[1]))
+    finally:
+        server.kill()
+        server.wait()
+    results: dict[str, Any] = {}
+    for kind, rs in runs.items():
+        pct = sorted(r["core_pct"] for r in rs)
+        results[kind] = {
+            "core_pct_median": pct[len(pct) // 2],
+            "core_pct_runs": [r["core_pct"] for r in rs],
+            **{k: rs[0][k] for k in ("resolution", "record_resolution", "record_decoder_open")},
+        }
+    demuxed = results["sub_decoded_main_demuxed"]["core_pct_median"]
+    decoded = results["sub_decoded_main_decoded"]["core_pct_median"]
+    write_result(
+        "rtsp_record",
+        {
+            "clip": clip.name,
+            "streams": "main 1280x720 + sub 640x360, H.264 10 fps, GOP 1 s, RTSP/TCP on 127.0.0.1",
+            "frames_per_run": frames,
+            "rounds": rounds,
+            "note": (
+                "core_pct: user+system CPU of the reader's whole process per wall second, over "
+                "the sub-stream's frames after the first 30 (median of interleaved rounds). "
+                "sub_decoded_main_demuxed: RtspInput with detect_url (the main stream received "
+                "into the clip ring, never decoded); sub_decoded_main_decoded: the same plus "
+                "the main stream decoded by a second input; main_decoded: the main stream "
+                "alone, decoded; sub_only: the sub-stream alone, decoded. main_demux_core_pct / "
+                "main_decode_core_pct: what the main stream adds to sub_only, received or decoded. "
+                "Footage: the shared clip scaled, libx264 veryfast crf 23 (CABAC, deblocking), "
+                "GOP 1 s, no B-frames."
+            ),
+            **results,
+            "saved_core_pct": round(decoded - demuxed, 2),
+            "main_demux_core_pct": round(demuxed - results["sub_only"]["core_pct_median"], 2),
+            "main_decode_core_pct": round(decoded - results["sub_only"]["core_pct_median"], 2),
+            "demuxed_vs_decoded": round(demuxed / max(1e-6, decoded), 3),
+        },
+    )
 
 
 if __name__ == "__main__":

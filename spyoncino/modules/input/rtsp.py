@@ -224,14 +224,15 @@ class RecordStream:
 
     def start(self) -> None:
         """Start receiving (call on the event loop)."""
-        self._stop.clear()
+        # a fresh flag per run: a thread left behind by a slow stop never sees it cleared
+        stop = self._stop = threading.Event()
         self.state = "connecting"
         loop = asyncio.get_running_loop()
         ended = self._ended = asyncio.Event()
 
         def run() -> None:
             try:
-                self._run()
+                self._run(stop)
             finally:
                 with contextlib.suppress(RuntimeError):  # the loop closed: the app exits
                     loop.call_soon_threadsafe(ended.set)
@@ -243,7 +244,8 @@ class RecordStream:
 
     async def stop(self, limit: float) -> None:
         """Ask the thread to end and wait up to ``limit`` seconds (it ends at its next packet,
-        or when its read times out); a thread stuck longer is left behind (a daemon)."""
+        when its read times out, or once a connection attempt returns); a thread still busy
+        then is left behind (a daemon that ends by itself, touching nothing)."""
         self._stop.set()
         self._thread, ended = None, self._ended
         if ended is not None:
@@ -254,13 +256,13 @@ class RecordStream:
                 self.owner.log.warning("record_stream_close_timeout", camera=self.owner.camera_id)
         self.state = "stopped"
 
-    def _run(self) -> None:
+    def _run(self, stop: threading.Event) -> None:
         owner = self.owner
         attempt = 0
-        while not self._stop.is_set():
+        while not stop.is_set():
             before = self.packets
             try:
-                self._receive()
+                self._receive(stop)
                 return  # asked to stop
             except SourceFatal as exc:
                 self.state, self.last_error = "unsupported", str(exc)
@@ -269,7 +271,7 @@ class RecordStream:
                 )
                 return
             except SourceError as exc:
-                if self._stop.is_set():
+                if stop.is_set():
                     return
                 self.last_error = owner.redact(str(exc))
             self.state = "reconnecting"
@@ -284,15 +286,17 @@ class RecordStream:
                 retry_in_s=round(delay, 2),
                 error=self.last_error,
             )
-            self._stop.wait(delay)
+            stop.wait(delay)
 
-    def _receive(self) -> None:
+    def _receive(self, stop: threading.Event) -> None:
         """Open the main stream and put its packets in the ring until asked to stop."""
         import av
 
         owner = self.owner
         container = open_container(owner.cam.source, owner.opts, owner.describe_record())
         try:
+            if stop.is_set():
+                return  # stopped while connecting: leave the ring alone
             stream = container.streams.video[0]
             ctx = stream.codec_context
             self.codec, self.size = ctx.name, (ctx.width, ctx.height)
@@ -313,13 +317,15 @@ class RecordStream:
                 height=ctx.height,
             )
             packets = container.demux(stream)
-            while not self._stop.is_set():
+            while not stop.is_set():
                 try:
                     packet = next(packets)
                 except StopIteration:
                     raise SourceError("the camera ended the stream") from None
                 except av.FFmpegError as e:
                     raise SourceError(explain(e, owner.opts.read_timeout_s)) from None
+                if stop.is_set():
+                    return
                 if packet.pts is None or packet.size == 0:
                     continue
                 ring.append(packet)  # compressed, as it came: never decoded
@@ -408,7 +414,7 @@ class RtspInput(CameraInput[Config]):
     async def stop(self) -> None:
         await super().stop()
         if self.record is not None:
-            await self.record.stop(self.opts.read_timeout_s + self.abandon_after)
+            await self.record.stop(self.abandon_after)
 
     def clip_packets(self) -> PacketRing | None:
         """The main stream's packets while it streams, else the decoded stream's own.
