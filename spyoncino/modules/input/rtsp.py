@@ -430,7 +430,7 @@ class RtspInput(CameraInput[Config]):
             self.packets.retain(rec.ring.keep_s)
         stream = "main" if ring is rec.ring else "detect"
         if stream != self.clip_stream:
-            if stream == "detect" and ring is not None:
+            if stream == "detect" and ring is not None and self.clip_stream == "main":
                 self.log.warning(
                     "clip_stream_fallback",
                     camera=self.camera_id,
@@ -447,6 +447,8 @@ class RtspInput(CameraInput[Config]):
             if self.cam_state == "streaming":
                 if rec.live:
                     self.set_state("ok", "streaming")
+                elif rec.state == "connecting":  # the first connection, not a failure yet
+                    self.set_state("ok", "streaming; main stream connecting")
                 else:
                     detail = f"streaming; main stream {rec.state}: clips from the sub-stream"
                     self.set_state("degraded", detail, rec.last_error or None)

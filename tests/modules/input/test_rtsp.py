@@ -426,3 +426,22 @@ async def test_main_stream_down_detection_goes_on_and_clips_fall_back_to_the_sub
     assert int(h.module.metrics()["record_reconnects"]) >= 1
     assert clips.frames_encoded == 0  # both clips remuxed, neither encoded
     await clips.stop()
+
+
+async def test_a_sub_stream_reconnect_does_not_interrupt_the_main_stream(
+    rtsp_server, camera_input, two_streams
+) -> None:
+    main, sub = two_streams
+    detect = rtsp_server(mounts={"/sub": sub})
+    record = rtsp_server(mounts={"/main": main})
+    h = await camera_input(
+        RtspInput, record.url("/main"), "rtsp", options={**FAST, "detect_url": detect.url("/sub")}
+    )
+    await h.wait_frames(10, timeout=30)
+    await until(lambda: h.module.record.live, 20, "main stream received")
+    detect.kill()
+    await h.wait_state(("reconnecting", "stalled"), timeout=20)
+    before = h.module.record.packets
+    await until(lambda: h.module.record.packets >= before + 20, 10, "main packets go on")
+    m = h.module.metrics()
+    assert m["record_state"] == "streaming" and m["record_reconnects"] == 0
