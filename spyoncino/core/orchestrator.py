@@ -396,6 +396,13 @@ class Orchestrator:
             for s in inputs
         )
 
+    def _finish_poll_s(self) -> float:
+        """How often ``run`` checks whether the inputs ended: often while a finite input (a
+        file) may end by itself, rarely with live cameras only, which never end (five wake-ups
+        a second, each with a task and a timer, that an idle box does not need)."""
+        live_only = all(not s.cls.finite for s in self.slots if s.cls.per_camera)
+        return 5.0 if live_only else 0.2
+
     async def run(self, *, install_signals: bool = True, exit_when_inputs_end: bool = True) -> int:
         """Start, run until a signal (or until every non-looping input ended), stop."""
         loop = asyncio.get_running_loop()
@@ -413,7 +420,8 @@ class Orchestrator:
                     await self.drain()
                     break
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), timeout=0.2)
+                    async with asyncio.timeout(self._finish_poll_s()):
+                        await self._stop.wait()
         finally:
             await self.stop()
             if install_signals:

@@ -251,7 +251,13 @@ class SourceThread:
 
 
 class _Handoff:
-    """A one-frame slot between a camera thread (``pump``) and the event loop (``get``)."""
+    """A one-frame slot between a camera thread (``pump``) and the event loop (``get``).
+
+    The stall watchdog is one timer that looks at the time of the last frame when it fires
+    and sets itself again for the rest, about once per stall timeout, instead of a timeout
+    armed and cancelled around every frame's wait (a timer handle, a heap push and a
+    cancellation per frame on an idle box).
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, owner: CameraInput[Any]) -> None:
         self.loop = loop
@@ -260,6 +266,10 @@ class _Handoff:
         self._item: Any = None
         self._has_item = False
         self._waiter: asyncio.Future[None] | None = None
+        #: loop time of the last frame handed over (of the start, before the first)
+        self._last = loop.time()
+        self._limit = 0.0
+        self._timer: asyncio.TimerHandle | None = None
 
     def pump(self) -> None:
         """Camera thread: read until told to stop or the source fails."""
@@ -276,6 +286,7 @@ class _Handoff:
                 return
 
     def _put(self, item: Any) -> None:
+        self._last = self.loop.time()
         if self._has_item and not isinstance(self._item, BaseException):
             self.owner.frames_dropped += 1
         if not (self._has_item and isinstance(self._item, BaseException)):
@@ -284,12 +295,34 @@ class _Handoff:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
+    def _check_stall(self) -> None:
+        """The watchdog: fail the wait after ``limit`` seconds without a frame."""
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # not waiting: the next wait sets the watchdog again
+        due = self._last + self._limit
+        if self.loop.time() >= due:
+            waiter.set_exception(TimeoutError())
+        else:
+            self._timer = self.loop.call_at(due, self._check_stall)
+
+    def close(self) -> None:
+        """Stop the thread's reading (after its current read) and the watchdog."""
+        self.running = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
     async def get(self, limit: float) -> RawFrame:
+        """The next frame; ``TimeoutError`` after ``limit`` seconds without one."""
         if not self._has_item:
+            self._limit = limit
             self._waiter = self.loop.create_future()
+            if self._timer is None:
+                self._timer = self.loop.call_at(self._last + limit, self._check_stall)
             try:
-                async with asyncio.timeout(limit):
-                    await self._waiter
+                await self._waiter
             finally:
                 self._waiter = None
         item, self._item, self._has_item = self._item, None, False
@@ -573,7 +606,7 @@ class CameraInput(BaseModule[ConfigT]):
                     raise SourceStalled(f"no frame for {self.stall_timeout:g}s") from None
                 await self._handle(raw)
         finally:
-            handoff.running = False
+            handoff.close()
 
     async def _handle(self, raw: RawFrame) -> None:
         self.frames_read += 1

@@ -73,6 +73,26 @@ async def test_a_hung_read_is_a_stall_and_the_camera_recovers(camera_input) -> N
         m.release.set()
 
 
+async def test_a_steady_stream_outlives_many_stall_timeouts_without_a_stall(
+    camera_input,  # noqa: F811
+) -> None:
+    """The stall watchdog is one timer that re-arms from the last frame's time: a camera
+    delivering frames for several stall timeouts in a row is never taken for stalled."""
+    Scripted.script = []
+    h = await camera_input(Scripted, "test://x", "scripted", start=False)
+    m = h.module
+    m.stall_timeout = 1.0
+    await m.start()
+    first = await until(lambda: m.last_frame_mono, timeout=5)
+    # frames every ~10 ms; wait (on the module's own frames) for 4 stall timeouts' worth
+    await until(
+        lambda: m.last_frame_mono is not None and m.last_frame_mono - first >= 4.0,
+        timeout=60,
+    )
+    assert m.reconnects == 0
+    assert m.cam_state == "streaming"
+
+
 async def test_a_fatal_error_fails_the_camera_and_stops_retrying(camera_input) -> None:  # noqa: F811
     Scripted.script = ["ok", "fatal"]
     h = await camera_input(Scripted, "test://x", "scripted")

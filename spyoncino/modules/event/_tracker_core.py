@@ -114,6 +114,14 @@ class TrackerCore:
     def open_activities(self) -> int:
         return sum(1 for s in self.cameras.values() if s.activity is not None)
 
+    @property
+    def quiet(self) -> bool:
+        """Nothing for ``expire`` to end: no track, no open activity, no ended one still in
+        its cooldown, on any camera."""
+        return all(
+            not s.tracks and s.activity is None and not s.ended for s in self.cameras.values()
+        )
+
     def _take(self) -> list[Intent]:
         out, self._out = self._out, []
         return out

@@ -45,6 +45,7 @@ observation and the clock's time, and publishes the notices it returns (sans-IO)
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
@@ -223,6 +224,9 @@ class EventTracker(BaseModule[Config]):
         #: the rules, with no I/O: this module feeds it and carries out what it returns
         self.core = TrackerCore(self.cfg)
         self._clock = ctx.clock
+        #: set when a frame leaves the core something to end (a track, an activity, a
+        #: cooldown): the expire loop rests while there is nothing
+        self._stirred = asyncio.Event()
 
     @property
     def _cstate(self) -> dict[str, CameraState]:
@@ -318,6 +322,8 @@ class EventTracker(BaseModule[Config]):
             motion,
             now=self._clock.monotonic(),
         )
+        if not self._stirred.is_set() and not self.core.quiet:
+            self._stirred.set()
         await self._carry_out(intents)
 
     async def _carry_out(self, intents: list[Intent]) -> None:
@@ -333,6 +339,11 @@ class EventTracker(BaseModule[Config]):
     # -- ending ------------------------------------------------------------------------------
     async def _expire_loop(self) -> None:
         while True:
+            if self.core.quiet:
+                # nothing to end: rest until a frame brings something, instead of waking
+                # 4 times a second on an idle box (bench/bench_idle.py)
+                self._stirred.clear()
+                await self._stirred.wait()
             await self._clock.sleep(0.25)
             await self.expire()
 

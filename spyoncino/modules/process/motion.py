@@ -232,7 +232,8 @@ class _CameraCount:
     #: the sum of the gaps in ``recent``, kept as frames come and go (not summed per frame)
     recent_gaps: int = 0
 
-    def examined(self, seq: int, mono_ts: float) -> None:
+    def examined(self, seq: int, mono_ts: float) -> int:
+        """Count one examined frame; returns how many frames were skipped just before it."""
         gap = 0
         if self.last_seq is not None and seq > self.last_seq:
             gap = seq - self.last_seq - 1
@@ -243,6 +244,7 @@ class _CameraCount:
             self.recent_gaps -= self.recent[0][1]
         self.recent.append((mono_ts, gap))
         self.recent_gaps += gap
+        return gap
 
     def skipped_share(self) -> float:
         gaps = self.recent_gaps
@@ -315,8 +317,11 @@ class MotionDetector(BaseModule[Config]):
         count = self.counts.get(frame.camera_id)
         if count is None:
             count = self.counts[frame.camera_id] = _CameraCount()
-        count.examined(frame.seq, frame.mono_ts)
-        self._update_health()
+        gap = count.examined(frame.seq, frame.mono_ts)
+        if gap or count.recent_gaps or self._state == "degraded":
+            # only skipped frames (or the end of a degraded spell) change the verdict: a
+            # camera whose every frame is examined pays nothing per frame for it
+            self._update_health()
         plane_h, plane_w = frame.luma.shape[:2]
         if plane_w > self.cfg.width:
             plane_h, plane_w = max(1, round(plane_h * self.cfg.width / plane_w)), self.cfg.width

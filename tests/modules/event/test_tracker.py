@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -594,3 +595,50 @@ def test_a_crop_of_a_decoded_frame_keeps_only_its_pixels_and_draws_the_same_thum
     # not decoded yet: the frame itself (decoding is not for the event loop)
     lazy = make_frame("cam", 2, 0.2)
     assert crop_of(lazy, box) == (lazy, box)
+
+
+async def test_an_idle_tracker_rests_and_still_ends_an_activity_when_frames_stop(
+    harness: Harness,
+) -> None:
+    """Nothing open: the expire loop sleeps on nothing (it woke 4 times a second on an idle
+    box); the first sighting wakes it, and the activity ends on the module's clock once the
+    camera goes quiet, with no frame to carry the time."""
+    from spyoncino.core.contracts import ModuleContext
+    from spyoncino.testing.clock import FakeClock
+
+    clock = FakeClock(mono=0.0)
+    app = harness.app(
+        {"tracker": EventTracker},
+        {"tracker": {"source": "objects"}, "cameras": {"cam": {"source": "x.mp4"}}},
+    )
+    rec = harness.record("event.#")
+    ctx = ModuleContext(
+        bus=harness.bus, executor=harness.executor, app=app, instance="tracker", clock=clock
+    )
+    mod = EventTracker(ctx)
+    await mod.configure(app)
+    await mod.start()
+    harness.modules.append(mod)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert clock.sleepers == 0  # resting: no timer while nothing is open
+    for seq in range(5):
+        await feed(harness, seq, [det("person", 0.8, walker(seq))])
+    assert len(events(rec, "started")) == 1
+    await clock.sleeping()  # the sighting woke the loop
+    for _ in range(80):  # 20 s of the module's clock, no frame at all
+        clock.advance(0.25)
+        await asyncio.sleep(0)
+        await harness.settle()
+    assert len(events(rec, "ended")) == 1
+    await harness.settle()
+    for _ in range(20):
+        await asyncio.sleep(0)
+    cooldown = mod.core.cfg.cooldown_s
+    for _ in range(int(cooldown / 0.25) + 8):  # past the cooldown: nothing left to end
+        clock.advance(0.25)
+        await asyncio.sleep(0)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert mod.core.quiet
+    assert clock.sleepers == 0  # resting again
