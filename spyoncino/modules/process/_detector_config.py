@@ -17,6 +17,8 @@ BUNDLED_MODEL = "coco_nanodet_m_416_int8.tflite"
 #: the lighter option, people only: ``model: spyoncino:models/<this file>``
 PERSON_MODEL = "person_ssdlite_mobilenet_v2_int8.tflite"
 COCO_LABELS = "coco80_labels.txt"
+#: ``max_zoom: null`` with an SSD model: its crops around small motion are enlarged up to 2x
+ZOOM_SSD = 2.0
 
 
 class Config(ModuleConfig):
@@ -134,13 +136,16 @@ class Config(ModuleConfig):
             "(up to max_regions), so small, distant people keep their pixels."
         ),
     )
-    max_zoom: float = Field(
-        default=2.0,
+    max_zoom: float | None = Field(
+        default=None,
         ge=1.0,
         le=4.0,
         description=(
             "A crop around small motion may be enlarged up to this much to fit the model, so a "
-            "far-away person gains pixels; 1: never enlarged."
+            "far-away person gains pixels; 1: never enlarged. None: per model, 2 for SSD "
+            "models (the people-only SSDLite finds far walkers only enlarged), 1 for the "
+            "others (the bundled NanoDet scores people in enlarged crops lower: someone "
+            "stepping into view was confirmed up to 1.5 s later)."
         ),
     )
     idle_fps: float = Field(
@@ -168,6 +173,12 @@ class Config(ModuleConfig):
             "larger crop shrinks people less than the whole frame does)."
         ),
     )
+
+    def zoom_for(self, fmt: str) -> float:
+        """The crop enlargement used with a model of output format ``fmt``."""
+        if self.max_zoom is not None:
+            return self.max_zoom
+        return ZOOM_SSD if fmt in ("ssd", "ssd_postprocess") else 1.0
 
     @field_validator("input_size")
     @classmethod

@@ -342,7 +342,7 @@ class ObjectDetector(BaseModule[Config]):
                 full_share=self.cfg.full_frame_share,
                 max_regions=self.cfg.max_regions,
                 max_scale=self.cfg.region_max_scale,
-                zoom=self.cfg.max_zoom,
+                zoom=self.zoom,
                 explained=scaled(explained, sx, sy),
                 turn=turn,
             )
@@ -356,6 +356,13 @@ class ObjectDetector(BaseModule[Config]):
             return list(results[0].detections), main, total_ms, regions
         merged = merge_detections([d for r in results for d in r.detections], self.cfg.nms_iou)
         return merged, main, total_ms, regions
+
+    @property
+    def zoom(self) -> float:
+        """How much a crop around small motion may be enlarged (``max_zoom``, or the model's
+        own default when it is unset)."""
+        fmt = getattr(self._model, "format", "") if self._model is not None else ""
+        return self.cfg.zoom_for(fmt)
 
     def _lowest_score(self) -> float:
         scores = [self.cfg.min_score, *self.cfg.label_scores.values()]
