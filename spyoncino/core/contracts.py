@@ -26,7 +26,7 @@ from typing import (
 )
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from typing_extensions import TypeVar as DefaultTypeVar  # PEP 696 defaults on 3.11
 
 from spyoncino.core.clock import Clock, SystemClock
@@ -64,14 +64,41 @@ class ModuleNotReady(Exception):
     """A temporary problem (device busy, server down): start is retried with backoff."""
 
 
-class ModuleConfig(BaseModel):
+_log = structlog.get_logger("spyoncino.config")
+
+
+class _Retiring(BaseModel):
+    """Settings a release stopped reading still load: an unknown key is an error (a typo must
+    not pass silently), but a key an older release documented is in the section's ``retired``
+    (name -> what replaced it), is dropped with a warning naming it, and so never makes an
+    update's ``check-config`` refuse the owner's config file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: keys this section had in an older release and no longer reads: name -> why / instead
+    retired: ClassVar[dict[str, str]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_retired(cls, data: Any) -> Any:
+        if not cls.retired or not isinstance(data, dict):
+            return data
+        gone = sorted(k for k in data if k in cls.retired and k not in cls.model_fields)
+        kind = cls.model_fields.get("type")
+        section = str(kind.default) if kind is not None else cls.__name__
+        for key in gone:
+            _log.warning("config_key_retired", key=f"{section}.{key}", instead=cls.retired[key])
+        return {k: v for k, v in data.items() if k not in gone} if gone else data
+
+
+class ModuleConfig(_Retiring):
     """Base of every module's top-level config section.
 
     Subclasses add ``type: Literal["<name>"] = "<name>"`` and fields with descriptions and
-    ranges. Instances are frozen and replaced whole on reload.
+    ranges. Instances are frozen and replaced whole on reload. A field that is removed goes
+    into ``retired`` (name -> what to use instead), so a config file written for the older
+    release still loads and says what changed.
     """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool = Field(default=True, description="Run this module.")
 
@@ -88,10 +115,9 @@ class ModuleConfig(BaseModel):
 ConfigT = DefaultTypeVar("ConfigT", bound=ModuleConfig, default=ModuleConfig)
 
 
-class CameraOptions(BaseModel):
-    """Base of the per-camera options a module reads from ``cameras.<id>.<section>``."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class CameraOptions(_Retiring):
+    """Base of the per-camera options a module reads from ``cameras.<id>.<section>``
+    (``retired`` as for ``ModuleConfig``)."""
 
 
 class BoundedExecutor:
