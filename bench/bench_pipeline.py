@@ -12,6 +12,14 @@ pre-roll and encoded during events, animations as GIFs, as before #20). Media by
 files under the storage root at the end (snapshots, animations, clips), per minute of
 video. ``--full`` replays vtest (the busy scene) instead of the packaged sample. The machine
 is shared with other jobs: medians and every run.
+
+Since the animation is cut from the clip, ``gif.format: gif`` decodes a few seconds of the
+clip instead of sampling frames during the event, so the ``before_20`` config no longer costs
+what it did on the tree it was measured on. ``--side NAME=DIR`` (repeatable) adds a side that
+runs another checkout's code (``git archive <commit> | tar -x -C DIR``) from this venv
+(``PYTHONPATH=DIR``) with its own defaults, ``--side NAME=DIR,before_20`` with the
+``before_20`` config, interleaved with the others; e.g. the tree from before #20 itself
+(``85f8dcc^``: one event per object then, so more media) or the tree before a change.
 """
 
 from __future__ import annotations
@@ -58,7 +66,7 @@ def media_bytes(root: Path) -> dict[str, int]:
     return out
 
 
-def run(clip: Path, pace: str, extra: str = "") -> dict[str, Any]:
+def run(clip: Path, pace: str, extra: str = "", tree: Path | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "config.yaml"
         cfg.write_text(
@@ -67,6 +75,8 @@ def run(clip: Path, pace: str, extra: str = "") -> dict[str, Any]:
             "status_page:\n  listen: 127.0.0.1:0\n  mdns: false\n" + extra
         )
         env = service_env()
+        if tree is not None:
+            env["PYTHONPATH"] = str(tree)
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.monotonic()
         subprocess.run(
@@ -74,6 +84,7 @@ def run(clip: Path, pace: str, extra: str = "") -> dict[str, Any]:
             check=True,
             env=env,
             capture_output=True,
+            cwd=tree,
         )
         wall = time.monotonic() - t0
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -90,18 +101,31 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--full", action="store_true", help="vtest (busy) instead of the sample")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument(
+        "--side",
+        action="append",
+        default=[],
+        help="NAME=DIR[,before_20]: another checkout's code as one more side",
+    )
     args = ap.parse_args()
     clip = footage() if args.full else SAMPLE
     video_s = duration_s(clip)
-    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in CONFIGS}
-    for _ in range(args.rounds):  # interleaved: the machine's load hits both
-        for name, extra in CONFIGS.items():
-            runs[name].append(run(clip, "realtime", extra))
+    sides: dict[str, tuple[str, Path | None]] = {k: (v, None) for k, v in CONFIGS.items()}
+    for spec in args.side:
+        name, _, where = spec.partition("=")
+        tree, _, config = where.partition(",")
+        sides[name] = (CONFIGS[config] if config else "", Path(tree).resolve())
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in sides}
+    for _ in range(args.rounds):  # interleaved: the machine's load hits every side alike
+        for name, (extra, tree) in sides.items():
+            runs[name].append(run(clip, "realtime", extra, tree))
     results: dict[str, Any] = {
         "clip": clip.name,
         "video_s": round(video_s, 2),
         "rounds": args.rounds,
         "note": "CPU includes interpreter start-up and model load (about 1-3 s of CPU). "
+        "Sides named "
+        "otherwise than default and before_20 run another checkout (see --side). "
         "before_20: clip.remux false + gif.format gif. The machine was shared with other "
         "heavy jobs: medians and every run.",
     }
@@ -120,6 +144,13 @@ def main() -> None:
         / results["before_20"]["cpu_s_per_video_minute_median"],
         3,
     )
+    for name in sides:
+        if name not in CONFIGS:
+            results[f"default_vs_{name}_cpu"] = round(
+                results["default"]["cpu_s_per_video_minute_median"]
+                / results[name]["cpu_s_per_video_minute_median"],
+                3,
+            )
     write_result("pipeline", results)
 
 
