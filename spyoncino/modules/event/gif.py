@@ -251,6 +251,10 @@ def remux_window(
         for q in pkts:
             q.pts -= base_pts
             q.dts -= base_pts
+        frame_ms = round(1000 / float(stream.average_rate or 10))
+        first = cut_decodable(pkts, start_ms, start_ms)
+        if first:  # duration_s from the keyframe the window starts at, not from lead_s
+            end_ms = first[0].pts + round(duration_s * 1000) - frame_ms
         window = cut_decodable(pkts, start_ms, end_ms)
         budget = int(max_bytes * _REMUX_FILL)
         total = sum(q.packet.size for q in window)
@@ -265,7 +269,6 @@ def remux_window(
             window = cut_decodable(window, first_pts, stop - 1)
             if sum(q.packet.size for q in window) > budget or len(window) < 2:
                 return None
-        frame_ms = round(1000 / float(stream.average_rate or 10))
         with av.open(str(dst), "w", format="mp4", options={"movflags": "+faststart"}) as out:
             ostream = out.add_stream_from_template(stream)
             ostream.time_base = Fraction(1, 1000)
