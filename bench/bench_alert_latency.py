@@ -46,8 +46,21 @@ whose rank is the largest sample is reported as ``max`` and its own key says so
 (``p95_is_max``), and the sample count is given beside it. Targets (issue #20): motion onset
 -> ``sendPhoto`` p95 <= 1 s for one camera, <= 2 s with four cameras busy.
 
+The machine's load is part of every real-time figure: the 1-minute load average is recorded at
+the start, the end and every 10 s in between (``load_avg.during_1m``).
+
+**Lockstep** (``--lockstep``): the arrivals replay frame by frame on a fake clock that moves
+0.1 s a frame, through the real motion stage, detector and tracker, each frame waited out
+before the next: frames from each person's motion onset to the frame whose detection starts
+the event. It is what the model and the tracker's rules cost, the same on a loaded machine as
+on an idle one (about 4 minutes here), and what settings are compared on
+(``--detector '{"max_zoom": 2}'``); the real-time figure adds inference, snapshot, sending and
+the load.
+
 Run: ``python bench/bench_alert_latency.py [--walking]`` -> ``bench/results/alert_latency.json``
-(``--walking`` adds the walking-pace arrivals replay, 21 more minutes).
+(``--walking`` adds the walking-pace arrivals replay, 21 more minutes);
+``--only arrivals,arrivals4 --out alert_latency_arrivals`` for the onset figures alone;
+``--lockstep --out alert_latency_lockstep``.
 """
 
 from __future__ import annotations
@@ -59,6 +72,7 @@ import re
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -384,10 +398,17 @@ STAGES = (
 def cached_arrivals(clip: Path, wipe: int, stretch: int, stretches: int) -> tuple[Path, list[int]]:
     """The arrivals replay for these settings, built once into the checkout's ``.cache/``
     (building 30 stretches is minutes of encoding on a loaded machine; it is deterministic)."""
+    import hashlib
     import json
 
-    st = clip.stat()
-    key = f"{clip.name}-{st.st_size}-{int(st.st_mtime)}-{wipe}-{stretch}-{stretches}-{QUIET}"
+    # keyed by content, not mtime: a copy of the same clip (a fresh checkout of ../shared)
+    # must not cost another build
+    size = clip.stat().st_size
+    with clip.open("rb") as fh:
+        head = fh.read(1 << 20)
+        fh.seek(max(0, size - (1 << 20)))
+        digest = hashlib.sha256(head + fh.read()).hexdigest()[:12]
+    key = f"{clip.name}-{size}-{digest}-{wipe}-{stretch}-{stretches}-{QUIET}"
     folder = Path(__file__).resolve().parent.parent / ".cache" / "bench_alert_latency"
     path, meta = folder / f"arrivals-{key}.mp4", folder / f"arrivals-{key}.json"
     if path.is_file() and meta.is_file():
@@ -487,6 +508,137 @@ async def arrivals(
     }
 
 
+# -- lockstep: the model's share, without the machine ------------------------------------------
+LOCK_QUIET = 40  # frames of empty background fed before each stretch (the motion stage's warm-up)
+
+
+async def lockstep(clip: Path, detector: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The arrivals replay frame by frame on a ``FakeClock`` that moves 0.1 s per frame,
+    through the real motion stage, detector (its pacing, crops and second looks) and tracker
+    with the default settings (``detector``: overrides), each frame waited out before the
+    next (bus idle, detector settled): the frames from each person's motion onset (followed
+    back as above) to the frame whose detection starts the event. That is what the model and
+    the tracker's rules cost, the same on a loaded machine as on an idle one; the real-time
+    replay adds inference, snapshot and sending times and the machine's load."""
+    import av
+    import cv2
+
+    from spyoncino.core.bus import Bus
+    from spyoncino.core.config import validate
+    from spyoncino.core.contracts import BoundedExecutor, ModuleContext
+    from spyoncino.modules.event.tracker import EventTracker
+    from spyoncino.modules.process.detector import ObjectDetector
+    from spyoncino.modules.process.motion import MotionDetector
+    from spyoncino.schemas import topics
+    from spyoncino.schemas.frames import Frame
+    from spyoncino.testing import FakeClock
+
+    path, starts = cached_arrivals(clip, WIPE, STRETCH, STRETCHES)
+    registry: dict[str, Any] = {
+        "motion": MotionDetector,
+        "detector": ObjectDetector,
+        "tracker": EventTracker,
+    }
+    for name, cls in registry.items():
+        cls.name = name
+    raw: dict[str, Any] = {"cameras": {"cam": {"source": "cam.mp4"}}}
+    if detector:
+        raw["detector"] = dict(detector)
+    app = validate(build_app_model(registry), [Layer("bench", raw)])
+    bus = Bus(status_interval=0)
+    executor = BoundedExecutor(workers=2)
+    clock = FakeClock(mono=0.0)
+    rec = Recorder()
+    now_seq = [0]
+    frame_of: dict[float, int] = {}
+    started: list[tuple[EventNotice, int]] = []
+
+    async def on_event(msg: Message[EventNotice]) -> None:
+        started.append((msg.payload, now_seq[0]))
+
+    bus.subscribe(topics.MOTION.name, rec.motion_ev, policy="block", maxsize=4096, module="b")
+    bus.subscribe(topics.OBJECTS.name, rec.detection, policy="block", maxsize=4096, module="b")
+    bus.subscribe("event.*.started", on_event, policy="block", maxsize=1024, module="b")
+    mods: list[Any] = []
+    wanted = {q for s in starts for q in range(s - LOCK_QUIET, s + STRETCH)}
+    try:
+        for name, cls in registry.items():
+            ctx = ModuleContext(bus=bus, executor=executor, app=app, instance=name, clock=clock)
+            m = cls(ctx)
+            await m.configure(app)
+            await m.start()
+            mods.append(m)
+        det = mods[1]
+        with av.open(str(path)) as container:
+            for i, f in enumerate(container.decode(video=0)):
+                if i > max(wanted):
+                    break
+                if i not in wanted:
+                    continue
+                if i - 1 not in wanted:  # a new stretch: the quiet between, past the cooldown
+                    for _ in range(int(QUIET / 10 / 0.5)):
+                        clock.advance(0.5)
+                        await asyncio.sleep(0.002)  # the tracker's expiry loop runs
+                img = f.to_ndarray(format="bgr24")
+                h, w = img.shape[:2]
+                now_seq[0] = i
+                frame_of[clock.monotonic()] = i
+                luma = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+                frame = Frame("cam", i, clock.monotonic(), clock.time(), w, h, luma, _image=img)
+                await bus.publish(topics.FRAME.at(camera="cam"), frame)
+                await bus.wait_idle(topics.FRAME.at(camera="cam"), topics.MOTION.name)
+                await det.settled()
+                await bus.wait_idle(topics.OBJECTS.name, "event.*.started")
+                clock.advance(1 / FPS)
+        await bus.drain(timeout=60.0)
+    finally:
+        for m in reversed(mods):
+            await m.stop()
+        await bus.close()
+        executor.shutdown()
+    rows: list[dict[str, Any]] = []
+    for start in starts:
+        mine = [
+            (ev, at)
+            for ev, at in started
+            if start <= frame_of.get(ev.started_mono, -1) < start + STRETCH
+        ]
+        if not mine:
+            rows.append({"stretch_first_seq": start, "missed": True})
+            continue
+        ev, at = mine[0]
+        seen = frame_of[ev.started_mono]
+        boxes = rec.detected.get(("cam", seen), ())
+        ref = ev.boxes[0] if ev.boxes else None
+        box = (
+            min(boxes, key=lambda b: 0 if ref is None else abs(b.x1 - ref.x1) + abs(b.y1 - ref.y1))
+            if boxes
+            else Box(x1=0, y1=0, x2=1, y2=1)
+        )
+        onset = rec.follow_back("cam", seen, box, start)
+        rows.append(
+            {
+                "stretch_first_seq": start,
+                "onset_seq": onset,
+                "first_sighting_seq": seen,
+                "started_seq": at,
+                "onset_to_started_frames": at - onset,
+                "onset_to_sighting_frames": seen - onset,
+                "sighting_to_started_frames": at - seen,
+            }
+        )
+    frames = [r["onset_to_started_frames"] for r in rows if not r.get("missed")]
+    return {
+        "detector_overrides": detector or {},
+        "onset_to_started_frames": {
+            **percentiles([float(x) for x in frames]),
+            "missed": sum(1 for r in rows if r.get("missed")),
+            "note": "frames of 0.1 s; the model and the tracker's rules only, no machine load",
+        },
+        "per_stretch": rows,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--walking", action="store_true", help="also the walking-pace arrivals")
@@ -499,9 +651,25 @@ def main() -> None:
     ap.add_argument(
         "--build-only", action="store_true", help="only build (cache) the arrivals replays"
     )
+    ap.add_argument(
+        "--lockstep",
+        action="store_true",
+        help="the arrivals frame by frame on the frames' own clock (model and tracker only)",
+    )
+    ap.add_argument(
+        "--detector",
+        default="{}",
+        help="with --lockstep: JSON detector overrides, e.g. '{\"max_zoom\": 2}'",
+    )
     args = ap.parse_args()
     parts = set(args.only.split(","))
     clip = footage()
+    if args.lockstep:
+        import json
+
+        overrides = json.loads(args.detector)
+        write_result(args.out, {"lockstep": asyncio.run(lockstep(clip, overrides or None))})
+        return
     if args.build_only:
         if "arrivals" in parts:
             cached_arrivals(clip, WIPE, STRETCH, STRETCHES)
@@ -509,6 +677,16 @@ def main() -> None:
             cached_arrivals(clip, WIPE, STRETCH, 8)
         return
     load_before = os.getloadavg()
+    # the load during the run, not only at its ends (other work on a shared machine comes and
+    # goes): the 1-minute load average every 10 s
+    samples: list[float] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(10.0):
+            samples.append(os.getloadavg()[0])
+
+    threading.Thread(target=sample, daemon=True).start()
     result: dict[str, Any] = {}
     if "vtest" in parts:
         result.update(asyncio.run(run(clip)))
@@ -524,9 +702,16 @@ def main() -> None:
         result["arrivals_walking_pace"] = asyncio.run(arrivals(clip, WALK_WIPE, WALK_STRETCH))
     # other work on the machine shows in the tail: keep the context with the figures
     load_after = os.getloadavg()
+    stop.set()
     result["load_avg"] = {
         "before_1m_5m_15m": [round(x, 2) for x in load_before],
         "after_1m_5m_15m": [round(x, 2) for x in load_after],
+        "during_1m": {
+            "samples": len(samples),
+            "min": round(min(samples), 2) if samples else None,
+            "median": round(statistics.median(samples), 2) if samples else None,
+            "max": round(max(samples), 2) if samples else None,
+        },
     }
     passes: dict[str, bool] = {}
     if "confirmed_to_sendphoto_ms" in result:
