@@ -93,6 +93,8 @@ class Config(ModuleConfig):
 
 #: a generous bound on writing one job to the spool at shutdown
 _SPOOL_S = 0.05
+#: the longest the stop waits for clips already published to reach the module
+_TAKE_S = 2.0
 #: what a remuxed window may fill of max_bytes (the MP4 boxes and a cut's overshoot take the rest)
 _REMUX_FILL = 0.9
 
@@ -498,9 +500,14 @@ class GifMaker(BaseModule[Config]):
         """Build the animations of the clips already here while ``stop_deadline`` allows;
         spool the rest (a reference to their clip) for the next start, which builds them
         first thing."""
-        await super().stop()
         loop = asyncio.get_running_loop()
         deadline = self.stop_deadline if self.stop_deadline is not None else float("inf")
+        # the clip recorder writes the clips of the events still open at its own stop, just
+        # before this one: take those still queued for this module before letting go
+        take_s = min(_TAKE_S, max(0.0, (deadline - loop.time()) / 2))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.bus.wait_idle(topics.ARTIFACT.at(artifact="clip")), take_s)
+        await super().stop()
         wait_s = deadline - loop.time() - (len(self._jobs) + 1) * _SPOOL_S
         if self._jobs and wait_s > 0:
             with contextlib.suppress(TimeoutError):

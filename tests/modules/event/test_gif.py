@@ -223,3 +223,28 @@ async def test_stop_without_time_spools_and_the_next_start_builds(
     assert art.relpath.endswith("/ev.anim.mp4") and Path(art.path).is_file()
     assert read_anim(art.path)[4][0] == 60  # from the event's start
     assert not list(spool.glob("*.job"))  # built: not again
+
+
+async def test_a_clip_published_just_before_the_stop_still_gets_its_animation(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """The clip recorder writes the clips of open events at its own stop, just before this
+    module stops: one still queued for the module must not be lost with the subscription."""
+    src = h264_file(tmp_path / "cam.mp4", 140)
+    app = harness.app(
+        {"clip": ClipRecorder, "gif": GifMaker}, {"cameras": {"cam": {"source": "x.mp4"}}}
+    )
+    clips = harness.record("media.clip.ready")
+    rec = harness.record("media.gif.ready")
+    await harness.start(ClipRecorder, app)
+    await play_source(harness, src, SCRIPT)
+    await harness.settle()
+    (clip,) = [p for _, p in clips]
+    mod = await harness.start(GifMaker, app)
+    await harness.bus.publish(topics.ARTIFACT.at(artifact="clip"), clip)
+    await mod.stop()  # no wait: the clip is still in the module's queue
+    harness.modules.remove(mod)
+    await harness.settle()
+    built = [p for _, p in rec]
+    spooled = list((harness.root / ".spool" / "gif").glob("*.job"))
+    assert len(built) + len(spooled) == 1
