@@ -59,6 +59,11 @@ from spyoncino.schemas.media import MediaArtifact
 
 class Config(ModuleConfig):
     type: Literal["gif"] = "gif"
+    retired: ClassVar[dict[str, str]] = {
+        "buffer_frames": "nothing: no frame is buffered, the animation is cut from the clip",
+        "resume_grace_s": "clip.resume_grace_s: a resumed event's rewritten clip brings its "
+        "animation again",
+    }
     duration_s: float = Field(
         default=8.0, ge=1.0, le=60.0, description="Longest animation (seconds of the clip)."
     )

@@ -13,6 +13,7 @@ import av
 import pytest
 
 from spyoncino.modules.event.clip import ClipRecorder
+from spyoncino.modules.event.gif import Config as GifConfig
 from spyoncino.modules.event.gif import GifMaker, pick_evenly
 from spyoncino.schemas import topics
 from spyoncino.schemas.media import MediaArtifact
@@ -59,6 +60,11 @@ def read_anim(path: str) -> tuple[str, str, int, float, list[int]]:
 def faststart(path: str) -> bool:
     data = Path(path).read_bytes()
     return 0 <= data.find(b"moov") < data.find(b"mdat")
+
+
+def test_a_config_of_the_frame_sampling_release_still_loads() -> None:
+    cfg = GifConfig.model_validate({"buffer_frames": 120, "resume_grace_s": 30, "fps": 5})
+    assert cfg.fps == 5 and not hasattr(cfg, "buffer_frames")
 
 
 def test_pick_evenly() -> None:
