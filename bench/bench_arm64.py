@@ -35,15 +35,18 @@ the code pages qemu reads to translate count as touched (as executing them would
 a Pi 5 running Raspberry Pi OS's 16 KiB-page kernel rounds every mapping up further; and the
 libraries are the Pi venv's (numpy 1.26, OpenCV 4.11), not the x86-64 venv's of ``rss.json``.
 
-Reported per footage: start (30 s after the first decoded frame: under emulation the imports
-and the model take far longer than on any real board), peak, steady (median of the last
-minute), end (median of the last 10 s), raw and guest, qemu's parts at the end, the guest's
-biggest mappings at the end, what the pipeline did (frames decoded and dropped by reason,
-detections, events, media written, Telegram sends: with the CPU of emulation, 1280x720@10 is
-not kept up with, so frames are dropped, which a Pi may not do), and the x86-64 one-camera
-figures of ``bench/results/rss.json`` beside them. CPU time is given only as
-``cpu_s_emulated`` (qemu's user + system seconds on this x86-64 machine): **it is not a Pi
-figure; CPU figures on a real Pi are to be measured** (``make bench`` on the board).
+Runs (``--runs footage:variant``; default: the sample clip with the defaults, the 720p
+footage with the defaults, with tracks kept 60 s, and with that and the Pi 4's profile; see
+VARIANTS: under emulation an inference takes seconds, longer than the 5 s a track waits, so
+with the defaults no event opens). Reported per run: start (30 s after the first decoded
+frame: under emulation the imports and the model take far longer than on a real board), peak,
+steady (median of the last minute), end (median of the last 10 s), raw and guest, qemu's
+parts at the end, the guest's biggest mappings at the end, what the pipeline did (frames
+decoded and dropped by reason, inferences, detections, events, media written, Telegram
+sends: probably fewer inferences than a Pi runs, so fewer events), the load average, and the
+x86-64 one-camera figures of ``bench/results/rss.json`` beside them. CPU time is given only
+as ``cpu_s_emulated`` (qemu's user + system seconds on this x86-64 machine): **emulated, not
+a Pi figure; CPU figures on a real Pi are to be measured** (``make bench`` on the board).
 
 Needs root (mount namespace, chroot), mmdebstrap and the qemu-aarch64 binfmt handler
 (qemu-user-static, binfmt-support); the first run builds the root and wheelhouse (network to
