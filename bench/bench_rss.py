@@ -41,8 +41,9 @@ Why this target figure: on 30-minute runs each figure was computed as if the run
 every 10 s from minute 10 on (``growth_spread_by_end``, written for runs of 20 minutes or
 more). With a level that barely moves, the figure that varies least with the moment a run
 happens to end is the better measure of the level: 2-minute means had the smallest spread
-(sd 0.8 and 1.0 points with 1 and 4 cameras), minute medians 0.9 and 1.1, the slope 1.1 and
-1.4, the instants 1.8 and 4.7 (``bench/results/rss_30min.json``).
+(sd 0.32 and 0.64 points with 1 and 4 cameras; 0.80 and 1.03 before the clip packets were
+spooled to disk), minute medians 0.59 and 0.86 (0.91, 1.13), the slope 0.46 and 0.86 (1.11,
+1.40), the instants 1.06 and 2.43 (1.76, 4.65) (``bench/results/rss_30min.json``).
 
 ``band_mb_last_5min`` (5th and 95th percentiles) shows how wide the swing is. Also
 ``growth_pct_min2_to_end`` (the first two minutes are start-up: the model's first runs and
