@@ -9,7 +9,7 @@ be made again; nothing in the package, its tests or its install needs this scrip
         --shared ../shared --out spyoncino/data/models/coco_nanodet_m_416_int8.tflite
 
 With ai-edge-quantizer 0.10.0, ai-edge-litert 2.3.0 and opencv-python-headless 5.0.0.93 it
-writes the shipped file byte for byte (SHA-256 d1726b56...9eb699, about 2 minutes on 2 cores).
+writes the shipped file byte for byte (SHA-256 8a2b4338...5511be, about 2 minutes on 2 cores).
 
 Steps, and why:
 
@@ -29,6 +29,12 @@ Steps, and why:
 3. The quantizer has no int8 LEAKY_RELU and leaves each one in float between a DEQUANTIZE and
    a QUANTIZE; LiteRT has int8 LEAKY_RELU kernels, so each such trio becomes one int8 op
    (``int8_leaky_relu``), and every op of the result runs in int8.
+4. The int8 MIRROR_PAD of step 1 goes back to a constant pad, of the int8 minimum
+   (``int8_pool_pad``): LiteRT runs MIRROR_PAD in its reference kernel, outside XNNPACK, and
+   on 208x208x32 that one op was 11 of an inference's 19 ms of CPU (a quarter of the busy
+   scene's CPU, bench/results/mirror_pad.json); PADV2 runs inside XNNPACK. The pooled maxima
+   are the same bit for bit: every window over a padded cell also holds the edge cell the
+   symmetric pad copied, and -128 is below every int8 value.
 """
 
 from __future__ import annotations
@@ -297,6 +303,57 @@ def int8_leaky_relu(src: Path, dst: Path) -> None:
     print(f"int8 LEAKY_RELU: {fused} fused", file=sys.stderr)
 
 
+def int8_pool_pad(src: Path, dst: Path) -> int:
+    """MIRROR_PAD (SYMMETRIC, at most one cell a side) before MAX_POOL_2D only becomes a PADV2
+    of the int8 minimum (step 4); returns how many were rewritten."""
+    from ai_edge_litert import schema_py_generated as fb
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model(str(src))
+    graph = model.subgraphs[0]
+    kind = {
+        i: flatbuffer_utils.get_builtin_code_from_operator_code(c)
+        for i, c in enumerate(model.operatorCodes)
+    }
+    readers: dict[int, list[Any]] = {}
+    for op in graph.operators:
+        for t in op.inputs:
+            readers.setdefault(t, []).append(op)
+    rewritten = 0
+    for op in graph.operators:
+        if kind[op.opcodeIndex] != fb.BuiltinOperator.MIRROR_PAD:
+            continue
+        source = graph.tensors[op.inputs[0]]
+        pads = np.frombuffer(
+            bytes(bytearray(model.buffers[graph.tensors[op.inputs[1]].buffer].data)), np.int32
+        )
+        after = readers.get(op.outputs[0], [])
+        if (
+            source.type != fb.TensorType.INT8
+            or op.builtinOptions.mode != fb.MirrorPadMode.SYMMETRIC
+            or pads.max() > 1
+            or not after
+            or any(kind[r.opcodeIndex] != fb.BuiltinOperator.MAX_POOL_2D for r in after)
+        ):
+            continue
+        lowest = fb.BufferT()
+        lowest.data = np.array([-128], np.int8).tobytes()
+        model.buffers.append(lowest)
+        const = fb.TensorT()
+        const.shape, const.type, const.name = [1], fb.TensorType.INT8, b"pool_pad_int8_min"
+        const.buffer = len(model.buffers) - 1
+        const.quantization = source.quantization
+        graph.tensors.append(const)
+        op.opcodeIndex = _opcode(model, fb.BuiltinOperator.PADV2, 2)  # int8 kernels: v2
+        op.inputs = [*list(op.inputs[:2]), len(graph.tensors) - 1]
+        op.builtinOptionsType = fb.BuiltinOptions.PadV2Options
+        op.builtinOptions = fb.PadV2OptionsT()
+        rewritten += 1
+    flatbuffer_utils.write_model(model, str(dst))
+    print(f"int8 MIRROR_PAD before MAX_POOL_2D -> PADV2: {rewritten}", file=sys.stderr)
+    return rewritten
+
+
 def _opcode(model: Any, builtin: int, version: int) -> int:
     from ai_edge_litert import schema_py_generated as fb
     from ai_edge_litert.tools import flatbuffer_utils
@@ -347,7 +404,8 @@ def main(argv: list[str] | None = None) -> int:
     assert result.quantized_model is not None
     staged = args.out.with_suffix(".aeq.tflite")
     staged.write_bytes(bytes(result.quantized_model))
-    int8_leaky_relu(staged, args.out)
+    int8_leaky_relu(staged, staged)
+    int8_pool_pad(staged, args.out)
     staged.unlink()
     work.unlink()
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB)", file=sys.stderr)
