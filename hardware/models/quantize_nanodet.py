@@ -98,6 +98,21 @@ def widen_fp16(src: Path, dst: Path) -> None:
     print(f"widened {len(rewire)} fp16 constants; {len(kept)} ops left", file=sys.stderr)
 
 
+def _graph_maps(model: Any) -> tuple[dict[int, int], dict[int, list[Any]]]:
+    """The main graph's builtin code per opcode index, and the ops reading each tensor."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    kind = {
+        i: flatbuffer_utils.get_builtin_code_from_operator_code(c)
+        for i, c in enumerate(model.operatorCodes)
+    }
+    readers: dict[int, list[Any]] = {}
+    for op in model.subgraphs[0].operators:
+        for t in op.inputs:
+            readers.setdefault(t, []).append(op)
+    return kind, readers
+
+
 def _pool_pad_symmetric(model: Any) -> None:
     """PADV2 with -65504 before a MAX_POOL_2D becomes an edge-repeating MIRROR_PAD.
 
@@ -106,17 +121,9 @@ def _pool_pad_symmetric(model: Any) -> None:
     256 per step and erase the first layer's output.
     """
     from ai_edge_litert import schema_py_generated as fb
-    from ai_edge_litert.tools import flatbuffer_utils
 
     graph = model.subgraphs[0]
-    kind = {
-        i: flatbuffer_utils.get_builtin_code_from_operator_code(c)
-        for i, c in enumerate(model.operatorCodes)
-    }
-    readers: dict[int, list[Any]] = {}
-    for op in graph.operators:
-        for t in op.inputs:
-            readers.setdefault(t, []).append(op)
+    kind, readers = _graph_maps(model)
     for op in graph.operators:
         if kind[op.opcodeIndex] != fb.BuiltinOperator.PADV2:
             continue
@@ -149,17 +156,9 @@ def _fold_same_pads(model: Any) -> None:
     with 0, and int8 pads with the zero point).
     """
     from ai_edge_litert import schema_py_generated as fb
-    from ai_edge_litert.tools import flatbuffer_utils
 
     graph = model.subgraphs[0]
-    kind = {
-        i: flatbuffer_utils.get_builtin_code_from_operator_code(c)
-        for i, c in enumerate(model.operatorCodes)
-    }
-    readers: dict[int, list[Any]] = {}
-    for op in graph.operators:
-        for t in op.inputs:
-            readers.setdefault(t, []).append(op)
+    kind, readers = _graph_maps(model)
     drop = set()
     for op in graph.operators:
         if kind[op.opcodeIndex] != fb.BuiltinOperator.PAD:
@@ -264,15 +263,8 @@ def int8_leaky_relu(src: Path, dst: Path) -> None:
 
     model = flatbuffer_utils.read_model(str(src))
     graph = model.subgraphs[0]
-    kind = {
-        i: flatbuffer_utils.get_builtin_code_from_operator_code(c)
-        for i, c in enumerate(model.operatorCodes)
-    }
+    kind, consumers = _graph_maps(model)
     producer = {t: op for op in graph.operators for t in op.outputs}
-    consumers: dict[int, list[Any]] = {}
-    for op in graph.operators:
-        for t in op.inputs:
-            consumers.setdefault(t, []).append(op)
     drop: set[int] = set()
     fused = 0
     for op in graph.operators:
@@ -311,14 +303,7 @@ def int8_pool_pad(src: Path, dst: Path) -> int:
 
     model = flatbuffer_utils.read_model(str(src))
     graph = model.subgraphs[0]
-    kind = {
-        i: flatbuffer_utils.get_builtin_code_from_operator_code(c)
-        for i, c in enumerate(model.operatorCodes)
-    }
-    readers: dict[int, list[Any]] = {}
-    for op in graph.operators:
-        for t in op.inputs:
-            readers.setdefault(t, []).append(op)
+    kind, readers = _graph_maps(model)
     rewritten = 0
     for op in graph.operators:
         if kind[op.opcodeIndex] != fb.BuiltinOperator.MIRROR_PAD:
