@@ -25,7 +25,7 @@ runs another checkout's code (``git archive <commit> | tar -x -C DIR``) from thi
 from __future__ import annotations
 
 import argparse
-import resource
+import os
 import statistics
 import subprocess
 import sys
@@ -77,22 +77,28 @@ def run(clip: Path, pace: str, extra: str = "", tree: Path | None = None) -> dic
         env = service_env()
         if tree is not None:
             env["PYTHONPATH"] = str(tree)
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.monotonic()
-        subprocess.run(
+        # the child's own rusage from wait4: RUSAGE_CHILDREN's ru_maxrss is the largest of
+        # every child waited for so far, which gave every side the first big run's peak
+        proc = subprocess.Popen(
             [sys.executable, "-m", "spyoncino", "run", "--config", str(cfg)],
-            check=True,
             env=env,
-            capture_output=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
             cwd=tree,
         )
+        assert proc.stderr is not None
+        err = proc.stderr.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            raise RuntimeError(f"spyoncino run exited {proc.returncode}: {err[-2000:]!r}")
         wall = time.monotonic() - t0
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        cpu = usage.ru_utime + usage.ru_stime
         return {
             "cpu_s": round(cpu, 3),
             "wall_s": round(wall, 3),
-            "peak_rss_mb": round(after.ru_maxrss / 1024, 1),
+            "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
             "media_bytes": media_bytes(Path(tmp) / "store"),
         }
 
