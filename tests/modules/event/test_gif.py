@@ -41,6 +41,20 @@ async def makers(
     return await h.start(GifMaker, app), rec, clips
 
 
+async def one_clip(h: Harness, tmp_path: Path) -> tuple[Any, Any, list[tuple[str, Any]]]:
+    """The clip recorder's clip of SCRIPT's event, before any animation maker runs: the app,
+    the clip's artifact and the recorder of animations."""
+    src = h264_file(tmp_path / "cam.mp4", 140)
+    app = h.app({"clip": ClipRecorder, "gif": GifMaker}, {"cameras": {"cam": {"source": "x.mp4"}}})
+    clips = h.record("media.clip.ready")
+    rec = h.record("media.gif.ready")
+    await h.start(ClipRecorder, app)
+    await play_source(h, src, SCRIPT)
+    await h.settle()
+    (clip,) = [p for _, p in clips]
+    return app, clip, rec
+
+
 async def drained(h: Harness, mod: GifMaker) -> None:
     await h.settle()
     await asyncio.wait_for(mod._idle.wait(), 30)
@@ -200,16 +214,7 @@ async def test_a_clip_asked_for_gets_no_animation(harness: Harness) -> None:
 async def test_stop_without_time_spools_and_the_next_start_builds(
     harness: Harness, tmp_path: Path
 ) -> None:
-    src = h264_file(tmp_path / "cam.mp4", 140)
-    app = harness.app(
-        {"clip": ClipRecorder, "gif": GifMaker}, {"cameras": {"cam": {"source": "x.mp4"}}}
-    )
-    clips = harness.record("media.clip.ready")
-    rec = harness.record("media.gif.ready")
-    await harness.start(ClipRecorder, app)
-    await play_source(harness, src, SCRIPT)
-    await harness.settle()
-    (clip,) = [p for _, p in clips]
+    app, clip, rec = await one_clip(harness, tmp_path)
     # the clip reaches the animation maker as the stop comes, with no time left
     mod = await harness.start(GifMaker, app)
     await harness.bus.publish(topics.ARTIFACT.at(artifact="clip"), clip)
@@ -236,16 +241,7 @@ async def test_a_clip_published_just_before_the_stop_still_gets_its_animation(
 ) -> None:
     """The clip recorder writes the clips of open events at its own stop, just before this
     module stops: one still queued for the module must not be lost with the subscription."""
-    src = h264_file(tmp_path / "cam.mp4", 140)
-    app = harness.app(
-        {"clip": ClipRecorder, "gif": GifMaker}, {"cameras": {"cam": {"source": "x.mp4"}}}
-    )
-    clips = harness.record("media.clip.ready")
-    rec = harness.record("media.gif.ready")
-    await harness.start(ClipRecorder, app)
-    await play_source(harness, src, SCRIPT)
-    await harness.settle()
-    (clip,) = [p for _, p in clips]
+    app, clip, rec = await one_clip(harness, tmp_path)
     mod = await harness.start(GifMaker, app)
     await harness.bus.publish(topics.ARTIFACT.at(artifact="clip"), clip)
     await mod.stop()  # no wait: the clip is still in the module's queue
