@@ -623,6 +623,14 @@ class CameraInput(BaseModule[ConfigT]):
             self._next_allowed = max(self._next_allowed + 1.0 / cap, now + 0.5 / cap)
         await self._publish(raw, now)
 
+    def budgeted_ring(self, ring: PacketRing | None) -> PacketRing:
+        """``ring`` (a new one when None) held to this camera's share of memory,
+        ``runtime.camera_buffer_mb``, for an input keeping H.264 packets (its own ``packets``
+        or another stream's)."""
+        ring = ring or PacketRing()
+        ring.budget_bytes = int(self.ctx.app.runtime.camera_buffer_mb * 1_000_000)
+        return ring
+
     def clip_packets(self) -> PacketRing | None:
         """The packet ring clips are cut from, handed on with each frame: the decoded stream's
         own (``packets``, anchored to the frames) unless the input records another stream

@@ -395,9 +395,7 @@ class CsiInput(CameraInput[Config]):
         w, h = self.main_size
         why = self._refusal(w, h)
         if not why:
-            ring = self._ring or PacketRing()
-            self._ring = ring
-            ring.budget_bytes = int(self.ctx.app.runtime.camera_buffer_mb * 1_000_000)
+            ring = self._ring = self.budgeted_ring(self._ring)
             ring.reset(encoded_stream(w, h, opts.fps))
             try:
                 encoder = backend.H264Encoder(

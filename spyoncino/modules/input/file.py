@@ -116,8 +116,7 @@ class FileInput(CameraInput[Config]):
         else:
             self._declared_s = None
         self._pass_offset = self._offset
-        ring = self.packets or PacketRing()
-        ring.budget_bytes = int(self.ctx.app.runtime.camera_buffer_mb * 1_000_000)
+        ring = self.budgeted_ring(self.packets)
         self.packets = ring if ring.reset(stream, shift_s=self._offset) else None
         self._frames = self._decode(self._container, stream, self.packets)
         self._t0_mono = None

@@ -300,8 +300,7 @@ class RecordStream:
             stream = container.streams.video[0]
             ctx = stream.codec_context
             self.codec, self.size = ctx.name, (ctx.width, ctx.height)
-            ring = self.ring
-            ring.budget_bytes = int(owner.ctx.app.runtime.camera_buffer_mb * 1_000_000)
+            ring = owner.budgeted_ring(self.ring)
             if not ring.reset(stream):
                 raise SourceFatal(
                     f"the main stream is {ctx.name}, not H.264: clips come from the sub-stream"
@@ -473,8 +472,7 @@ class RtspInput(CameraInput[Config]):
         self._container = container
         self._packets = container.demux(stream)
         self._time_base = float(stream.time_base) if stream.time_base else 1 / 90000
-        ring = self.packets or PacketRing()
-        ring.budget_bytes = int(self.ctx.app.runtime.camera_buffer_mb * 1_000_000)
+        ring = self.budgeted_ring(self.packets)
         self.packets = ring if ring.reset(stream) else None
         self._pending.clear()
         self._last_decoded = time.monotonic()

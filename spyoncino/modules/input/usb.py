@@ -33,7 +33,6 @@ from pydantic import Field
 from spyoncino.core.config import AppConfig
 from spyoncino.core.contracts import CameraOptions, ModuleConfig, ModuleConfigError, ModuleContext
 from spyoncino.helpers.camera import CameraInput, RawFrame, SourceError, av_frame_to_raw
-from spyoncino.helpers.packets import PacketRing
 
 PREFIXES = ("/dev/video", "/dev/v4l/")
 #: greyscale decode flags by downscale factor, largest first
@@ -239,8 +238,7 @@ class UsbInput(CameraInput[Config]):
             h264 = self._open_h264(path, real)
             if h264 is not None:
                 self.h264 = h264
-                ring = self.packets or PacketRing()
-                ring.budget_bytes = int(self.ctx.app.runtime.camera_buffer_mb * 1_000_000)
+                ring = self.budgeted_ring(self.packets)
                 self.packets = ring if ring.reset(h264.stream) else None
                 self._log_opened(path, real, h264.fourcc, h264.width, h264.height, h264.fps)
                 return
