@@ -36,11 +36,11 @@ from spyoncino.core.config import Layer, build_app_model, validate
 from spyoncino.core.contracts import BoundedExecutor, ModuleContext
 from spyoncino.core.logging import setup_logging
 from spyoncino.helpers.camera import make_luma
+from spyoncino.helpers.packets import cut_decodable
 from spyoncino.modules.event.clip import (
     ClipRecorder,
     Config,
     _Session,
-    cut,
     encode_into,
     mux_mp4,
     open_encoder,
@@ -83,7 +83,7 @@ def bench_encode(frames: list[np.ndarray], size: tuple[int, int]) -> dict[str, A
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / "c.mp4"
         t0 = time.perf_counter()
-        duration = mux_mp4(cut(session.packets, 0, 10**12), size, FPS, out)
+        duration = mux_mp4(cut_decodable(session.packets, 0, 10**12), size, FPS, out)
         mux_s = time.perf_counter() - t0
         size_bytes = out.stat().st_size
     seconds = len(frames) / FPS

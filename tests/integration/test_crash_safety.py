@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 from spyoncino.helpers.files import atomic_move, media_relpath
 from spyoncino.modules.storage.index.db import connect, upsert_artifact, upsert_event
-from spyoncino.modules.event.clip import Config, _Session, cut, encode_into, mux_mp4, open_encoder
+from spyoncino.helpers.packets import cut_decodable
+from spyoncino.modules.event.clip import Config, _Session, encode_into, mux_mp4, open_encoder
 from spyoncino.schemas.events import EventNotice
 from spyoncino.schemas.media import MediaArtifact
 
@@ -50,7 +51,7 @@ while True:
         img = np.full((180, 160), (i * 10 + n) % 256, np.uint8)
         encode_into(s, img, 100.0 + i / 10)
     tmp = scratch / f".{eid}.{secrets.token_hex(4)}.mp4"
-    duration = mux_mp4(cut(s.packets, 0, 10**9), (160, 120), 10, tmp)
+    duration = mux_mp4(cut_decodable(s.packets, 0, 10**9), (160, 120), 10, tmp)
     rel = media_relpath("cam", time.time(), eid, "mp4")
     size = tmp.stat().st_size
     digest = atomic_move(tmp, root / rel)

@@ -394,12 +394,6 @@ def take_source(session: _Session) -> None:
         session.add(_Packet(pts, p.key, p.data, dts))
 
 
-def cut(packets: list[_Packet], start_ms: int, end_ms: int) -> list[_Packet]:
-    """Packets from the last keyframe at or before ``start_ms`` up to ``end_ms``, decodable
-    (``spyoncino.helpers.packets.cut_decodable``)."""
-    return cut_decodable(packets, start_ms, end_ms)
-
-
 def mux_mp4(packets: list[_Packet], size: tuple[int, int], fps: float, path: Path) -> float:
     """Write ``packets`` as an MP4 (faststart) at ``path``; returns the duration in seconds."""
     import av
@@ -704,7 +698,7 @@ class ClipRecorder(BaseModule[Config]):
                         cam.session = None  # nothing else open: drop the encoder and packets
                     else:
                         keep = min(c.needs_from_ms(self.cfg.preroll_s) for c in cam.clips.values())
-                        session.packets = cut(session.packets, keep, session.last_pts)
+                        session.packets = cut_decodable(session.packets, keep, session.last_pts)
             if final or end >= clip.start_mono + self.cfg.max_duration_s:
                 self._retire(cam, clip.event_id)
             else:
@@ -726,7 +720,7 @@ class ClipRecorder(BaseModule[Config]):
     def _packets_for(self, clip: _Clip, session: _Session | None, end_ms: int) -> list[_Packet]:
         if not clip.prefix:
             assert session is not None
-            return cut(session.packets, clip.needs_from_ms(self.cfg.preroll_s), end_ms)
+            return cut_decodable(session.packets, clip.needs_from_ms(self.cfg.preroll_s), end_ms)
         if session is None:
             return clip.prefix
         last = clip.prefix[-1].pts

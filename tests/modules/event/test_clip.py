@@ -11,8 +11,8 @@ import av
 import numpy as np
 import pytest
 
-from spyoncino.helpers.packets import PacketRing
-from spyoncino.modules.event.clip import ClipRecorder, Config, _Packet, cut, preroll_budget
+from spyoncino.helpers.packets import PacketRing, cut_decodable
+from spyoncino.modules.event.clip import ClipRecorder, Config, _Packet, preroll_budget
 from spyoncino.schemas import topics
 from spyoncino.schemas.control import ControlCommand
 from spyoncino.schemas.events import EventNotice
@@ -198,11 +198,11 @@ async def test_the_cameras_budget_from_the_board_caps_the_preroll(harness: Harne
 
 def test_cut_starts_at_a_keyframe() -> None:
     packets = [_Packet(t * 100, t % 10 == 0, b"x") for t in range(50)]
-    got = cut(packets, 2500, 3500)
+    got = cut_decodable(packets, 2500, 3500)
     assert got[0].pts == 2000
     assert got[0].key
     assert got[-1].pts == 3500
-    assert cut(packets, -100, 500)[0].pts == 0
+    assert cut_decodable(packets, -100, 500)[0].pts == 0
     assert np.all(np.diff([p.pts for p in got]) > 0)
 
 

@@ -212,7 +212,8 @@ async def test_packets_are_kept_compressed_and_remux_into_a_playable_clip(
 ) -> None:
     import av
 
-    from spyoncino.modules.event.clip import _Session, cut, mux_mp4, take_source
+    from spyoncino.helpers.packets import cut_decodable
+    from spyoncino.modules.event.clip import _Session, mux_mp4, take_source
 
     server = rtsp_server()
     h = await camera_input(RtspInput, server.url(), "rtsp", options=FAST)
@@ -229,7 +230,7 @@ async def test_packets_are_kept_compressed_and_remux_into_a_playable_clip(
     newest = h.frames[-1][1].mono_ts
     # packets are on the frames' clock: the newest is within a GOP of the newest frame
     assert abs(session.last_pts / 1000 - newest) < 1.0
-    packets = cut(session.packets, round((newest - 3.0) * 1000), session.last_pts)
+    packets = cut_decodable(session.packets, round((newest - 3.0) * 1000), session.last_pts)
     out = tmp_path / "clip.mp4"
     duration = mux_mp4(packets, session.size, session.rate, out)
     with av.open(str(out)) as c:
