@@ -31,16 +31,22 @@ def service_env() -> dict[str, str]:
     return env
 
 
-def rss_mb(pid: int) -> float | None:
-    """A process's resident memory (``VmRSS``) in MB; None once it is gone or a zombie."""
+def rss_kb(pid: int) -> int | None:
+    """A process's resident memory (``VmRSS``) in kB; None once it is gone or a zombie."""
     try:
         text = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return None
     for line in text.splitlines():
         if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
+            return int(line.split()[1])
     return None
+
+
+def rss_mb(pid: int) -> float | None:
+    """A process's resident memory (``VmRSS``) in MB; None once it is gone or a zombie."""
+    kb = rss_kb(pid)
+    return None if kb is None else kb / 1024
 
 
 def write_result(name: str, data: dict[str, Any]) -> Path:

@@ -78,14 +78,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import REPO, RESULTS, SAMPLE, write_result
+from _common import REPO, RESULTS, SAMPLE, rss_kb, write_result
 from bench_idle import proc_cpu
-from bench_rss import footage_720p
+from bench_rss import footage_720p, write_config
 from bench_rtsp import free_port
 
 from tests.support.botapi import BotApiEmulator
@@ -161,15 +159,6 @@ def split_smaps(pid: int) -> dict[str, Any] | None:
         "guest_top_mb": {k: round(v / 1024, 1) for k, v in by_file.most_common(15)},
         "qemu_mappings_inside_guest_window": intruders,
     }
-
-
-def vm_rss_kb(pid: int) -> int | None:
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    m = re.search(r"^VmRSS:\s+(\d+)", text, re.M)
-    return int(m.group(1)) if m else None
 
 
 # -- the arm64 root, its venv and the work folder --------------------------------------------
@@ -255,8 +244,8 @@ async def idle_overhead(root: Path, seconds: float = 25.0) -> dict[str, Any]:
     native = await asyncio.create_subprocess_exec(NATIVE_PYTHON, "-c", code)
     await asyncio.sleep(seconds - 5)
     split = split_smaps(emu_pid) or {}
-    raw = vm_rss_kb(emu_pid)
-    native_kb = vm_rss_kb(native.pid)
+    raw = rss_kb(emu_pid)
+    native_kb = rss_kb(native.pid)
     await proc.wait()
     await native.wait()
     return {
@@ -323,25 +312,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
 RUNS = "sample:defaults,720p:defaults,720p:events,720p:pi-4-events"
 
 
-def write_config(
-    run_dir: Path, source: str, emu: BotApiEmulator, port: int, extra: dict[str, Any]
-) -> None:
-    config: dict[str, Any] = {
-        **extra,
-        "cameras": {"cam0": {"source": source, "file": {"pace": "realtime", "loop": True}}},
-        "storage": {"root": "/srv/run/root"},
-        "log": {"format": "json", "level": "warning"},
-        "status_page": {"listen": f"127.0.0.1:{port}", "mdns": False},
-        "telegram": {
-            "token": "123456:BENCH-token",
-            "chat_ids": [CHAT],
-            "api_base_url": emu.base_url,
-            "outbox": {"min_interval_s": 0.0},
-        },
-    }
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
-
-
 def _mb(kb: float) -> float:
     return round(kb / 1024, 1)
 
@@ -355,7 +325,7 @@ async def measure(
     emu = BotApiEmulator()
     await emu.start()
     port = free_port()
-    write_config(run_dir, source, emu, port, VARIANTS[variant])
+    write_config(run_dir, 1, source, emu, port, root="/srv/run/root", extra=VARIANTS[variant])
     load_before = os.getloadavg()[0]
     argv = chroot_script(
         root,
@@ -378,7 +348,7 @@ async def measure(
         while time.monotonic() - t0 < duration_s and proc.returncode is None:
             now = time.monotonic() - t0
             split = split_smaps(pid)
-            raw = vm_rss_kb(pid)
+            raw = rss_kb(pid)
             if split is not None and raw is not None:
                 samples.append({"t": now, "raw": raw, "guest": split["guest_kb"]})
                 last = split

@@ -71,7 +71,6 @@ import contextlib
 import json
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -87,6 +86,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _common import REPO, footage, rss_mb, service_env, write_result
+from bench_rtsp import free_port
 
 from tests.support.botapi import BotApiEmulator
 
@@ -308,23 +308,31 @@ async def scrape(port: int) -> dict[str, float]:
     return sums
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def write_config(tmp: Path, cameras: int, source: Path, emu: BotApiEmulator, port: int = 0) -> Path:
+def write_config(
+    tmp: Path,
+    cameras: int,
+    source: Path | str,
+    emu: BotApiEmulator,
+    port: int = 0,
+    *,
+    root: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """``tmp/config.yaml`` for a box of ``cameras`` looping ``source`` in real time, alerting
+    into ``emu``, its storage at ``root`` (default ``tmp/root``; another path for a box that
+    sees the file system from elsewhere, as bench_arm64's chroot), ``extra`` sections on
+    top of the package defaults."""
     config: dict[str, Any] = {
+        **(extra or {}),
         "cameras": {
             f"cam{i}": {"source": str(source), "file": {"pace": "realtime", "loop": True}}
             for i in range(cameras)
         },
-        "storage": {"root": str(tmp / "root")},
+        "storage": {"root": root or str(tmp / "root")},
         "log": {"format": "json", "level": "warning"},
         "status_page": {"listen": f"127.0.0.1:{port}", "mdns": False},
         "telegram": {
