@@ -37,7 +37,7 @@ import itertools
 import secrets
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, ClassVar, Literal, cast
@@ -530,16 +530,9 @@ class GifMaker(BaseModule[Config]):
     async def _spool(self, jobs: list[_Job]) -> None:
         saved = 0
         for job in jobs:
-            meta = {
-                "camera_id": job.camera_id,
-                "event_id": job.event_id,
-                "clip_path": job.clip_path,
-                "clip_relpath": job.clip_relpath,
-                "lead_s": job.lead_s,
-            }
             try:
                 path = await self.ctx.executor.run(
-                    spool.save, self.spool_dir, job.event_id, meta, []
+                    spool.save, self.spool_dir, job.event_id, asdict(job), []
                 )
             except (OSError, ValueError, RuntimeError) as e:
                 self.gifs_dropped += 1
