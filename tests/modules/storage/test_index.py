@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 from pathlib import Path
@@ -194,3 +195,25 @@ async def test_an_activity_is_indexed_with_its_severity_and_objects(tmp_path: Pa
         '[{"track_id": 1, "label": "car", "score": 0.7, "zones": ["street"]}, '
         '{"track_id": 2, "label": "person", "score": 0.912, "zones": []}]'
     )
+
+
+async def test_a_flush_waits_for_the_write_already_under_way(tmp_path: Path) -> None:
+    # the periodic flush took the batch and is writing it when stop (or a caller) flushes:
+    # that flush returns only once those rows are committed, or a reader sees them missing
+    async with BusHarness(storage_root=tmp_path) as h:
+        idx = h.build(EventIndex, {"index": {"flush_interval": 60}}, name="index")
+        await idx.configure(idx.ctx.app)
+        await idx.start()
+        await h.bus.publish("event.object.started", notice("started"))
+        await h.bus.drain(timeout=2)
+        with idx._db_lock:  # the write of the first flush cannot finish yet
+            first = asyncio.create_task(idx.flush())  # type: ignore[attr-defined]
+            await asyncio.sleep(0)  # it took the batch and waits for the executor
+            second = asyncio.create_task(idx.flush())  # type: ignore[attr-defined]
+            await asyncio.sleep(0)
+            returned_early = second.done()
+        assert await asyncio.gather(first, second) == [1, 0]
+        assert not returned_early
+        db = sqlite3.connect(tmp_path / "events.sqlite3")
+        assert db.execute("SELECT id FROM events").fetchall() == [("e1",)]
+        await idx.stop()

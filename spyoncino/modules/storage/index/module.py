@@ -105,6 +105,8 @@ class EventIndex(_Base[Config]):
         self._retry: list[tuple[str, Any]] = []
         self._inflight = 0
         self._db_lock = threading.Lock()
+        #: one flush at a time: a flush called while another writes returns after that write
+        self._flushing = asyncio.Lock()
         self.rows_written = 0
         self.commits = 0
         self.write_failures = 0
@@ -228,7 +230,15 @@ class EventIndex(_Base[Config]):
                 self.log.error("index_flush_error", error=repr(e), exc_info=e)
 
     async def flush(self) -> int:
-        """Commit the pending rows; 0 when there were none or the write failed (kept for later)."""
+        """Commit the pending rows; 0 when there were none or the write failed (kept for later).
+
+        Waits for a flush already writing (the periodic one), so that what was pending when it
+        was called is committed, or kept for a retry, once it returns.
+        """
+        async with self._flushing:
+            return await self._flush()
+
+    async def _flush(self) -> int:
         if not (self._pending or self._retry) or self._conn is None:
             return 0
         batch, self._pending = self._pending, []
