@@ -4,9 +4,9 @@ The module does no work while an event is open: it waits for the event's clip
 (``media.clip.ready``, written by ``clip``) and cuts the animation from that file.
 
 **Window.** From the keyframe at or before the event's start in the clip (the clip says where:
-``event_offset_s``; else ``clip.preroll_s`` is taken) for at most ``duration_s`` seconds and
-at most ``max_bytes`` (Telegram's ``sendAnimation`` plays it inline like a GIF; it wants a
-silent MP4 of a few MB).
+``event_offset_s``; a clip that does not say is cut from its start) for at most
+``duration_s`` seconds and at most ``max_bytes`` (Telegram's ``sendAnimation`` plays it
+inline like a GIF; it wants a silent MP4 of a few MB).
 
 **Remux first.** When the clip is H.264 4:2:0 (a camera whose own packets the clip remuxed,
 or the clip recorder's own encode) the window's packets are copied into a new MP4
@@ -327,11 +327,6 @@ def decode_window(
             yield cast("Image", img)
 
 
-def _preroll_of(app: AppConfig) -> float:
-    clip = getattr(app, "clip", None)  # the clip recorder's section, when it is registered
-    return float(getattr(clip, "preroll_s", 0.0) or 0.0)
-
-
 class GifMaker(BaseModule[Config]):
     category: ClassVar[Any] = "event"
     Config: ClassVar[type[ModuleConfig]] = Config
@@ -343,7 +338,6 @@ class GifMaker(BaseModule[Config]):
         self.cfg = Config()
         self.root = Path(".")
         self.scratch = Path(".scratch")
-        self.preroll_s = 0.0
         self.gifs_written = 0
         self.bytes_written = 0
         self.build_s = 0.0
@@ -366,7 +360,6 @@ class GifMaker(BaseModule[Config]):
         self.cfg = self.config_of(app)
         self.root = app.storage.root
         self.scratch = app.storage.scratch_dir
-        self.preroll_s = _preroll_of(app)
         self.spool_dir = app.storage.root / ".spool" / (self.name or "gif")
 
     async def start(self) -> None:
@@ -379,7 +372,7 @@ class GifMaker(BaseModule[Config]):
         art = msg.payload
         if art.event_id.startswith("manual-"):
             return  # asked for with /clip: the clip is the answer
-        lead = art.event_offset_s if art.event_offset_s is not None else self.preroll_s
+        lead = art.event_offset_s or 0.0  # a clip that does not say: from its start
         self._add(_Job(art.camera_id, art.event_id, art.path, art.relpath, lead))
 
     def _add(self, job: _Job) -> None:

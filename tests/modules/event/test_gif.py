@@ -250,3 +250,19 @@ async def test_a_clip_published_just_before_the_stop_still_gets_its_animation(
     built = [p for _, p in rec]
     spooled = list((harness.root / ".spool" / "gif").glob("*.job"))
     assert len(built) + len(spooled) == 1
+
+
+async def test_a_clip_that_does_not_say_where_its_event_starts_is_cut_from_its_start(
+    harness: Harness, tmp_path: Path
+) -> None:
+    # another module's clip without event_offset_s: from its first picture, not from where
+    # the clip recorder's own pre-roll would put it (this module reads no other's config)
+    app, clip, rec = await one_clip(harness, tmp_path)
+    assert clip.event_offset_s  # the recorder's own clip says: 4 s in
+    mod = await harness.start(GifMaker, app)
+    await harness.bus.publish(
+        topics.ARTIFACT.at(artifact="clip"), clip.model_copy(update={"event_offset_s": None})
+    )
+    await drained(harness, mod)
+    (art,) = [p for _, p in rec]
+    assert read_anim(art.path)[4][0] == 20  # the clip's first picture (its keyframe at 2.0 s)
