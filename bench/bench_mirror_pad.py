@@ -4,7 +4,8 @@ On the busy scene (``bench_pipeline.py --full``) py-spy put a quarter of the act
 TFLite's builtin ``MIRROR_PAD`` kernel (op 3 of ``coco_nanodet_m_416_int8.tflite``,
 208x208x32 int8, not delegated to XNNPACK), which padded by one cell before a 3x3 stride-2
 ``MAX_POOL_2D``. The symmetric pad copies an edge cell every pooling window over it already
-holds, so a constant pad of the int8 minimum (``PADV2``, which XNNPACK takes) gives the same
+holds, so a constant pad of the int8 minimum (``PADV2``: LiteRT's own kernel too, but a
+plain copy; XNNPACK's delegate takes PAD, not PADV2) gives the same
 maxima: ``hardware/models/quantize_nanodet.py`` (step 4) now builds the bundled model so. This
 bench puts the MIRROR_PAD back in a copy of the bundled model (in a temporary folder), checks
 the outputs of the two are bit-identical on random inputs and on real frames, and times

@@ -14,7 +14,7 @@ video. ``--full`` replays vtest (the busy scene) instead of the packaged sample.
 is shared with other jobs: medians and every run.
 
 Two figures per side: ``cpu_s_per_video_minute`` is the whole process, launch to exit
-(interpreter start-up, imports and model load included, 1.5-2.5 s of CPU once per start), and
+(interpreter start-up, imports and model load included: about 1.3 s of CPU here), and
 ``steady_cpu_s_per_video_minute`` what the running box costs: the CPU from the first frame
 published (the ``camera_streaming`` log line, as ``bench_startup.py`` times start-up) to the
 exit, over the video's length. Start-up has its own bench and target (``bench_startup.py``).
@@ -146,8 +146,8 @@ def main() -> None:
         "from the first frame published to the exit. "
         "Sides named "
         "otherwise than default and before_20 run another checkout (see --side). "
-        "before_20: clip.remux false + gif.format gif. The machine was shared with other "
-        "heavy jobs: medians and every run.",
+        "before_20: clip.remux false + gif.format gif. Medians and every run (the machine "
+        "may be shared with other jobs: see docs/performance.md for the conditions).",
     }
     for name, rs in runs.items():
         per_min = [round(r["cpu_s"] / video_s * 60, 2) for r in rs]

@@ -32,9 +32,11 @@ Steps, and why:
 4. The int8 MIRROR_PAD of step 1 goes back to a constant pad, of the int8 minimum
    (``int8_pool_pad``): LiteRT runs MIRROR_PAD in its reference kernel, outside XNNPACK, and
    on 208x208x32 that one op was 11 of an inference's 19 ms of CPU (a quarter of the busy
-   scene's CPU, bench/results/mirror_pad.json); PADV2 runs inside XNNPACK. The pooled maxima
-   are the same bit for bit: every window over a padded cell also holds the edge cell the
-   symmetric pad copied, and -128 is below every int8 value.
+   scene's CPU, bench/results/mirror_pad.json). LiteRT's PADV2 kernel is a plain copy; it
+   stays outside XNNPACK too (whose delegate takes PAD, not PADV2: as a PAD of the zero point
+   an invoke costs about 0.5 ms less, but the maxima at the border would change). The pooled
+   maxima are the same bit for bit: every window over a padded cell also holds the edge cell
+   the symmetric pad copied, and -128 is below every int8 value.
 """
 
 from __future__ import annotations
