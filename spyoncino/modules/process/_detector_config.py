@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator
@@ -26,9 +27,9 @@ class Config(ModuleConfig):
 
     @classmethod
     def profile_defaults(cls, profile: Profile) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        if profile.detector.threads:
-            out["num_threads"] = profile.detector.threads
+        # the profile's 0 is one thread per CPU core (within the field's 1-16)
+        threads = profile.detector.threads or os.cpu_count() or 1
+        out: dict[str, Any] = {"num_threads": max(1, min(threads, 16))}
         # a lighter model on the small boards; the bundled default stays "unset" elsewhere
         if not profile.detector.model.endswith(BUNDLED_MODEL):
             out["model"] = profile.detector.model
@@ -61,7 +62,13 @@ class Config(ModuleConfig):
             "edgetpu: a Coral with an *_edgetpu.tflite model."
         ),
     )
-    num_threads: int = Field(default=2, ge=1, le=16, description="CPU threads for inference.")
+    num_threads: int = Field(
+        default=2,
+        ge=1,
+        le=16,
+        description="CPU threads for inference. The board's hardware profile sets it (a PC: one "
+        "per CPU core); 2 where no profile applies.",
+    )
     input_size: tuple[int, int] | None = Field(
         default=None,
         description=(
