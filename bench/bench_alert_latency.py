@@ -523,31 +523,16 @@ async def lockstep(clip: Path, detector: dict[str, Any] | None = None) -> dict[s
     import av
     import cv2
 
-    from spyoncino.core.bus import Bus
-    from spyoncino.core.config import validate
-    from spyoncino.core.contracts import BoundedExecutor, ModuleContext
-    from spyoncino.modules.event.tracker import EventTracker
-    from spyoncino.modules.process.detector import ObjectDetector
-    from spyoncino.modules.process.motion import MotionDetector
     from spyoncino.schemas import topics
-    from spyoncino.schemas.frames import Frame
-    from spyoncino.testing import FakeClock
+    from tests.support.lockstep import Lockstep
 
     path, starts = cached_arrivals(clip, WIPE, STRETCH, STRETCHES)
-    registry: dict[str, Any] = {
-        "motion": MotionDetector,
-        "detector": ObjectDetector,
-        "tracker": EventTracker,
-    }
-    for name, cls in registry.items():
-        cls.name = name
     raw: dict[str, Any] = {"cameras": {"cam": {"source": "cam.mp4"}}}
     if detector:
         raw["detector"] = dict(detector)
-    app = validate(build_app_model(registry), [Layer("bench", raw)])
-    bus = Bus(status_interval=0)
-    executor = BoundedExecutor(workers=2)
-    clock = FakeClock(mono=0.0)
+    # the recorder of started events reads the frame number: idle before the next frame
+    run = Lockstep(raw, fps=FPS, wait_also=("event.*.started",))
+    bus, clock = run.bus, run.clock
     rec = Recorder()
     now_seq = [0]
     frame_of: dict[float, int] = {}
@@ -559,16 +544,8 @@ async def lockstep(clip: Path, detector: dict[str, Any] | None = None) -> dict[s
     bus.subscribe(topics.MOTION.name, rec.motion_ev, policy="block", maxsize=4096, module="b")
     bus.subscribe(topics.OBJECTS.name, rec.detection, policy="block", maxsize=4096, module="b")
     bus.subscribe("event.*.started", on_event, policy="block", maxsize=1024, module="b")
-    mods: list[Any] = []
     wanted = {q for s in starts for q in range(s - LOCK_QUIET, s + STRETCH)}
-    try:
-        for name, cls in registry.items():
-            ctx = ModuleContext(bus=bus, executor=executor, app=app, instance=name, clock=clock)
-            m = cls(ctx)
-            await m.configure(app)
-            await m.start()
-            mods.append(m)
-        det = mods[1]
+    async with run:
         with av.open(str(path)) as container:
             for i, f in enumerate(container.decode(video=0)):
                 if i > max(wanted):
@@ -580,22 +557,10 @@ async def lockstep(clip: Path, detector: dict[str, Any] | None = None) -> dict[s
                         clock.advance(0.5)
                         await asyncio.sleep(0.002)  # the tracker's expiry loop runs
                 img = f.to_ndarray(format="bgr24")
-                h, w = img.shape[:2]
                 now_seq[0] = i
                 frame_of[clock.monotonic()] = i
-                luma = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
-                frame = Frame("cam", i, clock.monotonic(), clock.time(), w, h, luma, _image=img)
-                await bus.publish(topics.FRAME.at(camera="cam"), frame)
-                await bus.wait_idle(topics.FRAME.at(camera="cam"), topics.MOTION.name)
-                await det.settled()
-                await bus.wait_idle(topics.OBJECTS.name, "event.*.started")
-                clock.advance(1 / FPS)
-        await bus.drain(timeout=60.0)
-    finally:
-        for m in reversed(mods):
-            await m.stop()
-        await bus.close()
-        executor.shutdown()
+                await run.step(i, img, cv2.cvtColor(img, cv2.COLOR_BGR2GRAY))
+        await run.finish(timeout=60.0)
     rows: list[dict[str, Any]] = []
     for start in starts:
         mine = [
