@@ -532,7 +532,7 @@ async def lockstep(clip: Path, detector: dict[str, Any] | None = None) -> dict[s
         raw["detector"] = dict(detector)
     # the recorder of started events reads the frame number: idle before the next frame
     run = Lockstep(raw, fps=FPS, wait_also=("event.*.started",))
-    bus, clock = run.bus, run.clock
+    bus, clock = run.bus, run.fake_clock
     rec = Recorder()
     now_seq = [0]
     frame_of: dict[float, int] = {}

@@ -15,18 +15,14 @@ live however slow the machine is. Used by the nuisance-replay test and by
 
 from __future__ import annotations
 
-from types import TracebackType
 from typing import Any
 
-from spyoncino.core.bus import Bus
-from spyoncino.core.config import Layer, build_app_model, validate
-from spyoncino.core.contracts import BaseModule, BoundedExecutor, ModuleContext
 from spyoncino.modules.event.tracker import EventTracker
 from spyoncino.modules.process.detector import ObjectDetector
 from spyoncino.modules.process.motion import MotionDetector
 from spyoncino.schemas import topics
 from spyoncino.schemas.frames import Frame
-from spyoncino.testing import FakeClock
+from spyoncino.testing import BusHarness, FakeClock
 
 REGISTRY: dict[str, Any] = {
     "motion": MotionDetector,
@@ -35,32 +31,26 @@ REGISTRY: dict[str, Any] = {
 }
 
 
-class Lockstep:
-    """``raw``: the config (one camera, ``cam``); ``wait_also``: topics whose subscribers must
+class Lockstep(BusHarness):
+    """A :class:`BusHarness` on a ``FakeClock`` whose modules are the three stages.
+
+    ``raw``: the config (one camera, ``cam``); ``wait_also``: topics whose subscribers must
     be idle too before the next frame (a recorder of events that reads the frame number)."""
 
     def __init__(
         self, raw: dict[str, Any], *, fps: float = 10.0, wait_also: tuple[str, ...] = ()
     ) -> None:
-        for name, cls in REGISTRY.items():
-            cls.name = name
-        self.app = validate(build_app_model(REGISTRY), [Layer("lockstep", raw)])
-        self.bus = Bus(status_interval=0)
-        self.executor = BoundedExecutor(workers=2)
-        self.clock = FakeClock(mono=0.0)
+        self.fake_clock = FakeClock(mono=0.0)
+        super().__init__(clock=self.fake_clock)
+        self.raw = raw
         self.fps = fps
         self.wait_also = wait_also
-        self.modules: list[BaseModule[Any]] = []
 
     async def __aenter__(self) -> Lockstep:
         for name, cls in REGISTRY.items():
-            ctx = ModuleContext(
-                bus=self.bus, executor=self.executor, app=self.app, instance=name, clock=self.clock
-            )
-            m = cls(ctx)
-            await m.configure(self.app)
+            m = self.build(cls, self.raw, name=name, others=REGISTRY)
+            await m.configure(m.ctx.app)
             await m.start()
-            self.modules.append(m)
         return self
 
     @property
@@ -69,13 +59,14 @@ class Lockstep:
 
     async def step(self, seq: int, img: Any, luma: Any) -> None:
         """One frame through motion, the detector and the tracker; then the clock moves on."""
+        clock = self.fake_clock
         h, w = img.shape[:2]
-        frame = Frame("cam", seq, self.clock.monotonic(), self.clock.time(), w, h, luma, _image=img)
+        frame = Frame("cam", seq, clock.monotonic(), clock.time(), w, h, luma, _image=img)
         await self.bus.publish(topics.FRAME.at(camera="cam"), frame)
         await self.bus.wait_idle(topics.FRAME.at(camera="cam"), topics.MOTION.name)
         await self.detector.settled()
         await self.bus.wait_idle(topics.OBJECTS.name, *self.wait_also)
-        self.clock.advance(1 / self.fps)
+        clock.advance(1 / self.fps)
 
     async def finish(self, timeout: float = 120.0) -> bool:
         """Drain, stop the modules (the orchestrator's order, last first), drain again: whether
@@ -84,14 +75,3 @@ class Lockstep:
         while self.modules:
             await self.modules.pop().stop()
         return await self.bus.drain(timeout=timeout) and idle
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        while self.modules:
-            await self.modules.pop().stop()
-        await self.bus.close()
-        self.executor.shutdown()
