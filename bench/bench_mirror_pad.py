@@ -24,51 +24,37 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import footage, write_result
+from _common import REPO, footage, write_result
 
-MODEL = (
-    Path(__file__).resolve().parents[1]
-    / "spyoncino"
-    / "data"
-    / "models"
-    / "coco_nanodet_m_416_int8.tflite"
-)
+sys.path.insert(0, str(REPO / "hardware" / "models"))  # quantize_nanodet, the model's script
+MODEL = REPO / "spyoncino" / "data" / "models" / "coco_nanodet_m_416_int8.tflite"
 
 
 def with_mirror_pad(src: Path, dst: Path) -> int:
     """Write ``src`` with every PADV2 of the int8 minimum that feeds only MAX_POOL_2D made the
-    SYMMETRIC MIRROR_PAD it was built from; returns how many were put back."""
-    import flatbuffers
-    from ai_edge_litert import schema_py_generated as s
+    SYMMETRIC MIRROR_PAD it was built from; returns how many were put back (the model script's
+    own graph maps and opcode lookup, step 4 backwards)."""
+    from ai_edge_litert import schema_py_generated as fb
+    from ai_edge_litert.tools import flatbuffer_utils
+    from quantize_nanodet import _graph_maps, _opcode
 
-    model = s.ModelT.InitFromObj(s.Model.GetRootAsModel(src.read_bytes(), 0))
-    ops = s.BuiltinOperator
-
-    def code(op: Any) -> int:
-        oc = model.operatorCodes[op.opcodeIndex]
-        return int(max(oc.builtinCode, oc.deprecatedBuiltinCode))
-
-    mirror = s.OperatorCodeT()
-    mirror.builtinCode = mirror.deprecatedBuiltinCode = ops.MIRROR_PAD
-    mirror.version = 2
-    model.operatorCodes.append(mirror)
+    model = flatbuffer_utils.read_model(str(src))
     graph = model.subgraphs[0]
+    kind, readers = _graph_maps(model)
     put_back = 0
     for op in graph.operators:
-        if code(op) != ops.PADV2:
+        if kind[op.opcodeIndex] != fb.BuiltinOperator.PADV2:
             continue
-        users = [o for o in graph.operators if op.outputs[0] in list(o.inputs)]
-        if not users or any(code(u) != ops.MAX_POOL_2D for u in users):
+        users = readers.get(op.outputs[0], [])
+        if not users or any(kind[u.opcodeIndex] != fb.BuiltinOperator.MAX_POOL_2D for u in users):
             continue
-        op.opcodeIndex = len(model.operatorCodes) - 1
+        op.opcodeIndex = _opcode(model, fb.BuiltinOperator.MIRROR_PAD, 2)
         op.inputs = list(op.inputs)[:2]
-        op.builtinOptionsType = s.BuiltinOptions.MirrorPadOptions
-        op.builtinOptions = s.MirrorPadOptionsT()
-        op.builtinOptions.mode = s.MirrorPadMode.SYMMETRIC
+        op.builtinOptionsType = fb.BuiltinOptions.MirrorPadOptions
+        op.builtinOptions = fb.MirrorPadOptionsT()
+        op.builtinOptions.mode = fb.MirrorPadMode.SYMMETRIC
         put_back += 1
-    builder = flatbuffers.Builder(1 << 20)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    dst.write_bytes(builder.Output())
+    flatbuffer_utils.write_model(model, str(dst))
     return put_back
 
 
