@@ -535,12 +535,13 @@ async def lockstep(clip: Path, detector: dict[str, Any] | None = None) -> dict[s
     bus, clock = run.bus, run.fake_clock
     rec = Recorder()
     now_seq = [0]
-    frame_of: dict[float, int] = {}
     started: list[tuple[EventNotice, int]] = []
 
     async def on_event(msg: Message[EventNotice]) -> None:
         started.append((msg.payload, now_seq[0]))
 
+    frame_topic = topics.FRAME.at(camera="cam")
+    bus.subscribe(frame_topic, rec.frame, policy="block", maxsize=4096, module="b")
     bus.subscribe(topics.MOTION.name, rec.motion_ev, policy="block", maxsize=4096, module="b")
     bus.subscribe(topics.OBJECTS.name, rec.detection, policy="block", maxsize=4096, module="b")
     bus.subscribe("event.*.started", on_event, policy="block", maxsize=1024, module="b")
@@ -558,7 +559,6 @@ async def lockstep(clip: Path, detector: dict[str, Any] | None = None) -> dict[s
                         await asyncio.sleep(0.002)  # the tracker's expiry loop runs
                 img = f.to_ndarray(format="bgr24")
                 now_seq[0] = i
-                frame_of[clock.monotonic()] = i
                 await run.step(i, img, cv2.cvtColor(img, cv2.COLOR_BGR2GRAY))
         await run.finish(timeout=60.0)
     rows: list[dict[str, Any]] = []
@@ -566,20 +566,13 @@ async def lockstep(clip: Path, detector: dict[str, Any] | None = None) -> dict[s
         mine = [
             (ev, at)
             for ev, at in started
-            if start <= frame_of.get(ev.started_mono, -1) < start + STRETCH
+            if start <= rec.seq_at.get(("cam", ev.started_mono), -1) < start + STRETCH
         ]
         if not mine:
             rows.append({"stretch_first_seq": start, "missed": True})
             continue
         ev, at = mine[0]
-        seen = frame_of[ev.started_mono]
-        boxes = rec.detected.get(("cam", seen), ())
-        ref = ev.boxes[0] if ev.boxes else None
-        box = (
-            min(boxes, key=lambda b: 0 if ref is None else abs(b.x1 - ref.x1) + abs(b.y1 - ref.y1))
-            if boxes
-            else Box(x1=0, y1=0, x2=1, y2=1)
-        )
+        seen, box = rec.first_sighting(ev, at)  # as the real-time replay finds it
         onset = rec.follow_back("cam", seen, box, start)
         rows.append(
             {
