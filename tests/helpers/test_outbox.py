@@ -103,6 +103,8 @@ async def test_delivers_in_order_per_recipient_and_reports(env: dict[str, Any]) 
     await until(lambda: len(ch.delivered) == 10)
     for rid in ("1", "2"):
         assert [d[1] for d in ch.delivered if d[0] == rid] == [f"e{i}" for i in range(5)]
+    # each is reported sent once its row says so, just after the delivery
+    await until(lambda: [n.status for n in env["notes"]].count("sent") == 10, what="10 sent")
     await env["bus"].drain()
     statuses = [n.status for n in env["notes"]]
     assert statuses.count("queued") == 10

@@ -100,7 +100,8 @@ async def test_a_snapshot_is_delivered_and_nothing_while_disarmed(env: dict[str,
     bus, root = env["bus"], env["root"]
     m = await env["make"]()
     await publish_event(bus, root, "ev-1")
-    await until(lambda: m.delivered == [("ev-1", "snapshot")])
+    # counted as sent once its row says so, just after the delivery
+    await until(lambda: m.delivered == [("ev-1", "snapshot")] and m.metrics()["outbox_sent"] == 1)
     await bus.publish(topics.CONTROL_STATE.name, ControlState(armed=False))
     await bus.drain()
     await publish_event(bus, root, "ev-2")
@@ -161,9 +162,11 @@ async def test_a_full_disk_delays_no_alert_and_kills_no_task(
         await publish_started(env["bus"], "after")
         await until(lambda: ("after", "text") in m.delivered)
         assert m.health().state != "failed"
-        # the alert kept in memory reached the database once it could be written
+        # the alert kept in memory reached the database once it could be written; an
+        # outcome counts as sent only once its row says so (delivery comes first)
         assert m.outbox is not None
-        await until(lambda: m.outbox is not None and m.outbox.stats["unsaved"] == 0)
+        outbox = m.outbox
+        await until(lambda: outbox.stats["sent"] == 2 and outbox.stats["unsaved"] == 0)
         conn = sqlite3.connect(root / "outbox.sqlite3")
         try:
             rows = conn.execute("SELECT event_id, status FROM outbox ORDER BY id").fetchall()

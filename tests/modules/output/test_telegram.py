@@ -216,7 +216,8 @@ async def test_snapshot_photo_goes_to_every_chat_with_a_caption(
         assert "Front door" in caption
         assert caption.startswith("person \u00b7 Front door \u00b7 ")
         assert "driveway" in caption
-    await h.bus.drain()
+    # each is reported sent once its outbox row says so, just after the Bot API answered
+    await until(lambda: len(h.statuses("sent")) == 2, what="two sent notes")
     assert len(h.statuses("queued")) == 2
     assert len(h.statuses("sent")) == 2
     assert {n.recipient for n in h.statuses("sent")} == {str(c) for c in CHATS}
@@ -302,6 +303,7 @@ async def test_retry_after_is_honoured(harness: MakeHarness, botapi: BotApiEmula
     first = botapi.attempts_to("sendPhoto")[0]
     assert first.answered == "429"
     assert ok.at - first.at >= 1.0
+    await until(lambda: len(h.statuses("sent")) == 1, what="a sent note")
     await h.bus.drain()
     assert len(h.statuses("sent")) == 1
 
