@@ -145,6 +145,12 @@ class BoundedExecutor:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _started_event() -> asyncio.Event:
+    event = asyncio.Event()
+    event.set()
+    return event
+
+
 @dataclass
 class ModuleContext:
     """What the orchestrator hands a module: the bus, the executor and the app config."""
@@ -159,6 +165,10 @@ class ModuleContext:
     pipeline_pending: Callable[[], int] = field(default=lambda: 0)
     #: the time the module reads and sleeps on (a test hands in a ``FakeClock``)
     clock: Clock = field(default_factory=SystemClock)
+    #: set once the orchestrator has started every module (at once for a module run on its
+    #: own): a module that takes commands from outside (MQTT, Telegram) holds them until
+    #: then, or they would go out on a bus whose listeners (arming, snapshot) are not there
+    started: asyncio.Event = field(default_factory=_started_event)
 
 
 class BaseModule(ABC, Generic[ConfigT]):

@@ -174,6 +174,8 @@ class Orchestrator:
         self._lock = asyncio.Lock()
         self.started = False
         self.ready = False
+        #: every module's ``ctx.started``: set once all of them have started
+        self.all_started = asyncio.Event()
         #: a worker thread did not finish on stop: the process must exit hard
         self.stuck = False
         #: hooks run after start and before stop (systemd notifier, mDNS, ...)
@@ -198,6 +200,7 @@ class Orchestrator:
             instance=instance,
             camera_id=camera_id,
             pipeline_pending=self.frame_work_pending,
+            started=self.all_started,
         )
         return Slot(instance=instance, cls=cls, module=cls(ctx), camera_id=camera_id)
 
@@ -228,6 +231,7 @@ class Orchestrator:
                 await self._start_slot(slot)
         self.started = True
         self.ready = True
+        self.all_started.set()
         self._health_task = asyncio.get_running_loop().create_task(
             self._health_loop(), name="orchestrator:health"
         )

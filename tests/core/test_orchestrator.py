@@ -106,6 +106,25 @@ async def test_start_consumers_first_and_stop_in_reverse(tmp_path: Path) -> None
     assert LOG == ["stop a_proc", "stop d_event", "stop c_out", "stop b_store"]
 
 
+async def test_modules_learn_when_every_module_has_started(tmp_path: Path) -> None:
+    """``ctx.started`` is what MQTT and Telegram wait on before they hand a command to the
+    bus: still unset while the later modules (the ones that obey) start, set after."""
+    registry = {"c_out": make_module("c_out", "output"), "a_proc": make_module("a_proc", "process")}
+    orch = Orchestrator(service(registry, {"storage": {"root": str(tmp_path)}}), registry)
+    seen: dict[str, bool] = {}
+    real_start = orch._start_slot
+
+    async def watched(slot: Any) -> None:
+        seen[slot.instance] = slot.module.ctx.started.is_set()
+        await real_start(slot)
+
+    orch._start_slot = watched  # type: ignore[method-assign]
+    await orch.start()
+    assert seen == {"c_out": False, "a_proc": False}
+    assert all(s.module.ctx.started.is_set() for s in orch.slots)
+    await orch.stop()
+
+
 async def test_disabled_module_is_not_built(tmp_path: Path) -> None:
     registry = {"x": make_module("x", "process"), "y": make_module("y", "process")}
     orch = Orchestrator(service(registry, {"y": {"enabled": False}}), registry)

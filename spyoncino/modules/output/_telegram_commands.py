@@ -82,6 +82,9 @@ class TelegramCommands(TelegramUpdates):
                         [BotCommand(command=c, description=d) for c, d in text.COMMANDS]
                     )
                     ready = True
+                # updates stay with the Bot API until every module has started: a /disarm
+                # read before arming listens would go nowhere
+                await self.ctx.started.wait()
                 updates = await bot.get_updates(
                     offset=offset,
                     timeout=self.cfg.poll_timeout_s,

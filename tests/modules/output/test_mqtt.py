@@ -229,6 +229,30 @@ async def test_commands_travel_on_the_bus_and_state_comes_back(
         await watch.wait_topic(f"{base}/yard/detect", "OFF")
 
 
+async def test_a_command_sent_while_the_box_starts_is_obeyed_once_it_has(
+    tmp_path: Path, broker: Broker, watch: Watcher
+) -> None:
+    """The box is on the broker before the modules that obey commands (arming, snapshot) have
+    started; a command retained on the broker, or sent by an automation as the box comes
+    online, reaches the module at once. It was handed to a bus nobody listened on yet, and
+    lost; now it waits until every module has started."""
+    base = "spyoncino/box1"
+    await watch.publish(f"{base}/set/armed", "OFF", retain=True)
+    async with BusHarness(storage_root=tmp_path) as h:
+        mod = h.build(MqttOutput, {"cameras": CAMERAS, "mqtt": mqtt_cfg(broker)}, name="mqtt")
+        assert isinstance(mod, MqttOutput)
+        mod.ctx.started.clear()  # the orchestrator is still starting the other modules
+        await mod.configure(mod.ctx.app)
+        await mod.start()
+        await until(lambda: mod.metrics()["commands_held"] == 1, what="the command held")
+        control = h.record(topics.CONTROL.name)  # arming subscribes as it starts
+        mod.ctx.started.set()
+        msg = await control.wait_for()
+        assert isinstance(msg.payload, ControlCommand)
+        assert (msg.payload.command, msg.payload.source) == ("disarm", "mqtt")
+        assert mod.metrics()["commands"] == 1
+
+
 GARBAGE = [
     b"",
     b"\xff\xfe\x00garbage",

@@ -140,7 +140,11 @@ async def harness(tmp_path: Path) -> AsyncIterator[MakeHarness]:
     made: list[Harness] = []
 
     async def make(
-        arming: bool = False, wait_bot: bool = True, clock: Clock | None = None, **section: Any
+        arming: bool = False,
+        wait_bot: bool = True,
+        clock: Clock | None = None,
+        started: asyncio.Event | None = None,
+        **section: Any,
     ) -> Harness:
         model = build_app_model({"telegram": TelegramOutput, "arming": ArmingState})
         app = model.model_validate(
@@ -155,6 +159,8 @@ async def harness(tmp_path: Path) -> AsyncIterator[MakeHarness]:
         )
         clock = clock or SystemClock()
         ctx = ModuleContext(bus=bus, executor=executor, app=app, instance="telegram", clock=clock)
+        if started is not None:  # the orchestrator's "every module has started"
+            ctx.started = started
         module = TelegramOutput(ctx)
         module.name = "telegram"
         await module.configure(app)
@@ -168,6 +174,7 @@ async def harness(tmp_path: Path) -> AsyncIterator[MakeHarness]:
             actx = ModuleContext(
                 bus=bus, executor=executor, app=app, instance="arming", clock=clock
             )
+            actx.started = ctx.started
             h.arming = ArmingState(actx)
             h.arming.name = "arming"
             await h.arming.configure(app)
@@ -580,6 +587,23 @@ async def test_arm_disarm_and_admins(harness: MakeHarness, botapi: BotApiEmulato
     await reply_to(botapi, 111, "Armed")
     assert h.arming.armed
     assert h.module.counts["commands"] == 3
+
+
+async def test_a_command_sent_while_the_box_starts_is_obeyed_once_it_has(
+    harness: MakeHarness, botapi: BotApiEmulator
+) -> None:
+    """/disarm sent while the box (re)starts: Telegram's module starts before arming (as in
+    the service), so a command read at once went out with nobody to obey it and no answer.
+    The updates now stay with the Bot API until every module has started."""
+    botapi.push_message(111, 111, "/disarm")
+    started = asyncio.Event()
+    h = await harness(arming=True, started=started, **cfg(botapi, chat_ids=[111]))
+    assert h.arming is not None
+    await botapi.wait_for("setMyCommands")  # the bot is up: the next call would read updates
+    assert botapi.calls_to("getUpdates") == []
+    started.set()
+    assert "Disarmed" in await reply_to(botapi, 111, "Disarmed")
+    assert not h.arming.armed
 
 
 async def test_mute_silences_one_camera_for_the_duration(

@@ -102,6 +102,7 @@ class MqttOutput(BaseModule[Config]):
             "events": 0,
             "commands": 0,
             "commands_rejected": 0,
+            "commands_held": 0,
             "reconnects": 0,
             "connect_failures": 0,
             "discovery_published": 0,
@@ -385,6 +386,11 @@ class MqttOutput(BaseModule[Config]):
                     self.log.info("mqtt_home_assistant_online")
                     await self._publish_discovery(client)
                 continue
+            if not self.ctx.started.is_set():
+                # on the broker before the modules that obey have started: hold it
+                self.stats["commands_held"] += 1
+                self.log.info("mqtt_command_held_until_started", topic=topic[:200])
+                await self.ctx.started.wait()
             await self._on_command(topic, raw)
 
     async def _on_command(self, topic: str, raw: bytes) -> None:
