@@ -371,6 +371,8 @@ async def test_a_fleet_of_three_boxes_on_one_broker(
             boxes.append(box)
         for i in range(3):
             await watch.wait_topic(f"spyoncino/box{i}/armed", "ON", 90)
+            # a snapshot needs a picture: on the broker is before the camera's first frame
+            await boxes[i].wait_log("camera_streaming", 90)
         held = await retained(broker, ["homeassistant/#"], "test/settle")
         configs = {t: m.json() for t, m in held.items() if t.endswith("/config") and m.payload}
         by_box: dict[str, dict[str, Any]] = {}
