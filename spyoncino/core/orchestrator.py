@@ -172,10 +172,9 @@ class Orchestrator:
         self._retry_cap = retry_cap
         self._unsubs: list[Any] = []
         self._lock = asyncio.Lock()
-        self.started = False
-        self.ready = False
         #: every module's ``ctx.started``: set once all of them have started
-        self.all_started = asyncio.Event()
+        self.started = asyncio.Event()
+        self.ready = False
         #: a worker thread did not finish on stop: the process must exit hard
         self.stuck = False
         #: hooks run after start and before stop (systemd notifier, mDNS, ...)
@@ -200,7 +199,7 @@ class Orchestrator:
             instance=instance,
             camera_id=camera_id,
             pipeline_pending=self.frame_work_pending,
-            started=self.all_started,
+            started=self.started,
         )
         return Slot(instance=instance, cls=cls, module=cls(ctx), camera_id=camera_id)
 
@@ -229,9 +228,8 @@ class Orchestrator:
         for slot in self.slots:
             if slot.state != "quarantined":
                 await self._start_slot(slot)
-        self.started = True
         self.ready = True
-        self.all_started.set()
+        self.started.set()
         self._health_task = asyncio.get_running_loop().create_task(
             self._health_loop(), name="orchestrator:health"
         )
