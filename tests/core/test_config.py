@@ -330,27 +330,16 @@ def test_a_profile_with_threads_0_gives_the_detector_one_thread_per_core(
     """generic-x86 says 0 (one per CPU core; ``spyoncino doctor`` says so): a 6-core PC infers
     on 6 threads, not on the detector's fallback of 2; a number the owner sets still wins."""
     monkeypatch.setattr("os.cpu_count", lambda: 6)
-    cfg = write(tmp_path, "config.yaml", "cameras: {}\nruntime:\n  hardware_profile: generic-x86\n")
-    svc = ConfigService.load(MODEL, config_path=cfg, environ={})
-    assert svc.current.model_dump()["detector"]["num_threads"] == 6
-    pi = write(tmp_path, "config.yaml", "cameras: {}\nruntime:\n  hardware_profile: pi-3b-plus\n")
-    assert (
-        ConfigService.load(MODEL, config_path=pi, environ={}).current.model_dump()["detector"][
-            "num_threads"
-        ]
-        == 3
-    )
-    mine = write(
-        tmp_path,
-        "config.yaml",
-        "runtime:\n  hardware_profile: generic-x86\ndetector:\n  num_threads: 1\n",
-    )
-    assert (
-        ConfigService.load(MODEL, config_path=mine, environ={}).current.model_dump()["detector"][
-            "num_threads"
-        ]
-        == 1
-    )
+
+    def threads(text: str) -> int:
+        cfg = write(tmp_path, "config.yaml", text)
+        app = ConfigService.load(MODEL, config_path=cfg, environ={}).current
+        return int(app.model_dump()["detector"]["num_threads"])
+
+    assert threads("cameras: {}\nruntime:\n  hardware_profile: generic-x86\n") == 6
+    assert threads("cameras: {}\nruntime:\n  hardware_profile: pi-3b-plus\n") == 3
+    mine = "runtime:\n  hardware_profile: generic-x86\ndetector:\n  num_threads: 1\n"
+    assert threads(mine) == 1
 
 
 def test_each_camera_gets_its_buffer_budget_from_the_board(tmp_path: Path) -> None:
