@@ -50,7 +50,7 @@ from spyoncino.core.config import AppConfig, CameraBase, redact_text
 from spyoncino.core.contracts import BaseModule, CameraOptions, ConfigT, ModuleContext
 from spyoncino.helpers.packets import PacketRing
 from spyoncino.schemas import topics
-from spyoncino.schemas.frames import Frame, Image
+from spyoncino.schemas.frames import Frame, Image, Resizer
 
 #: why a camera input loses a frame, as ``dropped_<reason>`` in health and the ``reason`` label
 #: of ``spyoncino_camera_frames_dropped_total``:
@@ -96,6 +96,8 @@ class RawFrame:
     decode: Any = None  # Callable[[], Image]
     luma: Image | None = None
     pts_s: float | None = None  # media timestamp, for pacing files
+    #: a crop of the colour image at another size from the decoder's planes (``Resizer``)
+    resize: Resizer | None = None
 
 
 def shrink_luma(plane: Image, width: int) -> Image:
@@ -154,6 +156,76 @@ _Y_TO_VIDEO = np.round(16 + np.arange(256) * 219 / 255).astype(np.uint8)
 _C_TO_VIDEO = np.round(128 + (np.arange(256) - 128) * 224 / 255).astype(np.uint8)
 
 
+_scratch = threading.local()
+
+
+def _scratch_plane(shape: tuple[int, int]) -> Image:
+    """This thread's YUV buffer of ``shape``, reused from one call to the next: a fresh
+    300 kB array per inference is a fresh mapping above the mmap threshold (page faults and
+    zeroing every time, 6-10 % of a busy camera's CPU measured with the threshold raised)."""
+    buf: Image | None = getattr(_scratch, "plane", None)
+    if buf is None or buf.shape != shape:
+        buf = np.empty(shape, dtype=np.uint8)
+        _scratch.plane = buf
+    return buf
+
+
+def _i420_resizer(y: Image, u: Image, v: Image, full_range: bool) -> Resizer:
+    """Resize the three planes of ``region`` to ``size``, then convert that small picture."""
+
+    def resize(
+        region: tuple[int, int, int, int],
+        size: tuple[int, int],
+        rgb: bool,
+        interpolation: int,
+        dst: Any = None,
+    ) -> Image:
+        x1, y1, x2, y2 = region
+        tw, th = size
+        buf = _scratch_plane((th * 3 // 2, tw))
+        q = (th // 2) * (tw // 2)
+        chroma = buf[th:].reshape(-1)
+        cv2.resize(y[y1:y2, x1:x2], (tw, th), dst=buf[:th], interpolation=interpolation)
+        for plane, part in ((u, chroma[:q]), (v, chroma[q:])):
+            cv2.resize(
+                plane[y1 // 2 : y2 // 2, x1 // 2 : x2 // 2],
+                (tw // 2, th // 2),
+                dst=part.reshape(th // 2, tw // 2),
+                interpolation=interpolation,
+            )
+        if full_range:
+            cv2.LUT(buf[:th], _Y_TO_VIDEO, dst=buf[:th])
+            cv2.LUT(buf[th:], _C_TO_VIDEO, dst=buf[th:])
+        code = cv2.COLOR_YUV2RGB_I420 if rgb else cv2.COLOR_YUV2BGR_I420
+        return cast("Image", cv2.cvtColor(buf, code, dst=dst))
+
+    return resize
+
+
+def _nv12_resizer(y: Image, uv: Image) -> Resizer:
+    def resize(
+        region: tuple[int, int, int, int],
+        size: tuple[int, int],
+        rgb: bool,
+        interpolation: int,
+        dst: Any = None,
+    ) -> Image:
+        x1, y1, x2, y2 = region
+        tw, th = size
+        buf = _scratch_plane((th * 3 // 2, tw))
+        cv2.resize(y[y1:y2, x1:x2], (tw, th), dst=buf[:th], interpolation=interpolation)
+        cv2.resize(
+            uv[y1 // 2 : y2 // 2, x1 // 2 : x2 // 2],
+            (tw // 2, th // 2),
+            dst=buf[th:].reshape(th // 2, tw // 2, 2),
+            interpolation=interpolation,
+        )
+        code = cv2.COLOR_YUV2RGB_NV12 if rgb else cv2.COLOR_YUV2BGR_NV12
+        return cast("Image", cv2.cvtColor(buf, code, dst=dst))
+
+    return resize
+
+
 def av_frame_to_raw(frame: Any, luma_width: int, pts_s: float | None = None) -> RawFrame:
     """A decoded PyAV ``VideoFrame`` -> ``RawFrame``: luma now, BGR only on demand.
 
@@ -188,7 +260,8 @@ def av_frame_to_raw(frame: Any, luma_width: int, pts_s: float | None = None) -> 
             cv2.LUT(i420[h:], _C_TO_VIDEO, dst=i420[h:])
         return cast("Image", cv2.cvtColor(i420, cv2.COLOR_YUV2BGR_I420))
 
-    return RawFrame(width=w, height=h, luma=luma, decode=decode, pts_s=pts_s)
+    resize = _i420_resizer(y[:, :w], u[:, : w // 2], v[:, : w // 2], full_range)
+    return RawFrame(width=w, height=h, luma=luma, decode=decode, pts_s=pts_s, resize=resize)
 
 
 def _nv12_to_raw(frame: Any, luma_width: int, pts_s: float | None) -> RawFrame:
@@ -204,7 +277,8 @@ def _nv12_to_raw(frame: Any, luma_width: int, pts_s: float | None) -> RawFrame:
         nv12[h:] = uv[: h // 2, :w]
         return cast("Image", cv2.cvtColor(nv12, cv2.COLOR_YUV2BGR_NV12))
 
-    return RawFrame(width=w, height=h, luma=luma, decode=decode, pts_s=pts_s)
+    resize = _nv12_resizer(y[:, :w], uv[: h // 2, :w].reshape(h // 2, w // 2, 2))
+    return RawFrame(width=w, height=h, luma=luma, decode=decode, pts_s=pts_s, resize=resize)
 
 
 class SourceThread:
@@ -650,9 +724,10 @@ class CameraInput(BaseModule[ConfigT]):
             luma = make_luma(raw.image, width)
         elif luma.shape[1] > width:
             luma = shrink_luma(luma, width)
-        image, decode = raw.image, raw.decode
+        image, decode, resize = raw.image, raw.decode, raw.resize
         masks = self.cam.privacy_masks
         if masks:
+            resize = None  # the masks are drawn on the full picture only
             # blacked out before anything downstream reads the frame; the colour image stays
             # lazy (masked in whichever worker decodes it, never on the loop)
             luma = apply_masks(luma, masks)
@@ -673,6 +748,7 @@ class CameraInput(BaseModule[ConfigT]):
             _image=image,
             _decode=decode,
             source_packets=self.clip_packets(),
+            _resize=resize,
         )
         self.seq += 1
         self.last_frame_mono = now

@@ -12,6 +12,10 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
 Image = npt.NDArray[np.uint8]
+#: ``(region, size, rgb, interpolation, dst) -> Image``: the colour pixels of ``region``
+#: (x1, y1, x2, y2, even) resized to ``size`` (width, height, even), RGB or BGR, written
+#: into ``dst`` when it is given
+Resizer = Callable[[tuple[int, int, int, int], tuple[int, int], bool, int, Any], Image]
 
 # striped locks: a lock per frame would cost an allocation on the hot path
 _DECODE_LOCKS = tuple(threading.Lock() for _ in range(16))
@@ -39,6 +43,8 @@ class Frame:
     #: the camera's compressed packets of the last seconds (``helpers.packets.PacketRing``)
     #: when the source is H.264, else None: the clip recorder remuxes them instead of encoding
     source_packets: Any = field(default=None, repr=False)
+    #: crops of the colour image at another size straight from the decoder's planes
+    _resize: Resizer | None = field(default=None, repr=False)
 
     @property
     def image(self) -> Image:
@@ -54,6 +60,14 @@ class Frame:
                     img = self._decode()
                     object.__setattr__(self, "_image", img)
         return img
+
+    @property
+    def resizer(self) -> Resizer | None:
+        """A crop of the colour image at the size a consumer wants (the detector's input)
+        converted from the decoder's YUV planes at that size: a 416x416 model input then
+        costs a quarter of converting a 768x576 frame, and nothing full-size is allocated.
+        None where the input cannot, where privacy masks apply, and once ``image`` exists."""
+        return self._resize if self._image is None else None
 
     @property
     def has_image(self) -> bool:

@@ -10,6 +10,8 @@ import pytest
 
 from spyoncino.core.config import ConfigError, ConfigService, Layer, build_app_model
 from spyoncino.core.orchestrator import Orchestrator, discover
+from spyoncino.modules.process.detector import Config as DetectorConfig
+from spyoncino.modules.process.detector import load_model
 from spyoncino.schemas.control import ConfigUpdate
 from spyoncino.testing import Recorder
 
@@ -52,6 +54,12 @@ async def test_masked_area_is_black_in_luma_and_image_and_a_change_applies_live(
         w = frame.luma.shape[1]
         assert not frame.luma[:, : w // 2 - 2].any()  # the left half is black
         assert frame.luma[:, w // 2 + 2 :].any()
+        # the detector's input too: from the masked picture, not from the decoder's planes
+        # (which it is converted from where there are no masks: close, never equal)
+        pre = load_model(DetectorConfig()).pre
+        region = (0, 0, frame.width, frame.height)
+        via_frame = pre(frame, region)[0].copy()
+        assert np.array_equal(via_frame, pre(frame.image, region)[0])
         img = frame.image
         assert not img[:, : img.shape[1] // 2 - 2].any()
         assert img[:, img.shape[1] // 2 + 2 :].any()

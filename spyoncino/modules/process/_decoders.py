@@ -22,6 +22,7 @@ Formats:
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from spyoncino.modules.process._backends import Backend, TensorInfo
+from spyoncino.schemas.frames import Frame
 
 Format = Literal["auto", "yolov8", "yolov5", "ssd", "ssd_postprocess", "nanodet"]
 Resize = Literal["auto", "letterbox", "stretch"]
@@ -143,6 +145,7 @@ class Preprocessor:
             raise DecoderError(f"the input size is dynamic ({list(shape)}): set input_size")
         self.rgb = rgb
         self.resize = resize
+        self._buffers: dict[str, npt.NDArray[Any]] = {}
         self.dtype = np.dtype(info.dtype)
         # One 256-entry table per channel does normalisation and quantization in one pass.
         v = np.arange(256, dtype=np.float64)
@@ -174,30 +177,60 @@ class Preprocessor:
         return (self.height, self.width)
 
     def __call__(
-        self, image: npt.NDArray[np.uint8], region: tuple[int, int, int, int]
+        self, source: npt.NDArray[np.uint8] | Frame, region: tuple[int, int, int, int]
     ) -> tuple[npt.NDArray[Any], Transform]:
+        """The model's input tensor for ``region`` of ``source`` (a BGR image, or a frame,
+        whose crop is then converted from its YUV planes at the model's size where it can).
+
+        The tensor is a buffer of this preprocessor, overwritten by the next call: hand it to
+        the backend (which copies it) before calling again. Reusing it keeps an inference
+        from allocating half-megabyte arrays, each a fresh mapping above the mmap threshold.
+        """
+        resize = source.resizer if isinstance(source, Frame) else None
+        if resize is not None:
+            # the chroma planes are at half resolution: crop on even pixels
+            x1, y1, x2, y2 = region
+            region = (x1 - x1 % 2, y1 - y1 % 2, x2 + x2 % 2, y2 + y2 % 2)
+        image = None
+        if resize is None:
+            image = source.image if isinstance(source, Frame) else source
         x1, y1, x2, y2 = region
-        crop = image[y1:y2, x1:x2]
-        ch, cw = crop.shape[:2]
+        cw, ch = x2 - x1, y2 - y1
         W, H = self.width, self.height
         if self.resize == "stretch":
             sx, sy = W / cw, H / ch
             interp = cv2.INTER_AREA if sx < 0.5 and sy < 0.5 else cv2.INTER_LINEAR
-            img = cv2.resize(crop, (W, H), interpolation=interp)
-            px = py = 0
+            nw, nh, px, py = W, H, 0, 0
         else:
             s = min(W / cw, H / ch)
             nw, nh = max(1, round(cw * s)), max(1, round(ch * s))
+            if resize is not None:  # I420 wants an even size; one pixel less at most
+                nw, nh = max(2, nw - nw % 2), max(2, nh - nh % 2)
             interp = cv2.INTER_AREA if s < 0.5 else cv2.INTER_LINEAR
-            img = np.full((H, W, 3), LETTERBOX_FILL, dtype=np.uint8)
             px, py = (W - nw) // 2, (H - nh) // 2
-            img[py : py + nh, px : px + nw] = cv2.resize(crop, (nw, nh), interpolation=interp)
             sx, sy = nw / cw, nh / ch
-        if self.rgb:
-            img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        img: npt.NDArray[Any]
+        if resize is not None:
+            img = resize(region, (nw, nh), self.rgb, interp, self._buffer("pixels", nh, nw))
+        else:
+            assert image is not None
+            img = cv2.resize(
+                image[y1:y2, x1:x2],
+                (nw, nh),
+                dst=self._buffer("resized", nh, nw),
+                interpolation=interp,
+            )
+            if self.rgb:
+                img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=self._buffer("pixels", nh, nw))
+        if (nw, nh) != (W, H):
+            canvas = self._buffer("canvas", H, W)
+            canvas[:] = LETTERBOX_FILL
+            canvas[py : py + nh, px : px + nw] = img
+            img = canvas
         arr: npt.NDArray[Any]
         if self.lut is not None:
-            arr = cv2.LUT(img, self.lut)
+            out = self._buffer("tensor", H, W, self.lut.dtype)
+            arr = cv2.LUT(img, self.lut, dst=out)
         elif self.dtype.kind == "f":
             arr = img.astype(np.float32)
             arr *= self.gain
@@ -209,6 +242,14 @@ class Preprocessor:
         if self.nchw:
             arr = np.ascontiguousarray(arr.transpose(2, 0, 1))
         return arr[None], Transform(x1, y1, sx, sy, float(px), float(py))
+
+    def _buffer(self, name: str, h: int, w: int, dtype: Any = np.uint8) -> npt.NDArray[Any]:
+        """A reused (h, w, 3) array, one per stage of the pipeline above."""
+        buf = self._buffers.get(name)
+        if buf is None or buf.shape[:2] != (h, w) or buf.dtype != dtype:
+            buf = np.empty((h, w, 3), dtype=dtype)
+            self._buffers[name] = buf
+        return buf
 
 
 # -- NMS ---------------------------------------------------------------------------------------
@@ -556,7 +597,9 @@ class NanoDetDecoder:
             d = self.infos[di].dequantize(rows).reshape(-1, 4, NANODET_REG_MAX + 1)
             d = d - d.max(axis=2, keepdims=True)
             e = np.exp(d)
-            dist = (e / e.sum(axis=2, keepdims=True)) @ self.proj * stride  # (K, 4): l t r b
+            # the expected bin: a multiply-sum, not a matmul, which would wake OpenBLAS's
+            # threads (they spin after every call: 1-2 % of a busy camera's CPU)
+            dist = (e * self.proj).sum(axis=2) / e.sum(axis=2) * stride  # (K, 4): l t r b
             cx = (idx % fw).astype(np.float32) * stride
             cy = (idx // fw).astype(np.float32) * stride
             boxes = np.stack(
@@ -662,6 +705,7 @@ class Model:
         self.offset = label_offset(self.labels, self.decoder.classes)
         self.nms_iou = nms_iou
         self.max_detections = max_detections
+        self._lock = threading.Lock()
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -678,24 +722,30 @@ class Model:
 
     def run(
         self,
-        image: npt.NDArray[np.uint8],
+        image: npt.NDArray[np.uint8] | Frame,
         region: tuple[int, int, int, int] | None = None,
         min_score: float = 0.3,
     ) -> RunResult:
-        """Detect in ``region`` (x1, y1, x2, y2) of ``image``; boxes in ``image`` pixels."""
+        """Detect in ``region`` (x1, y1, x2, y2) of ``image`` (a BGR image or a frame);
+        boxes in its pixels. Calls from several threads take turns (the preprocessor's
+        buffers and the interpreter are one per model)."""
+        if isinstance(image, Frame) and image.resizer is not None:
+            h, w = image.height, image.width
+        else:
+            h, w = (image.image if isinstance(image, Frame) else image).shape[:2]
         if region is None:
-            region = (0, 0, image.shape[1], image.shape[0])
-        t0 = time.perf_counter()
-        tensor, tf = self.pre(image, region)
-        t1 = time.perf_counter()
-        outputs = self.backend.invoke(tensor)
-        t2 = time.perf_counter()
+            region = (0, 0, w, h)
+        with self._lock:
+            t0 = time.perf_counter()
+            tensor, tf = self.pre(image, region)
+            t1 = time.perf_counter()
+            outputs = self.backend.invoke(tensor)
+            t2 = time.perf_counter()
         boxes, scores, classes = self.decoder(outputs, min_score)
         if self.decoder.needs_nms and len(boxes):
             keep = nms(boxes, scores, classes, self.nms_iou, self.max_detections)
             boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
         frame_boxes = tf.to_frame(boxes) if len(boxes) else boxes
-        h, w = image.shape[:2]
         dets = []
         for (x1, y1, x2, y2), s, c in zip(
             frame_boxes.tolist(), scores.tolist(), classes.tolist(), strict=True

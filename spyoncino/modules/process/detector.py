@@ -320,8 +320,13 @@ class ObjectDetector(BaseModule[Config]):
         Returns the detections in frame pixels, the boxes the main region found (in job
         pixels), the milliseconds spent and the regions. Runs in the executor.
         """
-        image = job.frame.image
-        h, w = image.shape[:2]
+        frame = job.frame
+        # the frame itself, not frame.image: the model's crop is converted at the model's
+        # size from the decoder's planes where the input offers it (Frame.resizer)
+        if frame.resizer is not None:
+            h, w = frame.height, frame.width
+        else:
+            h, w = frame.image.shape[:2]
         sx, sy = w / job.width, h / job.height
 
         def scaled(boxes: tuple[Box, ...], fx: float, fy: float) -> tuple[Box, ...]:
@@ -349,7 +354,7 @@ class ObjectDetector(BaseModule[Config]):
         else:
             regions = [(0, 0, w, h)]
         floor = self._lowest_score()
-        results = [model.run(image, r, min_score=floor) for r in regions]
+        results = [model.run(frame, r, min_score=floor) for r in regions]
         total_ms = sum(r.total_ms for r in results)
         main = scaled(tuple(box_of(d) for d in results[0].detections), 1 / sx, 1 / sy)
         if len(results) == 1:

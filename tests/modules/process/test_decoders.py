@@ -26,7 +26,7 @@ from spyoncino.modules.process._decoders import (
     ssd_anchors,
 )
 from spyoncino.modules.process.detector import Config, load_model
-from spyoncino.schemas.frames import Box
+from spyoncino.schemas.frames import Box, Frame
 
 from .tiny_models import Const, constant_model, postprocess_model
 
@@ -53,6 +53,10 @@ def frame_at(path: Path, index: int) -> np.ndarray:
 
 def blank() -> np.ndarray:
     return np.zeros((IMAGE_H, IMAGE_W, 3), np.uint8)
+
+
+def iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
+    return Box(x1=a[0], y1=a[1], x2=a[2], y2=a[3]).iou(Box(x1=b[0], y1=b[1], x2=b[2], y2=b[3]))
 
 
 def box_of(d: object) -> tuple[int, int, int, int]:
@@ -436,3 +440,84 @@ def test_onnx_providers_prefer_tensorrt_with_an_engine_cache(tmp_path: Path) -> 
         "trt_engine_cache_path": str(tmp_path / "trt"),
     }
     assert (tmp_path / "trt").is_dir()
+
+
+# -- the model's input from the decoder's planes ------------------------------------------------
+SAMPLE = REPO / "spyoncino" / "data" / "sample.mp4"
+
+
+def sample_frames(fmt: str, every: int = 40, count: int = 4) -> list[tuple[Frame, np.ndarray]]:
+    """Frames of the bundled sample as a camera input hands them over, in pixel format
+    ``fmt`` (their full-size colour conversion fails if anything asks for it), each with the
+    picture PyAV converts in full."""
+    from spyoncino.helpers.camera import av_frame_to_raw
+
+    def refuse() -> np.ndarray:
+        raise AssertionError("the whole picture was converted")
+
+    out = []
+    with av.open(str(SAMPLE)) as c:
+        for i, f in enumerate(c.decode(video=0)):
+            if i % every:
+                continue
+            raw = av_frame_to_raw(f if fmt == f.format.name else f.reformat(format=fmt), 320)
+            assert raw.resize is not None
+            frame = Frame(
+                "cam",
+                i,
+                0.0,
+                0.0,
+                raw.width,
+                raw.height,
+                raw.luma,
+                _decode=refuse,
+                _resize=raw.resize,
+            )
+            out.append((frame, f.to_ndarray(format="bgr24")))
+            if len(out) == count:
+                break
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["yuv420p", "yuvj420p", "nv12"])
+def test_the_model_input_is_converted_at_its_own_size_and_matches_the_full_conversion(
+    fmt: str,
+) -> None:
+    model = load_model(Config())
+    regions = [None, (97, 31, 421, 287)]  # the whole frame, and an odd crop (snapped to even)
+    for frame, bgr in sample_frames(fmt):
+        for region in regions:
+            r = region or (0, 0, frame.width, frame.height)
+            snapped = (r[0] - r[0] % 2, r[1] - r[1] % 2, r[2] + r[2] % 2, r[3] + r[3] % 2)
+            fast, tf = model.pre(frame, r)
+            fast = fast.astype(int)
+            slow, tf_slow = model.pre(bgr, snapped)
+            assert (tf.x0, tf.y0, tf.sx, tf.sy) == (tf_slow.x0, tf_slow.y0, tf_slow.sx, tf_slow.sy)
+            assert np.abs(fast - slow.astype(int)).mean() < 2.0, (fmt, region)
+        assert frame._image is None  # nothing full-size was converted
+
+
+def test_a_frame_is_inferred_without_converting_the_whole_picture_and_finds_the_same_people() -> (
+    None
+):
+    model = load_model(Config())
+    for frame, bgr in sample_frames("yuv420p"):
+        fast = [d for d in model.run(frame, min_score=0.5).detections if d.label == "person"]
+        slow = [d for d in model.run(bgr, min_score=0.5).detections if d.label == "person"]
+        assert len(fast) == len(slow) > 0
+        for d in fast:
+            assert max(iou(box_of(d), box_of(s)) for s in slow) > 0.8
+        assert frame._image is None  # nothing full-size was converted
+
+
+def test_the_reused_input_buffer_never_leaks_one_crop_into_the_next() -> None:
+    info = TensorInfo("in", (1, 100, 100, 3), np.uint8)
+    pre = Preprocessor(info, rgb=False, mean=(0, 0, 0), std=(1, 1, 1), resize="letterbox")
+    white = np.full((100, 200, 3), 255, np.uint8)  # wide: bars top and bottom
+    black = np.zeros((200, 100, 3), np.uint8)  # tall: bars left and right
+    first = pre(white, (0, 0, 200, 100))[0].copy()
+    second = pre(black, (0, 0, 100, 200))[0]
+    assert first[0, 50, 50].tolist() == [255, 255, 255]
+    assert second[0, 50, 50].tolist() == [0, 0, 0]
+    assert second[0, 50, 0].tolist() == [114, 114, 114]  # a bar now, white before
+    assert second[0, 0, 50].tolist() == [0, 0, 0]  # the picture now, a bar before
