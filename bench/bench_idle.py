@@ -7,6 +7,10 @@ What an idle box pays for each camera, measured in the same run, rounds interlea
   only the luma plane;
 * ``decode_frigate``: the floor plus Frigate's real ``ImprovedMotionDetector`` on every frame
   (only when ``SPYONCINO_FRIGATE_SRC`` points at a Frigate checkout, see ``_frigate.py``);
+* ``decode_motion``: the floor plus what spyoncino itself must do to every frame before any
+  service around it: the luma plane shrunk to the motion width (``helpers.camera.shrink_luma``)
+  and examined by the motion stage's own background model (``MotionState``, defaults), in the
+  same process, no event loop, no bus. What is left between it and ``app`` is the service;
 * ``app``: ``spyoncino run`` with the packaged default config (motion, detector, tracker,
   snapshots, GIFs, clips, index) and this one camera, status page on a free loopback port;
 * ``app_encode``: the same with ``clip.remux: false``: the clip pre-roll converts every
@@ -87,11 +91,20 @@ def proc_cpu(pid: int) -> float:
 
 
 # -- workers (own process) ---------------------------------------------------------------------
-def run_decode(url: str, warm: float, window: float, frigate: bool) -> dict[str, Any]:
+def run_decode(
+    url: str, warm: float, window: float, frigate: bool, motion: bool = False
+) -> dict[str, Any]:
     import av
     import numpy as np
 
     det = None
+    ours = None
+    if motion:
+        from spyoncino.helpers.camera import shrink_luma
+        from spyoncino.modules.process.motion import Config as MotionConfig
+        from spyoncino.modules.process.motion import MotionState
+
+        ours = MotionState(MotionConfig())
     container = av.open(
         url,
         container_options={"rtsp_transport": "tcp", "allowed_media_types": "video"},
@@ -114,6 +127,8 @@ def run_decode(url: str, warm: float, window: float, frigate: bool) -> dict[str,
                     if isinstance(det, str):
                         raise SystemExit(det)
                 det.detect(y)
+            if ours is not None:
+                ours.process(shrink_luma(y, ours.cfg.width))
             now = time.monotonic()
             if start_cpu is None and now - t0 >= warm:
                 start_cpu, start_t, frames = cpu_self(), now, 0
@@ -200,8 +215,14 @@ def main() -> int:
     )
     args = ap.parse_args()
     if args.worker:
-        if args.worker in ("decode", "decode_frigate"):
-            res = run_decode(args.url, args.warm, args.window, args.worker == "decode_frigate")
+        if args.worker in ("decode", "decode_frigate", "decode_motion"):
+            res = run_decode(
+                args.url,
+                args.warm,
+                args.window,
+                args.worker == "decode_frigate",
+                args.worker == "decode_motion",
+            )
         else:
             extra = "clip:\n  remux: false\n" if args.worker == "app_encode" else ""
             tree = Path(args.before) if args.worker == "app_before" else REPO
@@ -217,7 +238,7 @@ def main() -> int:
     import _frigate
 
     frigate = _frigate.load()
-    kinds = ["decode", "app", "app_encode"]
+    kinds = ["decode", "decode_motion", "app", "app_encode"]
     if not isinstance(frigate, str):
         kinds.insert(1, "decode_frigate")
     if args.before:
@@ -241,7 +262,14 @@ def main() -> int:
             res = {k: summary(v) for k, v in runs.items()}
             floor_key = "decode_frigate" if "decode_frigate" in res else "decode"
             app, floor = res["app"]["core_pct_median"], res[floor_key]["core_pct_median"]
-            res["app_vs_decode"] = round(app / max(1e-6, res["decode"]["core_pct_median"]), 2)
+            decode = max(1e-6, res["decode"]["core_pct_median"])
+            res["app_vs_decode"] = round(app / decode, 2)
+            res["decode_motion_vs_decode"] = round(
+                res["decode_motion"]["core_pct_median"] / decode, 2
+            )
+            res["app_vs_decode_motion"] = round(
+                app / max(1e-6, res["decode_motion"]["core_pct_median"]), 2
+            )
             if floor_key == "decode_frigate":
                 res["app_vs_decode_frigate"] = round(app / max(1e-6, floor), 2)
             res["app_encode_vs_app"] = round(
