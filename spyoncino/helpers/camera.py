@@ -170,8 +170,16 @@ def _scratch_plane(shape: tuple[int, int]) -> Image:
     return buf
 
 
-def _i420_resizer(y: Image, u: Image, v: Image, full_range: bool) -> Resizer:
-    """Resize the three planes of ``region`` to ``size``, then convert that small picture."""
+def _yuv_resizer(
+    y: Image,
+    chroma: Callable[[Image, tuple[int, int, int, int], tuple[int, int], int], None],
+    codes: tuple[int, int],
+    full_range: bool = False,
+) -> Resizer:
+    """Resize the planes of ``region`` to ``size``, then convert that small picture.
+
+    ``chroma`` writes the region's chroma, resized, into the buffer's part below the luma;
+    ``codes`` are the (RGB, BGR) conversions of the layout."""
 
     def resize(
         region: tuple[int, int, int, int],
@@ -183,47 +191,42 @@ def _i420_resizer(y: Image, u: Image, v: Image, full_range: bool) -> Resizer:
         x1, y1, x2, y2 = region
         tw, th = size
         buf = _scratch_plane((th * 3 // 2, tw))
-        q = (th // 2) * (tw // 2)
-        chroma = buf[th:].reshape(-1)
         cv2.resize(y[y1:y2, x1:x2], (tw, th), dst=buf[:th], interpolation=interpolation)
-        for plane, part in ((u, chroma[:q]), (v, chroma[q:])):
-            cv2.resize(
-                plane[y1 // 2 : y2 // 2, x1 // 2 : x2 // 2],
-                (tw // 2, th // 2),
-                dst=part.reshape(th // 2, tw // 2),
-                interpolation=interpolation,
-            )
+        chroma(buf[th:], region, size, interpolation)
         if full_range:
             cv2.LUT(buf[:th], _Y_TO_VIDEO, dst=buf[:th])
             cv2.LUT(buf[th:], _C_TO_VIDEO, dst=buf[th:])
-        code = cv2.COLOR_YUV2RGB_I420 if rgb else cv2.COLOR_YUV2BGR_I420
-        return cast("Image", cv2.cvtColor(buf, code, dst=dst))
+        return cast("Image", cv2.cvtColor(buf, codes[0] if rgb else codes[1], dst=dst))
 
     return resize
+
+
+def _i420_resizer(y: Image, u: Image, v: Image, full_range: bool) -> Resizer:
+    def chroma(
+        out: Image, region: tuple[int, int, int, int], size: tuple[int, int], interp: int
+    ) -> None:
+        x1, y1, x2, y2 = region
+        half = (size[0] // 2, size[1] // 2)
+        q = half[0] * half[1]
+        flat = out.reshape(-1)
+        for plane, part in ((u, flat[:q]), (v, flat[q:])):
+            src = plane[y1 // 2 : y2 // 2, x1 // 2 : x2 // 2]
+            cv2.resize(src, half, dst=part.reshape(half[1], half[0]), interpolation=interp)
+
+    codes = (cv2.COLOR_YUV2RGB_I420, cv2.COLOR_YUV2BGR_I420)
+    return _yuv_resizer(y, chroma, codes, full_range)
 
 
 def _nv12_resizer(y: Image, uv: Image) -> Resizer:
-    def resize(
-        region: tuple[int, int, int, int],
-        size: tuple[int, int],
-        rgb: bool,
-        interpolation: int,
-        dst: Any = None,
-    ) -> Image:
+    def chroma(
+        out: Image, region: tuple[int, int, int, int], size: tuple[int, int], interp: int
+    ) -> None:
         x1, y1, x2, y2 = region
-        tw, th = size
-        buf = _scratch_plane((th * 3 // 2, tw))
-        cv2.resize(y[y1:y2, x1:x2], (tw, th), dst=buf[:th], interpolation=interpolation)
-        cv2.resize(
-            uv[y1 // 2 : y2 // 2, x1 // 2 : x2 // 2],
-            (tw // 2, th // 2),
-            dst=buf[th:].reshape(th // 2, tw // 2, 2),
-            interpolation=interpolation,
-        )
-        code = cv2.COLOR_YUV2RGB_NV12 if rgb else cv2.COLOR_YUV2BGR_NV12
-        return cast("Image", cv2.cvtColor(buf, code, dst=dst))
+        half = (size[0] // 2, size[1] // 2)
+        src = uv[y1 // 2 : y2 // 2, x1 // 2 : x2 // 2]
+        cv2.resize(src, half, dst=out.reshape(half[1], half[0], 2), interpolation=interp)
 
-    return resize
+    return _yuv_resizer(y, chroma, (cv2.COLOR_YUV2RGB_NV12, cv2.COLOR_YUV2BGR_NV12))
 
 
 def av_frame_to_raw(frame: Any, luma_width: int, pts_s: float | None = None) -> RawFrame:
