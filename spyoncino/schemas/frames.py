@@ -71,6 +71,16 @@ class Frame:
         return self._resize if self._image is None else None
 
     @property
+    def colour_size(self) -> tuple[int, int]:
+        """(height, width) of the colour pixels a crop is cut from: the frame's own size while
+        crops come from the decoder's planes (``resizer``), else its image's (an MJPEG
+        camera's picture may differ from the size its driver reported)."""
+        if self.resizer is not None:
+            return self.height, self.width
+        h, w = self.image.shape[:2]
+        return h, w
+
+    @property
     def has_image(self) -> bool:
         return self._image is not None or self._decode is not None
 

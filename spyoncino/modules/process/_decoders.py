@@ -729,10 +729,7 @@ class Model:
         """Detect in ``region`` (x1, y1, x2, y2) of ``image`` (a BGR image or a frame);
         boxes in its pixels. Calls from several threads take turns (the preprocessor's
         buffers and the interpreter are one per model)."""
-        if isinstance(image, Frame) and image.resizer is not None:
-            h, w = image.height, image.width
-        else:
-            h, w = (image.image if isinstance(image, Frame) else image).shape[:2]
+        h, w = image.colour_size if isinstance(image, Frame) else image.shape[:2]
         if region is None:
             region = (0, 0, w, h)
         with self._lock:

@@ -323,10 +323,7 @@ class ObjectDetector(BaseModule[Config]):
         frame = job.frame
         # the frame itself, not frame.image: the model's crop is converted at the model's
         # size from the decoder's planes where the input offers it (Frame.resizer)
-        if frame.resizer is not None:
-            h, w = frame.height, frame.width
-        else:
-            h, w = frame.image.shape[:2]
+        h, w = frame.colour_size
         sx, sy = w / job.width, h / job.height
 
         def scaled(boxes: tuple[Box, ...], fx: float, fy: float) -> tuple[Box, ...]:
