@@ -102,7 +102,16 @@ def frames(path: Path) -> Any:
 
 def make(i: int, raw: RawFrame, mono: float) -> Frame:
     return Frame(
-        "yard", i, mono, T0 + i / FPS, raw.width, raw.height, raw.luma, raw.image, raw.decode
+        "yard",
+        i,
+        mono,
+        T0 + i / FPS,
+        raw.width,
+        raw.height,
+        raw.luma,
+        raw.image,
+        raw.decode,
+        _resize=raw.resize,
     )
 
 
