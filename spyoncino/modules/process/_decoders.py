@@ -162,6 +162,11 @@ class Preprocessor:
             if self.dtype == np.uint8 and np.abs(self.lut[:, 0, :] - identity).max() <= 1:
                 # the quantization undoes the normalisation (to one step): feed raw pixels
                 self.lut = None
+            elif self.dtype == np.int8:
+                # OpenCV's LUT writes bytes a third quicker than int8 (0.32 against 0.49 ms
+                # at 416x416x3): look the int8 values up as their bit patterns, the tensor
+                # is then a view of those bytes
+                self.lut = self.lut.view(np.uint8)
         elif self.dtype.kind in "iu":
             self.lut = None  # raw pixels (e.g. TF OD API graphs taking uint8)
         elif len(set(mean)) == 1 and len(set(std)) == 1:
@@ -231,6 +236,8 @@ class Preprocessor:
         if self.lut is not None:
             out = self._buffer("tensor", H, W, self.lut.dtype)
             arr = cv2.LUT(img, self.lut, dst=out)
+            if self.lut.dtype != self.dtype:  # int8 looked up as bytes (same size)
+                arr = arr.view(self.dtype)
         elif self.dtype.kind == "f":
             arr = img.astype(np.float32)
             arr *= self.gain
@@ -586,11 +593,14 @@ class NanoDetDecoder:
             info = self.infos[ci]
             cls = outputs[ci][0]
             cls = cls.T if ct else cls  # (N, C)
-            best = cls.argmax(axis=1)
-            best_raw = cls[np.arange(cls.shape[0]), best]
+            # the best score of every cell first (a max is 25x cheaper than an argmax over
+            # the transposed [C, N] heads: 9 against 250 us at stride 8), the class only for
+            # the few cells over the threshold
+            best_raw = cls.max(axis=1)
             idx = np.flatnonzero(best_raw >= _quantized_threshold(info, min_score))
             if idx.size == 0:
                 continue
+            best = cls[idx].argmax(axis=1)
             scores = info.dequantize(best_raw[idx])
             dist_raw = outputs[di][0]
             rows = dist_raw[:, idx].T if dt else dist_raw[idx]
@@ -607,7 +617,7 @@ class NanoDetDecoder:
             )
             all_boxes.append(boxes.astype(np.float32))
             all_scores.append(scores)
-            all_cls.append(best[idx].astype(np.int64))
+            all_cls.append(best.astype(np.int64))
         if not all_boxes:
             return _empty()
         boxes, scores, classes = (

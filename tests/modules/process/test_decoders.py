@@ -133,6 +133,26 @@ def test_yolov8_int8_dequantizes_through_scale_and_zero_point(tmp_path: Path) ->
     assert int(tensor.max()) == 200
 
 
+def test_an_int8_input_holds_each_channels_normalised_value_negative_ones_too() -> None:
+    # NanoDet's normalisation into an int8 input (the bundled model's): pixel values below a
+    # channel's mean become negative numbers, which the tensor must hold as such
+    mean, std, scale, zp = (103.53, 116.28, 123.675), (57.375, 57.12, 58.395), 0.0186, -14
+    info = TensorInfo("in", (1, 4, 4, 3), np.int8, scale=scale, zero_point=zp)
+    pre = Preprocessor(info, rgb=False, mean=mean, std=std, resize="stretch")
+    img = np.zeros((4, 4, 3), np.uint8)
+    img[:, :2] = (0, 100, 250)
+    img[:, 2:] = (255, 7, 128)
+    tensor, _ = pre(img, (0, 0, 4, 4))
+    assert tensor.dtype == np.int8 and tensor.shape == (1, 4, 4, 3)
+    for x, pixel in ((0, (0, 100, 250)), (3, (255, 7, 128))):
+        want = [
+            int(np.clip(np.round((pixel[c] - mean[c]) / std[c] / scale + zp), -128, 127))
+            for c in range(3)
+        ]
+        assert tensor[0, 0, x].tolist() == want
+    assert int(tensor.min()) < 0  # the test covers the negative values it means to
+
+
 def test_yolov5_layout(tmp_path: Path) -> None:
     rows = np.zeros((1, 12, 8), np.float32)  # [1, N, 5 + C]
     for j, (cx, cy, w, h, p, c, d) in enumerate(YOLO_ROWS):
