@@ -125,6 +125,14 @@ class RuntimeConfig(_Section):
         "its H.264 packet ring (what clips are cut from) and its pre-roll pictures (cameras "
         "without H.264) are each held within it; the oldest seconds go first.",
     )
+    camera_max_fps: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=120.0,
+        description="Frames per second processed from a camera that sets no max_fps of its "
+        "own, from the hardware profile (Pi Zero 2 W 5, Pi 4 10, a PC 15); frames over it are "
+        "decoded and dropped on the camera's thread (the fps_cap reason). None: no cap.",
+    )
     malloc_arena_max: int = Field(
         default=2,
         ge=0,
@@ -215,7 +223,11 @@ class CameraBase(_Section):
         description="Display name (at most 64 characters); defaults to the id.",
     )
     max_fps: float | None = Field(
-        default=None, gt=0.0, le=120.0, description="Cap on frames published per second."
+        default=None,
+        gt=0.0,
+        le=120.0,
+        description="Cap on frames processed per second; unset: runtime.camera_max_fps (the "
+        "board's).",
     )
     luma_width: int = Field(
         default=320, ge=64, le=1920, description="Width of the small luma plane motion reads."
@@ -266,6 +278,11 @@ class AppConfig(_Section):
             for cid, cam in self.cameras.items()
             if cam.enabled or not enabled_only
         }
+
+    def frame_cap(self, camera_id: str) -> float | None:
+        """Frames per second processed from a camera: its own ``max_fps``, else the board's
+        (``runtime.camera_max_fps``); None: every frame."""
+        return self.cameras[camera_id].max_fps or self.runtime.camera_max_fps
 
     def section(self, name: str, model: type[M]) -> M:
         value = getattr(self, name, None)
@@ -585,6 +602,7 @@ def with_profile_layer(model: type[AppConfig], layers: list[Layer]) -> list[Laye
         "runtime": {
             "workers": profile.runtime.workers,
             "camera_buffer_mb": profile.camera.buffer_mb,
+            "camera_max_fps": profile.camera.max_fps,
         }
     }
     for name, info in model.model_fields.items():  # each module says what the board means

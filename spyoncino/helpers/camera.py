@@ -54,7 +54,8 @@ from spyoncino.schemas.frames import Frame, Image, Resizer
 
 #: why a camera input loses a frame, as ``dropped_<reason>`` in health and the ``reason`` label
 #: of ``spyoncino_camera_frames_dropped_total``:
-#: ``fps_cap``      over the camera's ``max_fps`` (decoded, then not published: by design);
+#: ``fps_cap``      over the camera's cap (``AppConfig.frame_cap``: its ``max_fps``, else the
+#:                  board's), decoded, then dropped on the camera's thread: by design;
 #: ``queue_full``   the camera thread had the next frame before the event loop took the last
 #:                  one (the loop is overloaded; the older frame is replaced);
 #: ``decode_error`` a damaged packet or corrupt JPEG that gave no picture.
@@ -349,12 +350,22 @@ class _Handoff:
         self._timer: asyncio.TimerHandle | None = None
 
     def pump(self) -> None:
-        """Camera thread: read until told to stop or the source fails."""
+        """Camera thread: read until told to stop or the source fails.
+
+        A frame over the camera's cap is counted and dropped here: it proves the source
+        alive to the stall watchdog but never wakes the event loop (a 25 fps camera held to
+        10 costs 10 wake-ups a second, not 25)."""
+        owner = self.owner
         while self.running:
             try:
-                item: Any = self.owner.read()
+                item: Any = owner.read()
             except BaseException as exc:
                 item = exc
+            else:
+                if owner.over_cap():
+                    self._last = self.loop.time()  # a float store: safe from this thread
+                    owner.capped_on_thread += 1  # written by this thread only
+                    continue
             try:
                 self.loop.call_soon_threadsafe(self._put, item)
             except RuntimeError:  # the loop is closed: the app is exiting
@@ -434,6 +445,8 @@ class CameraInput(BaseModule[ConfigT]):
         self.frames_read = 0
         self.frames_published = 0
         self.frames_capped = 0
+        #: frames a live camera's thread dropped over the cap (only that thread writes it)
+        self.capped_on_thread = 0
         self.frames_dropped = 0
         #: pictures the source delivered that could not be decoded (damaged packets, corrupt
         #: JPEGs); inputs count them in ``read`` and the operator sees them by reason
@@ -691,14 +704,23 @@ class CameraInput(BaseModule[ConfigT]):
         wait = self.pace(raw)
         if wait > 0:
             await self.ctx.clock.sleep(wait)
-        now = self.ctx.clock.monotonic()
-        cap = self.cam.max_fps
-        if cap and now < self._next_allowed:
+        if self.finite and self.over_cap():  # a live camera's thread has capped it already
             self.frames_capped += 1
             return
-        if cap:
-            self._next_allowed = max(self._next_allowed + 1.0 / cap, now + 0.5 / cap)
-        await self._publish(raw, now)
+        await self._publish(raw, self.ctx.clock.monotonic())
+
+    def over_cap(self) -> bool:
+        """Whether a frame arriving now goes over the camera's cap (``AppConfig.frame_cap``);
+        if not, it takes the next slot. Called from one thread only: the camera's for a live
+        source, the event loop's for a file."""
+        cap = self.ctx.app.frame_cap(self.camera_id)
+        if not cap:
+            return False
+        now = self.ctx.clock.monotonic()
+        if now < self._next_allowed:
+            return True
+        self._next_allowed = max(self._next_allowed + 1.0 / cap, now + 0.5 / cap)
+        return False
 
     def budgeted_ring(self, ring: PacketRing | None) -> PacketRing:
         """``ring`` (a new one when None) held to this camera's share of memory,
@@ -796,7 +818,7 @@ class CameraInput(BaseModule[ConfigT]):
     def drops(self) -> dict[str, int]:
         """Frames lost before anyone downstream saw them, by reason (see ``DROP_REASONS``)."""
         return {
-            "fps_cap": self.frames_capped,
+            "fps_cap": self.frames_capped + self.capped_on_thread,
             "queue_full": self.frames_dropped,
             "decode_error": self.decode_errors,
         }
@@ -809,12 +831,14 @@ class CameraInput(BaseModule[ConfigT]):
             "camera_state": self.cam_state,
             "source": self.describe_source(),
             "fps": round(self.fps, 2),
-            "max_fps": self.cam.max_fps or 0.0,  # 0: no cap; the watchdog allows 3 frame times
+            # the cap in force (0: none); the watchdog allows 3 frame times of it
+            "max_fps": self.ctx.app.frame_cap(self.camera_id) or 0.0,
             "last_frame_age_s": round(age, 3),
             "frames": self.frames_published,
-            # what the source delivered: taken by the loop (incl. capped) or replaced in the slot
-            "frames_decoded": self.frames_read + self.frames_dropped,
-            "frames_capped": self.frames_capped,
+            # what the source delivered: taken by the loop (a file's capped frames included),
+            # replaced in the slot, or capped on a live camera's thread
+            "frames_decoded": self.frames_read + self.frames_dropped + self.capped_on_thread,
+            "frames_capped": self.frames_capped + self.capped_on_thread,
             "frames_dropped": self.frames_dropped,
             **{f"dropped_{reason}": n for reason, n in self.drops().items()},
             "reconnects": self.reconnects,

@@ -37,12 +37,19 @@ class _Part(BaseModel):
 
 class CameraProfile(_Part):
     detect_resolution: tuple[int, int] = Field(
-        description="Main stream width, height: what snapshots and the detector see."
+        description="Main stream width, height of a CSI camera that sets none (csi.width, "
+        "csi.height): what snapshots and the detector see."
     )
     lores_size: tuple[int, int] = Field(
-        description="Low-resolution stream (libcamera lores, YUV) used for motion."
+        description="Informative: the low-resolution stream motion reads at the detect size "
+        "(the lores stream itself is luma_width wide, at the main stream's aspect ratio)."
     )
-    max_fps: float = Field(gt=0, le=120, description="Frames per second to process.")
+    max_fps: float = Field(
+        gt=0,
+        le=120,
+        description="Frames per second processed from a camera that sets no max_fps "
+        "(runtime.camera_max_fps).",
+    )
     buffer_mb: float = Field(
         gt=0,
         le=1024,

@@ -364,6 +364,33 @@ def test_each_camera_gets_its_buffer_budget_from_the_board(tmp_path: Path) -> No
     )
 
 
+def test_a_camera_that_sets_no_frame_rate_is_held_to_the_boards(tmp_path: Path) -> None:
+    """The profile's frame rate (``spyoncino doctor`` prints "up to N fps") is what a camera
+    without its own ``max_fps`` is processed at: a 25 fps camera on a Pi Zero 2 W costs 5 fps
+    of work, not 25; the owner's runtime figure, then the camera's own, win over it."""
+    caps = {}
+    for board in ("pi-zero-2w", "pi-4", "generic-x86"):
+        cfg = write(
+            tmp_path, "config.yaml", f"cameras: {{}}\nruntime:\n  hardware_profile: {board}\n"
+        )
+        caps[board] = ConfigService.load(MODEL, config_path=cfg, environ={}).current
+    assert {b: a.runtime.camera_max_fps for b, a in caps.items()} == {
+        "pi-zero-2w": 5,
+        "pi-4": 10,
+        "generic-x86": 15,
+    }
+    mine = write(
+        tmp_path,
+        "config.yaml",
+        "runtime:\n  hardware_profile: pi-zero-2w\n  camera_max_fps: 8\n"
+        "cameras:\n  door: {source: rtsp://cam/door}\n"
+        "  yard: {source: rtsp://cam/yard, max_fps: 2}\n",
+    )
+    app = ConfigService.load(MODEL, config_path=mine, environ={}).current
+    assert app.runtime.camera_max_fps == 8
+    assert {cid: app.frame_cap(cid) for cid in app.cameras} == {"door": 8, "yard": 2}
+
+
 def test_the_profiles_model_is_the_default_below_the_users_choice(tmp_path: Path) -> None:
     """A Pi Zero 2 W gets the lighter person model unless the owner picks one."""
     cfg = write(tmp_path, "config.yaml", "cameras: {}\nruntime:\n  hardware_profile: pi-zero-2w\n")

@@ -15,6 +15,7 @@ import structlog
 from spyoncino.core.contracts import CameraOptions
 from spyoncino.core.systemd import camera_liveness
 from spyoncino.helpers.camera import CameraInput, RawFrame, SourceFatal
+from spyoncino.testing.clock import FakeClock
 from tests.modules.input.conftest import camera_input  # noqa: F401 - the fixture
 from tests.support.wait import until
 
@@ -121,6 +122,33 @@ async def test_frames_arriving_while_the_loop_is_busy_are_dropped_and_counted(
     assert metrics["dropped_queue_full"] == h.module.frames_dropped
     assert metrics["dropped_decode_error"] == 0
     assert metrics["frames_decoded"] >= metrics["frames"] + h.module.frames_dropped
+
+
+async def test_frames_over_the_cap_are_capped_on_the_camera_thread_not_dropped_by_the_loop(
+    camera_input,  # noqa: F811
+) -> None:
+    """A camera sending more than its cap (here the board's rate, the camera setting none):
+    the frames over it are ``fps_cap`` drops, by design, and never wake the event loop, so a
+    busy loop does not turn them into ``queue_full`` drops, the reason that tells the
+    operator the box is overloaded."""
+    Scripted.script = []
+    clock = FakeClock()
+    h = await camera_input(
+        Scripted, "test://x", "scripted", runtime={"camera_max_fps": 2.0}, clock=clock
+    )
+    m = h.module
+    await h.wait_frames(1, timeout=5)
+    await until(lambda: m.drops()["fps_cap"] >= 5, timeout=5)
+    time.sleep(0.3)  # the loop blocked while ~30 more frames arrive, all over the cap
+    await until(lambda: m.drops()["fps_cap"] >= 30, timeout=5)
+    assert len(h.frames) == 1
+    assert m.drops()["queue_full"] == 0
+    clock.advance(0.5)  # one frame time at 2 fps: the next frame read is published
+    await h.wait_frames(2, timeout=5)
+    metrics = m.metrics()
+    assert metrics["max_fps"] == 2.0  # the watchdog's frame time comes from the cap in force
+    assert metrics["dropped_fps_cap"] == m.drops()["fps_cap"]
+    assert metrics["frames_decoded"] >= metrics["frames"] + metrics["dropped_fps_cap"]
 
 
 class HangsInOpen(CameraInput):

@@ -35,14 +35,17 @@ import time
 from dataclasses import dataclass
 from fractions import Fraction
 from types import SimpleNamespace
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from spyoncino.core.config import AppConfig
 from spyoncino.core.contracts import CameraOptions, ModuleConfig, ModuleConfigError, ModuleContext
 from spyoncino.helpers.camera import CameraInput, RawFrame, SourceError, shrink_luma
 from spyoncino.helpers.packets import PacketRing
+
+if TYPE_CHECKING:
+    from spyoncino.platform.profiles import Profile
 
 SOURCE = re.compile(r"^csi://(\d+)\Z")
 INSTALL_HINT = (
@@ -75,12 +78,35 @@ _AWB = {
 class Config(ModuleConfig):
     type: Literal["csi"] = "csi"
 
+    @classmethod
+    def profile_defaults(cls, profile: Profile) -> dict[str, Any]:
+        w, h = profile.camera.detect_resolution  # what the board's detector and snapshots see
+        return {"width": w, "height": h}
+
+    width: int = Field(
+        default=1920,
+        ge=64,
+        le=9152,
+        description="Main stream width of a camera that sets none, from the hardware profile "
+        "(Pi Zero 2 W 640x480, Pi 3 and 4 1280x720, Pi 5 1920x1080).",
+    )
+    height: int = Field(
+        default=1080, ge=64, le=6944, description="Main stream height of a camera that sets none."
+    )
+
 
 class CsiCamera(CameraOptions):
     """``cameras.<id>.csi``: sensor mode, orientation and automatic exposure/white balance."""
 
-    width: int = Field(default=1920, ge=64, le=9152, description="Main stream width.")
-    height: int = Field(default=1080, ge=64, le=6944, description="Main stream height.")
+    width: int | None = Field(
+        default=None,
+        ge=64,
+        le=9152,
+        description="Main stream width; unset: csi.width (the board's).",
+    )
+    height: int | None = Field(
+        default=None, ge=64, le=6944, description="Main stream height; unset: csi.height."
+    )
     fps: float = Field(default=15.0, ge=0.5, le=120.0, description="Sensor frame rate.")
     rotation: Literal[0, 180] = Field(
         default=0, description="Rotate the image (the ISP does 0 and 180 at no cost)."
@@ -118,6 +144,15 @@ class CsiCamera(CameraOptions):
         le=10.0,
         description="Hardware encoder keyframe interval: how exactly clips are cut.",
     )
+
+    @model_validator(mode="after")
+    def _whole_size(self) -> CsiCamera:
+        if (self.width is None) != (self.height is None):
+            raise ValueError(
+                "set width and height together (or neither: the board's size, csi.width and "
+                "csi.height)"
+            )
+        return self
 
 
 @dataclass(frozen=True)
@@ -282,6 +317,8 @@ class CsiInput(CameraInput[Config]):
     def __init__(self, ctx: ModuleContext) -> None:
         super().__init__(ctx)
         self.opts = CsiCamera()
+        #: the main stream size asked for: the camera's own, else the board's (``csi.width``)
+        self.size = (1920, 1080)
         self.backend: Backend | None = None
         self.picam: Any = None
         self.index = 0
@@ -312,6 +349,8 @@ class CsiInput(CameraInput[Config]):
         await self.check(app)  # a refused source is never adopted, so never opened
         await super().configure(app)
         self.opts = self.cam.options(self.name or "csi", CsiCamera)
+        section = self.config
+        self.size = (self.opts.width or section.width, self.opts.height or section.height)
         self.index = camera_index(self.cam.source)
         self.stall_timeout = self.opts.read_timeout_s + 2.0  # picamera2's own timeout first
         self.open_timeout = 20.0
@@ -323,8 +362,9 @@ class CsiInput(CameraInput[Config]):
 
     def lores_request(self) -> tuple[int, int]:
         """Lores size: ``luma_width`` wide, the main stream's aspect ratio, even numbers."""
-        w = min(self.cam.luma_width, self.opts.width) & ~1
-        h = max(2, round(w * self.opts.height / self.opts.width)) & ~1
+        width, height = self.size
+        w = min(self.cam.luma_width, width) & ~1
+        h = max(2, round(w * height / width)) & ~1
         return (w, h)
 
     # -- blocking parts, on the camera's thread ------------------------------------------------
@@ -349,13 +389,13 @@ class CsiInput(CameraInput[Config]):
             raise SourceError(f"csi://{self.index} is busy or failed to start: {e}") from None
         try:
             config = picam.create_video_configuration(
-                main={"size": (opts.width, opts.height), "format": "YUV420"},
+                main={"size": self.size, "format": "YUV420"},
                 lores={"size": self.lores_request(), "format": "YUV420"},
                 transform=transform,
                 controls=controls,
                 # the encoder holds a buffer or two while it works: picamera2's video default
                 buffer_count=opts.buffer_count
-                if self._refusal(opts.width, opts.height)
+                if self._refusal(*self.size)
                 else max(opts.buffer_count, 6),
             )
             picam.configure(config)

@@ -20,6 +20,7 @@ import av
 import cv2
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from spyoncino.core.bus import Message
 from spyoncino.core.config import build_app_model
@@ -27,6 +28,7 @@ from spyoncino.core.contracts import ModuleConfigError, ModuleContext
 from spyoncino.modules.event.clip import ClipRecorder
 from spyoncino.modules.input import csi
 from spyoncino.modules.input.csi import Backend, CsiInput, i420_to_bgr
+from spyoncino.platform.profiles import detect_profile
 from spyoncino.schemas import topics
 from spyoncino.schemas.events import EventNotice
 from spyoncino.schemas.media import MediaArtifact
@@ -423,6 +425,28 @@ async def test_main_and_lores_configured_together_and_lores_luma_used(
     assert img[5, 5].min() > 200
     assert img[-5, 700, 2] > 150  # red bar at the bottom
     assert cam.outstanding == 0  # every request went back to libcamera
+
+
+async def test_a_camera_that_sets_no_size_streams_the_boards(fake_picamera2, camera_input) -> None:
+    """A ribbon camera configured with nothing but its source streams the size the board's
+    profile names (a Pi Zero 2 W 640x480, a Pi 4 1280x720), not 1920x1080 on every board:
+    on a Zero that is 6.75x the pixels to copy out of the camera per frame."""
+    zero, _ = detect_profile(override="pi-zero-2w")
+    pi4, _ = detect_profile(override="pi-4")
+    assert csi.Config.profile_defaults(zero) == {"width": 640, "height": 480}
+    assert csi.Config.profile_defaults(pi4) == {"width": 1280, "height": 720}
+    h = await camera_input(CsiInput, "csi://0", "csi", section={"width": 640, "height": 480})
+    await h.wait_frames(2, timeout=10)
+    cam = fake_picamera2.instances[0]
+    assert cam.created["main"] == {"size": (640, 480), "format": "YUV420"}
+    assert cam.created["lores"] == {"size": (320, 240), "format": "YUV420"}
+    assert (h.frames[-1][1].width, h.frames[-1][1].height) == (640, 480)
+
+
+def test_a_camera_size_is_set_whole_or_not_at_all() -> None:
+    """Half a size would pair the owner's width with the board's height: refused, by name."""
+    with pytest.raises(ValidationError, match="set width and height together"):
+        csi.CsiCamera.model_validate({"width": 1536})
 
 
 async def test_rotation_180_flips_both_axes_in_the_isp(fake_picamera2, camera_input) -> None:
