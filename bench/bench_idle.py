@@ -271,7 +271,10 @@ def main() -> int:
         kinds.insert(1, "decode_frigate")
     if args.before:
         kinds.insert(kinds.index("app"), "app_before")
-    kinds = [k for k in kinds if k not in args.skip.split(",")]
+    skip = set(args.skip.split(",")) - {""}
+    if skip & {"decode", "app"}:
+        raise SystemExit("--skip: decode and app are what every figure is measured against")
+    kinds = [k for k in kinds if k not in skip]
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.profiles.split(","):
@@ -296,12 +299,13 @@ def main() -> int:
             app, floor = res["app"]["core_pct_median"], res[floor_key]["core_pct_median"]
             decode = max(1e-6, res["decode"]["core_pct_median"])
             res["app_vs_decode"] = round(app / decode, 2)
-            res["decode_motion_vs_decode"] = round(
-                res["decode_motion"]["core_pct_median"] / decode, 2
-            )
-            res["app_vs_decode_motion"] = round(
-                app / max(1e-6, res["decode_motion"]["core_pct_median"]), 2
-            )
+            if "decode_motion" in res:
+                res["decode_motion_vs_decode"] = round(
+                    res["decode_motion"]["core_pct_median"] / decode, 2
+                )
+                res["app_vs_decode_motion"] = round(
+                    app / max(1e-6, res["decode_motion"]["core_pct_median"]), 2
+                )
             if floor_key == "decode_frigate":
                 res["app_vs_decode_frigate"] = round(app / max(1e-6, floor), 2)
             if "app_encode" in res:

@@ -40,7 +40,7 @@ import threading
 from abc import abstractmethod
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Literal, TypeVar, cast
 
 import cv2
@@ -230,8 +230,12 @@ def _nv12_resizer(y: Image, uv: Image) -> Resizer:
     return _yuv_resizer(y, chroma, (cv2.COLOR_YUV2RGB_NV12, cv2.COLOR_YUV2BGR_NV12))
 
 
-def av_frame_to_raw(frame: Any, luma_width: int, pts_s: float | None = None) -> RawFrame:
+def av_frame_to_raw(frame: Any, luma_width: int | None, pts_s: float | None = None) -> RawFrame:
     """A decoded PyAV ``VideoFrame`` -> ``RawFrame``: luma now, BGR only on demand.
+
+    ``luma_width`` None leaves the luma the decoder's whole Y plane (a view): a live camera's
+    thread shrinks it only for the frames it keeps (``CameraInput.prepare``), not for those
+    over the cap.
 
     The planes are read as numpy views of the frame's reference-counted buffers (the decoder
     never writes to a picture it has output). The colour conversion is OpenCV's, on those
@@ -249,7 +253,7 @@ def av_frame_to_raw(frame: Any, luma_width: int, pts_s: float | None = None) -> 
     y, u, v = (
         np.frombuffer(p, dtype=np.uint8).reshape(p.height, p.line_size) for p in frame.planes
     )
-    luma = shrink_luma(y[:, :w], luma_width)
+    luma = y[:, :w] if luma_width is None else shrink_luma(y[:, :w], luma_width)
     full_range = frame.format.name == "yuvj420p"
 
     def decode() -> Image:
@@ -268,12 +272,12 @@ def av_frame_to_raw(frame: Any, luma_width: int, pts_s: float | None = None) -> 
     return RawFrame(width=w, height=h, luma=luma, decode=decode, pts_s=pts_s, resize=resize)
 
 
-def _nv12_to_raw(frame: Any, luma_width: int, pts_s: float | None) -> RawFrame:
+def _nv12_to_raw(frame: Any, luma_width: int | None, pts_s: float | None) -> RawFrame:
     """NV12 (what hardware decoders hand over: NVDEC, some V4L2 M2M drivers): luma from
     plane 0 at once, BGR from both planes on demand, like the I420 path."""
     w, h = frame.width, frame.height
     y, uv = (np.frombuffer(p, dtype=np.uint8).reshape(p.height, p.line_size) for p in frame.planes)
-    luma = shrink_luma(y[:, :w], luma_width)
+    luma = y[:, :w] if luma_width is None else shrink_luma(y[:, :w], luma_width)
 
     def decode() -> Image:
         nv12 = np.empty((h * 3 // 2, w), dtype=np.uint8)
@@ -354,18 +358,19 @@ class _Handoff:
 
         A frame over the camera's cap is counted and dropped here: it proves the source
         alive to the stall watchdog but never wakes the event loop (a 25 fps camera held to
-        10 costs 10 wake-ups a second, not 25)."""
+        10 costs 10 wake-ups a second, not 25), and its luma plane is never made. A frame
+        kept gets its luma plane here (``prepare``), off the loop."""
         owner = self.owner
         while self.running:
             try:
                 item: Any = owner.read()
-            except BaseException as exc:
-                item = exc
-            else:
                 if owner.over_cap():
                     self._last = self.loop.time()  # a float store: safe from this thread
                     owner.capped_on_thread += 1  # written by this thread only
                     continue
+                item = owner.prepare(item)
+            except BaseException as exc:
+                item = exc
             try:
                 self.loop.call_soon_threadsafe(self._put, item)
             except RuntimeError:  # the loop is closed: the app is exiting
@@ -739,6 +744,21 @@ class CameraInput(BaseModule[ConfigT]):
     def stamp(self, raw: RawFrame, now: float) -> tuple[float, float]:
         """(monotonic, wall) time of a frame: when it arrived, for a live camera."""
         return now, self.ctx.clock.time()
+
+    def prepare(self, raw: RawFrame) -> RawFrame:
+        """``raw`` with its luma plane at ``luma_width``: shrunk from the full Y plane, or made
+        from a colour-only picture (a USB camera's BGR). A live camera's thread calls it for
+        each frame it keeps, so neither happens on the event loop; ``_publish`` does what is
+        left for the other sources."""
+        width = self.cam.luma_width
+        luma = raw.luma
+        if luma is None:
+            if raw.image is None:
+                return raw  # _publish says what is wrong
+            return replace(raw, luma=make_luma(raw.image, width))
+        if luma.shape[1] > width:
+            return replace(raw, luma=shrink_luma(luma, width))
+        return raw
 
     async def _publish(self, raw: RawFrame, now: float) -> None:
         luma = raw.luma

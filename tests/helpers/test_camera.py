@@ -10,10 +10,12 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
+import pytest
 import structlog
 
 from spyoncino.core.contracts import CameraOptions
 from spyoncino.core.systemd import camera_liveness
+from spyoncino.helpers import camera as camera_module
 from spyoncino.helpers.camera import CameraInput, RawFrame, SourceFatal
 from spyoncino.testing.clock import FakeClock
 from tests.modules.input.conftest import camera_input  # noqa: F401 - the fixture
@@ -149,6 +151,36 @@ async def test_frames_over_the_cap_are_capped_on_the_camera_thread_not_dropped_b
     assert metrics["max_fps"] == 2.0  # the watchdog's frame time comes from the cap in force
     assert metrics["dropped_fps_cap"] == m.drops()["fps_cap"]
     assert metrics["frames_decoded"] >= metrics["frames"] + metrics["dropped_fps_cap"]
+
+
+async def test_the_grey_plane_is_made_on_the_camera_thread_for_kept_frames_only(
+    camera_input,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The small grey plane motion reads is made from each kept frame on the camera's own
+    thread, never on the event loop every module shares, and not at all for the frames
+    dropped over the cap (a 25 fps camera held to 10 shrinks 10 pictures a second)."""
+    made_on: list[int] = []
+    real = camera_module.make_luma
+
+    def spy(image: Any, width: int) -> Any:
+        made_on.append(threading.get_ident())
+        return real(image, width)
+
+    monkeypatch.setattr(camera_module, "make_luma", spy)
+    Scripted.script = []
+    clock = FakeClock()
+    h = await camera_input(
+        Scripted, "test://x", "scripted", runtime={"camera_max_fps": 2.0}, clock=clock
+    )
+    m = h.module
+    await h.wait_frames(1, timeout=5)
+    await until(lambda: m.drops()["fps_cap"] >= 10, timeout=5)
+    clock.advance(0.5)  # one more frame is kept
+    await h.wait_frames(2, timeout=5)
+    assert len(made_on) == 2  # one per frame kept, none for the ten and more dropped
+    assert threading.get_ident() not in made_on  # this test runs on the event loop
+    assert h.frames[-1][1].luma.shape == (48, 64)
 
 
 class HangsInOpen(CameraInput):

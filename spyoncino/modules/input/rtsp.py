@@ -563,7 +563,7 @@ class RtspInput(CameraInput[Config]):
         """Luma from the Y plane now; BGR only when someone calls ``decode``."""
         self.stream_size = (frame.width, frame.height)
         pts_s = None if frame.pts is None else frame.pts * self._time_base
-        return av_frame_to_raw(frame, self.cam.luma_width, pts_s=pts_s)
+        return av_frame_to_raw(frame, None, pts_s=pts_s)  # shrunk on keeping (prepare)
 
     async def wait_before_retry(self, delay: float, error: SourceError) -> None:
         """Back off, but end the wait when the camera's port accepts connections again.

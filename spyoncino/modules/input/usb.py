@@ -319,7 +319,7 @@ class UsbInput(CameraInput[Config]):
         frame = cam.pending.popleft()
         tb = frame.time_base or cam.time_base
         pts_s = None if frame.pts is None or tb is None else float(frame.pts * tb)
-        return av_frame_to_raw(frame, self.cam.luma_width, pts_s=pts_s)
+        return av_frame_to_raw(frame, None, pts_s=pts_s)  # shrunk on keeping (prepare)
 
     def read(self) -> RawFrame:
         if self.h264 is not None:
