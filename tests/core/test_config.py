@@ -342,15 +342,20 @@ def test_a_profile_with_threads_0_gives_the_detector_one_thread_per_core(
     assert threads(mine) == 1
 
 
-def test_each_camera_gets_its_buffer_budget_from_the_board(tmp_path: Path) -> None:
-    """A Pi Zero 2 W holds 16 MB of video per camera, a PC 64 MB; the owner may set another."""
-    budgets = {}
+def on_boards(tmp_path: Path) -> dict[str, Any]:
+    """The configuration in force with nothing set but the board, for three boards."""
+    apps = {}
     for board in ("pi-zero-2w", "pi-4", "generic-x86"):
         cfg = write(
             tmp_path, "config.yaml", f"cameras: {{}}\nruntime:\n  hardware_profile: {board}\n"
         )
-        budgets[board] = ConfigService.load(MODEL, config_path=cfg, environ={}).current
-    assert {b: a.runtime.camera_buffer_mb for b, a in budgets.items()} == {
+        apps[board] = ConfigService.load(MODEL, config_path=cfg, environ={}).current
+    return apps
+
+
+def test_each_camera_gets_its_buffer_budget_from_the_board(tmp_path: Path) -> None:
+    """A Pi Zero 2 W holds 16 MB of video per camera, a PC 64 MB; the owner may set another."""
+    assert {b: a.runtime.camera_buffer_mb for b, a in on_boards(tmp_path).items()} == {
         "pi-zero-2w": 16,
         "pi-4": 32,
         "generic-x86": 64,
@@ -368,13 +373,7 @@ def test_a_camera_that_sets_no_frame_rate_is_held_to_the_boards(tmp_path: Path) 
     """The profile's frame rate (``spyoncino doctor`` prints "up to N fps") is what a camera
     without its own ``max_fps`` is processed at: a 25 fps camera on a Pi Zero 2 W costs 5 fps
     of work, not 25; the owner's runtime figure, then the camera's own, win over it."""
-    caps = {}
-    for board in ("pi-zero-2w", "pi-4", "generic-x86"):
-        cfg = write(
-            tmp_path, "config.yaml", f"cameras: {{}}\nruntime:\n  hardware_profile: {board}\n"
-        )
-        caps[board] = ConfigService.load(MODEL, config_path=cfg, environ={}).current
-    assert {b: a.runtime.camera_max_fps for b, a in caps.items()} == {
+    assert {b: a.runtime.camera_max_fps for b, a in on_boards(tmp_path).items()} == {
         "pi-zero-2w": 5,
         "pi-4": 10,
         "generic-x86": 15,

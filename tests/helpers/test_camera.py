@@ -126,6 +126,18 @@ async def test_frames_arriving_while_the_loop_is_busy_are_dropped_and_counted(
     assert metrics["frames_decoded"] >= metrics["frames"] + h.module.frames_dropped
 
 
+async def capped_to_2_fps(camera_input: Any) -> tuple[Any, FakeClock]:  # noqa: F811
+    """A camera reading ~100 frames a second, held to the board's 2 fps on a clock of the
+    test's, once its first frame is published."""
+    Scripted.script = []
+    clock = FakeClock()
+    h = await camera_input(
+        Scripted, "test://x", "scripted", runtime={"camera_max_fps": 2.0}, clock=clock
+    )
+    await h.wait_frames(1, timeout=5)
+    return h, clock
+
+
 async def test_frames_over_the_cap_are_capped_on_the_camera_thread_not_dropped_by_the_loop(
     camera_input,  # noqa: F811
 ) -> None:
@@ -133,13 +145,8 @@ async def test_frames_over_the_cap_are_capped_on_the_camera_thread_not_dropped_b
     the frames over it are ``fps_cap`` drops, by design, and never wake the event loop, so a
     busy loop does not turn them into ``queue_full`` drops, the reason that tells the
     operator the box is overloaded."""
-    Scripted.script = []
-    clock = FakeClock()
-    h = await camera_input(
-        Scripted, "test://x", "scripted", runtime={"camera_max_fps": 2.0}, clock=clock
-    )
+    h, clock = await capped_to_2_fps(camera_input)
     m = h.module
-    await h.wait_frames(1, timeout=5)
     await until(lambda: m.drops()["fps_cap"] >= 5, timeout=5)
     time.sleep(0.3)  # the loop blocked while ~30 more frames arrive, all over the cap
     await until(lambda: m.drops()["fps_cap"] >= 30, timeout=5)
@@ -168,13 +175,8 @@ async def test_the_grey_plane_is_made_on_the_camera_thread_for_kept_frames_only(
         return real(image, width)
 
     monkeypatch.setattr(camera_module, "make_luma", spy)
-    Scripted.script = []
-    clock = FakeClock()
-    h = await camera_input(
-        Scripted, "test://x", "scripted", runtime={"camera_max_fps": 2.0}, clock=clock
-    )
+    h, clock = await capped_to_2_fps(camera_input)
     m = h.module
-    await h.wait_frames(1, timeout=5)
     await until(lambda: m.drops()["fps_cap"] >= 10, timeout=5)
     clock.advance(0.5)  # one more frame is kept
     await h.wait_frames(2, timeout=5)
