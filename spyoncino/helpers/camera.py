@@ -748,8 +748,8 @@ class CameraInput(BaseModule[ConfigT]):
     def prepare(self, raw: RawFrame) -> RawFrame:
         """``raw`` with its luma plane at ``luma_width``: shrunk from the full Y plane, or made
         from a colour-only picture (a USB camera's BGR). A live camera's thread calls it for
-        each frame it keeps, so neither happens on the event loop; ``_publish`` does what is
-        left for the other sources."""
+        each frame it keeps, so neither happens on the event loop; ``_publish`` calls it again
+        (a no-op then) for the other sources."""
         width = self.cam.luma_width
         luma = raw.luma
         if luma is None:
@@ -761,14 +761,10 @@ class CameraInput(BaseModule[ConfigT]):
         return raw
 
     async def _publish(self, raw: RawFrame, now: float) -> None:
+        raw = self.prepare(raw)  # a live camera's thread has done it: then nothing to do
         luma = raw.luma
-        width = self.cam.luma_width
         if luma is None:
-            if raw.image is None:
-                raise SourceError("input produced neither an image nor a luma plane")
-            luma = make_luma(raw.image, width)
-        elif luma.shape[1] > width:
-            luma = shrink_luma(luma, width)
+            raise SourceError("input produced neither an image nor a luma plane")
         image, decode, resize = raw.image, raw.decode, raw.resize
         masks = self.cam.privacy_masks
         if masks:

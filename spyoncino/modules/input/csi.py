@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass
 from fractions import Fraction
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -75,9 +75,8 @@ _AWB = {
 }
 
 
-#: the main stream sizes libcamera takes
-Width = Annotated[int, Field(ge=64, le=9152)]
-Height = Annotated[int, Field(ge=64, le=6944)]
+#: the main stream sizes libcamera takes, for the board's default and a camera's own
+MIN_SIDE, MAX_WIDTH, MAX_HEIGHT = 64, 9152, 6944
 
 
 class Config(ModuleConfig):
@@ -88,20 +87,36 @@ class Config(ModuleConfig):
         w, h = profile.camera.detect_resolution  # what the board's detector and snapshots see
         return {"width": w, "height": h}
 
-    width: Width = Field(
+    width: int = Field(
         default=1920,
+        ge=MIN_SIDE,
+        le=MAX_WIDTH,
         description="Main stream width of a camera that sets none, from the hardware profile "
         "(Pi Zero 2 W 640x480, Pi 3 and 4 1280x720, Pi 5 1920x1080).",
     )
-    height: Height = Field(default=1080, description="Main stream height of one that sets none.")
+    height: int = Field(
+        default=1080,
+        ge=MIN_SIDE,
+        le=MAX_HEIGHT,
+        description="Main stream height of a camera that sets none.",
+    )
 
 
 class CsiCamera(CameraOptions):
     """``cameras.<id>.csi``: sensor mode, orientation and automatic exposure/white balance."""
 
-    # the ranges of Width and Height, spelled out: the configuration page shows them so
-    width: int | None = Field(default=None, ge=64, le=9152, description="Unset: csi.width.")
-    height: int | None = Field(default=None, ge=64, le=6944, description="Unset: csi.height.")
+    width: int | None = Field(
+        default=None,
+        ge=MIN_SIDE,
+        le=MAX_WIDTH,
+        description="Main stream width; unset: csi.width (the board's).",
+    )
+    height: int | None = Field(
+        default=None,
+        ge=MIN_SIDE,
+        le=MAX_HEIGHT,
+        description="Main stream height; unset: csi.height.",
+    )
     fps: float = Field(default=15.0, ge=0.5, le=120.0, description="Sensor frame rate.")
     rotation: Literal[0, 180] = Field(
         default=0, description="Rotate the image (the ISP does 0 and 180 at no cost)."
