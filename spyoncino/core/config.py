@@ -131,7 +131,8 @@ class RuntimeConfig(_Section):
         le=120.0,
         description="Frames per second processed from a camera that sets no max_fps of its "
         "own, from the hardware profile (Pi Zero 2 W 5, Pi 4 10, a PC 15); frames over it are "
-        "decoded and dropped on the camera's thread (the fps_cap reason). None: no cap.",
+        "decoded and dropped on a live camera's thread (the fps_cap reason), a file's on the "
+        "video's own clock. None: no cap.",
     )
     malloc_arena_max: int = Field(
         default=2,

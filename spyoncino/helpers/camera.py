@@ -364,7 +364,7 @@ class _Handoff:
         while self.running:
             try:
                 item: Any = owner.read()
-                if owner.over_cap():
+                if owner.over_cap(owner.ctx.clock.monotonic()):
                     self._last = self.loop.time()  # a float store: safe from this thread
                     owner.capped_on_thread += 1  # written by this thread only
                     continue
@@ -709,19 +709,22 @@ class CameraInput(BaseModule[ConfigT]):
         wait = self.pace(raw)
         if wait > 0:
             await self.ctx.clock.sleep(wait)
-        if self.finite and self.over_cap():  # a live camera's thread has capped it already
+        now = self.ctx.clock.monotonic()
+        # a live camera's thread has capped it already; a file is capped on its own clock (a
+        # replay read faster than real time keeps the video's rate, not the reader's)
+        if self.finite and self.over_cap(self.stamp(raw, now)[0]):
             self.frames_capped += 1
             return
-        await self._publish(raw, self.ctx.clock.monotonic())
+        await self._publish(raw, now)
 
-    def over_cap(self) -> bool:
-        """Whether a frame arriving now goes over the camera's cap (``AppConfig.frame_cap``);
-        if not, it takes the next slot. Called from one thread only: the camera's for a live
-        source, the event loop's for a file."""
+    def over_cap(self, now: float) -> bool:
+        """Whether a frame taken at ``now`` (monotonic seconds on the source's clock) goes
+        over the camera's cap (``AppConfig.frame_cap``); if not, it takes the next slot.
+        Called from one thread only: the camera's for a live source, the event loop's for a
+        file."""
         cap = self.ctx.app.frame_cap(self.camera_id)
         if not cap:
             return False
-        now = self.ctx.clock.monotonic()
         if now < self._next_allowed:
             return True
         self._next_allowed = max(self._next_allowed + 1.0 / cap, now + 0.5 / cap)

@@ -78,6 +78,27 @@ async def test_fast_replay_keeps_the_videos_clock(camera_input) -> None:
     assert set(wall_gaps) == {100}
 
 
+async def test_a_fast_replay_is_capped_on_the_videos_clock_not_the_readers(camera_input) -> None:
+    """The board's frame rate holds a replay to the rate of the video's own clock: read far
+    faster than real time, a 10 fps file under a 10 fps cap loses no frame (on the reader's
+    clock most would be over it, and a demo found no event), and under 5 fps keeps half."""
+    frames = {}
+    for cap in (10.0, 5.0):
+        h = await camera_input(
+            FileInput,
+            str(SAMPLE_CLIP),
+            "file",
+            options={"pace": "fast"},
+            runtime={"camera_max_fps": cap},
+        )
+        await h.wait_state(("ended",), timeout=60)
+        frames[cap] = [f for _, f in h.frames]
+    assert len(frames[10.0]) == 250
+    assert len(frames[5.0]) == 125
+    kept = frames[5.0]  # 5 a second of the video's time (the cap paces on average)
+    assert round((len(kept) - 1) / (kept[-1].mono_ts - kept[0].mono_ts), 1) == 5.0
+
+
 @pytest.mark.parametrize("keep", [0.5, 0.9])
 async def test_a_truncated_file_says_so_instead_of_ending_normally(
     camera_input, tmp_path: Path, keep: float
